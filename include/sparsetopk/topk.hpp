@@ -1,0 +1,124 @@
+#pragma once
+// Hard and soft top-k operators of SPEC.md on a batch of rows.
+//
+// Every function takes a row-major batch: `x` holds rows of `n` entries each
+// (x.size() must be a multiple of n; n = 0 requires an empty x) and writes an
+// output of the same size. Instantiated for float and double; internal
+// arithmetic is done in double. Rows run in parallel (see parallel.hpp) and the
+// results are bitwise identical whatever the thread count.
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace sparsetopk {
+
+// How the isotonic problem of each row is solved.
+enum class Solver {
+  automatic,  // the default: currently `pav`
+  pav,        // sort the row, then Pool Adjacent Violators (SPEC.md, "Reduction")
+};
+
+struct SoftTopkOptions {
+  double l = 0.1;              // regularization strength, l > 0
+  double p = 4.0 / 3.0;        // regularizer norm, p > 1 (q = p / (p - 1))
+  Solver solver = Solver::automatic;
+};
+
+// What the backward pass needs, saved by a soft forward pass: for every row,
+// the entries of its single active block (SPEC.md, "Top-k structure") with
+// their c values, the block value gamma and W_B = sum of w over the block.
+// Storage is reused across calls of the same or smaller size.
+class ActiveBlocks {
+ public:
+  std::size_t rows() const { return rows_; }
+  std::size_t n() const { return n_; }
+  double l() const { return l_; }
+  double p() const { return p_; }
+
+  // Row r. gamma: the value of the block straddling positions k and k+1 in
+  // sorted order (the threshold tau for the mask); if the row has no
+  // multi-entry block, the (k+1)-th largest key (-inf if k = n). NaN marks a
+  // row that held a non-finite value.
+  double gamma(std::size_t r) const { return gamma_[r]; }
+  // W_B: the number of the k top entries inside the block.
+  double block_weight(std::size_t r) const { return block_weight_[r]; }
+  // Magnitude: non-zero entries outside the block with |x_i| >= this value are
+  // returned unchanged (derivative 1). Mask: entries outside the block with
+  // x_i >= this value are saturated at 1.
+  double unchanged_from(std::size_t r) const { return unchanged_from_[r]; }
+  // The active entries: column index in the row and c_i (SPEC.md, "Derivatives").
+  std::span<const std::size_t> index(std::size_t r) const { return {index_.data() + r * n_, size_[r]}; }
+  std::span<const double> c(std::size_t r) const { return {c_.data() + r * n_, size_[r]}; }
+
+  // Used by the forward passes to fill the state.
+  void reset(std::size_t rows, std::size_t n, double l, double p);
+  void set_row(std::size_t r, double gamma, double block_weight, double unchanged_from, std::size_t size);
+  std::size_t* index_data(std::size_t r) { return index_.data() + r * n_; }
+  double* c_data(std::size_t r) { return c_.data() + r * n_; }
+
+ private:
+  std::size_t rows_ = 0, n_ = 0;
+  double l_ = 0.0, p_ = 0.0;
+  std::vector<double> gamma_, block_weight_, unchanged_from_, c_;
+  std::vector<std::size_t> size_, index_;
+};
+
+// Scratch memory for the per-row solvers (one slot per worker thread). Pass
+// the same Workspace to repeated calls to avoid all allocation after the first.
+class Workspace {
+ public:
+  Workspace();
+  ~Workspace();
+  Workspace(Workspace&&) noexcept;
+  Workspace& operator=(Workspace&&) noexcept;
+  struct Slots;
+  Slots& slots() { return *slots_; }
+
+ private:
+  std::unique_ptr<Slots> slots_;
+};
+
+// hard_topk_mask(x, k)_i = 1 if x_i is among the k largest of its row (ties:
+// lower index first), else 0. hard_topk_mag = x * hard_topk_mask(|x|, k).
+template <class T>
+void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out);
+template <class T>
+void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out);
+
+// Soft top-k mask (values in [0, 1], each row sums to k) and soft top-k in
+// magnitude (SPEC.md). `blocks`, if given, receives the state for the
+// derivatives; `workspace`, if given, is reused.
+template <class T>
+void soft_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
+                    const SoftTopkOptions& options = {}, ActiveBlocks* blocks = nullptr,
+                    Workspace* workspace = nullptr);
+template <class T>
+void soft_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
+                   const SoftTopkOptions& options = {}, ActiveBlocks* blocks = nullptr,
+                   Workspace* workspace = nullptr);
+
+// Exact derivatives from the closed-form block Jacobians (SPEC.md,
+// "Derivatives"), given the state of the forward pass on the same x.
+// VJP: grad_x = J^T g.  JVP: dout = J dx.  The mask Jacobian is symmetric.
+template <class T>
+void soft_topk_mask_vjp(const ActiveBlocks& blocks, std::span<const T> g, std::span<T> grad_x);
+template <class T>
+void soft_topk_mask_jvp(const ActiveBlocks& blocks, std::span<const T> dx, std::span<T> dout);
+template <class T>
+void soft_topk_mag_vjp(const ActiveBlocks& blocks, std::span<const T> x, std::span<const T> g,
+                       std::span<T> grad_x);
+template <class T>
+void soft_topk_mag_jvp(const ActiveBlocks& blocks, std::span<const T> x, std::span<const T> dx,
+                       std::span<T> dout);
+
+// One-row conveniences returning a new vector.
+std::vector<double> hard_topk_mask(const std::vector<double>& x, std::size_t k);
+std::vector<double> hard_topk_mag(const std::vector<double>& x, std::size_t k);
+std::vector<double> soft_topk_mask(const std::vector<double>& x, std::size_t k,
+                                   const SoftTopkOptions& options = {});
+std::vector<double> soft_topk_mag(const std::vector<double>& x, std::size_t k,
+                                  const SoftTopkOptions& options = {});
+
+}  // namespace sparsetopk

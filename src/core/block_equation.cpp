@@ -1,0 +1,111 @@
+#include "block_equation.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+
+namespace sparsetopk::detail {
+
+void BlockMoments::merge(const BlockMoments& b) {
+  const double na = count, nb = b.count, n = na + nb;
+  const double delta = b.mean - mean;
+  const double m3_new = m3 + b.m3 + delta * delta * delta * na * nb * (na - nb) / (n * n) +
+                        3.0 * delta * (na * b.m2 - nb * m2) / n;
+  m2 = m2 + b.m2 + delta * delta * na * nb / n;
+  m3 = m3_new;
+  mean += delta * nb / n;
+  count = n;
+  weight += b.weight;
+}
+
+double solve_depressed_cubic(double P, double Q) {
+  if (Q == 0.0) return 0.0;
+  // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
+  // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
+  const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
+  const double u = std::cbrt(0.5 * std::abs(Q) + r);
+  const double v = P / (3.0 * u);
+  return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
+}
+
+double BlockEquation::solve(std::span<const double> s, const BlockMoments& m) const {
+  if (regularizer_.kind() != Regularizer::Kind::general) return solve_closed_form(m);
+  if (s.size() == 1) {
+    if (form_ == IsotonicForm::mask) return s[0] - l_ * regularizer_.inverse_power(m.weight);
+    if (m.weight == 0.0) return s[0];
+  }
+  return solve_by_newton(s, m);
+}
+
+double BlockEquation::solve_closed_form(const BlockMoments& m) const {
+  const double n = m.count, W = m.weight, l = l_;
+  const bool mask = form_ == IsotonicForm::mask;
+  if (regularizer_.kind() == Regularizer::Kind::quadratic) {
+    return mask ? m.mean - l * W / n          // sum (s_i - gamma) / l = W
+                : n * m.mean / (n + l * W);   // sum (s_i - gamma) / l = gamma W
+  }
+  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3.
+  const double l3 = l * l * l;
+  const double P = mask ? 3.0 * m.m2 / n : (3.0 * m.m2 + W * l3) / n;
+  const double Q = mask ? (m.m3 - W * l3) / n : (m.m3 - W * l3 * m.mean) / n;
+  return m.mean + solve_depressed_cubic(P, Q);
+}
+
+double BlockEquation::residual(std::span<const double> s, double weight, double gamma,
+                               double* slope) const {
+  double f = 0.0, df = 0.0;
+  for (double si : s) {
+    const double u = (si - gamma) / l_;
+    f += regularizer_.power(u);
+    df -= regularizer_.slope(u) / l_;  // infinite at u = 0 when q < 2
+  }
+  if (form_ == IsotonicForm::mask) {
+    f -= weight;
+  } else {
+    f -= gamma * weight;
+    df -= weight;
+  }
+  if (slope) *slope = df;
+  return f;
+}
+
+// Newton's method safeguarded by bisection on a bracket [lo, hi] with
+// F(lo) >= 0 >= F(hi); stops at machine precision, in at most 200 steps.
+double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMoments& m) const {
+  const double s_max = s.front(), s_min = s.back();
+  double lo, hi, gamma;
+  if (form_ == IsotonicForm::mask) {
+    // every term equals W / n at gamma = s_i - l pow(W / n, p - 1)
+    const double shift = l_ * regularizer_.inverse_power(m.weight / m.count);
+    lo = s_min - shift;
+    hi = s_max - shift;
+    gamma = m.mean - shift;
+  } else {
+    lo = std::min(s_min, 0.0);
+    hi = std::max(s_max, 0.0);
+    gamma = 0.5 * (lo + hi);
+  }
+  const double tolerance = 4.0 * DBL_EPSILON * std::max({std::abs(lo), std::abs(hi), l_}) + DBL_MIN;
+  double last_width = hi - lo;
+  for (int iteration = 0; iteration < 200 && hi - lo > tolerance; ++iteration) {
+    double slope = 0.0;
+    const double f = residual(s, m.weight, gamma, &slope);
+    if (f == 0.0) return gamma;
+    if (f > 0.0) lo = gamma;
+    else if (f < 0.0) hi = gamma;
+    else break;  // NaN: the block holds non-finite values
+    const double step = f / slope;
+    const double newton = gamma - step;
+    if (std::isfinite(step) && newton > lo && newton < hi && std::abs(step) < 0.5 * last_width) {
+      if (std::abs(step) <= tolerance) return newton;
+      last_width = std::abs(step);
+      gamma = newton;
+    } else {
+      last_width = hi - lo;
+      gamma = lo + 0.5 * (hi - lo);
+    }
+  }
+  return gamma;
+}
+
+}  // namespace sparsetopk::detail

@@ -1,0 +1,59 @@
+#include "parallel.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "sparsetopk/parallel.hpp"
+
+namespace sparsetopk {
+namespace {
+std::atomic<std::size_t> configured_threads{0};
+}  // namespace
+
+void set_num_threads(std::size_t threads) { configured_threads = threads; }
+
+std::size_t num_threads() {
+  const std::size_t configured = configured_threads;
+  if (configured > 0) return configured;
+  return std::max<std::size_t>(1, std::thread::hardware_concurrency());
+}
+
+namespace detail {
+
+std::size_t plan_threads(std::size_t rows, std::size_t n) {
+  constexpr std::size_t kMinEntriesPerThread = 1 << 14;  // below this a thread costs more than it saves
+  const std::size_t by_work = std::max<std::size_t>(1, rows * std::max<std::size_t>(n, 1) / kMinEntriesPerThread);
+  return std::max<std::size_t>(1, std::min({num_threads(), rows, by_work}));
+}
+
+void parallel_for(std::size_t rows, std::size_t threads,
+                  const std::function<void(std::size_t, std::size_t, std::size_t)>& body) {
+  if (threads <= 1 || rows <= 1) {
+    if (rows > 0) body(0, rows, 0);
+    return;
+  }
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto run = [&](std::size_t slot) {
+    const std::size_t begin = rows * slot / threads, end = rows * (slot + 1) / threads;
+    try {
+      if (begin < end) body(begin, end, slot);
+    } catch (...) {
+      std::lock_guard lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(threads - 1);
+  for (std::size_t slot = 1; slot < threads; ++slot) workers.emplace_back(run, slot);
+  run(0);
+  for (std::thread& worker : workers) worker.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
+}  // namespace detail
+}  // namespace sparsetopk

@@ -1,0 +1,280 @@
+// The operators of SPEC.md: sort each row, solve its isotonic problem, map back.
+
+#include "sparsetopk/topk.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+
+#include "block_equation.hpp"
+#include "parallel.hpp"
+#include "validate.hpp"
+#include "workspace.hpp"
+
+namespace sparsetopk {
+
+void ActiveBlocks::reset(std::size_t rows, std::size_t n, double l, double p) {
+  rows_ = rows;
+  n_ = n;
+  l_ = l;
+  p_ = p;
+  gamma_.resize(rows);
+  block_weight_.resize(rows);
+  unchanged_from_.resize(rows);
+  size_.assign(rows, 0);
+  index_.resize(rows * n);
+  c_.resize(rows * n);
+}
+
+void ActiveBlocks::set_row(std::size_t r, double gamma, double block_weight, double unchanged_from,
+                           std::size_t size) {
+  gamma_[r] = gamma;
+  block_weight_[r] = block_weight;
+  unchanged_from_[r] = unchanged_from;
+  size_[r] = size;
+}
+
+Workspace::Workspace() : slots_(std::make_unique<Slots>()) {}
+Workspace::~Workspace() = default;
+Workspace::Workspace(Workspace&&) noexcept = default;
+Workspace& Workspace::operator=(Workspace&&) noexcept = default;
+
+namespace detail {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+template <class T>
+bool all_finite(std::span<const T> row) {
+  return std::all_of(row.begin(), row.end(), [](T v) { return std::isfinite(v); });
+}
+
+template <class T>
+bool any_nan(std::span<const T> row) {
+  return std::any_of(row.begin(), row.end(), [](T v) { return std::isnan(v); });
+}
+
+// Checks the batch, then calls row_fn(r, x_row, out_row, scratch) for every row.
+template <class T, class RowFn>
+void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
+                  Workspace* workspace, RowFn&& row_fn) {
+  const std::size_t rows = check_batch(x.size(), n, "x");
+  check_same_size(out.size(), x.size(), "out", "x");
+  check_k(k, n);
+  std::optional<Workspace> local;
+  Workspace& ws = workspace ? *workspace : local.emplace();
+  const std::size_t threads = plan_threads(rows, n);
+  ws.slots().prepare(threads, n, k);
+  parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
+    RowWorkspace& scratch = ws.slots().rows[slot];
+    for (std::size_t r = begin; r < end; ++r) row_fn(r, x.subspan(r * n, n), out.subspan(r * n, n), scratch);
+  });
+}
+
+bool descending(const SortedEntry& a, const SortedEntry& b) {
+  return a.key > b.key || (a.key == b.key && a.index < b.index);
+}
+
+template <class T, class Key>
+void load_keys(std::span<const T> row, Key key, RowWorkspace& ws) {
+  for (std::size_t i = 0; i < row.size(); ++i) ws.entries[i] = {key(static_cast<double>(row[i])), i};
+}
+
+// Sorts the row by key, descending, ties by lower index (step 1 of SPEC.md).
+template <class T, class Key>
+void sort_by_key(std::span<const T> row, Key key, RowWorkspace& ws) {
+  load_keys(row, key, ws);
+  std::sort(ws.entries.begin(), ws.entries.begin() + static_cast<std::ptrdiff_t>(row.size()), descending);
+  for (std::size_t j = 0; j < row.size(); ++j) ws.s[j] = ws.entries[j].key;
+}
+
+double identity(double v) { return v; }
+double magnitude(double v) { return std::abs(v); }
+
+template <class T, class Key>
+void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_value, RowWorkspace& ws,
+                   std::span<T> out) {
+  if (any_nan(row)) {
+    std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
+    return;
+  }
+  std::fill(out.begin(), out.end(), T(0));
+  load_keys(row, key, ws);
+  const auto first = ws.entries.begin(), kth = first + static_cast<std::ptrdiff_t>(k);
+  if (k < row.size()) std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(row.size()), descending);
+  for (auto e = first; e != kth; ++e) out[e->index] = keep_value ? row[e->index] : T(1);
+}
+
+// The block of the isotonic solution straddling sorted positions k-1 and k
+// (SPEC.md, "Top-k structure"); empty ([k, k)) when every block is a singleton.
+struct StraddlingBlock {
+  std::size_t begin, end;
+  double gamma;
+  bool contains(std::size_t j) const { return j >= begin && j < end; }
+};
+
+StraddlingBlock solve_sorted_row(std::size_t n, std::size_t k, const BlockEquation& equation,
+                                 RowWorkspace& ws) {
+  const std::span<const double> s(ws.s.data(), n);
+  pool_adjacent_violators(s, ws.topk_weights(n, k), equation, ws.blocks);
+  const double next_key = k < n ? s[k] : -kInf;
+  if (k == 0 || k == n) return {k, k, next_key};
+  const auto block = std::find_if(ws.blocks.begin(), ws.blocks.end(),
+                                  [k](const PavBlock& b) { return b.end >= k; });
+  if (block->end > k) return {block->begin, block->end, block->value};
+  return {k, k, next_key};
+}
+
+// Records the state of row r for the derivatives.
+void save_row(ActiveBlocks* blocks, std::size_t r, const StraddlingBlock& block, std::size_t k,
+              const RowWorkspace& ws, std::size_t active) {
+  if (!blocks) return;
+  const double unchanged_from = block.begin > 0 ? ws.s[block.begin - 1] : kInf;
+  const double block_weight = static_cast<double>(std::min(k, block.end) - std::min(block.begin, k));
+  blocks->set_row(r, block.gamma, block_weight, unchanged_from, active);
+}
+
+template <class T>
+void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) {
+  std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
+  if (blocks) blocks->set_row(r, kNaN, 0.0, kNaN, 0);
+}
+
+// out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
+template <class T>
+void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
+                        RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
+  sort_by_key(row, identity, ws);
+  const StraddlingBlock block = solve_sorted_row(row.size(), k, equation, ws);
+  const Regularizer& regularizer = equation.regularizer();
+  const double l = equation.l();
+  std::size_t active = 0;
+  for (std::size_t j = 0; j < row.size(); ++j) {
+    const SortedEntry& e = ws.entries[j];
+    double y = j < k ? 1.0 : 0.0;  // singleton blocks: y = w exactly
+    if (block.contains(j)) {
+      const double u = (e.key - block.gamma) / l;
+      y = std::clamp(regularizer.power(u), 0.0, 1.0);
+      if (blocks && u > 0.0 && u < 1.0) {
+        blocks->index_data(r)[active] = e.index;
+        blocks->c_data(r)[active++] = regularizer.slope(u) / l;  // c_i = ((q-1)/l) (u_i/l)^(q-2)
+      }
+    }
+    out[e.index] = static_cast<T>(y);
+  }
+  save_row(blocks, r, block, k, ws, active);
+}
+
+// out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
+template <class T>
+void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
+                       RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
+  sort_by_key(row, magnitude, ws);
+  const StraddlingBlock block = solve_sorted_row(row.size(), k, equation, ws);
+  const Regularizer& regularizer = equation.regularizer();
+  const double l = equation.l();
+  std::size_t active = 0;
+  for (std::size_t j = 0; j < row.size(); ++j) {
+    const SortedEntry& e = ws.entries[j];
+    if (!block.contains(j)) {
+      out[e.index] = j < k ? row[e.index] : T(0);  // singleton blocks: x_i unchanged, or 0
+      continue;
+    }
+    const double u = std::max(e.key - block.gamma, 0.0);
+    const double magnitude_out = std::min(regularizer.power(u / l) + u, e.key);
+    out[e.index] = static_cast<T>(std::copysign(magnitude_out, static_cast<double>(row[e.index])));
+    if (blocks && u > 0.0) {
+      blocks->index_data(r)[active] = e.index;
+      blocks->c_data(r)[active++] = regularizer.slope(u / l) / l;
+    }
+  }
+  save_row(blocks, r, block, k, ws, active);
+}
+
+void check_soft_options(const SoftTopkOptions& options) {
+  check_l(options.l);
+  check_p(options.p);
+  if (options.solver != Solver::automatic && options.solver != Solver::pav)
+    throw InvalidArgument("solver = " + std::to_string(static_cast<int>(options.solver)) + " is not a known solver");
+}
+
+template <class T, class RowSolver>
+void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const SoftTopkOptions& options,
+               ActiveBlocks* blocks, Workspace* workspace, IsotonicForm form, RowSolver row_solver) {
+  check_soft_options(options);
+  const BlockEquation equation(form, options.l, options.p);
+  if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p);
+  for_each_row(x, n, k, out, workspace,
+               [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws) {
+                 row_solver(r, row, k, equation, ws, out_row, blocks);
+               });
+}
+
+}  // namespace
+}  // namespace detail
+
+template <class T>
+void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
+  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws) {
+    detail::hard_topk_row(row, k, detail::identity, false, ws, out_row);
+  });
+}
+
+template <class T>
+void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
+  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws) {
+    detail::hard_topk_row(row, k, detail::magnitude, true, ws, out_row);
+  });
+}
+
+template <class T>
+void soft_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
+                    const SoftTopkOptions& options, ActiveBlocks* blocks, Workspace* workspace) {
+  detail::soft_topk(x, n, k, out, options, blocks, workspace, IsotonicForm::mask, detail::soft_topk_mask_row<T>);
+}
+
+template <class T>
+void soft_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
+                   const SoftTopkOptions& options, ActiveBlocks* blocks, Workspace* workspace) {
+  detail::soft_topk(x, n, k, out, options, blocks, workspace, IsotonicForm::magnitude,
+                    detail::soft_topk_mag_row<T>);
+}
+
+#define SPARSETOPK_INSTANTIATE(T)                                                                        \
+  template void hard_topk_mask<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>);           \
+  template void hard_topk_mag<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>);            \
+  template void soft_topk_mask<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,            \
+                                  const SoftTopkOptions&, ActiveBlocks*, Workspace*);                    \
+  template void soft_topk_mag<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,             \
+                                 const SoftTopkOptions&, ActiveBlocks*, Workspace*);
+SPARSETOPK_INSTANTIATE(float)
+SPARSETOPK_INSTANTIATE(double)
+#undef SPARSETOPK_INSTANTIATE
+
+namespace {
+template <class Operator>
+std::vector<double> one_row(const std::vector<double>& x, Operator op) {
+  std::vector<double> out(x.size());
+  op(std::span<const double>(x), x.size(), std::span<double>(out));
+  return out;
+}
+}  // namespace
+
+std::vector<double> hard_topk_mask(const std::vector<double>& x, std::size_t k) {
+  return one_row(x, [k](auto in, std::size_t n, auto out) { hard_topk_mask<double>(in, n, k, out); });
+}
+std::vector<double> hard_topk_mag(const std::vector<double>& x, std::size_t k) {
+  return one_row(x, [k](auto in, std::size_t n, auto out) { hard_topk_mag<double>(in, n, k, out); });
+}
+std::vector<double> soft_topk_mask(const std::vector<double>& x, std::size_t k, const SoftTopkOptions& options) {
+  return one_row(x, [&](auto in, std::size_t n, auto out) { soft_topk_mask<double>(in, n, k, out, options); });
+}
+std::vector<double> soft_topk_mag(const std::vector<double>& x, std::size_t k, const SoftTopkOptions& options) {
+  return one_row(x, [&](auto in, std::size_t n, auto out) { soft_topk_mag<double>(in, n, k, out, options); });
+}
+
+}  // namespace sparsetopk
