@@ -16,8 +16,10 @@ namespace sparsetopk {
 
 // How the isotonic problem of each row is solved.
 enum class Solver {
-  automatic,  // the default: currently `pav`
-  pav,        // sort the row, then Pool Adjacent Violators (SPEC.md, "Reduction")
+  automatic,  // the default: `threshold`
+  pav,        // sort the whole row, then Pool Adjacent Violators (SPEC.md, "Reduction")
+  threshold,  // select the k-th and (k+1)-th largest (expected O(n)), then PAV on
+              // the few entries that can straddle them (SPEC.md, "Top-k structure")
 };
 
 struct SoftTopkOptions {

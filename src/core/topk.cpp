@@ -82,12 +82,10 @@ void load_keys(std::span<const T> row, Key key, RowWorkspace& ws) {
   for (std::size_t i = 0; i < row.size(); ++i) ws.entries[i] = {key(static_cast<double>(row[i])), i};
 }
 
-// Sorts the row by key, descending, ties by lower index (step 1 of SPEC.md).
-template <class T, class Key>
-void sort_by_key(std::span<const T> row, Key key, RowWorkspace& ws) {
-  load_keys(row, key, ws);
-  std::sort(ws.entries.begin(), ws.entries.begin() + static_cast<std::ptrdiff_t>(row.size()), descending);
-  for (std::size_t j = 0; j < row.size(); ++j) ws.s[j] = ws.entries[j].key;
+// Sorts ws.entries[0, size) by key, descending, ties by lower index.
+void sort_window(std::size_t size, RowWorkspace& ws) {
+  std::sort(ws.entries.begin(), ws.entries.begin() + static_cast<std::ptrdiff_t>(size), descending);
+  for (std::size_t j = 0; j < size; ++j) ws.s[j] = ws.entries[j].key;
 }
 
 double identity(double v) { return v; }
@@ -107,32 +105,93 @@ void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_val
   for (auto e = first; e != kth; ++e) out[e->index] = keep_value ? row[e->index] : T(1);
 }
 
-// The block of the isotonic solution straddling sorted positions k-1 and k
-// (SPEC.md, "Top-k structure"); empty ([k, k)) when every block is a singleton.
+// The entries of a row that the isotonic solve must see, sorted by key in
+// ws.entries[0, size) and ws.s[0, size); `top` of them belong to the k largest.
+// Entries outside the window are singleton blocks: key >= above means one of
+// the k largest, otherwise (key <= below) not.
+struct RowWindow {
+  std::size_t size, top;
+  double above, below;
+};
+
+// Solver::pav: the whole row, sorted (SPEC.md, step 1).
+template <class T, class Key>
+RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
+  load_keys(row, key, ws);
+  sort_window(row.size(), ws);
+  return {row.size(), k, kInf, -kInf};
+}
+
+// Solver::threshold (0 < k < n): select the k-th and (k+1)-th largest keys,
+// which bound the straddling block (SPEC.md, "Top-k structure"), and keep only
+// the entries that can lie in it.
+template <class T, class Key>
+RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const BlockEquation& equation,
+                           RowWorkspace& ws) {
+  const std::size_t n = row.size();
+  load_keys(row, key, ws);
+  const auto first = ws.entries.begin(), kth = first + static_cast<std::ptrdiff_t>(k - 1);
+  std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(n), descending);
+  const double s_k = kth->key;
+  const double s_next = std::max_element(kth + 1, first + static_cast<std::ptrdiff_t>(n), descending)->key;
+  const double l = equation.l();
+  double above, below;
+  if (equation.form() == IsotonicForm::mask) {
+    above = s_k + l;       // tau < s_k: saturated beyond
+    below = s_next - l;    // tau >= s_{k+1} - l: zero below
+  } else {
+    // top entries of the block have s_i < gamma + l gamma^(p-1), gamma < s_k;
+    // other entries of the block have s_i > gamma >= (singleton value of s_k)
+    above = s_k + l * equation.regularizer().inverse_power(s_k);
+    below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
+  }
+  above = std::max(above, std::nextafter(s_k, kInf));
+  below = std::min(below, std::nextafter(s_next, -kInf));
+  std::size_t size = 0, count_above = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double key_i = key(static_cast<double>(row[i]));
+    if (key_i >= above) ++count_above;
+    else if (key_i > below) ws.entries[size++] = {key_i, i};
+  }
+  sort_window(size, ws);
+  return {size, k - count_above, above, below};
+}
+
+template <class T, class Key>
+RowWindow select_window(std::span<const T> row, std::size_t k, Key key, Solver solver,
+                        const BlockEquation& equation, RowWorkspace& ws) {
+  if (solver == Solver::pav || k == 0 || k == row.size()) return sorted_row(row, k, key, ws);
+  return threshold_window(row, k, key, equation, ws);
+}
+
+// The block of the isotonic solution straddling window positions top-1 and
+// top (SPEC.md, "Top-k structure"); empty ([top, top)) when every block is a
+// singleton.
 struct StraddlingBlock {
   std::size_t begin, end;
   double gamma;
   bool contains(std::size_t j) const { return j >= begin && j < end; }
 };
 
-StraddlingBlock solve_sorted_row(std::size_t n, std::size_t k, const BlockEquation& equation,
-                                 RowWorkspace& ws) {
-  const std::span<const double> s(ws.s.data(), n);
-  pool_adjacent_violators(s, ws.topk_weights(n, k), equation, ws.blocks);
-  const double next_key = k < n ? s[k] : -kInf;
-  if (k == 0 || k == n) return {k, k, next_key};
+StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equation, RowWorkspace& ws) {
+  const std::size_t m = window.size, top = window.top;
+  const std::span<const double> s(ws.s.data(), m);
+  pool_adjacent_violators(s, ws.topk_weights(m, top), equation, ws.blocks);
+  const double next_key = top < m ? s[top] : -kInf;
+  if (top == 0 || top == m) return {top, top, next_key};
   const auto block = std::find_if(ws.blocks.begin(), ws.blocks.end(),
-                                  [k](const PavBlock& b) { return b.end >= k; });
-  if (block->end > k) return {block->begin, block->end, block->value};
-  return {k, k, next_key};
+                                  [top](const PavBlock& b) { return b.end >= top; });
+  if (block->end > top) return {block->begin, block->end, block->value};
+  return {top, top, next_key};
 }
 
 // Records the state of row r for the derivatives.
-void save_row(ActiveBlocks* blocks, std::size_t r, const StraddlingBlock& block, std::size_t k,
+void save_row(ActiveBlocks* blocks, std::size_t r, const StraddlingBlock& block, const RowWindow& window,
               const RowWorkspace& ws, std::size_t active) {
   if (!blocks) return;
-  const double unchanged_from = block.begin > 0 ? ws.s[block.begin - 1] : kInf;
-  const double block_weight = static_cast<double>(std::min(k, block.end) - std::min(block.begin, k));
+  const std::size_t top = window.top;
+  const double unchanged_from = block.begin > 0 ? ws.s[block.begin - 1] : window.above;
+  const double block_weight = static_cast<double>(std::min(top, block.end) - std::min(block.begin, top));
   blocks->set_row(r, block.gamma, block_weight, unchanged_from, active);
 }
 
@@ -145,16 +204,18 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) 
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
 template <class T>
 void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                        RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+                        Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  sort_by_key(row, identity, ws);
-  const StraddlingBlock block = solve_sorted_row(row.size(), k, equation, ws);
+  const RowWindow window = select_window(row, k, identity, solver, equation, ws);
+  const StraddlingBlock block = solve_window(window, equation, ws);
+  if (window.size < row.size())
+    for (std::size_t i = 0; i < row.size(); ++i) out[i] = row[i] >= window.above ? T(1) : T(0);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;
-  for (std::size_t j = 0; j < row.size(); ++j) {
+  for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
-    double y = j < k ? 1.0 : 0.0;  // singleton blocks: y = w exactly
+    double y = j < window.top ? 1.0 : 0.0;  // singleton blocks: y = w exactly
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
@@ -165,23 +226,25 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
     }
     out[e.index] = static_cast<T>(y);
   }
-  save_row(blocks, r, block, k, ws, active);
+  save_row(blocks, r, block, window, ws, active);
 }
 
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
 template <class T>
 void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                       RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+                       Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  sort_by_key(row, magnitude, ws);
-  const StraddlingBlock block = solve_sorted_row(row.size(), k, equation, ws);
+  const RowWindow window = select_window(row, k, magnitude, solver, equation, ws);
+  const StraddlingBlock block = solve_window(window, equation, ws);
+  if (window.size < row.size())
+    for (std::size_t i = 0; i < row.size(); ++i) out[i] = std::abs(row[i]) >= window.above ? row[i] : T(0);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;
-  for (std::size_t j = 0; j < row.size(); ++j) {
+  for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     if (!block.contains(j)) {
-      out[e.index] = j < k ? row[e.index] : T(0);  // singleton blocks: x_i unchanged, or 0
+      out[e.index] = j < window.top ? row[e.index] : T(0);  // singleton blocks: x_i unchanged, or 0
       continue;
     }
     const double u = std::max(e.key - block.gamma, 0.0);
@@ -192,13 +255,13 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
       blocks->c_data(r)[active++] = regularizer.slope(u / l) / l;
     }
   }
-  save_row(blocks, r, block, k, ws, active);
+  save_row(blocks, r, block, window, ws, active);
 }
 
 void check_soft_options(const SoftTopkOptions& options) {
   check_l(options.l);
   check_p(options.p);
-  if (options.solver != Solver::automatic && options.solver != Solver::pav)
+  if (options.solver != Solver::automatic && options.solver != Solver::pav && options.solver != Solver::threshold)
     throw InvalidArgument("solver = " + std::to_string(static_cast<int>(options.solver)) + " is not a known solver");
 }
 
@@ -207,10 +270,11 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
                ActiveBlocks* blocks, Workspace* workspace, IsotonicForm form, RowSolver row_solver) {
   check_soft_options(options);
   const BlockEquation equation(form, options.l, options.p);
+  const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
   if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p);
   for_each_row(x, n, k, out, workspace,
                [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws) {
-                 row_solver(r, row, k, equation, ws, out_row, blocks);
+                 row_solver(r, row, k, equation, solver, ws, out_row, blocks);
                });
 }
 
