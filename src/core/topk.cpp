@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <optional>
 
@@ -48,7 +49,9 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 template <class T>
 bool all_finite(std::span<const T> row) {
-  return std::all_of(row.begin(), row.end(), [](T v) { return std::isfinite(v); });
+  bool finite = true;
+  for (T v : row) finite &= (v - v == T(0));  // false for NaN and +-inf; no early exit, so it vectorizes
+  return finite;
 }
 
 template <class T>
@@ -88,8 +91,15 @@ void sort_window(std::size_t size, RowWorkspace& ws) {
   for (std::size_t j = 0; j < size; ++j) ws.s[j] = ws.entries[j].key;
 }
 
-double identity(double v) { return v; }
-double magnitude(double v) { return std::abs(v); }
+// Sort keys: x_i for the mask, |x_i| for the magnitude (types, so calls inline).
+struct Identity {
+  double operator()(double v) const { return v; }
+};
+struct Magnitude {
+  double operator()(double v) const { return std::abs(v); }
+};
+constexpr Identity identity;
+constexpr Magnitude magnitude;
 
 template <class T, class Key>
 void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_value, RowWorkspace& ws,
@@ -124,16 +134,18 @@ RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspac
 
 // Solver::threshold (0 < k < n): select the k-th and (k+1)-th largest keys,
 // which bound the straddling block (SPEC.md, "Top-k structure"), and keep only
-// the entries that can lie in it.
-template <class T, class Key>
+// the entries that can lie in it. Entries outside the window get their output
+// here: top_value(x_i) above it, 0 below.
+template <class T, class Key, class TopValue>
 RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const BlockEquation& equation,
-                           RowWorkspace& ws) {
+                           RowWorkspace& ws, std::span<T> out, TopValue top_value) {
   const std::size_t n = row.size();
-  load_keys(row, key, ws);
-  const auto first = ws.entries.begin(), kth = first + static_cast<std::ptrdiff_t>(k - 1);
-  std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(n), descending);
-  const double s_k = kth->key;
-  const double s_next = std::max_element(kth + 1, first + static_cast<std::ptrdiff_t>(n), descending)->key;
+  std::vector<T>& keys = ws.selection_keys<T>();
+  for (std::size_t i = 0; i < n; ++i) keys[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  const auto kth = keys.begin() + static_cast<std::ptrdiff_t>(k - 1);
+  std::nth_element(keys.begin(), kth, keys.begin() + static_cast<std::ptrdiff_t>(n), std::greater<T>());
+  const double s_k = *kth;
+  const double s_next = *std::max_element(kth + 1, keys.begin() + static_cast<std::ptrdiff_t>(n));
   const double l = equation.l();
   double above, below;
   if (equation.form() == IsotonicForm::mask) {
@@ -150,18 +162,23 @@ RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const
   std::size_t size = 0, count_above = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const double key_i = key(static_cast<double>(row[i]));
-    if (key_i >= above) ++count_above;
-    else if (key_i > below) ws.entries[size++] = {key_i, i};
+    if (key_i >= above) {
+      ++count_above;
+      out[i] = top_value(row[i]);
+    } else {
+      out[i] = T(0);
+      if (key_i > below) ws.entries[size++] = {key_i, i};
+    }
   }
   sort_window(size, ws);
   return {size, k - count_above, above, below};
 }
 
-template <class T, class Key>
+template <class T, class Key, class TopValue>
 RowWindow select_window(std::span<const T> row, std::size_t k, Key key, Solver solver,
-                        const BlockEquation& equation, RowWorkspace& ws) {
+                        const BlockEquation& equation, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
   if (solver == Solver::pav || k == 0 || k == row.size()) return sorted_row(row, k, key, ws);
-  return threshold_window(row, k, key, equation, ws);
+  return threshold_window(row, k, key, equation, ws, out, top_value);
 }
 
 // The block of the isotonic solution straddling window positions top-1 and
@@ -206,10 +223,8 @@ template <class T>
 void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
                         Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  const RowWindow window = select_window(row, k, identity, solver, equation, ws);
+  const RowWindow window = select_window(row, k, identity, solver, equation, ws, out, [](T) { return T(1); });
   const StraddlingBlock block = solve_window(window, equation, ws);
-  if (window.size < row.size())
-    for (std::size_t i = 0; i < row.size(); ++i) out[i] = row[i] >= window.above ? T(1) : T(0);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;
@@ -234,10 +249,8 @@ template <class T>
 void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
                        Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  const RowWindow window = select_window(row, k, magnitude, solver, equation, ws);
+  const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, out, [](T v) { return v; });
   const StraddlingBlock block = solve_window(window, equation, ws);
-  if (window.size < row.size())
-    for (std::size_t i = 0; i < row.size(); ++i) out[i] = std::abs(row[i]) >= window.above ? row[i] : T(0);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;

@@ -2,6 +2,7 @@
 // Per-thread scratch memory of the row solvers (the body of Workspace).
 
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include "pav.hpp"
@@ -20,6 +21,8 @@ struct RowWorkspace {
   std::vector<double> s;             // the sorted keys
   std::vector<double> w;             // (1, ..., 1, 0, ..., 0) with k ones
   std::vector<PavBlock> blocks;
+  std::vector<float> keys_float;     // keys in the input's type, for selection
+  std::vector<double> keys_double;
   std::size_t w_ones = static_cast<std::size_t>(-1);
 
   void reserve(std::size_t n) {
@@ -27,7 +30,14 @@ struct RowWorkspace {
       entries.resize(n);
       s.resize(n);
       blocks.reserve(n);
+      keys_float.resize(n);
+      keys_double.resize(n);
     }
+  }
+  template <class T>
+  std::vector<T>& selection_keys() {
+    if constexpr (std::is_same_v<T, float>) return keys_float;
+    else return keys_double;
   }
   // w for a row of n entries with k ones; refilled only when n or k change.
   std::span<const double> topk_weights(std::size_t n, std::size_t k) {
