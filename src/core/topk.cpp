@@ -10,6 +10,8 @@
 
 #include "block_equation.hpp"
 #include "parallel.hpp"
+#include "row_window.hpp"
+#include "sparsetopk/parallel.hpp"
 #include "validate.hpp"
 #include "workspace.hpp"
 
@@ -45,7 +47,6 @@ namespace detail {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 template <class T>
 bool all_finite(std::span<const T> row) {
@@ -59,7 +60,11 @@ bool any_nan(std::span<const T> row) {
   return std::any_of(row.begin(), row.end(), [](T v) { return std::isnan(v); });
 }
 
-// Checks the batch, then calls row_fn(r, x_row, out_row, scratch) for every row.
+// Rows this long, fewer than the threads, are each split across the threads.
+constexpr std::size_t kTeamRowSize = std::size_t{1} << 18;
+
+// Checks the batch, then calls row_fn(r, x_row, out_row, scratch, team) for
+// every row: rows in parallel, or one huge row after another with a team.
 template <class T, class RowFn>
 void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
                   Workspace* workspace, RowFn&& row_fn) {
@@ -67,37 +72,22 @@ void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
   std::optional<Workspace> local;
-  Workspace& ws = workspace ? *workspace : local.emplace();
+  Workspace::Slots& slots = (workspace ? *workspace : local.emplace()).slots();
+  const std::size_t available = num_threads();
+  if (n >= kTeamRowSize && rows < available) {
+    slots.prepare(available);
+    const RowTeam team{&slots, available};
+    for (std::size_t r = 0; r < rows; ++r) row_fn(r, x.subspan(r * n, n), out.subspan(r * n, n), slots.rows[0], team);
+    return;
+  }
   const std::size_t threads = plan_threads(rows, n);
-  ws.slots().prepare(threads, n, k);
+  slots.prepare(threads);
   parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
-    RowWorkspace& scratch = ws.slots().rows[slot];
-    for (std::size_t r = begin; r < end; ++r) row_fn(r, x.subspan(r * n, n), out.subspan(r * n, n), scratch);
+    for (std::size_t r = begin; r < end; ++r)
+      row_fn(r, x.subspan(r * n, n), out.subspan(r * n, n), slots.rows[slot], RowTeam{});
   });
 }
 
-bool descending(const SortedEntry& a, const SortedEntry& b) {
-  return a.key > b.key || (a.key == b.key && a.index < b.index);
-}
-
-template <class T, class Key>
-void load_keys(std::span<const T> row, Key key, RowWorkspace& ws) {
-  for (std::size_t i = 0; i < row.size(); ++i) ws.entries[i] = {key(static_cast<double>(row[i])), i};
-}
-
-// Sorts ws.entries[0, size) by key, descending, ties by lower index.
-void sort_window(std::size_t size, RowWorkspace& ws) {
-  std::sort(ws.entries.begin(), ws.entries.begin() + static_cast<std::ptrdiff_t>(size), descending);
-  for (std::size_t j = 0; j < size; ++j) ws.s[j] = ws.entries[j].key;
-}
-
-// Sort keys: x_i for the mask, |x_i| for the magnitude (types, so calls inline).
-struct Identity {
-  double operator()(double v) const { return v; }
-};
-struct Magnitude {
-  double operator()(double v) const { return std::abs(v); }
-};
 constexpr Identity identity;
 constexpr Magnitude magnitude;
 
@@ -109,76 +99,10 @@ void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_val
     return;
   }
   std::fill(out.begin(), out.end(), T(0));
-  load_keys(row, key, ws);
+  load_entries(row, key, ws);
   const auto first = ws.entries.begin(), kth = first + static_cast<std::ptrdiff_t>(k);
-  if (k < row.size()) std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(row.size()), descending);
+  if (k < row.size()) std::nth_element(first, kth, ws.entries.end(), descending);
   for (auto e = first; e != kth; ++e) out[e->index] = keep_value ? row[e->index] : T(1);
-}
-
-// The entries of a row that the isotonic solve must see, sorted by key in
-// ws.entries[0, size) and ws.s[0, size); `top` of them belong to the k largest.
-// Entries outside the window are singleton blocks: key >= above means one of
-// the k largest, otherwise (key <= below) not.
-struct RowWindow {
-  std::size_t size, top;
-  double above, below;
-};
-
-// Solver::pav: the whole row, sorted (SPEC.md, step 1).
-template <class T, class Key>
-RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
-  load_keys(row, key, ws);
-  sort_window(row.size(), ws);
-  return {row.size(), k, kInf, -kInf};
-}
-
-// Solver::threshold (0 < k < n): select the k-th and (k+1)-th largest keys,
-// which bound the straddling block (SPEC.md, "Top-k structure"), and keep only
-// the entries that can lie in it. Entries outside the window get their output
-// here: top_value(x_i) above it, 0 below.
-template <class T, class Key, class TopValue>
-RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const BlockEquation& equation,
-                           RowWorkspace& ws, std::span<T> out, TopValue top_value) {
-  const std::size_t n = row.size();
-  std::vector<T>& keys = ws.selection_keys<T>();
-  for (std::size_t i = 0; i < n; ++i) keys[i] = static_cast<T>(key(static_cast<double>(row[i])));
-  const auto kth = keys.begin() + static_cast<std::ptrdiff_t>(k - 1);
-  std::nth_element(keys.begin(), kth, keys.begin() + static_cast<std::ptrdiff_t>(n), std::greater<T>());
-  const double s_k = *kth;
-  const double s_next = *std::max_element(kth + 1, keys.begin() + static_cast<std::ptrdiff_t>(n));
-  const double l = equation.l();
-  double above, below;
-  if (equation.form() == IsotonicForm::mask) {
-    above = s_k + l;       // tau < s_k: saturated beyond
-    below = s_next - l;    // tau >= s_{k+1} - l: zero below
-  } else {
-    // top entries of the block have s_i < gamma + l gamma^(p-1), gamma < s_k;
-    // other entries of the block have s_i > gamma >= (singleton value of s_k)
-    above = s_k + l * equation.regularizer().inverse_power(s_k);
-    below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
-  }
-  above = std::max(above, std::nextafter(s_k, kInf));
-  below = std::min(below, std::nextafter(s_next, -kInf));
-  std::size_t size = 0, count_above = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const double key_i = key(static_cast<double>(row[i]));
-    if (key_i >= above) {
-      ++count_above;
-      out[i] = top_value(row[i]);
-    } else {
-      out[i] = T(0);
-      if (key_i > below) ws.entries[size++] = {key_i, i};
-    }
-  }
-  sort_window(size, ws);
-  return {size, k - count_above, above, below};
-}
-
-template <class T, class Key, class TopValue>
-RowWindow select_window(std::span<const T> row, std::size_t k, Key key, Solver solver,
-                        const BlockEquation& equation, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
-  if (solver == Solver::pav || k == 0 || k == row.size()) return sorted_row(row, k, key, ws);
-  return threshold_window(row, k, key, equation, ws, out, top_value);
 }
 
 // The block of the isotonic solution straddling window positions top-1 and
@@ -221,9 +145,10 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) 
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
 template <class T>
 void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                        Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+                        Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
+                        ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  const RowWindow window = select_window(row, k, identity, solver, equation, ws, out, [](T) { return T(1); });
+  const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
   const StraddlingBlock block = solve_window(window, equation, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
@@ -247,9 +172,10 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
 template <class T>
 void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                       Solver solver, RowWorkspace& ws, std::span<T> out, ActiveBlocks* blocks) {
+                       Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
+                       ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
-  const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, out, [](T v) { return v; });
+  const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
   const StraddlingBlock block = solve_window(window, equation, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
@@ -286,8 +212,8 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
   if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p);
   for_each_row(x, n, k, out, workspace,
-               [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws) {
-                 row_solver(r, row, k, equation, solver, ws, out_row, blocks);
+               [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws,
+                   const RowTeam& team) { row_solver(r, row, k, equation, solver, ws, team, out_row, blocks);
                });
 }
 
@@ -296,14 +222,14 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
 
 template <class T>
 void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws) {
+  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::identity, false, ws, out_row);
   });
 }
 
 template <class T>
 void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws) {
+  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::magnitude, true, ws, out_row);
   });
 }

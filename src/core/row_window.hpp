@@ -1,0 +1,206 @@
+#pragma once
+// Which entries of a row the isotonic solve must see (SPEC.md, "Top-k
+// structure"): all of them, sorted (Solver::pav), or only those near the k-th
+// largest key, found by selection (Solver::threshold), optionally with a team
+// of threads splitting one huge row.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <limits>
+#include <span>
+
+#include "block_equation.hpp"
+#include "parallel.hpp"
+#include "workspace.hpp"
+
+namespace sparsetopk::detail {
+
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Sort keys: x_i for the mask, |x_i| for the magnitude (types, so calls inline).
+struct Identity {
+  double operator()(double v) const { return v; }
+};
+struct Magnitude {
+  double operator()(double v) const { return std::abs(v); }
+};
+
+inline bool descending(const SortedEntry& a, const SortedEntry& b) {
+  return a.key > b.key || (a.key == b.key && a.index < b.index);
+}
+
+// The window, sorted by key in ws.entries[0, size) and ws.s[0, size); `top` of
+// them belong to the k largest. Entries outside the window are singleton
+// blocks: key >= above means one of the k largest, otherwise (key <= below) not.
+struct RowWindow {
+  std::size_t size, top;
+  double above, below;
+};
+
+// Threads that may share the work of one row (team_size 1: none).
+struct RowTeam {
+  Workspace::Slots* slots = nullptr;
+  std::size_t size = 1;
+};
+
+inline void sort_window(RowWorkspace& ws) {
+  std::sort(ws.entries.begin(), ws.entries.end(), descending);
+  ws.s.resize(ws.entries.size());
+  for (std::size_t j = 0; j < ws.entries.size(); ++j) ws.s[j] = ws.entries[j].key;
+}
+
+template <class T, class Key>
+void load_entries(std::span<const T> row, Key key, RowWorkspace& ws) {
+  ws.entries.resize(row.size());
+  for (std::size_t i = 0; i < row.size(); ++i) ws.entries[i] = {key(static_cast<double>(row[i])), i};
+}
+
+// Solver::pav: the whole row, sorted (SPEC.md, step 1).
+template <class T, class Key>
+RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
+  load_entries(row, key, ws);
+  sort_window(ws);
+  return {row.size(), k, kInf, -kInf};
+}
+
+// Keys beyond which no entry can be in the straddling block, given the k-th
+// and (k+1)-th largest keys.
+inline void window_bounds(const BlockEquation& equation, double s_k, double s_next, double& above,
+                          double& below) {
+  const double l = equation.l();
+  if (equation.form() == IsotonicForm::mask) {
+    above = s_k + l;     // tau < s_k: saturated beyond
+    below = s_next - l;  // tau >= s_{k+1} - l: zero below
+  } else {
+    // top entries of the block have s_i < gamma + l gamma^(p-1) with gamma < s_k;
+    // the others have s_i > gamma >= the singleton value of s_k
+    above = s_k + l * equation.regularizer().inverse_power(s_k);
+    below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
+  }
+  above = std::max(above, std::nextafter(s_k, kInf));
+  below = std::min(below, std::nextafter(s_next, -kInf));
+}
+
+// One pass over row[begin, end): entries outside (below, above) get their
+// output (top_value(x_i) or 0), the others go to ws.entries. Returns the count
+// above.
+template <class T, class Key, class TopValue>
+std::size_t split_at_window(std::span<const T> row, std::size_t begin, std::size_t end, Key key, double above,
+                            double below, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
+  std::size_t count_above = 0;
+  ws.entries.clear();
+  for (std::size_t i = begin; i < end; ++i) {
+    const double key_i = key(static_cast<double>(row[i]));
+    if (key_i >= above) {
+      ++count_above;
+      out[i] = top_value(row[i]);
+    } else {
+      out[i] = T(0);
+      if (key_i > below) ws.entries.push_back({key_i, i});
+    }
+  }
+  return count_above;
+}
+
+// The k-th and (k+1)-th largest keys (1 <= k < n), by selection.
+template <class T, class Key>
+std::pair<double, double> kth_keys(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
+  const std::size_t n = row.size();
+  std::vector<T>& keys = ws.selection_keys<T>(n);
+  for (std::size_t i = 0; i < n; ++i) keys[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  const auto end = keys.begin() + static_cast<std::ptrdiff_t>(n), kth = keys.begin() + static_cast<std::ptrdiff_t>(k - 1);
+  std::nth_element(keys.begin(), kth, end, std::greater<T>());
+  return {static_cast<double>(*kth), static_cast<double>(*std::max_element(kth + 1, end))};
+}
+
+// The same with a team: a deterministic sample brackets the k-th key, the team
+// counts the keys above the bracket and gathers those inside, and selection
+// runs on the (small) bracket only. Falls back to kth_keys if the sample missed.
+template <class T, class Key>
+std::pair<double, double> kth_keys_in_team(std::span<const T> row, std::size_t k, Key key, const RowTeam& team) {
+  const std::size_t n = row.size();
+  std::vector<RowWorkspace>& slots = team.slots->rows;
+  std::vector<double>& sample = slots[0].s;
+  const std::size_t m = std::min<std::size_t>(16384, std::max<std::size_t>(1, n / 64));
+  sample.resize(m);
+  for (std::size_t j = 0; j < m; ++j) sample[j] = key(static_cast<double>(row[j * (n / m)]));
+  std::sort(sample.begin(), sample.end(), std::greater<double>());
+  const double rank = static_cast<double>(k - 1) * static_cast<double>(m) / static_cast<double>(n);
+  const double margin = 2.0 * std::sqrt(static_cast<double>(m)) + 16.0;
+  const double hi = rank - margin < 0.0 ? kInf : sample[static_cast<std::size_t>(rank - margin)];
+  const double lo = rank + margin >= static_cast<double>(m - 1) ? -kInf : sample[static_cast<std::size_t>(rank + margin)];
+
+  std::vector<std::size_t> above(team.size, 0);  // small, once per huge row
+  std::vector<double> largest_below(team.size, -kInf);
+  parallel_for(team.size, team.size, [&](std::size_t t, std::size_t, std::size_t) {
+    std::vector<T>& inside = slots[t].selection_keys<T>(0);
+    inside.clear();
+    for (std::size_t i = n * t / team.size; i < n * (t + 1) / team.size; ++i) {
+      const double key_i = key(static_cast<double>(row[i]));
+      if (key_i > hi) ++above[t];
+      else if (key_i >= lo) inside.push_back(static_cast<T>(key_i));
+      else largest_below[t] = std::max(largest_below[t], key_i);
+    }
+  });
+  std::size_t count_above = 0, count_inside = 0;
+  for (std::size_t t = 0; t < team.size; ++t) {
+    count_above += above[t];
+    count_inside += slots[t].selection_keys<T>(0).size();
+  }
+  if (!(count_above < k && k <= count_above + count_inside)) return kth_keys(row, k, key, slots[0]);
+  std::vector<T>& inside = slots[0].selection_keys<T>(0);
+  for (std::size_t t = 1; t < team.size; ++t) {
+    const std::vector<T>& other = slots[t].selection_keys<T>(0);
+    inside.insert(inside.end(), other.begin(), other.end());
+  }
+  const std::size_t r = k - count_above;  // rank of s_k inside the bracket, 1-based
+  const auto kth = inside.begin() + static_cast<std::ptrdiff_t>(r - 1);
+  std::nth_element(inside.begin(), kth, inside.end(), std::greater<T>());
+  const double s_k = static_cast<double>(*kth);
+  double s_next = *std::max_element(largest_below.begin(), largest_below.end());
+  if (r < inside.size()) s_next = std::max(s_next, static_cast<double>(*std::max_element(kth + 1, inside.end())));
+  return {s_k, s_next};
+}
+
+// Solver::threshold (0 < k < n): select the k-th and (k+1)-th largest keys,
+// which bound the straddling block, and keep only the entries that can lie in
+// it. Entries outside the window get their output here.
+template <class T, class Key, class TopValue>
+RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const BlockEquation& equation,
+                           RowWorkspace& ws, const RowTeam& team, std::span<T> out, TopValue top_value) {
+  const std::size_t n = row.size();
+  const auto [s_k, s_next] = team.size > 1 ? kth_keys_in_team(row, k, key, team) : kth_keys(row, k, key, ws);
+  double above, below;
+  window_bounds(equation, s_k, s_next, above, below);
+  std::size_t count_above = 0;
+  if (team.size > 1) {
+    std::vector<std::size_t> counts(team.size, 0);
+    parallel_for(team.size, team.size, [&](std::size_t t, std::size_t, std::size_t) {
+      counts[t] = split_at_window(row, n * t / team.size, n * (t + 1) / team.size, key, above, below,
+                                  team.slots->rows[t], out, top_value);
+    });
+    for (std::size_t t = 0; t < team.size; ++t) {
+      count_above += counts[t];
+      if (t > 0) {
+        const auto& other = team.slots->rows[t].entries;
+        ws.entries.insert(ws.entries.end(), other.begin(), other.end());
+      }
+    }
+  } else {
+    count_above = split_at_window(row, 0, n, key, above, below, ws, out, top_value);
+  }
+  sort_window(ws);
+  return {ws.entries.size(), k - count_above, above, below};
+}
+
+template <class T, class Key, class TopValue>
+RowWindow select_window(std::span<const T> row, std::size_t k, Key key, Solver solver,
+                        const BlockEquation& equation, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
+                        TopValue top_value) {
+  if (solver == Solver::pav || k == 0 || k == row.size()) return sorted_row(row, k, key, ws);
+  return threshold_window(row, k, key, equation, ws, team, out, top_value);
+}
+
+}  // namespace sparsetopk::detail
