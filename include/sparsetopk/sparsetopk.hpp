@@ -1,7 +1,6 @@
 #pragma once
 // Fast, differentiable and sparse top-k operators.
 
-#include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/isotonic.hpp>
 #include <sparsetopk/parallel.hpp>
