@@ -85,7 +85,7 @@ double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMome
     hi = std::max(s_max, 0.0);
     gamma = 0.5 * (lo + hi);
   }
-  const double tolerance = 4.0 * DBL_EPSILON * std::max({std::abs(lo), std::abs(hi), l_}) + DBL_MIN;
+  const double tolerance = 4.0 * DBL_EPSILON * std::max(std::abs(lo), std::abs(hi)) + DBL_MIN;
   double last_width = hi - lo;
   for (int iteration = 0; iteration < 200 && hi - lo > tolerance; ++iteration) {
     double slope = 0.0;
@@ -97,15 +97,16 @@ double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMome
     const double step = f / slope;
     const double newton = gamma - step;
     if (std::isfinite(step) && newton > lo && newton < hi && std::abs(step) < 0.5 * last_width) {
-      if (std::abs(step) <= tolerance) return newton;
       last_width = std::abs(step);
-      gamma = newton;
+      // A step below the tolerance is not proof of convergence when the slope
+      // is steep (p large): overshoot slightly so the bracket closes from both sides.
+      gamma = std::abs(step) > tolerance ? newton : std::clamp(newton - std::copysign(tolerance, step), lo, hi);
     } else {
       last_width = hi - lo;
       gamma = lo + 0.5 * (hi - lo);
     }
   }
-  return gamma;
+  return lo + 0.5 * (hi - lo);
 }
 
 }  // namespace sparsetopk::detail

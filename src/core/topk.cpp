@@ -3,6 +3,7 @@
 #include "sparsetopk/topk.hpp"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -142,6 +143,32 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) 
   if (blocks) blocks->set_row(r, kNaN, 0.0, kNaN, 0);
 }
 
+// The block's outputs sum to W_B (its share of k). When p is large, pow(u,
+// q-1) rises from 0 faster near u = 0 than a double tau can resolve: the exact
+// tau then lies within an ulp of the computed one, and only the entries whose
+// key ties the key nearest to tau are unresolved. They share what the block
+// still owes, which is their exact common value.
+template <class T>
+void settle_threshold_ties(const StraddlingBlock& block, const RowWindow& window, const RowWorkspace& ws,
+                           double block_sum, std::span<T> out) {
+  const double owed = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
+  if (block.begin == block.end || std::abs(block_sum - owed) <= 1e-12 * owed) return;
+  std::size_t nearest = block.begin;
+  for (std::size_t j = block.begin; j < block.end; ++j)
+    if (std::abs(ws.s[j] - block.gamma) < std::abs(ws.s[nearest] - block.gamma)) nearest = j;
+  const double key = ws.s[nearest];
+  if (std::abs(key - block.gamma) > 16.0 * DBL_EPSILON * std::abs(key) + DBL_MIN) return;
+  double tied_sum = 0.0, tied = 0.0;
+  for (std::size_t j = block.begin; j < block.end; ++j) {
+    if (ws.s[j] != key) continue;
+    tied_sum += static_cast<double>(out[ws.entries[j].index]);
+    tied += 1.0;
+  }
+  const double share = std::clamp((owed - (block_sum - tied_sum)) / tied, 0.0, 1.0);
+  for (std::size_t j = block.begin; j < block.end; ++j)
+    if (ws.s[j] == key) out[ws.entries[j].index] = static_cast<T>(share);
+}
+
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
 template <class T>
 void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
@@ -153,12 +180,14 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;
+  double block_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     double y = j < window.top ? 1.0 : 0.0;  // singleton blocks: y = w exactly
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
+      block_sum += y;
       if (blocks && u > 0.0 && u < 1.0) {
         blocks->index_data(r)[active] = e.index;
         blocks->c_data(r)[active++] = regularizer.slope(u) / l;  // c_i = ((q-1)/l) (u_i/l)^(q-2)
@@ -166,6 +195,7 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
     }
     out[e.index] = static_cast<T>(y);
   }
+  settle_threshold_ties(block, window, ws, block_sum, out);
   save_row(blocks, r, block, window, ws, active);
 }
 
