@@ -1,0 +1,38 @@
+"""sparsetopk: fast, differentiable and sparse top-k operators for PyTorch.
+
+Importing the package loads the compiled operator library (libsparsetopk_torch.so,
+built by CMake; see ``sparsetopk._library.candidate_paths`` and the
+``SPARSETOPK_LIBRARY`` environment variable), which registers
+``torch.ops.sparsetopk.{soft_topk_mask, soft_topk_mag, hard_topk_mask, hard_topk_mag}``.
+
+Functions: :func:`soft_topk_mask`, :func:`soft_topk_mag`, :func:`hard_topk_mask`,
+:func:`hard_topk_mag`. Modules: :class:`SoftTopKMask`, :class:`SoftTopKMagnitude`,
+:class:`SparseLinear`, :class:`SoftTopKRouter`.
+
+Example:
+    >>> import torch, sparsetopk
+    >>> x = torch.tensor([-5., -2., 3., 1.])
+    >>> sparsetopk.soft_topk_mask(x, k=2, l=0.01)
+    tensor([0., 0., 1., 1.])
+"""
+
+from ._library import load_library
+
+load_library()
+
+from .functional import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask  # noqa: E402
+from .nn import RouterOutput, SoftTopKMagnitude, SoftTopKMask, SoftTopKRouter, SparseLinear  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "soft_topk_mask",
+    "soft_topk_mag",
+    "hard_topk_mask",
+    "hard_topk_mag",
+    "SoftTopKMask",
+    "SoftTopKMagnitude",
+    "SparseLinear",
+    "SoftTopKRouter",
+    "RouterOutput",
+]

@@ -1,0 +1,98 @@
+"""The operators as functions of tensors (thin wrappers of torch.ops.sparsetopk.*).
+
+Every function applies its operator to each slice of ``x`` along ``dim`` (any
+shape, any dim, non-contiguous inputs and empty tensors are fine) and returns a
+new contiguous tensor of the shape and dtype of ``x``. float32 and float64 are
+computed natively, float16 and bfloat16 in float32. CPU tensors only. The
+functions are TorchScript-compatible. Bad arguments raise RuntimeError (IndexError
+for ``dim``) with a message naming the argument and its value.
+
+The conventions (``l``, ``p``, the formulas) are those of SPEC.md and of the
+reference implementation of Sander et al., "Fast, Differentiable and Sparse
+Top-k: a Convex Analysis Perspective" (ICML 2023).
+"""
+
+import torch
+
+
+def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1,
+                   solver: str = "auto") -> torch.Tensor:
+    """Soft top-k mask: a sparse, differentiable relaxation of the hard mask.
+
+    ``out = argmax_{y in [0,1]^n, sum(y) = k} <y, x> - (l/p) sum_i y_i^p`` on each
+    slice: values in [0, 1] summing to ``k``, exactly 1 on entries far above the
+    k-th largest, exactly 0 on entries below it; tends to the hard mask as
+    ``l -> 0``.
+
+    Args:
+        x: input tensor (float32, float64, float16 or bfloat16, CPU).
+        k: number of entries to select, ``0 <= k <= x.size(dim)``.
+        l: regularization strength, ``l > 0``; the width of the soft band.
+        p: norm of the regularizer, ``p > 1``. ``4/3`` (default) gives a
+            continuously differentiable operator, ``2`` a piecewise linear one.
+        dim: the dimension along which to select.
+        solver: ``"auto"`` (default, same as ``"threshold"``), ``"pav"`` (sort
+            then Pool Adjacent Violators) or ``"threshold"`` (selection, then PAV
+            on the few straddling entries). All give the same result.
+
+    Returns:
+        A tensor like ``x``. Differentiable in ``x`` (first derivatives, exact:
+        the closed-form block Jacobian); double backward raises.
+
+    Example:
+        >>> soft_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
+        tensor([0., 0., 1., 1.])
+    """
+    return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver)
+
+
+def soft_topk_mag(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1,
+                  solver: str = "auto") -> torch.Tensor:
+    """Soft top-k in magnitude: keeps the ``k`` largest ``|x_i|``, sparsely and differentiably.
+
+    Entries well inside the top k (by magnitude) come back unchanged, entries
+    well outside are exactly 0, and only a band of width about ``l`` around the
+    k-th magnitude is shrunk toward 0. Tends to ``hard_topk_mag`` as ``l -> 0``.
+
+    Args:
+        x: input tensor (float32, float64, float16 or bfloat16, CPU).
+        k: number of entries to keep, ``0 <= k <= x.size(dim)``.
+        l: regularization strength, ``l > 0``.
+        p: norm of the regularizer, ``p > 1`` (default 4/3).
+        dim: the dimension along which to select.
+        solver: ``"auto"``, ``"pav"`` or ``"threshold"`` (see :func:`soft_topk_mask`).
+
+    Returns:
+        A tensor like ``x``. Differentiable in ``x`` (first derivatives only).
+
+    Example:
+        >>> soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
+        tensor([-5.,  0.,  3.,  0.])
+    """
+    return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver)
+
+
+def hard_topk_mask(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Hard top-k mask: 1 on the ``k`` largest entries of each slice, 0 elsewhere.
+
+    Ties are broken by the lower index first, so every slice has exactly ``k``
+    ones (a slice holding a NaN comes back all NaN). Piecewise constant: the
+    result never requires grad.
+
+    Example:
+        >>> hard_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2)
+        tensor([0., 0., 1., 1.])
+    """
+    return torch.ops.sparsetopk.hard_topk_mask(x, k, dim)
+
+
+def hard_topk_mag(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Hard top-k in magnitude: ``x_i`` on the ``k`` largest ``|x_i|`` of each slice, 0 elsewhere.
+
+    Equal to ``x * hard_topk_mask(x.abs(), k, dim)``; its gradient is that mask.
+
+    Example:
+        >>> hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
+        tensor([-5.,  0.,  3.,  0.])
+    """
+    return torch.ops.sparsetopk.hard_topk_mag(x, k, dim)

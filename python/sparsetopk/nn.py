@@ -1,0 +1,232 @@
+"""torch.nn modules built on the soft top-k operators."""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .functional import hard_topk_mag, soft_topk_mag, soft_topk_mask
+
+
+def _check_l_p(owner: str, l: float, p: float) -> None:
+    if not (math.isfinite(l) and l > 0):
+        raise ValueError(f"sparsetopk.{owner}: l must be finite and > 0, got l = {l}")
+    if not (math.isfinite(p) and p > 1):
+        raise ValueError(f"sparsetopk.{owner}: p must be finite and > 1, got p = {p}")
+
+
+class SoftTopKMask(nn.Module):
+    """``y = soft_topk_mask(x, k, l, p, dim)``: a soft, sparse selection of the k largest entries.
+
+    See :func:`sparsetopk.soft_topk_mask`. No parameters.
+    """
+
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
+        super().__init__()
+        _check_l_p("SoftTopKMask", l, p)
+        self.k = int(k)
+        self.l = float(l)
+        self.p = float(p)
+        self.dim = int(dim)
+        self.solver = str(solver)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_topk_mask(x, self.k, self.l, self.p, self.dim, self.solver)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
+
+
+class SoftTopKMagnitude(nn.Module):
+    """``y = soft_topk_mag(x, k, l, p, dim)``: keeps the k largest-magnitude entries, softly.
+
+    See :func:`sparsetopk.soft_topk_mag`. No parameters.
+    """
+
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
+        super().__init__()
+        _check_l_p("SoftTopKMagnitude", l, p)
+        self.k = int(k)
+        self.l = float(l)
+        self.p = float(p)
+        self.dim = int(dim)
+        self.solver = str(solver)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
+
+
+class SparseLinear(nn.Module):
+    """A linear layer whose weight is sparsified by soft top-k in magnitude.
+
+    ``y = x W_s^T + b`` with ``W_s = soft_topk_mag(W, k, l, p)`` taken over all
+    weights of the layer (``per="layer"``) or over each output row
+    (``per="row"``). ``k = floor(density * count + 1/2)`` with ``count`` the
+    number of weights in the layer or in a row. ``W`` is the dense trained
+    parameter; ``W_s`` keeps the large weights unchanged, is exactly zero on the
+    small ones and shrinks a band of width about ``l`` around the k-th magnitude,
+    through which gradients let weights enter or leave the kept set. Weights
+    below the band get no gradient (their output is exactly 0): they come back
+    only when the kept weights shrink, so ``l`` trades exploration for sparsity.
+
+    Args:
+        in_features, out_features: as :class:`torch.nn.Linear`.
+        density: fraction of the weights kept, in [0, 1].
+        per: ``"layer"`` or ``"row"``.
+        l: regularization strength, in the units of the weights (which start in
+            ``+-1/sqrt(in_features)``); the default 0.01 keeps the band narrow.
+        p: norm of the regularizer, ``p > 1``.
+        bias: whether to add a (dense) bias.
+
+    ``weight`` and ``bias`` are initialized as in :class:`torch.nn.Linear`. For
+    deployment, :meth:`hard_pruned_weight` / :meth:`to_sparse` export the hard
+    top-k weight with exactly ``kept`` non-zeros per layer or row.
+    """
+
+    def __init__(self, in_features: int, out_features: int, density: float = 0.1, per: str = "layer",
+                 l: float = 0.01, p: float = 4.0 / 3.0, bias: bool = True,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"sparsetopk.SparseLinear: in_features = {in_features} and "
+                             f"out_features = {out_features} must be >= 0")
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"sparsetopk.SparseLinear: density must be in [0, 1], got density = {density}")
+        if per not in ("layer", "row"):
+            raise ValueError(f"sparsetopk.SparseLinear: per must be 'layer' or 'row', got per = {per!r}")
+        _check_l_p("SparseLinear", l, p)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.density = float(density)
+        self.per = per
+        self.l = float(l)
+        self.p = float(p)
+        count = self.in_features if per == "row" else self.in_features * self.out_features
+        self.kept = int(math.floor(self.density * count + 0.5))
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initializes ``weight`` and ``bias`` as :class:`torch.nn.Linear` does."""
+        if self.weight.numel() > 0:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None and self.bias.numel() > 0:
+            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def effective_weight(self) -> torch.Tensor:
+        """``W_s``, the soft-pruned weight the forward pass uses (differentiable)."""
+        if self.per == "row":
+            return soft_topk_mag(self.weight, self.kept, self.l, self.p, 1)
+        return soft_topk_mag(self.weight.reshape(-1), self.kept, self.l, self.p).view_as(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    @torch.no_grad()
+    def hard_pruned_weight(self) -> torch.Tensor:
+        """``hard_topk_mag(W, kept)`` per layer or row: exactly ``kept`` non-zeros per group
+        (fewer only where ``W`` itself is 0). Dense, detached."""
+        if self.per == "row":
+            return hard_topk_mag(self.weight, self.kept, 1)
+        return hard_topk_mag(self.weight.reshape(-1), self.kept).view_as(self.weight)
+
+    def to_sparse(self) -> torch.Tensor:
+        """:meth:`hard_pruned_weight` as a coalesced sparse COO tensor."""
+        return self.hard_pruned_weight().to_sparse().coalesce()
+
+    @torch.no_grad()
+    def sparsity(self) -> float:
+        """Fraction of exactly-zero entries of :meth:`effective_weight`."""
+        w = self.effective_weight()
+        return float((w == 0).sum()) / w.numel() if w.numel() > 0 else 0.0
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, density={self.density}, "
+                f"per={self.per!r}, kept={self.kept}, l={self.l}, p={self.p}, bias={self.bias is not None}")
+
+
+class RouterOutput(NamedTuple):
+    """What :class:`SoftTopKRouter` returns.
+
+    gates: ``(..., num_experts)``, >= 0, exactly 0 for the experts a token does not use.
+    expert_indices: ``(..., m)`` int64, the experts each token uses (non-zero gate),
+        largest gate first, padded with -1; ``m`` is the count of the busiest token.
+    expert_mask: ``(..., num_experts)`` bool, ``gates != 0``.
+    """
+
+    gates: torch.Tensor
+    expert_indices: torch.Tensor
+    expert_mask: torch.Tensor
+
+
+class SoftTopKRouter(nn.Module):
+    """Mixture-of-experts router with sparse, differentiable top-k gates.
+
+    ``z = x A^T`` (a bias-free linear map to ``num_experts`` logits), then
+    ``m = soft_topk_mask(z, k, l, p)`` over the experts: ``m`` sums to ``k``, is
+    exactly 0 for experts outside the top k and 1 for clear winners. The gates
+    are, with ``normalize=True`` (default), ``g = m * softmax(z) / sum(m * softmax(z))``
+    (the softmax gates of a top-k router, restricted softly to the selected
+    experts; rows sum to 1, and the router gets a gradient even when the mask is
+    saturated), or with ``normalize=False`` the mask itself, ``g = m``.
+
+    A token uses exactly ``k`` experts unless some logits sit within about ``l``
+    of its k-th largest logit; there the mask is fractional and a few more
+    experts share the load, which is what makes the selection differentiable.
+
+    Args:
+        d_model: size of the token features (last dim of the input).
+        num_experts: number of experts.
+        k: experts per token, ``1 <= k <= num_experts``.
+        l, p: as :func:`sparsetopk.soft_topk_mask`.
+        normalize: see above.
+
+    Returns:
+        :class:`RouterOutput` ``(gates, expert_indices, expert_mask)``.
+    """
+
+    def __init__(self, d_model: int, num_experts: int, k: int, l: float = 0.1, p: float = 4.0 / 3.0,
+                 normalize: bool = True, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"sparsetopk.SoftTopKRouter: num_experts must be >= 1, got num_experts = {num_experts}")
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"sparsetopk.SoftTopKRouter: k = {k} is out of range [1, num_experts = {num_experts}]")
+        _check_l_p("SoftTopKRouter", l, p)
+        self.d_model = int(d_model)
+        self.num_experts = int(num_experts)
+        self.k = int(k)
+        self.l = float(l)
+        self.p = float(p)
+        self.normalize = bool(normalize)
+        self.gate = nn.Linear(self.d_model, self.num_experts, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        logits = self.gate(x)
+        mask = soft_topk_mask(logits, self.k, self.l, self.p)
+        if self.normalize:
+            weighted = mask * torch.softmax(logits, dim=-1)
+            gates = weighted / weighted.sum(dim=-1, keepdim=True)
+        else:
+            gates = mask
+        expert_mask = gates != 0
+        used = int(expert_mask.sum(dim=-1).max()) if expert_mask.numel() > 0 else 0
+        top_gates, order = torch.sort(gates.detach(), dim=-1, descending=True, stable=True)
+        expert_indices = order.narrow(-1, 0, used).masked_fill(top_gates.narrow(-1, 0, used) == 0, -1)
+        return RouterOutput(gates, expert_indices, expert_mask)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_experts={self.num_experts}, k={self.k}, l={self.l}, "
+                f"p={self.p}, normalize={self.normalize}")

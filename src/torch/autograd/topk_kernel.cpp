@@ -1,0 +1,142 @@
+// Autograd kernels: torch::autograd::Function wrappers whose forward calls the
+// _forward op (the output and the core's ActiveBlocks) and whose backward calls
+// the _backward op (the core's exact VJP). First derivatives only (double
+// backward raises), except hard_topk_mag whose backward is a product with a
+// constant mask.
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <string>
+
+#include "../ops.hpp"
+
+namespace sparsetopk::torch::detail {
+namespace {
+
+using ::torch::autograd::AutogradContext;
+using ::torch::autograd::variable_list;
+
+bool needs_grad(const at::Tensor& x) { return at::GradMode::is_enabled() && x.requires_grad(); }
+
+// The backwards below are not differentiable. When one runs with create_graph,
+// its result grad_x is routed through a node that raises if differentiated
+// again; the node's edges lead to the backward's own inputs (x and the incoming
+// gradient), so any second derivative through it reaches the error, whether
+// taken with backward() or torch::autograd::grad.
+at::Tensor forbid_double_backward(const at::Tensor& grad_x, const variable_list& inputs) {
+  if (!at::GradMode::is_enabled()) return grad_x;
+  variable_list wrapped{grad_x};
+  for (const at::Tensor& input : inputs)
+    if (input.defined() && input.requires_grad()) wrapped.push_back(input);
+  if (wrapped.size() == 1) return grad_x;
+  auto error = std::make_shared<::torch::autograd::DelayedError>(
+      "sparsetopk: double backward is not implemented (the operators are differentiable once)", 0);
+  return (*error)(std::move(wrapped))[0];
+}
+
+class SoftTopkMaskFunction : public ::torch::autograd::Function<SoftTopkMaskFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                            const std::string& solver) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = call_soft_topk_mask_forward(x, k, l, p, dim, solver);
+    ctx->saved_data["blocks"] = saved;
+    ctx->save_for_backward({x});  // only for the double-backward error's edges
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const SavedBlocksPtr saved = ctx->saved_data["blocks"].toCustomClass<SavedBlocks>();
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    at::Tensor grad_x;
+    {
+      at::NoGradGuard no_grad;
+      grad_x = call_soft_topk_mask_backward(grad_outputs[0], saved);
+    }
+    return {forbid_double_backward(grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+class SoftTopkMagFunction : public ::torch::autograd::Function<SoftTopkMagFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                            const std::string& solver) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = call_soft_topk_mag_forward(x, k, l, p, dim, solver);
+    ctx->saved_data["blocks"] = saved;
+    ctx->save_for_backward({x});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const SavedBlocksPtr saved = ctx->saved_data["blocks"].toCustomClass<SavedBlocks>();
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    at::Tensor grad_x;
+    {
+      at::NoGradGuard no_grad;
+      grad_x = call_soft_topk_mag_backward(grad_outputs[0], x, saved);
+    }
+    return {forbid_double_backward(grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+// d hard_topk_mag / dx = the hard mask of |x| (the operator is x * mask). The
+// backward grad * mask is recorded, so double backward works (and is exact:
+// the mask is locally constant).
+class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor out = call_hard_topk_mag(x, k, dim);
+    ctx->save_for_backward({call_hard_topk_mask(x.abs(), k, dim)});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    return {grad_outputs[0].mul(mask), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                   c10::string_view solver) {
+  if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver));
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_soft_topk_mask(x, k, l, p, dim, solver);
+}
+
+at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                  c10::string_view solver) {
+  if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver));
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_soft_topk_mag(x, k, l, p, dim, solver);
+}
+
+// Piecewise constant: the result never requires grad (like torch.argmax).
+at::Tensor hard_topk_mask_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_hard_topk_mask(x, k, dim);
+}
+
+at::Tensor hard_topk_mag_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
+  if (needs_grad(x)) return HardTopkMagFunction::apply(x, k, dim);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_hard_topk_mag(x, k, dim);
+}
+
+}  // namespace
+}  // namespace sparsetopk::torch::detail
+
+TORCH_LIBRARY_IMPL(sparsetopk, Autograd, m) {
+  using namespace sparsetopk::torch::detail;
+  m.impl("soft_topk_mask", TORCH_FN(soft_topk_mask_autograd));
+  m.impl("soft_topk_mag", TORCH_FN(soft_topk_mag_autograd));
+  m.impl("hard_topk_mask", TORCH_FN(hard_topk_mask_autograd));
+  m.impl("hard_topk_mag", TORCH_FN(hard_topk_mag_autograd));
+}

@@ -1,0 +1,85 @@
+#pragma once
+// Argument checks of the torch operators. Every message starts with
+// "sparsetopk.<op>: " and names the argument and its value.
+
+#include <sparsetopk/topk.hpp>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace sparsetopk::torch::detail {
+
+inline std::string dtype_name(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: return c10::toString(type);
+  }
+}
+
+// A dense CPU tensor of a floating dtype the operators accept.
+inline void check_input(const char* op, const at::Tensor& x, const char* name = "x") {
+  TORCH_CHECK(x.device().is_cpu(), "sparsetopk.", op, ": only CPU tensors are supported, got ", name, " on ",
+              x.device());
+  TORCH_CHECK(x.layout() == at::kStrided, "sparsetopk.", op, ": ", name, " must be a dense (strided) tensor, got layout ",
+              x.layout());
+  const at::ScalarType type = x.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, "sparsetopk.",
+              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype_name(type));
+}
+
+// Returns dim wrapped to [0, max(x.dim(), 1)); a 0-d tensor counts as one entry.
+inline int64_t wrap_dim(const char* op, const at::Tensor& x, int64_t dim) {
+  const int64_t ndim = std::max<int64_t>(x.dim(), 1);
+  TORCH_CHECK_INDEX(dim >= -ndim && dim < ndim, "sparsetopk.", op, ": dim = ", dim, " is out of range for x with ",
+                    x.dim(), " dimension(s) (expected a value in [", -ndim, ", ", ndim - 1, "])");
+  return dim < 0 ? dim + ndim : dim;
+}
+
+// The number of entries of every slice along the wrapped dim.
+inline int64_t slice_size(const at::Tensor& x, int64_t dim) { return x.dim() == 0 ? 1 : x.size(dim); }
+
+inline void check_k(const char* op, int64_t k, int64_t n, int64_t dim) {
+  TORCH_CHECK(k >= 0 && k <= n, "sparsetopk.", op, ": k = ", k, " is out of range [0, ", n, "] (x.size(", dim,
+              ") = ", n, ")");
+}
+
+inline void check_l_p(const char* op, double l, double p) {
+  TORCH_CHECK(std::isfinite(l) && l > 0.0, "sparsetopk.", op, ": l must be finite and > 0, got l = ", l);
+  TORCH_CHECK(std::isfinite(p) && p > 1.0, "sparsetopk.", op, ": p must be finite and > 1, got p = ", p);
+}
+
+inline Solver parse_solver(const char* op, c10::string_view name) {
+  if (name == "auto") return Solver::automatic;
+  if (name == "pav") return Solver::pav;
+  if (name == "threshold") return Solver::threshold;
+  TORCH_CHECK(false, "sparsetopk.", op, ": solver = \"", std::string(name),
+              "\" is not one of \"auto\", \"pav\", \"threshold\"");
+}
+
+inline const char* solver_name(Solver solver) {
+  switch (solver) {
+    case Solver::automatic: return "auto";
+    case Solver::pav: return "pav";
+    case Solver::threshold: return "threshold";
+  }
+  TORCH_CHECK(false, "sparsetopk: solver = ", static_cast<int>(solver), " is not a known sparsetopk::Solver");
+}
+
+}  // namespace sparsetopk::torch::detail

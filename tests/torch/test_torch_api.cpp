@@ -1,0 +1,231 @@
+// The LibTorch C++ API of <sparsetopk/torch.hpp>: values, layouts, gradients
+// (against the core's VJP and finite differences), errors and the modules.
+
+#include <gtest/gtest.h>
+
+#include <sparsetopk/torch.hpp>
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace stt = sparsetopk::torch;
+
+namespace {
+
+at::Tensor spec_x(at::ScalarType type = at::kDouble) {
+  return torch::tensor({-5.0, -2.0, 3.0, 1.0}, torch::TensorOptions().dtype(type));
+}
+
+std::vector<double> values(const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kDouble).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+void expect_near(const at::Tensor& a, const at::Tensor& b, double tol) {
+  ASSERT_EQ(a.sizes(), b.sizes());
+  EXPECT_TRUE(torch::allclose(a.to(at::kDouble), b.to(at::kDouble), 0.0, tol)) << a << "\nvs\n" << b;
+}
+
+std::string error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(TorchOps, SpecKnownValuesInFloatAndDouble) {
+  for (auto type : {at::kFloat, at::kDouble}) {
+    const double tol = type == at::kFloat ? 1e-5 : 1e-12;
+    expect_near(stt::soft_topk_mask(spec_x(type), 2, 0.01), torch::tensor({0.0, 0.0, 1.0, 1.0}), tol);
+    expect_near(stt::soft_topk_mag(spec_x(type), 2, 0.01), torch::tensor({-5.0, 0.0, 3.0, 0.0}), tol);
+    EXPECT_EQ(values(stt::hard_topk_mask(spec_x(type), 2)), (std::vector<double>{0, 0, 1, 1}));
+    EXPECT_EQ(values(stt::hard_topk_mag(spec_x(type), 2)), (std::vector<double>{-5, 0, 3, 0}));
+    EXPECT_EQ(stt::soft_topk_mask(spec_x(type), 2).scalar_type(), type);
+  }
+}
+
+TEST(TorchOps, RowsMatchTheCoreOneRowFunctions) {
+  const at::Tensor x = torch::randn({5, 9}, torch::kDouble);
+  const sparsetopk::SoftTopkOptions options{0.3, 2.0, sparsetopk::Solver::pav};
+  const at::Tensor mask = stt::soft_topk_mask(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::pav);
+  const at::Tensor mag = stt::soft_topk_mag(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::pav);
+  for (int64_t r = 0; r < 5; ++r) {
+    EXPECT_EQ(values(mask[r]), sparsetopk::soft_topk_mask(values(x[r]), 4, options));
+    EXPECT_EQ(values(mag[r]), sparsetopk::soft_topk_mag(values(x[r]), 4, options));
+  }
+}
+
+TEST(TorchOps, AnyDimEqualsMovingTheDimLast) {
+  const at::Tensor x = torch::randn({3, 7, 4}, torch::kDouble);
+  const at::Tensor out = stt::soft_topk_mask(x, 3, 0.5, 4.0 / 3.0, 1);
+  EXPECT_TRUE(out.is_contiguous());
+  EXPECT_TRUE(torch::equal(out, stt::soft_topk_mask(x.movedim(1, -1).contiguous(), 3, 0.5).movedim(-1, 1)));
+  EXPECT_TRUE(torch::equal(stt::hard_topk_mag(x.transpose(0, 2), 2, 0),
+                           stt::hard_topk_mag(x.transpose(0, 2).contiguous(), 2, 0)));
+}
+
+TEST(TorchOps, EmptyAndHalfPrecisionTensors) {
+  EXPECT_EQ(stt::soft_topk_mag(torch::empty({0, 5}), 2).sizes(), (std::vector<int64_t>{0, 5}));
+  EXPECT_EQ(stt::soft_topk_mask(torch::empty({4, 0}), 0).sizes(), (std::vector<int64_t>{4, 0}));
+  for (auto type : {at::kHalf, at::kBFloat16}) {
+    const at::Tensor x = torch::randn({3, 6}).to(type);
+    const at::Tensor out = stt::soft_topk_mask(x, 2);
+    EXPECT_EQ(out.scalar_type(), type);
+    EXPECT_TRUE(torch::equal(out, stt::soft_topk_mask(x.to(at::kFloat), 2).to(type)));
+  }
+}
+
+TEST(TorchOps, GradientEqualsTheCoreVjp) {
+  const at::Tensor x = torch::randn({4, 8}, torch::kDouble).requires_grad_();
+  const at::Tensor g = torch::randn({4, 8}, torch::kDouble);
+  const sparsetopk::SoftTopkOptions options{1.0, 4.0 / 3.0};
+  const std::vector<double> xs = values(x), gs = values(g);
+  for (bool magnitude : {false, true}) {
+    const at::Tensor y = magnitude ? stt::soft_topk_mag(x, 3, 1.0) : stt::soft_topk_mask(x, 3, 1.0);
+    const at::Tensor grad = torch::autograd::grad({y}, {x}, {g})[0];
+
+    std::vector<double> out(xs.size()), expected(xs.size());
+    sparsetopk::ActiveBlocks blocks;
+    if (magnitude) {
+      sparsetopk::soft_topk_mag<double>(xs, 8, 3, out, options, &blocks);
+      sparsetopk::soft_topk_mag_vjp<double>(blocks, xs, gs, expected);
+    } else {
+      sparsetopk::soft_topk_mask<double>(xs, 8, 3, out, options, &blocks);
+      sparsetopk::soft_topk_mask_vjp<double>(blocks, gs, expected);
+    }
+    EXPECT_EQ(values(y), out);
+    EXPECT_EQ(values(grad), expected);
+  }
+}
+
+TEST(TorchOps, GradientMatchesFiniteDifferences) {
+  const at::Tensor x0 = torch::tensor({0.9, -0.4, 0.35, 1.7, -1.2, 0.05}, torch::kDouble);
+  const at::Tensor g = torch::tensor({0.3, -1.0, 0.7, 0.2, 0.5, -0.4}, torch::kDouble);
+  for (bool magnitude : {false, true}) {
+    auto f = [&](const at::Tensor& x) {
+      return magnitude ? stt::soft_topk_mag(x, 3, 0.8, 1.5, 0) : stt::soft_topk_mask(x, 3, 0.8, 1.5, 0);
+    };
+    const at::Tensor x = x0.clone().requires_grad_();
+    const at::Tensor grad = torch::autograd::grad({f(x)}, {x}, {g})[0];
+    const double h = 1e-6;
+    for (int64_t i = 0; i < x0.numel(); ++i) {
+      at::Tensor plus = x0.clone(), minus = x0.clone();
+      plus[i] += h;
+      minus[i] -= h;
+      const double numeric = ((f(plus) - f(minus)) * g).sum().item<double>() / (2 * h);
+      EXPECT_NEAR(grad[i].item<double>(), numeric, 1e-6) << "magnitude=" << magnitude << " i=" << i;
+    }
+    EXPECT_GT(grad.abs().max().item<double>(), 0.05);
+  }
+}
+
+TEST(TorchOps, HardMagnitudeGradientIsTheMask) {
+  const at::Tensor x = torch::randn({3, 6}, torch::kDouble).requires_grad_();
+  const at::Tensor g = torch::randn({3, 6}, torch::kDouble);
+  const at::Tensor grad = torch::autograd::grad({stt::hard_topk_mag(x, 2)}, {x}, {g})[0];
+  EXPECT_TRUE(torch::equal(grad, g * stt::hard_topk_mask(x.detach().abs(), 2)));
+  EXPECT_FALSE(stt::hard_topk_mask(x, 2).requires_grad());
+}
+
+TEST(TorchOps, NoGradAndInferenceMode) {
+  const at::Tensor x = torch::randn({2, 5}).requires_grad_();
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_FALSE(stt::soft_topk_mask(x, 2).requires_grad());
+  }
+  {
+    c10::InferenceMode inference;
+    const at::Tensor out = stt::soft_topk_mag(torch::randn({2, 5}), 2);
+    EXPECT_TRUE(out.is_inference());
+  }
+  EXPECT_TRUE(stt::soft_topk_mask(x, 2).requires_grad());
+}
+
+TEST(TorchOps, DoubleBackwardThrows) {
+  const at::Tensor x = torch::randn({2, 6}, torch::kDouble).requires_grad_();
+  const at::Tensor y = stt::soft_topk_mask(x, 2, 1.0);
+  const at::Tensor grad = torch::autograd::grad({y.pow(2).sum()}, {x}, {}, /*retain_graph=*/true,
+                                                /*create_graph=*/true)[0];
+  try {
+    torch::autograd::grad({grad.sum()}, {x});
+    FAIL() << "double backward did not throw";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("sparsetopk: double backward is not implemented"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(TorchOps, ErrorsNameTheArgument) {
+  const at::Tensor x = torch::randn({2, 5});
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(x, 6); }).find(
+                "sparsetopk.soft_topk_mask: k = 6 is out of range [0, 5] (x.size(1) = 5)"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.0); }).find("l must be finite and > 0, got l = 0"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 1.0); }).find("p must be finite and > 1, got p = 1"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::hard_topk_mask(torch::arange(4), 1); }).find(
+                "x must be float32, float64, float16 or bfloat16, got int64"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::hard_topk_mag(torch::zeros({3}, torch::Device("meta")), 1); }).find(
+                "only CPU tensors are supported, got x on meta"),
+            std::string::npos);
+  EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, 2), c10::IndexError);
+  EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, -1, static_cast<sparsetopk::Solver>(9)), c10::Error);
+}
+
+TEST(TorchModules, SoftTopKMaskAndMagnitude) {
+  stt::SoftTopKMask mask(stt::SoftTopKMaskOptions(2).l(0.01));
+  stt::SoftTopKMagnitude magnitude(2);
+  EXPECT_EQ(values(mask(spec_x())), (std::vector<double>{0, 0, 1, 1}));
+  EXPECT_TRUE(torch::equal(magnitude(spec_x()), stt::soft_topk_mag(spec_x(), 2)));
+  std::ostringstream text;
+  text << *mask;
+  EXPECT_EQ(text.str(), "sparsetopk::torch::SoftTopKMask(k=2, l=0.01, p=1.33333, dim=-1, solver=auto)");
+}
+
+TEST(TorchModules, SparseLinearTrainsAndExportsAHardSparseWeight) {
+  torch::manual_seed(0);
+  stt::SparseLinear layer(stt::SparseLinearOptions(12, 3).density(0.25).per(stt::SparsityScope::row));
+  EXPECT_EQ(layer->kept(), 3);
+  const at::Tensor x = torch::randn({128, 12});
+  const at::Tensor y = x.narrow(1, 0, 3) * 0.5 - 0.2;
+  torch::optim::Adam optimizer(layer->parameters(), torch::optim::AdamOptions(0.02));
+  double first = 0.0, last = 0.0;
+  for (int step = 0; step < 150; ++step) {
+    optimizer.zero_grad();
+    const at::Tensor loss = (layer(x) - y).pow(2).mean();
+    loss.backward();
+    optimizer.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.6 * first);
+  EXPECT_GT(layer->sparsity(), 0.5);
+  const at::Tensor hard = layer->hard_pruned_weight();
+  EXPECT_TRUE(torch::equal(hard.ne(0).sum(1), torch::full({3}, 3, torch::kLong)));
+  const at::Tensor sparse = layer->to_sparse();
+  EXPECT_TRUE(sparse.is_sparse());
+  EXPECT_TRUE(torch::equal(sparse.to_dense(), hard));
+}
+
+TEST(TorchModules, SoftTopKRouterGivesSparseGates) {
+  torch::manual_seed(0);
+  stt::SoftTopKRouter router(8, 6, 2);
+  const stt::RouterOutput out = router(torch::randn({16, 8}));
+  EXPECT_EQ(out.gates.sizes(), (std::vector<int64_t>{16, 6}));
+  EXPECT_TRUE(torch::allclose(out.gates.sum(-1), torch::ones({16})));
+  EXPECT_TRUE(torch::equal(out.expert_mask, out.gates.ne(0)));
+  EXPECT_EQ(out.expert_indices.size(1), out.expert_mask.sum(-1).max().item<int64_t>());
+  EXPECT_TRUE(torch::equal(out.expert_indices.ge(0).sum(-1), out.expert_mask.sum(-1)));
+  EXPECT_GT(out.gates.eq(0).sum().item<int64_t>(), 0);
+  out.gates.pow(2).sum().backward();
+  EXPECT_TRUE(router->gate->weight.grad().defined());
+}
