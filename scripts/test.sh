@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Installs what is needed, builds, and runs every test (the README's test command).
+# Installs what is needed, builds, and runs every test (the README's test command):
+#   1. the release build: core, CLI, consumer package check (and LibTorch/Python when built);
+#   2. the core and CLI suites under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   3. the threaded tests under ThreadSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+jobs=$(nproc)
+
 scripts/build.sh
-ctest --preset release -j "$(nproc)"
+ctest --preset release -j "$jobs"
+
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
+cmake --preset asan > /dev/null
+cmake --build --preset asan -j "$jobs" > build-asan.log 2>&1 || { tail -50 build-asan.log; exit 1; }
+ctest --preset asan -j "$jobs"
+
+echo "== ThreadSanitizer: threaded paths =="
+cmake --preset tsan > /dev/null
+cmake --build --preset tsan -j "$jobs" --target test_concurrency test_soft_topk > build-tsan.log 2>&1 || { tail -50 build-tsan.log; exit 1; }
+ctest --preset tsan -j "$jobs" -R "ThreadCount|Thread|Bitwise"
