@@ -1,0 +1,705 @@
+// Soft top-k mask and magnitude operators (SPEC.md) against the bisection
+// reference, optimality of the constrained primal problem, structural
+// properties, batching, precision, threading and argument validation.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <sparsetopk/sparsetopk.hpp>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using stk_test::mag;
+using stk_test::mask;
+
+struct Row {
+  std::vector<double> x;
+  std::size_t k = 0;
+  double l = 1, p = 2;
+  sparsetopk::Solver solver = sparsetopk::Solver::automatic;
+};
+
+std::size_t gen_n(int max_n = 12) {
+  return static_cast<std::size_t>(*rc::gen::inRange(1, max_n + 1));
+}
+std::size_t gen_k(std::size_t n) {
+  return static_cast<std::size_t>(*rc::gen::inRange<int>(0, static_cast<int>(n) + 1));
+}
+
+// A random row: values on a grid of [-5, 5] (ties possible), any k in [0, n].
+Row gen_case(int max_n = 12) {
+  Row r;
+  const std::size_t n = gen_n(max_n);
+  r.x = stk_test::gen_row(n, -5, 5, 2000);
+  r.k = gen_k(n);
+  r.l = *rc::gen::element(0.01, 0.1, 0.5, 1.0, 3.0);
+  r.p = stk_test::gen_p();
+  r.solver = stk_test::gen_solver();
+  return r;
+}
+
+void log_case(const Row& r) {
+  RC_LOG() << "x=" << stk_test::show(r.x) << " k=" << r.k << " l=" << r.l << " p=" << r.p
+           << " solver=" << static_cast<int>(r.solver) << "\n";
+}
+
+// ---- against the reference ---------------------------------------------------
+
+STK_PROP(SoftTopkMask, MatchesBisectionReference, 200) {
+  const Row r = gen_case();
+  log_case(r);
+  const auto got = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p).out;
+  RC_LOG() << "got " << stk_test::show(got) << "\nexpected " << stk_test::show(expected) << "\n";
+  const double tol = 1e-9 + stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  for (std::size_t i = 0; i < got.size(); ++i) RC_ASSERT(std::fabs(got[i] - expected[i]) <= tol);
+}
+
+STK_PROP(SoftTopkMag, MatchesBisectionReference, 200) {
+  const Row r = gen_case();
+  log_case(r);
+  const auto got = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p).out;
+  RC_LOG() << "got " << stk_test::show(got) << "\nexpected " << stk_test::show(expected) << "\n";
+  const double tol = stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  for (std::size_t i = 0; i < got.size(); ++i)
+    RC_ASSERT(std::fabs(got[i] - expected[i]) <= 1e-9 * (1 + std::fabs(expected[i])) + tol);
+}
+
+// Long rows with many near-ties around the threshold: exercises the window
+// selection of the threshold solver.
+Row gen_long_case() {
+  Row r;
+  const auto n = static_cast<std::size_t>(*rc::gen::inRange(13, 401));
+  const int steps = *rc::gen::element(20, 200, 20000);
+  r.x = stk_test::gen_row(n, -2, 2, steps);
+  r.k = gen_k(n);
+  r.l = *rc::gen::element(0.001, 0.05, 0.5, 3.0);
+  r.p = stk_test::gen_p();
+  r.solver = stk_test::gen_solver();
+  return r;
+}
+
+STK_PROP(SoftTopkMask, MatchesBisectionReferenceOnLongRows, 100) {
+  const Row r = gen_long_case();
+  RC_LOG() << "n=" << r.x.size() << " k=" << r.k << " l=" << r.l << " p=" << r.p
+           << " solver=" << static_cast<int>(r.solver) << "\n";
+  const auto got = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p).out;
+  const double tol = 1e-9 + stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    RC_LOG() << "i=" << i << " x=" << r.x[i] << " got " << got[i] << " expected " << expected[i]
+             << "\n";
+    RC_ASSERT(std::fabs(got[i] - expected[i]) <= tol);
+  }
+}
+
+STK_PROP(SoftTopkMag, MatchesBisectionReferenceOnLongRows, 100) {
+  const Row r = gen_long_case();
+  RC_LOG() << "n=" << r.x.size() << " k=" << r.k << " l=" << r.l << " p=" << r.p
+           << " solver=" << static_cast<int>(r.solver) << "\n";
+  const auto got = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p).out;
+  const double tol = stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    RC_LOG() << "i=" << i << " x=" << r.x[i] << " got " << got[i] << " expected " << expected[i]
+             << "\n";
+    RC_ASSERT(std::fabs(got[i] - expected[i]) <= 1e-9 * (1 + std::fabs(expected[i])) + tol);
+  }
+}
+
+STK_PROP(SoftTopkMask, VectorConvenienceEqualsBatchApi, 50) {
+  const Row r = gen_case();
+  const auto batch = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto conv = sparsetopk::soft_topk_mask(r.x, r.k, stk_test::options(r.l, r.p, r.solver));
+  RC_ASSERT(conv == batch);
+}
+
+STK_PROP(SoftTopkMag, VectorConvenienceEqualsBatchApi, 50) {
+  const Row r = gen_case();
+  const auto batch = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto conv = sparsetopk::soft_topk_mag(r.x, r.k, stk_test::options(r.l, r.p, r.solver));
+  RC_ASSERT(conv == batch);
+}
+
+template <class Op>
+void check_solvers_agree(Op op) {
+  Row r = gen_case();
+  log_case(r);
+  using sparsetopk::Solver;
+  const auto a = op(r.x, Solver::automatic, r);
+  const auto b = op(r.x, Solver::pav, r);
+  const auto c = op(r.x, Solver::threshold, r);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    RC_LOG() << "i=" << i << " automatic " << a[i] << " pav " << b[i] << " threshold " << c[i]
+             << "\n";
+    RC_ASSERT(std::fabs(a[i] - b[i]) <= 1e-12 * (1 + std::fabs(b[i])));
+    RC_ASSERT(std::fabs(c[i] - b[i]) <= 1e-12 * (1 + std::fabs(b[i])));
+  }
+}
+
+STK_PROP(SoftTopkMask, AllSolversAgree, 200) {
+  check_solvers_agree([](const std::vector<double>& x, sparsetopk::Solver s, const Row& r) {
+    return mask(x, x.size(), r.k, r.l, r.p, nullptr, nullptr, s);
+  });
+}
+
+STK_PROP(SoftTopkMag, AllSolversAgree, 200) {
+  check_solvers_agree([](const std::vector<double>& x, sparsetopk::Solver s, const Row& r) {
+    return mag(x, x.size(), r.k, r.l, r.p, nullptr, nullptr, s);
+  });
+}
+
+// ---- optimality of the constrained primal -------------------------------------
+// out = argmax_{y in [0,1]^n, sum y = k} <y, x> - (l/p) sum y^p. KKT: there is tau
+// with y_i = 0 => x_i <= tau, y_i = 1 => x_i - l >= tau, and 0 < y_i < 1 =>
+// x_i - l y_i^(p-1) = tau.
+
+STK_PROP(SoftTopkMask, SatisfiesKktOfConstrainedPrimal, 200) {
+  const Row r = gen_case();
+  log_case(r);
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const double tol = 1e-9 * (1 + stk_test::max_abs(r.x) + r.l);
+  const double sat = 1 - 1e-12;  // outputs this close to 1 count as saturated
+  std::vector<double> taus;
+  double max_zero = -std::numeric_limits<double>::infinity();  // tau >= x_i for y_i = 0
+  double min_one = std::numeric_limits<double>::infinity();    // tau <= x_i - l for y_i = 1
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    RC_ASSERT(y[i] >= 0.0);
+    RC_ASSERT(y[i] <= 1.0);
+    if (y[i] == 0.0) {
+      max_zero = std::max(max_zero, r.x[i]);
+    } else if (y[i] >= sat) {
+      min_one = std::min(min_one, r.x[i] - r.l);
+    } else {
+      taus.push_back(r.x[i] - r.l * std::pow(y[i], r.p - 1));
+    }
+  }
+  if (!taus.empty()) {
+    const auto [lo, hi] = std::minmax_element(taus.begin(), taus.end());
+    RC_LOG() << "fractional taus in [" << *lo << ", " << *hi << "]\n";
+    RC_ASSERT(*hi - *lo <= tol);
+    const double tau = (*lo + *hi) / 2;
+    RC_ASSERT(max_zero <= tau + tol);
+    RC_ASSERT(min_one >= tau - tol);
+  } else {
+    RC_ASSERT(max_zero <= min_one + tol);
+  }
+}
+
+// ---- structure of the mask -----------------------------------------------------
+
+STK_PROP(SoftTopkMask, LiesInUnitInterval, 200) {
+  const Row r = gen_case();
+  for (double v : mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver)) {
+    RC_ASSERT(v >= 0.0);
+    RC_ASSERT(v <= 1.0);
+  }
+}
+
+STK_PROP(SoftTopkMask, SumsToK, 200) {
+  const Row r = gen_case();
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  double sum = 0;
+  for (double v : y) sum += v;
+  const double tol =
+      static_cast<double>(y.size()) * stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  RC_ASSERT(std::fabs(sum - static_cast<double>(r.k)) <=
+            1e-10 * (1 + static_cast<double>(r.k)) + tol);
+}
+
+STK_PROP(SoftTopkMask, HasExactlyKNonzerosForSeparatedInputsAndSmallL, 100) {
+  const std::size_t n = gen_n();
+  const auto x = stk_test::gen_distinct_row(n, 1.0, 3.0, stk_test::gen_grid(-10, 10));
+  const std::size_t k = gen_k(n);
+  const double p = stk_test::gen_p();
+  const auto y = mask(x, n, k, 1e-3, p, nullptr, nullptr, stk_test::gen_solver());
+  RC_LOG() << "x=" << stk_test::show(x) << " k=" << k << " p=" << p << " y=" << stk_test::show(y)
+           << "\n";
+  RC_ASSERT(static_cast<std::size_t>(
+                std::count_if(y.begin(), y.end(), [](double v) { return v != 0.0; })) == k);
+}
+
+STK_PROP(SoftTopkMask, IsExactlyZeroBelowThreshold, 200) {
+  const Row r = gen_case();
+  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  for (std::size_t i = 0; i < y.size(); ++i)
+    if (ref::Real(r.x[i]) < expected.tau - margin) RC_ASSERT(y[i] == 0.0);
+}
+
+STK_PROP(SoftTopkMask, IsOneFarAboveThreshold, 200) {
+  const Row r = gen_case();
+  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  for (std::size_t i = 0; i < y.size(); ++i)
+    if (ref::Real(r.x[i]) > expected.tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
+}
+
+STK_PROP(SoftTopkMask, IsPermutationEquivariant, 100) {
+  const Row r = gen_case();
+  const auto perm = stk_test::gen_permutation(r.x.size());
+  std::vector<double> xp(r.x.size());
+  for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = r.x[perm[i]];
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto yp = mask(xp, xp.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  for (std::size_t i = 0; i < xp.size(); ++i) RC_ASSERT(std::fabs(yp[i] - y[perm[i]]) <= 1e-12);
+}
+
+STK_PROP(SoftTopkMask, IsInvariantToAddingAConstant, 100) {
+  const Row r = gen_case();
+  const double c = stk_test::gen_grid(-4, 4, 64);  // multiples of 1/8: exact shifts
+  std::vector<double> xs(r.x);
+  for (auto& v : xs) v += c;
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto ys = mask(xs, xs.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const double tol = 1e-9 + 2 * stk_test::holder_tol(r.p, r.l, stk_test::max_abs(xs));
+  for (std::size_t i = 0; i < y.size(); ++i) RC_ASSERT(std::fabs(ys[i] - y[i]) <= tol);
+}
+
+STK_PROP(SoftTopkMask, IsNonDecreasingInOwnEntry, 100) {
+  Row r = gen_case();
+  const auto i = static_cast<std::size_t>(*rc::gen::inRange<int>(0, static_cast<int>(r.x.size())));
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  r.x[i] += stk_test::gen_grid(0.001, 2, 1000);
+  const auto y2 = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  RC_ASSERT(y2[i] >= y[i] - 1e-12 - 2 * stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x)));
+}
+
+STK_PROP(SoftTopkMask, TendsToHardMaskAsLVanishes, 100) {
+  const std::size_t n = gen_n();
+  const auto x = stk_test::gen_distinct_row(n, 0.01, 1.0, stk_test::gen_grid(-5, 5));
+  const std::size_t k = gen_k(n);
+  const double p = stk_test::gen_p();
+  const auto hard = ref::hard_mask(x, k);
+  // Below the smallest gap (0.01) the soft mask is the hard one.
+  const auto y = mask(x, n, k, 1e-4, p, nullptr, nullptr, stk_test::gen_solver());
+  for (std::size_t i = 0; i < n; ++i) RC_ASSERT(std::fabs(y[i] - hard[i]) <= 1e-9);
+}
+
+STK_PROP(SoftTopkMask, InnerProductWithXGrowsAsLDecreases, 100) {
+  // y(l) = grad of a convex function at x / l, so <x, y(l)> is non-increasing in
+  // l, and bounded by the sum of the k largest entries (the hard value).
+  const Row r = gen_case();
+  log_case(r);
+  const auto hard = ref::hard_mask(r.x, r.k);
+  double top = 0;
+  for (std::size_t i = 0; i < hard.size(); ++i) top += hard[i] * r.x[i];
+  double prev = -std::numeric_limits<double>::infinity();
+  for (double l : {10.0, 3.0, 1.0, 0.3, 0.1, 0.01, 0.001}) {
+    const auto y = mask(r.x, r.x.size(), r.k, l, r.p, nullptr, nullptr, r.solver);
+    double d = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) d += y[i] * r.x[i];
+    RC_LOG() << "l=" << l << " <x, y> - top = " << d - top << " y=" << stk_test::show(y) << "\n";
+    double tol = 1e-9;
+    for (double v : r.x) tol += std::fabs(v) * stk_test::holder_tol(r.p, l, stk_test::max_abs(r.x));
+    RC_ASSERT(d >= prev - 2 * tol);
+    RC_ASSERT(d <= top + tol);
+    prev = d;
+  }
+}
+
+// Gap between the top entries and the next one equal to l up to rounding: for
+// p = 3 the next entry's output is sqrt(u) with u ~ 1e-16, the most sensitive
+// configuration; the outputs must still sum to k and match the reference.
+TEST(SoftTopkMask, SumsToKWhenAnEntrySitsAtTheThresholdForPThree) {
+  const std::vector<double> x{2.045, 2.045, 1.745};
+  for (auto solver : {sparsetopk::Solver::pav, sparsetopk::Solver::threshold}) {
+    const auto y = mask(x, 3, 2, 0.3, 3.0, nullptr, nullptr, solver);
+    EXPECT_NEAR(y[0] + y[1] + y[2], 2.0, 1e-12) << stk_test::show(y);
+    const auto expected = ref::soft_mask(x, 2, 0.3, 3.0).out;
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_NEAR(y[i], expected[i], 1e-12) << i;
+  }
+}
+
+// ---- structure of the magnitude ---------------------------------------------
+
+STK_PROP(SoftTopkMag, ReturnsTopEntriesExactlyUnchanged, 200) {
+  const Row r = gen_case();
+  log_case(r);
+  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p);
+  const auto out = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const ref::Real q = ref::conjugate(r.p);
+  // A top entry is returned unchanged when pow((s_i - gamma)/l, q-1) >= gamma.
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!expected.top[i]) continue;
+    const ref::Real u = std::fabs(ref::Real(r.x[i])) - expected.gamma;
+    if (ref::spow(u / r.l, q - 1) > expected.gamma * (1 + 1e-6L) + 1e-9L) {
+      RC_LOG() << "i=" << i << " x=" << r.x[i] << " out=" << out[i] << "\n";
+      RC_ASSERT(out[i] == r.x[i]);
+    }
+  }
+}
+
+STK_PROP(SoftTopkMag, IsExactlyZeroFarBelowTheKthMagnitude, 200) {
+  const Row r = gen_case();
+  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p);
+  const auto out = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const ref::Real margin = 1e-6L * (1 + expected.gamma);
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (std::fabs(ref::Real(r.x[i])) < expected.gamma - margin) RC_ASSERT(out[i] == 0.0);
+}
+
+STK_PROP(SoftTopkMag, ShrinksTowardZeroKeepingSign, 200) {
+  const Row r = gen_case();
+  const auto out = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    RC_ASSERT(std::fabs(out[i]) <= std::fabs(r.x[i]));
+    RC_ASSERT(out[i] * r.x[i] >= 0.0);
+  }
+}
+
+STK_PROP(SoftTopkMag, IsPermutationEquivariant, 100) {
+  const Row r = gen_case();
+  const auto perm = stk_test::gen_permutation(r.x.size());
+  std::vector<double> xp(r.x.size());
+  for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = r.x[perm[i]];
+  const auto y = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto yp = mag(xp, xp.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  for (std::size_t i = 0; i < xp.size(); ++i)
+    RC_ASSERT(std::fabs(yp[i] - y[perm[i]]) <= 1e-12 * (1 + std::fabs(y[perm[i]])));
+}
+
+STK_PROP(SoftTopkMag, IsOddInX, 100) {
+  const Row r = gen_case();
+  std::vector<double> neg(r.x);
+  for (auto& v : neg) v = -v;
+  const auto y = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  const auto yn = mag(neg, neg.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  for (std::size_t i = 0; i < y.size(); ++i) RC_ASSERT(yn[i] == -y[i]);
+}
+
+STK_PROP(SoftTopkMag, TendsToHardMagnitudeAsLVanishes, 100) {
+  const std::size_t n = gen_n();
+  const auto x = stk_test::gen_distinct_row(n, 0.05, 1.0, stk_test::gen_grid(0.1, 3));
+  const auto signs = *rc::gen::container<std::vector<bool>>(n, rc::gen::arbitrary<bool>());
+  std::vector<double> xs(x);
+  for (std::size_t i = 0; i < n; ++i) xs[i] = signs[i] ? -x[i] : x[i];
+  const std::size_t k = gen_k(n);
+  const double p = stk_test::gen_p();
+  const auto hard = ref::hard_mag(xs, k);
+  const auto y = mag(xs, n, k, 1e-6, p, nullptr, nullptr, stk_test::gen_solver());
+  RC_LOG() << "x=" << stk_test::show(xs) << " k=" << k << " p=" << p << " y=" << stk_test::show(y)
+           << "\n";
+  for (std::size_t i = 0; i < n; ++i) RC_ASSERT(std::fabs(y[i] - hard[i]) <= 1e-9);
+}
+
+// ---- edge values of k ---------------------------------------------------------
+
+STK_PROP(SoftTopkMask, KZeroGivesAllZeros, 50) {
+  const Row r = gen_case();
+  for (double v : mask(r.x, r.x.size(), 0, r.l, r.p, nullptr, nullptr, r.solver))
+    RC_ASSERT(v == 0.0);
+}
+
+STK_PROP(SoftTopkMask, KEqualToNGivesAllOnes, 50) {
+  const Row r = gen_case();
+  for (double v : mask(r.x, r.x.size(), r.x.size(), r.l, r.p, nullptr, nullptr, r.solver))
+    RC_ASSERT(v == 1.0);
+}
+
+STK_PROP(SoftTopkMag, KZeroGivesAllZeros, 50) {
+  const Row r = gen_case();
+  for (double v : mag(r.x, r.x.size(), 0, r.l, r.p, nullptr, nullptr, r.solver))
+    RC_ASSERT(v == 0.0);
+}
+
+STK_PROP(SoftTopkMag, KEqualToNGivesX, 50) {
+  const Row r = gen_case();
+  RC_ASSERT(mag(r.x, r.x.size(), r.x.size(), r.l, r.p, nullptr, nullptr, r.solver) == r.x);
+}
+
+TEST(SoftTopk, EmptyBatchWithZeroRowLengthIsAccepted) {
+  std::vector<double> x, out;
+  EXPECT_NO_THROW(sparsetopk::soft_topk_mask<double>(x, 0, 0, out));
+  EXPECT_NO_THROW(sparsetopk::soft_topk_mag<double>(x, 0, 0, out));
+}
+
+TEST(SoftTopk, EmptyBatchWithPositiveRowLengthIsAccepted) {
+  std::vector<double> x, out;
+  EXPECT_NO_THROW(sparsetopk::soft_topk_mask<double>(x, 5, 2, out));
+  EXPECT_NO_THROW(sparsetopk::soft_topk_mag<double>(x, 5, 2, out));
+}
+
+// ---- batches, precision, threads, reuse -----------------------------------------
+
+struct Batch {
+  std::vector<double> x;
+  std::size_t rows = 0, n = 0, k = 0;
+  double l = 1, p = 2;
+  sparsetopk::Solver solver = sparsetopk::Solver::automatic;
+};
+
+Batch gen_batch(int max_rows = 8, int max_n = 12) {
+  Batch b;
+  b.rows = static_cast<std::size_t>(*rc::gen::inRange(1, max_rows + 1));
+  b.n = gen_n(max_n);
+  b.k = gen_k(b.n);
+  b.x = stk_test::gen_row(b.rows * b.n, -5, 5, 2000);
+  b.l = *rc::gen::element(0.01, 0.1, 0.5, 1.0, 3.0);
+  b.p = stk_test::gen_p();
+  b.solver = stk_test::gen_solver();
+  return b;
+}
+
+STK_PROP(SoftTopkMask, BatchEqualsRowByRow, 50) {
+  const Batch b = gen_batch();
+  const auto all = mask(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  for (std::size_t r = 0; r < b.rows; ++r) {
+    const std::vector<double> row(b.x.begin() + static_cast<std::ptrdiff_t>(r * b.n),
+                                  b.x.begin() + static_cast<std::ptrdiff_t>((r + 1) * b.n));
+    const auto one = mask(row, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+    for (std::size_t i = 0; i < b.n; ++i) RC_ASSERT(all[r * b.n + i] == one[i]);
+  }
+}
+
+STK_PROP(SoftTopkMag, BatchEqualsRowByRow, 50) {
+  const Batch b = gen_batch();
+  const auto all = mag(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  for (std::size_t r = 0; r < b.rows; ++r) {
+    const std::vector<double> row(b.x.begin() + static_cast<std::ptrdiff_t>(r * b.n),
+                                  b.x.begin() + static_cast<std::ptrdiff_t>((r + 1) * b.n));
+    const auto one = mag(row, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+    for (std::size_t i = 0; i < b.n; ++i) RC_ASSERT(all[r * b.n + i] == one[i]);
+  }
+}
+
+std::vector<float> to_float(const std::vector<double>& x) { return {x.begin(), x.end()}; }
+std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
+
+STK_PROP(SoftTopkMask, FloatAgreesWithDouble, 100) {
+  const Batch b = gen_batch();
+  const auto xf = to_float(b.x);
+  const auto yf = mask(xf, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  const auto yd = mask(to_double(xf), b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  for (std::size_t i = 0; i < yf.size(); ++i)
+    RC_ASSERT(std::fabs(double(yf[i]) - yd[i]) <= 1e-5 * (1 + std::fabs(yd[i])));
+}
+
+STK_PROP(SoftTopkMag, FloatAgreesWithDouble, 100) {
+  const Batch b = gen_batch();
+  const auto xf = to_float(b.x);
+  const auto yf = mag(xf, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  const auto yd = mag(to_double(xf), b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  for (std::size_t i = 0; i < yf.size(); ++i)
+    RC_ASSERT(std::fabs(double(yf[i]) - yd[i]) <= 1e-5 * (1 + std::fabs(yd[i])));
+}
+
+STK_PROP(SoftTopk, ReusedWorkspaceAndBlocksGiveSameResults, 30) {
+  sparsetopk::Workspace ws;
+  sparsetopk::ActiveBlocks blocks;
+  for (int call = 0; call < 3; ++call) {
+    const Batch b = gen_batch(16, 40);
+    const bool use_mag = *rc::gen::arbitrary<bool>();
+    const auto fresh = use_mag ? mag(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver)
+                               : mask(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+    const auto reused = use_mag ? mag(b.x, b.n, b.k, b.l, b.p, &blocks, &ws, b.solver)
+                                : mask(b.x, b.n, b.k, b.l, b.p, &blocks, &ws, b.solver);
+    RC_ASSERT(fresh == reused);
+    RC_ASSERT(blocks.rows() == b.rows);
+    RC_ASSERT(blocks.n() == b.n);
+    RC_ASSERT(blocks.l() == b.l);
+    RC_ASSERT(blocks.p() == b.p);
+  }
+}
+
+STK_PROP(SoftTopkMask, ActiveBlockGammaIsTheThreshold, 100) {
+  const Row r = gen_case();
+  log_case(r);
+  sparsetopk::ActiveBlocks blocks;
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, &blocks, nullptr, r.solver);
+  RC_ASSERT(blocks.rows() == 1u);
+  const auto idx = blocks.index(0);
+  const double q = r.p / (r.p - 1);
+  // The active entries are the fractional ones: y_i = ((x_i - gamma)/l)^(q-1).
+  for (std::size_t j = 0; j < idx.size(); ++j) {
+    RC_ASSERT(idx[j] < r.x.size());
+    const double u = (r.x[idx[j]] - blocks.gamma(0)) / r.l;
+    const double tol = 1e-9 + 2 * stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+    RC_ASSERT(std::fabs(y[idx[j]] - std::pow(std::clamp(u, 0.0, 1.0), q - 1)) <= tol);
+  }
+  // Every fractional entry is active.
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    if (y[i] > 1e-12 && y[i] < 1 - 1e-12)
+      RC_ASSERT(std::find(idx.begin(), idx.end(), i) != idx.end());
+  }
+}
+
+void check_thread_invariance(bool use_mag, double p, sparsetopk::Solver solver,
+                             std::size_t rows = 600, std::size_t n = 200) {
+  stk_test::ThreadCountGuard guard;
+  const std::size_t k = n / 5 + 1;
+  std::vector<double> x(rows * n);
+  std::uint64_t state = 12345;
+  for (auto& v : x) {  // xorshift: reproducible pseudo-random values
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    v = static_cast<double>(state % 200001) / 20000.0 - 5.0;
+  }
+  std::vector<std::vector<double>> outs;
+  std::vector<sparsetopk::ActiveBlocks> states(3);
+  const std::size_t counts[] = {1, 2, 5};
+  for (std::size_t t = 0; t < 3; ++t) {
+    sparsetopk::set_num_threads(counts[t]);
+    EXPECT_EQ(sparsetopk::num_threads(), counts[t]);
+    outs.push_back(use_mag ? mag(x, n, k, 0.3, p, &states[t], nullptr, solver)
+                           : mask(x, n, k, 0.3, p, &states[t], nullptr, solver));
+  }
+  for (std::size_t t = 1; t < 3; ++t) {
+    ASSERT_EQ(outs[t].size(), outs[0].size());
+    EXPECT_EQ(std::memcmp(outs[t].data(), outs[0].data(), outs[0].size() * sizeof(double)), 0)
+        << counts[t] << " threads differ from 1 thread";
+    for (std::size_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(states[t].index(r).size(), states[0].index(r).size()) << r;
+      EXPECT_EQ(states[t].gamma(r), states[0].gamma(r)) << r;
+      EXPECT_EQ(states[t].block_weight(r), states[0].block_weight(r)) << r;
+      EXPECT_TRUE(std::equal(states[t].c(r).begin(), states[t].c(r).end(), states[0].c(r).begin()))
+          << r;
+    }
+  }
+}
+
+using sparsetopk::Solver;
+TEST(SoftTopkMask, ResultsAreBitwiseIdenticalForOneAndSeveralThreads) {
+  check_thread_invariance(false, 4.0 / 3.0, Solver::automatic);
+}
+TEST(SoftTopkMag, ResultsAreBitwiseIdenticalForOneAndSeveralThreads) {
+  check_thread_invariance(true, 4.0 / 3.0, Solver::automatic);
+}
+TEST(SoftTopkMask, ResultsAreBitwiseIdenticalAcrossThreadsForGeneralPWithPav) {
+  check_thread_invariance(false, 1.5, Solver::pav, 300, 100);
+}
+TEST(SoftTopkMag, ResultsAreBitwiseIdenticalAcrossThreadsForGeneralPWithThreshold) {
+  check_thread_invariance(true, 3.0, Solver::threshold, 300, 100);
+}
+
+TEST(Parallel, SetNumThreadsZeroRestoresDefault) {
+  stk_test::ThreadCountGuard guard;
+  sparsetopk::set_num_threads(3);
+  EXPECT_EQ(sparsetopk::num_threads(), 3u);
+  sparsetopk::set_num_threads(0);
+  EXPECT_GE(sparsetopk::num_threads(), 1u);
+}
+
+// ---- argument validation ---------------------------------------------------------
+
+void expect_invalid(const std::function<void()>& call, const std::vector<std::string>& names,
+                    const std::string& value) {
+  try {
+    call();
+    ADD_FAILURE() << "no exception; expected InvalidArgument";
+  } catch (const sparsetopk::InvalidArgument& e) {
+    const std::string what = e.what();
+    bool named = false;
+    for (const auto& name : names) named = named || stk_test::names_word(what, name);
+    EXPECT_TRUE(named) << "message does not name the argument: " << what;
+    if (!value.empty()) {
+      EXPECT_NE(what.find(value), std::string::npos) << "message lacks '" << value << "': " << what;
+    }
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
+const std::vector<double> kX{0.5, -1.0, 2.0, 0.25, 1.5};
+
+template <class Fn>
+void for_both_ops(Fn&& fn) {
+  fn([](std::span<const double> x, std::size_t n, std::size_t k, std::span<double> out,
+        const sparsetopk::SoftTopkOptions& o) {
+    sparsetopk::soft_topk_mask<double>(x, n, k, out, o);
+  });
+  fn([](std::span<const double> x, std::size_t n, std::size_t k, std::span<double> out,
+        const sparsetopk::SoftTopkOptions& o) {
+    sparsetopk::soft_topk_mag<double>(x, n, k, out, o);
+  });
+}
+
+TEST(SoftTopkArguments, KGreaterThanNThrowsNamingK) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 7, out, {}); }, {"k"}, "7");
+  });
+}
+
+TEST(SoftTopkArguments, ZeroLThrowsNamingL) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.0, 2.0)); }, {"l"}, "0");
+  });
+}
+
+TEST(SoftTopkArguments, NegativeLThrowsNamingLAndValue) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(-0.5, 2.0)); }, {"l"}, "-0.5");
+  });
+}
+
+TEST(SoftTopkArguments, NanLThrowsNamingL) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(std::nan(""), 2.0)); }, {"l"}, "");
+  });
+}
+
+TEST(SoftTopkArguments, POfOneThrowsNamingP) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 1.0)); }, {"p"}, "1");
+  });
+}
+
+TEST(SoftTopkArguments, PBelowOneThrowsNamingPAndValue) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 0.5)); }, {"p"}, "0.5");
+  });
+}
+
+TEST(SoftTopkArguments, NanPThrowsNamingP) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, std::nan(""))); }, {"p"}, "");
+  });
+}
+
+TEST(SoftTopkArguments, SizeNotMultipleOfNThrowsNamingXOrN) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 2, 1, out, {}); }, {"x", "n"}, "");
+  });
+}
+
+TEST(SoftTopkArguments, ZeroNWithNonEmptyXThrowsNamingXOrN) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size());
+    expect_invalid([&] { op(kX, 0, 0, out, {}); }, {"x", "n"}, "");
+  });
+}
+
+TEST(SoftTopkArguments, OutSizeMismatchThrowsNamingOut) {
+  for_both_ops([](auto op) {
+    std::vector<double> out(kX.size() + 1);
+    expect_invalid([&] { op(kX, 5, 2, out, {}); }, {"out"}, "");
+  });
+}
+
+TEST(SoftTopkArguments, ConvenienceKGreaterThanNThrowsNamingK) {
+  expect_invalid([] { sparsetopk::soft_topk_mask(kX, 9); }, {"k"}, "9");
+  expect_invalid([] { sparsetopk::soft_topk_mag(kX, 9); }, {"k"}, "9");
+}
+
+}  // namespace
