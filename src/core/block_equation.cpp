@@ -1,5 +1,7 @@
 #include "block_equation.hpp"
 
+#include "root_finding.hpp"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -69,8 +71,7 @@ double BlockEquation::residual(std::span<const double> s, double weight, double 
   return f;
 }
 
-// Newton's method safeguarded by bisection on a bracket [lo, hi] with
-// F(lo) >= 0 >= F(hi); stops at machine precision, in at most 200 steps.
+// F(lo) >= 0 >= F(hi) on the bracket below.
 double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMoments& m) const {
   const double s_max = s.front(), s_min = s.back();
   double lo, hi, gamma;
@@ -85,28 +86,8 @@ double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMome
     hi = std::max(s_max, 0.0);
     gamma = 0.5 * (lo + hi);
   }
-  const double tolerance = 4.0 * DBL_EPSILON * std::max(std::abs(lo), std::abs(hi)) + DBL_MIN;
-  double last_width = hi - lo;
-  for (int iteration = 0; iteration < 200 && hi - lo > tolerance; ++iteration) {
-    double slope = 0.0;
-    const double f = residual(s, m.weight, gamma, &slope);
-    if (f == 0.0) return gamma;
-    if (f > 0.0) lo = gamma;
-    else if (f < 0.0) hi = gamma;
-    else break;  // NaN: the block holds non-finite values
-    const double step = f / slope;
-    const double newton = gamma - step;
-    if (std::isfinite(step) && newton > lo && newton < hi && std::abs(step) < 0.5 * last_width) {
-      last_width = std::abs(step);
-      // A step below the tolerance is not proof of convergence when the slope
-      // is steep (p large): overshoot slightly so the bracket closes from both sides.
-      gamma = std::abs(step) > tolerance ? newton : std::clamp(newton - std::copysign(tolerance, step), lo, hi);
-    } else {
-      last_width = hi - lo;
-      gamma = lo + 0.5 * (hi - lo);
-    }
-  }
-  return lo + 0.5 * (hi - lo);
+  return find_decreasing_root(
+      [&](double g, double* slope) { return residual(s, m.weight, g, slope); }, lo, hi, gamma);
 }
 
 }  // namespace sparsetopk::detail

@@ -11,6 +11,7 @@
 
 #include "block_equation.hpp"
 #include "parallel.hpp"
+#include "root_finding.hpp"
 #include "row_window.hpp"
 #include "sparsetopk/parallel.hpp"
 #include "validate.hpp"
@@ -115,12 +116,81 @@ struct StraddlingBlock {
   bool contains(std::size_t j) const { return j >= begin && j < end; }
 };
 
-StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equation, RowWorkspace& ws) {
+// General p on a selected window: solve SPEC.md's scalar top-k equation for
+// gamma directly (PAV would re-solve the growing block after every merge,
+// O(m^2)), then read the block off gamma: the entries strictly inside the band.
+StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEquation& equation,
+                                         const RowWorkspace& ws) {
   const std::size_t m = window.size, top = window.top;
+  const double* s = ws.s.data();
+  const double l = equation.l(), s_k = s[top - 1], s_next = s[top];
+  const Regularizer& regularizer = equation.regularizer();
+  std::size_t begin = 0, end = top;
+  if (equation.form() == IsotonicForm::mask) {
+    // sum_j clip((s_j - tau)/l, 0, 1)^(q-1) = top, with s_{k+1} - l <= tau < s_k
+    const auto residual = [&](double tau, double* slope) {
+      double f = -static_cast<double>(top), df = 0.0;
+      for (std::size_t j = 0; j < m; ++j) {
+        const double u = (s[j] - tau) / l;
+        if (u >= 1.0) f += 1.0;
+        else if (u > 0.0) f += regularizer.power(u), df -= regularizer.slope(u) / l;
+      }
+      *slope = df;
+      return f;
+    };
+    // the output has kinks where an entry enters (tau = s_j) or saturates (tau = s_j - l)
+    const auto f = [&](double tau) { double slope; return residual(tau, &slope); };
+    double lo = s_next - l, hi = s_k, tau = 0.0;
+    if (!narrow_to_smooth_piece(f, [&](std::size_t j) { return s[j]; }, m, lo, hi, tau) &&
+        !narrow_to_smooth_piece(f, [&](std::size_t j) { return s[j] - l; }, m, lo, hi, tau))
+      tau = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
+    while (begin < m && s[begin] - tau >= l) ++begin;
+    end = begin;
+    while (end < m && s[end] > tau) ++end;
+    if (end <= top) return {top, top, s_next};  // as in PAV, a block must straddle top-1 and top
+    return {std::min(begin, top - 1), end, tau};
+  }
+  // sum_{j < top} min(pow((s_j - g)/l, q-1) - g, 0) + sum_{j >= top} pow((s_j - g)_+/l, q-1) = 0,
+  // with g between the singleton value of s_k and s_k
+  const auto residual = [&](double g, double* slope) {
+    double f = 0.0, df = 0.0;
+    for (std::size_t j = 0; j < m; ++j) {
+      const double u = (s[j] - g) / l;
+      if (j < top) {
+        const double excess = regularizer.power(u) - g;
+        if (excess < 0.0) f += excess, df -= regularizer.slope(u) / l + 1.0;
+      } else if (u > 0.0) {
+        f += regularizer.power(u), df -= regularizer.slope(u) / l;
+      }
+    }
+    *slope = df;
+    return f;
+  };
+  // kinks: where an entry below the top k enters (g = s_j) and where a top entry
+  // leaves its singleton value (g = that value)
+  const auto singleton = [&](std::size_t j) {
+    return equation.solve(std::span<const double>(s + j, 1), BlockMoments::single(s[j], 1.0));
+  };
+  const auto f = [&](double g) { double slope; return residual(g, &slope); };
+  double lo = singleton(top - 1), hi = s_k, gamma = 0.0;
+  if (!narrow_to_smooth_piece(f, [&](std::size_t j) { return s[top + j]; }, m - top, lo, hi, gamma) &&
+      !narrow_to_smooth_piece(f, singleton, top, lo, hi, gamma))
+    gamma = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
+  while (end < m && s[end] > gamma) ++end;
+  if (end == top) return {top, top, s_next};  // no entry below the top k is pulled in: no block
+  while (begin < top - 1 && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
+  return {begin, end, gamma};
+}
+
+StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equation, Solver solver,
+                             RowWorkspace& ws) {
+  const std::size_t m = window.size, top = window.top;
+  const double next_key = top < m ? ws.s[top] : -kInf;
+  if (top == 0 || top == m) return {top, top, next_key};
+  if (solver == Solver::threshold && equation.regularizer().kind() == Regularizer::Kind::general)
+    return solve_threshold_equation(window, equation, ws);
   const std::span<const double> s(ws.s.data(), m);
   pool_adjacent_violators(s, ws.topk_weights(m, top), equation, ws.blocks);
-  const double next_key = top < m ? s[top] : -kInf;
-  if (top == 0 || top == m) return {top, top, next_key};
   const auto block = std::find_if(ws.blocks.begin(), ws.blocks.end(),
                                   [top](const PavBlock& b) { return b.end >= top; });
   if (block->end > top) return {block->begin, block->end, block->value};
@@ -143,29 +213,29 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) 
   if (blocks) blocks->set_row(r, kNaN, 0.0, kNaN, 0);
 }
 
-// The block's outputs sum to W_B (its share of k). When p is large, pow(u,
-// q-1) rises from 0 faster near u = 0 than a double tau can resolve: the exact
-// tau then lies within an ulp of the computed one, and only the entries whose
-// key ties the key nearest to tau are unresolved. They share what the block
-// still owes, which is their exact common value.
+// The window's outputs sum to its share of k. When p is large, pow(u, q-1)
+// rises from 0 faster near u = 0 than a double tau can resolve: the exact tau
+// then lies within an ulp of the computed one, and only the entries whose key
+// ties the key nearest to tau are unresolved. They share what the window still
+// owes, which is their exact common value.
 template <class T>
-void settle_threshold_ties(const StraddlingBlock& block, const RowWindow& window, const RowWorkspace& ws,
-                           double block_sum, std::span<T> out) {
-  const double owed = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
-  if (block.begin == block.end || std::abs(block_sum - owed) <= 1e-12 * owed) return;
-  std::size_t nearest = block.begin;
-  for (std::size_t j = block.begin; j < block.end; ++j)
-    if (std::abs(ws.s[j] - block.gamma) < std::abs(ws.s[nearest] - block.gamma)) nearest = j;
+void settle_threshold_ties(const RowWindow& window, double gamma, const RowWorkspace& ws, double window_sum,
+                           std::span<T> out) {
+  const double owed = static_cast<double>(window.top);
+  if (window.size == 0 || std::abs(window_sum - owed) <= 1e-12 * owed) return;
+  std::size_t nearest = 0;
+  for (std::size_t j = 1; j < window.size; ++j)
+    if (std::abs(ws.s[j] - gamma) < std::abs(ws.s[nearest] - gamma)) nearest = j;
   const double key = ws.s[nearest];
-  if (std::abs(key - block.gamma) > 16.0 * DBL_EPSILON * std::abs(key) + DBL_MIN) return;
+  if (std::abs(key - gamma) > 16.0 * DBL_EPSILON * std::abs(key) + DBL_MIN) return;
   double tied_sum = 0.0, tied = 0.0;
-  for (std::size_t j = block.begin; j < block.end; ++j) {
+  for (std::size_t j = 0; j < window.size; ++j) {
     if (ws.s[j] != key) continue;
     tied_sum += static_cast<double>(out[ws.entries[j].index]);
     tied += 1.0;
   }
-  const double share = std::clamp((owed - (block_sum - tied_sum)) / tied, 0.0, 1.0);
-  for (std::size_t j = block.begin; j < block.end; ++j)
+  const double share = std::clamp((owed - (window_sum - tied_sum)) / tied, 0.0, 1.0);
+  for (std::size_t j = 0; j < window.size; ++j)
     if (ws.s[j] == key) out[ws.entries[j].index] = static_cast<T>(share);
 }
 
@@ -176,26 +246,26 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
                         ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
   const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
-  const StraddlingBlock block = solve_window(window, equation, ws);
+  const StraddlingBlock block = solve_window(window, equation, solver, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;
-  double block_sum = 0.0;
+  double window_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     double y = j < window.top ? 1.0 : 0.0;  // singleton blocks: y = w exactly
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
-      block_sum += y;
       if (blocks && u > 0.0 && u < 1.0) {
         blocks->index_data(r)[active] = e.index;
         blocks->c_data(r)[active++] = regularizer.slope(u) / l;  // c_i = ((q-1)/l) (u_i/l)^(q-2)
       }
     }
     out[e.index] = static_cast<T>(y);
+    window_sum += y;
   }
-  settle_threshold_ties(block, window, ws, block_sum, out);
+  settle_threshold_ties(window, block.gamma, ws, window_sum, out);
   save_row(blocks, r, block, window, ws, active);
 }
 
@@ -206,7 +276,7 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
                        ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
   const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
-  const StraddlingBlock block = solve_window(window, equation, ws);
+  const StraddlingBlock block = solve_window(window, equation, solver, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   std::size_t active = 0;

@@ -1,0 +1,71 @@
+#pragma once
+// A safeguarded Newton iteration for a decreasing function on a bracket.
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+
+namespace sparsetopk::detail {
+
+// Root of a non-increasing f on [lo, hi] with f(lo) >= 0 >= f(hi), starting at
+// `start`. residual(x, &slope) returns f(x) and sets slope = f'(x). Newton
+// steps that leave the bracket or do not halve it fall back to bisection; it
+// stops at machine precision, after at most 200 evaluations.
+template <class Residual>
+double find_decreasing_root(Residual&& residual, double lo, double hi, double start) {
+  // machine precision at the current bracket, which shrinks with it
+  const auto tolerance_at = [](double a, double b) {
+    return 4.0 * DBL_EPSILON * std::max(std::abs(a), std::abs(b)) + DBL_MIN;
+  };
+  double x = std::clamp(start, lo, hi), last_width = hi - lo;
+  for (int iteration = 0; iteration < 200 && hi - lo > tolerance_at(lo, hi); ++iteration) {
+    double slope = 0.0;
+    const double f = residual(x, &slope);
+    if (f == 0.0) return x;
+    if (f > 0.0) lo = x;
+    else if (f < 0.0) hi = x;
+    else break;  // NaN
+    const double step = f / slope, tolerance = tolerance_at(lo, hi);
+    const double newton = x - step;
+    if (std::isfinite(step) && newton > lo && newton < hi && std::abs(step) < 0.5 * last_width) {
+      last_width = std::abs(step);
+      // A step below the tolerance is no proof of convergence when the slope is
+      // steep (p large): overshoot slightly so the bracket closes from both sides.
+      x = std::abs(step) > tolerance ? newton : std::clamp(newton - std::copysign(tolerance, step), lo, hi);
+    } else {
+      last_width = hi - lo;
+      x = lo + 0.5 * (hi - lo);
+    }
+  }
+  return lo + 0.5 * (hi - lo);
+}
+
+}  // namespace sparsetopk::detail
+
+namespace sparsetopk::detail {
+
+// Narrows the bracket [lo, hi] of a non-increasing f (f(lo) >= 0 >= f(hi)) to
+// lie between two consecutive breakpoints b(0) >= b(1) >= ... >= b(count - 1),
+// where f is smooth, by binary search (O(log count) evaluations). Returns true
+// with `root` set when f vanishes exactly at a breakpoint (a kink of f).
+template <class F, class Breakpoint>
+bool narrow_to_smooth_piece(F&& f, Breakpoint&& b, std::size_t count, double& lo, double& hi, double& root) {
+  std::size_t first = 0, last = count;  // find the first j with f(b(j)) >= 0
+  while (first < last) {
+    const std::size_t mid = first + (last - first) / 2;
+    if (f(b(mid)) >= 0.0) last = mid;
+    else first = mid + 1;
+  }
+  if (first < count) {
+    const double point = b(first);
+    if (point > lo && point < hi) lo = point;
+    if (f(point) == 0.0 && point >= lo && point <= hi) {
+      root = point;
+      return true;
+    }
+  }
+  if (first > 0) hi = std::min(hi, std::max(lo, b(first - 1)));
+  return false;
+}
+
+}  // namespace sparsetopk::detail
