@@ -31,7 +31,8 @@ struct SoftTopkOptions {
 // What the backward pass needs, saved by a soft forward pass: for every row,
 // the entries of its single active block (SPEC.md, "Top-k structure") with
 // their c values, the block value gamma and W_B = sum of w over the block.
-// Storage is reused across calls of the same or smaller size.
+// Only the active entries are stored (no n-sized buffers per row), and storage
+// is reused across calls.
 class ActiveBlocks {
  public:
   std::size_t rows() const { return rows_; }
@@ -43,28 +44,48 @@ class ActiveBlocks {
   // sorted order (the threshold tau for the mask); if the row has no
   // multi-entry block, the (k+1)-th largest key (-inf if k = n). NaN marks a
   // row that held a non-finite value.
-  double gamma(std::size_t r) const { return gamma_[r]; }
+  double gamma(std::size_t r) const { return rows_data_[r].gamma; }
   // W_B: the number of the k top entries inside the block.
-  double block_weight(std::size_t r) const { return block_weight_[r]; }
+  double block_weight(std::size_t r) const { return rows_data_[r].block_weight; }
   // Magnitude: non-zero entries outside the block with |x_i| >= this value are
   // returned unchanged (derivative 1). Mask: entries outside the block with
   // x_i >= this value are saturated at 1.
-  double unchanged_from(std::size_t r) const { return unchanged_from_[r]; }
+  double unchanged_from(std::size_t r) const { return rows_data_[r].unchanged_from; }
   // The active entries: column index in the row and c_i (SPEC.md, "Derivatives").
-  std::span<const std::size_t> index(std::size_t r) const { return {index_.data() + r * n_, size_[r]}; }
-  std::span<const double> c(std::size_t r) const { return {c_.data() + r * n_, size_[r]}; }
+  std::span<const std::size_t> index(std::size_t r) const {
+    const Row& row = rows_data_[r];
+    return {chunks_[row.chunk].index.data() + row.first, row.size};
+  }
+  std::span<const double> c(std::size_t r) const {
+    const Row& row = rows_data_[r];
+    return {chunks_[row.chunk].c.data() + row.first, row.size};
+  }
 
-  // Used by the forward passes to fill the state.
-  void reset(std::size_t rows, std::size_t n, double l, double p);
-  void set_row(std::size_t r, double gamma, double block_weight, double unchanged_from, std::size_t size);
-  std::size_t* index_data(std::size_t r) { return index_.data() + r * n_; }
-  double* c_data(std::size_t r) { return c_.data() + r * n_; }
+  // Filled by the forward passes. Each worker thread appends the active
+  // entries of its rows to its own chunk, then records the row.
+  void reset(std::size_t rows, std::size_t n, double l, double p, std::size_t chunks);
+  std::size_t chunk_size(std::size_t chunk) const { return chunks_[chunk].index.size(); }
+  void append(std::size_t chunk, std::size_t index, double c) {
+    chunks_[chunk].index.push_back(index);
+    chunks_[chunk].c.push_back(c);
+  }
+  // Row r's entries are those appended to `chunk` since its size was `first`.
+  void set_row(std::size_t r, std::size_t chunk, std::size_t first, double gamma, double block_weight,
+               double unchanged_from);
 
  private:
+  struct Row {
+    double gamma = 0.0, block_weight = 0.0, unchanged_from = 0.0;
+    std::size_t chunk = 0, first = 0, size = 0;
+  };
+  struct Chunk {
+    std::vector<std::size_t> index;
+    std::vector<double> c;
+  };
   std::size_t rows_ = 0, n_ = 0;
   double l_ = 0.0, p_ = 0.0;
-  std::vector<double> gamma_, block_weight_, unchanged_from_, c_;
-  std::vector<std::size_t> size_, index_;
+  std::vector<Row> rows_data_;
+  std::vector<Chunk> chunks_;
 };
 
 // Scratch memory for the per-row solvers (one slot per worker thread). Pass

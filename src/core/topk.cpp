@@ -19,25 +19,22 @@
 
 namespace sparsetopk {
 
-void ActiveBlocks::reset(std::size_t rows, std::size_t n, double l, double p) {
+void ActiveBlocks::reset(std::size_t rows, std::size_t n, double l, double p, std::size_t chunks) {
   rows_ = rows;
   n_ = n;
   l_ = l;
   p_ = p;
-  gamma_.resize(rows);
-  block_weight_.resize(rows);
-  unchanged_from_.resize(rows);
-  size_.assign(rows, 0);
-  index_.resize(rows * n);
-  c_.resize(rows * n);
+  rows_data_.assign(rows, Row{});
+  if (chunks_.size() < chunks) chunks_.resize(chunks);
+  for (Chunk& chunk : chunks_) {
+    chunk.index.clear();
+    chunk.c.clear();
+  }
 }
 
-void ActiveBlocks::set_row(std::size_t r, double gamma, double block_weight, double unchanged_from,
-                           std::size_t size) {
-  gamma_[r] = gamma;
-  block_weight_[r] = block_weight;
-  unchanged_from_[r] = unchanged_from;
-  size_[r] = size;
+void ActiveBlocks::set_row(std::size_t r, std::size_t chunk, std::size_t first, double gamma, double block_weight,
+                           double unchanged_from) {
+  rows_data_[r] = {gamma, block_weight, unchanged_from, chunk, first, chunk_size(chunk) - first};
 }
 
 Workspace::Workspace() : slots_(std::make_unique<Slots>()) {}
@@ -69,20 +66,19 @@ constexpr std::size_t kTeamRowSize = std::size_t{1} << 18;
 // every row: rows in parallel, or one huge row after another with a team.
 template <class T, class RowFn>
 void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                  Workspace* workspace, RowFn&& row_fn) {
+                  Workspace* workspace, std::size_t available, RowFn&& row_fn) {
   const std::size_t rows = check_batch(x.size(), n, "x");
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
   std::optional<Workspace> local;
   Workspace::Slots& slots = (workspace ? *workspace : local.emplace()).slots();
-  const std::size_t available = num_threads();
   if (n >= kTeamRowSize && rows < available) {
     slots.prepare(available);
     const RowTeam team{&slots, available};
     for (std::size_t r = 0; r < rows; ++r) row_fn(r, x.subspan(r * n, n), out.subspan(r * n, n), slots.rows[0], team);
     return;
   }
-  const std::size_t threads = plan_threads(rows, n);
+  const std::size_t threads = std::min(available, plan_threads(rows, n));
   slots.prepare(threads);
   parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
     for (std::size_t r = begin; r < end; ++r)
@@ -198,19 +194,19 @@ StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equat
 }
 
 // Records the state of row r for the derivatives.
-void save_row(ActiveBlocks* blocks, std::size_t r, const StraddlingBlock& block, const RowWindow& window,
-              const RowWorkspace& ws, std::size_t active) {
+void save_row(ActiveBlocks* blocks, std::size_t r, std::size_t first, const StraddlingBlock& block,
+              const RowWindow& window, const RowWorkspace& ws) {
   if (!blocks) return;
   const std::size_t top = window.top;
   const double unchanged_from = block.begin > 0 ? ws.s[block.begin - 1] : window.above;
   const double block_weight = static_cast<double>(std::min(top, block.end) - std::min(block.begin, top));
-  blocks->set_row(r, block.gamma, block_weight, unchanged_from, active);
+  blocks->set_row(r, ws.slot, first, block.gamma, block_weight, unchanged_from);
 }
 
 template <class T>
-void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r) {
+void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, std::size_t slot) {
   std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
-  if (blocks) blocks->set_row(r, kNaN, 0.0, kNaN, 0);
+  if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
 }
 
 // The window's outputs sum to its share of k. When p is large, pow(u, q-1)
@@ -244,12 +240,12 @@ template <class T>
 void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
                         Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
                         ActiveBlocks* blocks) {
-  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
+  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
   const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
   const StraddlingBlock block = solve_window(window, equation, solver, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
-  std::size_t active = 0;
+  const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
   double window_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
@@ -257,16 +253,14 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
-      if (blocks && u > 0.0 && u < 1.0) {
-        blocks->index_data(r)[active] = e.index;
-        blocks->c_data(r)[active++] = regularizer.slope(u) / l;  // c_i = ((q-1)/l) (u_i/l)^(q-2)
-      }
+      if (blocks && u > 0.0 && u < 1.0)
+        blocks->append(ws.slot, e.index, regularizer.slope(u) / l);  // c_i = ((q-1)/l) (u_i/l)^(q-2)
     }
     out[e.index] = static_cast<T>(y);
     window_sum += y;
   }
   settle_threshold_ties(window, block.gamma, ws, window_sum, out);
-  save_row(blocks, r, block, window, ws, active);
+  save_row(blocks, r, first, block, window, ws);
 }
 
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
@@ -274,12 +268,12 @@ template <class T>
 void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
                        Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
                        ActiveBlocks* blocks) {
-  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r);
+  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
   const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
   const StraddlingBlock block = solve_window(window, equation, solver, ws);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
-  std::size_t active = 0;
+  const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     if (!block.contains(j)) {
@@ -289,12 +283,9 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
     const double u = std::max(e.key - block.gamma, 0.0);
     const double magnitude_out = std::min(regularizer.power(u / l) + u, e.key);
     out[e.index] = static_cast<T>(std::copysign(magnitude_out, static_cast<double>(row[e.index])));
-    if (blocks && u > 0.0) {
-      blocks->index_data(r)[active] = e.index;
-      blocks->c_data(r)[active++] = regularizer.slope(u / l) / l;
-    }
+    if (blocks && u > 0.0) blocks->append(ws.slot, e.index, regularizer.slope(u / l) / l);
   }
-  save_row(blocks, r, block, window, ws, active);
+  save_row(blocks, r, first, block, window, ws);
 }
 
 void check_soft_options(const SoftTopkOptions& options) {
@@ -310,8 +301,9 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
   check_soft_options(options);
   const BlockEquation equation(form, options.l, options.p);
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
-  if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p);
-  for_each_row(x, n, k, out, workspace,
+  const std::size_t threads = num_threads();  // read once: the chunks of `blocks` follow it
+  if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p, threads);
+  for_each_row(x, n, k, out, workspace, threads,
                [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws,
                    const RowTeam& team) { row_solver(r, row, k, equation, solver, ws, team, out_row, blocks);
                });
@@ -322,14 +314,14 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
 
 template <class T>
 void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
+  detail::for_each_row(x, n, k, out, nullptr, num_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::identity, false, ws, out_row);
   });
 }
 
 template <class T>
 void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
+  detail::for_each_row(x, n, k, out, nullptr, num_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::magnitude, true, ws, out_row);
   });
 }

@@ -20,6 +20,7 @@ struct SortedEntry {
 };
 
 struct RowWorkspace {
+  std::size_t slot = 0;              // which worker thread owns it
   std::vector<SortedEntry> entries;  // the window of the row, sorted by key, descending
   std::vector<double> s;             // the sorted keys of the window
   std::vector<double> w;             // (1, ..., 1, 0, ..., 0)
@@ -53,6 +54,7 @@ struct Workspace::Slots {
   // Called before the threads start.
   void prepare(std::size_t threads) {
     if (rows.size() < threads) rows.resize(threads);
+    for (std::size_t t = 0; t < rows.size(); ++t) rows[t].slot = t;
   }
 };
 
