@@ -30,11 +30,13 @@ bool descending(const KeyedEntry& a, const KeyedEntry& b) {
 
 // One set of disjoint pairs (b_j >= c_j): each pair of t = v + corr that
 // violates its constraint becomes its weighted mean, and corr = t - v. With
-// unit-stride arrays and no branches the compiler vectorizes it.
+// unit-stride arrays and no branches the compiler vectorizes it; the Check
+// variant (scalar) also reports whether anything changed.
 // beta_j = a_c / (a_b + a_c) is the weight of c in the mean (1/2 unweighted).
-template <bool Weighted>
-void project_pairs(double* __restrict b, double* __restrict c, double* __restrict corr_b,
+template <bool Weighted, bool Check>
+bool project_pairs(double* __restrict b, double* __restrict c, double* __restrict corr_b,
                    double* __restrict corr_c, const double* __restrict beta, std::size_t pairs) {
+  bool changed = false;
   for (std::size_t j = 0; j < pairs; ++j) {
     const double tb = b[j] + corr_b[j], tc = c[j] + corr_c[j];
     // Both forms return tb exactly when tb == tc, so ties never move.
@@ -42,11 +44,14 @@ void project_pairs(double* __restrict b, double* __restrict c, double* __restric
     // A violating pair (tb < tc) has tb <= mean <= tc; otherwise mean <= tb and
     // mean >= tc. So max / min select without a branch.
     const double vb = std::max(tb, mean), vc = std::min(tc, mean);
+    if constexpr (Check)
+      changed = changed || vb != b[j] || vc != c[j] || tb - vb != corr_b[j] || tc - vc != corr_c[j];
     b[j] = vb;
     c[j] = vc;
     corr_b[j] = tb - vb;
     corr_c[j] = tc - vc;
   }
+  return changed;
 }
 
 // Dykstra's iterations on the window [lo, hi) of a sorted row (lo even, so the
@@ -83,12 +88,28 @@ struct DykstraChain {
       beta_second[j] = aw[2 * j + 2] / (aw[2 * j + 1] + aw[2 * j + 2]);
   }
 
+  // One iteration: both sets; with Check, whether the state (v, p, q) changed.
+  template <bool Weighted, bool Check>
+  bool iterate_once() {
+    const bool first = project_pairs<Weighted, Check>(e.data(), o.data(), pe.data(), po.data(), beta_first.data(),
+                                                      first_pairs());
+    const bool second = project_pairs<Weighted, Check>(o.data(), e.data() + 1, qo.data(), qe.data() + 1,
+                                                       beta_second.data(), second_pairs());
+    return first || second;
+  }
+
+  // Every kCheckEvery-th iteration also checks for a fixed point: an
+  // iteration that changes nothing would change nothing ever after, so
+  // stopping there gives bitwise the result of all `iterations`.
   template <bool Weighted>
   void iterate(std::size_t iterations) {
-    for (std::size_t it = 0; it < iterations; ++it) {
-      project_pairs<Weighted>(e.data(), o.data(), pe.data(), po.data(), beta_first.data(), first_pairs());
-      project_pairs<Weighted>(o.data(), e.data() + 1, qo.data(), qe.data() + 1, beta_second.data(),
-                              second_pairs());
+    constexpr std::size_t kCheckEvery = 16;
+    for (std::size_t it = 1; it <= iterations; ++it) {
+      if (it % kCheckEvery != 0) {
+        iterate_once<Weighted, false>();
+      } else if (!iterate_once<Weighted, true>()) {
+        return;
+      }
     }
   }
 
@@ -160,10 +181,10 @@ bool finite_row(auto row) {
 // `out` and record the block for the derivatives.
 template <class T, bool Magnitude>
 void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const DykstraOptions& options,
-                 RowScratch& ws, std::span<T> out, ActiveBlocks* blocks) {
+                 RowScratch& ws, std::span<T> out, ActiveBlocks* blocks, std::size_t slot) {
   if (!finite_row(row)) {
     std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
-    if (blocks) blocks->set_row(r, kNaN, 0.0, kNaN, 0);
+    if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
     return;
   }
   const std::size_t n = row.size();
@@ -192,7 +213,7 @@ void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const Dyk
   // Map back (SPEC.md steps 4-5). An entry still exactly at z_i was never
   // moved: a singleton block, whose output is exact (mask w_i; magnitude x_i
   // for the top k, else 0).
-  std::size_t active = 0;
+  const std::size_t first = blocks ? blocks->chunk_size(slot) : 0;
   double block_sum = 0.0, block_weight_sum = 0.0;
   for (std::size_t j = 0; j < n; ++j) {
     const KeyedEntry& entry = ws.entries[j];
@@ -225,17 +246,14 @@ void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const Dyk
         is_active = in_block && u > 0.0 && u < 1.0;
       }
     }
-    if (blocks && is_active) {
-      blocks->index_data(r)[active] = entry.index;
-      blocks->c_data(r)[active++] = 1.0 / l;  // c_i = 1/l for q = 2
-    }
+    if (blocks && is_active) blocks->append(slot, entry.index, 1.0 / l);  // c_i = 1/l for q = 2
   }
   if (!blocks) return;
   const bool empty = block.begin == block.end;
   const double gamma = !empty ? block_sum / block_weight_sum : (k < n ? ws.entries[k].key : -kInf);
   const double block_weight = static_cast<double>(std::min(k, block.end) - std::min(block.begin, k));
   const double unchanged_from = block.begin > 0 ? ws.entries[block.begin - 1].key : kInf;
-  blocks->set_row(r, gamma, block_weight, unchanged_from, active);
+  blocks->set_row(r, slot, first, gamma, block_weight, unchanged_from);
 }
 
 template <class T, bool Magnitude>
@@ -246,15 +264,15 @@ void soft_topk_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::
   const std::size_t rows = check_batch(x.size(), n, "x");
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
-  if (blocks) blocks->reset(rows, n, options.l, 2.0);
   const std::size_t threads = plan_threads(rows, n);
+  if (blocks) blocks->reset(rows, n, options.l, 2.0, threads);
   // The widest reachable window: 2 (2T + 2) + 3 positions, or the whole row.
   const std::size_t window = options.iterations >= n ? n : std::min(n, 4 * options.iterations + 7);
   std::vector<RowScratch> scratch(threads);  // all allocation happens here, before the threads start
   for (RowScratch& ws : scratch) ws.reserve(n, window);
   parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
     for (std::size_t r = begin; r < end; ++r)
-      dykstra_row<T, Magnitude>(r, x.subspan(r * n, n), k, options, scratch[slot], out.subspan(r * n, n), blocks);
+      dykstra_row<T, Magnitude>(r, x.subspan(r * n, n), k, options, scratch[slot], out.subspan(r * n, n), blocks, slot);
   });
 }
 
