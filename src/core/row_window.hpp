@@ -106,7 +106,7 @@ std::size_t split_at_window(std::span<const T> row, std::size_t begin, std::size
 
 // The k-th and (k+1)-th largest keys (1 <= k < n), by selection.
 template <class T, class Key>
-std::pair<double, double> kth_keys(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
+std::pair<double, double> kth_keys_by_selection(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
   const std::size_t n = row.size();
   std::vector<T>& keys = ws.selection_keys<T>(n);
   for (std::size_t i = 0; i < n; ++i) keys[i] = static_cast<T>(key(static_cast<double>(row[i])));
@@ -115,43 +115,76 @@ std::pair<double, double> kth_keys(std::span<const T> row, std::size_t k, Key ke
   return {static_cast<double>(*kth), static_cast<double>(*std::max_element(kth + 1, end))};
 }
 
-// The same with a team: a deterministic sample brackets the k-th key, the team
-// counts the keys above the bracket and gathers those inside, and selection
-// runs on the (small) bracket only. Falls back to kth_keys if the sample missed.
+// The same for small k, in one pass: the k + 1 largest keys so far, kept
+// sorted in a buffer; most keys are rejected by a single comparison.
+inline constexpr std::size_t kSmallK = 32;
+
 template <class T, class Key>
-std::pair<double, double> kth_keys_in_team(std::span<const T> row, std::size_t k, Key key, const RowTeam& team) {
-  const std::size_t n = row.size();
-  std::vector<RowWorkspace>& slots = team.slots->rows;
+std::pair<double, double> kth_keys_small_k(std::span<const T> row, std::size_t k, Key key) {
+  T largest[kSmallK + 1];
+  const std::size_t size = k + 1;
+  for (std::size_t i = 0; i < size; ++i) largest[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  std::sort(largest, largest + size, std::greater<T>());
+  for (std::size_t i = size; i < row.size(); ++i) {
+    const T v = static_cast<T>(key(static_cast<double>(row[i])));
+    if (!(v > largest[k])) continue;
+    std::size_t j = k;
+    for (; j > 0 && largest[j - 1] < v; --j) largest[j] = largest[j - 1];
+    largest[j] = v;
+  }
+  return {static_cast<double>(largest[k - 1]), static_cast<double>(largest[k])};
+}
+
+// The same with a team of threads sharing the row (one thread is a team too):
+// a deterministic sample brackets the k-th key, the team counts the keys above
+// the bracket and gathers those inside, and selection runs on the (small)
+// bracket only. Falls back to full selection if the sample missed.
+template <class T, class Key>
+std::pair<double, double> kth_keys_sampled(std::span<const T> row, std::size_t k, Key key,
+                                           std::span<RowWorkspace> slots) {
+  const std::size_t n = row.size(), parts = slots.size();
+  // Bracket [lo, hi] around the rank of the k-th key in an evenly spaced sample.
   std::vector<double>& sample = slots[0].s;
-  const std::size_t m = std::min<std::size_t>(16384, std::max<std::size_t>(1, n / 64));
+  const std::size_t m = std::min<std::size_t>(65536, std::max<std::size_t>(1, n / 16)), stride = n / m;
   sample.resize(m);
-  for (std::size_t j = 0; j < m; ++j) sample[j] = key(static_cast<double>(row[j * (n / m)]));
-  std::sort(sample.begin(), sample.end(), std::greater<double>());
+  for (std::size_t j = 0; j < m; ++j) sample[j] = key(static_cast<double>(row[j * stride]));
   const double rank = static_cast<double>(k - 1) * static_cast<double>(m) / static_cast<double>(n);
   const double margin = 2.0 * std::sqrt(static_cast<double>(m)) + 16.0;
-  const double hi = rank - margin < 0.0 ? kInf : sample[static_cast<std::size_t>(rank - margin)];
-  const double lo = rank + margin >= static_cast<double>(m - 1) ? -kInf : sample[static_cast<std::size_t>(rank + margin)];
+  const auto sample_key = [&](double position) {
+    const auto at = sample.begin() + static_cast<std::ptrdiff_t>(position);
+    std::nth_element(sample.begin(), at, sample.end(), std::greater<double>());
+    return *at;
+  };
+  const double hi = rank - margin < 0.0 ? kInf : sample_key(rank - margin);
+  const double lo = rank + margin >= static_cast<double>(m - 1) ? -kInf : sample_key(rank + margin);
 
-  std::vector<std::size_t> above(team.size, 0);  // small, once per huge row
-  std::vector<double> largest_below(team.size, -kInf);
-  parallel_for(team.size, team.size, [&](std::size_t t, std::size_t, std::size_t) {
-    std::vector<T>& inside = slots[t].selection_keys<T>(0);
+  // Each part of the row: count the keys above, gather those inside.
+  const auto split = [&](std::size_t t, std::size_t, std::size_t) {
+    RowWorkspace& part = slots[t];
+    std::vector<T>& inside = part.selection_keys<T>(0);
     inside.clear();
-    for (std::size_t i = n * t / team.size; i < n * (t + 1) / team.size; ++i) {
+    part.count_above = 0;
+    part.largest_below = -kInf;
+    for (std::size_t i = n * t / parts; i < n * (t + 1) / parts; ++i) {
       const double key_i = key(static_cast<double>(row[i]));
-      if (key_i > hi) ++above[t];
+      if (key_i > hi) ++part.count_above;
       else if (key_i >= lo) inside.push_back(static_cast<T>(key_i));
-      else largest_below[t] = std::max(largest_below[t], key_i);
+      else part.largest_below = std::max(part.largest_below, key_i);
     }
-  });
+  };
+  if (parts == 1) split(0, 0, 0);
+  else parallel_for(parts, parts, split);
+
   std::size_t count_above = 0, count_inside = 0;
-  for (std::size_t t = 0; t < team.size; ++t) {
-    count_above += above[t];
-    count_inside += slots[t].selection_keys<T>(0).size();
+  double largest_below = -kInf;
+  for (const RowWorkspace& part : slots) {
+    count_above += part.count_above;
+    count_inside += part.keys_size<T>();
+    largest_below = std::max(largest_below, part.largest_below);
   }
-  if (!(count_above < k && k <= count_above + count_inside)) return kth_keys(row, k, key, slots[0]);
+  if (!(count_above < k && k <= count_above + count_inside)) return kth_keys_by_selection(row, k, key, slots[0]);
   std::vector<T>& inside = slots[0].selection_keys<T>(0);
-  for (std::size_t t = 1; t < team.size; ++t) {
+  for (std::size_t t = 1; t < parts; ++t) {
     const std::vector<T>& other = slots[t].selection_keys<T>(0);
     inside.insert(inside.end(), other.begin(), other.end());
   }
@@ -159,9 +192,21 @@ std::pair<double, double> kth_keys_in_team(std::span<const T> row, std::size_t k
   const auto kth = inside.begin() + static_cast<std::ptrdiff_t>(r - 1);
   std::nth_element(inside.begin(), kth, inside.end(), std::greater<T>());
   const double s_k = static_cast<double>(*kth);
-  double s_next = *std::max_element(largest_below.begin(), largest_below.end());
+  double s_next = largest_below;
   if (r < inside.size()) s_next = std::max(s_next, static_cast<double>(*std::max_element(kth + 1, inside.end())));
   return {s_k, s_next};
+}
+
+// Rows at least this long bracket the k-th key from a sample first.
+inline constexpr std::size_t kSampledRowSize = std::size_t{1} << 15;
+
+template <class T, class Key>
+std::pair<double, double> kth_keys(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws,
+                                   const RowTeam& team) {
+  if (team.size > 1) return kth_keys_sampled(row, k, key, std::span<RowWorkspace>(team.slots->rows.data(), team.size));
+  if (k < kSmallK) return kth_keys_small_k(row, k, key);
+  if (row.size() >= kSampledRowSize) return kth_keys_sampled(row, k, key, std::span<RowWorkspace>(&ws, 1));
+  return kth_keys_by_selection(row, k, key, ws);
 }
 
 // Solver::threshold (0 < k < n): select the k-th and (k+1)-th largest keys,
@@ -171,7 +216,7 @@ template <class T, class Key, class TopValue>
 RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const BlockEquation& equation,
                            RowWorkspace& ws, const RowTeam& team, std::span<T> out, TopValue top_value) {
   const std::size_t n = row.size();
-  const auto [s_k, s_next] = team.size > 1 ? kth_keys_in_team(row, k, key, team) : kth_keys(row, k, key, ws);
+  const auto [s_k, s_next] = kth_keys(row, k, key, ws, team);
   double above, below;
   window_bounds(equation, s_k, s_next, above, below);
   std::size_t count_above = 0;

@@ -27,6 +27,8 @@ struct RowWorkspace {
   std::vector<PavBlock> blocks;
   std::vector<float> keys_float;     // keys in the input's type, for selection
   std::vector<double> keys_double;
+  std::size_t count_above = 0;       // a part of a row split across threads
+  double largest_below = 0.0;
 
   template <class T>
   std::vector<T>& selection_keys(std::size_t n) {
@@ -36,6 +38,11 @@ struct RowWorkspace {
     }();
     if (keys.size() < n) keys.resize(n);
     return keys;
+  }
+  template <class T>
+  std::size_t keys_size() const {
+    if constexpr (std::is_same_v<T, float>) return keys_float.size();
+    else return keys_double.size();
   }
   // w for a window of m entries with `top` ones.
   std::span<const double> topk_weights(std::size_t m, std::size_t top) {
