@@ -209,30 +209,37 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, 
   if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
 }
 
-// The window's outputs sum to its share of k. When p is large, pow(u, q-1)
-// rises from 0 faster near u = 0 than a double tau can resolve: the exact tau
-// then lies within an ulp of the computed one, and only the entries whose key
-// ties the key nearest to tau are unresolved. They share what the window still
-// owes, which is their exact common value.
-template <class T>
-void settle_threshold_ties(const RowWindow& window, double gamma, const RowWorkspace& ws, double window_sum,
-                           std::span<T> out) {
-  const double owed = static_cast<double>(window.top);
-  if (window.size == 0 || std::abs(window_sum - owed) <= 1e-12 * owed) return;
-  std::size_t nearest = 0;
-  for (std::size_t j = 1; j < window.size; ++j)
+// When p is large, pow(u, q-1) rises from 0 faster near u = 0 than a double
+// gamma can resolve: the exact gamma then lies within an ulp of the computed
+// one, and only the entries whose key ties the key nearest to gamma (among
+// sorted positions [begin, end)) are unresolved. Finds that key, if any (a
+// key within 1e-12 (|key| + l) of gamma: far below what p <= 10 can notice).
+bool unresolved_key(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l,
+                    double& key) {
+  if (begin == end) return false;
+  std::size_t nearest = begin;
+  for (std::size_t j = begin + 1; j < end; ++j)
     if (std::abs(ws.s[j] - gamma) < std::abs(ws.s[nearest] - gamma)) nearest = j;
-  const double key = ws.s[nearest];
-  if (std::abs(key - gamma) > 16.0 * DBL_EPSILON * std::abs(key) + DBL_MIN) return;
+  key = ws.s[nearest];
+  return std::abs(key - gamma) <= 1e-12 * (std::abs(key) + l);
+}
+
+// The first-order condition fixes the sum of pow((s_j - gamma)/l, q-1) over
+// [begin, end) to `owed`; the unresolved tied entries share what is missing,
+// which is their exact common value. Calls set(j, value) for each of them.
+template <class Value, class Set>
+void settle_unresolved(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l,
+                       double sum, double owed, double max_value, Value&& value, Set&& set) {
+  double key = 0.0;
+  if (!std::isfinite(sum) || std::abs(sum - owed) <= 1e-12 * std::abs(owed) ||
+      !unresolved_key(ws, begin, end, gamma, l, key))
+    return;
   double tied_sum = 0.0, tied = 0.0;
-  for (std::size_t j = 0; j < window.size; ++j) {
-    if (ws.s[j] != key) continue;
-    tied_sum += static_cast<double>(out[ws.entries[j].index]);
-    tied += 1.0;
-  }
-  const double share = std::clamp((owed - (window_sum - tied_sum)) / tied, 0.0, 1.0);
-  for (std::size_t j = 0; j < window.size; ++j)
-    if (ws.s[j] == key) out[ws.entries[j].index] = static_cast<T>(share);
+  for (std::size_t j = begin; j < end; ++j)
+    if (ws.s[j] == key) tied_sum += value(j), tied += 1.0;
+  const double share = std::clamp((owed - (sum - tied_sum)) / tied, 0.0, max_value);
+  for (std::size_t j = begin; j < end; ++j)
+    if (ws.s[j] == key) set(j, share);
 }
 
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
@@ -259,7 +266,11 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
     out[e.index] = static_cast<T>(y);
     window_sum += y;
   }
-  settle_threshold_ties(window, block.gamma, ws, window_sum, out);
+  // the window's outputs sum to its share of k
+  settle_unresolved(
+      ws, 0, window.size, block.gamma, l, window_sum, static_cast<double>(window.top), 1.0,
+      [&](std::size_t j) { return static_cast<double>(out[ws.entries[j].index]); },
+      [&](std::size_t j, double y) { out[ws.entries[j].index] = static_cast<T>(y); });
   save_row(blocks, r, first, block, window, ws);
 }
 
@@ -274,6 +285,12 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
+  const auto write = [&](std::size_t j, double power) {  // r_j = pow(u_j/l, q-1) + u_j, at most |x_j|
+    const SortedEntry& e = ws.entries[j];
+    const double r_j = std::min(power + std::max(e.key - block.gamma, 0.0), e.key);
+    out[e.index] = static_cast<T>(std::copysign(r_j, static_cast<double>(row[e.index])));
+  };
+  double power_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     if (!block.contains(j)) {
@@ -281,10 +298,16 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
       continue;
     }
     const double u = std::max(e.key - block.gamma, 0.0);
-    const double magnitude_out = std::min(regularizer.power(u / l) + u, e.key);
-    out[e.index] = static_cast<T>(std::copysign(magnitude_out, static_cast<double>(row[e.index])));
+    const double power = regularizer.power(u / l);
+    power_sum += power;
+    write(j, power);
     if (blocks && u > 0.0) blocks->append(ws.slot, e.index, regularizer.slope(u / l) / l);
   }
+  // the block's condition: sum_B pow((s_j - gamma)/l, q-1) = gamma W_B
+  const double block_weight = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
+  settle_unresolved(
+      ws, block.begin, block.end, block.gamma, l, power_sum, block.gamma * block_weight, block.gamma,
+      [&](std::size_t j) { return regularizer.power(std::max(ws.s[j] - block.gamma, 0.0) / l); }, write);
   save_row(blocks, r, first, block, window, ws);
 }
 
