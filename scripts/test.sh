@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs every test (the README's test command):
 #   1. the release build: core, CLI, consumer package check (and LibTorch/Python when built);
-#   2. the core and CLI suites under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   3. the threaded tests under ThreadSanitizer.
+#   2. the libFuzzer targets of fuzz/ (clang), FUZZ_SECONDS each (default 30);
+#   3. the core and CLI suites under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   4. the threaded tests under ThreadSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -10,6 +11,9 @@ jobs=$(nproc)
 
 scripts/build.sh
 ctest --preset release -j "$jobs"
+
+echo "== libFuzzer: each target for ${FUZZ_SECONDS:-30} s (known issues of docs/robustness.md skipped) =="
+FUZZ_BUILD_DIR=build-fuzz FUZZ_SKIP_KNOWN=1 bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake --preset asan > /dev/null

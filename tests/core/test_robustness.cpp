@@ -1,0 +1,610 @@
+// The robustness policy of docs/robustness.md, one test per row of its table:
+// non-finite entries, extreme magnitudes and subnormals, ties, n = 1, k = 0
+// and k = n, the ranges of l and p, empty batches, large rows, the root
+// finder's bounds, and float32 against float64.
+
+#include <sparsetopk/sparsetopk.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#if __has_include("../../src/core/root_finding.hpp")
+#include "../../src/core/root_finding.hpp"
+#define STK_HAVE_ROOT_FINDING 1
+#else
+#define STK_HAVE_ROOT_FINDING 0
+#endif
+
+namespace {
+
+using sparsetopk::ActiveBlocks;
+using sparsetopk::Solver;
+using sparsetopk::SoftTopkOptions;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr Solver kSolvers[] = {Solver::pav, Solver::threshold};
+constexpr double kPs[] = {1.01, 1.1, 4.0 / 3.0, 1.5, 2.0, 3.0, 10.0, 100.0};
+constexpr double kLs[] = {1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8};
+
+enum class Op { mask, mag };
+constexpr Op kOps[] = {Op::mask, Op::mag};
+
+std::string describe(Op op, Solver solver, double l, double p) {
+  return std::string(op == Op::mask ? "mask" : "mag") + (solver == Solver::pav ? " pav" : " threshold") +
+         " l=" + std::to_string(l) + " p=" + std::to_string(p);
+}
+
+// One soft forward pass on a batch, with its state for the derivatives.
+template <class T>
+std::vector<T> forward(Op op, const std::vector<T>& x, std::size_t n, std::size_t k, const SoftTopkOptions& o,
+                       ActiveBlocks* blocks = nullptr) {
+  std::vector<T> out(x.size());
+  if (op == Op::mask) sparsetopk::soft_topk_mask<T>(x, n, k, out, o, blocks);
+  else sparsetopk::soft_topk_mag<T>(x, n, k, out, o, blocks);
+  return out;
+}
+
+std::vector<double> vjp(Op op, const ActiveBlocks& blocks, const std::vector<double>& x, const std::vector<double>& g) {
+  std::vector<double> out(g.size());
+  if (op == Op::mask) sparsetopk::soft_topk_mask_vjp<double>(blocks, g, out);
+  else sparsetopk::soft_topk_mag_vjp<double>(blocks, x, g, out);
+  return out;
+}
+
+std::vector<double> jvp(Op op, const ActiveBlocks& blocks, const std::vector<double>& x, const std::vector<double>& v) {
+  std::vector<double> out(v.size());
+  if (op == Op::mask) sparsetopk::soft_topk_mask_jvp<double>(blocks, v, out);
+  else sparsetopk::soft_topk_mag_jvp<double>(blocks, x, v, out);
+  return out;
+}
+
+std::string sci(double v) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.3g", v);
+  return buffer;
+}
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+double sum(const std::vector<double>& v) {
+  double s = 0.0;
+  for (double x : v) s += x;
+  return s;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+std::vector<double> uniform_row(std::mt19937_64& rng, std::size_t n, double scale) {
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  std::vector<double> x(n);
+  for (double& v : x) v = scale * u(rng);
+  return x;
+}
+
+// False when some c overflowed to inf or underflowed to 0 (known issue 3).
+bool all_c_finite(const ActiveBlocks& blocks, std::size_t r) {
+  const auto c = blocks.c(r);
+  return std::all_of(c.begin(), c.end(), [](double v) { return std::isfinite(v) && v > 0.0; });
+}
+
+// The properties every finite row keeps, whatever l, p and the scale: finite
+// outputs; the mask in [0, 1], summing to k within 1e-9 k for p <= 3 (for
+// larger p the threshold cannot always be resolved in double: known issue 2);
+// |mag_i| <= |x_i| with the sign of x_i; a finite VJP whenever the c values
+// are finite and positive (known issue 3: they can overflow or underflow).
+void expect_sound_row(Op op, const std::vector<double>& x, std::size_t k, const SoftTopkOptions& o,
+                      const std::string& what) {
+  ActiveBlocks blocks;
+  const std::vector<double> out = forward(op, x, x.size(), k, o, &blocks);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(out[i])) << what << " i=" << i;
+    if (op == Op::mask) {
+      ASSERT_GE(out[i], 0.0) << what;
+      ASSERT_LE(out[i], 1.0) << what;
+    } else {
+      ASSERT_LE(std::abs(out[i]), std::abs(x[i])) << what << " i=" << i;
+      ASSERT_TRUE(out[i] == 0.0 || std::signbit(out[i]) == std::signbit(x[i])) << what << " i=" << i;
+    }
+  }
+  if (op == Op::mask && o.p <= 3.0) {
+    ASSERT_NEAR(sum(out), static_cast<double>(k), 1e-9 * static_cast<double>(k)) << what;
+  }
+  if (!all_c_finite(blocks, 0)) return;
+  const std::vector<double> g(x.size(), 1.0);
+  for (double v : vjp(op, blocks, x, g)) ASSERT_TRUE(std::isfinite(v)) << what;
+}
+
+// ---- NaN, +Inf, -Inf --------------------------------------------------------
+
+// A soft row holding any NaN or +-inf gives NaN in that row only, and NaN in
+// its VJP and JVP; every other row of the batch is bit for bit what it is on
+// its own, forward and backward.
+TEST(Robustness, NonFiniteEntryMakesOnlyItsSoftRowNaN) {
+  const std::size_t n = 6, k = 2;
+  const std::vector<double> good = {0.3, -1.2, 2.5, 0.0, 1.1, -0.4};
+  const std::vector<double> g = {1.0, -2.0, 0.5, 3.0, -1.0, 0.25};
+  for (Op op : kOps) {
+    for (Solver solver : kSolvers) {
+      for (double bad_value : {kNaN, kInf, -kInf}) {
+        const SoftTopkOptions o{0.5, 4.0 / 3.0, solver};
+        ActiveBlocks alone_blocks;
+        const std::vector<double> alone = forward(op, good, n, k, o, &alone_blocks);
+        const std::vector<double> alone_grad = vjp(op, alone_blocks, good, g);
+        const std::vector<double> alone_tangent = jvp(op, alone_blocks, good, g);
+        std::vector<double> bad = good;
+        bad[2] = bad_value;
+        std::vector<double> x = good, gg = g;
+        x.insert(x.end(), bad.begin(), bad.end());
+        x.insert(x.end(), good.begin(), good.end());
+        for (int r = 0; r < 2; ++r) gg.insert(gg.end(), g.begin(), g.end());
+        ActiveBlocks blocks;
+        const std::vector<double> out = forward(op, x, n, k, o, &blocks);
+        const std::vector<double> grad = vjp(op, blocks, x, gg), tangent = jvp(op, blocks, x, gg);
+        EXPECT_TRUE(std::isnan(blocks.gamma(1)));
+        for (std::size_t i = 0; i < n; ++i) {
+          for (std::size_t r : {0u, 2u}) {
+            EXPECT_TRUE(same_bits(out[r * n + i], alone[i])) << describe(op, solver, o.l, o.p) << " bad=" << bad_value;
+            EXPECT_TRUE(same_bits(grad[r * n + i], alone_grad[i]));
+            EXPECT_TRUE(same_bits(tangent[r * n + i], alone_tangent[i]));
+          }
+          EXPECT_TRUE(std::isnan(out[n + i])) << describe(op, solver, o.l, o.p) << " bad=" << bad_value;
+          EXPECT_TRUE(std::isnan(grad[n + i]));
+          EXPECT_TRUE(std::isnan(tangent[n + i]));
+        }
+      }
+    }
+  }
+}
+
+// Float rows too: NaN and +-inf make the row NaN.
+TEST(Robustness, NonFiniteEntryMakesFloatSoftRowNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Op op : kOps) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), inf, -inf}) {
+      const std::vector<float> x = {1.0f, bad, 0.5f, 1.0f, 2.0f, 3.0f};
+      const std::vector<float> out = forward(op, x, 3, 1, SoftTopkOptions{});
+      for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isnan(out[i]));
+      for (int i = 3; i < 6; ++i) EXPECT_TRUE(std::isfinite(out[i]));
+    }
+  }
+}
+
+// Hard operators: a NaN makes the row NaN; infinities are ordered like any
+// other value (+inf first, -inf last; in magnitude both are the largest).
+TEST(Robustness, HardOperatorsNaNRowsAndOrderedInfinities) {
+  const std::vector<double> x = {1.0, kNaN, 2.0, /*row 2*/ -kInf, 2.0, kInf};
+  std::vector<double> out(6);
+  sparsetopk::hard_topk_mask<double>(x, 3, 1, out);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isnan(out[i]));
+  EXPECT_EQ(std::vector<double>(out.begin() + 3, out.end()), (std::vector<double>{0, 0, 1}));
+  sparsetopk::hard_topk_mag<double>(x, 3, 2, out);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(std::isnan(out[i]));
+  EXPECT_EQ(std::vector<double>(out.begin() + 3, out.end()), (std::vector<double>{-kInf, 0, kInf}));
+  EXPECT_EQ(sparsetopk::hard_topk_mask({-kInf, -kInf, 0.0}, 2), (std::vector<double>{1, 0, 1}));
+  EXPECT_EQ(sparsetopk::hard_topk_mag({-kInf, 1.0, kInf}, 1), (std::vector<double>{-kInf, 0, 0}));
+}
+
+// ---- magnitudes -----------------------------------------------------------
+
+// The mask is scale invariant: mask(c x; c l) = mask(x; l). It holds across
+// 1e-30 .. 1e30 within 1e-9 for p <= 3 and 1e-6 for p = 10, 100 (where the
+// threshold's rounding is amplified), with both solvers.
+TEST(Robustness, MaskIsScaleInvariantOverSixtyDecades) {
+  std::mt19937_64 rng(1);
+  for (double p : kPs) {
+    for (Solver solver : kSolvers) {
+      const std::vector<double> x = uniform_row(rng, 40, 1.0);
+      const std::vector<double> reference = forward(Op::mask, x, 40, 7, SoftTopkOptions{0.3, p, solver});
+      for (double c : {1e-30, 1e-20, 1e-10, 1e10, 1e20, 1e30}) {
+        std::vector<double> scaled = x;
+        for (double& v : scaled) v *= c;
+        const std::vector<double> out = forward(Op::mask, scaled, 40, 7, SoftTopkOptions{0.3 * c, p, solver});
+        const double tolerance = p <= 3.0 ? 1e-9 : 1e-6;
+        for (std::size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(out[i], reference[i], tolerance) << "p=" << p << " c=" << c;
+      }
+    }
+  }
+}
+
+// Rows at scales 1e-30 .. 1e30, rows mixing 1e-30 and 1e30, and subnormal
+// rows stay sound (see expect_sound_row) for every l and p.
+TEST(Robustness, ExtremeMagnitudesAndSubnormalsStaySound) {
+  std::mt19937_64 rng(2);
+  std::vector<std::vector<double>> rows;
+  for (double scale : {1e-30, 1e-15, 1.0, 1e15, 1e30}) rows.push_back(uniform_row(rng, 24, scale));
+  rows.push_back({1e30, -1e-30, 1e-30, -1e30, 0.0, 1.0, -1.0, 5e29, 5e-31});
+  rows.push_back({4.9e-324, -4.9e-324, 1e-310, -2.2e-308, 0.0, 2.2250738585072014e-308, 3e-320});
+  for (const auto& x : rows) {
+    for (double l : kLs) {
+      for (double p : kPs) {
+        for (Solver solver : kSolvers) {
+          for (Op op : kOps) {
+            for (std::size_t k : {std::size_t{1}, x.size() / 2, x.size() - 1})
+              expect_sound_row(op, x, k, SoftTopkOptions{l, p, solver},
+                               describe(op, solver, l, p) + " x0=" + std::to_string(x[0]) + " k=" + std::to_string(k));
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- ties ---------------------------------------------------------------------
+
+// An all-equal row: the mask is k/n on every entry (resolvable cases: l not
+// below the spacing of the doubles near x), for every p and both solvers.
+TEST(Robustness, AllEqualRowGivesKOverNMask) {
+  for (double value : {0.0, 1.0, -3.5, 1e-20, 1e20}) {
+    for (double p : kPs) {
+      for (Solver solver : kSolvers) {
+        const double l = std::max(1e-3, 1e-3 * std::abs(value));
+        const std::vector<double> out = forward(Op::mask, std::vector<double>(9, value), 9, 4, SoftTopkOptions{l, p, solver});
+        for (double y : out) ASSERT_NEAR(y, 4.0 / 9.0, 1e-9) << "value=" << value << " p=" << p << " solver=" << int(solver);
+      }
+    }
+  }
+}
+
+// Heavy ties (1000 entries taking 3 values): equal entries get equal outputs
+// and the row stays sound.
+TEST(Robustness, HeavyTiesGiveEqualOutputsForEqualEntries) {
+  std::vector<double> x(1000);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<double>((i * 7) % 3) - 1.0;  // -1, 0, 1
+  for (double p : {4.0 / 3.0, 2.0, 3.0}) {
+    for (Solver solver : kSolvers) {
+      for (std::size_t k : {100u, 333u, 334u, 500u, 900u}) {
+        for (Op op : kOps) {
+          const SoftTopkOptions o{0.5, p, solver};
+          expect_sound_row(op, x, k, o, describe(op, solver, o.l, p));
+          const std::vector<double> out = forward(op, x, x.size(), k, o);
+          for (std::size_t i = 3; i < x.size(); ++i) ASSERT_NEAR(out[i], out[i % 3], 1e-12) << describe(op, solver, o.l, p) << " k=" << k;
+        }
+      }
+    }
+  }
+}
+
+// ---- n = 1, k = 0, k = n ----------------------------------------------------------
+
+// k = 0 gives exact zeros and k = n exact ones (mask) or x itself (magnitude),
+// with zero derivatives, or the identity for the magnitude at k = n; n = 1 is
+// the case of both.
+TEST(Robustness, KZeroAndKEqualNAreExact) {
+  std::mt19937_64 rng(3);
+  for (std::size_t n : {1u, 2u, 17u}) {
+    const std::vector<double> x = uniform_row(rng, n, 3.0), g = uniform_row(rng, n, 1.0);
+    for (double p : kPs) {
+      for (Solver solver : kSolvers) {
+        for (Op op : kOps) {
+          for (std::size_t k : {std::size_t{0}, n}) {
+            ActiveBlocks blocks;
+            const std::vector<double> out = forward(op, x, n, k, SoftTopkOptions{0.1, p, solver}, &blocks);
+            const std::vector<double> grad = vjp(op, blocks, x, g);
+            for (std::size_t i = 0; i < n; ++i) {
+              const double expected = k == 0 ? 0.0 : (op == Op::mask ? 1.0 : x[i]);
+              const double expected_grad = (k == n && op == Op::mag) ? g[i] : 0.0;
+              ASSERT_EQ(out[i], expected) << describe(op, solver, 0.1, p) << " n=" << n << " k=" << k;
+              ASSERT_EQ(grad[i], expected_grad) << describe(op, solver, 0.1, p) << " n=" << n << " k=" << k;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- l and p ranges -----------------------------------------------------------------
+
+// Across l = 1e-8 .. 1e8 and p = 1.01 .. 100 rows stay sound; as l -> 0 the
+// mask and the magnitude become the hard operators (exactly, once l is far
+// below the gaps), and as l -> infinity the mask tends to k/n everywhere.
+TEST(Robustness, LAndPRangesStaySoundWithTheRightLimits) {
+  std::mt19937_64 rng(4);
+  const std::vector<double> x = uniform_row(rng, 50, 1.0);
+  for (double l : kLs) {
+    for (double p : kPs) {
+      for (Solver solver : kSolvers) {
+        for (Op op : kOps) expect_sound_row(op, x, 12, SoftTopkOptions{l, p, solver}, describe(op, solver, l, p));
+      }
+    }
+  }
+  for (double p : kPs) {
+    for (Solver solver : kSolvers) {
+      EXPECT_EQ(forward(Op::mask, x, 50, 12, SoftTopkOptions{1e-8, p, solver}), sparsetopk::hard_topk_mask(x, 12));
+      EXPECT_EQ(forward(Op::mag, x, 50, 12, SoftTopkOptions{1e-8, p, solver}), sparsetopk::hard_topk_mag(x, 12));
+      // For p = 100 the limit needs l far beyond 1e8: (k/n)^(p-1) l must exceed the spread of x.
+      if (p > 10.0) continue;
+      for (double y : forward(Op::mask, x, 50, 12, SoftTopkOptions{1e8, p, solver})) EXPECT_NEAR(y, 12.0 / 50.0, 1e-3) << p;
+    }
+  }
+}
+
+// ---- batches ------------------------------------------------------------------------
+
+// Empty batches are no-ops, for the forward and backward passes; bad shapes
+// throw InvalidArgument.
+TEST(Robustness, EmptyBatchesAreNoOpsAndBadShapesThrow) {
+  const std::vector<double> empty;
+  std::vector<double> out;
+  for (Op op : kOps) {
+    for (std::size_t n : {0u, 5u}) {
+      ActiveBlocks blocks;
+      EXPECT_NO_THROW(out = forward(op, empty, n, 0, SoftTopkOptions{}, &blocks));
+      EXPECT_EQ(blocks.rows(), 0u);
+      EXPECT_TRUE(vjp(op, blocks, empty, empty).empty());
+      EXPECT_TRUE(jvp(op, blocks, empty, empty).empty());
+    }
+    EXPECT_THROW(forward(op, std::vector<double>{1.0}, 0, 0, SoftTopkOptions{}), sparsetopk::InvalidArgument);
+    EXPECT_THROW(forward(op, std::vector<double>{1.0, 2.0, 3.0}, 2, 1, SoftTopkOptions{}), sparsetopk::InvalidArgument);
+    EXPECT_THROW(forward(op, std::vector<double>{1.0, 2.0}, 2, 3, SoftTopkOptions{}), sparsetopk::InvalidArgument);
+  }
+  std::vector<double> hard_out;
+  EXPECT_NO_THROW(sparsetopk::hard_topk_mask<double>(empty, 4, 0, hard_out));
+  EXPECT_NO_THROW(sparsetopk::hard_topk_mag<double>(empty, 0, 0, hard_out));
+}
+
+// A row of 2^20 entries (split across threads by the threshold solver): both
+// solvers agree and the row stays sound.
+TEST(Robustness, LargeRowOf2To20Entries) {
+  std::mt19937_64 rng(5);
+  const std::size_t n = std::size_t{1} << 20, k = n / 10;
+  const std::vector<double> x = uniform_row(rng, n, 1.0);
+  for (Op op : kOps) {
+    for (double p : {4.0 / 3.0, 2.0}) {
+      const std::vector<double> a = forward(op, x, n, k, SoftTopkOptions{1e-3, p, Solver::pav});
+      const std::vector<double> b = forward(op, x, n, k, SoftTopkOptions{1e-3, p, Solver::threshold});
+      double worst = 0.0;
+      for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+      EXPECT_LE(worst, 1e-9) << describe(op, Solver::pav, 1e-3, p);
+      if (op == Op::mask) {
+        EXPECT_NEAR(sum(b), static_cast<double>(k), 1e-9 * static_cast<double>(k));
+      }
+    }
+  }
+}
+
+// ---- root finder ------------------------------------------------------------------------
+
+#if STK_HAVE_ROOT_FINDING
+// Newton with bisection stops within 200 evaluations whatever the function:
+// smooth, steep, flat, discontinuous, or NaN; its answer brackets the root.
+TEST(Robustness, RootFinderStopsWithin200Evaluations) {
+  struct Case {
+    const char* name;
+    double lo, hi, root;
+    double (*f)(double, double);  // f(x, root), decreasing
+  };
+  const Case cases[] = {
+      {"linear", -1e300, 1e300, 3.0, [](double x, double r) { return r - x; }},
+      {"steep", -1.0, 1.0, 1e-300, [](double x, double r) { return -std::copysign(std::pow(std::abs(x - r), 0.01), x - r); }},
+      {"flat", -1.0, 1.0, 0.25, [](double x, double r) { return -std::copysign(std::pow(std::abs(x - r), 3.0), x - r); }},
+      {"step", 0.0, 1e8, 12345.678, [](double x, double r) { return x < r ? 1.0 : -1.0; }},
+      {"subnormal", 0.0, 1e-300, 4.9e-322, [](double x, double r) { return r - x; }},
+  };
+  for (const Case& c : cases) {
+    int evaluations = 0;
+    const double found = sparsetopk::detail::find_decreasing_root(
+        [&](double x, double* slope) {
+          ++evaluations;
+          const double h = 1e-6 * std::max(std::abs(x), 1e-300);
+          *slope = (c.f(x + h, c.root) - c.f(x - h, c.root)) / (2 * h);
+          return c.f(x, c.root);
+        },
+        c.lo, c.hi, 0.5 * (c.lo + c.hi));
+    EXPECT_LE(evaluations, 200) << c.name;
+    EXPECT_NEAR(found, c.root, 8 * DBL_EPSILON * std::max(std::abs(c.lo), std::abs(c.hi)) + 2 * DBL_MIN) << c.name;
+  }
+  int evaluations = 0;
+  sparsetopk::detail::find_decreasing_root([&](double, double* slope) { ++evaluations; *slope = kNaN; return kNaN; },
+                                           -1.0, 1.0, 0.0);
+  EXPECT_EQ(evaluations, 1) << "a NaN residual stops the iteration";
+}
+#endif
+
+// The public operators inherit the bound: hostile rows (p = 1.01 and 100,
+// l = 1e-8 and 1e8, values spread over 60 decades) stay sound and take a
+// bounded time. (Solver::pav with p other than 2 and 4/3 re-solves the growing
+// block at every merge, O(n^2) in the worst case: 1024 entries keep this short.)
+TEST(Robustness, HostileRowsFinishQuickly) {
+  std::mt19937_64 rng(6);
+  std::vector<double> x(1024);
+  std::uniform_real_distribution<double> exponent(-30.0, 30.0);
+  for (double& v : x) v = std::pow(10.0, exponent(rng)) * (rng() % 2 ? 1.0 : -1.0);
+  const auto start = std::chrono::steady_clock::now();
+  for (double p : {1.01, 100.0}) {
+    for (double l : {1e-8, 1e8}) {
+      for (Solver solver : kSolvers) {
+        for (Op op : kOps) expect_sound_row(op, x, 250, SoftTopkOptions{l, p, solver}, describe(op, solver, l, p));
+      }
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 10.0);
+}
+
+// ---- float32 vs float64 -------------------------------------------------------------------
+
+struct PrecisionCase {
+  std::vector<double> x;  // values representable in float
+  std::vector<float> xf;
+  std::size_t k;
+  SoftTopkOptions options;
+  double scale;  // max |x|
+};
+
+std::vector<PrecisionCase> precision_cases() {
+  std::mt19937_64 rng(7);
+  std::vector<PrecisionCase> cases;
+  for (double scale : {1e-30, 1e-10, 1.0, 1e10, 1e30}) {
+    for (double l_over_scale : {1e-3, 1e-1, 1.0, 10.0}) {
+      for (double p : kPs) {
+        for (Solver solver : kSolvers) {
+          for (int trial = 0; trial < 4; ++trial) {
+            PrecisionCase c;
+            const std::size_t n = 1 + rng() % 200;
+            c.k = rng() % (n + 1);
+            c.x = uniform_row(rng, n, scale);
+            for (double& v : c.x) v = static_cast<float>(v);
+            c.xf.assign(c.x.begin(), c.x.end());
+            c.options = SoftTopkOptions{l_over_scale * scale, p, solver};
+            c.scale = max_abs(c.x);
+            cases.push_back(std::move(c));
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+// On inputs representable in float, the float32 operators compute in double
+// and round once: over scales 1e-30 .. 1e30, l = 1e-3 .. 10 times the scale
+// and every p, |out_float - out_double| <= 2^-23 (mask) and <= 2^-23 max|x|
+// (magnitude), i.e. at most one float ulp of 1 or of max|x|.
+TEST(Robustness, Float32MatchesFloat64OnFloatInputsWithinOneUlp) {
+  double worst_mask = 0.0, worst_mag = 0.0;
+  for (const PrecisionCase& c : precision_cases()) {
+    const std::size_t n = c.x.size();
+    for (Op op : kOps) {
+      const std::vector<double> d = forward(op, c.x, n, c.k, c.options);
+      const std::vector<float> f = forward(op, c.xf, n, c.k, c.options);
+      for (std::size_t i = 0; i < n; ++i) {
+        const double diff = std::abs(static_cast<double>(f[i]) - d[i]);
+        if (op == Op::mask) worst_mask = std::max(worst_mask, diff);
+        else worst_mag = std::max(worst_mag, diff / c.scale);
+      }
+    }
+  }
+  RecordProperty("worst_mask", sci(worst_mask));
+  RecordProperty("worst_mag_over_scale", sci(worst_mag));
+  EXPECT_LE(worst_mask, std::ldexp(1.0, -23));
+  EXPECT_LE(worst_mag, std::ldexp(1.0, -23));
+}
+
+// On double inputs, the float32 result also carries the rounding of x to
+// float (relative 2^-24). For p <= 2 the mask is Lipschitz with constant
+// (q-1)/l per entry, and |mask_float - mask_double| <= 2^-24 (1 + (q-1) max|x| / l).
+// (For p > 2 the mask rises like u^(q-1), q-1 < 1, at the threshold, and no
+// such bound holds; docs/robustness.md lists the measured differences.)
+TEST(Robustness, Float32MaskOnDoubleInputsWithinTheRoundingBound) {
+  std::mt19937_64 rng(8);
+  double worst_ratio = 0.0;
+  for (const PrecisionCase& c : precision_cases()) {
+    if (c.options.p > 2.0) continue;
+    std::vector<double> x = c.x;
+    for (double& v : x) v *= 1.0 + 1e-9 * (static_cast<double>(rng() % 2001) - 1000.0) / 1000.0;  // off the float grid
+    std::vector<float> xf(x.begin(), x.end());
+    const std::vector<double> d = forward(Op::mask, x, x.size(), c.k, c.options);
+    const std::vector<float> f = forward(Op::mask, xf, x.size(), c.k, c.options);
+    const double q_minus_1 = 1.0 / (c.options.p - 1.0);
+    const double bound = std::ldexp(1.0, -24) * (1.0 + q_minus_1 * max_abs(x) / c.options.l);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      worst_ratio = std::max(worst_ratio, std::abs(static_cast<double>(f[i]) - d[i]) / bound);
+  }
+  RecordProperty("worst_ratio", sci(worst_ratio));
+  EXPECT_LE(worst_ratio, 1.0);
+}
+
+// ---- known issues (docs/robustness.md) ---------------------------------------------------
+// Each states the expected behavior on a minimal reproducer and is disabled
+// while the issue is open; run them with --gtest_also_run_disabled_tests.
+
+// 1. Entries tied at a threshold that a double cannot resolve (l below the
+// spacing of the doubles near x, or p large) must still share equally.
+TEST(RobustnessKnownIssue, DISABLED_TiedEntriesAtAnUnresolvableThresholdShareEqually) {
+  for (Solver solver : kSolvers) {
+    for (double p : {2.0, 4.0 / 3.0}) {
+      for (double y : forward(Op::mask, std::vector<double>{1e30, 1e30, 1e30}, 3, 1, SoftTopkOptions{1e-8, p, solver}))
+        EXPECT_NEAR(y, 1.0 / 3.0, 1e-9) << "mask, l = 1e-8, p = " << p;
+    }
+    for (double y : forward(Op::mag, std::vector<double>{1.0, 1.0, 1.0}, 3, 1, SoftTopkOptions{1.0, 100.0, solver}))
+      EXPECT_NEAR(y, 1.0 / 3.0, 1e-9) << "mag, l = 1, p = 100";
+    for (double y : forward(Op::mag, std::vector<double>{1.0, -1.0, 1.0}, 3, 2, SoftTopkOptions{1e-3, 100.0, solver}))
+      EXPECT_NEAR(std::abs(y), 2.0 / 3.0, 1e-9) << "mag, l = 1e-3, p = 100";
+    for (double y : forward(Op::mag, std::vector<double>{1.6e-26, 1.6e-26, 1.6e-26}, 3, 1, SoftTopkOptions{1e-6, 100.0, solver}))
+      EXPECT_NEAR(y, 1.6e-26 / 3.0, 1e-35) << "mag, l = 1e-6, p = 100";
+  }
+}
+
+// 2. Large p: a threshold closer to a key than the root finder's absolute
+// tolerance (4 eps max(|lo|, |hi|) + DBL_MIN) is not resolved, and the mask
+// no longer sums to k. Exact: y_3 = 1 - y_2 with y_2 = 0.99302296663237744
+// (the value the same row gives for k = 1, shifted).
+TEST(RobustnessKnownIssue, DISABLED_LargePMaskSumsToKWhenTheThresholdIsNearASmallKey) {
+  for (Solver solver : kSolvers) {
+    for (double small : {0.0, 1e-300}) {
+      const std::vector<double> out =
+          forward(Op::mask, std::vector<double>{1.0, 0.5, small}, 3, 2, SoftTopkOptions{1.0, 100.0, solver});
+      EXPECT_NEAR(out[1], 0.99302296663237744, 1e-12);
+      EXPECT_NEAR(out[2], 1.0 - 0.99302296663237744, 1e-12) << "x_3 = " << small;
+      EXPECT_NEAR(sum(out), 2.0, 1e-12);
+    }
+    const std::vector<double> subnormal = {4.9e-324, -4.9e-324, 1e-310, -2.2e-308, 0.0, 2.2250738585072014e-308, 3e-320};
+    EXPECT_NEAR(sum(forward(Op::mask, subnormal, 7, 1, SoftTopkOptions{1.0, 100.0, solver})), 1.0, 1e-12);
+  }
+}
+
+// 3. The c values of the derivative overflow to inf for p near 1 when u/l is
+// huge (here |x| = 1.6e18, l = 1e-4, p = 1.01), and the VJP becomes NaN on a
+// finite row.
+TEST(RobustnessKnownIssue, DISABLED_MagnitudeVjpStaysFiniteWhenCOverflows) {
+  const std::vector<double> x = {1.6e18, 1.6e18, 1.6e18}, g = {1.0, 1.0, 1.0};
+  for (Solver solver : kSolvers) {
+    ActiveBlocks blocks;
+    forward(Op::mag, x, 3, 2, SoftTopkOptions{1e-4, 1.01, solver}, &blocks);
+    for (double v : vjp(Op::mag, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
+    for (double v : jvp(Op::mag, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
+  }
+}
+
+// 3b. The other end: c underflows to 0 (p = 1.01, u ~ 1e-7: u^99 = 0), the
+// block's only active entry has c = 0, sum(c) = 0, and the mask VJP is 0/0.
+TEST(RobustnessKnownIssue, DISABLED_MaskVjpStaysFiniteWhenCUnderflows) {
+  const std::vector<double> x = {1.0, -1e-7, -0.5}, g = {1.0, 1.0, 1.0};
+  for (Solver solver : kSolvers) {
+    ActiveBlocks blocks;
+    forward(Op::mask, x, 3, 2, SoftTopkOptions{0.5, 1.01, solver}, &blocks);
+    for (double v : vjp(Op::mask, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
+  }
+}
+
+// 4. An entry whose key the block value lands on exactly (u = 0) still gets a
+// share of the output but is missing from ActiveBlocks, so the derivatives
+// treat it as constant. Central differences give the expected Jacobian.
+TEST(RobustnessKnownIssue, DISABLED_EntriesOnTheBlockValueAreActive) {
+  const std::vector<double> x = {0.0, 2.75, -1.625};
+  for (Solver solver : kSolvers) {
+    const SoftTopkOptions o{0.1, 100.0, solver};
+    ActiveBlocks blocks;
+    forward(Op::mag, x, 3, 1, o, &blocks);
+    for (std::size_t j = 1; j < 3; ++j) {
+      std::vector<double> e(3, 0.0), plus = x, minus = x;
+      e[j] = 1.0;
+      const double h = 1e-7;
+      plus[j] += h;
+      minus[j] -= h;
+      const std::vector<double> up = forward(Op::mag, plus, 3, 1, o), down = forward(Op::mag, minus, 3, 1, o);
+      const std::vector<double> column = jvp(Op::mag, blocks, x, e);
+      for (std::size_t i = 0; i < 3; ++i)
+        EXPECT_NEAR(column[i], (up[i] - down[i]) / (2 * h), 2e-3) << "d out_" << i << " / d x_" << j << " solver " << int(solver);
+    }
+  }
+}
+
+}  // namespace
