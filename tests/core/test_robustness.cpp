@@ -1,7 +1,9 @@
 // The robustness policy of docs/robustness.md, one test per row of its table:
 // non-finite entries, extreme magnitudes and subnormals, ties, n = 1, k = 0
 // and k = n, the ranges of l and p, empty batches, large rows, the root
-// finder's bounds, and float32 against float64.
+// finder's bounds, and float32 against float64. Then the fuzzing findings:
+// fixed ones as regression tests, open ones as disabled tests stating the
+// expected behavior (docs/robustness.md, "Known issues").
 
 #include <sparsetopk/sparsetopk.hpp>
 
@@ -521,43 +523,72 @@ TEST(Robustness, Float32MaskOnDoubleInputsWithinTheRoundingBound) {
   EXPECT_LE(worst_ratio, 1.0);
 }
 
+// ---- fuzzing findings since fixed ---------------------------------------------------------
+
+// Reproducers the fuzz targets found, fixed in the core: they stay fixed.
+TEST(Robustness, FixedFuzzFindingsStayFixed) {
+  const double third = 1.0 / 3.0;
+  for (Solver solver : kSolvers) {
+    // Mask, p = 100: tied entries at an unresolvable threshold share k equally
+    // (gave [0.5, 0.5, 0] with pav; the threshold solver gave 0.6997 on every
+    // entry of an all-zero row).
+    for (double l : {1e-3, 1.0}) {
+      for (double y : forward(Op::mask, std::vector<double>{1.0, 1.0, 1.0}, 3, 1, SoftTopkOptions{l, 100.0, solver}))
+        EXPECT_NEAR(y, third, 1e-9);
+    }
+    for (double value : {0.0, -1.6e-18}) {
+      for (double y : forward(Op::mask, std::vector<double>(60, value), 60, 11, SoftTopkOptions{1e-3, 100.0, solver}))
+        EXPECT_NEAR(y, 11.0 / 60.0, 1e-9) << value;
+    }
+    // Magnitude, p = 100: the same for ties (gave 0.6997 and +-0.7503).
+    for (double y : forward(Op::mag, std::vector<double>{1.0, 1.0, 1.0}, 3, 1, SoftTopkOptions{1.0, 100.0, solver}))
+      EXPECT_NEAR(y, third, 1e-9);
+    for (double y : forward(Op::mag, std::vector<double>{1.0, -1.0, 1.0}, 3, 2, SoftTopkOptions{1e-3, 100.0, solver}))
+      EXPECT_NEAR(std::abs(y), 2.0 * third, 1e-9);
+    // Mask, p = 100, a threshold 1e-213 from the key 0 (gave 0.2431, sum 2.236):
+    // y_3 = 1 - y_2, y_2 being what the same row gives for k = 1.
+    for (double small : {0.0, 1e-300}) {
+      const std::vector<double> out =
+          forward(Op::mask, std::vector<double>{1.0, 0.5, small}, 3, 2, SoftTopkOptions{1.0, 100.0, solver});
+      EXPECT_NEAR(out[1], 0.99302296663237744, 1e-12);
+      EXPECT_NEAR(out[2], 1.0 - 0.99302296663237744, 1e-12) << "x_3 = " << small;
+    }
+  }
+}
+
 // ---- known issues (docs/robustness.md) ---------------------------------------------------
 // Each states the expected behavior on a minimal reproducer and is disabled
 // while the issue is open; run them with --gtest_also_run_disabled_tests.
 
 // 1. Entries tied at a threshold that a double cannot resolve (l below the
-// spacing of the doubles near x, or p large) must still share equally.
+// spacing of the doubles near x) must still share equally.
 TEST(RobustnessKnownIssue, DISABLED_TiedEntriesAtAnUnresolvableThresholdShareEqually) {
   for (Solver solver : kSolvers) {
     for (double p : {2.0, 4.0 / 3.0}) {
       for (double y : forward(Op::mask, std::vector<double>{1e30, 1e30, 1e30}, 3, 1, SoftTopkOptions{1e-8, p, solver}))
         EXPECT_NEAR(y, 1.0 / 3.0, 1e-9) << "mask, l = 1e-8, p = " << p;
     }
-    for (double y : forward(Op::mag, std::vector<double>{1.0, 1.0, 1.0}, 3, 1, SoftTopkOptions{1.0, 100.0, solver}))
-      EXPECT_NEAR(y, 1.0 / 3.0, 1e-9) << "mag, l = 1, p = 100";
-    for (double y : forward(Op::mag, std::vector<double>{1.0, -1.0, 1.0}, 3, 2, SoftTopkOptions{1e-3, 100.0, solver}))
-      EXPECT_NEAR(std::abs(y), 2.0 / 3.0, 1e-9) << "mag, l = 1e-3, p = 100";
+    for (double y : forward(Op::mask, std::vector<double>(43, -1.6e22), 43, 14, SoftTopkOptions{100.0, 4.0 / 3.0, solver}))
+      EXPECT_NEAR(y, 14.0 / 43.0, 1e-9) << "mask, l = 100, p = 4/3";
     for (double y : forward(Op::mag, std::vector<double>{1.6e-26, 1.6e-26, 1.6e-26}, 3, 1, SoftTopkOptions{1e-6, 100.0, solver}))
       EXPECT_NEAR(y, 1.6e-26 / 3.0, 1e-35) << "mag, l = 1e-6, p = 100";
   }
 }
 
-// 2. Large p: a threshold closer to a key than the root finder's absolute
-// tolerance (4 eps max(|lo|, |hi|) + DBL_MIN) is not resolved, and the mask
-// no longer sums to k. Exact: y_3 = 1 - y_2 with y_2 = 0.99302296663237744
-// (the value the same row gives for k = 1, shifted).
-TEST(RobustnessKnownIssue, DISABLED_LargePMaskSumsToKWhenTheThresholdIsNearASmallKey) {
+// 2. For p > 2, a threshold within rounding of keys is not resolved: the mask
+// misses k, and the two solvers disagree.
+TEST(RobustnessKnownIssue, DISABLED_MaskSumsToKWhenTheThresholdIsWithinRoundingOfKeys) {
   for (Solver solver : kSolvers) {
-    for (double small : {0.0, 1e-300}) {
-      const std::vector<double> out =
-          forward(Op::mask, std::vector<double>{1.0, 0.5, small}, 3, 2, SoftTopkOptions{1.0, 100.0, solver});
-      EXPECT_NEAR(out[1], 0.99302296663237744, 1e-12);
-      EXPECT_NEAR(out[2], 1.0 - 0.99302296663237744, 1e-12) << "x_3 = " << small;
-      EXPECT_NEAR(sum(out), 2.0, 1e-12);
-    }
     const std::vector<double> subnormal = {4.9e-324, -4.9e-324, 1e-310, -2.2e-308, 0.0, 2.2250738585072014e-308, 3e-320};
     EXPECT_NEAR(sum(forward(Op::mask, subnormal, 7, 1, SoftTopkOptions{1.0, 100.0, solver})), 1.0, 1e-12);
+    const std::vector<double> near_ties = {-12.25, -15.875, 1.0, -12.249999999999998, -12.250000000000004};
+    EXPECT_NEAR(sum(forward(Op::mask, near_ties, 5, 2, SoftTopkOptions{1e-8, 3.0, solver})), 2.0, 1e-9);
   }
+  const std::vector<double> x = {-1.5875000000000002e-29, 1.0000000000000001e-30, -1.5874999999999999e-29,
+                                 -1.5875000000000005e-29, 1.0000000000000008e-30};
+  const std::vector<double> pav = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::pav});
+  const std::vector<double> threshold = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::threshold});
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(pav[i], threshold[i], 1e-6);
 }
 
 // 3. The c values of the derivative overflow to inf for p near 1 when u/l is
@@ -584,9 +615,10 @@ TEST(RobustnessKnownIssue, DISABLED_MaskVjpStaysFiniteWhenCUnderflows) {
   }
 }
 
-// 4. An entry whose key the block value lands on exactly (u = 0) still gets a
-// share of the output but is missing from ActiveBlocks, so the derivatives
-// treat it as constant. Central differences give the expected Jacobian.
+// 4. Solver::pav: an entry whose key the block value lands on exactly (u = 0)
+// still gets a share of the output but is missing from ActiveBlocks, so the
+// derivatives treat it as constant. Central differences give the expected
+// Jacobian (Solver::threshold passes).
 TEST(RobustnessKnownIssue, DISABLED_EntriesOnTheBlockValueAreActive) {
   const std::vector<double> x = {0.0, 2.75, -1.625};
   for (Solver solver : kSolvers) {
