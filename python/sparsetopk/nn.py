@@ -17,48 +17,46 @@ def _check_l_p(owner: str, l: float, p: float) -> None:
         raise ValueError(f"sparsetopk.{owner}: p must be finite and > 1, got p = {p}")
 
 
-class SoftTopKMask(nn.Module):
+class _SoftTopKModule(nn.Module):
+    """The options shared by :class:`SoftTopKMask` and :class:`SoftTopKMagnitude`."""
+
+    def __init__(self, k: int, l: float, p: float, dim: int, solver: str):
+        super().__init__()
+        _check_l_p(type(self).__name__, l, p)
+        self.k = int(k)
+        self.l = float(l)
+        self.p = float(p)
+        self.dim = int(dim)
+        self.solver = str(solver)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
+
+
+class SoftTopKMask(_SoftTopKModule):
     """``y = soft_topk_mask(x, k, l, p, dim)``: a soft, sparse selection of the k largest entries.
 
     See :func:`sparsetopk.soft_topk_mask`. No parameters.
     """
 
     def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
-        super().__init__()
-        _check_l_p("SoftTopKMask", l, p)
-        self.k = int(k)
-        self.l = float(l)
-        self.p = float(p)
-        self.dim = int(dim)
-        self.solver = str(solver)
+        super().__init__(k, l, p, dim, solver)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_topk_mask(x, self.k, self.l, self.p, self.dim, self.solver)
 
-    def extra_repr(self) -> str:
-        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
 
-
-class SoftTopKMagnitude(nn.Module):
+class SoftTopKMagnitude(_SoftTopKModule):
     """``y = soft_topk_mag(x, k, l, p, dim)``: keeps the k largest-magnitude entries, softly.
 
     See :func:`sparsetopk.soft_topk_mag`. No parameters.
     """
 
     def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
-        super().__init__()
-        _check_l_p("SoftTopKMagnitude", l, p)
-        self.k = int(k)
-        self.l = float(l)
-        self.p = float(p)
-        self.dim = int(dim)
-        self.solver = str(solver)
+        super().__init__(k, l, p, dim, solver)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
 
 
 class SparseLinear(nn.Module):
