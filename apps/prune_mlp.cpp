@@ -21,6 +21,8 @@
 // weights the network ends up trained with are close to the hard-pruned ones
 // it is evaluated with. Default band = 1.
 
+#include "common/args.hpp"
+#include "common/progress.hpp"
 #include "data/idx.hpp"
 
 #include <sparsetopk/torch.hpp>
@@ -105,43 +107,12 @@ magnitude, evaluates the hard-pruned network on the test set, writes a CSV.
   -h, --help
 )";
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> parts;
-  std::stringstream stream(s);
-  std::string part;
-  while (std::getline(stream, part, ','))
-    if (!part.empty()) parts.push_back(part);
-  return parts;
-}
-
-double parse_double(const std::string& flag, const std::string& value) {
-  try {
-    size_t used = 0;
-    const double x = std::stod(value, &used);
-    if (used != value.size() || !std::isfinite(x)) throw std::invalid_argument("");
-    return x;
-  } catch (const std::exception&) {
-    throw std::invalid_argument(flag + ": not a number: '" + value + "'");
-  }
-}
-
-int64_t parse_int(const std::string& flag, const std::string& value) {
-  try {
-    size_t used = 0;
-    const long long x = std::stoll(value, &used);
-    if (used != value.size()) throw std::invalid_argument("");
-    return x;
-  } catch (const std::exception&) {
-    throw std::invalid_argument(flag + ": not an integer: '" + value + "'");
-  }
-}
-
 Options parse(int argc, char** argv) {
   Options o;
-  std::vector<std::string> args(argv + 1, argv + argc);
+  const auto pairs = apps::flag_pairs(argc, argv, {"--quick"});
   // --quick first, so that explicit flags override it wherever they appear.
-  for (const auto& a : args) {
-    if (a == "--quick") {
+  for (const auto& [flag, value] : pairs) {
+    if (flag == "--quick") {
       o.steps = 100;
       o.batch_size = 64;
       o.train_limit = 5000;
@@ -150,42 +121,34 @@ Options parse(int argc, char** argv) {
       o.log_every = 50;
     }
   }
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i], value;
+  for (const auto& [flag, value] : pairs) {
     if (flag == "--quick") continue;
     if (flag == "-h" || flag == "--help") {
       std::cout << kUsage;
       std::exit(0);
     }
-    if (const auto eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    } else {
-      if (i + 1 >= args.size()) throw std::invalid_argument(flag + ": missing value");
-      value = args[++i];
-    }
     if (flag == "--data-dir") o.data_dir = value;
     else if (flag == "--out") o.out = value;
-    else if (flag == "--epochs") o.epochs = parse_int(flag, value);
-    else if (flag == "--steps") o.steps = parse_int(flag, value);
-    else if (flag == "--batch-size") o.batch_size = parse_int(flag, value);
-    else if (flag == "--lr") o.lr = parse_double(flag, value);
-    else if (flag == "--band") o.band = parse_double(flag, value);
-    else if (flag == "--anneal") o.anneal = parse_int(flag, value) != 0;
-    else if (flag == "--train-limit") o.train_limit = parse_int(flag, value);
-    else if (flag == "--test-limit") o.test_limit = parse_int(flag, value);
-    else if (flag == "--log-every") o.log_every = parse_int(flag, value);
-    else if (flag == "--threads") o.threads = static_cast<int>(parse_int(flag, value));
+    else if (flag == "--epochs") o.epochs = apps::parse_int(flag, value);
+    else if (flag == "--steps") o.steps = apps::parse_int(flag, value);
+    else if (flag == "--batch-size") o.batch_size = apps::parse_int(flag, value);
+    else if (flag == "--lr") o.lr = apps::parse_double(flag, value);
+    else if (flag == "--band") o.band = apps::parse_double(flag, value);
+    else if (flag == "--anneal") o.anneal = apps::parse_int(flag, value) != 0;
+    else if (flag == "--train-limit") o.train_limit = apps::parse_int(flag, value);
+    else if (flag == "--test-limit") o.test_limit = apps::parse_int(flag, value);
+    else if (flag == "--log-every") o.log_every = apps::parse_int(flag, value);
+    else if (flag == "--threads") o.threads = static_cast<int>(apps::parse_int(flag, value));
     else if (flag == "--seeds") {
       o.seeds.clear();
-      for (const auto& s : split(value)) {
-        const int64_t seed = parse_int(flag, s);
+      for (const auto& s : apps::split_list(value)) {
+        const int64_t seed = apps::parse_int(flag, s);
         if (seed < 0) throw std::invalid_argument("--seeds: seeds must be >= 0, got " + s);
         o.seeds.push_back(static_cast<uint64_t>(seed));
       }
     } else if (flag == "--variants") {
       o.variants.clear();
-      for (const auto& s : split(value)) {
+      for (const auto& s : apps::split_list(value)) {
         const auto it = kVariants.find(s);
         if (it == kVariants.end())
           throw std::invalid_argument("--variants: unknown variant '" + s + "' (dense, hard, ste, soft2, soft43)");
@@ -193,8 +156,8 @@ Options parse(int argc, char** argv) {
       }
     } else if (flag == "--sparsities") {
       o.sparsities.clear();
-      for (const auto& s : split(value)) {
-        const double x = parse_double(flag, s);
+      for (const auto& s : apps::split_list(value)) {
+        const double x = apps::parse_double(flag, s);
         if (x < 0 || x >= 100) throw std::invalid_argument("--sparsities: must be in [0, 100), got " + s);
         o.sparsities.push_back(x);
       }
@@ -279,15 +242,6 @@ double accuracy(const Mlp& net, const std::vector<at::Tensor>& weights, const ap
   return static_cast<double>(correct) / static_cast<double>(test.size());
 }
 
-struct Progress {
-  int64_t total_steps = 0;
-  int64_t done_steps = 0;
-  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-  double seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-};
-
 struct Row {
   std::string variant;
   double sparsity;
@@ -304,7 +258,7 @@ struct Row {
 // Trains one network; returns one row per requested sparsity (dense: all of
 // them from one training run; other variants: the one they were trained at).
 std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::vector<double>& eval_sparsities,
-                     uint64_t seed, const apps::Dataset& train, const apps::Dataset& test, Progress& progress,
+                     uint64_t seed, const apps::Dataset& train, const apps::Dataset& test, apps::Progress& progress,
                      int64_t steps) {
   torch::manual_seed(seed);
   Mlp net;
@@ -315,9 +269,7 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
   for (const auto& layer : layers) ks.push_back(kept(layer->weight, sparsity));
 
   const auto t0 = std::chrono::steady_clock::now();
-  double window_loss = 0, window_correct = 0, window_count = 0, window_batches = 0;
   double last_loss = 0, last_acc = 0, l_used[3] = {0, 0, 0}, soft_ratio = 0;
-  auto window_start = t0;
   const std::string tag = name(v) + (v == Variant::dense ? std::string("") : " s=" + std::to_string(static_cast<int>(sparsity)) + "%") +
                           " seed=" + std::to_string(seed);
   for (int64_t step = 1; step <= steps; ++step) {
@@ -333,13 +285,11 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
     loss.backward();
     optimizer.step();
 
-    window_loss += loss.item<double>();
-    window_correct += static_cast<double>(logits.argmax(1).eq(batch.y).sum().item<int64_t>());
-    window_count += static_cast<double>(batch.y.size(0));
-    window_batches += 1;
-    ++progress.done_steps;
+    progress.step(loss.item<double>(), static_cast<double>(logits.argmax(1).eq(batch.y).sum().item<int64_t>()),
+                  static_cast<double>(batch.y.size(0)));
     if (step % o.log_every == 0 || step == steps) {
-      if (v == Variant::soft2 || v == Variant::soft43) {
+      const bool soft = v == Variant::soft2 || v == Variant::soft43;
+      if (soft) {
         int64_t nnz = 0, k_total = 0;
         for (size_t i = 0; i < weights.size(); ++i) {
           nnz += weights[i].detach().ne(0).sum().item<int64_t>();
@@ -347,23 +297,9 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
         }
         soft_ratio = static_cast<double>(nnz) / static_cast<double>(k_total);
       }
-      const auto now = std::chrono::steady_clock::now();
-      const double window_seconds = std::chrono::duration<double>(now - window_start).count();
-      last_loss = window_loss / window_batches;
-      last_acc = window_correct / window_count;
-      const double elapsed = progress.seconds();
-      const double eta = elapsed / static_cast<double>(progress.done_steps) *
-                         static_cast<double>(progress.total_steps - progress.done_steps);
-      const std::string band_info =
-          (v == Variant::soft2 || v == Variant::soft43) ? "  nnz/k " + std::to_string(soft_ratio).substr(0, 5) : "";
-      std::printf("[%s] step %lld/%lld  loss %.4f  acc %.4f%s  %.0f samples/s  total %lld/%lld  ETA %.0fs\n",
-                  tag.c_str(), static_cast<long long>(step), static_cast<long long>(steps), last_loss, last_acc,
-                  band_info.c_str(),
-                  window_count / std::max(window_seconds, 1e-9), static_cast<long long>(progress.done_steps),
-                  static_cast<long long>(progress.total_steps), eta);
-      std::fflush(stdout);
-      window_loss = window_correct = window_count = window_batches = 0;
-      window_start = now;
+      progress.report(tag, step, steps, soft ? "nnz/k " + std::to_string(soft_ratio).substr(0, 5) : "");
+      last_loss = progress.last_loss();
+      last_acc = progress.last_accuracy();
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -419,10 +355,10 @@ int main(int argc, char** argv) {
     csv << "variant,sparsity,seed,steps,epochs,batch_size,lr,band,l_fc1,l_fc2,l_fc3,train_loss,train_acc,"
            "test_acc_hard,test_acc_as_trained,nnz,total_weights,soft_nnz_over_k,seconds,anneal\n";
 
-    Progress progress;
+    apps::Progress progress;
     for (const auto v : o.variants)
-      progress.total_steps += steps * (v == Variant::dense ? 1 : static_cast<int64_t>(o.sparsities.size()));
-    progress.total_steps *= static_cast<int64_t>(o.seeds.size());
+      progress.add_total(steps * static_cast<int64_t>(o.seeds.size()) *
+                         (v == Variant::dense ? 1 : static_cast<int64_t>(o.sparsities.size())));
 
     const auto write = [&](const std::vector<Row>& rows) {
       for (const auto& r : rows) {
