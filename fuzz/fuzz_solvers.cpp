@@ -136,23 +136,12 @@ bool has_ties(const std::vector<double>& keys) {
 #define STK_FUZZ_SKIP_KNOWN 0
 #endif
 
-// Known issues (numbered as in docs/robustness.md) and what
-// STK_FUZZ_SKIP_KNOWN relaxes for them:
-//  1. entries tied at a threshold that a double cannot resolve (large p, or l
-//     below the spacing of the doubles near x) can get unequal or wrong
-//     outputs: rows with tied keys skip tie symmetry, the mask sum and solver
-//     agreement;
-//  2. for p > 2 a threshold within rounding of a key is not resolved: the mask
-//     sum and solver agreement are checked within 1e-4 for 2 < p < 10 (or l
-//     below 1e-6 max|x|), not at all for p >= 10;
-//  3. the c values overflow to inf (or underflow to 0 in a block whose c sum
-//     is then 0) and the VJP/JVP become NaN: rows with an infinite or zero c
-//     skip the derivative checks;
-//  4. entries whose key lies within rounding of the block value get a share
-//     of the output but are missing from ActiveBlocks: the active-set checks
-//     are skipped.
-bool skip_ties(const std::vector<double>& keys) { return STK_FUZZ_SKIP_KNOWN && has_ties(keys); }
-
+// Known issue 1 of docs/robustness.md, and what STK_FUZZ_SKIP_KNOWN relaxes
+// for it: for p > 2 a threshold within rounding of a key is not resolved, so
+// the mask sum and solver agreement are checked within 1e-4 for 2 < p < 10
+// (or l below 1e-6 max|x|), not at all for p >= 10. (Ties at unresolvable
+// thresholds, overflowing or underflowing c, and entries on the block value,
+// once skipped here too, are fixed and always checked.)
 double mask_sum_tolerance(const Case& c) {
   if (!STK_FUZZ_SKIP_KNOWN) return 1e-6;
   if (c.p >= 10.0) return kInf;
@@ -190,7 +179,7 @@ void check_mask(const Case& c, Solver solver, const Result& r) {
   }
   const double k = static_cast<double>(c.k);
   const double tolerance = mask_sum_tolerance(c);
-  if (!skip_ties(c.x) && tolerance < kInf && !(std::abs(sum - k) <= tolerance * k)) {
+  if (tolerance < kInf && !(std::abs(sum - k) <= tolerance * k)) {
     char buffer[120];
     std::snprintf(buffer, sizeof buffer, "mask sum: expected %.17g (within %g k), got %.17g", k, tolerance, sum);
     fail(ctx, buffer);
@@ -203,10 +192,10 @@ void check_mask(const Case& c, Solver solver, const Result& r) {
   for (std::size_t i = 0; i < n; ++i) {
     if (c.x[i] <= s_next - c.l - margin && r.out[i] != 0.0) fail(ctx, entry("mask entry far below the threshold", i, 0.0, r.out[i]));
     if (c.x[i] >= s_k + c.l + margin && r.out[i] != 1.0) fail(ctx, entry("mask entry far above the threshold", i, 1.0, r.out[i]));
-    if (!STK_FUZZ_SKIP_KNOWN && !in_active_set(r.blocks, i) && r.out[i] != 0.0 && r.out[i] != 1.0)
+    if (!in_active_set(r.blocks, i) && r.out[i] != 0.0 && r.out[i] != 1.0)
       fail(ctx, entry("mask entry outside the active set is neither 0 nor 1", i, 0.0, r.out[i]));
   }
-  if (!skip_ties(c.x)) check_ties(ctx, c.x, r.out, 1e-9);
+  check_ties(ctx, c.x, r.out, 1e-9);
 }
 
 void check_mag(const Case& c, Solver solver, const Result& r) {
@@ -231,21 +220,13 @@ void check_mag(const Case& c, Solver solver, const Result& r) {
     if (ai < zero_below * (1.0 - 1e-9) - slack && yi != 0.0) fail(ctx, entry("magnitude entry far below gamma is not 0", i, 0.0, yi));
     if (ai > unchanged_from * (1.0 + 1e-9) + slack && yi != xi && !(std::abs(yi - xi) <= 16.0 * DBL_EPSILON * c.scale))
       fail(ctx, entry("magnitude entry far above the block is not unchanged", i, xi, yi));
-    if (!STK_FUZZ_SKIP_KNOWN && !in_active_set(r.blocks, i) && yi != 0.0 && yi != xi)
+    if (!in_active_set(r.blocks, i) && yi != 0.0 && yi != xi)
       fail(ctx, entry("magnitude entry outside the active set is neither 0 nor x_i", i, xi, yi));
   }
-  if (!skip_ties(keys)) check_ties(ctx, keys, magnitudes(r.out), 1e-9 * c.scale + 4.0 * DBL_MIN);
-}
-
-// Known issue 3 (see above).
-bool skip_infinite_c(const Result& r) {
-  if (!STK_FUZZ_SKIP_KNOWN) return false;
-  const auto c = r.blocks.c(0);
-  return std::any_of(c.begin(), c.end(), [](double ci) { return !std::isfinite(ci) || ci == 0.0; });
+  check_ties(ctx, keys, magnitudes(r.out), 1e-9 * c.scale + 4.0 * DBL_MIN);
 }
 
 void check_derivatives(const Case& c, Op op, Solver solver, const Result& r) {
-  if (skip_infinite_c(r)) return;
   const std::size_t n = c.x.size();
   const std::string ctx = where(c, op, solver, r.out) + "\nu = " + show(c.u) + "\nv = " + show(c.v) +
                           "\nJ^T u = " + show(r.vjp) + "\nJ v = " + show(r.jvp);
@@ -272,7 +253,7 @@ void check_derivatives(const Case& c, Op op, Solver solver, const Result& r) {
 
 // Solvers agree: within 1e-6 (mask) or 1e-6 max|x| (magnitude) when
 // l >= 1e-6 max|x|; otherwise both outputs are finite (checked above).
-// (With STK_FUZZ_SKIP_KNOWN: known issue 2.)
+// (With STK_FUZZ_SKIP_KNOWN: known issue 1.)
 void check_agreement(const Case& c, Op op, const Result& pav, const Result& threshold) {
   if (c.l < 1e-6 * c.scale) return;
   if (STK_FUZZ_SKIP_KNOWN && c.p >= 10.0) return;
@@ -418,7 +399,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       else check_mag(c, solver, *r);
       check_derivatives(c, op, solver, *r);
     }
-    if (c.finite && !skip_ties(op == Op::mask ? c.x : magnitudes(c.x))) check_agreement(c, op, pav, threshold);
+    if (c.finite) check_agreement(c, op, pav, threshold);
     if (c.batch_check) check_batch(c, op, Solver::threshold, threshold);
     check_float(c, op, c.batch_check ? Solver::pav : Solver::threshold);
   }

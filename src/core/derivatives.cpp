@@ -29,7 +29,32 @@ void for_each_saved_row(const ActiveBlocks& blocks, std::size_t size, std::size_
                });
 }
 
+// The weights c of a row's active entries, and the entry with the largest one,
+// the pivot d. For p near 1 or large p, c spans hundreds of orders of
+// magnitude; the products below pivot on d so that they never subtract two
+// nearly equal large numbers (differences v_j - v_d instead).
+struct PivotedWeights {
+  std::span<const double> c;
+  std::size_t d = 0;
+  double sum = 0.0;
+
+  explicit PivotedWeights(std::span<const double> weights) : c(weights) {
+    for (std::size_t a = 0; a < c.size(); ++a) {
+      sum += c[a];
+      if (c[a] > c[d]) d = a;
+    }
+  }
+  // sum_j f(j) (value(j) - value(d))
+  template <class Factor, class Value>
+  double spread(Factor&& f, Value&& value) const {
+    double total = 0.0;
+    for (std::size_t j = 0; j < c.size(); ++j) total += f(j) * (value(j) - value(d));
+    return total;
+  }
+};
+
 // Mask: J_B = diag(c) - c c^T / sum(c); zero outside the block. Symmetric.
+// (J v)_a = c_a (v_a - v_d) - (c_a / sum(c)) sum_j c_j (v_j - v_d).
 template <class T>
 void mask_jacobian_product(const ActiveBlocks& blocks, std::span<const T> v, std::span<T> result) {
   for_each_saved_row(blocks, v.size(), result.size(), "the cotangent or tangent", [&](std::size_t r) {
@@ -39,20 +64,21 @@ void mask_jacobian_product(const ActiveBlocks& blocks, std::span<const T> v, std
     const bool valid = !std::isnan(blocks.gamma(r));
     std::fill(out.begin(), out.end(), static_cast<T>(valid ? 0.0 : kNaN));
     const auto index = blocks.index(r);
-    const auto c = blocks.c(r);
-    double c_sum = 0.0, c_dot_v = 0.0;
-    for (std::size_t a = 0; a < index.size(); ++a) {
-      c_sum += c[a];
-      c_dot_v += c[a] * static_cast<double>(v_row[index[a]]);
-    }
-    const double mean = c_dot_v / c_sum;
+    const PivotedWeights weights(blocks.c(r));
+    if (index.empty() || weights.sum == 0.0) return;  // every c underflowed: J = O(c) = 0
+    const auto value = [&](std::size_t j) { return static_cast<double>(v_row[index[j]]); };
+    const auto& c = weights.c;
+    const double spread = weights.spread([&](std::size_t j) { return c[j]; }, value);
     for (std::size_t a = 0; a < index.size(); ++a)
-      out[index[a]] = static_cast<T>(c[a] * (static_cast<double>(v_row[index[a]]) - mean));
+      out[index[a]] = static_cast<T>(c[a] * (value(a) - value(weights.d)) - c[a] / weights.sum * spread);
   });
 }
 
-// Magnitude, in t_i = sign(x_i) dx_i: J = diag(1 + c) (I - 1 c^T / (W_B + sum c))
-// on the block, identity on entries returned unchanged, zero elsewhere.
+// Magnitude, in t_i = sign(x_i) dx_i: J = diag(1 + c) (I - 1 c^T / D) with
+// D = W_B + sum(c) on the block, identity on entries returned unchanged, zero
+// elsewhere. Pivoted on d (m active entries):
+//   (J t)_a   = (1 + c_a)(t_a - t_d) + ((1 + c_a) / D) (W_B t_d - sum_j c_j (t_j - t_d))
+//   (J^T t)_a = t_a + c_a (t_a - t_d) + (c_a / D) ((W_B - m) t_d - sum_j (1 + c_j)(t_j - t_d))
 template <class T>
 void magnitude_jacobian_product(const ActiveBlocks& blocks, std::span<const T> x, std::span<const T> v,
                                 std::span<T> result, bool transpose) {
@@ -71,19 +97,21 @@ void magnitude_jacobian_product(const ActiveBlocks& blocks, std::span<const T> x
       out[i] = (xi != 0.0 && std::abs(xi) >= unchanged_from) ? v_row[i] : T(0);
     }
     const auto index = blocks.index(r);
-    const auto c = blocks.c(r);
-    double denominator = blocks.block_weight(r), projection = 0.0;
+    if (index.empty()) return;
+    const PivotedWeights weights(blocks.c(r));
+    const auto& c = weights.c;
+    const auto sign_of = [&](std::size_t j) { return sign(static_cast<double>(x_row[index[j]])); };
+    const auto t = [&](std::size_t j) { return sign_of(j) * static_cast<double>(v_row[index[j]]); };
+    const double w_block = blocks.block_weight(r), denominator = w_block + weights.sum, t_d = t(weights.d);
+    const double m = static_cast<double>(index.size());
+    const double spread = transpose ? weights.spread([&](std::size_t j) { return 1.0 + c[j]; }, t)
+                                    : weights.spread([&](std::size_t j) { return c[j]; }, t);
+    const double rest = transpose ? (w_block - m) * t_d - spread : w_block * t_d - spread;
     for (std::size_t a = 0; a < index.size(); ++a) {
-      const double t = sign(static_cast<double>(x_row[index[a]])) * static_cast<double>(v_row[index[a]]);
-      denominator += c[a];
-      projection += (transpose ? 1.0 + c[a] : c[a]) * t;
-    }
-    projection /= denominator;
-    for (std::size_t a = 0; a < index.size(); ++a) {
-      const double s = sign(static_cast<double>(x_row[index[a]]));
-      const double t = s * static_cast<double>(v_row[index[a]]);
-      const double dr = transpose ? (1.0 + c[a]) * t - c[a] * projection : (1.0 + c[a]) * (t - projection);
-      out[index[a]] = static_cast<T>(s * dr);
+      const double ratio = denominator > 0.0 ? (transpose ? c[a] : 1.0 + c[a]) / denominator : 0.0;
+      const double dr = transpose ? t(a) + c[a] * (t(a) - t_d) + ratio * rest
+                                  : (1.0 + c[a]) * (t(a) - t_d) + ratio * rest;
+      out[index[a]] = static_cast<T>(sign_of(a) * dr);
     }
   });
 }

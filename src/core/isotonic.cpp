@@ -8,6 +8,17 @@
 
 namespace sparsetopk {
 namespace detail {
+namespace {
+
+// Pooling blocks of equal value never changes v. Equal values across a drop
+// in w are pooled anyway: there the exact values may differ by less than a
+// double resolves (tied keys, |s| >> l), and only the pooled block lets the
+// tied entries share the output.
+bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> w) {
+  return previous.value < last.value || (previous.value == last.value && w[previous.begin] > w[last.begin]);
+}
+
+}  // namespace
 
 void pool_adjacent_violators(std::span<const double> s, std::span<const double> w,
                              const BlockEquation& equation, std::vector<PavBlock>& blocks) {
@@ -16,7 +27,7 @@ void pool_adjacent_violators(std::span<const double> s, std::span<const double> 
     const BlockMoments single = BlockMoments::single(s[i], w[i]);
     blocks.push_back({i, i + 1, single, equation.solve(s.subspan(i, 1), single)});
     // v must be non-increasing: pool while the previous block lies below the last.
-    while (blocks.size() > 1 && blocks[blocks.size() - 2].value < blocks.back().value) {
+    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), w)) {
       PavBlock& merged = blocks[blocks.size() - 2];
       merged.moments.merge(blocks.back().moments);
       merged.end = blocks.back().end;

@@ -142,7 +142,7 @@ StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEqu
       tau = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
     while (begin < m && s[begin] - tau >= l) ++begin;
     end = begin;
-    while (end < m && s[end] > tau) ++end;
+    while (end < m && (s[end] > tau || s[end] == s_k)) ++end;  // exactly, tau < s_k: ties of s_k are in
     if (end <= top) return {top, top, s_next};  // as in PAV, a block must straddle top-1 and top
     return {std::min(begin, top - 1), end, tau};
   }
@@ -172,7 +172,7 @@ StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEqu
   if (!narrow_to_smooth_piece(f, [&](std::size_t j) { return s[top + j]; }, m - top, lo, hi, gamma) &&
       !narrow_to_smooth_piece(f, singleton, top, lo, hi, gamma))
     gamma = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
-  while (end < m && s[end] > gamma) ++end;
+  while (end < m && (s[end] > gamma || s[end] == s_k)) ++end;  // exactly, gamma < s_k: ties of s_k are in
   if (end == top) return {top, top, s_next};  // no entry below the top k is pulled in: no block
   while (begin < top - 1 && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
   return {begin, end, gamma};
@@ -212,34 +212,46 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, 
 // When p is large, pow(u, q-1) rises from 0 faster near u = 0 than a double
 // gamma can resolve: the exact gamma then lies within an ulp of the computed
 // one, and only the entries whose key ties the key nearest to gamma (among
-// sorted positions [begin, end)) are unresolved. Finds that key, if any (a
-// key within 1e-12 (|key| + l) of gamma: far below what p <= 10 can notice).
-bool unresolved_key(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l,
-                    double& key) {
-  if (begin == end) return false;
+// sorted positions [begin, end)) are unresolved. That key, if any: within
+// 1e-12 (|key| + l) of gamma, far below what p <= 10 can notice. Keys tied
+// at a threshold with |key| >> l (any p) are unresolved in the same way.
+struct UnresolvedKey {
+  bool found = false;
+  double key = 0.0;
+  bool matches(double s) const { return found && s == key; }
+};
+
+UnresolvedKey unresolved_key(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l) {
+  if (begin == end) return {};
   std::size_t nearest = begin;
   for (std::size_t j = begin + 1; j < end; ++j)
     if (std::abs(ws.s[j] - gamma) < std::abs(ws.s[nearest] - gamma)) nearest = j;
-  key = ws.s[nearest];
-  return std::abs(key - gamma) <= 1e-12 * (std::abs(key) + l);
+  const double key = ws.s[nearest];
+  return {std::abs(key - gamma) <= 1e-12 * (std::abs(key) + l), key};
 }
 
 // The first-order condition fixes the sum of pow((s_j - gamma)/l, q-1) over
-// [begin, end) to `owed`; the unresolved tied entries share what is missing,
-// which is their exact common value. Calls set(j, value) for each of them.
+// [begin, end) to `owed`; the entries tied at the unresolved key share what
+// is missing, which is their exact common value. Calls set(j, value) for each.
 template <class Value, class Set>
-void settle_unresolved(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l,
+void settle_unresolved(const RowWorkspace& ws, std::size_t begin, std::size_t end, const UnresolvedKey& tied,
                        double sum, double owed, double max_value, Value&& value, Set&& set) {
-  double key = 0.0;
-  if (!std::isfinite(sum) || std::abs(sum - owed) <= 1e-12 * std::abs(owed) ||
-      !unresolved_key(ws, begin, end, gamma, l, key))
-    return;
-  double tied_sum = 0.0, tied = 0.0;
+  if (!tied.found || !std::isfinite(sum) || std::abs(sum - owed) <= 1e-12 * std::abs(owed)) return;
+  double tied_sum = 0.0, count = 0.0;
   for (std::size_t j = begin; j < end; ++j)
-    if (ws.s[j] == key) tied_sum += value(j), tied += 1.0;
-  const double share = std::clamp((owed - (sum - tied_sum)) / tied, 0.0, max_value);
+    if (tied.matches(ws.s[j])) tied_sum += value(j), count += 1.0;
+  const double share = std::clamp((owed - (sum - tied_sum)) / count, 0.0, max_value);
   for (std::size_t j = begin; j < end; ++j)
-    if (ws.s[j] == key) set(j, share);
+    if (tied.matches(ws.s[j])) set(j, share);
+}
+
+// c_i = ((q-1)/l) (u_i/l)^(q-2) of SPEC.md's derivatives, u_over_l = u_i/l.
+// Capped so that sums over a block stay finite: for p near 1 (or large p near
+// u = 0) c overflows where the Jacobian does not, and the derivatives pivot on
+// the largest c, so a capped c acts as an infinitely stiff entry.
+double jacobian_weight(const Regularizer& regularizer, double u_over_l, double l) {
+  constexpr double kMaxWeight = 1e280;
+  return std::min(regularizer.slope(u_over_l) / l, kMaxWeight);
 }
 
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
@@ -253,6 +265,8 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
+  const UnresolvedKey tied = unresolved_key(ws, 0, window.size, block.gamma, l);
+  const auto y_of = [&](std::size_t j) { return static_cast<double>(out[ws.entries[j].index]); };
   double window_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
@@ -260,17 +274,20 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
-      if (blocks && u > 0.0 && u < 1.0)
-        blocks->append(ws.slot, e.index, regularizer.slope(u) / l);  // c_i = ((q-1)/l) (u_i/l)^(q-2)
+      if (blocks && u > 0.0 && u < 1.0 && !tied.matches(e.key))
+        blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u, l));
     }
     out[e.index] = static_cast<T>(y);
     window_sum += y;
   }
   // the window's outputs sum to its share of k
-  settle_unresolved(
-      ws, 0, window.size, block.gamma, l, window_sum, static_cast<double>(window.top), 1.0,
-      [&](std::size_t j) { return static_cast<double>(out[ws.entries[j].index]); },
-      [&](std::size_t j, double y) { out[ws.entries[j].index] = static_cast<T>(y); });
+  settle_unresolved(ws, 0, window.size, tied, window_sum, static_cast<double>(window.top), 1.0, y_of,
+                    [&](std::size_t j, double y) { out[ws.entries[j].index] = static_cast<T>(y); });
+  for (std::size_t j = 0; blocks && tied.found && j < window.size; ++j) {
+    const double y = y_of(j);  // a tied entry's u, read back from its output
+    if (tied.matches(ws.s[j]) && y > 0.0 && y < 1.0)
+      blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, regularizer.inverse_power(y), l));
+  }
   save_row(blocks, r, first, block, window, ws);
 }
 
@@ -285,11 +302,13 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
+  const UnresolvedKey tied = unresolved_key(ws, block.begin, block.end, block.gamma, l);
   const auto write = [&](std::size_t j, double power) {  // r_j = pow(u_j/l, q-1) + u_j, at most |x_j|
     const SortedEntry& e = ws.entries[j];
     const double r_j = std::min(power + std::max(e.key - block.gamma, 0.0), e.key);
     out[e.index] = static_cast<T>(std::copysign(r_j, static_cast<double>(row[e.index])));
   };
+  const auto power_of = [&](std::size_t j) { return regularizer.power(std::max(ws.s[j] - block.gamma, 0.0) / l); };
   double power_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
@@ -301,13 +320,19 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
     const double power = regularizer.power(u / l);
     power_sum += power;
     write(j, power);
-    if (blocks && u > 0.0) blocks->append(ws.slot, e.index, regularizer.slope(u / l) / l);
+    if (blocks && u > 0.0 && !tied.matches(e.key))
+      blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u / l, l));
   }
   // the block's condition: sum_B pow((s_j - gamma)/l, q-1) = gamma W_B
   const double block_weight = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
-  settle_unresolved(
-      ws, block.begin, block.end, block.gamma, l, power_sum, block.gamma * block_weight, block.gamma,
-      [&](std::size_t j) { return regularizer.power(std::max(ws.s[j] - block.gamma, 0.0) / l); }, write);
+  double tied_power = -1.0;  // the settled share, when the tied entries were settled
+  settle_unresolved(ws, block.begin, block.end, tied, power_sum, block.gamma * block_weight, block.gamma, power_of,
+                    [&](std::size_t j, double power) { write(j, power), tied_power = power; });
+  for (std::size_t j = block.begin; blocks && tied.found && j < block.end; ++j) {
+    const double power = tied_power >= 0.0 ? tied_power : power_of(j);
+    if (tied.matches(ws.s[j]) && power > 0.0)
+      blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, regularizer.inverse_power(power), l));
+  }
   save_row(blocks, r, first, block, window, ws);
 }
 

@@ -99,17 +99,10 @@ std::vector<double> uniform_row(std::mt19937_64& rng, std::size_t n, double scal
   return x;
 }
 
-// False when some c overflowed to inf or underflowed to 0 (known issue 3).
-bool all_c_finite(const ActiveBlocks& blocks, std::size_t r) {
-  const auto c = blocks.c(r);
-  return std::all_of(c.begin(), c.end(), [](double v) { return std::isfinite(v) && v > 0.0; });
-}
-
 // The properties every finite row keeps, whatever l, p and the scale: finite
 // outputs; the mask in [0, 1], summing to k within 1e-9 k for p <= 3 (for
-// larger p the threshold cannot always be resolved in double: known issue 2);
-// |mag_i| <= |x_i| with the sign of x_i; a finite VJP whenever the c values
-// are finite and positive (known issue 3: they can overflow or underflow).
+// larger p the threshold cannot always be resolved in double: known issue 1);
+// |mag_i| <= |x_i| with the sign of x_i; a finite VJP and JVP.
 void expect_sound_row(Op op, const std::vector<double>& x, std::size_t k, const SoftTopkOptions& o,
                       const std::string& what) {
   ActiveBlocks blocks;
@@ -127,9 +120,9 @@ void expect_sound_row(Op op, const std::vector<double>& x, std::size_t k, const 
   if (op == Op::mask && o.p <= 3.0) {
     ASSERT_NEAR(sum(out), static_cast<double>(k), 1e-9 * static_cast<double>(k)) << what;
   }
-  if (!all_c_finite(blocks, 0)) return;
   const std::vector<double> g(x.size(), 1.0);
   for (double v : vjp(op, blocks, x, g)) ASSERT_TRUE(std::isfinite(v)) << what;
+  for (double v : jvp(op, blocks, x, g)) ASSERT_TRUE(std::isfinite(v)) << what;
 }
 
 // ---- NaN, +Inf, -Inf --------------------------------------------------------
@@ -556,13 +549,12 @@ TEST(Robustness, FixedFuzzFindingsStayFixed) {
   }
 }
 
-// ---- known issues (docs/robustness.md) ---------------------------------------------------
-// Each states the expected behavior on a minimal reproducer and is disabled
-// while the issue is open; run them with --gtest_also_run_disabled_tests.
+// ---- precision at the limits of double (fixed known issues) ---------------------------
 
-// 1. Entries tied at a threshold that a double cannot resolve (l below the
-// spacing of the doubles near x) must still share equally.
-TEST(RobustnessKnownIssue, DISABLED_TiedEntriesAtAnUnresolvableThresholdShareEqually) {
+// Entries tied at a threshold that a double cannot resolve (l below the
+// spacing of the doubles near x) share equally (was [1, 0, 0]: PAV kept
+// blocks whose values rounded to equal apart).
+TEST(RobustnessPrecision, TiedEntriesAtAnUnresolvableThresholdShareEqually) {
   for (Solver solver : kSolvers) {
     for (double p : {2.0, 4.0 / 3.0}) {
       for (double y : forward(Op::mask, std::vector<double>{1e30, 1e30, 1e30}, 3, 1, SoftTopkOptions{1e-8, p, solver}))
@@ -574,27 +566,10 @@ TEST(RobustnessKnownIssue, DISABLED_TiedEntriesAtAnUnresolvableThresholdShareEqu
       EXPECT_NEAR(y, 1.6e-26 / 3.0, 1e-35) << "mag, l = 1e-6, p = 100";
   }
 }
-
-// 2. For p > 2, a threshold within rounding of keys is not resolved: the mask
-// misses k, and the two solvers disagree.
-TEST(RobustnessKnownIssue, DISABLED_MaskSumsToKWhenTheThresholdIsWithinRoundingOfKeys) {
-  for (Solver solver : kSolvers) {
-    const std::vector<double> subnormal = {4.9e-324, -4.9e-324, 1e-310, -2.2e-308, 0.0, 2.2250738585072014e-308, 3e-320};
-    EXPECT_NEAR(sum(forward(Op::mask, subnormal, 7, 1, SoftTopkOptions{1.0, 100.0, solver})), 1.0, 1e-12);
-    const std::vector<double> near_ties = {-12.25, -15.875, 1.0, -12.249999999999998, -12.250000000000004};
-    EXPECT_NEAR(sum(forward(Op::mask, near_ties, 5, 2, SoftTopkOptions{1e-8, 3.0, solver})), 2.0, 1e-9);
-  }
-  const std::vector<double> x = {-1.5875000000000002e-29, 1.0000000000000001e-30, -1.5874999999999999e-29,
-                                 -1.5875000000000005e-29, 1.0000000000000008e-30};
-  const std::vector<double> pav = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::pav});
-  const std::vector<double> threshold = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::threshold});
-  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(pav[i], threshold[i], 1e-6);
-}
-
-// 3. The c values of the derivative overflow to inf for p near 1 when u/l is
-// huge (here |x| = 1.6e18, l = 1e-4, p = 1.01), and the VJP becomes NaN on a
-// finite row.
-TEST(RobustnessKnownIssue, DISABLED_MagnitudeVjpStaysFiniteWhenCOverflows) {
+// The c values of the derivative overflow to inf for p near 1 when u/l is
+// huge (here |x| = 1.6e18, l = 1e-4, p = 1.01), and the VJP was NaN on a finite
+// row; c is now capped and the products pivot on the largest c.
+TEST(RobustnessPrecision, MagnitudeVjpStaysFiniteWhenCOverflows) {
   const std::vector<double> x = {1.6e18, 1.6e18, 1.6e18}, g = {1.0, 1.0, 1.0};
   for (Solver solver : kSolvers) {
     ActiveBlocks blocks;
@@ -603,10 +578,9 @@ TEST(RobustnessKnownIssue, DISABLED_MagnitudeVjpStaysFiniteWhenCOverflows) {
     for (double v : jvp(Op::mag, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
   }
 }
-
-// 3b. The other end: c underflows to 0 (p = 1.01, u ~ 1e-7: u^99 = 0), the
-// block's only active entry has c = 0, sum(c) = 0, and the mask VJP is 0/0.
-TEST(RobustnessKnownIssue, DISABLED_MaskVjpStaysFiniteWhenCUnderflows) {
+// The other end: c underflows to 0 (p = 1.01, u ~ 1e-7: u^99 = 0), the
+// block's only active entry has c = 0, sum(c) = 0, and the mask VJP was 0/0.
+TEST(RobustnessPrecision, MaskVjpStaysFiniteWhenCUnderflows) {
   const std::vector<double> x = {1.0, -1e-7, -0.5}, g = {1.0, 1.0, 1.0};
   for (Solver solver : kSolvers) {
     ActiveBlocks blocks;
@@ -614,12 +588,10 @@ TEST(RobustnessKnownIssue, DISABLED_MaskVjpStaysFiniteWhenCUnderflows) {
     for (double v : vjp(Op::mask, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
   }
 }
-
-// 4. Solver::pav: an entry whose key the block value lands on exactly (u = 0)
-// still gets a share of the output but is missing from ActiveBlocks, so the
-// derivatives treat it as constant. Central differences give the expected
-// Jacobian (Solver::threshold passes).
-TEST(RobustnessKnownIssue, DISABLED_EntriesOnTheBlockValueAreActive) {
+// Solver::pav: an entry whose key the block value lands on exactly (u = 0)
+// gets a share of the output when the tied entries are settled; it was
+// missing from ActiveBlocks, so the derivatives treated it as constant.
+TEST(RobustnessPrecision, EntriesOnTheBlockValueAreActive) {
   const std::vector<double> x = {0.0, 2.75, -1.625};
   for (Solver solver : kSolvers) {
     const SoftTopkOptions o{0.1, 100.0, solver};
@@ -638,5 +610,28 @@ TEST(RobustnessKnownIssue, DISABLED_EntriesOnTheBlockValueAreActive) {
     }
   }
 }
+// ---- known issues (docs/robustness.md) ---------------------------------------------------
+// Each states the expected behavior on a minimal reproducer and is disabled
+// while the issue is open; run them with --gtest_also_run_disabled_tests.
+
+
+// 1. For p > 2, a threshold within rounding of keys is not resolved: the mask
+// misses k, and the two solvers disagree.
+TEST(RobustnessKnownIssue, DISABLED_MaskSumsToKWhenTheThresholdIsWithinRoundingOfKeys) {
+  for (Solver solver : kSolvers) {
+    const std::vector<double> subnormal = {4.9e-324, -4.9e-324, 1e-310, -2.2e-308, 0.0, 2.2250738585072014e-308, 3e-320};
+    EXPECT_NEAR(sum(forward(Op::mask, subnormal, 7, 1, SoftTopkOptions{1.0, 100.0, solver})), 1.0, 1e-12);
+    const std::vector<double> near_ties = {-12.25, -15.875, 1.0, -12.249999999999998, -12.250000000000004};
+    EXPECT_NEAR(sum(forward(Op::mask, near_ties, 5, 2, SoftTopkOptions{1e-8, 3.0, solver})), 2.0, 1e-9);
+  }
+  const std::vector<double> x = {-1.5875000000000002e-29, 1.0000000000000001e-30, -1.5874999999999999e-29,
+                                 -1.5875000000000005e-29, 1.0000000000000008e-30};
+  const std::vector<double> pav = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::pav});
+  const std::vector<double> threshold = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::threshold});
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(pav[i], threshold[i], 1e-6);
+}
+
+
+
 
 }  // namespace
