@@ -7,6 +7,16 @@
 
 namespace sparsetopk::detail {
 
+// The point that splits [lo, hi]: the midpoint, or the geometric mean when
+// the bracket lies on one side of 0 and spans orders of magnitude, so that a
+// root many decades closer to 0 than the bracket's far end (large p: tau at
+// -1e-84 in [-1, -1e-308]) is found in O(log decades) steps, not O(decades).
+inline double bisect(double lo, double hi) {
+  if (lo > 0.0 && hi > 16.0 * lo) return std::sqrt(lo) * std::sqrt(hi);
+  if (hi < 0.0 && lo < 16.0 * hi) return -std::sqrt(-lo) * std::sqrt(-hi);
+  return lo + 0.5 * (hi - lo);
+}
+
 // Root of a non-increasing f on [lo, hi] with f(lo) >= 0 >= f(hi), starting at
 // `start`. residual(x, &slope) returns f(x) and sets slope = f'(x). Newton
 // steps that leave the bracket or do not halve it fall back to bisection; it
@@ -34,7 +44,7 @@ double find_decreasing_root(Residual&& residual, double lo, double hi, double st
       x = std::abs(step) > tolerance ? newton : std::clamp(newton - std::copysign(tolerance, step), lo, hi);
     } else {
       last_width = hi - lo;
-      x = lo + 0.5 * (hi - lo);
+      x = bisect(lo, hi);
     }
   }
   return lo + 0.5 * (hi - lo);
