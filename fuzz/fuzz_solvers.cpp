@@ -123,31 +123,6 @@ void check_ties(const std::string& ctx, const std::vector<double>& keys, const s
       }
 }
 
-bool has_ties(const std::vector<double>& keys) {
-  std::vector<double> sorted = keys;
-  std::sort(sorted.begin(), sorted.end());
-  return std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
-}
-
-// Built with -DSTK_FUZZ_SKIP_KNOWN=1 (FUZZ_SKIP_KNOWN=1 fuzz/run.sh), the
-// target skips the checks that the issues already reported in
-// docs/robustness.md ("Known issues") violate, so fuzzing can look further.
-#ifndef STK_FUZZ_SKIP_KNOWN
-#define STK_FUZZ_SKIP_KNOWN 0
-#endif
-
-// Known issue 1 of docs/robustness.md, and what STK_FUZZ_SKIP_KNOWN relaxes
-// for it: for p > 2 a threshold within rounding of a key is not resolved, so
-// the mask sum and solver agreement are checked within 1e-4 for 2 < p < 10
-// (or l below 1e-6 max|x|), not at all for p >= 10. (Ties at unresolvable
-// thresholds, overflowing or underflowing c, and entries on the block value,
-// once skipped here too, are fixed and always checked.)
-double mask_sum_tolerance(const Case& c) {
-  if (!STK_FUZZ_SKIP_KNOWN) return 1e-6;
-  if (c.p >= 10.0) return kInf;
-  return (c.p > 2.0 || c.l < 1e-6 * c.scale) ? 1e-4 : 1e-6;
-}
-
 std::vector<double> magnitudes(const std::vector<double>& x) {
   std::vector<double> a(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) a[i] = std::abs(x[i]);
@@ -178,8 +153,8 @@ void check_mask(const Case& c, Solver solver, const Result& r) {
     sum += y;
   }
   const double k = static_cast<double>(c.k);
-  const double tolerance = mask_sum_tolerance(c);
-  if (tolerance < kInf && !(std::abs(sum - k) <= tolerance * k)) {
+  const double tolerance = 1e-6;
+  if (!(std::abs(sum - k) <= tolerance * k)) {
     char buffer[120];
     std::snprintf(buffer, sizeof buffer, "mask sum: expected %.17g (within %g k), got %.17g", k, tolerance, sum);
     fail(ctx, buffer);
@@ -253,11 +228,9 @@ void check_derivatives(const Case& c, Op op, Solver solver, const Result& r) {
 
 // Solvers agree: within 1e-6 (mask) or 1e-6 max|x| (magnitude) when
 // l >= 1e-6 max|x|; otherwise both outputs are finite (checked above).
-// (With STK_FUZZ_SKIP_KNOWN: known issue 1.)
 void check_agreement(const Case& c, Op op, const Result& pav, const Result& threshold) {
   if (c.l < 1e-6 * c.scale) return;
-  if (STK_FUZZ_SKIP_KNOWN && c.p >= 10.0) return;
-  const double relative = STK_FUZZ_SKIP_KNOWN && c.p > 2.0 ? 1e-4 : 1e-6;
+  const double relative = 1e-6;
   // The magnitude is accurate to about DBL_MIN absolutely (the root finder's floor).
   const double tolerance = op == Op::mask ? relative : relative * c.scale + 4.0 * DBL_MIN;
   for (std::size_t i = 0; i < c.x.size(); ++i) {

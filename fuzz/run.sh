@@ -6,8 +6,7 @@
 #
 # Environment: FUZZ_TARGETS (default "solvers isotonic cli_parser"),
 # FUZZ_BUILD_DIR (default fuzz/build), CXX_FUZZ (default clang++),
-# FUZZ_BUILD_ONLY=1 to build and stop, FUZZ_SKIP_KNOWN=1 to skip the checks
-# that the known issues of docs/robustness.md violate (to look for new ones).
+# FUZZ_BUILD_ONLY=1 to build and stop.
 #
 # Inputs found while fuzzing go to $FUZZ_BUILD_DIR/corpus/<target> (the seed
 # corpus in fuzz/corpus/<target> is only read); a crashing input is saved as
@@ -25,7 +24,7 @@ cxx=${CXX_FUZZ:-clang++}
 targets=${FUZZ_TARGETS:-"solvers isotonic cli_parser"}
 
 common=(-std=c++20 -O1 -gline-tables-only -fno-omit-frame-pointer -I"$root/include"
-        -fsanitize=address,undefined -fno-sanitize-recover=all -DSTK_FUZZ_SKIP_KNOWN="${FUZZ_SKIP_KNOWN:-0}")
+        -fsanitize=address,undefined -fno-sanitize-recover=all)
 
 mkdir -p "$out/obj" "$out/crashes"
 # Objects are rebuilt when the flags change or any source or header is newer.

@@ -15,7 +15,7 @@ namespace {
 // double resolves (tied keys, |s| >> l), and only the pooled block lets the
 // tied entries share the output.
 bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> w) {
-  return previous.value < last.value || (previous.value == last.value && w[previous.begin] > w[last.begin]);
+  return previous.value < last.value || (previous.value == last.value && w[previous.begin] > w[last.end - 1]);
 }
 
 }  // namespace

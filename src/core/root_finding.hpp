@@ -8,12 +8,12 @@
 namespace sparsetopk::detail {
 
 // The point that splits [lo, hi]: the midpoint, or the geometric mean when
-// the bracket lies on one side of 0 and spans orders of magnitude, so that a
+// the bracket lies on one side of 0 (an end may be 0) and spans orders of magnitude, so that a
 // root many decades closer to 0 than the bracket's far end (large p: tau at
 // -1e-84 in [-1, -1e-308]) is found in O(log decades) steps, not O(decades).
 inline double bisect(double lo, double hi) {
-  if (lo > 0.0 && hi > 16.0 * lo) return std::sqrt(lo) * std::sqrt(hi);
-  if (hi < 0.0 && lo < 16.0 * hi) return -std::sqrt(-lo) * std::sqrt(-hi);
+  if (lo >= 0.0 && hi > 16.0 * std::max(lo, DBL_MIN)) return std::sqrt(std::max(lo, DBL_MIN)) * std::sqrt(hi);
+  if (hi <= 0.0 && lo < 16.0 * std::min(hi, -DBL_MIN)) return -std::sqrt(-std::min(hi, -DBL_MIN)) * std::sqrt(-lo);
   return lo + 0.5 * (hi - lo);
 }
 

@@ -174,7 +174,7 @@ StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEqu
     gamma = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
   while (end < m && (s[end] > gamma || s[end] == s_k)) ++end;  // exactly, gamma < s_k: ties of s_k are in
   if (end == top) return {top, top, s_next};  // no entry below the top k is pulled in: no block
-  while (begin < top - 1 && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
+  while (begin < top - 1 && s[begin] != s_k && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
   return {begin, end, gamma};
 }
 
@@ -209,40 +209,77 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, 
   if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
 }
 
-// When p is large, pow(u, q-1) rises from 0 faster near u = 0 than a double
-// gamma can resolve: the exact gamma then lies within an ulp of the computed
-// one, and only the entries whose key ties the key nearest to gamma (among
-// sorted positions [begin, end)) are unresolved. That key, if any: within
-// 1e-12 (|key| + l) of gamma, far below what p <= 10 can notice. Keys tied
-// at a threshold with |key| >> l (any p) are unresolved in the same way.
-struct UnresolvedKey {
-  bool found = false;
-  double key = 0.0;
-  bool matches(double s) const { return found && s == key; }
+// Entries whose key lies within rounding of the threshold gamma: a double
+// gamma does not resolve u_j = s_j - gamma for them, and where pow(u, q-1)
+// rises steeply from 0 (p > 2, or entries tied at |s| >> l) their outputs
+// depend on digits gamma does not have: an error of eps |gamma| in u_j moves
+// pow(u_j, q-1) by (q-1) eps |gamma| / u_j relatively. They are the sorted
+// positions j in [begin, end) with |s_j - gamma| <= 1e-6 |gamma| + 1e-12 l,
+// outside which that error stays below 2e-10. `resolve` solves for them again in the offset
+// d of the threshold from the nearest key s_ref, u_j = (s_j - s_ref) + d,
+// where s_j - s_ref is exact for nearby keys.
+class NearThreshold {
+ public:
+  NearThreshold(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l)
+      : ws_(ws), begin_(begin), end_(end), gamma_(gamma), tolerance_(1e-6 * std::abs(gamma) + 1e-12 * l) {
+    if (!std::isfinite(gamma)) return;  // k = n: no threshold
+    for (std::size_t j = begin; j < end; ++j) {
+      if (std::abs(ws.s[j] - gamma) > tolerance_) continue;
+      if (count_ == 0 || std::abs(ws.s[j] - gamma) < std::abs(reference_ - gamma)) reference_ = ws.s[j];
+      min_key_ = count_ == 0 ? ws.s[j] : std::min(min_key_, ws.s[j]);
+      max_key_ = count_ == 0 ? ws.s[j] : std::max(max_key_, ws.s[j]);
+      ++count_;
+    }
+  }
+  bool empty() const { return count_ == 0; }
+  bool contains(std::size_t j) const { return count_ > 0 && std::abs(ws_.s[j] - gamma_) <= tolerance_; }
+
+  // The offset d at which sum_j term(s_j - s_ref + d) = target over the near
+  // entries, term increasing from term(u <= 0) = 0, term(hi_u) >= target / count
+  // for hi_u = `reach`. Calls set(j, u_j, term(u_j)) for each near entry;
+  // when all their keys are equal, term = target / count exactly (u_j = reach
+  // may have underflowed).
+  template <class Term, class Set>
+  void resolve(const Regularizer& regularizer, double l, double target, double reach, Term&& term, Set&& set) const {
+    if (min_key_ == max_key_) {
+      for (std::size_t j = begin_; j < end_; ++j)
+        if (contains(j)) set(j, reach, target / count());
+      return;
+    }
+    {
+      const auto residual = [&](double offset, double* slope) {
+        double f = target, df = 0.0;
+        for (std::size_t j = begin_; j < end_; ++j) {
+          if (!contains(j)) continue;
+          const double u = ws_.s[j] - reference_ + offset;
+          f -= term(u);
+          if (u > 0.0) df -= regularizer.slope(u / l) / l;
+        }
+        *slope = df;
+        return f;
+      };
+      const double lo = reference_ - max_key_, hi = reference_ - min_key_ + reach;
+      const double d = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
+      for (std::size_t j = begin_; j < end_; ++j)
+        if (contains(j)) set(j, ws_.s[j] - reference_ + d, term(ws_.s[j] - reference_ + d));
+    }
+  }
+  double count() const { return static_cast<double>(count_); }
+
+ private:
+  const RowWorkspace& ws_;
+  std::size_t begin_, end_;
+  double gamma_, tolerance_;
+  double reference_ = 0.0, min_key_ = 0.0, max_key_ = 0.0;
+  std::size_t count_ = 0;
 };
 
-UnresolvedKey unresolved_key(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l) {
-  if (begin == end) return {};
-  std::size_t nearest = begin;
-  for (std::size_t j = begin + 1; j < end; ++j)
-    if (std::abs(ws.s[j] - gamma) < std::abs(ws.s[nearest] - gamma)) nearest = j;
-  const double key = ws.s[nearest];
-  return {std::abs(key - gamma) <= 1e-12 * (std::abs(key) + l), key};
-}
-
-// The first-order condition fixes the sum of pow((s_j - gamma)/l, q-1) over
-// [begin, end) to `owed`; the entries tied at the unresolved key share what
-// is missing, which is their exact common value. Calls set(j, value) for each.
-template <class Value, class Set>
-void settle_unresolved(const RowWorkspace& ws, std::size_t begin, std::size_t end, const UnresolvedKey& tied,
-                       double sum, double owed, double max_value, Value&& value, Set&& set) {
-  if (!tied.found || !std::isfinite(sum) || std::abs(sum - owed) <= 1e-12 * std::abs(owed)) return;
-  double tied_sum = 0.0, count = 0.0;
-  for (std::size_t j = begin; j < end; ++j)
-    if (tied.matches(ws.s[j])) tied_sum += value(j), count += 1.0;
-  const double share = std::clamp((owed - (sum - tied_sum)) / count, 0.0, max_value);
-  for (std::size_t j = begin; j < end; ++j)
-    if (tied.matches(ws.s[j])) set(j, share);
+// Whether the near entries must be solved again: the first-order condition's
+// sum misses what it owes, or (p > 2) a block straddles the threshold.
+bool needs_resolving(const NearThreshold& near, const Regularizer& regularizer, const StraddlingBlock& block,
+                     double sum, double owed) {
+  if (near.empty() || !std::isfinite(sum)) return false;
+  return std::abs(sum - owed) > 1e-12 * std::abs(owed) || (regularizer.p() > 2.0 && block.begin < block.end);
 }
 
 // c_i = ((q-1)/l) (u_i/l)^(q-2) of SPEC.md's derivatives, u_over_l = u_i/l.
@@ -265,28 +302,36 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
-  const UnresolvedKey tied = unresolved_key(ws, 0, window.size, block.gamma, l);
-  const auto y_of = [&](std::size_t j) { return static_cast<double>(out[ws.entries[j].index]); };
-  double window_sum = 0.0;
+  const NearThreshold near(ws, 0, window.size, block.gamma, l);
+  const auto append = [&](std::size_t j, double u) {  // u = u_j / l
+    if (blocks && u > 0.0 && u < 1.0) blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, u, l));
+  };
+  double window_sum = 0.0, near_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     double y = j < window.top ? 1.0 : 0.0;  // singleton blocks: y = w exactly
     if (block.contains(j)) {
       const double u = (e.key - block.gamma) / l;
       y = std::clamp(regularizer.power(u), 0.0, 1.0);
-      if (blocks && u > 0.0 && u < 1.0 && !tied.matches(e.key))
-        blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u, l));
+      if (!near.contains(j)) append(j, u);
     }
     out[e.index] = static_cast<T>(y);
     window_sum += y;
+    if (near.contains(j)) near_sum += y;
   }
-  // the window's outputs sum to its share of k
-  settle_unresolved(ws, 0, window.size, tied, window_sum, static_cast<double>(window.top), 1.0, y_of,
-                    [&](std::size_t j, double y) { out[ws.entries[j].index] = static_cast<T>(y); });
-  for (std::size_t j = 0; blocks && tied.found && j < window.size; ++j) {
-    const double y = y_of(j);  // a tied entry's u, read back from its output
-    if (tied.matches(ws.s[j]) && y > 0.0 && y < 1.0)
-      blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, regularizer.inverse_power(y), l));
+  // the window's outputs sum to its share of k; the near entries take what the others leave
+  const double top = static_cast<double>(window.top);
+  if (needs_resolving(near, regularizer, block, window_sum, top)) {
+    const double target = std::clamp(top - (window_sum - near_sum), 0.0, near.count());
+    near.resolve(regularizer, l, target, l * regularizer.inverse_power(target / near.count()),
+                 [&](double u) { return std::clamp(regularizer.power(u / l), 0.0, 1.0); },
+                 [&](std::size_t j, double, double y) {
+                   out[ws.entries[j].index] = static_cast<T>(y);
+                   append(j, regularizer.inverse_power(y));  // u_j / l, read back from y
+                 });
+  } else {
+    for (std::size_t j = 0; j < window.size; ++j)
+      if (near.contains(j) && block.contains(j)) append(j, (ws.s[j] - block.gamma) / l);
   }
   save_row(blocks, r, first, block, window, ws);
 }
@@ -302,36 +347,39 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
-  const UnresolvedKey tied = unresolved_key(ws, block.begin, block.end, block.gamma, l);
-  const auto write = [&](std::size_t j, double power) {  // r_j = pow(u_j/l, q-1) + u_j, at most |x_j|
+  const NearThreshold near(ws, block.begin, block.end, block.gamma, l);
+  // r_j = pow(u_j/l, q-1) + u_j, at most |x_j|
+  const auto write = [&](std::size_t j, double u, double power) {
     const SortedEntry& e = ws.entries[j];
-    const double r_j = std::min(power + std::max(e.key - block.gamma, 0.0), e.key);
+    u = std::max(u, 0.0);
+    const double r_j = std::min(power + u, e.key);
     out[e.index] = static_cast<T>(std::copysign(r_j, static_cast<double>(row[e.index])));
+    if (blocks && power > 0.0)  // (u_j / l read back from the power when u underflowed)
+      blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u > 0.0 ? u / l : regularizer.inverse_power(power), l));
   };
-  const auto power_of = [&](std::size_t j) { return regularizer.power(std::max(ws.s[j] - block.gamma, 0.0) / l); };
-  double power_sum = 0.0;
+  const auto power_of = [&](double u) { return regularizer.power(std::max(u, 0.0) / l); };
+  double power_sum = 0.0, near_power_sum = 0.0;
   for (std::size_t j = 0; j < window.size; ++j) {
     const SortedEntry& e = ws.entries[j];
     if (!block.contains(j)) {
       out[e.index] = j < window.top ? row[e.index] : T(0);  // singleton blocks: x_i unchanged, or 0
       continue;
     }
-    const double u = std::max(e.key - block.gamma, 0.0);
-    const double power = regularizer.power(u / l);
+    const double u = std::max(e.key - block.gamma, 0.0), power = regularizer.power(u / l);
     power_sum += power;
-    write(j, power);
-    if (blocks && u > 0.0 && !tied.matches(e.key))
-      blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u / l, l));
+    if (near.contains(j)) near_power_sum += power;
+    else write(j, u, power);
   }
   // the block's condition: sum_B pow((s_j - gamma)/l, q-1) = gamma W_B
   const double block_weight = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
-  double tied_power = -1.0;  // the settled share, when the tied entries were settled
-  settle_unresolved(ws, block.begin, block.end, tied, power_sum, block.gamma * block_weight, block.gamma, power_of,
-                    [&](std::size_t j, double power) { write(j, power), tied_power = power; });
-  for (std::size_t j = block.begin; blocks && tied.found && j < block.end; ++j) {
-    const double power = tied_power >= 0.0 ? tied_power : power_of(j);
-    if (tied.matches(ws.s[j]) && power > 0.0)
-      blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, regularizer.inverse_power(power), l));
+  const double owed = block.gamma * block_weight;
+  if (needs_resolving(near, regularizer, block, power_sum, owed)) {
+    const double target = std::max(owed - (power_sum - near_power_sum), 0.0);
+    near.resolve(regularizer, l, target, l * regularizer.inverse_power(target / near.count()),
+                 power_of, write);
+  } else {
+    for (std::size_t j = block.begin; j < block.end; ++j)
+      if (near.contains(j)) write(j, ws.s[j] - block.gamma, power_of(ws.s[j] - block.gamma));
   }
   save_row(blocks, r, first, block, window, ws);
 }
