@@ -214,14 +214,14 @@ void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, 
 // rises steeply from 0 (p > 2, or entries tied at |s| >> l) their outputs
 // depend on digits gamma does not have: an error of eps |gamma| in u_j moves
 // pow(u_j, q-1) by (q-1) eps |gamma| / u_j relatively. They are the sorted
-// positions j in [begin, end) with |s_j - gamma| <= 1e-6 |gamma| + 1e-12 l,
+// positions j in [begin, end) with |s_j - gamma| <= 1e-6 |gamma| (+ DBL_MIN),
 // outside which that error stays below 2e-10. `resolve` solves for them again in the offset
 // d of the threshold from the nearest key s_ref, u_j = (s_j - s_ref) + d,
 // where s_j - s_ref is exact for nearby keys.
 class NearThreshold {
  public:
-  NearThreshold(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma, double l)
-      : ws_(ws), begin_(begin), end_(end), gamma_(gamma), tolerance_(1e-6 * std::abs(gamma) + 1e-12 * l) {
+  NearThreshold(const RowWorkspace& ws, std::size_t begin, std::size_t end, double gamma)
+      : ws_(ws), begin_(begin), end_(end), gamma_(gamma), tolerance_(1e-6 * std::abs(gamma) + DBL_MIN) {
     if (!std::isfinite(gamma)) return;  // k = n: no threshold
     for (std::size_t j = begin; j < end; ++j) {
       if (std::abs(ws.s[j] - gamma) > tolerance_) continue;
@@ -233,38 +233,45 @@ class NearThreshold {
   }
   bool empty() const { return count_ == 0; }
   bool contains(std::size_t j) const { return count_ > 0 && std::abs(ws_.s[j] - gamma_) <= tolerance_; }
+  double count() const { return static_cast<double>(count_); }
+  double reference() const { return reference_; }
 
-  // The offset d at which sum_j term(s_j - s_ref + d) = target over the near
-  // entries, term increasing from term(u <= 0) = 0, term(hi_u) >= target / count
-  // for hi_u = `reach`. Calls set(j, u_j, term(u_j)) for each near entry;
-  // when all their keys are equal, term = target / count exactly (u_j = reach
-  // may have underflowed).
+  // The offset d at which the near entries' sum_j term(s_j - s_ref + d) equals
+  // what they owe, target(d) = t0 - t1 d (t1 >= 0: the magnitude's gamma W_B
+  // moves with the threshold s_ref - d). term(u) rises from 0 at u <= 0 and
+  // is capped at `cap` (1 for the mask). Calls set(j, u_j, term(u_j)) for each
+  // near entry. Tied near entries share target(d) equally (d found by a fixed
+  // point: u_j = d may underflow while the share does not).
   template <class Term, class Set>
-  void resolve(const Regularizer& regularizer, double l, double target, double reach, Term&& term, Set&& set) const {
+  void resolve(const Regularizer& regularizer, double l, double t0, double t1, double cap, Term&& term,
+               Set&& set) const {
+    const auto target = [&](double d) { return std::clamp(t0 - t1 * d, 0.0, cap * count()); };
+    const auto offset_for_share = [&](double share) { return l * regularizer.inverse_power(share); };
     if (min_key_ == max_key_) {
+      double share = target(reference_ - gamma_) / count();
+      share = target(offset_for_share(share)) / count();
       for (std::size_t j = begin_; j < end_; ++j)
-        if (contains(j)) set(j, reach, target / count());
+        if (contains(j)) set(j, offset_for_share(share), share);
       return;
     }
-    {
-      const auto residual = [&](double offset, double* slope) {
-        double f = target, df = 0.0;
-        for (std::size_t j = begin_; j < end_; ++j) {
-          if (!contains(j)) continue;
-          const double u = ws_.s[j] - reference_ + offset;
-          f -= term(u);
-          if (u > 0.0) df -= regularizer.slope(u / l) / l;
-        }
-        *slope = df;
-        return f;
-      };
-      const double lo = reference_ - max_key_, hi = reference_ - min_key_ + reach;
-      const double d = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
-      for (std::size_t j = begin_; j < end_; ++j)
-        if (contains(j)) set(j, ws_.s[j] - reference_ + d, term(ws_.s[j] - reference_ + d));
-    }
+    const auto residual = [&](double d, double* slope) {
+      double f = target(d), df = -t1;
+      for (std::size_t j = begin_; j < end_; ++j) {
+        if (!contains(j)) continue;
+        const double u = ws_.s[j] - reference_ + d;
+        f -= term(u);
+        if (u > 0.0) df -= regularizer.slope(u / l) / l;
+      }
+      *slope = df;
+      return f;
+    };
+    // at lo every term is 0; at hi every term is at least target(lo) / count
+    const double lo = reference_ - max_key_;
+    const double hi = reference_ - min_key_ + offset_for_share(std::min(target(lo) / count(), cap));
+    const double d = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
+    for (std::size_t j = begin_; j < end_; ++j)
+      if (contains(j)) set(j, ws_.s[j] - reference_ + d, term(ws_.s[j] - reference_ + d));
   }
-  double count() const { return static_cast<double>(count_); }
 
  private:
   const RowWorkspace& ws_;
@@ -302,7 +309,7 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
-  const NearThreshold near(ws, 0, window.size, block.gamma, l);
+  const NearThreshold near(ws, 0, window.size, block.gamma);
   const auto append = [&](std::size_t j, double u) {  // u = u_j / l
     if (blocks && u > 0.0 && u < 1.0) blocks->append(ws.slot, ws.entries[j].index, jacobian_weight(regularizer, u, l));
   };
@@ -322,8 +329,7 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
   // the window's outputs sum to its share of k; the near entries take what the others leave
   const double top = static_cast<double>(window.top);
   if (needs_resolving(near, regularizer, block, window_sum, top)) {
-    const double target = std::clamp(top - (window_sum - near_sum), 0.0, near.count());
-    near.resolve(regularizer, l, target, l * regularizer.inverse_power(target / near.count()),
+    near.resolve(regularizer, l, top - (window_sum - near_sum), 0.0, 1.0,
                  [&](double u) { return std::clamp(regularizer.power(u / l), 0.0, 1.0); },
                  [&](std::size_t j, double, double y) {
                    out[ws.entries[j].index] = static_cast<T>(y);
@@ -347,7 +353,7 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
-  const NearThreshold near(ws, block.begin, block.end, block.gamma, l);
+  const NearThreshold near(ws, block.begin, block.end, block.gamma);
   // r_j = pow(u_j/l, q-1) + u_j, at most |x_j|
   const auto write = [&](std::size_t j, double u, double power) {
     const SortedEntry& e = ws.entries[j];
@@ -374,9 +380,10 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const double block_weight = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
   const double owed = block.gamma * block_weight;
   if (needs_resolving(near, regularizer, block, power_sum, owed)) {
-    const double target = std::max(owed - (power_sum - near_power_sum), 0.0);
-    near.resolve(regularizer, l, target, l * regularizer.inverse_power(target / near.count()),
-                 power_of, write);
+    // gamma W_B - (the others' powers), with gamma = s_ref - d
+    const double others = power_sum - near_power_sum, reference_term = owed - others;
+    near.resolve(regularizer, l, reference_term + (near.reference() - block.gamma) * block_weight, block_weight,
+                 kInf, power_of, write);
   } else {
     for (std::size_t j = block.begin; j < block.end; ++j)
       if (near.contains(j)) write(j, ws.s[j] - block.gamma, power_of(ws.s[j] - block.gamma));
