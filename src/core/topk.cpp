@@ -360,7 +360,7 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
     u = std::max(u, 0.0);
     const double r_j = std::min(power + u, e.key);
     out[e.index] = static_cast<T>(std::copysign(r_j, static_cast<double>(row[e.index])));
-    if (blocks && power > 0.0)  // (u_j / l read back from the power when u underflowed)
+    if (blocks && (u > 0.0 || power > 0.0))  // (u_j / l read back from the power when u underflowed)
       blocks->append(ws.slot, e.index, jacobian_weight(regularizer, u > 0.0 ? u / l : regularizer.inverse_power(power), l));
   };
   const auto power_of = [&](double u) { return regularizer.power(std::max(u, 0.0) / l); };
