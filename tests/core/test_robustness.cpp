@@ -656,4 +656,21 @@ TEST(RobustnessPrecision, TiedSubnormalScaleMagnitudesShareTheBlock) {
   }
 }
 
+// Found by the strict fuzz target: p = 1.01, the block value underflows to
+// about 0, every entry joins the block, and pow(u/l, q-1) of the entry
+// -8.9e-307 underflows to 0 while u > 0: it must stay active (shrunk, not x).
+TEST(RobustnessPrecision, BlockEntriesWithUnderflowedPowersStayActive) {
+  const std::vector<double> x = {-8.9002954340288055e-307, -1.6e-18, -3.3749999999999999e-19,
+                                 6.2500000000000004e-20, -3.4999999999999997e-19, -1.6e-18};
+  for (Solver solver : kSolvers) {
+    ActiveBlocks blocks;
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 1, SoftTopkOptions{1e-4, 1.01, solver}, &blocks);
+    const auto index = blocks.index(0);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (out[i] == 0.0 || out[i] == x[i]) continue;
+      EXPECT_NE(std::find(index.begin(), index.end(), i), index.end()) << "entry " << i << " solver " << int(solver);
+    }
+  }
+}
+
 }  // namespace
