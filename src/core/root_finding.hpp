@@ -12,6 +12,7 @@ namespace sparsetopk::detail {
 // root many decades closer to 0 than the bracket's far end (large p: tau at
 // -1e-84 in [-1, -1e-308]) is found in O(log decades) steps, not O(decades).
 inline double bisect(double lo, double hi) {
+  if (lo < 0.0 && hi > 0.0) return 0.0;  // then one end is 0, and the root's decade is found as below
   if (lo >= 0.0 && hi > 16.0 * std::max(lo, DBL_MIN)) return std::sqrt(std::max(lo, DBL_MIN)) * std::sqrt(hi);
   if (hi <= 0.0 && lo < 16.0 * std::min(hi, -DBL_MIN)) return -std::sqrt(-std::min(hi, -DBL_MIN)) * std::sqrt(-lo);
   return lo + 0.5 * (hi - lo);

@@ -234,46 +234,64 @@ class NearThreshold {
   bool empty() const { return count_ == 0; }
   bool contains(std::size_t j) const { return count_ > 0 && std::abs(ws_.s[j] - gamma_) <= tolerance_; }
   double count() const { return static_cast<double>(count_); }
-  double reference() const { return reference_; }
 
-  // The offset d at which the near entries' sum_j term(s_j - s_ref + d) equals
-  // what they owe, target(d) = t0 - t1 d (t1 >= 0: the magnitude's gamma W_B
-  // moves with the threshold s_ref - d). term(u) rises from 0 at u <= 0 and
-  // is capped at `cap` (1 for the mask). Calls set(j, u_j, term(u_j)) for each
-  // near entry. Tied near entries share target(d) equally (d found by a fixed
-  // point: u_j = d may underflow while the share does not).
+  // Solves the near entries' share of the first-order condition,
+  //   sum_j term(u_j) = owed(gamma) = clamp(a + b gamma, 0, cap * count), b >= 0
+  // (the mask owes a constant; the magnitude's gamma W_B moves with gamma),
+  // for gamma = s_ref - d, u_j = (s_j - s_ref) + d. term(u) rises from 0 at
+  // u <= 0 and is capped at `cap`. Calls set(j, u_j, term(u_j)) for each near
+  // entry. Tied near entries share owed equally (d by a fixed point: u_j = d
+  // may underflow where the share does not).
   template <class Term, class Set>
-  void resolve(const Regularizer& regularizer, double l, double t0, double t1, double cap, Term&& term,
+  void resolve(const Regularizer& regularizer, double l, double a, double b, double cap, Term&& term,
                Set&& set) const {
-    const auto target = [&](double d) { return std::clamp(t0 - t1 * d, 0.0, cap * count()); };
-    const auto offset_for_share = [&](double share) { return l * regularizer.inverse_power(share); };
+    const auto owed = [&](double gamma) { return std::clamp(a + b * gamma, 0.0, cap * count()); };
     if (min_key_ == max_key_) {
-      double share = target(reference_ - gamma_) / count();
-      share = target(offset_for_share(share)) / count();
+      double share = owed(gamma_) / count();
+      share = owed(reference_ - l * regularizer.inverse_power(share)) / count();
       for (std::size_t j = begin_; j < end_; ++j)
-        if (contains(j)) set(j, offset_for_share(share), share);
+        if (contains(j)) set(j, l * regularizer.inverse_power(share), share);
       return;
     }
+    // Solved from the key nearest gamma, then again from the key nearest that
+    // solution: only that key's u_j needs full precision, the others' are
+    // differences of distinct keys.
+    double reference = reference_, d = solve_offset(regularizer, l, reference, owed, b, cap, term);
+    std::size_t nearest = begin_;
+    for (std::size_t j = begin_; j < end_; ++j)
+      if (contains(j) && (!contains(nearest) ||
+                          std::abs(ws_.s[j] - reference + d) < std::abs(ws_.s[nearest] - reference + d)))
+        nearest = j;
+    if (ws_.s[nearest] != reference) {
+      reference = ws_.s[nearest];
+      d = solve_offset(regularizer, l, reference, owed, b, cap, term);
+    }
+    for (std::size_t j = begin_; j < end_; ++j)
+      if (contains(j)) set(j, ws_.s[j] - reference + d, term(ws_.s[j] - reference + d));
+  }
+
+ private:
+  // The offset d from `reference` at which the near entries' terms sum to owed(reference - d).
+  template <class Owed, class Term>
+  double solve_offset(const Regularizer& regularizer, double l, double reference, Owed&& owed, double b, double cap,
+                      Term&& term) const {
     const auto residual = [&](double d, double* slope) {
-      double f = target(d), df = -t1;
+      double f = owed(reference - d), df = -b;
       for (std::size_t j = begin_; j < end_; ++j) {
         if (!contains(j)) continue;
-        const double u = ws_.s[j] - reference_ + d;
+        const double u = ws_.s[j] - reference + d;
         f -= term(u);
         if (u > 0.0) df -= regularizer.slope(u / l) / l;
       }
       *slope = df;
       return f;
     };
-    // at lo every term is 0; at hi every term is at least target(lo) / count
-    const double lo = reference_ - max_key_;
-    const double hi = reference_ - min_key_ + offset_for_share(std::min(target(lo) / count(), cap));
-    const double d = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
-    for (std::size_t j = begin_; j < end_; ++j)
-      if (contains(j)) set(j, ws_.s[j] - reference_ + d, term(ws_.s[j] - reference_ + d));
+    // at lo every term is 0; at hi every term is at least owed(reference - lo) / count
+    const double lo = reference - max_key_;
+    const double hi = reference - min_key_ + l * regularizer.inverse_power(std::min(owed(reference - lo) / count(), cap));
+    return find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
   }
 
- private:
   const RowWorkspace& ws_;
   std::size_t begin_, end_;
   double gamma_, tolerance_;
@@ -380,10 +398,8 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
   const double block_weight = static_cast<double>(std::min(window.top, block.end) - std::min(block.begin, window.top));
   const double owed = block.gamma * block_weight;
   if (needs_resolving(near, regularizer, block, power_sum, owed)) {
-    // gamma W_B - (the others' powers), with gamma = s_ref - d
-    const double others = power_sum - near_power_sum, reference_term = owed - others;
-    near.resolve(regularizer, l, reference_term + (near.reference() - block.gamma) * block_weight, block_weight,
-                 kInf, power_of, write);
+    // gamma W_B less the others' powers
+    near.resolve(regularizer, l, -(power_sum - near_power_sum), block_weight, kInf, power_of, write);
   } else {
     for (std::size_t j = block.begin; j < block.end; ++j)
       if (near.contains(j)) write(j, ws.s[j] - block.gamma, power_of(ws.s[j] - block.gamma));

@@ -634,6 +634,16 @@ TEST(RobustnessPrecision, MaskSumsToKWhenTheThresholdIsWithinRoundingOfKeys) {
     const std::vector<double> near_ties = {-12.25, -15.875, 1.0, -12.249999999999998, -12.250000000000004};
     EXPECT_NEAR(sum(forward(Op::mask, near_ties, 5, 2, SoftTopkOptions{1e-8, 3.0, solver})), 2.0, 1e-9);
   }
+  // Found by the strict fuzz target: keys one ulp apart, p = 100; the offset
+  // from the first key cannot resolve the second one's u = 1e-52 (sum 1.189).
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out =
+        forward(Op::mask, std::vector<double>{1.75, 0.375, 1.7499999999999998, -1.75}, 4, 1, SoftTopkOptions{0.5, 100.0, solver});
+    EXPECT_NEAR(sum(out), 1.0, 1e-12);
+    // u_0 = 2^-52 (+ 1e-52), so out_0 = (2^-52 / l)^(1/99), and out_2 takes the rest
+    EXPECT_NEAR(out[0], std::pow(std::ldexp(1.0, -51), 1.0 / 99.0), 1e-12);
+    EXPECT_NEAR(out[2], 1.0 - out[0], 1e-12);
+  }
   const std::vector<double> x = {-1.5875000000000002e-29, 1.0000000000000001e-30, -1.5874999999999999e-29,
                                  -1.5875000000000005e-29, 1.0000000000000008e-30};
   const std::vector<double> pav = forward(Op::mask, x, 5, 2, SoftTopkOptions{1.0, 100.0, Solver::pav});
