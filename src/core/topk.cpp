@@ -266,8 +266,18 @@ class NearThreshold {
       reference = ws_.s[nearest];
       d = solve_offset(regularizer, l, reference, owed, b, cap, term);
     }
+    // The entries tied at the reference share what the others leave: their
+    // u_j = d may lie below what a double resolves (p large: every positive
+    // d gives far too much), where the share still is exact.
+    double rest = owed(reference - d), tied = 0.0;
     for (std::size_t j = begin_; j < end_; ++j)
-      if (contains(j)) set(j, ws_.s[j] - reference + d, term(ws_.s[j] - reference + d));
+      if (contains(j)) ws_.s[j] == reference ? tied += 1.0 : rest -= term(ws_.s[j] - reference + d);
+    const double share = std::clamp(rest / tied, 0.0, cap);
+    for (std::size_t j = begin_; j < end_; ++j) {
+      if (!contains(j)) continue;
+      if (ws_.s[j] == reference) set(j, l * regularizer.inverse_power(share), share);
+      else set(j, ws_.s[j] - reference + d, term(ws_.s[j] - reference + d));
+    }
   }
 
  private:

@@ -683,4 +683,31 @@ TEST(RobustnessPrecision, BlockEntriesWithUnderflowedPowersStayActive) {
   }
 }
 
+// Found by the strict fuzz target: nine magnitudes tied at 1.6e-28 with near
+// ties 2 and 9 ulps below, k = 3, l = 1e-4, p = 100. Every positive offset a
+// double holds gives the tied entries far too much (pow(4.9e-320, 1/99) =
+// 5.7e-4), so Solver::pav returned them unchanged; they share 3 gamma / 9.
+TEST(RobustnessPrecision, TiesBelowResolutionShareWhatTheNearTiesLeave) {
+  const std::vector<double> x = {
+      -1.5999999999999999e-28, -1.5999999999999999e-28, -1.625e-29, -3.3749999999999999e-29,
+      -1.5874999999999998e-28, -1.5999999999999999e-28, -1.9999999999999999e-29, -1.55e-28,
+      -1.5999999999999999e-28, -1.2249999999999998e-28, -1.5999999999999999e-28, 7.5000000000000001e-29,
+      7.1249999999999993e-29, 1.4907994851998249e-306, 0, -2.7499999999999999e-29,
+      1.24609375e-30, -1.599999999999999e-28, 0, -3.3749999999999999e-29,
+      -3.4999999999999997e-29, -1.5999999999999999e-28, -1.625e-29, -7.3749999999999991e-29,
+      -3.4999999999999997e-29, -1.5749999999999999e-28, -4.4501477170144028e-308, -1.9999999999999999e-29,
+      2.9999999999999997e-29, 9.9999999999999994e-30, -3.3749999999999999e-29, -3.4999999999999997e-29,
+      -1.5999999999999999e-28, -8.625e-29, -1.5999999999999999e-28, -1.5749999999999999e-28,
+      -1.5374999999999999e-28, -1.5874999999999998e-28, 9.9999999999999994e-30, -1.5999999999999997e-28,
+      -2.0000000000000004e-29, 9.4999999999999991e-29, 2.8258438003041458e-306, 1.3e-28,
+      -1.5999999999999999e-28, -1.599999999999999e-28, 0};
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 3, SoftTopkOptions{1e-4, 100.0, solver});
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (x[i] == -1.5999999999999999e-28) EXPECT_NEAR(out[i], x[i] / 3.0, 1e-9 * 1.6e-28) << i;
+      else EXPECT_EQ(out[i], 0.0) << i;
+    }
+  }
+}
+
 }  // namespace
