@@ -1,0 +1,218 @@
+"""Tests for apps/make_report.py and apps/report/ (pytest, /usr/bin/python3 -m pytest apps/tests/test_report.py)."""
+import csv
+import math
+import pathlib
+import sys
+
+import pytest
+
+APPS = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(APPS))
+
+import make_report  # noqa: E402
+from report import common, prune_mlp  # noqa: E402
+
+REPO = APPS.parent
+
+
+def write_prune_csv(path, records):
+    """records: (variant, sparsity, seed, test_acc_hard[, test_acc_as_trained]); other columns filled in."""
+    total = 266200
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(prune_mlp.COLUMNS)
+        for variant, sparsity, seed, acc, *rest in records:
+            as_trained = rest[0] if rest else acc
+            nnz = round((1 - sparsity / 100) * total)
+            writer.writerow([variant, sparsity, seed, 470, 2, 256, 0.001, 1, 0, 0, 0, 0.5, 0.8, acc,
+                             as_trained, nnz, total, 0, 30.5, 1])
+
+
+def three_seed_records():
+    return [
+        # hard: 90% -> 0.80, 0.82, 0.84 (mean 0.82, std 0.02); 98% -> 0.30, 0.40, 0.50 (0.40, 0.10)
+        ("hard", 90, 1, 0.80), ("hard", 90, 2, 0.82), ("hard", 90, 3, 0.84),
+        ("hard", 98, 1, 0.30), ("hard", 98, 2, 0.40), ("hard", 98, 3, 0.50),
+        # soft43: 90% -> 0.81 x3 (0.81, 0); 98% -> 0.70, 0.74, 0.72 (0.72, 0.02)
+        ("soft43", 90, 1, 0.81), ("soft43", 90, 2, 0.81), ("soft43", 90, 3, 0.81),
+        ("soft43", 98, 1, 0.70), ("soft43", 98, 2, 0.74), ("soft43", 98, 3, 0.72),
+        # dense: pruned accuracies, unpruned 0.85, 0.86, 0.87 (repeated per sparsity)
+        ("dense", 90, 1, 0.20, 0.85), ("dense", 98, 1, 0.10, 0.85),
+        ("dense", 90, 2, 0.22, 0.86), ("dense", 98, 2, 0.12, 0.86),
+        ("dense", 90, 3, 0.24, 0.87), ("dense", 98, 3, 0.14, 0.87),
+    ]
+
+
+def table_rows(markdown):
+    """{first cell: [other cells]} of the Markdown table in markdown."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+# --- common -------------------------------------------------------------------------------------
+
+def test_mean_std_is_the_sample_std():
+    mean, std, n = common.mean_std([0.80, 0.82, 0.84])
+    assert n == 3 and mean == pytest.approx(0.82) and std == pytest.approx(0.02)
+    mean, std, n = common.mean_std([1.0])
+    assert (mean, n) == (1.0, 1) and math.isnan(std)
+
+
+def test_fmt_mean_std():
+    assert common.fmt_mean_std(0.82, 0.02, 3) == "0.8200 ± 0.0200"
+    assert common.fmt_mean_std(0.82, math.nan, 1) == "0.8200"
+    assert common.fmt_mean_std(0.82, 0.02, 2, show_n=True) == "0.8200 ± 0.0200 (n = 2)"
+    assert common.fmt_mean_std(math.nan, math.nan, 0) == "—"
+
+
+def test_markdown_table_shape():
+    text = common.markdown_table(["a", "b"], [["1", "x|y"]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
+    with pytest.raises(ValueError):
+        common.markdown_table(["a", "b"], [["1"]])
+
+
+def test_read_csv_absent_and_numbers(tmp_path):
+    assert common.read_csv(tmp_path / "nope.csv") is None
+    (tmp_path / "a.csv").write_text("name,count,ratio\nx,3,0.5\n")
+    assert common.read_csv(tmp_path / "a.csv") == [{"name": "x", "count": 3, "ratio": 0.5}]
+
+
+# --- prune_mlp ----------------------------------------------------------------------------------
+
+def test_prune_mlp_table_means_stds_and_bold(tmp_path):
+    write_prune_csv(tmp_path / "prune_mlp.csv", three_seed_records())
+    body = prune_mlp.render(tmp_path, tmp_path / "figures")
+    rows = table_rows(body)
+    assert rows["variant"] == ["90% sparse", "98% sparse"]
+    assert list(rows)[1:] == [prune_mlp.LABELS[v] for v in ("dense", "hard", "soft43")]
+    assert rows[prune_mlp.LABELS["hard"]] == ["**0.8200 ± 0.0200**", "0.4000 ± 0.1000"]
+    assert rows[prune_mlp.LABELS["soft43"]] == ["0.8100 ± 0.0000", "**0.7200 ± 0.0200**"]
+    assert rows[prune_mlp.LABELS["dense"]] == ["0.2200 ± 0.0200", "0.1200 ± 0.0200"]
+    assert "over 3 seeds" in body
+    assert "90%: 26,620; 98%: 5,324" in body
+    assert "out of 266,200" in body
+    assert "before pruning scores 0.8600 ± 0.0100 (3 seeds)" in body
+    assert "seeds 1, 2, 3" in body
+    assert "![Test accuracy against sparsity, per variant](figures/prune_mlp_accuracy.png)" in body
+    png = tmp_path / "figures" / "prune_mlp_accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prune_mlp_uneven_seeds_show_n_and_ties_are_all_bold(tmp_path):
+    write_prune_csv(tmp_path / "prune_mlp.csv", [
+        ("hard", 90, 1, 0.80), ("hard", 90, 2, 0.90),   # mean 0.85, std 0.0707
+        ("ste", 90, 1, 0.85),                           # mean 0.85, n = 1
+    ])
+    rows = table_rows(prune_mlp.render(tmp_path, tmp_path))
+    assert rows[prune_mlp.LABELS["hard"]] == ["**0.8500 ± 0.0707 (n = 2)**"]
+    assert rows[prune_mlp.LABELS["ste"]] == ["**0.8500 (n = 1)**"]
+
+
+def test_prune_mlp_absent_csv_gives_none(tmp_path):
+    assert prune_mlp.render(tmp_path, tmp_path / "figures") is None
+    assert not (tmp_path / "figures").exists()
+
+
+def test_prune_mlp_missing_column_is_an_error(tmp_path):
+    (tmp_path / "prune_mlp.csv").write_text("variant,sparsity,seed\nhard,90,1\n")
+    with pytest.raises(ValueError, match="test_acc_hard"):
+        prune_mlp.render(tmp_path, tmp_path)
+
+
+# --- make_report: markers -----------------------------------------------------------------------
+
+DOC = """# Title
+
+Intro text.
+
+<!-- report:prune_mlp -->
+old prune table
+<!-- /report:prune_mlp -->
+
+Middle text.
+
+<!-- report:moe -->
+old moe text
+<!-- /report:moe -->
+
+End text.
+"""
+
+
+def test_replace_region_keeps_everything_else():
+    new = make_report.replace_region(DOC, "prune_mlp", "NEW\nBODY\n")
+    assert new == DOC.replace("old prune table\n", "\nNEW\nBODY\n\n")
+    assert make_report.replace_region(new, "prune_mlp", "NEW\nBODY") == new   # idempotent
+    assert make_report.replace_region(DOC, "prune_mlp", "") == DOC.replace("old prune table\n", "\n")
+
+
+@pytest.mark.parametrize("broken, message", [
+    (DOC.replace("<!-- report:prune_mlp -->\n", ""), "<!-- report:prune_mlp -->' not found"),
+    (DOC.replace("<!-- /report:prune_mlp -->\n", ""), "<!-- /report:prune_mlp -->' not found"),
+    (DOC + "<!-- report:prune_mlp -->\n", "more than once"),
+    (DOC.replace("<!-- report:prune_mlp -->\nold prune table\n<!-- /report:prune_mlp -->",
+                 "<!-- /report:prune_mlp -->\nold prune table\n<!-- report:prune_mlp -->"), "comes before"),
+])
+def test_replace_region_marker_errors(broken, message):
+    with pytest.raises(make_report.ReportError, match=message):
+        make_report.replace_region(broken, "prune_mlp", "x")
+
+
+def test_main_updates_only_the_regions_with_results(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    write_prune_csv(results / "prune_mlp.csv", three_seed_records())
+    docs = tmp_path / "applications.md"
+    docs.write_text(DOC)
+    assert make_report.main(["--results", str(results), "--docs", str(docs),
+                             "--figures", str(tmp_path / "figures")]) == 0
+    text = docs.read_text()
+    before, rest = text.split("<!-- report:prune_mlp -->\n")
+    region, after = rest.split("<!-- /report:prune_mlp -->\n")
+    assert before == DOC.split("<!-- report:prune_mlp -->\n")[0]
+    assert after == DOC.split("<!-- /report:prune_mlp -->\n")[1]      # moe region untouched (no CSV)
+    assert "**0.8200 ± 0.0200**" in region and "old prune table" not in region
+    assert (tmp_path / "figures" / "prune_mlp_accuracy.png").is_file()
+    err = capsys.readouterr().err
+    assert "skipping moe" in err and "skipping vit" in err
+
+
+def test_main_missing_marker_is_an_error_and_writes_nothing(tmp_path, capsys):
+    write_prune_csv(tmp_path / "prune_mlp.csv", three_seed_records())
+    docs = tmp_path / "applications.md"
+    broken = DOC.replace("<!-- /report:prune_mlp -->\n", "")
+    docs.write_text(broken)
+    assert make_report.main(["--results", str(tmp_path), "--docs", str(docs),
+                             "--figures", str(tmp_path / "figures")]) == 2
+    assert docs.read_text() == broken
+    assert "<!-- /report:prune_mlp -->' not found" in capsys.readouterr().err
+
+
+def test_main_absent_csv_skips_and_leaves_docs_alone(tmp_path, capsys):
+    docs = tmp_path / "applications.md"
+    docs.write_text(DOC)
+    assert make_report.main(["--results", str(tmp_path), "--docs", str(docs)]) == 0
+    assert docs.read_text() == DOC
+    err = capsys.readouterr().err
+    assert f"skipping prune_mlp: {tmp_path / 'prune_mlp.csv'} not found" in err
+
+
+def test_main_print_only_prints_and_does_not_edit(tmp_path, capsys):
+    write_prune_csv(tmp_path / "prune_mlp.csv", three_seed_records())
+    docs = tmp_path / "applications.md"
+    docs.write_text(DOC)
+    assert make_report.main(["--results", str(tmp_path), "--docs", str(docs), "--print"]) == 0
+    assert docs.read_text() == DOC
+    assert not (tmp_path / "figures").exists()
+    out = capsys.readouterr().out
+    assert "| hard top-k | **0.8200 ± 0.0200** | 0.4000 ± 0.1000 |" in out
+
+
+def test_main_missing_results_dir(tmp_path, capsys):
+    assert make_report.main(["--results", str(tmp_path / "nope"), "--print"]) == 2
+    assert "no such directory" in capsys.readouterr().err
