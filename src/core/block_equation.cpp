@@ -87,7 +87,7 @@ double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMome
     gamma = 0.5 * (lo + hi);
   }
   return find_decreasing_root(
-      [&](double g, double* slope) { return residual(s, m.weight, g, slope); }, lo, hi, gamma);
+      [&](double g, double* slope) { return residual(s, m.weight, g, slope); }, lo, hi, gamma, /*closest_end=*/true);
 }
 
 }  // namespace sparsetopk::detail

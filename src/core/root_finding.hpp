@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
 
 namespace sparsetopk::detail {
 
@@ -11,6 +12,8 @@ namespace sparsetopk::detail {
 // the bracket lies on one side of 0 (an end may be 0) and spans orders of magnitude, so that a
 // root many decades closer to 0 than the bracket's far end (large p: tau at
 // -1e-84 in [-1, -1e-308]) is found in O(log decades) steps, not O(decades).
+inline constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
 inline double bisect(double lo, double hi) {
   if (lo < 0.0 && hi > 0.0) return 0.0;  // then one end is 0, and the root's decade is found as below
   if (lo >= 0.0 && hi > 16.0 * std::max(lo, DBL_MIN)) return std::sqrt(std::max(lo, DBL_MIN)) * std::sqrt(hi);
@@ -21,21 +24,26 @@ inline double bisect(double lo, double hi) {
 // Root of a non-increasing f on [lo, hi] with f(lo) >= 0 >= f(hi), starting at
 // `start`. residual(x, &slope) returns f(x) and sets slope = f'(x). Newton
 // steps that leave the bracket or do not halve it fall back to bisection; it
-// stops at machine precision, after at most 200 evaluations.
+// stops at machine precision, after at most 200 evaluations (202 with closest_end).
+// With `closest_end`, a bracket closed to machine precision yields whichever
+// end has the smaller residual (at most two more evaluations) instead of its
+// midpoint: a block equation with a steep f (p large), whose value must order
+// correctly against its neighbors' within an ulp.
 template <class Residual>
-double find_decreasing_root(Residual&& residual, double lo, double hi, double start) {
+double find_decreasing_root(Residual&& residual, double lo, double hi, double start, bool closest_end = false) {
   // machine precision at the current bracket, which shrinks with it
   const auto tolerance_at = [](double a, double b) {
     return 4.0 * DBL_EPSILON * std::max(std::abs(a), std::abs(b)) + DBL_MIN;
   };
   double x = std::clamp(start, lo, hi), last_width = hi - lo;
+  double f_lo = kInfinity, f_hi = -kInfinity;  // residuals at lo and hi, where evaluated
   for (int iteration = 0; iteration < 200 && hi - lo > tolerance_at(lo, hi); ++iteration) {
     double slope = 0.0;
     const double f = residual(x, &slope);
     if (f == 0.0) return x;
-    if (f > 0.0) lo = x;
-    else if (f < 0.0) hi = x;
-    else break;  // NaN
+    if (f > 0.0) lo = x, f_lo = f;
+    else if (f < 0.0) hi = x, f_hi = f;
+    else return x;  // NaN
     const double step = f / slope, tolerance = tolerance_at(lo, hi);
     const double newton = x - step;
     if (std::isfinite(step) && newton > lo && newton < hi && std::abs(step) < 0.5 * last_width) {
@@ -48,6 +56,11 @@ double find_decreasing_root(Residual&& residual, double lo, double hi, double st
       x = bisect(lo, hi);
     }
   }
+  if (!closest_end) return lo + 0.5 * (hi - lo);
+  double slope = 0.0;
+  if (!std::isfinite(f_lo)) f_lo = residual(lo, &slope);
+  if (!std::isfinite(f_hi)) f_hi = residual(hi, &slope);
+  if (f_lo >= 0.0 && f_hi <= 0.0) return f_lo <= -f_hi ? lo : hi;
   return lo + 0.5 * (hi - lo);
 }
 

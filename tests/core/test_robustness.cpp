@@ -710,4 +710,21 @@ TEST(RobustnessPrecision, TiesBelowResolutionShareWhatTheNearTiesLeave) {
   }
 }
 
+// Found by the strict fuzz target: one magnitude an ulp above 39 tied ones,
+// k = 3, l = 1e-6, p = 100. The top entry's own block value is its key to
+// within 1e-1700, but Newton's midpoint fell a few ulps below the tied keys,
+// so Solver::pav pooled it with them and the tied entries got 0. Block
+// equations now return the bracket end with the smaller residual.
+TEST(RobustnessPrecision, BlockValuesOrderCorrectlyWithinAnUlp) {
+  std::vector<double> x(39, -1.6e-18);
+  x.push_back(-1.6000000000000002e-18);
+  x.push_back(-8.5e-19);
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 3, SoftTopkOptions{1e-6, 100.0, solver});
+    EXPECT_EQ(out[39], x[39]) << "solver " << int(solver);
+    for (std::size_t i = 0; i < 39; ++i) EXPECT_NEAR(out[i], 2.0 * x[i] / 39.0, 1e-9 * 1.6e-18) << i;
+    EXPECT_EQ(out[40], 0.0);
+  }
+}
+
 }  // namespace
