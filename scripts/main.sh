@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: installs what is needed, builds, then runs the CLI on SPEC.md's
-# example and prints the Figure 1 curves of the paper as a table.
+# The main job: installs what is needed, builds, runs the CLI on SPEC.md's
+# example, prints the Figure 1 curves of the paper as a table, then runs short
+# versions of the applications (pruning, MoE routing, ViT fine-tuning; a few
+# minutes on 2 cores) and prints their tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -24,3 +26,7 @@ paste <(echo "$s_values") \
       <(rows | "$cli" mask --k 2 --l 1 --p 4/3 | sum34) |
   awk 'BEGIN { printf "%6s %10s %10s %10s\n", "s", "hard", "p=2", "p=4/3" }
        { printf "%6.2f %10s %10s %10s\n", $1, $2, $3, $4 }'
+
+echo
+echo "== Applications on Fashion-MNIST, short versions (docs/applications.md has the full runs) =="
+scripts/applications.sh short build/results-short

@@ -242,4 +242,17 @@ Batcher::Batch Batcher::next() {
   return {to_float(data_.images.index_select(0, index)), data_.labels.index_select(0, index)};
 }
 
+at::Tensor patchify(const at::Tensor& images, int64_t side, int64_t patch) {
+  if (patch <= 0 || side % patch != 0)
+    throw std::invalid_argument("patchify: patch side " + std::to_string(patch) + " does not divide image side " +
+                                std::to_string(side));
+  if (images.dim() != 2 || images.size(1) != side * side)
+    throw std::invalid_argument("patchify: expected [B, " + std::to_string(side * side) + "] images");
+  const int64_t b = images.size(0), n = side / patch;
+  // [B, row block, row in patch, col block, col in patch] -> [B, row block, col block, row, col]
+  return images.reshape({b, n, patch, n, patch})
+      .permute({0, 1, 3, 2, 4})
+      .reshape({b, n * n, patch * patch});
+}
+
 }  // namespace sparsetopk::apps

@@ -60,6 +60,11 @@ Dataset load_mnist_split(const std::string& dir, const std::string& split, int64
 // Images as float32 in [0, 1] (pixel / 255), shape [N, rows * cols].
 at::Tensor to_float(const at::Tensor& images_u8);
 
+// Square images [B, side * side] (row-major) as [B, (side / patch)^2, patch^2]:
+// non-overlapping patch x patch tiles in row-major order, each row-major.
+// Throws std::invalid_argument when patch does not divide side or the shape is wrong.
+at::Tensor patchify(const at::Tensor& images, int64_t side, int64_t patch);
+
 // Seeded shuffling batcher: every epoch visits each example once, in an order
 // drawn from a std::mt19937_64 seeded with (seed, epoch), so runs are
 // reproducible across platforms. The last batch of an epoch may be smaller.

@@ -9,19 +9,6 @@ namespace sparsetopk::apps::moe {
 namespace stt = sparsetopk::torch;
 namespace F = ::torch::nn::functional;
 
-at::Tensor patchify(const at::Tensor& images, int64_t image_side, int64_t patch_side) {
-  if (patch_side <= 0 || image_side % patch_side != 0)
-    throw std::invalid_argument("patchify: patch side " + std::to_string(patch_side) + " does not divide image side " +
-                                std::to_string(image_side));
-  if (images.dim() != 2 || images.size(1) != image_side * image_side)
-    throw std::invalid_argument("patchify: expected [B, " + std::to_string(image_side * image_side) + "] images");
-  const int64_t b = images.size(0), n = image_side / patch_side;
-  // [B, row block, row in patch, col block, col in patch] -> [B, row block, col block, row, col]
-  return images.reshape({b, n, patch_side, n, patch_side})
-      .permute({0, 1, 3, 2, 4})
-      .reshape({b, n * n, patch_side * patch_side});
-}
-
 double logit_scale(const at::Tensor& logits) {
   ::torch::NoGradGuard no_grad;
   return logits.detach().std(/*dim=*/{-1}, /*unbiased=*/false).mean().item<double>();

@@ -29,6 +29,8 @@
 // buffer, frozen at evaluation, like BatchNorm's running statistics, so a
 // token's routing at test time does not depend on the other tokens.
 
+#include "data/idx.hpp"
+
 #include <sparsetopk/torch.hpp>
 #include <torch/torch.h>
 
@@ -57,9 +59,6 @@ struct MoeConfig {
   int64_t patch_size() const { return patch_side * patch_side; }
 };
 
-// [B, side*side] images -> [B, (side/patch)^2, patch*patch] tokens, patches in
-// row-major order, pixels inside a patch in row-major order.
-at::Tensor patchify(const at::Tensor& images, int64_t image_side, int64_t patch_side);
 
 // Mean over tokens of the standard deviation of each token's logits across
 // experts (biased), detached: the scale that l is relative to.

@@ -32,7 +32,7 @@ moe::MoeConfig small_config(moe::RouterKind kind) {
 
 TEST(Patchify, TokensAreSevenBySevenPatchesInRowMajorOrder) {
   const auto images = torch::arange(2 * 784, torch::kFloat32).reshape({2, 784});
-  const auto tokens = moe::patchify(images, 28, 7);
+  const auto tokens = sparsetopk::apps::patchify(images, 28, 7);
   ASSERT_EQ(tokens.sizes(), (std::vector<int64_t>{2, 16, 49}));
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t r = 0; r < 28; r += 3)
@@ -43,7 +43,7 @@ TEST(Patchify, TokensAreSevenBySevenPatchesInRowMajorOrder) {
 }
 
 TEST(Patchify, RejectsAPatchThatDoesNotDivideTheImage) {
-  EXPECT_THROW(moe::patchify(torch::zeros({1, 784}), 28, 5), std::invalid_argument);
+  EXPECT_THROW(sparsetopk::apps::patchify(torch::zeros({1, 784}), 28, 5), std::invalid_argument);
 }
 
 TEST(TopkGates, KeepTheKLargestSoftmaxWeightsRenormalized) {
