@@ -10,12 +10,16 @@ namespace sparsetopk {
 namespace detail {
 namespace {
 
-// Pooling blocks of equal value never changes v. Equal values across a drop
-// in w are pooled anyway: there the exact values may differ by less than a
-// double resolves (tied keys, |s| >> l), and only the pooled block lets the
-// tied entries share the output.
-bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> w) {
-  return previous.value < last.value || (previous.value == last.value && w[previous.begin] > w[last.end - 1]);
+// Pooling blocks of equal value never changes v. Across a drop in w, blocks
+// are also pooled when their values are equal or their boundary keys tie:
+// there the exact values may differ by less than a double resolves (tied
+// keys, |s| >> l, p near 1 or large), and tied keys always share a block of
+// the exact solution (the problem is symmetric in them and strictly convex).
+bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> s,
+              std::span<const double> w) {
+  if (previous.value < last.value) return true;
+  const bool w_drops = w[previous.begin] > w[last.end - 1];
+  return w_drops && (previous.value == last.value || s[previous.end - 1] == s[last.begin]);
 }
 
 }  // namespace
@@ -27,7 +31,7 @@ void pool_adjacent_violators(std::span<const double> s, std::span<const double> 
     const BlockMoments single = BlockMoments::single(s[i], w[i]);
     blocks.push_back({i, i + 1, single, equation.solve(s.subspan(i, 1), single)});
     // v must be non-increasing: pool while the previous block lies below the last.
-    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), w)) {
+    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), s, w)) {
       PavBlock& merged = blocks[blocks.size() - 2];
       merged.moments.merge(blocks.back().moments);
       merged.end = blocks.back().end;

@@ -727,4 +727,19 @@ TEST(RobustnessPrecision, BlockValuesOrderCorrectlyWithinAnUlp) {
   }
 }
 
+// Found by the strict fuzz target: 63 magnitudes tied at 1.6e10, k = 60,
+// l = 1e-3, p = 1.01. Pooling them one at a time moves the block value by
+// less than an ulp of 1.6e10, so Solver::pav stopped pooling after 12 and
+// returned the other 51 unchanged. Tied keys across the k boundary are pooled.
+TEST(RobustnessPrecision, TiesAcrossTheKBoundaryPoolEvenBelowResolution) {
+  std::vector<double> x(63, -1.6e10);
+  x.insert(x.begin(), -1.425e10);
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 60, SoftTopkOptions{1e-3, 1.01, solver});
+    EXPECT_EQ(out[0], 0.0);
+    // r = 60 gamma / 63 + u with u = s - gamma ~ 1.3e-3: within 1e-4 of 60 s / 63
+    for (std::size_t i = 1; i < x.size(); ++i) EXPECT_NEAR(out[i], 60.0 / 63.0 * x[i], 1e-4) << i;
+  }
+}
+
 }  // namespace
