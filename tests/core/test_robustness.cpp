@@ -742,4 +742,19 @@ TEST(RobustnessPrecision, TiesAcrossTheKBoundaryPoolEvenBelowResolution) {
   }
 }
 
+// Found by the strict fuzz target (and present since the first session):
+// mask, p = 100, l = 1e-3, four keys tied at s_{k+1} = -6.125e-19 and one an
+// ulp below. The threshold lies 1e-45 below s_{k+1}, rounded onto it, so the
+// threshold solver saw no block and returned the hard mask. The residual at
+// s_{k+1} now decides whether its ties are in the block.
+TEST(RobustnessPrecision, ThresholdRoundedOntoTheNextKeyKeepsItsBlock) {
+  const std::vector<double> x = {-5.7e-306, -1.78e-307, -6.125e-19, -6.125e-19, -6.125e-19,
+                                 -6.125e-19, -3.375e-19, -3.5e-19, -3.125e-19, -6.1250000000000011e-19};
+  const std::vector<double> pav = forward(Op::mask, x, x.size(), 5, SoftTopkOptions{1e-3, 100.0, Solver::pav});
+  const std::vector<double> threshold = forward(Op::mask, x, x.size(), 5, SoftTopkOptions{1e-3, 100.0, Solver::threshold});
+  EXPECT_NEAR(sum(threshold), 5.0, 1e-12);
+  EXPECT_GT(threshold[2], 0.3);  // the ties at s_{k+1} share about 1.5
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(pav[i], threshold[i], 1e-9) << i;
+}
+
 }  // namespace
