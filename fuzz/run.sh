@@ -6,7 +6,9 @@
 #
 # Environment: FUZZ_TARGETS (default "solvers isotonic cli_parser"),
 # FUZZ_BUILD_DIR (default fuzz/build), CXX_FUZZ (default clang++),
-# FUZZ_BUILD_ONLY=1 to build and stop.
+# FUZZ_BUILD_ONLY=1 to build and stop, FUZZ_SEED and FUZZ_RUNS to fix libFuzzer's
+# seed and cap its executions (a reproducible run: the same inputs in the same
+# order, whatever the machine's speed).
 #
 # Inputs found while fuzzing go to $FUZZ_BUILD_DIR/corpus/<target> (the seed
 # corpus in fuzz/corpus/<target> is only read); a crashing input is saved as
@@ -68,7 +70,10 @@ for target in $targets; do
   mkdir -p "$out/corpus/$target"
   log="$out/fuzz_$target.log"
   echo "== fuzz_$target for ${seconds}s (log: $log)"
-  "$out/fuzz_$target" -max_total_time="$seconds" -max_len=1024 -timeout=20 -rss_limit_mb=2048 \
+  extra=()
+  [[ -n "${FUZZ_SEED:-}" ]] && extra+=(-seed="$FUZZ_SEED")
+  [[ -n "${FUZZ_RUNS:-}" ]] && extra+=(-runs="$FUZZ_RUNS")
+  "$out/fuzz_$target" "${extra[@]}" -max_total_time="$seconds" -max_len=1024 -timeout=20 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$out/crashes/$target-" \
     "$out/corpus/$target" "$here/corpus/$target" >"$log" 2>&1
   rc=$?
