@@ -367,7 +367,9 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
                  [&](double u) { return std::clamp(regularizer.power(u / l), 0.0, 1.0); },
                  [&](std::size_t j, double, double y) {
                    out[ws.entries[j].index] = static_cast<T>(y);
-                   append(j, regularizer.inverse_power(y));  // u_j / l, read back from y
+                   if (blocks && y > 0.0 && y < 1.0)  // u_j / l read back from y (it may underflow to 0)
+                     blocks->append(ws.slot, ws.entries[j].index,
+                                    jacobian_weight(regularizer, regularizer.inverse_power(y), l));
                  });
   } else {
     for (std::size_t j = 0; j < window.size; ++j)

@@ -757,4 +757,31 @@ TEST(RobustnessPrecision, ThresholdRoundedOntoTheNextKeyKeepsItsBlock) {
   for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(pav[i], threshold[i], 1e-9) << i;
 }
 
+// Found by the strict fuzz target: mask, p = 100, l = 1e-6, about forty keys
+// tied at -1.25e-26 share 4e-4 each, whose u = l 0.0004^99 underflows to 0;
+// Solver::pav left them out of ActiveBlocks. Fractional entries are active.
+TEST(RobustnessPrecision, FractionalEntriesWithUnderflowedOffsetsAreActive) {
+  const std::vector<double> x = {
+      -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, 5.0000000000000002e-26,
+      -1.25e-26, -1.6000000000000001e-24, -1.25e-26, -1.25e-26, -1.6000000000000001e-24, -1.25e-26,
+      -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26,
+      -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26,
+      -7.7500000000000001e-25, 1.4000000000000001e-24, 1.1250000000000001e-24, -1.25e-26, -18125000, -1.25e-26,
+      -1.25e-26, -1.25e-26, -1.25e-26, 5.5e-25, -4.7500000000000003e-25, -8.6250000000000004e-25,
+      -1.25e-26, -1.25e-26, 1.0875e-24, 0, -1.2499999999999995e-26, -1.25e-26,
+      -1.25e-26, -1.25e-26, 5.0000000000000002e-26, -1.25e-26, -1.6000000000000001e-24, -1.25e-26,
+      -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26,
+      -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26};
+  for (Solver solver : kSolvers) {
+    ActiveBlocks blocks;
+    const std::vector<double> out = forward(Op::mask, x, x.size(), 5, SoftTopkOptions{1e-6, 100.0, solver}, &blocks);
+    EXPECT_NEAR(sum(out), 5.0, 1e-9);
+    const auto index = blocks.index(0);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (out[i] == 0.0 || out[i] == 1.0) continue;
+      EXPECT_NE(std::find(index.begin(), index.end(), i), index.end()) << "entry " << i << " solver " << int(solver);
+    }
+  }
+}
+
 }  // namespace
