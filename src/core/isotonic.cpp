@@ -11,27 +11,29 @@ namespace detail {
 namespace {
 
 // Pooling blocks of equal value never changes v. Across a drop in w, blocks
-// are also pooled when their values are equal or their boundary keys tie:
-// there the exact values may differ by less than a double resolves (tied
-// keys, |s| >> l, p near 1 or large), and tied keys always share a block of
-// the exact solution (the problem is symmetric in them and strictly convex).
+// are also pooled when their values are equal, or, for the top-k weights
+// (w in {1, 0}), when their boundary keys tie: there the exact values may
+// differ by less than a double resolves (tied keys, |s| >> l, p near 1 or
+// large), and tied entries always share a block of the top-k solution (the
+// primal problem is symmetric in them and strictly convex). For general w
+// tied keys may be split.
 bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> s,
-              std::span<const double> w) {
+              std::span<const double> w, bool pool_tied_keys) {
   if (previous.value < last.value) return true;
   const bool w_drops = w[previous.begin] > w[last.end - 1];
-  return w_drops && (previous.value == last.value || s[previous.end - 1] == s[last.begin]);
+  return w_drops && (previous.value == last.value || (pool_tied_keys && s[previous.end - 1] == s[last.begin]));
 }
 
 }  // namespace
 
 void pool_adjacent_violators(std::span<const double> s, std::span<const double> w,
-                             const BlockEquation& equation, std::vector<PavBlock>& blocks) {
+                             const BlockEquation& equation, std::vector<PavBlock>& blocks, bool topk_weights) {
   blocks.clear();
   for (std::size_t i = 0; i < s.size(); ++i) {
     const BlockMoments single = BlockMoments::single(s[i], w[i]);
     blocks.push_back({i, i + 1, single, equation.solve(s.subspan(i, 1), single)});
     // v must be non-increasing: pool while the previous block lies below the last.
-    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), s, w)) {
+    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), s, w, topk_weights)) {
       PavBlock& merged = blocks[blocks.size() - 2];
       merged.moments.merge(blocks.back().moments);
       merged.end = blocks.back().end;

@@ -192,7 +192,7 @@ StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equat
   if (solver == Solver::threshold && equation.regularizer().kind() == Regularizer::Kind::general)
     return solve_threshold_equation(window, equation, ws);
   const std::span<const double> s(ws.s.data(), m);
-  pool_adjacent_violators(s, ws.topk_weights(m, top), equation, ws.blocks);
+  pool_adjacent_violators(s, ws.topk_weights(m, top), equation, ws.blocks, /*topk_weights=*/true);
   const auto block = std::find_if(ws.blocks.begin(), ws.blocks.end(),
                                   [top](const PavBlock& b) { return b.end >= top; });
   if (block->end > top) return {block->begin, block->end, block->value};

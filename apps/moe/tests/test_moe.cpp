@@ -1,5 +1,6 @@
 // Tests of the mixture-of-experts pieces (apps/moe/moe.hpp) and a smoke run
 // of the moe_router program on a tiny synthetic IDX dataset.
+#include "tests/synthetic_mnist.hpp"
 #include "data/idx.hpp"
 #include "moe/moe.hpp"
 
@@ -218,25 +219,7 @@ TEST(MoeClassifier, ForwardShapesAndBackward) {
 
 // ---- smoke run of the program ----
 
-void write_split(const fs::path& dir, const std::string& split, int64_t count, uint64_t seed) {
-  sparsetopk::apps::IdxImages images;
-  images.count = count;
-  images.rows = 28;
-  images.cols = 28;
-  images.pixels.resize(static_cast<size_t>(count * 784));
-  std::vector<uint8_t> labels(static_cast<size_t>(count));
-  std::mt19937 rng(static_cast<unsigned>(seed));
-  for (int64_t i = 0; i < count; ++i) {
-    const int label = static_cast<int>(i % 10);
-    labels[static_cast<size_t>(i)] = static_cast<uint8_t>(label);
-    for (int p = 0; p < 784; ++p) {  // the class lights up its own band of rows, plus noise
-      const bool on = p / 28 >= label * 2 + 4 && p / 28 < label * 2 + 6;
-      images.pixels[static_cast<size_t>(i * 784 + p)] = static_cast<uint8_t>((on ? 200 : 0) + rng() % 50);
-    }
-  }
-  sparsetopk::apps::write_idx_images((dir / (split + "-images-idx3-ubyte.gz")).string(), images);
-  sparsetopk::apps::write_idx_labels((dir / (split + "-labels-idx1-ubyte.gz")).string(), labels);
-}
+using sparsetopk::apps::testing::write_synthetic_split;
 
 std::vector<std::string> read_lines(const fs::path& p) {
   std::ifstream in(p);
@@ -259,8 +242,8 @@ class MoeRouterSmoke : public ::testing::Test {
     dir = fs::temp_directory_path() / ("sparsetopk_moe_smoke_" + std::to_string(::getpid()) + "_" +
                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir);
-    write_split(dir, "train", 64, 1);
-    write_split(dir, "t10k", 40, 2);
+    write_synthetic_split(dir, "train", 64, 1);
+    write_synthetic_split(dir, "t10k", 40, 2);
   }
   void TearDown() override { fs::remove_all(dir); }
   std::string command(const std::string& args, const std::string& log) const {
