@@ -143,9 +143,9 @@ StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEqu
     while (begin < m && s[begin] - tau >= l) ++begin;
     end = begin;
     while (end < m && (s[end] > tau || s[end] == s_k)) ++end;  // exactly, tau < s_k: ties of s_k are in
-    // exactly, tau < s_next when f(s_next) < 0, even if tau rounded onto s_next: its ties are in
-    if (end <= top && f(s_next) < 0.0)
-      while (end < m && s[end] >= s_next) ++end;
+    // exactly, tau < s_end when f(s_end) < 0, even if tau rounded onto it: its ties are in
+    if (end < m && f(s[end]) < 0.0)
+      for (const double key = s[end]; end < m && s[end] == key;) ++end;
     if (end <= top) return {top, top, s_next};  // as in PAV, a block must straddle top-1 and top
     return {std::min(begin, top - 1), end, tau};
   }
@@ -176,9 +176,9 @@ StraddlingBlock solve_threshold_equation(const RowWindow& window, const BlockEqu
       !narrow_to_smooth_piece(f, singleton, top, lo, hi, gamma))
     gamma = find_decreasing_root(residual, lo, hi, 0.5 * (lo + hi));
   while (end < m && (s[end] > gamma || s[end] == s_k)) ++end;  // exactly, gamma < s_k: ties of s_k are in
-  // exactly, gamma < s_{k+1} when f(s_{k+1}) < 0, even if gamma rounded onto it: its ties are in
-  if (end == top && top < m && f(s[top]) < 0.0)
-    while (end < m && s[end] >= s[top]) ++end;
+  // exactly, gamma < s_end when f(s_end) < 0, even if gamma rounded onto it: its ties are in
+  if (end < m && f(s[end]) < 0.0)
+    for (const double key = s[end]; end < m && s[end] == key;) ++end;
   if (end == top) return {top, top, s_next};  // no entry below the top k is pulled in: no block
   while (begin < top - 1 && s[begin] != s_k && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
   return {begin, end, gamma};

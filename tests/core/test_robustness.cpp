@@ -784,14 +784,12 @@ TEST(RobustnessPrecision, FractionalEntriesWithUnderflowedOffsetsAreActive) {
   }
 }
 
-// ---- known issues (docs/robustness.md) ---------------------------------------------------
-// Disabled while open; run with --gtest_also_run_disabled_tests.
-
-// 1. Found by the CI fuzz stage at the end of the second session (present since
-// the first): magnitude, p = 100, l = 0.5, keys 2.5 and 2.4999999999999996 next
-// to the threshold. Solver::pav gives 2.5 the output 0.2442 and the threshold
-// solver 0; they should agree.
-TEST(RobustnessKnownIssue, DISABLED_MagnitudeSolversAgreeOnNearTiesAtLargeP) {
+// Found by the CI fuzz stage at the end of the second session (present since
+// the first): magnitude, p = 100, l = 0.5, keys 2.5 and 2.4999999999999996 at
+// the threshold, which lies 5e-62 below 2.5 and rounded onto it; the
+// threshold solver left 2.5 out of the block (0 instead of 0.2442). The
+// residual at the next key now decides whether its ties are in the block.
+TEST(RobustnessPrecision, MagnitudeSolversAgreeOnNearTiesAtLargeP) {
   const std::vector<double> x = {-7.5, -6.5, -5.5, -4.5, -3.5, -2.5, -0.5, -16, -3.5, -7.4999999999999964,
                                  -2.4999999999999996, -3.375, -16, -16, -16};
   const SoftTopkOptions pav{0.5, 100.0, Solver::pav}, threshold{0.5, 100.0, Solver::threshold};
