@@ -191,9 +191,11 @@ void check_mag(const Case& c, Solver solver, const Result& r) {
     if (yi != 0.0 && std::signbit(yi) != std::signbit(xi)) fail(ctx, entry("sign not preserved", i, xi, yi));
     // gamma is computed to about eps s_k absolutely (the block equation is
     // solved around the keys' mean), so "far" allows for that too, and an
-    // entry "unchanged" may move by rounding at the row's scale (16 eps M).
+    // entry "unchanged" may move by rounding at the row's scale (16 eps M,
+    // plus the root finder's DBL_MIN floor).
     if (ai < zero_below * (1.0 - 1e-9) - slack && yi != 0.0) fail(ctx, entry("magnitude entry far below gamma is not 0", i, 0.0, yi));
-    if (ai > unchanged_from * (1.0 + 1e-9) + slack && yi != xi && !(std::abs(yi - xi) <= 16.0 * DBL_EPSILON * c.scale))
+    if (ai > unchanged_from * (1.0 + 1e-9) + slack && yi != xi &&
+        !(std::abs(yi - xi) <= 16.0 * DBL_EPSILON * c.scale + 4.0 * DBL_MIN))
       fail(ctx, entry("magnitude entry far above the block is not unchanged", i, xi, yi));
     if (!in_active_set(r.blocks, i) && yi != 0.0 && yi != xi)
       fail(ctx, entry("magnitude entry outside the active set is neither 0 nor x_i", i, xi, yi));
