@@ -12,11 +12,17 @@ jobs=$(nproc)
 scripts/build.sh
 ctest --preset release -j "$jobs"
 
-# Reproducible by default (seed 1, at most 6000 inputs or 30 s per target, on
-# the seed corpus): CI checks the same inputs on every machine. Unset FUZZ_SEED
-# and FUZZ_RUNS, and give more seconds, to explore (see docs/robustness.md).
-echo "== libFuzzer: each target for ${FUZZ_SECONDS:-30} s =="
-FUZZ_BUILD_DIR=build-fuzz FUZZ_SEED=${FUZZ_SEED-1} FUZZ_RUNS=${FUZZ_RUNS-6000} bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
+# Fuzzing, two parts. The regression part replays the seed corpus (fuzz/corpus,
+# which holds the fixed findings) and must pass. The exploring part fuzzes each
+# target for FUZZ_SECONDS from random seeds; what it finds is printed and saved
+# under build-fuzz/crashes but does not fail this script: libFuzzer runs are
+# not reproducible across machines, and a new finding is a new issue to fix,
+# not a broken build (see docs/robustness.md).
+echo "== libFuzzer: replay of the seed corpus =="
+FUZZ_BUILD_DIR=build-fuzz FUZZ_RUNS=0 bash fuzz/run.sh 60
+echo "== libFuzzer: each target for ${FUZZ_SECONDS:-30} s (exploring; findings reported, not fatal) =="
+FUZZ_BUILD_DIR=build-fuzz bash fuzz/run.sh "${FUZZ_SECONDS:-30}" ||
+  echo "exploratory fuzzing found an input: see the report above (docs/robustness.md, Fuzzing)"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake --preset asan > /dev/null
