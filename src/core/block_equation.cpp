@@ -8,14 +8,19 @@
 
 namespace sparsetopk::detail {
 
+double BlockMoments::unit_of(double s) {
+  return s == 0.0 ? DBL_MIN : std::ldexp(1.0, std::max(std::ilogb(s), DBL_MIN_EXP - 1));
+}
+
 void BlockMoments::merge(const BlockMoments& b) {
   const double na = count, nb = b.count, n = na + nb;
-  const double delta = b.mean - mean;
-  const double m3_new = m3 + b.m3 + delta * delta * delta * na * nb * (na - nb) / (n * n) +
-                        3.0 * delta * (na * b.m2 - nb * m2) / n;
-  m2 = m2 + b.m2 + delta * delta * na * nb / n;
-  m3 = m3_new;
-  mean += delta * nb / n;
+  const double u = std::max(unit, b.unit), ra = unit / u, rb = b.unit / u;  // powers of two
+  const double m2a = m2 * ra * ra, m3a = m3 * ra * ra * ra, m2b = b.m2 * rb * rb, m3b = b.m3 * rb * rb * rb;
+  const double delta = b.mean / u - mean / u;  // at most 4 in magnitude
+  m3 = m3a + m3b + delta * delta * delta * na * nb * (na - nb) / (n * n) + 3.0 * delta * (na * m2b - nb * m2a) / n;
+  m2 = m2a + m2b + delta * delta * na * nb / n;
+  mean = (mean / u + delta * nb / n) * u;
+  unit = u;
   count = n;
   weight += b.weight;
 }
@@ -46,11 +51,25 @@ double BlockEquation::solve_closed_form(const BlockMoments& m) const {
     return mask ? m.mean - l * W / n          // sum (s_i - gamma) / l = W
                 : n * m.mean / (n + l * W);   // sum (s_i - gamma) / l = gamma W
   }
-  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3.
-  const double l3 = l * l * l;
-  const double P = mask ? 3.0 * m.m2 / n : (3.0 * m.m2 + W * l3) / n;
-  const double Q = mask ? (m.m3 - W * l3) / n : (m.m3 - W * l3 * m.mean) / n;
-  return m.mean + solve_depressed_cubic(P, Q);
+  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3 (raw
+  // moments); solved for t in units where every coefficient is at most O(1).
+  if (mask) {
+    // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
+    const double V = std::max(m.unit, l), r = m.unit / V, lambda = l / V;
+    const double P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
+    return m.mean + V * solve_depressed_cubic(P, Q);
+  }
+  // n t^3 + (3 m2 + W l^3) t = m3 - W l^3 mean, in units of `unit`, where
+  // kappa = W l^3 / unit^2 and mu = mean / unit
+  const double lambda = l / m.unit, mu = m.mean / m.unit;
+  const double kappa = W == 0.0 ? 0.0 : W * lambda * lambda * l;
+  if (kappa > 0x1p300) {
+    // gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys:
+    // to first order the sum of the cubes of s_i / unit over kappa
+    return m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa);
+  }
+  const double P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
+  return m.mean + m.unit * solve_depressed_cubic(P, Q);
 }
 
 double BlockEquation::residual(std::span<const double> s, double weight, double gamma,

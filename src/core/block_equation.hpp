@@ -12,12 +12,17 @@
 
 namespace sparsetopk::detail {
 
-// Count, weight W_B and central moments of the s values of a block; merged
-// with Chan's pairwise update, so no raw power sums ever cancel.
+// Count, weight W_B, mean and central moments of the s values of a block;
+// merged with Chan's pairwise update, so no raw power sums ever cancel. The
+// moments are kept in units of `unit`, a power of two with |s_i| < 2 unit
+// (at least DBL_MIN), so that cubes of subnormal or huge keys neither
+// underflow nor overflow:
+//   m2 = sum (s_i - mean)^2 / unit^2,  m3 = sum (s_i - mean)^3 / unit^3.
 struct BlockMoments {
-  double count = 0.0, weight = 0.0, mean = 0.0, m2 = 0.0, m3 = 0.0;
+  double count = 0.0, weight = 0.0, mean = 0.0, unit = 1.0, m2 = 0.0, m3 = 0.0;
 
-  static BlockMoments single(double s, double w) { return {1.0, w, s, 0.0, 0.0}; }
+  static BlockMoments single(double s, double w) { return {1.0, w, s, unit_of(s), 0.0, 0.0}; }
+  static double unit_of(double s);
   void merge(const BlockMoments& b);
 };
 

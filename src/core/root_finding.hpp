@@ -25,19 +25,22 @@ inline double bisect(double lo, double hi) {
 // `start`. residual(x, &slope) returns f(x) and sets slope = f'(x). Newton
 // steps that leave the bracket or do not halve it fall back to bisection; it
 // stops at machine precision, after at most 200 evaluations (202 with closest_end).
-// With `closest_end`, a bracket closed to machine precision yields whichever
-// end has the smaller residual (at most two more evaluations) instead of its
-// midpoint: a block equation with a steep f (p large), whose value must order
-// correctly against its neighbors' within an ulp.
+// With `closest_end`, the bracket is closed to two adjacent doubles and yields
+// whichever end has the smaller residual (at most two more evaluations)
+// instead of its midpoint: a block equation with a steep f (p large), whose
+// value must order correctly against its neighbors' to the ulp.
 template <class Residual>
 double find_decreasing_root(Residual&& residual, double lo, double hi, double start, bool closest_end = false) {
   // machine precision at the current bracket, which shrinks with it
   const auto tolerance_at = [](double a, double b) {
     return 4.0 * DBL_EPSILON * std::max(std::abs(a), std::abs(b)) + DBL_MIN;
   };
+  const auto open = [closest_end, &tolerance_at](double a, double b) {
+    return closest_end ? std::nextafter(a, kInfinity) < b : b - a > tolerance_at(a, b);
+  };
   double x = std::clamp(start, lo, hi), last_width = hi - lo;
   double f_lo = kInfinity, f_hi = -kInfinity;  // residuals at lo and hi, where evaluated
-  for (int iteration = 0; iteration < 200 && hi - lo > tolerance_at(lo, hi); ++iteration) {
+  for (int iteration = 0; iteration < 200 && open(lo, hi); ++iteration) {
     double slope = 0.0;
     const double f = residual(x, &slope);
     if (f == 0.0) return x;
@@ -55,6 +58,7 @@ double find_decreasing_root(Residual&& residual, double lo, double hi, double st
       last_width = hi - lo;
       x = bisect(lo, hi);
     }
+    if (!(x > lo && x < hi)) x = lo + 0.5 * (hi - lo);  // never evaluate an end twice
   }
   if (!closest_end) return lo + 0.5 * (hi - lo);
   double slope = 0.0;

@@ -797,4 +797,74 @@ TEST(RobustnessPrecision, MagnitudeSolversAgreeOnNearTiesAtLargeP) {
   for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-6 * 16.0) << i;
 }
 
+// Found by the CI fuzz stage at the end of the second session: magnitude,
+// p = 10, l = 0.5, k = 3, keys 0.01 (x2) above two ties at
+// 0.009999999999999995 split by k. The singleton value of 0.01 lies 5e-19
+// below it, but Newton stopped 5 ulps short, below the tied keys, so
+// Solver::pav pooled the top entries into the ties' block (0.00203 instead of
+// 0.005). Block equations now close their bracket to adjacent doubles.
+TEST(RobustnessPrecision, SingletonValuesAreResolvedToTheUlp) {
+  const std::vector<double> x = {0.01, 0.01, 0.005, 0.005, 0.005, 0.009999999999999995, 0.0099999999999999898,
+                                 0.009999999999999995};
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 3, SoftTopkOptions{0.5, 10.0, solver});
+    // the ties share gamma W_B = gamma with gamma = s - 1e-21: r = gamma / 2 + u
+    const std::vector<double> expected = {0.01, 0.01, 0.0, 0.0, 0.0, x[5] / 2.0, 0.0, x[5] / 2.0};
+    for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(out[i], expected[i], 1e-17) << i << " solver " << int(solver);
+  }
+}
+
+// Found by the strict fuzz target: magnitude, p = 4/3, l = 1e-6, k = 31, 23
+// keys near 5e-306 above 27 zeros. The closed-form cubic's coefficient
+// W l^3 mean underflowed to a subnormal with one significant bit, so Solver::pav
+// gave the top keys a block value near themselves and shrank them to 3.1e-306.
+// The block moments and the cubic are now kept in units of the block's scale.
+TEST(RobustnessPrecision, SubnormalScaleKeysKeepTheirCubicExact) {
+  std::vector<double> x(22, -5.6961890777784355e-306);
+  x.push_back(-4.4056462398442587e-306);
+  x.resize(50, -0.0);
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 31, SoftTopkOptions{1e-6, 4.0 / 3.0, solver});
+    for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(out[i], x[i]) << i << " solver " << int(solver);
+  }
+}
+
+// The isotonic problems scale exactly: with keys c s, the mask's v is c v(s; c l)
+// and the magnitude's c v(s; c^((q-2)/(q-1)) l). For c a power of two every
+// scaled input is exact, so PAV must give c times the unscaled solution. The
+// closed forms (p = 4/3, 2) are asserted at c = 2^-996 (keys near 1e-300,
+// whose cubes underflow) and 2^996 (cubes overflow). The root finder (other p)
+// works on pow((s_i - gamma)/l, q-1) in the caller's units, which underflows
+// for the magnitude far outside the policy's ranges (keys 1e-300 with
+// l = 1e300 at p = 3): it is asserted at c = 2^-96 and 2^96 (about 1e-29 and 1e29).
+TEST(RobustnessPrecision, IsotonicSolutionsScaleDownToSubnormalCubesAndUpToOverflow) {
+  std::mt19937_64 rng(31);
+  std::uniform_real_distribution<double> key(0.1, 1.0);
+  for (double p : {4.0 / 3.0, 2.0, 1.5, 3.0}) {
+    const double q = p / (p - 1.0), exponent = (q - 2.0) / (q - 1.0);  // 2/3, 0, 1/2, -1: 996 times each is whole
+    const int decades = p == 4.0 / 3.0 || p == 2.0 ? 996 : 96;
+    for (int scale : {-decades, decades}) {
+      for (int trial = 0; trial < 20; ++trial) {
+        const std::size_t n = 2 + rng() % 12;
+        std::vector<double> s(n), w(n);
+        for (double& v : s) v = key(rng);
+        std::sort(s.begin(), s.end(), std::greater<double>());
+        for (std::size_t i = 0; i < n; ++i) w[i] = trial % 2 ? (i < n / 2 ? 1.0 : 0.0) : static_cast<double>(n - i) / n;
+        const double l = std::pow(10.0, static_cast<double>(rng() % 5) - 2.0);
+        for (auto form : {sparsetopk::IsotonicForm::mask, sparsetopk::IsotonicForm::magnitude}) {
+          const bool mask = form == sparsetopk::IsotonicForm::mask;
+          std::vector<double> scaled(n);
+          for (std::size_t i = 0; i < n; ++i) scaled[i] = std::ldexp(s[i], scale);
+          const double scaled_l = mask ? std::ldexp(l, scale) : l * std::ldexp(1.0, static_cast<int>(exponent * scale));
+          const auto reference = sparsetopk::solve_isotonic(s, w, l, p, form);
+          const auto solution = sparsetopk::solve_isotonic(scaled, w, scaled_l, p, form);
+          for (std::size_t i = 0; i < n; ++i)
+            EXPECT_NEAR(std::ldexp(solution.v[i], -scale), reference.v[i], 1e-12)
+                << "p=" << p << " scale 2^" << scale << (mask ? " mask" : " magnitude") << " l=" << l << " i=" << i;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
