@@ -5,6 +5,7 @@
 // of threads splitting one huge row.
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <functional>
@@ -79,6 +80,12 @@ inline void window_bounds(const BlockEquation& equation, double s_k, double s_ne
     above = s_k + l * equation.regularizer().inverse_power(s_k);
     below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
   }
+  // The bounds are rounded: widen them by a few ulps of what they are computed
+  // from, so that a key within rounding of a bound stays in the window (an
+  // entry that turns out to be a singleton costs nothing there).
+  const double scale = equation.form() == IsotonicForm::mask ? std::abs(s_k) + std::abs(s_next) + l : above;
+  above += 8.0 * DBL_EPSILON * scale;
+  below -= 8.0 * DBL_EPSILON * scale;
   above = std::max(above, std::nextafter(s_k, kInf));
   below = std::min(below, std::nextafter(s_next, -kInf));
 }

@@ -867,4 +867,24 @@ TEST(RobustnessPrecision, IsotonicSolutionsScaleDownToSubnormalCubesAndUpToOverf
   }
 }
 
+// Found by the strict fuzz target this session: magnitude, p = 3, l = 1e8,
+// k = 7, eight keys tied at 1.6000000000000001e-24 and one an ulp below. The
+// block value is 0.04 ulp below that key, so it is in the block (2.18e-25), but
+// the threshold solver's window stopped at the singleton value of s_k, which
+// rounded onto it. The window bounds are now widened by a few ulps.
+TEST(RobustnessPrecision, WindowKeepsKeysWithinRoundingOfItsBounds) {
+  const double tie = 1.6000000000000001e-24, below = 1.5999999999999999e-24;
+  const std::vector<double> x = {-tie, -tie, 1.5875e-24, -4.625e-25, -2.2250738585072014e-308, -tie, -tie, -tie,
+                                 -5.625e-25, -4.1608881154084666e-306, -below, -3.375e-25, -tie, -tie, -tie};
+  const std::vector<double> pav = forward(Op::mag, x, x.size(), 7, SoftTopkOptions{1e8, 3.0, Solver::pav});
+  const std::vector<double> threshold = forward(Op::mag, x, x.size(), 7, SoftTopkOptions{1e8, 3.0, Solver::threshold});
+  // By hand (50-digit bisection): with r = sqrt(d / l) for the ties, d = tie - gamma
+  // and delta the ulp, 8 r + sqrt(r^2 - delta / l) = 7 gamma gives r = 1.37271654065774631e-24,
+  // and x[10] gets sqrt(r^2 - delta / l) = 2.18267674738028612e-25 (plus d, 1e-40).
+  for (const auto* out : {&pav, &threshold}) {
+    EXPECT_NEAR((*out)[10], -2.18267674738028612e-25, 1e-12 * 2.2e-25);
+    for (std::size_t i : {0, 1, 5, 6, 7, 12, 13, 14}) EXPECT_NEAR((*out)[i], -1.37271654065774631e-24, 1e-12 * 1.4e-24) << i;
+  }
+}
+
 }  // namespace
