@@ -90,23 +90,52 @@ double BlockEquation::residual(std::span<const double> s, double weight, double 
   return f;
 }
 
-// F(lo) >= 0 >= F(hi) on the bracket below.
-double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMoments& m) const {
+// A bracket [lo, hi] of gamma, F(lo) >= 0 >= F(hi), and a starting point.
+void BlockEquation::bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi,
+                            double& start) const {
   const double s_max = s.front(), s_min = s.back();
-  double lo, hi, gamma;
   if (form_ == IsotonicForm::mask) {
     // every term equals W / n at gamma = s_i - l pow(W / n, p - 1)
     const double shift = l_ * regularizer_.inverse_power(m.weight / m.count);
     lo = s_min - shift;
     hi = s_max - shift;
-    gamma = m.mean - shift;
+    start = m.mean - shift;
   } else {
     lo = std::min(s_min, 0.0);
     hi = std::max(s_max, 0.0);
-    gamma = 0.5 * (lo + hi);
+    start = 0.5 * (lo + hi);
   }
+}
+
+double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMoments& m) const {
+  double lo, hi, gamma;
+  bracket(s, m, lo, hi, gamma);
   return find_decreasing_root(
       [&](double g, double* slope) { return residual(s, m.weight, g, slope); }, lo, hi, gamma, /*closest_end=*/true);
+}
+
+double BlockEquation::solve_offset(std::span<const double> s, const BlockMoments& m, double reference,
+                                   double gamma) const {
+  double lo, hi, start;
+  bracket(s, m, lo, hi, start);
+  // -F(reference - d), decreasing in d
+  const auto residual = [&](double d, double* slope) {
+    double f = 0.0, df = 0.0;
+    for (double si : s) {
+      const double u = ((si - reference) + d) / l_;
+      f -= regularizer_.power(u);
+      df -= regularizer_.slope(u) / l_;
+    }
+    if (form_ == IsotonicForm::mask) {
+      f += m.weight;
+    } else {
+      f += (reference - d) * m.weight;
+      df -= m.weight;
+    }
+    *slope = df;
+    return f;
+  };
+  return find_decreasing_root(residual, reference - hi, reference - lo, reference - gamma, /*closest_end=*/true);
 }
 
 }  // namespace sparsetopk::detail

@@ -43,9 +43,16 @@ class BlockEquation {
   // F(gamma) = left side - right side, decreasing in gamma; and F'(gamma).
   double residual(std::span<const double> s, double weight, double gamma, double* slope) const;
 
+  // The same block's value as the offset d = reference - gamma from a key near
+  // it, solved with u_i = (s_i - reference) + d: to the ulp of d, not of gamma
+  // (s_i - reference is exact for keys within a factor 2 of the reference).
+  // `gamma` is the block's value as solve() gave it, the starting point.
+  double solve_offset(std::span<const double> s, const BlockMoments& m, double reference, double gamma) const;
+
  private:
   double solve_closed_form(const BlockMoments& m) const;
   double solve_by_newton(std::span<const double> s, const BlockMoments& m) const;
+  void bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi, double& start) const;
 
   IsotonicForm form_;
   double l_;

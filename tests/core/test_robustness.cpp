@@ -887,4 +887,26 @@ TEST(RobustnessPrecision, WindowKeepsKeysWithinRoundingOfItsBounds) {
   }
 }
 
+// Found by the strict fuzz target this session: magnitude, p = 3, l = 1e8,
+// k = 7, six keys tied at 1.6000000000000001e-24 above two an ulp below, which
+// k splits. The ties' singleton value lies 0.04 ulp below the lower pair's
+// block value: they violate, and pool. Solver::pav compared the rounded values
+// (in the right order by an ulp) and returned the ties unchanged. PAV now
+// compares values within rounding of each other as offsets from a key.
+TEST(RobustnessPrecision, PavComparesBlockValuesFinerThanAnUlp) {
+  const double tie = 1.6000000000000001e-24, below = 1.5999999999999999e-24;
+  const std::vector<double> x = {-1.425e-24, -1.1125e-24, -tie, -tie, -below, -tie, -1.025e-24, -tie, -below,
+                                 2.75e-25, 2.875e-25, -tie, 6e-25, -tie, -1.575e-24};
+  // By hand (50-digit bisection): 6 sqrt((delta + d)/l) + 2 sqrt(d/l) = 7 (below - d),
+  // delta the ulp, d = below - gamma; the ties get sqrt((delta + d)/l) + delta + d.
+  const double r_tie = 1.58969493476448634e-24, r_below = 8.30915195706541138e-25;
+  for (Solver solver : kSolvers) {
+    const std::vector<double> out = forward(Op::mag, x, x.size(), 7, SoftTopkOptions{1e8, 3.0, solver});
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double expected = x[i] == -tie ? -r_tie : x[i] == -below ? -r_below : 0.0;
+      EXPECT_NEAR(out[i], expected, 1e-12 * 1.6e-24) << i << " solver " << int(solver);
+    }
+  }
+}
+
 }  // namespace
