@@ -22,6 +22,7 @@
 // it is evaluated with. Default band = 1.
 
 #include "common/args.hpp"
+#include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
 
@@ -31,10 +32,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <iostream>
-#include <map>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -46,17 +43,13 @@ namespace apps = sparsetopk::apps;
 
 enum class Variant { dense, hard, ste, soft2, soft43 };
 
-const std::map<std::string, Variant> kVariants{{"dense", Variant::dense},
-                                               {"hard", Variant::hard},
-                                               {"ste", Variant::ste},
-                                               {"soft2", Variant::soft2},
-                                               {"soft43", Variant::soft43}};
+const apps::NameTable<Variant> kVariants{{"dense", Variant::dense},
+                                         {"hard", Variant::hard},
+                                         {"ste", Variant::ste},
+                                         {"soft2", Variant::soft2},
+                                         {"soft43", Variant::soft43}};
 
-std::string name(Variant v) {
-  for (const auto& [key, value] : kVariants)
-    if (value == v) return key;
-  return "?";
-}
+std::string name(Variant v) { return apps::name_in(kVariants, v); }
 
 struct Options {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
@@ -109,62 +102,25 @@ magnitude, evaluates the hard-pruned network on the test set, writes a CSV.
 
 Options parse(int argc, char** argv) {
   Options o;
-  const auto pairs = apps::flag_pairs(argc, argv, {"--quick"});
-  // --quick first, so that explicit flags override it wherever they appear.
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") {
-      o.steps = 100;
-      o.batch_size = 64;
-      o.train_limit = 5000;
-      o.test_limit = 1000;
-      o.sparsities = {90};
-      o.log_every = 50;
-    }
-  }
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") continue;
-    if (flag == "-h" || flag == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (flag == "--data-dir") o.data_dir = value;
-    else if (flag == "--out") o.out = value;
-    else if (flag == "--epochs") o.epochs = apps::parse_int(flag, value);
+  const auto apply_quick = [&] {
+    apps::apply_shared_quick(o);
+    o.steps = 100;
+    o.sparsities = {90};
+  };
+  const auto handle_flag = [&](const std::string& flag, const std::string& value) {
+    if (apps::parse_shared_flag(o, flag, value)) return true;
+    if (flag == "--epochs") o.epochs = apps::parse_int(flag, value);
     else if (flag == "--steps") o.steps = apps::parse_int(flag, value);
     else if (flag == "--batch-size") o.batch_size = apps::parse_int(flag, value);
-    else if (flag == "--lr") o.lr = apps::parse_double(flag, value);
     else if (flag == "--band") o.band = apps::parse_double(flag, value);
     else if (flag == "--anneal") o.anneal = apps::parse_int(flag, value) != 0;
-    else if (flag == "--train-limit") o.train_limit = apps::parse_int(flag, value);
-    else if (flag == "--test-limit") o.test_limit = apps::parse_int(flag, value);
-    else if (flag == "--log-every") o.log_every = apps::parse_int(flag, value);
     else if (flag == "--threads") o.threads = static_cast<int>(apps::parse_int(flag, value));
-    else if (flag == "--seeds") {
-      o.seeds.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const int64_t seed = apps::parse_int(flag, s);
-        if (seed < 0) throw std::invalid_argument("--seeds: seeds must be >= 0, got " + s);
-        o.seeds.push_back(static_cast<uint64_t>(seed));
-      }
-    } else if (flag == "--variants") {
-      o.variants.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const auto it = kVariants.find(s);
-        if (it == kVariants.end())
-          throw std::invalid_argument("--variants: unknown variant '" + s + "' (dense, hard, ste, soft2, soft43)");
-        o.variants.push_back(it->second);
-      }
-    } else if (flag == "--sparsities") {
-      o.sparsities.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const double x = apps::parse_double(flag, s);
-        if (x < 0 || x >= 100) throw std::invalid_argument("--sparsities: must be in [0, 100), got " + s);
-        o.sparsities.push_back(x);
-      }
-    } else {
-      throw std::invalid_argument("unknown option " + flag + " (see --help)");
-    }
-  }
+    else if (flag == "--variants") o.variants = apps::parse_names(flag, value, kVariants, "variant");
+    else if (flag == "--sparsities") o.sparsities = apps::parse_percentages(flag, value, /*zero_allowed=*/true);
+    else return false;
+    return true;
+  };
+  apps::parse_command_line(argc, argv, kUsage, {}, apply_quick, handle_flag);
   if (o.seeds.empty() || o.variants.empty() || o.sparsities.empty())
     throw std::invalid_argument("--seeds, --variants and --sparsities must not be empty");
   if (o.batch_size <= 0) throw std::invalid_argument("--batch-size must be > 0");
@@ -350,10 +306,9 @@ int main(int argc, char** argv) {
                 static_cast<long long>(steps), static_cast<long long>(o.batch_size),
                 static_cast<double>(steps) / static_cast<double>(per_epoch));
 
-    std::ofstream csv(o.out);
-    if (!csv) throw std::runtime_error("cannot write " + o.out);
-    csv << "variant,sparsity,seed,steps,epochs,batch_size,lr,band,l_fc1,l_fc2,l_fc3,train_loss,train_acc,"
-           "test_acc_hard,test_acc_as_trained,nnz,total_weights,soft_nnz_over_k,seconds,anneal\n";
+    apps::CsvFile csv(o.out,
+                      "variant,sparsity,seed,steps,epochs,batch_size,lr,band,l_fc1,l_fc2,l_fc3,train_loss,train_acc,"
+                      "test_acc_hard,test_acc_as_trained,nnz,total_weights,soft_nnz_over_k,seconds,anneal");
 
     apps::Progress progress;
     for (const auto v : o.variants)
@@ -361,14 +316,10 @@ int main(int argc, char** argv) {
                          (v == Variant::dense ? 1 : static_cast<int64_t>(o.sparsities.size())));
 
     const auto write = [&](const std::vector<Row>& rows) {
-      for (const auto& r : rows) {
-        csv << r.variant << ',' << r.sparsity << ',' << r.seed << ',' << r.steps << ',' << r.epochs << ','
-            << o.batch_size << ',' << o.lr << ',' << o.band << ',' << r.l[0] << ',' << r.l[1] << ',' << r.l[2]
-            << ',' << r.train_loss << ',' << r.train_acc << ',' << r.test_acc_hard << ','
-            << r.test_acc_train_weights << ',' << r.nnz << ',' << r.total << ',' << r.soft_nnz_ratio << ','
-            << r.seconds << ',' << (o.anneal ? 1 : 0) << '\n';
-      }
-      csv.flush();
+      for (const auto& r : rows)
+        csv.row(r.variant, r.sparsity, r.seed, r.steps, r.epochs, o.batch_size, o.lr, o.band, r.l[0], r.l[1], r.l[2],
+                r.train_loss, r.train_acc, r.test_acc_hard, r.test_acc_train_weights, r.nnz, r.total,
+                r.soft_nnz_ratio, r.seconds, o.anneal ? 1 : 0);
     };
     for (const auto seed : o.seeds) {
       for (const auto v : o.variants) {

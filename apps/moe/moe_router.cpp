@@ -25,6 +25,7 @@
 // there; the differences are within one seed's noise.
 
 #include "common/args.hpp"
+#include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
 #include "moe/moe.hpp"
@@ -35,10 +36,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <iostream>
-#include <map>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -125,67 +122,47 @@ load across experts, time per step.
   -h, --help
 )";
 
-Options parse(int argc, char** argv) {
-  Options o;
-  const auto pairs = apps::flag_pairs(argc, argv, {"--quick"});
-  // --quick first, so that explicit flags override it wherever they appear.
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") {
-      o.steps = 100;
-      o.batch_size = 64;
-      o.train_limit = 5000;
-      o.test_limit = 1000;
-      o.log_every = 50;
+std::vector<RouterChoice> parse_routers(const std::string& value) {
+  std::vector<RouterChoice> routers;
+  for (const auto& s : apps::split_list(value)) {
+    const auto it = std::find_if(kRouters.begin(), kRouters.end(), [&](const RouterChoice& r) { return r.name == s; });
+    if (it != kRouters.end()) {
+      routers.push_back(*it);
+    } else if (s.size() > 4 && s.rfind("topk", 0) == 0 && s.find_first_not_of("0123456789", 4) == std::string::npos &&
+               s.size() < 8) {
+      const int64_t n = std::stoll(s.substr(4));  // topkN: hard top-N
+      if (n < 1) throw std::invalid_argument("--routers: " + s + " needs N >= 1");
+      routers.push_back({s, moe::RouterKind::topk, 0, n});
+    } else {
+      throw std::invalid_argument("--routers: unknown router '" + s + "' (topk, topkN, soft, soft2, dense)");
     }
   }
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") continue;
-    if (flag == "-h" || flag == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (flag == "--data-dir") o.data_dir = value;
-    else if (flag == "--out") o.out = value;
-    else if (flag == "--epochs") o.epochs = apps::parse_int(flag, value);
+  return routers;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  const auto apply_quick = [&] {
+    apps::apply_shared_quick(o);
+    o.steps = 100;
+  };
+  const auto handle_flag = [&](const std::string& flag, const std::string& value) {
+    if (apps::parse_shared_flag(o, flag, value)) return true;
+    if (flag == "--epochs") o.epochs = apps::parse_int(flag, value);
     else if (flag == "--steps") o.steps = apps::parse_int(flag, value);
     else if (flag == "--batch-size") o.batch_size = apps::parse_int(flag, value);
-    else if (flag == "--lr") o.lr = apps::parse_double(flag, value);
     else if (flag == "--aux-loss") o.aux_loss = apps::parse_double(flag, value);
     else if (flag == "--soft-l") o.soft_l = apps::parse_double(flag, value);
     else if (flag == "--k") o.k = apps::parse_int(flag, value);
     else if (flag == "--experts") o.experts = apps::parse_int(flag, value);
-    else if (flag == "--train-limit") o.train_limit = apps::parse_int(flag, value);
-    else if (flag == "--test-limit") o.test_limit = apps::parse_int(flag, value);
     else if (flag == "--validation") o.validation = apps::parse_int(flag, value);
     else if (flag == "--eval-batch") o.eval_batch = apps::parse_int(flag, value);
-    else if (flag == "--log-every") o.log_every = apps::parse_int(flag, value);
     else if (flag == "--threads") o.threads = static_cast<int>(apps::parse_int(flag, value));
-    else if (flag == "--seeds") {
-      o.seeds.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const int64_t seed = apps::parse_int(flag, s);
-        if (seed < 0) throw std::invalid_argument("--seeds: seeds must be >= 0, got " + s);
-        o.seeds.push_back(static_cast<uint64_t>(seed));
-      }
-    } else if (flag == "--routers") {
-      o.routers.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const auto it = std::find_if(kRouters.begin(), kRouters.end(), [&](const RouterChoice& r) { return r.name == s; });
-        if (it != kRouters.end()) {
-          o.routers.push_back(*it);
-        } else if (s.size() > 4 && s.rfind("topk", 0) == 0 &&
-                   s.find_first_not_of("0123456789", 4) == std::string::npos && s.size() < 8) {
-          const int64_t n = std::stoll(s.substr(4));  // topkN: hard top-N
-          if (n < 1) throw std::invalid_argument("--routers: " + s + " needs N >= 1");
-          o.routers.push_back({s, moe::RouterKind::topk, 0, n});
-        } else {
-          throw std::invalid_argument("--routers: unknown router '" + s + "' (topk, topkN, soft, soft2, dense)");
-        }
-      }
-    } else {
-      throw std::invalid_argument("unknown option " + flag + " (see --help)");
-    }
-  }
+    else if (flag == "--routers") o.routers = parse_routers(value);
+    else return false;
+    return true;
+  };
+  apps::parse_command_line(argc, argv, kUsage, {}, apply_quick, handle_flag);
   if (o.seeds.empty() || o.routers.empty()) throw std::invalid_argument("--seeds and --routers must not be empty");
   if (o.batch_size <= 0) throw std::invalid_argument("--batch-size must be > 0, got " + std::to_string(o.batch_size));
   if (o.steps <= 0 && o.epochs <= 0) throw std::invalid_argument("--epochs (or --steps) must be > 0");
@@ -371,28 +348,23 @@ int main(int argc, char** argv) {
                 static_cast<long long>(steps), static_cast<long long>(o.batch_size),
                 static_cast<double>(steps) / static_cast<double>(per_epoch), o.routers.size(), o.seeds.size());
 
-    std::ofstream csv(o.out);
-    if (!csv) throw std::runtime_error("cannot write " + o.out);
-    csv << "router,p,l_rel,seed,steps,epochs,batch_size,lr,aux_loss,k,experts,train_examples,eval_set,eval_examples,"
-           "train_loss,train_acc,eval_acc,experts_per_token_mean,experts_per_token_max,"
-           "train_experts_per_token_mean,train_experts_per_token_max,load_min,load_max,load_cv,load,"
-           "train_load_cv,l_final,ms_per_step,ms_per_eval_batch,eval_batch,seconds,threads\n";
+    apps::CsvFile csv(o.out,
+                      "router,p,l_rel,seed,steps,epochs,batch_size,lr,aux_loss,k,experts,train_examples,eval_set,"
+                      "eval_examples,train_loss,train_acc,eval_acc,experts_per_token_mean,experts_per_token_max,"
+                      "train_experts_per_token_mean,train_experts_per_token_max,load_min,load_max,load_cv,load,"
+                      "train_load_cv,l_final,ms_per_step,ms_per_eval_batch,eval_batch,seconds,threads");
 
     apps::Progress progress;
     progress.add_total(steps * static_cast<int64_t>(o.seeds.size() * o.routers.size()));
     for (const auto seed : o.seeds) {
       for (const auto& router : o.routers) {
         const Row r = run(o, router, seed, train, eval, progress, steps);
-        csv << r.router << ',' << r.p << ',' << r.l_rel << ',' << r.seed << ',' << r.steps << ',' << r.epochs << ','
-            << o.batch_size << ',' << o.lr << ',' << o.aux_loss << ',' << r.k << ',' << o.experts << ','
-            << train.size() << ',' << eval_set << ',' << eval.size() << ',' << r.train_loss << ',' << r.train_acc
-            << ',' << r.eval_acc << ',' << r.eval_routing.mean_experts() << ',' << r.eval_routing.max_experts << ','
-            << r.train_routing.mean_experts() << ',' << r.train_routing.max_experts << ','
-            << r.eval_routing.load_min() << ',' << r.eval_routing.load_max() << ',' << r.eval_routing.load_cv() << ','
-            << join_load(r.eval_routing.load()) << ',' << r.train_routing.load_cv() << ',' << r.l_final << ','
-            << r.ms_per_step << ',' << r.ms_per_eval_batch << ',' << o.eval_batch << ',' << r.seconds << ','
-            << o.threads << '\n';
-        csv.flush();
+        csv.row(r.router, r.p, r.l_rel, r.seed, r.steps, r.epochs, o.batch_size, o.lr, o.aux_loss, r.k, o.experts,
+                train.size(), eval_set, eval.size(), r.train_loss, r.train_acc, r.eval_acc,
+                r.eval_routing.mean_experts(), r.eval_routing.max_experts, r.train_routing.mean_experts(),
+                r.train_routing.max_experts, r.eval_routing.load_min(), r.eval_routing.load_max(),
+                r.eval_routing.load_cv(), join_load(r.eval_routing.load()), r.train_routing.load_cv(), r.l_final,
+                r.ms_per_step, r.ms_per_eval_batch, o.eval_batch, r.seconds, o.threads);
       }
     }
     std::printf("wrote %s (%.1fs)\n", o.out.c_str(), progress.seconds());

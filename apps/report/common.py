@@ -61,6 +61,21 @@ def require_columns(rows: Sequence[dict], columns: Iterable[str], path) -> None:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
 
 
+def read_results(results_dir: pathlib.Path, csv_name: str, columns: Iterable[str]) -> list[dict] | None:
+    """Rows of results_dir/csv_name (see read_csv); None if the file does not exist.
+
+    Raises ValueError naming the file if it has no data rows or lacks one of `columns`.
+    """
+    path = pathlib.Path(results_dir) / csv_name
+    rows = read_csv(path)
+    if rows is None:
+        return None
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    require_columns(rows, columns, path)
+    return rows
+
+
 def group_by(rows: Iterable[dict], *keys: str) -> dict:
     """{(row[k1], row[k2], ...): [rows]} (a 1-tuple key for one column), in first-seen order."""
     groups: dict = {}
@@ -141,10 +156,23 @@ def ordered(values: Iterable, preferred: Sequence) -> list:
     return [v for v in preferred if v in values] + [v for v in values if v not in preferred]
 
 
+def joined(rows: Iterable[dict], key: str, fmt: Callable = fmt_number) -> str:
+    """The distinct values of a column, sorted, formatted and joined by '/': '1/2'."""
+    return "/".join(fmt(v) for v in distinct(rows, key))
+
+
+def seeds_phrase(rows: Iterable[dict]) -> str:
+    """'seed 1' or 'seeds 1, 2, 3': the distinct seeds of the rows."""
+    seeds = distinct(rows, "seed")
+    return f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def save_figure(fig, figures_dir: pathlib.Path, name: str) -> str:
-    """Write fig to figures_dir/name, close it, return the Markdown link target 'figures/name'."""
+    """Lay fig out (tight), write it to figures_dir/name, close it, return the Markdown link target
+    'figures/name'."""
     figures_dir = pathlib.Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     fig.savefig(figures_dir / name, metadata={"Software": None})
     plt.close(fig)
     return f"{FIGURE_LINK_DIR}/{name}"
@@ -200,3 +228,48 @@ def table_of_means(
     header = [row_key] + [col_format(cv) for cv in col_values]
     table = [[row_labels.get(rv, str(rv))] + [cells[(rv, cv)] for cv in col_values] for rv in row_values]
     return header, table, stats
+
+
+# --- accuracy against sparsity (prune_mlp and vit) ---------------------------------------------
+
+# Short labels and plot styles of the pruning methods that prune_mlp and vit_finetune share.
+PRUNING_SHORT_LABELS = {"ste": "straight-through", "soft2": "soft p = 2", "soft43": "soft p = 4/3"}
+PRUNING_STYLES = {
+    "ste": dict(color="tab:green", marker="^"),
+    "soft2": dict(color="tab:blue", marker="o"),
+    "soft43": dict(color="tab:orange", marker="D"),
+}
+
+
+def plot_mean_std_lines(ax, stats: dict, series: Sequence, xs: Sequence, labels: dict, styles: dict) -> None:
+    """One line with error bars (the std; none when NaN) per entry of `series`, through the
+    means stats[(entry, x)] = (mean, std, n) over xs; cells with n = 0 are left out, and so
+    is a series without any."""
+    for key in series:
+        points = [(x, *stats[(key, x)]) for x in xs if stats[(key, x)][2] > 0]
+        if not points:
+            continue
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[0.0 if math.isnan(p[2]) else p[2] for p in points], capsize=3, linewidth=1.6,
+                    markersize=5, label=labels.get(key, key), **styles.get(key, {}))
+
+
+def sparsity_axis(ax, sparsities: Sequence, label: str) -> None:
+    """An x axis with one tick per sparsity, labelled '90%', ..."""
+    ax.set_xticks(sparsities)
+    ax.set_xticklabels([f"{fmt_number(s)}%" for s in sparsities])
+    ax.set_xlabel(label)
+
+
+def seeds_in_title(stats: dict) -> str:
+    """'1 seed', '3 seeds, mean ± std' or '2-3 seeds, mean ± std', from the n of the cells of stats."""
+    ns = sorted({s[2] for s in stats.values() if s[2] > 0})
+    if ns == [1]:
+        return "1 seed"
+    return (f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds") + ", mean ± std"
+
+
+def legend_right(ax, handles=None, labels=None) -> None:
+    """The legend right of the axes (all entries, or the given handles and labels)."""
+    entries = () if handles is None else (handles, labels)
+    ax.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))

@@ -110,17 +110,16 @@ def _paired(groups, keys, several_l) -> str | None:
 
 def _settings(rows) -> str:
     def values(key, fmt=common.fmt_number):
-        return "/".join(fmt(v) for v in common.distinct(rows, key))
+        return common.joined(rows, key, fmt)
 
-    seeds = common.distinct(rows, "seed")
     parts = [
-        f"{values('steps')} steps ({'/'.join(f'{e:.2f}' for e in common.distinct(rows, 'epochs'))} epochs) "
+        f"{values('steps')} steps ({values('epochs', lambda e: f'{e:.2f}')} epochs) "
         f"on {values('train_examples', common.fmt_int)} training images",
         f"batch {values('batch_size')} images (16 tokens each)",
         f"Adam lr {values('lr')}",
         f"k = {values('k')} of {values('experts')} experts (topkN: k = N)",
         f"load-balancing loss coefficient {values('aux_loss')}",
-        f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}",
+        common.seeds_phrase(rows),
         f"{values('threads')} thread(s)",
     ]
     return "Settings (from the CSV): " + ", ".join(parts) + "."
@@ -156,7 +155,6 @@ def _plot_cost(groups, keys, several_l, figures_dir) -> str:
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     return common.save_figure(fig, figures_dir, FIGURE_COST)
 
 
@@ -184,7 +182,6 @@ def _plot_load(groups, keys, several_l, figures_dir) -> str:
     ax.set_ylabel("share of token-expert assignments")
     ax.set_title("load across experts on the evaluation set", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return common.save_figure(fig, figures_dir, FIGURE_LOAD)
 
 
@@ -208,22 +205,18 @@ def _pilot(results_dir: pathlib.Path) -> str | None:
             common.fmt_number(r["experts_per_token_max"]),
             f"{float(r['load_cv']):.3f}",
         ])
-    sets = "/".join(common.distinct(rows, "eval_set"))
-    return (f"Pilot that chose l (on a {sets} split of {'/'.join(common.fmt_int(v) for v in common.distinct(rows, 'eval_examples'))} "
+    sets = common.joined(rows, "eval_set", str)
+    return (f"Pilot that chose l (on a {sets} split of {common.joined(rows, 'eval_examples', common.fmt_int)} "
             f"training images held out from training, never the test set; "
-            f"{'/'.join(common.fmt_number(v) for v in common.distinct(rows, 'steps'))} steps of batch "
-            f"{'/'.join(common.fmt_number(v) for v in common.distinct(rows, 'batch_size'))}, one seed, so differences "
+            f"{common.joined(rows, 'steps')} steps of batch "
+            f"{common.joined(rows, 'batch_size')}, one seed, so differences "
             "below about one point are within noise):\n\n" + common.markdown_table(header, table))
 
 
 def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
-    path = pathlib.Path(results_dir) / CSV_NAME
-    rows = common.read_csv(path)
+    rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
     if rows is None:
         return None
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    common.require_columns(rows, COLUMNS, path)
 
     groups = {}
     for r in rows:
@@ -233,7 +226,7 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
     several_l = len(soft_l) > 1
 
     eval_sets = common.distinct(rows, "eval_set")
-    eval_examples = "/".join(common.fmt_int(v) for v in common.distinct(rows, "eval_examples"))
+    eval_examples = common.joined(rows, "eval_examples", common.fmt_int)
     eval_name = " and ".join(f"{s} set" for s in eval_sets)
     ns = sorted({len(g) for g in groups.values()})
     spread = ("1 seed, so no spread" if ns == [1]

@@ -7,7 +7,6 @@ and the plot prune_mlp_accuracy.png (accuracy against sparsity, error bars = std
 """
 from __future__ import annotations
 
-import math
 import pathlib
 
 from . import common
@@ -29,72 +28,46 @@ LABELS = {
     "soft2": "soft, p = 2",
     "soft43": "soft, p = 4/3",
 }
-SHORT_LABELS = {"dense": "dense, pruned after", "hard": "hard", "ste": "straight-through",
-                "soft2": "soft p = 2", "soft43": "soft p = 4/3"}
+SHORT_LABELS = {"dense": "dense, pruned after", "hard": "hard", **common.PRUNING_SHORT_LABELS}
 STYLES = {
     "dense": dict(color="gray", marker="x", linestyle=":"),
     "hard": dict(color="black", marker="s", linestyle="--"),
-    "ste": dict(color="tab:green", marker="^"),
-    "soft2": dict(color="tab:blue", marker="o"),
-    "soft43": dict(color="tab:orange", marker="D"),
+    **common.PRUNING_STYLES,
 }
 
 
 def _settings(rows) -> str:
     """One line with the training settings, every distinct value of each setting."""
-    def values(key, fmt=common.fmt_number):
-        return "/".join(fmt(v) for v in common.distinct(rows, key))
-
-    seeds = common.distinct(rows, "seed")
     anneal = {1: "annealed", 0: "not annealed"}
+    annealing = common.joined(rows, "anneal", lambda a: anneal.get(a, str(a)))
     parts = [
-        f"{values('steps')} steps ({values('epochs')} epochs)",
-        f"batch {values('batch_size')}",
-        f"Adam lr {values('lr')}",
-        f"band b = {values('band')} ({'/'.join(anneal.get(a, str(a)) for a in common.distinct(rows, 'anneal'))})",
-        f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}",
+        f"{common.joined(rows, 'steps')} steps ({common.joined(rows, 'epochs')} epochs)",
+        f"batch {common.joined(rows, 'batch_size')}",
+        f"Adam lr {common.joined(rows, 'lr')}",
+        f"band b = {common.joined(rows, 'band')} ({annealing})",
+        common.seeds_phrase(rows),
     ]
     return "Settings (from the CSV): " + ", ".join(parts) + "."
 
 
 def _plot(stats, variants, sparsities, dense_unpruned, figures_dir) -> str:
     fig, ax = common.new_figure(7.5, 4.0)
-    for v in variants:
-        pts = [(s, *stats[(v, s)]) for s in sparsities if stats[(v, s)][2] > 0]
-        if not pts:
-            continue
-        xs = [p[0] for p in pts]
-        ys = [p[1] for p in pts]
-        errs = [0.0 if math.isnan(p[2]) else p[2] for p in pts]
-        ax.errorbar(xs, ys, yerr=errs, capsize=3, linewidth=1.6, markersize=5,
-                    label=SHORT_LABELS.get(v, v), **STYLES.get(v, {}))
+    common.plot_mean_std_lines(ax, stats, variants, sparsities, SHORT_LABELS, STYLES)
     if dense_unpruned is not None:
         ax.axhline(dense_unpruned, color="gray", linewidth=1, linestyle="-.",
                    label=f"dense, unpruned ({dense_unpruned:.3f})")
-    ax.set_xticks(sparsities)
-    ax.set_xticklabels([f"{common.fmt_number(s)}%" for s in sparsities])
-    ax.set_xlabel("sparsity (share of weights removed)")
+    common.sparsity_axis(ax, sparsities, "sparsity (share of weights removed)")
     ax.set_ylabel("test accuracy, hard-pruned network")
     ax.set_ylim(0, 1)
-    ns = sorted({stats[key][2] for key in stats if stats[key][2] > 0})
-    if ns == [1]:
-        seeds = "1 seed"
-    else:
-        seeds = (f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds") + ", mean ± std"
-    ax.set_title(f"MLP 784-300-100-10 on Fashion-MNIST ({seeds})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+    ax.set_title(f"MLP 784-300-100-10 on Fashion-MNIST ({common.seeds_in_title(stats)})", fontsize=10)
+    common.legend_right(ax)
     return common.save_figure(fig, figures_dir, FIGURE)
 
 
 def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
-    path = pathlib.Path(results_dir) / CSV_NAME
-    rows = common.read_csv(path)
+    rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
     if rows is None:
         return None
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    common.require_columns(rows, COLUMNS, path)
 
     header, table, stats = common.table_of_means(
         rows, "variant", "sparsity", "test_acc_hard", row_labels=LABELS, row_order=VARIANTS,

@@ -11,7 +11,6 @@ error bars = std).
 """
 from __future__ import annotations
 
-import math
 import pathlib
 
 from . import common
@@ -34,36 +33,29 @@ LABELS = {
     "soft2": "soft top-k in magnitude, p = 2",
     "soft43": "soft top-k in magnitude, p = 4/3",
 }
-SHORT_LABELS = {"oneshot": "one-shot + fine-tune", "gradual": "gradual", "ste": "straight-through",
-                "soft2": "soft p = 2", "soft43": "soft p = 4/3"}
+SHORT_LABELS = {"oneshot": "one-shot + fine-tune", "gradual": "gradual", **common.PRUNING_SHORT_LABELS}
 STYLES = {
     "oneshot": dict(color="black", marker="s", linestyle="--"),
     "gradual": dict(color="tab:purple", marker="v"),
-    "ste": dict(color="tab:green", marker="^"),
-    "soft2": dict(color="tab:blue", marker="o"),
-    "soft43": dict(color="tab:orange", marker="D"),
+    **common.PRUNING_STYLES,
 }
 
 
-def _values(rows, key, fmt=common.fmt_number) -> str:
-    return "/".join(fmt(v) for v in common.distinct(rows, key))
-
-
 def _settings(rows) -> str:
-    seeds = common.distinct(rows, "seed")
     soft = [r for r in rows if r["method"] in ("soft2", "soft43")]
     anneal = {1: "annealed linearly to 1%", 0: "not annealed"}
     parts = [
-        f"{_values(rows, 'steps')} fine-tuning steps ({_values(rows, 'epochs', lambda e: f'{e:.2f}')} epochs)",
-        f"batch {_values(rows, 'batch_size')}",
-        f"Adam lr {_values(rows, 'lr')} (cosine-decayed)",
+        f"{common.joined(rows, 'steps')} fine-tuning steps "
+        f"({common.joined(rows, 'epochs', lambda e: f'{e:.2f}')} epochs)",
+        f"batch {common.joined(rows, 'batch_size')}",
+        f"Adam lr {common.joined(rows, 'lr')} (cosine-decayed)",
     ]
     if soft:
-        parts.append(f"band b = {_values(soft, 'band')} "
-                     f"({'/'.join(anneal.get(a, str(a)) for a in common.distinct(soft, 'anneal'))})")
-    parts.append(f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))} (fine-tuning batch order; "
+        annealing = common.joined(soft, "anneal", lambda a: anneal.get(a, str(a)))
+        parts.append(f"band b = {common.joined(soft, 'band')} ({annealing})")
+    parts.append(f"{common.seeds_phrase(rows)} (fine-tuning batch order; "
                  f"every run starts from the same dense checkpoint)")
-    parts.append(f"pre-training {_values(rows, 'pretrain_steps')} steps")
+    parts.append(f"pre-training {common.joined(rows, 'pretrain_steps')} steps")
     pretrain_seconds = [s for s in common.distinct(rows, "pretrain_seconds") if s > 0]
     if pretrain_seconds:
         parts[-1] += f" ({'/'.join(f'{s:.0f}' for s in pretrain_seconds)} s)"
@@ -74,13 +66,7 @@ def _settings(rows) -> str:
 
 def _plot(stats, methods, sparsities, dense, oneshot_only, split, figures_dir) -> str:
     fig, ax = common.new_figure(7.5, 4.0)
-    for m in methods:
-        pts = [(s, *stats[(m, s)]) for s in sparsities if stats[(m, s)][2] > 0]
-        if not pts:
-            continue
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                    yerr=[0.0 if math.isnan(p[2]) else p[2] for p in pts], capsize=3, linewidth=1.6,
-                    markersize=5, label=SHORT_LABELS.get(m, m), **STYLES.get(m, {}))
+    common.plot_mean_std_lines(ax, stats, methods, sparsities, SHORT_LABELS, STYLES)
     # The fine-tuned methods differ by a few points: zoom on them (and the dense
     # line); the one-shot accuracies without fine-tuning are far below, in the table.
     finite = [stats[k][0] for k in stats if stats[k][2] > 0]
@@ -92,32 +78,22 @@ def _plot(stats, methods, sparsities, dense, oneshot_only, split, figures_dir) -
                 label="one-shot, no fine-tuning")
     if dense is not None:
         ax.axhline(dense, color="gray", linewidth=1, linestyle="-.", label=f"dense, unpruned ({dense:.3f})")
-    ax.set_xticks(sparsities)
-    ax.set_xticklabels([f"{common.fmt_number(s)}%" for s in sparsities])
-    ax.set_xlabel("sparsity of the prunable weights (transformer blocks)")
+    common.sparsity_axis(ax, sparsities, "sparsity of the prunable weights (transformer blocks)")
     ax.set_ylabel(f"{split} accuracy, hard-pruned network")
     ax.set_ylim(max(low, 0.0), min(high, 1.0))
-    ns = sorted({stats[key][2] for key in stats if stats[key][2] > 0})
-    seeds = "1 seed" if ns == [1] else (f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds") + \
-        ", mean ± std"
-    ax.set_title(f"Sparse fine-tuning of a small ViT on Fashion-MNIST ({seeds})", fontsize=10)
+    ax.set_title(f"Sparse fine-tuning of a small ViT on Fashion-MNIST ({common.seeds_in_title(stats)})",
+                 fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     method_labels = [SHORT_LABELS.get(m, m) for m in methods]
     order = sorted(range(len(labels)), key=lambda i: (labels[i] not in method_labels, i))
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+    common.legend_right(ax, [handles[i] for i in order], [labels[i] for i in order])
     return common.save_figure(fig, figures_dir, FIGURE)
 
 
 def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
-    path = pathlib.Path(results_dir) / CSV_NAME
-    rows = common.read_csv(path)
+    rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
     if rows is None:
         return None
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    common.require_columns(rows, COLUMNS, path)
     splits = common.distinct(rows, "eval_split")
     split = "test" if "test" in splits else splits[0]
     rows = [r for r in rows if r["eval_split"] == split]

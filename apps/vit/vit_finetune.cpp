@@ -58,6 +58,7 @@
 // Short run (about 50 s): vit_finetune --quick --methods oneshot,soft43 --retrain
 
 #include "common/args.hpp"
+#include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
 #include "vit/vit.hpp"
@@ -69,8 +70,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <numbers>
 #include <stdexcept>
@@ -84,17 +83,13 @@ namespace vit = sparsetopk::apps::vit;
 
 enum class Method { oneshot, gradual, ste, soft2, soft43 };
 
-const std::vector<std::pair<std::string, Method>> kMethods{{"oneshot", Method::oneshot},
-                                                           {"gradual", Method::gradual},
-                                                           {"ste", Method::ste},
-                                                           {"soft2", Method::soft2},
-                                                           {"soft43", Method::soft43}};
+const apps::NameTable<Method> kMethods{{"oneshot", Method::oneshot},
+                                       {"gradual", Method::gradual},
+                                       {"ste", Method::ste},
+                                       {"soft2", Method::soft2},
+                                       {"soft43", Method::soft43}};
 
-std::string name(Method m) {
-  for (const auto& [key, value] : kMethods)
-    if (value == m) return key;
-  return "?";
-}
+std::string name(Method m) { return apps::name_in(kMethods, m); }
 
 bool is_soft(Method m) { return m == Method::soft2 || m == Method::soft43; }
 
@@ -181,32 +176,20 @@ seed).
 
 Options parse(int argc, char** argv) {
   Options o;
-  const auto pairs = apps::flag_pairs(argc, argv, {"--quick", "--retrain"});
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") {
-      o.train_limit = 5000;
-      o.test_limit = 1000;
-      o.pretrain_steps = 300;
-      o.finetune_steps = 100;
-      o.batch_size = 64;
-      o.sparsities = {90};
-      o.log_every = 50;
-      o.checkpoint = "vit_quick.pt";
-    }
-  }
+  const auto apply_quick = [&] {
+    apps::apply_shared_quick(o);
+    o.pretrain_steps = 300;
+    o.finetune_steps = 100;
+    o.sparsities = {90};
+    o.checkpoint = "vit_quick.pt";
+  };
   const auto positive = [](const std::string& flag, int64_t x) {
     if (x <= 0) throw std::invalid_argument(flag + " must be > 0, got " + std::to_string(x));
     return x;
   };
-  for (const auto& [flag, value] : pairs) {
-    if (flag == "--quick") continue;
-    if (flag == "-h" || flag == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (flag == "--data-dir") o.data_dir = value;
-    else if (flag == "--out") o.out = value;
-    else if (flag == "--checkpoint") o.checkpoint = value;
+  const auto handle_flag = [&](const std::string& flag, const std::string& value) {
+    if (apps::parse_shared_flag(o, flag, value)) return true;
+    if (flag == "--checkpoint") o.checkpoint = value;
     else if (flag == "--retrain") o.retrain = true;
     else if (flag == "--pretrain-epochs") o.pretrain_epochs = apps::parse_int(flag, value);
     else if (flag == "--pretrain-steps") o.pretrain_steps = apps::parse_int(flag, value);
@@ -218,7 +201,6 @@ Options parse(int argc, char** argv) {
     } else if (flag == "--finetune-epochs") o.finetune_epochs = apps::parse_int(flag, value);
     else if (flag == "--finetune-steps") o.finetune_steps = apps::parse_int(flag, value);
     else if (flag == "--batch-size") o.batch_size = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--lr") o.lr = apps::parse_double(flag, value);
     else if (flag == "--band") o.band = apps::parse_double(flag, value);
     else if (flag == "--band2") {
       o.band2 = apps::parse_double(flag, value);
@@ -230,8 +212,6 @@ Options parse(int argc, char** argv) {
     else if (flag == "--depth") o.model.depth = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--heads") o.model.heads = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--mlp") o.model.mlp = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--train-limit") o.train_limit = apps::parse_int(flag, value);
-    else if (flag == "--test-limit") o.test_limit = apps::parse_int(flag, value);
     else if (flag == "--val-size") {
       o.val_size = apps::parse_int(flag, value);
       if (o.val_size < 0) throw std::invalid_argument("--val-size must be >= 0, got " + value);
@@ -239,37 +219,13 @@ Options parse(int argc, char** argv) {
       if (value != "test" && value != "val")
         throw std::invalid_argument("--eval: expected test or val, got '" + value + "'");
       o.eval = value;
-    } else if (flag == "--log-every") o.log_every = apps::parse_int(flag, value);
-    else if (flag == "--threads") o.threads = static_cast<int>(positive(flag, apps::parse_int(flag, value)));
-    else if (flag == "--seeds") {
-      o.seeds.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const int64_t seed = apps::parse_int(flag, s);
-        if (seed < 0) throw std::invalid_argument("--seeds: seeds must be >= 0, got " + s);
-        o.seeds.push_back(static_cast<uint64_t>(seed));
-      }
-    } else if (flag == "--methods") {
-      o.methods.clear();
-      for (const auto& s : apps::split_list(value)) {
-        Method m{};
-        bool found = false;
-        for (const auto& [key, v] : kMethods)
-          if (key == s) m = v, found = true;
-        if (!found)
-          throw std::invalid_argument("--methods: unknown method '" + s + "' (oneshot, gradual, ste, soft2, soft43)");
-        o.methods.push_back(m);
-      }
-    } else if (flag == "--sparsities") {
-      o.sparsities.clear();
-      for (const auto& s : apps::split_list(value)) {
-        const double x = apps::parse_double(flag, s);
-        if (x <= 0 || x >= 100) throw std::invalid_argument("--sparsities: must be in (0, 100), got " + s);
-        o.sparsities.push_back(x);
-      }
-    } else {
-      throw std::invalid_argument("unknown option " + flag + " (see --help)");
-    }
-  }
+    } else if (flag == "--threads") o.threads = static_cast<int>(positive(flag, apps::parse_int(flag, value)));
+    else if (flag == "--methods") o.methods = apps::parse_names(flag, value, kMethods, "method");
+    else if (flag == "--sparsities") o.sparsities = apps::parse_percentages(flag, value, /*zero_allowed=*/false);
+    else return false;
+    return true;
+  };
+  apps::parse_command_line(argc, argv, kUsage, {"--retrain"}, apply_quick, handle_flag);
   if (o.seeds.empty()) throw std::invalid_argument("--seeds must not be empty");
   if (o.methods.empty()) throw std::invalid_argument("--methods must not be empty");
   if (o.sparsities.empty()) throw std::invalid_argument("--sparsities must not be empty");
@@ -565,22 +521,18 @@ int main(int argc, char** argv) {
     }
     std::fflush(stdout);
 
-    std::ofstream csv(o.out);
-    if (!csv) throw std::runtime_error("cannot write --out " + o.out);
-    csv << "method,sparsity,seed,eval_split,dense_acc,oneshot_acc,finetuned_acc,as_trained_acc,nnz,prunable,"
-           "total_params,steps,epochs,batch_size,lr,band,anneal,l_start,soft_nnz_over_k_max,train_loss,train_acc,"
-           "seconds,pretrain_steps,pretrain_seconds,checkpoint_loaded\n";
+    apps::CsvFile csv(o.out,
+                      "method,sparsity,seed,eval_split,dense_acc,oneshot_acc,finetuned_acc,as_trained_acc,nnz,"
+                      "prunable,total_params,steps,epochs,batch_size,lr,band,anneal,l_start,soft_nnz_over_k_max,"
+                      "train_loss,train_acc,seconds,pretrain_steps,pretrain_seconds,checkpoint_loaded");
     for (const auto seed : o.seeds) {
       for (const double s : o.sparsities) {
         for (const auto m : o.methods) {
           const Row r = finetune(o, m, s, seed, tag, data, steps, dense_acc, oneshot_acc[s], progress);
-          csv << r.method << ',' << r.sparsity << ',' << r.seed << ',' << data.eval_split << ',' << r.dense_acc << ','
-              << r.oneshot_acc << ',' << r.finetuned_acc << ',' << r.as_trained_acc << ',' << r.nnz << ','
-              << r.prunable << ',' << r.total_params << ',' << r.steps << ',' << r.epochs << ',' << o.batch_size
-              << ',' << o.lr << ',' << band_of(o, m) << ',' << (o.anneal ? 1 : 0) << ','
-              << r.l_start << ',' << r.soft_nnz_over_k_max << ',' << r.train_loss << ',' << r.train_acc << ','
-              << r.seconds << ',' << pretrain_steps << ',' << pretrain_seconds << ',' << (loaded ? 1 : 0) << '\n';
-          csv.flush();
+          csv.row(r.method, r.sparsity, r.seed, data.eval_split, r.dense_acc, r.oneshot_acc, r.finetuned_acc,
+                  r.as_trained_acc, r.nnz, r.prunable, r.total_params, r.steps, r.epochs, o.batch_size, o.lr,
+                  band_of(o, m), o.anneal ? 1 : 0, r.l_start, r.soft_nnz_over_k_max, r.train_loss, r.train_acc,
+                  r.seconds, pretrain_steps, pretrain_seconds, loaded ? 1 : 0);
         }
       }
     }
