@@ -142,6 +142,28 @@ std::pair<double, double> kth_keys_small_k(std::span<const T> row, std::size_t k
   return {static_cast<double>(largest[k - 1]), static_cast<double>(largest[k])};
 }
 
+// The same for k small against n (64 k <= n): the k + 1 largest keys so far in
+// a min-heap, whose root most keys fail to beat (one comparison each, as for
+// the buffer above, with O(log k) work for the few that do).
+inline constexpr std::size_t kHeapRowsPerK = 64;
+
+template <class T, class Key>
+std::pair<double, double> kth_keys_by_heap(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
+  std::vector<T>& heap = ws.selection_keys<T>(k + 1);
+  for (std::size_t i = 0; i <= k; ++i) heap[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  const auto begin = heap.begin(), end = begin + static_cast<std::ptrdiff_t>(k + 1);
+  std::make_heap(begin, end, std::greater<T>());
+  for (std::size_t i = k + 1; i < row.size(); ++i) {
+    const T v = static_cast<T>(key(static_cast<double>(row[i])));
+    if (!(v > heap[0])) continue;
+    std::pop_heap(begin, end, std::greater<T>());
+    *(end - 1) = v;
+    std::push_heap(begin, end, std::greater<T>());
+  }
+  std::pop_heap(begin, end, std::greater<T>());  // the (k+1)-th largest to the back, the k-th to the root
+  return {static_cast<double>(heap[0]), static_cast<double>(*(end - 1))};
+}
+
 // The same with a team of threads sharing the row (one thread is a team too):
 // a deterministic sample brackets the k-th key, the team counts the keys above
 // the bracket and gathers those inside, and selection runs on the (small)
@@ -213,6 +235,7 @@ std::pair<double, double> kth_keys(std::span<const T> row, std::size_t k, Key ke
   if (team.size > 1) return kth_keys_sampled(row, k, key, std::span<RowWorkspace>(team.slots->rows.data(), team.size));
   if (k < kSmallK) return kth_keys_small_k(row, k, key);
   if (row.size() >= kSampledRowSize) return kth_keys_sampled(row, k, key, std::span<RowWorkspace>(&ws, 1));
+  if (k * kHeapRowsPerK <= row.size()) return kth_keys_by_heap(row, k, key, ws);
   return kth_keys_by_selection(row, k, key, ws);
 }
 

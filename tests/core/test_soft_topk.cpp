@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <random>
 #include <sparsetopk/sparsetopk.hpp>
 #include <string>
 #include <vector>
@@ -591,6 +592,40 @@ TEST(Parallel, SetNumThreadsZeroRestoresDefault) {
   EXPECT_EQ(sparsetopk::num_threads(), 3u);
   sparsetopk::set_num_threads(0);
   EXPECT_GE(sparsetopk::num_threads(), 1u);
+}
+
+// The threshold solver selects the k-th and (k+1)-th keys in one of four ways
+// (src/core/row_window.hpp): an insertion buffer (k < 32), a heap
+// (64 k <= n), nth_element, and a sampled bracket (n >= 2^15). On rows with
+// many ties and near-ties each must give what Solver::pav gives on the sorted row.
+TEST(SoftTopkSelection, EverySelectionPathAgreesWithPav) {
+  struct Shape {
+    std::size_t n, k;
+  };
+  const Shape shapes[] = {{1000, 10}, {4096, 40}, {8192, 127}, {1000, 100}, {40000, 300}, {40000, 20000}};
+  std::mt19937_64 rng(5);
+  for (const Shape& shape : shapes) {
+    // two rows: distinct values, then ties on a grid with near-ties among them
+    std::vector<double> x(2 * shape.n);
+    std::normal_distribution<double> normal;
+    for (std::size_t i = 0; i < shape.n; ++i) x[i] = normal(rng);
+    for (std::size_t i = shape.n; i < x.size(); ++i) {
+      const int grid = static_cast<int>(rng() % 401) - 200;
+      x[i] = grid / 64.0 * (rng() % 4 == 0 ? 1.0 + 4e-16 * static_cast<double>(rng() % 3) : 1.0);
+    }
+    for (double p : {4.0 / 3.0, 2.0, 3.0}) {
+      for (const bool magnitude : {false, true}) {
+        const auto run = [&](sparsetopk::Solver solver) {
+          return magnitude ? mag(x, shape.n, shape.k, 0.05, p, nullptr, nullptr, solver)
+                           : mask(x, shape.n, shape.k, 0.05, p, nullptr, nullptr, solver);
+        };
+        const auto pav = run(sparsetopk::Solver::pav), threshold = run(sparsetopk::Solver::threshold);
+        for (std::size_t i = 0; i < x.size(); ++i)
+          ASSERT_NEAR(threshold[i], pav[i], 1e-9) << "n=" << shape.n << " k=" << shape.k << " p=" << p
+                                                  << (magnitude ? " mag" : " mask") << " i=" << i;
+      }
+    }
+  }
 }
 
 // ---- argument validation ---------------------------------------------------------
