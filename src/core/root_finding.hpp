@@ -31,12 +31,13 @@ inline double bisect(double lo, double hi) {
 // value must order correctly against its neighbors' to the ulp.
 template <class Residual>
 double find_decreasing_root(Residual&& residual, double lo, double hi, double start, bool closest_end = false) {
-  // machine precision at the current bracket, which shrinks with it
+  // machine precision at the current bracket, which shrinks with it (relative
+  // down to the subnormals: a root near 1e-306 is resolved like one near 1)
   const auto tolerance_at = [](double a, double b) {
-    return 4.0 * DBL_EPSILON * std::max(std::abs(a), std::abs(b)) + DBL_MIN;
+    return 4.0 * DBL_EPSILON * std::max(std::abs(a), std::abs(b)) + DBL_TRUE_MIN;
   };
   const auto open = [closest_end, &tolerance_at](double a, double b) {
-    return closest_end ? std::nextafter(a, kInfinity) < b : b - a > tolerance_at(a, b);
+    return std::nextafter(a, kInfinity) < b && (closest_end || b - a > tolerance_at(a, b));
   };
   double x = std::clamp(start, lo, hi), last_width = hi - lo;
   double f_lo = kInfinity, f_hi = -kInfinity;  // residuals at lo and hi, where evaluated

@@ -909,4 +909,23 @@ TEST(RobustnessPrecision, PavComparesBlockValuesFinerThanAnUlp) {
   }
 }
 
+// Found by the strict fuzz target at the end of the third session: mask,
+// p = 100, l = 1e-3, k = 2, the threshold 3e-307 below 27 keys near -5.7e-306,
+// which share 0.024 of the sum. The root finder stopped at a bracket of
+// DBL_MIN absolute, 7% of their offsets, and the sum missed k by 4.4e-6. Its
+// tolerance is now relative down to the subnormals.
+TEST(RobustnessPrecision, ThresholdsNearDblMinAreResolvedRelatively) {
+  const double a = -5.6961890777784355e-306;
+  std::vector<double> x(11, a);
+  x.push_back(-1.4462980080296809e-306);
+  x.insert(x.end(), 14, a);
+  for (double v : {1.525e-18, -2.75e-19, -5.6961890777784349e-306, -8e-19, 1e-18, 1.953125e-28}) x.push_back(v);
+  x.insert(x.end(), 29, -1.6e-18);
+  const SoftTopkOptions pav{1e-3, 100.0, Solver::pav}, threshold{1e-3, 100.0, Solver::threshold};
+  const std::vector<double> a_out = forward(Op::mask, x, x.size(), 2, pav), b_out = forward(Op::mask, x, x.size(), 2, threshold);
+  EXPECT_NEAR(sum(a_out), 2.0, 1e-9);
+  EXPECT_NEAR(sum(b_out), 2.0, 1e-9);
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(a_out[i], b_out[i], 1e-9) << i;
+}
+
 }  // namespace
