@@ -17,6 +17,13 @@
 #include "reference.hpp"
 #include "test_support.hpp"
 
+#if __has_include("../../src/core/row_window.hpp")
+#include "../../src/core/row_window.hpp"
+#define STK_HAVE_ROW_WINDOW 1
+#else
+#define STK_HAVE_ROW_WINDOW 0
+#endif
+
 namespace {
 
 using stk_test::mag;
@@ -627,6 +634,38 @@ TEST(SoftTopkSelection, EverySelectionPathAgreesWithPav) {
     }
   }
 }
+
+#if STK_HAVE_ROW_WINDOW
+// Each selection path on its own returns exactly the k-th and (k+1)-th largest
+// keys (the outputs above tolerate a slightly wrong window, this does not).
+TEST(SoftTopkSelection, EverySelectionPathReturnsTheKthAndNextKeys) {
+  namespace d = sparsetopk::detail;
+  std::mt19937_64 rng(9);
+  d::RowWorkspace ws;
+  for (std::size_t n : {40u, 1000u, 5000u, 40000u}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      std::vector<float> row(n);
+      for (float& v : row) v = static_cast<float>(static_cast<int>(rng() % (trial % 2 ? 50 : 1000000)) - 500) / 7.0f;
+      std::vector<float> sorted(row);
+      for (float& v : sorted) v = std::abs(v);
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      for (std::size_t k : {std::size_t{1}, std::size_t{5}, std::size_t{31}, n / 64, n / 3, n - 1}) {
+        if (k == 0) continue;
+        const std::span<const float> r(row);
+        const std::pair<double, double> expected{sorted[k - 1], sorted[k]};
+        const auto magnitude = d::Magnitude{};
+        if (k < d::kSmallK) {
+          EXPECT_EQ(d::kth_keys_small_k(r, k, magnitude), expected) << "buffer n=" << n << " k=" << k;
+        }
+        EXPECT_EQ(d::kth_keys_by_heap(r, k, magnitude, ws), expected) << "heap n=" << n << " k=" << k;
+        EXPECT_EQ(d::kth_keys_by_selection(r, k, magnitude, ws), expected) << "nth_element n=" << n << " k=" << k;
+        EXPECT_EQ(d::kth_keys_sampled(r, k, magnitude, std::span<d::RowWorkspace>(&ws, 1)), expected)
+            << "sampled n=" << n << " k=" << k;
+      }
+    }
+  }
+}
+#endif
 
 // ---- argument validation ---------------------------------------------------------
 
