@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages the project needs (run as root). Skips apt
-# entirely when everything is already there.
+# Installs what the project needs on Debian 12 (run as root): the Debian
+# packages (skips apt when they are all there), then the Python environment
+# .venv with the pinned torch from PyPI (scripts/setup-venv.sh).
 set -euo pipefail
-packages=(cmake g++ make clang libclang-rt-14-dev libgtest-dev librapidcheck-dev libtorch-dev zlib1g-dev
-          python3-torch python3-numpy python3-pytest python3-matplotlib dataset-fashion-mnist)
+cd "$(dirname "$0")/.."
+packages=(cmake g++ make clang libclang-rt-14-dev libgtest-dev librapidcheck-dev zlib1g-dev
+          python3-venv python3-numpy python3-pytest python3-matplotlib dataset-fashion-mnist)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -13,3 +15,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+scripts/setup-venv.sh

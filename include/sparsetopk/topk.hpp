@@ -61,6 +61,16 @@ class ActiveBlocks {
     return {chunks_[row.chunk].c.data() + row.first, row.size};
   }
 
+  // The same state as dense arrays, for frameworks that keep tensors between
+  // the passes: `c` holds rows() * n() values, c_i (>= 0) on the entries of the
+  // row's active block and -1 elsewhere (NaN on a row that held a non-finite
+  // value); `row_state` holds rows() * 3 values, (gamma, block_weight,
+  // unchanged_from) per row. assign_dense(n, c, row_state) is the inverse (l()
+  // and p() are then NaN: the derivatives do not use them).
+  static constexpr std::size_t row_state_size = 3;
+  void to_dense(std::span<double> c, std::span<double> row_state) const;
+  void assign_dense(std::size_t n, std::span<const double> c, std::span<const double> row_state);
+
   // Filled by the forward passes. Each worker thread appends the active
   // entries of its rows to its own chunk, then records the row.
   void reset(std::size_t rows, std::size_t n, double l, double p, std::size_t chunks);

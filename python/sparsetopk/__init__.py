@@ -20,6 +20,8 @@ from ._library import load_library
 
 load_library()
 
+from . import _registration  # noqa: E402,F401  (fake kernels, vmap rules, torch.func autograd)
+
 from .functional import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask  # noqa: E402
 from .nn import RouterOutput, SoftTopKMagnitude, SoftTopKMask, SoftTopKRouter, SparseLinear  # noqa: E402
 

@@ -3,9 +3,18 @@
 Every function applies its operator to each slice of ``x`` along ``dim`` (any
 shape, any dim, non-contiguous inputs and empty tensors are fine) and returns a
 new contiguous tensor of the shape and dtype of ``x``. float32 and float64 are
-computed natively, float16 and bfloat16 in float32. CPU tensors only. The
-functions are TorchScript-compatible. Bad arguments raise RuntimeError (IndexError
-for ``dim``) with a message naming the argument and its value.
+computed natively, float16 and bfloat16 in float32. CPU tensors only. Bad
+arguments raise RuntimeError (IndexError for ``dim``) with a message naming the
+argument and its value.
+
+The functions compose with ``torch.compile``, ``torch.export``, ``torch.func``
+(``vmap``, ``grad``, ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``) and forward-mode
+AD. In eager mode they call ``torch.ops.sparsetopk.*``, whose autograd is in
+C++ (fast, and what LibTorch and TorchScript use); under a ``torch.func``
+transform or ``torch.autograd.forward_ad`` the soft operators go through
+:class:`sparsetopk._registration.SoftTopkFunction`, which has a JVP and a
+vmap rule. First derivatives are exact; second derivatives raise an error that
+names the op.
 
 The conventions (``l``, ``p``, the formulas) are those of SPEC.md and of the
 reference implementation of Sander et al., "Fast, Differentiable and Sparse
@@ -13,6 +22,8 @@ Top-k: a Convex Analysis Perspective" (ICML 2023).
 """
 
 import torch
+
+from ._registration import SoftTopkFunction, needs_python_autograd
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1,
@@ -43,6 +54,8 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0
         >>> soft_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
         tensor([0., 0., 1., 1.])
     """
+    if needs_python_autograd(x):
+        return SoftTopkFunction.apply(x, k, l, p, dim, solver, False)[0]
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver)
 
 
@@ -69,6 +82,8 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0,
         >>> soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
         tensor([-5.,  0.,  3.,  0.])
     """
+    if needs_python_autograd(x):
+        return SoftTopkFunction.apply(x, k, l, p, dim, solver, True)[0]
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver)
 
 
@@ -95,4 +110,6 @@ def hard_topk_mag(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
         >>> hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
         tensor([-5.,  0.,  3.,  0.])
     """
+    if needs_python_autograd(x):  # x * mask: differentiable by every transform
+        return x * torch.ops.sparsetopk.hard_topk_mask(x.abs(), k, dim)
     return torch.ops.sparsetopk.hard_topk_mag(x, k, dim)

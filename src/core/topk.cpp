@@ -37,6 +37,37 @@ void ActiveBlocks::set_row(std::size_t r, std::size_t chunk, std::size_t first, 
   rows_data_[r] = {gamma, block_weight, unchanged_from, chunk, first, chunk_size(chunk) - first};
 }
 
+void ActiveBlocks::to_dense(std::span<double> c, std::span<double> row_state) const {
+  detail::check_same_size(c.size(), rows_ * n_, "c", "rows * n of the saved state");
+  detail::check_same_size(row_state.size(), rows_ * row_state_size, "row_state", "rows * 3 of the saved state");
+  for (std::size_t r = 0; r < rows_; ++r) {
+    const Row& row = rows_data_[r];
+    const std::span<double> c_row = c.subspan(r * n_, n_);
+    std::fill(c_row.begin(), c_row.end(), std::isnan(row.gamma) ? std::numeric_limits<double>::quiet_NaN() : -1.0);
+    const auto active = index(r);
+    const auto weights = this->c(r);
+    for (std::size_t a = 0; a < active.size(); ++a) c_row[active[a]] = weights[a];
+    row_state[r * row_state_size] = row.gamma;
+    row_state[r * row_state_size + 1] = row.block_weight;
+    row_state[r * row_state_size + 2] = row.unchanged_from;
+  }
+}
+
+void ActiveBlocks::assign_dense(std::size_t n, std::span<const double> c, std::span<const double> row_state) {
+  const std::size_t rows = detail::check_batch(c.size(), n, "c");
+  detail::check_same_size(row_state.size(), rows * row_state_size, "row_state", "3 * the rows of c");
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  reset(rows, n, kNaN, kNaN, 1);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::size_t first = chunk_size(0);
+    const std::span<const double> c_row = c.subspan(r * n, n);
+    for (std::size_t i = 0; i < n; ++i)
+      if (c_row[i] >= 0.0) append(0, i, c_row[i]);
+    const double* state = row_state.data() + r * row_state_size;
+    set_row(r, 0, first, state[0], state[1], state[2]);
+  }
+}
+
 Workspace::Workspace() : slots_(std::make_unique<Slots>()) {}
 Workspace::~Workspace() = default;
 Workspace::Workspace(Workspace&&) noexcept = default;

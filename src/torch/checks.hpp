@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sparsetopk::torch::detail {
 
@@ -63,6 +64,28 @@ inline void check_k(const char* op, int64_t k, int64_t n, int64_t dim) {
 inline void check_l_p(const char* op, double l, double p) {
   TORCH_CHECK(std::isfinite(l) && l > 0.0, "sparsetopk.", op, ": l must be finite and > 0, got l = ", l);
   TORCH_CHECK(std::isfinite(p) && p > 1.0, "sparsetopk.", op, ": p must be finite and > 1, got p = ", p);
+}
+
+// The sizes of x with size `size` along the wrapped dim (a 0-d x: {size}).
+inline std::vector<int64_t> sizes_along(const at::Tensor& x, int64_t dim, int64_t size) {
+  if (x.dim() == 0) return {size};
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes[static_cast<std::size_t>(dim)] = size;
+  return sizes;
+}
+
+// A tensor the forward pass saved (c or row_state, ops.hpp): float64, on the
+// device of `like`, of the given sizes.
+inline void check_saved(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like,
+                        const char* like_name, c10::IntArrayRef sizes) {
+  TORCH_CHECK(t.device() == like.device(), "sparsetopk.", op, ": ", name, " is on ", t.device(), " but ", like_name,
+              " is on ", like.device());
+  TORCH_CHECK(t.layout() == at::kStrided, "sparsetopk.", op, ": ", name, " must be a dense (strided) tensor, got layout ",
+              t.layout());
+  TORCH_CHECK(t.scalar_type() == at::kDouble, "sparsetopk.", op, ": ", name, " must be float64, got ",
+              dtype_name(t.scalar_type()));
+  TORCH_CHECK(t.sizes() == sizes, "sparsetopk.", op, ": ", name, " has shape ", t.sizes(), " but ", like_name,
+              " needs ", sizes);
 }
 
 inline Solver parse_solver(const char* op, c10::string_view name) {

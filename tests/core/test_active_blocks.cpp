@@ -170,6 +170,62 @@ STK_PROP(ActiveBlocks, BlockWeightCountsTopEntriesInTheBlock, 100) {
   RC_ASSERT(b.block_weight(0) == top_in_block);
 }
 
+STK_PROP(ActiveBlocks, DenseFormRoundTripsAndGivesTheSameDerivatives, 100) {
+  // to_dense then assign_dense keeps every row's state, and the VJP and JVP of
+  // the restored state equal those of the original (up to the order of sums).
+  const auto n = static_cast<std::size_t>(*rc::gen::inRange(1, 12));
+  const auto rows = static_cast<std::size_t>(*rc::gen::inRange(1, 4));
+  const auto k = static_cast<std::size_t>(*rc::gen::inRange<int>(0, static_cast<int>(n) + 1));
+  std::vector<double> x;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const auto row = stk_test::gen_distinct_row(n, 0.01, 0.5, stk_test::gen_grid(-2, 2));
+    x.insert(x.end(), row.begin(), row.end());
+  }
+  const double l = *rc::gen::element(0.3, 1.0, 3.0), p = stk_test::gen_p();
+  const bool use_mag = *rc::gen::arbitrary<bool>();
+  ActiveBlocks b, restored;
+  if (use_mag) stk_test::mag(x, n, k, l, p, &b);
+  else stk_test::mask(x, n, k, l, p, &b);
+  std::vector<double> c(rows * n), state(rows * ActiveBlocks::row_state_size);
+  b.to_dense(c, state);
+  restored.assign_dense(n, c, state);
+  RC_ASSERT(restored.rows() == rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    RC_ASSERT(restored.gamma(r) == b.gamma(r));
+    RC_ASSERT(restored.block_weight(r) == b.block_weight(r));
+    RC_ASSERT(restored.unchanged_from(r) == b.unchanged_from(r));
+    RC_ASSERT(restored.index(r).size() == b.index(r).size());
+  }
+  std::vector<double> g(x.size()), out(x.size()), out_restored(x.size());
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::sin(1.7 * static_cast<double>(i) + 0.3);
+  for (bool vjp : {true, false}) {
+    if (use_mag) {
+      (vjp ? sparsetopk::soft_topk_mag_vjp<double> : sparsetopk::soft_topk_mag_jvp<double>)(b, x, g, out);
+      (vjp ? sparsetopk::soft_topk_mag_vjp<double> : sparsetopk::soft_topk_mag_jvp<double>)(restored, x, g,
+                                                                                             out_restored);
+    } else {
+      sparsetopk::soft_topk_mask_vjp<double>(b, g, out);
+      sparsetopk::soft_topk_mask_vjp<double>(restored, g, out_restored);
+    }
+    for (std::size_t i = 0; i < g.size(); ++i) RC_ASSERT(std::abs(out[i] - out_restored[i]) <= 1e-12 * (1 + std::abs(out[i])));
+  }
+}
+
+TEST(ActiveBlocks, DenseFormMarksNonFiniteRowsWithNaN) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> x{0.3, -1.0, 2.0, 1.1, 0.3, nan, 2.0, 1.1};
+  ActiveBlocks b;
+  stk_test::mask(x, 4, 2, 0.8, 2.0, &b);
+  std::vector<double> c(8), state(6);
+  b.to_dense(c, state);
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_TRUE(c[i] == -1.0 || c[i] > 0.0) << i;
+    EXPECT_TRUE(std::isnan(c[4 + i])) << i;
+  }
+  EXPECT_TRUE(std::isnan(state[3]));
+  EXPECT_THROW(b.to_dense(std::span<double>(c.data(), 7), state), sparsetopk::InvalidArgument);
+}
+
 TEST(ActiveBlocks, NonFiniteRowIsMarkedAndLeavesOtherRowsUnchanged) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const std::vector<double> good{0.3, -1.0, 2.0, 1.1}, bad{0.3, nan, 2.0, 1.1};

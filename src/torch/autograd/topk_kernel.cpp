@@ -1,8 +1,11 @@
-// Autograd kernels: torch::autograd::Function wrappers whose forward calls the
-// _forward op (the output and the core's ActiveBlocks) and whose backward calls
-// the _backward op (the core's exact VJP). First derivatives only (double
-// backward raises), except hard_topk_mag whose backward is a product with a
-// constant mask.
+// Autograd kernels of the dispatcher (LibTorch C++ users, TorchScript, and
+// eager Python outside torch.func): torch::autograd::Function wrappers whose
+// forward calls the _forward op (the output, c and row_state: plain tensors)
+// and whose backward calls the _backward op (the core's exact VJP). First
+// derivatives only (double backward raises), except hard_topk_mag whose
+// backward is a product with a constant mask. The Python package routes
+// torch.func transforms and forward-mode AD to its own torch.autograd.Function
+// over the same ops (python/sparsetopk/_registration.py).
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -27,64 +30,53 @@ bool needs_grad(const at::Tensor& x) { return at::GradMode::is_enabled() && x.re
 // again; the node's edges lead to the backward's own inputs (x and the incoming
 // gradient), so any second derivative through it reaches the error, whether
 // taken with backward() or torch::autograd::grad.
-at::Tensor forbid_double_backward(const at::Tensor& grad_x, const variable_list& inputs) {
+at::Tensor forbid_double_backward(const char* op, const at::Tensor& grad_x, const variable_list& inputs) {
   if (!at::GradMode::is_enabled()) return grad_x;
   variable_list wrapped{grad_x};
   for (const at::Tensor& input : inputs)
     if (input.defined() && input.requires_grad()) wrapped.push_back(input);
   if (wrapped.size() == 1) return grad_x;
   auto error = std::make_shared<::torch::autograd::DelayedError>(
-      "sparsetopk: double backward is not implemented (the operators are differentiable once)", 0);
+      std::string("sparsetopk.") + op +
+          ": second derivatives are not implemented (the soft operators are differentiable once)",
+      0);
   return (*error)(std::move(wrapped))[0];
 }
 
-class SoftTopkMaskFunction : public ::torch::autograd::Function<SoftTopkMaskFunction> {
+// The soft operators (Magnitude selects soft_topk_mag); Derived names the node
+// in grad_fn.
+template <class Derived, bool Magnitude>
+class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
  public:
+  static constexpr const char* op = Magnitude ? "soft_topk_mag" : "soft_topk_mask";
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                             const std::string& solver) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, saved] = call_soft_topk_mask_forward(x, k, l, p, dim, solver);
-    ctx->saved_data["blocks"] = saved;
-    ctx->save_for_backward({x});  // only for the double-backward error's edges
+    auto [out, c, row_state] = Magnitude ? call_soft_topk_mag_forward(x, k, l, p, dim, solver)
+                                         : call_soft_topk_mask_forward(x, k, l, p, dim, solver);
+    ctx->save_for_backward({x, c, row_state});  // x: the magnitude's backward, and the double-backward error's edges
+    ctx->saved_data["dim"] = dim;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const SavedBlocksPtr saved = ctx->saved_data["blocks"].toCustomClass<SavedBlocks>();
-    const at::Tensor x = ctx->get_saved_variables()[0];
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &c = saved[1], &row_state = saved[2];
+    const int64_t dim = ctx->saved_data["dim"].toInt();
     at::Tensor grad_x;
     {
       at::NoGradGuard no_grad;
-      grad_x = call_soft_topk_mask_backward(grad_outputs[0], saved);
+      grad_x = Magnitude ? call_soft_topk_mag_backward(grad_outputs[0], x, c, row_state, dim)
+                         : call_soft_topk_mask_backward(grad_outputs[0], c, row_state, dim);
     }
-    return {forbid_double_backward(grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
+    return {forbid_double_backward(op, grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }
 };
 
-class SoftTopkMagFunction : public ::torch::autograd::Function<SoftTopkMagFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                            const std::string& solver) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, saved] = call_soft_topk_mag_forward(x, k, l, p, dim, solver);
-    ctx->saved_data["blocks"] = saved;
-    ctx->save_for_backward({x});
-    return out;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const SavedBlocksPtr saved = ctx->saved_data["blocks"].toCustomClass<SavedBlocks>();
-    const at::Tensor x = ctx->get_saved_variables()[0];
-    at::Tensor grad_x;
-    {
-      at::NoGradGuard no_grad;
-      grad_x = call_soft_topk_mag_backward(grad_outputs[0], x, saved);
-    }
-    return {forbid_double_backward(grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
-  }
-};
+class SoftTopkMaskFunction : public SoftTopkFunction<SoftTopkMaskFunction, false> {};
+class SoftTopkMagFunction : public SoftTopkFunction<SoftTopkMagFunction, true> {};
 
 // d hard_topk_mag / dx = the hard mask of |x| (the operator is x * mask). The
 // backward grad * mask is recorded, so double backward works (and is exact:

@@ -1,6 +1,7 @@
 // CPU kernels: view x as a row-major batch of rows along `dim`, call the core
 // of <sparsetopk/topk.hpp> on the whole batch at once, and map the result back.
-// No solver logic lives here.
+// No solver logic lives here. Each calling thread keeps one core Workspace and
+// one ActiveBlocks, so repeated calls allocate only their output tensors.
 
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/topk.hpp>
@@ -9,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <tuple>
 
@@ -34,9 +36,14 @@ at::Tensor to_rows(const at::Tensor& t, int64_t dim, at::ScalarType type) {
   return contiguous_as(t.dim() == 0 ? t.reshape({1}) : t.movedim(dim, -1), type);
 }
 
-// The inverse of to_rows for a tensor shaped like `like`: contiguous, in like's dtype.
-at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim) {
-  return contiguous_as(like.dim() == 0 ? rows.reshape({}) : rows.movedim(-1, dim), like.scalar_type());
+// The inverse of to_rows for a tensor shaped like `like`: contiguous, in dtype `type`.
+at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim, at::ScalarType type) {
+  return contiguous_as(like.dim() == 0 ? rows.reshape({}) : rows.movedim(-1, dim), type);
+}
+
+// row_state (ops.hpp) from its rows layout [..., 3].
+at::Tensor row_state_from_rows(const at::Tensor& rows, const at::Tensor& x, int64_t dim) {
+  return x.dim() == 0 ? rows.reshape({3}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
 }
 
 template <class T>
@@ -61,6 +68,16 @@ void with_core(const at::Tensor& rows, Body&& body) {
   }
 }
 
+// The core's reusable state, one per calling thread.
+struct CoreScratch {
+  Workspace workspace;
+  ActiveBlocks blocks;
+};
+CoreScratch& scratch() {
+  thread_local CoreScratch instance;
+  return instance;
+}
+
 enum class Kind { mask, magnitude };
 
 const char* op_name(Kind kind, bool soft) {
@@ -68,8 +85,13 @@ const char* op_name(Kind kind, bool soft) {
   return soft ? "soft_topk_mag" : "hard_topk_mag";
 }
 
-at::Tensor soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                     c10::string_view solver, SavedBlocks* saved) {
+struct SoftResult {
+  at::Tensor out, c, row_state;
+};
+
+// The soft operator; with `save`, also c and row_state for the derivatives.
+SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                     c10::string_view solver, bool save) {
   const char* op = op_name(kind, /*soft=*/true);
   check_input(op, x);
   dim = wrap_dim(op, x, dim);
@@ -80,18 +102,34 @@ at::Tensor soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = at::empty_like(rows);
-  ActiveBlocks* blocks = saved ? &saved->blocks : nullptr;
+  CoreScratch& core = scratch();
   with_core(rows, [&](auto zero) {
     using T = decltype(zero);
     const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
-    if (kind == Kind::mask) sparsetopk::soft_topk_mask<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks);
-    else sparsetopk::soft_topk_mag<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks);
+    ActiveBlocks* blocks = save ? &core.blocks : nullptr;
+    if (kind == Kind::mask)
+      sparsetopk::soft_topk_mask<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks, &core.workspace);
+    else
+      sparsetopk::soft_topk_mag<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks, &core.workspace);
   });
-  if (saved) {
-    saved->sizes = x.sizes().vec();
-    saved->dim = dim;
+  SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}, {}};
+  if (!save) return result;
+
+  const auto row_sizes = rows.sizes();
+  at::Tensor c_rows = at::empty(row_sizes, rows.options().dtype(at::kDouble));
+  std::vector<int64_t> state_sizes(row_sizes.begin(), row_sizes.end() - 1);
+  state_sizes.push_back(ActiveBlocks::row_state_size);
+  at::Tensor state_rows = at::empty(state_sizes, c_rows.options());
+  if (rows.numel() > 0) {
+    core.blocks.to_dense(out_span<double>(c_rows), out_span<double>(state_rows));
+  } else if (state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold
+    state_rows.select(-1, 0).fill_(-std::numeric_limits<double>::infinity());
+    state_rows.select(-1, 1).fill_(0.0);
+    state_rows.select(-1, 2).fill_(std::numeric_limits<double>::infinity());
   }
-  return from_rows(out, x, dim);
+  result.c = from_rows(c_rows, x, dim, at::kDouble);
+  result.row_state = row_state_from_rows(state_rows, x, dim);
+  return result;
 }
 
 at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
@@ -109,62 +147,93 @@ at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
     if (kind == Kind::mask) sparsetopk::hard_topk_mask<T>(in_span<T>(rows), row_n, kept, out_span<T>(out));
     else sparsetopk::hard_topk_mag<T>(in_span<T>(rows), row_n, kept, out_span<T>(out));
   });
-  return from_rows(out, x, dim);
+  return from_rows(out, x, dim, x.scalar_type());
 }
 
-// The backward's inputs must have the forward input's shape.
-void check_saved(const char* op, const at::Tensor& t, const char* name, const SavedBlocksPtr& saved) {
-  check_input(op, t, name);
-  TORCH_CHECK(t.sizes() == c10::IntArrayRef(saved->sizes), "sparsetopk.", op, ": ", name, " has shape ", t.sizes(),
-              " but the forward input had shape ", c10::IntArrayRef(saved->sizes));
-}
+// J^T v (transpose) or J v of the soft operator at the forward pass that left
+// c and row_state; x is the forward input (the magnitude only). The result has
+// v's shape and dtype.
+at::Tensor jacobian_product(Kind kind, bool transpose, const at::Tensor& v, const at::Tensor* x, const at::Tensor& c,
+                            const at::Tensor& row_state, int64_t dim) {
+  const char* op = kind == Kind::mask ? (transpose ? "soft_topk_mask backward" : "soft_topk_mask jvp")
+                                      : (transpose ? "soft_topk_mag backward" : "soft_topk_mag jvp");
+  const char* v_name = transpose ? "grad" : "tangent";
+  check_input(op, v, v_name);
+  dim = wrap_dim(op, v, dim);
+  check_saved(op, c, "c", v, v_name, v.sizes());
+  check_saved(op, row_state, "row_state", v, v_name, sizes_along(v, dim, ActiveBlocks::row_state_size));
+  at::ScalarType type = compute_type(v.scalar_type());
+  if (x) {
+    check_input(op, *x, "x");
+    TORCH_CHECK(x->sizes() == v.sizes(), "sparsetopk.", op, ": x has shape ", x->sizes(), " but ", v_name,
+                " has shape ", v.sizes());
+    type = compute_type(at::promote_types(v.scalar_type(), x->scalar_type()));
+  }
+  if (v.numel() == 0) return at::zeros_like(v, at::MemoryFormat::Contiguous);
 
-at::Tensor soft_topk_mask_backward_cpu(const at::Tensor& grad, const SavedBlocksPtr& saved) {
-  check_saved("soft_topk_mask backward", grad, "grad", saved);
-  const at::Tensor g = to_rows(grad, saved->dim, compute_type(grad.scalar_type()));
-  at::Tensor grad_x = at::empty_like(g);
-  with_core(g, [&](auto zero) {
-    using T = decltype(zero);
-    sparsetopk::soft_topk_mask_vjp<T>(saved->blocks, in_span<T>(g), out_span<T>(grad_x));
+  const int64_t n = slice_size(v, dim);
+  const at::Tensor v_rows = to_rows(v, dim, type), c_rows = to_rows(c, dim, at::kDouble);
+  const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, 3}) : to_rows(row_state, dim, at::kDouble);
+  ActiveBlocks& blocks = scratch().blocks;
+  with_core(v_rows, [&](auto) {
+    blocks.assign_dense(static_cast<std::size_t>(n), in_span<double>(c_rows), in_span<double>(state_rows));
   });
-  return from_rows(grad_x, grad, saved->dim);
-}
-
-at::Tensor soft_topk_mag_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const SavedBlocksPtr& saved) {
-  check_saved("soft_topk_mag backward", grad, "grad", saved);
-  check_saved("soft_topk_mag backward", x, "x", saved);
-  const at::ScalarType type = compute_type(at::promote_types(grad.scalar_type(), x.scalar_type()));
-  const at::Tensor g = to_rows(grad, saved->dim, type), x_rows = to_rows(x, saved->dim, type);
-  at::Tensor grad_x = at::empty_like(g);
-  with_core(g, [&](auto zero) {
+  at::Tensor result = at::empty_like(v_rows);
+  with_core(v_rows, [&](auto zero) {
     using T = decltype(zero);
-    sparsetopk::soft_topk_mag_vjp<T>(saved->blocks, in_span<T>(x_rows), in_span<T>(g), out_span<T>(grad_x));
+    if (kind == Kind::mask) {  // J is symmetric: J^T v = J v
+      sparsetopk::soft_topk_mask_vjp<T>(blocks, in_span<T>(v_rows), out_span<T>(result));
+      return;
+    }
+    const at::Tensor x_rows = to_rows(*x, dim, type);
+    if (transpose) sparsetopk::soft_topk_mag_vjp<T>(blocks, in_span<T>(x_rows), in_span<T>(v_rows), out_span<T>(result));
+    else sparsetopk::soft_topk_mag_jvp<T>(blocks, in_span<T>(x_rows), in_span<T>(v_rows), out_span<T>(result));
   });
-  return from_rows(grad_x, grad, saved->dim);
+  return from_rows(result, v, dim, v.scalar_type());
 }
 
 at::Tensor soft_topk_mask_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                               c10::string_view solver) {
-  return soft_topk(Kind::mask, x, k, l, p, dim, solver, nullptr);
+  return soft_topk(Kind::mask, x, k, l, p, dim, solver, /*save=*/false).out;
 }
 
 at::Tensor soft_topk_mag_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                              c10::string_view solver) {
-  return soft_topk(Kind::magnitude, x, k, l, p, dim, solver, nullptr);
+  return soft_topk(Kind::magnitude, x, k, l, p, dim, solver, /*save=*/false).out;
 }
 
-std::tuple<at::Tensor, SavedBlocksPtr> soft_topk_mask_forward_cpu(const at::Tensor& x, int64_t k, double l,
-                                                                  double p, int64_t dim, c10::string_view solver) {
-  auto saved = c10::make_intrusive<SavedBlocks>();
-  at::Tensor out = soft_topk(Kind::mask, x, k, l, p, dim, solver, saved.get());
-  return {out, saved};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mask_forward_cpu(const at::Tensor& x, int64_t k, double l,
+                                                                          double p, int64_t dim,
+                                                                          c10::string_view solver) {
+  SoftResult r = soft_topk(Kind::mask, x, k, l, p, dim, solver, /*save=*/true);
+  return {r.out, r.c, r.row_state};
 }
 
-std::tuple<at::Tensor, SavedBlocksPtr> soft_topk_mag_forward_cpu(const at::Tensor& x, int64_t k, double l,
-                                                                 double p, int64_t dim, c10::string_view solver) {
-  auto saved = c10::make_intrusive<SavedBlocks>();
-  at::Tensor out = soft_topk(Kind::magnitude, x, k, l, p, dim, solver, saved.get());
-  return {out, saved};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mag_forward_cpu(const at::Tensor& x, int64_t k, double l,
+                                                                         double p, int64_t dim,
+                                                                         c10::string_view solver) {
+  SoftResult r = soft_topk(Kind::magnitude, x, k, l, p, dim, solver, /*save=*/true);
+  return {r.out, r.c, r.row_state};
+}
+
+at::Tensor soft_topk_mask_backward_cpu(const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
+                                       int64_t dim) {
+  return jacobian_product(Kind::mask, /*transpose=*/true, grad, nullptr, c, row_state, dim);
+}
+
+at::Tensor soft_topk_mask_jvp_cpu(const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
+                                  int64_t dim) {
+  return jacobian_product(Kind::mask, /*transpose=*/false, tangent, nullptr, c, row_state, dim);
+}
+
+at::Tensor soft_topk_mag_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c,
+                                      const at::Tensor& row_state, int64_t dim) {
+  return jacobian_product(Kind::magnitude, /*transpose=*/true, grad, &x, c, row_state, dim);
+}
+
+at::Tensor soft_topk_mag_jvp_cpu(const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
+                                 const at::Tensor& row_state, int64_t dim) {
+  return jacobian_product(Kind::magnitude, /*transpose=*/false, tangent, &x, c, row_state, dim);
 }
 
 at::Tensor hard_topk_mask_cpu(const at::Tensor& x, int64_t k, int64_t dim) {
@@ -187,5 +256,7 @@ TORCH_LIBRARY_IMPL(sparsetopk, CPU, m) {
   m.impl("_soft_topk_mask_forward", TORCH_FN(soft_topk_mask_forward_cpu));
   m.impl("_soft_topk_mag_forward", TORCH_FN(soft_topk_mag_forward_cpu));
   m.impl("_soft_topk_mask_backward", TORCH_FN(soft_topk_mask_backward_cpu));
+  m.impl("_soft_topk_mask_jvp", TORCH_FN(soft_topk_mask_jvp_cpu));
   m.impl("_soft_topk_mag_backward", TORCH_FN(soft_topk_mag_backward_cpu));
+  m.impl("_soft_topk_mag_jvp", TORCH_FN(soft_topk_mag_jvp_cpu));
 }

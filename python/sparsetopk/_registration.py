@@ -1,0 +1,283 @@
+"""The Python side of ``torch.ops.sparsetopk.*``: fake kernels, vmap rules and autograd.
+
+The C++ library (``src/torch/``) defines the ops, their CPU kernels and the
+Autograd kernels of the dispatcher (a ``torch::autograd::Function`` whose state
+is plain tensors). This module adds, once per process:
+
+- a fake (meta) kernel for every op (``torch.library.register_fake``): shapes,
+  dtypes and argument checks, for ``torch.compile``, ``torch.export`` and meta
+  tensors;
+- a vmap rule for every op (``torch.library.register_vmap``): ``torch.func.vmap``
+  makes one call of the op for the whole batch;
+- an autograd formula for the derivative ops that raises a clear error, so a
+  second derivative is never silently wrong;
+- :class:`SoftTopkFunction`, a ``torch.autograd.Function`` over the forward,
+  backward and JVP ops, which the functions of :mod:`sparsetopk.functional` use
+  under ``torch.func`` transforms and forward-mode AD (C++ autograd functions
+  cannot compose with those).
+
+The state a soft forward pass saves (the core's ActiveBlocks in dense form, see
+``src/torch/ops.hpp``): ``c``, float64 of x's shape, the Jacobian weight c_i of
+SPEC.md on the active entries and -1 elsewhere; ``row_state``, float64 of x's
+shape with size 3 along ``dim``: (gamma, W_B, unchanged_from) of each slice.
+"""
+
+import math
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd import forward_ad
+
+ops = torch.ops.sparsetopk
+ROW_STATE_SIZE = 3
+SOLVERS = ("auto", "pav", "threshold")
+SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto")  # l, p, dim, solver of the public ops' schemas
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# ---- argument checks (the same messages as the C++ kernels, src/torch/checks.hpp) ----
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _check_input(op: str, t: torch.Tensor, name: str) -> None:
+    torch._check(t.layout == torch.strided,
+                 lambda: f"sparsetopk.{op}: {name} must be a dense (strided) tensor, got layout {t.layout}")
+    torch._check(t.dtype in FLOAT_DTYPES,
+                 lambda: f"sparsetopk.{op}: {name} must be float32, float64, float16 or bfloat16, "
+                         f"got {_dtype_name(t.dtype)}")
+
+
+def _wrap_dim(op: str, t: torch.Tensor, dim: int) -> int:
+    ndim = max(t.dim(), 1)
+    torch._check_index(-ndim <= dim < ndim,
+                       lambda: f"sparsetopk.{op}: dim = {dim} is out of range for x with {t.dim()} dimension(s) "
+                               f"(expected a value in [{-ndim}, {ndim - 1}])")
+    return dim + ndim if dim < 0 else dim
+
+
+def _slice_size(t: torch.Tensor, dim: int):
+    return 1 if t.dim() == 0 else t.shape[dim]
+
+
+def _check_k(op: str, k: int, n, dim: int) -> None:
+    torch._check(0 <= k, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, {n}] (x.size({dim}) = {n})")
+    torch._check(k <= n, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, {n}] (x.size({dim}) = {n})")
+
+
+def _check_l_p(op: str, l: float, p: float) -> None:
+    torch._check(math.isfinite(l) and l > 0, lambda: f"sparsetopk.{op}: l must be finite and > 0, got l = {l}")
+    torch._check(math.isfinite(p) and p > 1, lambda: f"sparsetopk.{op}: p must be finite and > 1, got p = {p}")
+
+
+def _check_solver(op: str, solver: str) -> None:
+    torch._check(solver in SOLVERS,
+                 lambda: f'sparsetopk.{op}: solver = "{solver}" is not one of "auto", "pav", "threshold"')
+
+
+def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
+    if t.dim() == 0:
+        return [size]
+    sizes = list(t.shape)
+    sizes[dim] = size
+    return sizes
+
+
+# ---- fake kernels ----
+
+def _soft_fake(op: str):
+    def fake(x, k, l=0.1, p=4.0 / 3.0, dim=-1, solver="auto"):
+        _check_input(op, x, "x")
+        dim = _wrap_dim(op, x, dim)
+        _check_k(op, k, _slice_size(x, dim), dim)
+        _check_l_p(op, l, p)
+        _check_solver(op, solver)
+        return x.new_empty(x.shape)
+    return fake
+
+
+def _soft_forward_fake(op: str):
+    soft = _soft_fake(op)
+
+    def fake(x, k, l, p, dim, solver):
+        out = soft(x, k, l, p, dim, solver)
+        wrapped = _wrap_dim(op, x, dim)
+        c = x.new_empty(x.shape, dtype=torch.float64)
+        row_state = x.new_empty(_sizes_along(x, wrapped, ROW_STATE_SIZE), dtype=torch.float64)
+        return out, c, row_state
+    return fake
+
+
+def _hard_fake(op: str):
+    def fake(x, k, dim=-1):
+        _check_input(op, x, "x")
+        dim = _wrap_dim(op, x, dim)
+        _check_k(op, k, _slice_size(x, dim), dim)
+        return x.new_empty(x.shape)
+    return fake
+
+
+def _product_fake(op: str, v_name: str, with_x: bool):
+    def check_saved(t, name, v, sizes):
+        torch._check(t.device == v.device, lambda: f"sparsetopk.{op}: {name} is on {t.device} but {v_name} is on "
+                                                   f"{v.device}")
+        torch._check(t.dtype == torch.float64,
+                     lambda: f"sparsetopk.{op}: {name} must be float64, got {_dtype_name(t.dtype)}")
+        torch._check(list(t.shape) == list(sizes),
+                     lambda: f"sparsetopk.{op}: {name} has shape {list(t.shape)} but {v_name} needs {list(sizes)}")
+
+    def fake(v, *args):
+        x, c, row_state, dim = args if with_x else (None, *args)
+        _check_input(op, v, v_name)
+        dim = _wrap_dim(op, v, dim)
+        check_saved(c, "c", v, v.shape)
+        check_saved(row_state, "row_state", v, _sizes_along(v, dim, ROW_STATE_SIZE))
+        if x is not None:
+            _check_input(op, x, "x")
+            torch._check(x.shape == v.shape,
+                         lambda: f"sparsetopk.{op}: x has shape {list(x.shape)} but {v_name} has shape "
+                                 f"{list(v.shape)}")
+        return v.new_empty(v.shape)
+    return fake
+
+
+# ---- vmap rules: the batch dimension moved to the front, dim shifted past it ----
+
+def _batched(info, in_dims: Sequence[Optional[int]], args: Sequence[Any], primary: int,
+             x_shaped: Sequence[int], row_state: Optional[int], dim_index: int) -> Tuple[List[Any], bool]:
+    """The arguments of one call over the whole batch.
+
+    Every tensor gets the batch at dim 0 (unbatched ones are expanded);
+    ``dim`` is wrapped against the logical rank of ``args[primary]`` and
+    shifted past the batch. A logical 0-d input becomes [B, 1] (and dim -1).
+    Returns the arguments and whether the logical input was 0-d.
+    """
+    args = list(args)
+    for i, (arg, bdim) in enumerate(zip(args, in_dims)):
+        if isinstance(arg, torch.Tensor):
+            if bdim is None:
+                args[i] = arg.unsqueeze(0).expand(info.batch_size, *arg.shape)
+            else:
+                args[i] = arg.movedim(bdim, 0)
+    logical_rank = args[primary].dim() - 1
+    ndim = max(logical_rank, 1)
+    dim = args[dim_index]
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"sparsetopk: dim = {dim} is out of range for x with {logical_rank} dimension(s) "
+                         f"(expected a value in [{-ndim}, {ndim - 1}])")
+    scalar = logical_rank == 0
+    if scalar:
+        for i in x_shaped:
+            args[i] = args[i].unsqueeze(-1)
+        args[dim_index] = -1
+    else:
+        args[dim_index] = (dim % ndim) + 1
+    del row_state  # row_state's own layout already matches: [B, ..., 3]
+    return args, scalar
+
+
+def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_state: Optional[int] = None,
+               outputs: int = 1, defaults: Sequence[Any] = ()):
+    def rule(info, in_dims, *args):
+        first_default = dim_index + 1 + (1 if len(defaults) == len(SOFT_DEFAULTS) else 0) - len(defaults)
+        if defaults and len(args) < first_default + len(defaults):  # trailing arguments left at their defaults
+            args = (*args, *defaults[len(args) - first_default:])
+            in_dims = (*in_dims, *([None] * (len(args) - len(in_dims))))
+        call_args, scalar = _batched(info, in_dims, args, primary, x_shaped, row_state, dim_index)
+        result = op(*call_args)
+        if outputs == 1:
+            return (result.squeeze(-1) if scalar else result), 0
+        out, c, state = result
+        if scalar:
+            out, c = out.squeeze(-1), c.squeeze(-1)
+        return (out, c, state), (0, 0, 0)
+    return rule
+
+
+# ---- the derivative ops are differentiable once: differentiating them again raises ----
+
+def _no_second_derivative(op: str) -> Callable:
+    def backward(ctx, grad):
+        raise RuntimeError(f"sparsetopk.{op}: second derivatives are not implemented (the soft operators are "
+                           "differentiable once; their derivative ops cannot be differentiated)")
+    return backward
+
+
+def _register() -> None:
+    for name in ("soft_topk_mask", "soft_topk_mag"):
+        torch.library.register_fake(f"sparsetopk::{name}", _soft_fake(name))
+        torch.library.register_fake(f"sparsetopk::_{name}_forward", _soft_forward_fake(name))
+        torch.library.register_vmap(f"sparsetopk::{name}",
+                                    _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS))
+        torch.library.register_vmap(f"sparsetopk::_{name}_forward",
+                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=3))
+    for name in ("hard_topk_mask", "hard_topk_mag"):
+        torch.library.register_fake(f"sparsetopk::{name}", _hard_fake(name))
+        torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,)))
+    for kind, with_x in (("mask", False), ("mag", True)):
+        for product, v_name in (("backward", "grad"), ("jvp", "tangent")):
+            name = f"_soft_topk_{kind}_{product}"
+            label = f"soft_topk_{kind} {product}"
+            torch.library.register_fake(f"sparsetopk::{name}", _product_fake(label, v_name, with_x))
+            # arguments: v, [x,] c, row_state, dim
+            x_shaped = (0, 1, 2) if with_x else (0, 1)
+            torch.library.register_vmap(f"sparsetopk::{name}",
+                                        _vmap_rule(getattr(ops, name), 0, x_shaped, 4 if with_x else 3))
+            torch.library.register_autograd(f"sparsetopk::{name}", _no_second_derivative(label))
+
+
+_register()
+
+
+# ---- the autograd.Function of the torch.func path ----
+
+class SoftTopkFunction(torch.autograd.Function):
+    """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
+
+    ``apply(x, k, l, p, dim, solver, magnitude)`` returns ``(out, c, row_state)``;
+    only ``out`` is differentiable. ``generate_vmap_rule``: under ``vmap`` the
+    forward, backward and JVP ops run once for the batch, through their vmap
+    rules.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, k, l, p, dim, solver, magnitude):
+        forward_op = ops._soft_topk_mag_forward if magnitude else ops._soft_topk_mask_forward
+        return forward_op(x, k, l, p, dim, solver)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, _, _, dim, _, magnitude = inputs
+        _, c, row_state = output
+        ctx.mark_non_differentiable(c, row_state)
+        ctx.save_for_backward(x, c, row_state)
+        ctx.save_for_forward(x, c, row_state)
+        ctx.dim = dim
+        ctx.magnitude = magnitude
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_c, grad_row_state):
+        x, c, row_state = ctx.saved_tensors
+        if ctx.magnitude:
+            grad_x = ops._soft_topk_mag_backward(grad_out, x, c, row_state, ctx.dim)
+        else:
+            grad_x = ops._soft_topk_mask_backward(grad_out, c, row_state, ctx.dim)
+        return grad_x, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *unused_tangents):
+        x, c, row_state = ctx.saved_tensors
+        if ctx.magnitude:
+            out_tangent = ops._soft_topk_mag_jvp(x_tangent, x, c, row_state, ctx.dim)
+        else:
+            out_tangent = ops._soft_topk_mask_jvp(x_tangent, c, row_state, ctx.dim)
+        return out_tangent, None, None
+
+
+def needs_python_autograd(x: torch.Tensor) -> bool:
+    """Whether ``x`` is under a torch.func transform or forward-mode AD, where the
+    C++ autograd kernel of the dispatcher cannot run and :class:`SoftTopkFunction` must."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or forward_ad._current_level >= 0
