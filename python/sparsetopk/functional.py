@@ -54,8 +54,9 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0
         >>> soft_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
         tensor([0., 0., 1., 1.])
     """
-    if needs_python_autograd(x):
-        return SoftTopkFunction.apply(x, k, l, p, dim, solver, False)[0]
+    if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
+        if needs_python_autograd(x):
+            return SoftTopkFunction.apply(x, k, l, p, dim, solver, False)[0]
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver)
 
 
@@ -82,8 +83,9 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0,
         >>> soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
         tensor([-5.,  0.,  3.,  0.])
     """
-    if needs_python_autograd(x):
-        return SoftTopkFunction.apply(x, k, l, p, dim, solver, True)[0]
+    if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
+        if needs_python_autograd(x):
+            return SoftTopkFunction.apply(x, k, l, p, dim, solver, True)[0]
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver)
 
 
@@ -110,6 +112,7 @@ def hard_topk_mag(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
         >>> hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
         tensor([-5.,  0.,  3.,  0.])
     """
-    if needs_python_autograd(x):  # x * mask: differentiable by every transform
-        return x * torch.ops.sparsetopk.hard_topk_mask(x.abs(), k, dim)
+    if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
+        if needs_python_autograd(x):  # x * mask: differentiable by every transform
+            return x * torch.ops.sparsetopk.hard_topk_mask(x.abs(), k, dim)
     return torch.ops.sparsetopk.hard_topk_mag(x, k, dim)
