@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs every test (the README's test command):
-#   1. the release build: core, CLI, consumer package check (and LibTorch/Python when built);
+#   1. the release build: core, CLI, consumer package check, the LibTorch C++ API, the
+#      applications, and the pytest suite on the pinned torch of .venv (opcheck, compile,
+#      torch.func, export, autocast, DDP);
+#   then the wheel: `pip wheel .` against .venv's torch, installed alone into a fresh
+#   environment next to that torch (tests/python/test_wheel.py);
 #   2. the libFuzzer targets of fuzz/ (clang), FUZZ_SECONDS each (default 30);
 #   3. the core and CLI suites under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the threaded tests under ThreadSanitizer.
@@ -11,6 +15,12 @@ jobs=$(nproc)
 
 scripts/build.sh
 ctest --preset release -j "$jobs"
+
+echo "== the wheel: pip wheel . (scikit-build-core, against .venv's torch), installed alone =="
+rm -rf build/dist
+.venv/bin/python -m pip wheel . --no-build-isolation --no-deps -q -w build/dist
+SPARSETOPK_WHEEL=$(ls build/dist/sparsetopk-*.whl) .venv/bin/python -m pytest -q -p no:cacheprovider \
+  tests/python/test_wheel.py
 
 # Fuzzing, two parts. The regression part replays the seed corpus (fuzz/corpus,
 # which holds the fixed findings) and must pass. The exploring part fuzzes each

@@ -36,6 +36,25 @@ def _already_loaded() -> bool:
     return True
 
 
+def _check_built_torch(path: Path) -> None:
+    """A wheel (pip install / pip wheel) records the torch it was built against in
+    ``_build_info.py``; a library built for another torch major.minor would fail to
+    load with undefined C++ symbols, so say so plainly instead."""
+    if path.parent != Path(__file__).resolve().parent:
+        return
+    try:
+        from ._build_info import TORCH_VERSION as built
+    except ImportError:  # a source checkout: no wheel build info
+        return
+    running = torch.__version__.split("+")[0]
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ImportError(
+            f"sparsetopk: {path} was built against torch {built}, but torch {torch.__version__} "
+            "is imported; the C++ ABI differs between torch minor versions. Rebuild sparsetopk "
+            "in this environment (pip install --no-build-isolation --force-reinstall <source>)."
+        )
+
+
 def load_library() -> None:
     """Loads the operator library once per process (a no-op if already loaded)."""
     if _already_loaded():
@@ -43,6 +62,7 @@ def load_library() -> None:
     paths = candidate_paths()
     for path in paths:
         if path.is_file():
+            _check_built_torch(path)
             torch.ops.load_library(str(path))
             return
     looked = ", ".join(str(p) for p in paths)

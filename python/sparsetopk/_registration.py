@@ -9,8 +9,6 @@ is plain tensors). This module adds, once per process:
   tensors;
 - a vmap rule for every op (``torch.library.register_vmap``): ``torch.func.vmap``
   makes one call of the op for the whole batch;
-- an autograd formula for the derivative ops that raises a clear error, so a
-  second derivative is never silently wrong;
 - :class:`SoftTopkFunction`, a ``torch.autograd.Function`` over the forward,
   backward and JVP ops, which the functions of :mod:`sparsetopk.functional` use
   under ``torch.func`` transforms and forward-mode AD (C++ autograd functions
@@ -23,13 +21,14 @@ shape with size 3 along ``dim``: (gamma, W_B, unchanged_from) of each slice.
 """
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd import forward_ad
 
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 3
+COMPILE_USES_PYTHON_AUTOGRAD = False
 SOLVERS = ("auto", "pav", "threshold")
 SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto")  # l, p, dim, solver of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -195,15 +194,6 @@ def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_st
     return rule
 
 
-# ---- the derivative ops are differentiable once: differentiating them again raises ----
-
-def _no_second_derivative(op: str) -> Callable:
-    def backward(ctx, grad):
-        raise RuntimeError(f"sparsetopk.{op}: second derivatives are not implemented (the soft operators are "
-                           "differentiable once; their derivative ops cannot be differentiated)")
-    return backward
-
-
 def _register() -> None:
     for name in ("soft_topk_mask", "soft_topk_mag"):
         torch.library.register_fake(f"sparsetopk::{name}", _soft_fake(name))
@@ -224,13 +214,46 @@ def _register() -> None:
             x_shaped = (0, 1, 2) if with_x else (0, 1)
             torch.library.register_vmap(f"sparsetopk::{name}",
                                         _vmap_rule(getattr(ops, name), 0, x_shaped, 4 if with_x else 3))
-            torch.library.register_autograd(f"sparsetopk::{name}", _no_second_derivative(label))
 
 
 _register()
 
 
-# ---- the autograd.Function of the torch.func path ----
+# ---- the autograd.Functions of the torch.func path ----
+
+class DerivativeProduct(torch.autograd.Function):
+    """``apply(name, *args)`` calls the derivative op ``torch.ops.sparsetopk.<name>``;
+    differentiating its result again raises an error naming the op, in both AD modes.
+
+    (The ops' C++ Autograd kernels do the same outside torch.func; this class
+    is what composes with its transforms.)
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(name, *args):
+        return getattr(ops, name)(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        name = inputs[0]
+        kind, product = name[len("_soft_topk_"):].split("_")
+        ctx.label = f"soft_topk_{kind} {product}"
+
+    @staticmethod
+    def _refuse(ctx):
+        raise RuntimeError(f"sparsetopk.{ctx.label}: second derivatives are not implemented (the soft operators "
+                           "are differentiable once)")
+
+    @staticmethod
+    def backward(ctx, *grads):
+        DerivativeProduct._refuse(ctx)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        DerivativeProduct._refuse(ctx)
+
 
 class SoftTopkFunction(torch.autograd.Function):
     """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
@@ -262,22 +285,24 @@ class SoftTopkFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_c, grad_row_state):
         x, c, row_state = ctx.saved_tensors
         if ctx.magnitude:
-            grad_x = ops._soft_topk_mag_backward(grad_out, x, c, row_state, ctx.dim)
+            grad_x = DerivativeProduct.apply("_soft_topk_mag_backward", grad_out, x, c, row_state, ctx.dim)
         else:
-            grad_x = ops._soft_topk_mask_backward(grad_out, c, row_state, ctx.dim)
+            grad_x = DerivativeProduct.apply("_soft_topk_mask_backward", grad_out, c, row_state, ctx.dim)
         return grad_x, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *unused_tangents):
         x, c, row_state = ctx.saved_tensors
         if ctx.magnitude:
-            out_tangent = ops._soft_topk_mag_jvp(x_tangent, x, c, row_state, ctx.dim)
+            out_tangent = DerivativeProduct.apply("_soft_topk_mag_jvp", x_tangent, x, c, row_state, ctx.dim)
         else:
-            out_tangent = ops._soft_topk_mask_jvp(x_tangent, c, row_state, ctx.dim)
+            out_tangent = DerivativeProduct.apply("_soft_topk_mask_jvp", x_tangent, c, row_state, ctx.dim)
         return out_tangent, None, None
 
 
 def needs_python_autograd(x: torch.Tensor) -> bool:
     """Whether ``x`` is under a torch.func transform or forward-mode AD, where the
     C++ autograd kernel of the dispatcher cannot run and :class:`SoftTopkFunction` must."""
+    if torch.compiler.is_compiling():
+        return COMPILE_USES_PYTHON_AUTOGRAD
     return torch._C._functorch.is_functorch_wrapped_tensor(x) or forward_ad._current_level >= 0

@@ -159,7 +159,9 @@ class RouterOutput(NamedTuple):
 
     gates: ``(..., num_experts)``, >= 0, exactly 0 for the experts a token does not use.
     expert_indices: ``(..., m)`` int64, the experts each token uses (non-zero gate),
-        largest gate first, padded with -1; ``m`` is the count of the busiest token.
+        largest gate first, padded with -1; ``m`` is the count of the busiest token in eager
+        mode, and ``num_experts`` under ``torch.compile`` and ``torch.export`` (a data-dependent
+        width would break the graph).
     expert_mask: ``(..., num_experts)`` bool, ``gates != 0``.
     """
 
@@ -220,7 +222,10 @@ class SoftTopKRouter(nn.Module):
         else:
             gates = mask
         expert_mask = gates != 0
-        used = int(expert_mask.sum(dim=-1).max()) if expert_mask.numel() > 0 else 0
+        if torch.compiler.is_compiling():  # torch.compile / torch.export: a static width, no graph break
+            used = self.num_experts
+        else:
+            used = int(expert_mask.sum(dim=-1).max()) if expert_mask.numel() > 0 else 0
         top_gates, order = torch.sort(gates.detach(), dim=-1, descending=True, stable=True)
         expert_indices = order.narrow(-1, 0, used).masked_fill(top_gates.narrow(-1, 0, used) == 0, -1)
         return RouterOutput(gates, expert_indices, expert_mask)

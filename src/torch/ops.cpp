@@ -76,6 +76,18 @@ at::Tensor call_soft_topk_mag_backward(const at::Tensor& grad, const at::Tensor&
   return op.call(grad, x, c, row_state, dim);
 }
 
+at::Tensor call_soft_topk_mask_jvp(const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
+                                   int64_t dim) {
+  static const auto op = find_op<MaskProductSignature>("sparsetopk::_soft_topk_mask_jvp");
+  return op.call(tangent, c, row_state, dim);
+}
+
+at::Tensor call_soft_topk_mag_jvp(const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
+                                  const at::Tensor& row_state, int64_t dim) {
+  static const auto op = find_op<MagProductSignature>("sparsetopk::_soft_topk_mag_jvp");
+  return op.call(tangent, x, c, row_state, dim);
+}
+
 }  // namespace detail
 
 at::Tensor soft_topk_mask(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver) {

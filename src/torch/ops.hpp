@@ -48,5 +48,9 @@ at::Tensor call_soft_topk_mask_backward(const at::Tensor& grad, const at::Tensor
                                         int64_t dim);
 at::Tensor call_soft_topk_mag_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c,
                                        const at::Tensor& row_state, int64_t dim);
+at::Tensor call_soft_topk_mask_jvp(const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
+                                   int64_t dim);
+at::Tensor call_soft_topk_mag_jvp(const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
+                                  const at::Tensor& row_state, int64_t dim);
 
 }  // namespace sparsetopk::torch::detail
