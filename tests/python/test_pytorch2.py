@@ -316,3 +316,16 @@ def test_meta_and_fake_tensors_propagate_shapes():
         x = torch.empty(2, 0, 4, device=device)
         out, c, row_state = ops._soft_topk_mask_forward(x, 0, 0.5, 2.0, 1, "auto")
         assert out.shape == x.shape and c.shape == x.shape and row_state.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("name", ["soft_topk_mask", "soft_topk_mag", "hard_topk_mag"])
+def test_forward_ad_through_the_raw_op_raises_instead_of_a_zero_tangent(name):
+    # torch.ops.sparsetopk.* have the C++ autograd kernel (reverse mode only); the
+    # functions of the package are the forward-mode entry points.
+    x = separated((2, 5), magnitude=True)
+    op = getattr(ops, name)
+    message = rf"sparsetopk\.{name}: forward-mode AD goes through the Python function sparsetopk\.{name}"
+    with pytest.raises(RuntimeError, match=message):
+        jvp(lambda t: op(t, 2), (x,), (torch.ones_like(x),))
+    with forward_ad.dual_level(), pytest.raises(RuntimeError, match=message):
+        op(forward_ad.make_dual(x, torch.ones_like(x)), 2)

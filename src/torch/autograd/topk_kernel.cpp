@@ -25,6 +25,15 @@ using ::torch::autograd::variable_list;
 
 bool needs_grad(const at::Tensor& x) { return at::GradMode::is_enabled() && x.requires_grad(); }
 
+// These kernels have reverse mode only (a C++ autograd Function has no JVP):
+// a tangent on x gets an error, not a silent zero. (Level 0 is the one that
+// ATen's own kernels read; torch.func.jvp and forward_ad both use it.)
+void refuse_forward_ad(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(!x._fw_grad(/*level=*/0).defined(), "sparsetopk.", op,
+              ": forward-mode AD goes through the Python function sparsetopk.", op,
+              " (torch.ops.sparsetopk.", op, " and the LibTorch API have reverse mode only)");
+}
+
 // The backwards below are not differentiable. When one runs with create_graph,
 // its result grad_x is routed through a node that raises if differentiated
 // again; the node's edges lead to the backward's own inputs (x and the incoming
@@ -98,6 +107,7 @@ class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFuncti
 
 at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                                    c10::string_view solver) {
+  refuse_forward_ad("soft_topk_mask", x);
   if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver));
   at::AutoDispatchBelowADInplaceOrView guard;
   return call_soft_topk_mask(x, k, l, p, dim, solver);
@@ -105,6 +115,7 @@ at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, dou
 
 at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                                   c10::string_view solver) {
+  refuse_forward_ad("soft_topk_mag", x);
   if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver));
   at::AutoDispatchBelowADInplaceOrView guard;
   return call_soft_topk_mag(x, k, l, p, dim, solver);
@@ -117,6 +128,7 @@ at::Tensor hard_topk_mask_autograd(const at::Tensor& x, int64_t k, int64_t dim) 
 }
 
 at::Tensor hard_topk_mag_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
+  refuse_forward_ad("hard_topk_mag", x);
   if (needs_grad(x)) return HardTopkMagFunction::apply(x, k, dim);
   at::AutoDispatchBelowADInplaceOrView guard;
   return call_hard_topk_mag(x, k, dim);
