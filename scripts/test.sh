@@ -19,8 +19,9 @@ ctest --preset release -j "$jobs"
 echo "== the wheel: pip wheel . (scikit-build-core, against .venv's torch), installed alone =="
 rm -rf build/dist
 .venv/bin/python -m pip wheel . --no-build-isolation --no-deps -q -w build/dist
-SPARSETOPK_WHEEL=$(ls build/dist/sparsetopk-*.whl) .venv/bin/python -m pytest -q -p no:cacheprovider \
-  tests/python/test_wheel.py
+# (PYTHONPATH: conftest.py imports the checkout's package; the test's own subprocess runs without it)
+SPARSETOPK_WHEEL=$(ls build/dist/sparsetopk-*.whl) PYTHONPATH=python SPARSETOPK_LIBRARY=build/lib/libsparsetopk_torch.so \
+  .venv/bin/python -m pytest -q -p no:cacheprovider tests/python/test_wheel.py
 
 # Fuzzing, two parts. The regression part replays the seed corpus (fuzz/corpus,
 # which holds the fixed findings) and must pass. The exploring part fuzzes each
