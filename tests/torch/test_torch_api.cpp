@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -102,7 +103,12 @@ TEST(TorchOps, GradientEqualsTheCoreVjp) {
       sparsetopk::soft_topk_mask_vjp<double>(blocks, gs, expected);
     }
     EXPECT_EQ(values(y), out);
-    EXPECT_EQ(values(grad), expected);
+    // The state crosses to the backward as dense tensors (c, row_state), whose
+    // entries come back in index order: the block sums may round differently.
+    const std::vector<double> got = values(grad);
+    ASSERT_EQ(got.size(), expected.size());
+    for (std::size_t i = 0; i < got.size(); ++i)
+      EXPECT_NEAR(got[i], expected[i], 1e-13 * (1.0 + std::abs(expected[i]))) << "entry " << i;
   }
 }
 
@@ -158,7 +164,7 @@ TEST(TorchOps, DoubleBackwardThrows) {
     torch::autograd::grad({grad.sum()}, {x});
     FAIL() << "double backward did not throw";
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("sparsetopk: double backward is not implemented"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("sparsetopk.soft_topk_mask: second derivatives are not implemented"), std::string::npos)
         << e.what();
   }
 }
