@@ -34,15 +34,20 @@ inline std::string dtype_name(at::ScalarType type) {
   }
 }
 
-// A dense CPU tensor of a floating dtype the operators accept.
-inline void check_input(const char* op, const at::Tensor& x, const char* name = "x") {
-  TORCH_CHECK(x.device().is_cpu(), "sparsetopk.", op, ": only CPU tensors are supported, got ", name, " on ",
-              x.device());
+// A dense tensor of a floating dtype the operators accept, on any device.
+inline void check_dense_float(const char* op, const at::Tensor& x, const char* name = "x") {
   TORCH_CHECK(x.layout() == at::kStrided, "sparsetopk.", op, ": ", name, " must be a dense (strided) tensor, got layout ",
               x.layout());
   const at::ScalarType type = x.scalar_type();
   TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, "sparsetopk.",
               op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype_name(type));
+}
+
+// The same, on the CPU (the core's kernels).
+inline void check_input(const char* op, const at::Tensor& x, const char* name = "x") {
+  TORCH_CHECK(x.device().is_cpu(), "sparsetopk.", op, ": only CPU tensors are supported, got ", name, " on ",
+              x.device());
+  check_dense_float(op, x, name);
 }
 
 // Returns dim wrapped to [0, max(x.dim(), 1)); a 0-d tensor counts as one entry.

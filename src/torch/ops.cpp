@@ -1,10 +1,10 @@
-// The operator library: schemas of torch.ops.sparsetopk.*, the public C++
-// functions of <sparsetopk/torch.hpp> (typed calls through the dispatcher), and
-// the kernel every backend without one gets (a clear error).
+// The operator library: schemas of torch.ops.sparsetopk.*, and the public C++
+// functions of <sparsetopk/torch.hpp> (typed calls through the dispatcher).
 //
-// Kernels live next door: cpu/topk_kernel.cpp (tensors -> core -> tensors) and
-// autograd/topk_kernel.cpp (torch::autograd::Function over the forward and
-// backward ops). The fake (meta) kernels, the vmap rules and the Python-side
+// Kernels live next door: cpu/topk_kernel.cpp (tensors -> core -> tensors),
+// generic/generic_kernel.cpp (every other device: the ATen-only
+// implementation), autograd/ (torch::autograd::Function over the forward and
+// backward ops, and the derivative ops' refusal of second derivatives). The fake (meta) kernels, the vmap rules and the Python-side
 // autograd for torch.func are registered by the Python package
 // (python/sparsetopk/_registration.py).
 
@@ -108,20 +108,6 @@ at::Tensor hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim) {
 
 }  // namespace sparsetopk::torch
 
-namespace {
-
-// Only CPU kernels exist (and the fake kernels registered from Python): any
-// other backend (CUDA, sparse layouts, ...) lands here and gets an error naming
-// the device or layout.
-[[noreturn]] void reject(const char* op, const at::Tensor& t, const char* name) {
-  sparsetopk::torch::detail::check_input(op, t, name);
-  TORCH_CHECK(false, "sparsetopk.", op, ": no kernel for ", name, " on ", t.device(), " with layout ", t.layout());
-}
-
-using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-}  // namespace
-
 TORCH_LIBRARY(sparsetopk, m) {
   m.def("soft_topk_mask(Tensor x, int k, float l=0.1, float p=1.3333333333333333, int dim=-1, "
         "str solver=\"auto\") -> Tensor");
@@ -140,40 +126,4 @@ TORCH_LIBRARY(sparsetopk, m) {
   m.def("_soft_topk_mask_jvp(Tensor tangent, Tensor c, Tensor row_state, int dim) -> Tensor");
   m.def("_soft_topk_mag_backward(Tensor grad, Tensor x, Tensor c, Tensor row_state, int dim) -> Tensor");
   m.def("_soft_topk_mag_jvp(Tensor tangent, Tensor x, Tensor c, Tensor row_state, int dim) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
-  m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t, double, double, int64_t, c10::string_view) -> at::Tensor {
-    reject("soft_topk_mask", x, "x");
-  });
-  m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t, double, double, int64_t, c10::string_view) -> at::Tensor {
-    reject("soft_topk_mag", x, "x");
-  });
-  m.impl("hard_topk_mask",
-         [](const at::Tensor& x, int64_t, int64_t) -> at::Tensor { reject("hard_topk_mask", x, "x"); });
-  m.impl("hard_topk_mag", [](const at::Tensor& x, int64_t, int64_t) -> at::Tensor { reject("hard_topk_mag", x, "x"); });
-  m.impl("_soft_topk_mask_forward",
-         [](const at::Tensor& x, int64_t, double, double, int64_t, c10::string_view) -> Tensors3 {
-           reject("soft_topk_mask", x, "x");
-         });
-  m.impl("_soft_topk_mag_forward",
-         [](const at::Tensor& x, int64_t, double, double, int64_t, c10::string_view) -> Tensors3 {
-           reject("soft_topk_mag", x, "x");
-         });
-  m.impl("_soft_topk_mask_backward",
-         [](const at::Tensor& grad, const at::Tensor&, const at::Tensor&, int64_t) -> at::Tensor {
-           reject("soft_topk_mask backward", grad, "grad");
-         });
-  m.impl("_soft_topk_mask_jvp",
-         [](const at::Tensor& tangent, const at::Tensor&, const at::Tensor&, int64_t) -> at::Tensor {
-           reject("soft_topk_mask jvp", tangent, "tangent");
-         });
-  m.impl("_soft_topk_mag_backward",
-         [](const at::Tensor& grad, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) -> at::Tensor {
-           reject("soft_topk_mag backward", grad, "grad");
-         });
-  m.impl("_soft_topk_mag_jvp",
-         [](const at::Tensor& tangent, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) -> at::Tensor {
-           reject("soft_topk_mag jvp", tangent, "tangent");
-         });
 }

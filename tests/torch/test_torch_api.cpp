@@ -181,8 +181,14 @@ TEST(TorchOps, ErrorsNameTheArgument) {
   EXPECT_NE(error_message([&] { stt::hard_topk_mask(torch::arange(4), 1); }).find(
                 "x must be float32, float64, float16 or bfloat16, got int64"),
             std::string::npos);
-  EXPECT_NE(error_message([&] { stt::hard_topk_mag(torch::zeros({3}, torch::Device("meta")), 1); }).find(
-                "only CPU tensors are supported, got x on meta"),
+  // Off the CPU (here: meta tensors) the device-generic kernels run; the core's solvers are CPU-only.
+  const at::Tensor meta = torch::zeros({2, 3}, torch::Device("meta"));
+  EXPECT_EQ(stt::soft_topk_mag(meta, 1).sizes(), meta.sizes());
+  EXPECT_EQ(stt::hard_topk_mag(meta, 1).device(), meta.device());
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(meta, 1, 0.1, 2.0, -1, sparsetopk::Solver::pav); }).find(
+                "solver = \"pav\" runs on CPU tensors only; x is on meta"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(meta, 4); }).find("k = 4 is out of range [0, 3]"),
             std::string::npos);
   EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, 2), c10::IndexError);
   EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, -1, static_cast<sparsetopk::Solver>(9)), c10::Error);

@@ -1,0 +1,137 @@
+// The kernels of every device without one of its own (CUDA and any other
+// backend torch supports; CompositeExplicitAutograd): the device-generic
+// implementation of topk_generic.hpp, built from ATen ops. Tensors are viewed
+// as [R, n] rows along `dim` and mapped back; no solver logic lives here.
+// Only solver "auto" (or "generic") is available off the CPU.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../checks.hpp"
+#include "topk_generic.hpp"
+
+namespace sparsetopk::torch::detail {
+namespace {
+
+using generic::Operator;
+using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+const char* op_name(Operator op, bool soft) {
+  if (op == Operator::mask) return soft ? "soft_topk_mask" : "hard_topk_mask";
+  return soft ? "soft_topk_mag" : "hard_topk_mag";
+}
+
+void check_generic_solver(const char* op, c10::string_view solver, const at::Tensor& x) {
+  const std::string name(solver);
+  TORCH_CHECK(name == "auto" || name == "generic" || name == "pav" || name == "threshold", "sparsetopk.", op,
+              ": solver = \"", name, "\" is not one of \"auto\", \"pav\", \"threshold\", \"generic\"");
+  TORCH_CHECK(name == "auto" || name == "generic", "sparsetopk.", op, ": solver = \"", name,
+              "\" runs on CPU tensors only; x is on ", x.device(), " (use \"auto\" or \"generic\")");
+}
+
+// t's slices along the wrapped dim as [R, n] rows in dtype `type`, contiguous.
+at::Tensor as_rows(const at::Tensor& t, int64_t dim, at::ScalarType type) {
+  const at::Tensor moved = t.dim() == 0 ? t.reshape({1}) : t.movedim(dim, -1);
+  return moved.reshape({-1, moved.size(-1)}).to(type).contiguous();
+}
+
+// The inverse of as_rows for a tensor shaped like `like`, in dtype `type`.
+at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim, at::ScalarType type) {
+  if (like.dim() == 0) return rows.reshape({}).to(type);
+  std::vector<int64_t> moved = like.movedim(dim, -1).sizes().vec();
+  return rows.reshape(moved).movedim(-1, dim).to(type).contiguous();
+}
+
+// row_state [R, 3] back to x's shape with size 3 along dim (a 0-d x: [3]).
+at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int64_t dim) {
+  if (x.dim() == 0) return state.reshape({3});
+  std::vector<int64_t> moved = x.movedim(dim, -1).sizes().vec();
+  moved.back() = 3;
+  return state.reshape(moved).movedim(-1, dim).contiguous();
+}
+
+at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
+Tensors3 soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                   c10::string_view solver, bool save) {
+  const char* name = op_name(op, /*soft=*/true);
+  check_dense_float(name, x);
+  dim = wrap_dim(name, x, dim);
+  check_k(name, k, slice_size(x, dim), dim);
+  check_l_p(name, l, p);
+  check_generic_solver(name, solver, x);
+  const generic::SoftResult result =
+      generic::soft_topk_rows(op, as_rows(x, dim, compute_type(x.scalar_type())), k, l, p, save);
+  at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
+  if (!save) return {out, at::Tensor(), at::Tensor()};
+  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+}
+
+at::Tensor hard_topk(Operator op, const at::Tensor& x, int64_t k, int64_t dim) {
+  const char* name = op_name(op, /*soft=*/false);
+  check_dense_float(name, x);
+  dim = wrap_dim(name, x, dim);
+  check_k(name, k, slice_size(x, dim), dim);
+  return from_rows(generic::hard_topk_rows(op, as_rows(x, dim, compute_type(x.scalar_type())), k), x, dim,
+                   x.scalar_type());
+}
+
+at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
+                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim) {
+  const char* name = op == Operator::mask ? (transpose ? "soft_topk_mask backward" : "soft_topk_mask jvp")
+                                          : (transpose ? "soft_topk_mag backward" : "soft_topk_mag jvp");
+  const char* v_name = transpose ? "grad" : "tangent";
+  check_dense_float(name, v, v_name);
+  dim = wrap_dim(name, v, dim);
+  check_saved(name, c, "c", v, v_name, v.sizes());
+  check_saved(name, row_state, "row_state", v, v_name, sizes_along(v, dim, 3));
+  at::ScalarType type = compute_type(v.scalar_type());
+  at::Tensor x_rows;
+  if (x) {
+    check_dense_float(name, *x, "x");
+    TORCH_CHECK(x->sizes() == v.sizes(), "sparsetopk.", name, ": x has shape ", x->sizes(), " but ", v_name,
+                " has shape ", v.sizes());
+    type = compute_type(at::promote_types(v.scalar_type(), x->scalar_type()));
+    x_rows = as_rows(*x, dim, type);
+  }
+  const at::Tensor state_rows =
+      v.dim() == 0 ? row_state.reshape({1, 3}) : row_state.movedim(dim, -1).reshape({-1, 3}).contiguous();
+  const at::Tensor product = generic::jacobian_product_rows(op, transpose, as_rows(v, dim, type), x_rows,
+                                                            as_rows(c, dim, at::kDouble), state_rows);
+  return from_rows(product, v, dim, v.scalar_type());
+}
+
+}  // namespace
+}  // namespace sparsetopk::torch::detail
+
+TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
+  using namespace sparsetopk::torch::detail;
+  using sparsetopk::torch::generic::Operator;
+  m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                              c10::string_view solver) { return std::get<0>(soft_topk(Operator::mask, x, k, l, p, dim, solver, false)); });
+  m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                             c10::string_view solver) { return std::get<0>(soft_topk(Operator::magnitude, x, k, l, p, dim, solver, false)); });
+  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::mask, x, k, dim); });
+  m.impl("hard_topk_mag",
+         [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::magnitude, x, k, dim); });
+  m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                       c10::string_view solver) { return soft_topk(Operator::mask, x, k, l, p, dim, solver, true); });
+  m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                      c10::string_view solver) { return soft_topk(Operator::magnitude, x, k, l, p, dim, solver, true); });
+  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
+                                        int64_t dim) { return jacobian_product(Operator::mask, true, grad, nullptr, c, row_state, dim); });
+  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
+                                   int64_t dim) { return jacobian_product(Operator::mask, false, tangent, nullptr, c, row_state, dim); });
+  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c,
+                                       const at::Tensor& row_state, int64_t dim) {
+    return jacobian_product(Operator::magnitude, true, grad, &x, c, row_state, dim);
+  });
+  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
+                                  const at::Tensor& row_state, int64_t dim) {
+    return jacobian_product(Operator::magnitude, false, tangent, &x, c, row_state, dim);
+  });
+}

@@ -1,0 +1,714 @@
+// The operators of SPEC.md from batched ATen ops (design: docs/generic.md).
+//
+// Forward pass of a soft operator, for a batch of rows at once:
+//   1. sort the keys (x for the mask, |x| for the magnitude) descending;
+//   2. find the smooth piece of the threshold equation (SPEC.md, "Top-k
+//      structure") that holds its root, by a binary search over the sorted
+//      breakpoints of each row;
+//   3. solve on that piece: closed form for p = 2 and p = 4/3, safeguarded
+//      Newton for any other p;
+//   4. solve again in offset form, tau = ref - d with ref the smallest key above
+//      the threshold (when tau lies nearer it than 0), so that u_j = s_j - tau
+//      = (s_j - ref) + d is exact where the outputs are most sensitive (what the
+//      core's NearThreshold does for the entries within 1e-6 |tau| of tau);
+//   5. read the outputs, the block and c off u, and scatter them back.
+
+#include "topk_generic.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <cstdio>
+#include <iostream>
+#include <cstdlib>
+
+namespace sparsetopk::torch::generic {
+namespace {
+
+using at::Tensor;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kMaxWeight = 1e280;     // the core's cap on c (jacobian_weight in src/core/topk.cpp)
+constexpr double kNearRelative = 1e-6;   // the core's NearThreshold: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
+constexpr int kMaxRootIterations = 200;  // the core's find_decreasing_root
+constexpr int kIterationsPerCheck = 4;   // root finder: host syncs to stop early, off the CPU
+
+// ---- ATen ops without a C++ Meta kernel ----
+// at::where, abs, isnan and isfinite have their Meta implementations in Python
+// only (torch._meta_registrations). On meta tensors these wrappers give the
+// result's shape and dtype, so that every other step runs there as it is.
+
+Tensor select(const Tensor& condition, const Tensor& a, const Tensor& b) {
+  if (!condition.is_meta()) return at::where(condition, a, b);
+  return at::empty(at::infer_size(at::infer_size(condition.sizes(), a.sizes()), b.sizes()),
+                   a.options().dtype(at::result_type(a, b)));
+}
+Tensor select(const Tensor& condition, const Tensor& a, const at::Scalar& b) {
+  if (!condition.is_meta()) return at::where(condition, a, b);
+  return at::empty(at::infer_size(condition.sizes(), a.sizes()), a.options().dtype(at::result_type(a, b)));
+}
+Tensor select(const Tensor& condition, const at::Scalar& a, const Tensor& b) {
+  if (!condition.is_meta()) return at::where(condition, a, b);
+  return at::empty(at::infer_size(condition.sizes(), b.sizes()), b.options().dtype(at::result_type(a, b)));
+}
+Tensor magnitude_of(const Tensor& t) { return t.is_meta() ? at::empty_like(t) : at::abs(t); }
+Tensor is_nan(const Tensor& t) { return t.is_meta() ? at::empty_like(t, t.options().dtype(at::kBool)) : at::isnan(t); }
+Tensor is_finite(const Tensor& t) {
+  return t.is_meta() ? at::empty_like(t, t.options().dtype(at::kBool)) : at::isfinite(t);
+}
+
+// ---- small tensor helpers ----
+
+// s[r, index[r]] for index [R, 1]; `fill` where index is outside [0, s.size(1)).
+Tensor key_at(const Tensor& s, const Tensor& index, double fill) {
+  const int64_t m = s.size(1);
+  const Tensor inside = (index >= 0) & (index < m);
+  return select(inside, s.gather(1, index.clamp(0, std::max<int64_t>(m - 1, 0))), fill);
+}
+
+// Column j of each row, as a [1, n] int64 tensor.
+Tensor columns(int64_t n, const Tensor& like) { return at::arange(n, like.options().dtype(at::kLong)).unsqueeze(0); }
+
+Tensor row_sum(const Tensor& t) { return t.sum({-1}, /*keepdim=*/true); }
+
+// The first column where `flags` [R, n] holds in each row, n if none.
+Tensor first_true(const Tensor& flags) {
+  const Tensor any = flags.any(-1, /*keepdim=*/true);
+  return select(any, flags.to(at::kByte).argmax(-1, /*keepdim=*/true), flags.size(1));
+}
+
+// Whether this device lets the host read values (no meta tensors).
+bool can_read(const Tensor& t) { return !t.is_meta(); }
+
+// x^(1/3) for x >= 0, to the last ulp or so: pow(x, 1/3) then one Newton step.
+Tensor cube_root(const Tensor& y) {
+  const Tensor c = at::pow(y, 1.0 / 3.0);
+  return select(c > 0, c - (c - y / (c * c)) / 3.0, c);
+}
+
+// A power of two near |v| (at least DBL_MIN), so that (s / unit)^3 neither overflows nor underflows.
+Tensor unit_of(const Tensor& v) { return at::exp2(at::floor(at::log2(magnitude_of(v))).clamp_min(DBL_MIN_EXP - 1)); }
+
+// ---- the regularizer through q - 1 (the core's Regularizer) ----
+
+class Power {
+ public:
+  enum class Kind { quadratic, quartic, general };  // q = 2 (p = 2), q = 4 (p = 4/3), other
+
+  explicit Power(double p) : p_(p) {
+    if (p == 2.0) kind_ = Kind::quadratic, a_ = 1.0;
+    else if (std::abs(p - 4.0 / 3.0) <= 1e-12) kind_ = Kind::quartic, a_ = 3.0;
+    else kind_ = Kind::general, a_ = 1.0 / (p - 1.0);
+  }
+  Kind kind() const { return kind_; }
+  double q_minus_1() const { return a_; }
+
+  // pow(z, q - 1), for z >= 0
+  Tensor power(const Tensor& z) const {
+    if (kind_ == Kind::quadratic) return z;
+    if (kind_ == Kind::quartic) return z * z * z;
+    return at::pow(z, a_);
+  }
+  // its derivative (q - 1) z^(q - 2), for z > 0
+  Tensor slope(const Tensor& z) const {
+    if (kind_ == Kind::quadratic) return at::ones_like(z);
+    if (kind_ == Kind::quartic) return 3.0 * z * z;
+    return a_ * at::pow(z, a_ - 1.0);
+  }
+  // the same from power(z) = y, z > 0, one pow less (for the root finder)
+  Tensor slope_from_power(const Tensor& z, const Tensor& y) const {
+    if (kind_ == Kind::quadratic) return at::ones_like(z);
+    if (kind_ == Kind::quartic) return 3.0 * z * z;
+    return select(z > 0, a_ * y / z, a_ > 1.0 ? 0.0 : kInf);
+  }
+  // pow(y, p - 1), the inverse of power, for y >= 0
+  Tensor inverse(const Tensor& y) const {
+    if (kind_ == Kind::quadratic) return y;
+    if (kind_ == Kind::quartic) return cube_root(y);
+    return at::pow(y, p_ - 1.0);
+  }
+  // c = ((q-1)/l) (u/l)^(q-2) of SPEC.md's derivatives, capped like the core's jacobian_weight
+  Tensor jacobian_weight(const Tensor& z, double l) const { return (slope(z) / l).clamp_max(kMaxWeight); }
+
+ private:
+  double p_, a_;
+  Kind kind_;
+};
+
+// ---- the threshold equation of a batch of sorted rows ----
+
+// SPEC.md, "Top-k structure", with the threshold tau (gamma for the magnitude)
+// in offset form tau = ref - d ([R, 1] each): u_j = s_j - tau is computed as
+// (s_j - ref) + d, exact for keys near ref. Plain coordinates are ref = 0, d = -tau.
+class ThresholdEquation {
+ public:
+  ThresholdEquation(Operator op, Tensor s, int64_t k, double l, double p)
+      : op_(op), s_(std::move(s)), is_top_(columns(s_.size(1), s_) < k), k_(k), l_(l), power_(p) {}
+
+  const Tensor& keys() const { return s_; }
+  const Tensor& is_top() const { return is_top_; }
+  int64_t k() const { return k_; }
+  double l() const { return l_; }
+  const Power& power() const { return power_; }
+  Tensor offsets(const Tensor& ref, const Tensor& d) const { return (s_ - ref) + d; }
+
+  // Phi(d), non-decreasing in d ([R, 1]):
+  //   mask       sum_j clip(u_j / l, 0, 1)^(q-1) - k
+  //   magnitude  sum_{j<k} min(pow(u_j/l, q-1) - gamma, 0) + sum_{j>=k} pow((u_j)_+ / l, q-1)
+  // With `step`, also the Newton step for d (below) and `noise`, the rounding
+  // error of Phi: 4 eps times the sum of its terms' magnitudes.
+  Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr, Tensor* noise = nullptr) const {
+    const Tensor u = offsets(ref, d);
+    return op_ == Operator::mask ? mask_residual(u, step, noise) : magnitude_residual(u, ref - d, step, noise);
+  }
+
+ private:
+  // Where Phi is smooth it reads sum_B pow(u_j/l, q-1) = target over the entries
+  // B that move (mask: 0 < u_j < l, target k less the saturated count;
+  // magnitude: the block, target gamma W_B). Newton's step for d is taken on
+  // the (q-1)-th root of both sides, nearly linear in d for every p (pow(u, q-1)
+  // itself is steep or flat at u = 0 when p is far from 2); for p = 2 it is the
+  // plain step Phi / Phi'.
+  Tensor mask_residual(const Tensor& u, Tensor* step, Tensor* noise) const {
+    const Tensor z = (u / l_).clamp(0.0, 1.0), y = power_.power(z), sum = row_sum(y);
+    const Tensor f = sum - static_cast<double>(k_);
+    if (step) {
+      const Tensor moving = (z > 0) & (z < 1);
+      const Tensor powers = row_sum(select(moving, y, 0.0)), target = powers - f;
+      const Tensor slope = row_sum(select(moving, power_.slope_from_power(z, y), 0.0)) / l_;
+      *step = root_step(powers, slope, target, at::zeros_like(f));
+      *noise = 4.0 * DBL_EPSILON * (sum + static_cast<double>(k_));
+    }
+    return f;
+  }
+
+  Tensor magnitude_residual(const Tensor& u, const Tensor& gamma, Tensor* step, Tensor* noise) const {
+    const Tensor z = u.clamp_min(0.0) / l_, y = power_.power(z), excess = y - gamma;
+    const Tensor f = row_sum(select(is_top_, excess.clamp_max(0.0), y));
+    if (step) {
+      const Tensor top_in_block = is_top_ & (excess < 0), moving = top_in_block | (~is_top_ & (z > 0));
+      const Tensor powers = row_sum(select(moving, y, 0.0)), weight = row_sum(top_in_block).to(at::kDouble);
+      const Tensor slope = row_sum(select(moving, power_.slope_from_power(z, y), 0.0)) / l_;
+      *step = root_step(powers, slope, gamma * weight, weight);
+      *noise = 4.0 * DBL_EPSILON * (powers + magnitude_of(gamma) * weight);
+    }
+    return f;
+  }
+
+  // Newton's step for S(d) = T(d), S = the powers (dS/dd = slope), T = target
+  // (for the magnitude T = gamma W_B, dT/dd = -weight = -W_B; the mask: 0), on
+  // S^(1/(q-1)) = T^(1/(q-1)), written so that no power of S overflows:
+  //   a (S - T rho) / (S' + W rho),  rho = (T/S)^(1/a - 1),  a = q - 1.
+  // A step that is not finite is refused by the root finder (it bisects).
+  Tensor root_step(const Tensor& powers, const Tensor& slope, const Tensor& target, const Tensor& weight) const {
+    if (power_.kind() != Power::Kind::general) return (powers - target) / (slope + weight);
+    const double a = power_.q_minus_1();
+    const Tensor rho = at::pow(target / powers, 1.0 / a - 1.0);
+    return a * (powers - target * rho) / (slope + weight * rho);
+  }
+
+  Operator op_;
+  Tensor s_, is_top_;
+  int64_t k_;
+  double l_;
+  Power power_;
+};
+
+// ---- vectorized root finding ----
+
+// The core's bisect: the midpoint, 0 across a sign change, or the geometric
+// mean of a one-signed bracket spanning orders of magnitude.
+Tensor split_point(const Tensor& lo, const Tensor& hi) {
+  const Tensor lo_safe = lo.clamp_min(DBL_MIN), hi_safe = hi.clamp_max(-DBL_MIN);
+  const Tensor geometric_up = at::sqrt(lo_safe) * at::sqrt(hi);
+  const Tensor geometric_down = -at::sqrt(-hi_safe) * at::sqrt(-lo);
+  const Tensor middle = lo + 0.5 * (hi - lo);
+  return select((lo < 0) & (hi > 0), 0.0,
+                select((lo >= 0) & (hi > 16.0 * lo_safe), geometric_up,
+                       select((hi <= 0) & (lo < 16.0 * hi_safe), geometric_down, middle)));
+}
+
+// Root of a non-decreasing f on [lo, hi] (f(lo) <= 0 <= f(hi)), elementwise
+// over any shape, from `start`: the core's safeguarded Newton iteration
+// (find_decreasing_root), batched, with a secant fallback. residual(x, &step,
+// &noise) returns f(x) and sets step, the Newton step (x - step is the next
+// point), and noise, the rounding error of f(x): |f| within it counts as a
+// root (the core stops at f == 0; steps at the noise of f would not close the
+// bracket). A Newton step is taken if it stays inside the bracket and is less
+// than half the last step; otherwise the end on the root's side is evaluated
+// (once, where it was not), then the secant of the bracket's ends (Illinois:
+// the residual of an end kept twice in a row is halved), or, where the bracket
+// did not halve over the last two iterations, the core's split point. The
+// bracket thus halves at least every three iterations after the first two; it
+// stops when narrower than 4 eps max(|lo|, |hi|) + 4.9e-324 or after 200
+// evaluations.
+// Elements that converged are frozen, so a row's result does not depend on the
+// others. Host syncs: one per kIterationsPerCheck iterations (every iteration
+// on the CPU, where it costs nothing), only to stop early; none on meta
+// tensors, which run a single iteration (their values are never read).
+template <class Residual>
+Tensor find_increasing_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
+  const auto tolerance_at = [](const Tensor& a, const Tensor& b) {
+    return 4.0 * DBL_EPSILON * at::maximum(magnitude_of(a), magnitude_of(b)) + DBL_TRUE_MIN;
+  };
+  const auto is_open = [&](const Tensor& a, const Tensor& b) {
+    return (at::nextafter(a, at::full_like(a, kInf)) < b) & (b - a > tolerance_at(a, b));
+  };
+  const auto inside = [&](const Tensor& v) { return (v > lo) & (v < hi); };
+  Tensor x = at::minimum(at::maximum(start, lo), hi), last_step = hi - lo, last_f = at::zeros_like(x);
+  Tensor f_lo = at::full_like(x, kNaN), f_hi = at::full_like(x, kNaN), last_end = at::zeros_like(x);
+  Tensor width_1 = hi - lo, width_2 = hi - lo;  // the bracket's width one and two iterations ago
+  Tensor found = at::zeros_like(x, x.options().dtype(at::kBool)), root = x;
+  Tensor done = ~is_open(lo, hi);
+  const bool readable = can_read(x);
+  const int per_check = x.device().is_cpu() ? 1 : kIterationsPerCheck;
+  const int iterations = readable ? kMaxRootIterations : 1;
+  for (int iteration = 0; iteration < iterations; ++iteration) {
+    if (readable && iteration % per_check == 0 && done.all().item<bool>()) break;
+    Tensor step, noise;
+    const Tensor f = residual(x, &step, &noise), active = ~done;
+    const Tensor hit = active & ((magnitude_of(f) <= noise) | is_nan(f));  // a root to rounding, or NaN: stop at x
+    found = found | hit;
+    root = select(hit, x, root);
+    const Tensor moves_lo = active & (f < 0), moves_hi = active & (f > 0);
+    f_hi = select(moves_lo & (last_end < 0), 0.5 * f_hi, f_hi);  // Illinois
+    f_lo = select(moves_hi & (last_end > 0), 0.5 * f_lo, f_lo);
+    lo = select(moves_lo, x, lo), f_lo = select(moves_lo, f, f_lo);
+    hi = select(moves_hi, x, hi), f_hi = select(moves_hi, f, f_hi);
+    last_end = select(moves_lo, -1.0, select(moves_hi, 1.0, last_end));
+    // Past the root, where that stays in the bracket: a step below the
+    // tolerance goes on by the tolerance (less than an ulp would land back on
+    // x, an end of the bracket), and a step from the same side as the last goes
+    // on by itself (Newton from one side would never close the bracket).
+    const Tensor tolerance = tolerance_at(lo, hi);
+    const Tensor past = select(magnitude_of(step) <= tolerance, tolerance,
+                               select(f * last_f > 0, magnitude_of(step), at::zeros_like(step)));
+    const Tensor beyond = x - step - at::copysign(past, step);
+    const Tensor newton = select(inside(beyond), beyond, x - step);
+    const Tensor use_newton = is_finite(step) & inside(newton) & (magnitude_of(step) < 0.5 * last_step);
+    // the end on the root's side, once, where its residual is not known yet
+    const Tensor probe = ~use_newton & select(f > 0, is_nan(f_lo), is_nan(f_hi));
+    const Tensor secant = lo - f_lo * ((hi - lo) / (f_hi - f_lo));
+    const Tensor use_secant = is_finite(secant) & inside(secant) & (hi - lo <= 0.5 * width_2);
+    Tensor next = select(use_newton, newton, select(use_secant, secant, split_point(lo, hi)));
+    next = select(inside(next), next, lo + 0.5 * (hi - lo));  // never an end twice
+    next = select(probe, select(f > 0, lo, hi), next);
+    last_step = select(active, select(use_newton, magnitude_of(step), hi - lo), last_step);
+    last_f = select(active, f, last_f);
+    width_2 = select(active, width_1, width_2), width_1 = select(active, hi - lo, width_1);
+    done = done | hit | ~is_open(lo, hi);
+    x = select(done, x, next);
+  }
+  return select(found, root, lo + 0.5 * (hi - lo));
+}
+
+// For breakpoints [R, m] of each row in descending order and the equation's
+// residual at a threshold t (Phi at ref = 0, d = -t: non-decreasing along the
+// breakpoints), the first column j with residual >= 0 (m if none). A binary
+// search: ceil(log2(m + 1)) evaluations, no host sync.
+Tensor first_nonnegative(const ThresholdEquation& equation, const Tensor& breakpoints) {
+  const int64_t m = breakpoints.size(1);
+  Tensor first = at::zeros({breakpoints.size(0), 1}, breakpoints.options().dtype(at::kLong));
+  Tensor last = at::full_like(first, m);
+  const Tensor zero = at::zeros({breakpoints.size(0), 1}, breakpoints.options());
+  for (int64_t width = m; width > 0; width /= 2) {
+    const Tensor mid = at::div(first + last, 2, "floor");
+    const Tensor t = key_at(breakpoints, mid, 0.0);
+    const Tensor nonnegative = equation.residual(zero, -t) >= 0, active = first < last;
+    last = select(active & nonnegative, mid, last);
+    first = select(active & ~nonnegative, mid + 1, first);
+  }
+  return first;
+}
+
+// ---- closed forms (the core's BlockEquation::solve_closed_form) ----
+
+// Unique real root of t^3 + P t = Q, P >= 0, without cancellation.
+Tensor solve_depressed_cubic(const Tensor& P, const Tensor& Q) {
+  const Tensor r = at::hypot(0.5 * Q, at::pow(P / 3.0, 1.5));
+  const Tensor u = cube_root(0.5 * magnitude_of(Q) + r), v = P / (3.0 * u);
+  return select(Q == 0, 0.0, at::copysign(magnitude_of(Q) / (u * u + P / 3.0 + v * v), Q));
+}
+
+// Count, mean, unit and central moments (in units of `unit`) of the keys of a block.
+struct BlockMoments {
+  Tensor count, mean, unit, m2, m3;
+};
+
+BlockMoments moments_of(const Tensor& s, const Tensor& in_block) {
+  BlockMoments m;
+  m.count = row_sum(in_block).to(at::kDouble);
+  m.mean = row_sum(select(in_block, s, 0.0)) / m.count;
+  m.unit = unit_of(select(in_block, magnitude_of(s), 0.0).amax({-1}, /*keepdim=*/true));
+  const Tensor deviation = select(in_block, (s - m.mean) / m.unit, 0.0);
+  m.m2 = row_sum(deviation * deviation);
+  m.m3 = row_sum(deviation * deviation * deviation);
+  return m;
+}
+
+// The block's value gamma, W its weight (SPEC.md, "Reduction"): q = 2 or q = 4.
+Tensor closed_form_value(Operator op, const BlockMoments& m, const Tensor& W, double l, Power::Kind kind) {
+  const Tensor& n = m.count;
+  if (kind == Power::Kind::quadratic) {
+    return op == Operator::mask ? m.mean - l * W / n     // sum (s_i - gamma) / l = W
+                                : n * m.mean / (n + l * W);  // sum (s_i - gamma) / l = gamma W
+  }
+  // gamma = mean + t: sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3, solved in units where the coefficients are O(1)
+  if (op == Operator::mask) {  // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
+    const Tensor V = m.unit.clamp_min(l), r = m.unit / V, lambda = l / V;
+    const Tensor P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
+    return m.mean + V * solve_depressed_cubic(P, Q);
+  }
+  // n t^3 + (3 m2 + kappa) t = m3 - kappa mu, kappa = W l^3 / unit^2, mu = mean / unit
+  const Tensor lambda = l / m.unit, mu = m.mean / m.unit;
+  const Tensor kappa = select(W == 0, 0.0, W * lambda * lambda * l);
+  const Tensor P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
+  // kappa huge: gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys
+  const Tensor negligible = m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa);
+  return select(kappa > 0x1p300, negligible, m.mean + m.unit * solve_depressed_cubic(P, Q));
+}
+
+// ---- the threshold of each row ----
+
+// tau = ref - d; edge: the smallest key above tau ([R, 1] each).
+struct Threshold {
+  Tensor ref, d, edge;
+};
+
+// `value` clamped into [lo, hi], or their midpoint where it is not a number.
+Tensor into_bracket(const Tensor& value, const Tensor& lo, const Tensor& hi) {
+  return select(is_nan(value), lo + 0.5 * (hi - lo), at::minimum(at::maximum(value, lo), hi));
+}
+
+// A first solution tau0 on the piece: closed form on the piece's block for
+// q = 2 and q = 4, else Newton in plain coordinates.
+Tensor first_solution(const ThresholdEquation& equation, Operator op, const Tensor& block_begin,
+                      const Tensor& block_end, const Tensor& lo, const Tensor& hi) {
+  const Power::Kind kind = equation.power().kind();
+  if (kind != Power::Kind::general) {
+    const Tensor& s = equation.keys();
+    const Tensor column = columns(s.size(1), s);
+    const BlockMoments m = moments_of(s, (column >= block_begin) & (column < block_end));
+    const Tensor W = (equation.k() - block_begin).to(at::kDouble);
+    return into_bracket(closed_form_value(op, m, W, equation.l(), kind), lo, hi);
+  }
+  const Tensor zero = at::zeros_like(lo);
+  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
+    return equation.residual(zero, d, step, noise);
+  };
+  return -find_increasing_root(residual, -hi, -lo, -(lo + 0.5 * (hi - lo)));
+}
+
+// The root again in offset form from the key `ref`, starting at d = start.
+Tensor solve_from(const ThresholdEquation& equation, const Tensor& ref, const Tensor& start, const Tensor& lo,
+                  const Tensor& hi) {
+  // the piece in offsets, widened by the rounding of the differences (none for nearby keys)
+  const Tensor d_lo = (ref - hi) - DBL_EPSILON * magnitude_of(ref - hi);
+  const Tensor d_hi = (ref - lo) + DBL_EPSILON * magnitude_of(ref - lo);
+  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
+    return equation.residual(ref, d, step, noise);
+  };
+  return find_increasing_root(residual, d_lo, d_hi, into_bracket(start, d_lo, d_hi));
+}
+
+// Steps 3 and 4 of the file comment: tau0 on the piece, then the root again
+// in offsets from the smallest key above the threshold, `edge` (the last key
+// the search found the residual negative at: exact, even where u_j > 0 is
+// below what a double resolves). Offsets add two numbers of one sign for every
+// entry above the threshold; where tau lies nearer 0 than the edge, plain
+// coordinates (ref = 0) are as exact for those entries and keep tau itself to
+// full relative precision.
+Threshold solve_on_piece(const ThresholdEquation& equation, Operator op, const Tensor& block_begin,
+                         const Tensor& block_end, const Tensor& lo, const Tensor& hi) {
+  const Tensor tau0 = first_solution(equation, op, block_begin, block_end, lo, hi);
+  const Tensor edge = key_at(equation.keys(), block_end - 1, 0.0);
+  const Tensor ref = select(magnitude_of(tau0) > magnitude_of(edge - tau0), edge, 0.0);
+  return {ref, solve_from(equation, ref, ref - tau0, lo, hi), edge};
+}
+
+// Mask: sum_j clip((s_j - tau)/l, 0, 1)^(q-1) = k with s_{k+1} - l <= tau < s_k.
+// The breakpoints are the keys (an entry enters) and the keys - l (it saturates).
+Threshold mask_threshold(const ThresholdEquation& equation) {
+  const Tensor& s = equation.keys();
+  const int64_t k = equation.k();
+  const double l = equation.l();
+  const Tensor entering = first_nonnegative(equation, s);       // b: s_j > tau for j < b
+  const Tensor saturating = first_nonnegative(equation, s - l);  // a: s_j - tau >= l for j < a
+  const Tensor lo = at::maximum(at::maximum(s.narrow(1, k, 1) - l, key_at(s, entering, -kInf)),
+                                key_at(s, saturating, -kInf) - l);
+  const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
+                                key_at(s, saturating - 1, kInf) - l);
+  return solve_on_piece(equation, Operator::mask, saturating, entering, lo, hi);
+}
+
+// The singleton value of each key of the magnitude, pow((s - g)/l, q-1) = g:
+// where a top entry starts to move (a breakpoint of the magnitude's equation).
+Tensor singleton_values(const Power& power, const Tensor& s, double l) {
+  if (power.kind() != Power::Kind::general) {
+    const Tensor one = at::ones_like(s), zero = at::zeros_like(s);
+    return closed_form_value(Operator::magnitude, {one, s, unit_of(s), zero, zero}, one, l, power.kind());
+  }
+  const auto residual = [&](const Tensor& g, Tensor* step, Tensor* noise) {  // g - pow((s - g)/l, q-1), increasing
+    const Tensor z = (s - g).clamp_min(0.0) / l, y = power.power(z);
+    *step = (g - y) / (1.0 + power.slope_from_power(z, y) / l);
+    *noise = 4.0 * DBL_EPSILON * (magnitude_of(g) + y);
+    return g - y;
+  };
+  return find_increasing_root(residual, at::zeros_like(s), s, 0.5 * s);
+}
+
+// Magnitude: sum_{j<k} min(pow((s_j - g)/l, q-1) - g, 0) + sum_{j>=k} pow((s_j - g)_+/l, q-1) = 0
+// with the singleton value of s_k <= g <= s_k. The breakpoints are the keys
+// below the top k (an entry enters) and the singleton values of the top k (an
+// entry leaves its value x_i).
+Threshold magnitude_threshold(const ThresholdEquation& equation) {
+  const Tensor& s = equation.keys();
+  const int64_t k = equation.k();
+  const Tensor singleton = singleton_values(equation.power(), s.narrow(1, 0, k), equation.l());
+  const Tensor entering = k + first_nonnegative(equation, s.narrow(1, k, s.size(1) - k));
+  const Tensor leaving = first_nonnegative(equation, singleton).clamp_max(k - 1);
+  const Tensor lo = at::maximum(at::maximum(singleton.narrow(1, k - 1, 1), key_at(s, entering, -kInf)),
+                                key_at(singleton, leaving, -kInf));
+  const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
+                                key_at(singleton, leaving - 1, kInf));
+  return solve_on_piece(equation, Operator::magnitude, leaving, entering, lo, hi);
+}
+
+// ---- outputs, block and c of the rows with 0 < k < n ----
+
+// Sorted outputs, c and row state of a batch (sorted order; c in sorted order too).
+struct SortedRows {
+  Tensor out, c, state;
+};
+
+// The core's window bound `above` (row_window.hpp, window_bounds): keys at or
+// above it are outside the window, and it is unchanged_from when no window
+// entry lies above the block.
+Tensor window_above(Operator op, const Power& power, const Tensor& s_k, const Tensor& s_next, double l) {
+  Tensor above, scale;
+  if (op == Operator::mask) {
+    above = s_k + l;
+    scale = (magnitude_of(s_k) + magnitude_of(s_next)) + l;
+  } else {
+    above = s_k + l * power.inverse(s_k);
+    scale = above;
+  }
+  above = above + 8.0 * DBL_EPSILON * scale;
+  return at::maximum(above, at::nextafter(s_k, at::full_like(s_k, kInf)));
+}
+
+// (gamma, W_B, unchanged_from) of a row whose block starts at column `begin` of the sorted row.
+Tensor block_state(const Tensor& s, int64_t k, const Tensor& gamma, const Tensor& begin, const Tensor& above) {
+  const Tensor key_before = key_at(s, begin - 1, kInf);  // +inf: no entry above the block
+  const Tensor unchanged_from = select(key_before < above, key_before, above);
+  return at::cat({gamma, (k - begin).to(at::kDouble), unchanged_from}, 1);
+}
+
+// The entries that take what the row's condition sum = owed leaves, shared,
+// instead of y_j = pow(u_j/l, q-1): tied at the edge, within rounding of the
+// threshold gamma (the core's NearThreshold), where that is the more exact of
+// the two. The share carries the rounding of the others' sum, eps `scale`
+// (k; gamma W_B for the magnitude); y_j carries (q-1) times the relative
+// error of u_j, which grows past eps where u_j is subnormal (or where the
+// condition is not met to 1e-12 at all: its root lies between two doubles).
+Tensor shares_the_rest(const Tensor& s, const Tensor& edge, const Tensor& u, const Tensor& y, const Tensor& gamma,
+                       const Tensor& sum, const Tensor& owed, const Power& power) {
+  const Tensor near_edge = (s == edge) & (magnitude_of(u) <= kNearRelative * magnitude_of(gamma) + DBL_MIN);
+  const Tensor unresolved = magnitude_of(sum - owed) > 1e-12 * magnitude_of(owed);
+  const Tensor share_error = DBL_EPSILON * magnitude_of(owed) / y;
+  const Tensor power_error = power.q_minus_1() * (DBL_TRUE_MIN / magnitude_of(u) + 4.0 * DBL_EPSILON);
+  return near_edge & (unresolved | (share_error <= power_error));
+}
+
+// Mask: y_j = clip(u_j / l, 0, 1)^(q-1) above the threshold; entries tied at
+// the edge take k less the others' sum, shared (exact where u_j is below what
+// a double resolves).
+SortedRows mask_block_rows(const ThresholdEquation& equation, const Threshold& t) {
+  const Tensor& s = equation.keys();
+  const int64_t k = equation.k();
+  const double l = equation.l();
+  const Power& power = equation.power();
+  const Tensor u = equation.offsets(t.ref, t.d), gamma = t.ref - t.d, z = u / l, above = s >= t.edge;
+  Tensor y = select(above, power.power(z.clamp(0.0, 1.0)), 0.0);
+  const Tensor shared = shares_the_rest(s, t.edge, u, y, gamma, row_sum(y), at::full_like(gamma, k), power);
+  const Tensor rest = static_cast<double>(k) - row_sum(select(shared, 0.0, y));
+  const Tensor share = (rest / row_sum(shared)).clamp(0.0, 1.0);
+  y = select(shared, share, y);
+  const Tensor z_shared = power.inverse(y);  // u_j / l read back from y (u_j = d may underflow)
+  const Tensor c = select(shared, select((y > 0) & (y < 1), power.jacobian_weight(z_shared, l), -1.0),
+                             select(above & (z > 0) & (z < 1), power.jacobian_weight(z, l), -1.0));
+  // the block: from the first unsaturated entry (p = 2, 4/3: PAV also pools entries saturated exactly at it)
+  const Tensor unsaturated = power.kind() == Power::Kind::general ? ~(u >= l) : ~(u > l);
+  const Tensor begin = first_true(unsaturated).clamp_max(k - 1);
+  const Tensor window_top = window_above(Operator::mask, power, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
+  return {y, c, block_state(s, k, gamma, begin, window_top)};
+}
+
+// Magnitude: in the block, r_j = pow(u_j/l, q-1) + u_j (at most |x_j|);
+// entries tied at the edge take gamma W_B less the others' powers, shared.
+SortedRows magnitude_block_rows(const ThresholdEquation& equation, const Threshold& t, const Tensor& x_sorted) {
+  const Tensor& s = equation.keys();
+  const Tensor& is_top = equation.is_top();
+  const int64_t k = equation.k();
+  const double l = equation.l();
+  const Power& power = equation.power();
+  const Tensor u = equation.offsets(t.ref, t.d).clamp_min(0.0), gamma = t.ref - t.d;
+  const Tensor y = power.power(u / l), s_k = s.narrow(1, k - 1, 1);
+  // the block: the top entries from the first one that moves (ties of s_k always; p = 2, 4/3: PAV also
+  // pools those that keep their value exactly at gamma), the others with u_j > 0
+  const Tensor column = columns(s.size(1), s);
+  const Tensor moves = power.kind() == Power::Kind::general ? y < gamma : y <= gamma;
+  const Tensor begin = first_true(is_top & ((s == s_k) | moves));
+  const Tensor in_block = (is_top & (column >= begin)) | (~is_top & ((s >= t.edge) | (s == s_k)));
+  const Tensor block_weight = (k - begin).to(at::kDouble);
+  const Tensor owed = gamma * block_weight;  // the block's condition: sum_B pow(u_j/l, q-1) = gamma W_B
+  const Tensor shared =
+      in_block & shares_the_rest(s, t.edge, u, y, gamma, row_sum(select(in_block, y, 0.0)), owed, power);
+  const Tensor others = row_sum(select(in_block & ~shared, y, 0.0));
+  const Tensor share = ((owed - others) / row_sum(shared)).clamp_min(0.0);
+  const Tensor power_j = select(shared, share, y);
+  const Tensor u_j = select(shared, l * power.inverse(share), u);
+  const Tensor r = at::minimum(power_j + u_j, s);
+  const Tensor out = select(in_block, at::copysign(r, x_sorted), select(is_top, x_sorted, 0.0));
+  const Tensor z_c = select(u_j > 0, u_j / l, power.inverse(power_j));  // (u_j underflowed: from the power)
+  const Tensor c = select(in_block & ((u_j > 0) | (power_j > 0)), power.jacobian_weight(z_c, l), -1.0);
+  const Tensor above = window_above(Operator::magnitude, power, s_k, s.narrow(1, k, 1), l);
+  return {out, c, block_state(s, k, gamma, begin, above)};
+}
+
+// Rows with no block (SPEC.md: every block a singleton): the hard operator,
+// gamma = s_{k+1}, W_B = 0, unchanged_from = s_k.
+SortedRows singleton_rows(Operator op, const Tensor& s, int64_t k, const Tensor& x_sorted) {
+  const Tensor is_top = columns(s.size(1), s) < k;
+  const Tensor out = op == Operator::mask ? is_top.expand_as(s).to(at::kDouble) : select(is_top, x_sorted, 0.0);
+  const Tensor gamma = k < s.size(1) ? s.narrow(1, k, 1) : at::full({s.size(0), 1}, -kInf, s.options());
+  const Tensor unchanged_from = k > 0 ? s.narrow(1, k - 1, 1) : at::full({s.size(0), 1}, kInf, s.options());
+  const Tensor state = at::cat({gamma, at::zeros_like(gamma), unchanged_from}, 1);
+  return {out, at::full_like(s, -1.0), state};
+}
+
+// Whether a row has a block straddling k (else singleton_rows), as the core
+// decides it: the k-th and (k+1)-th keys tie, or the residual is still negative
+// at the threshold s_{k+1} (the k-th entry is not saturated there, mask, or
+// does not keep its value, magnitude). For p = 2 and 4/3 the core's PAV also
+// pools the two where their singleton values are equal (the residual is then
+// 0 at s_{k+1}, a kink): s_k - l = s_{k+1}, or pow((s_k - s_{k+1})/l, q-1) = s_{k+1}.
+Tensor has_block(const ThresholdEquation& equation, Operator op) {
+  const Tensor& s = equation.keys();
+  const int64_t k = equation.k();
+  const double l = equation.l();
+  const Tensor s_k = s.narrow(1, k - 1, 1), s_next = s.narrow(1, k, 1);
+  const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) < 0);
+  if (equation.power().kind() == Power::Kind::general) return straddles;
+  const Tensor pooled = op == Operator::mask ? s_k - s_next == l : equation.power().power((s_k - s_next) / l) == s_next;
+  return straddles | pooled;
+}
+
+SortedRows soft_sorted_rows(Operator op, const Tensor& s, int64_t k, double l, double p, const Tensor& x_sorted) {
+  const int64_t n = s.size(1);
+  if (k == 0 || k == n) return singleton_rows(op, s, k, x_sorted);
+  const ThresholdEquation equation(op, s, k, l, p);
+  const Threshold threshold = op == Operator::mask ? mask_threshold(equation) : magnitude_threshold(equation);
+  const SortedRows block = op == Operator::mask ? mask_block_rows(equation, threshold)
+                                                : magnitude_block_rows(equation, threshold, x_sorted);
+  const SortedRows plain = singleton_rows(op, s, k, x_sorted);
+  const Tensor with_block = has_block(equation, op);
+  return {select(with_block, block.out, plain.out), select(with_block, block.c, plain.c),
+          select(with_block, block.state, plain.state)};
+}
+
+// The state of rows of no entries: no block, no threshold (the CPU kernel's convention).
+SoftResult empty_result(const Tensor& rows, bool save) {
+  SoftResult result{at::empty_like(rows), {}, {}};
+  if (!save) return result;
+  const auto options = rows.options().dtype(at::kDouble);
+  result.c = at::empty(rows.sizes(), options);
+  result.row_state = at::empty({rows.size(0), 3}, options);
+  if (rows.size(0) > 0) {
+    result.row_state.select(1, 0).fill_(-kInf);
+    result.row_state.select(1, 1).fill_(0.0);
+    result.row_state.select(1, 2).fill_(kInf);
+  }
+  return result;
+}
+
+// Sorted order: keys (x, or |x|) descending; -0 and +0 are the same key.
+std::pair<Tensor, Tensor> sort_keys(Operator op, const Tensor& x) {
+  const Tensor keys = op == Operator::mask ? x + 0.0 : magnitude_of(x);
+  auto [s, order] = at::sort(keys, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+  return {s, order};
+}
+
+// The tensor whose [r, order[r, j]] is sorted[r, j].
+Tensor unsort(const Tensor& sorted, const Tensor& order) { return at::empty_like(sorted).scatter_(1, order, sorted); }
+
+}  // namespace
+
+SoftResult soft_topk_rows(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
+  if (rows.numel() == 0) return empty_result(rows, save);
+  const Tensor finite = is_finite(rows).all(-1, /*keepdim=*/true);
+  const Tensor x = select(finite, rows.to(at::kDouble), 0.0);  // a non-finite row is NaN at the end
+  const auto [s, order] = sort_keys(op, x);
+  const Tensor x_sorted = op == Operator::magnitude ? x.gather(1, order) : Tensor();
+  const SortedRows sorted = soft_sorted_rows(op, s, k, l, p, x_sorted);
+  SoftResult result{select(finite, unsort(sorted.out, order), kNaN).to(rows.scalar_type()), {}, {}};
+  if (!save) return result;
+  result.c = select(finite, unsort(sorted.c, order), kNaN);
+  const Tensor nan = at::full({1, 1}, kNaN, sorted.state.options());
+  const Tensor non_finite_state = at::cat({nan, at::zeros_like(nan), nan}, 1);  // (NaN, 0, NaN)
+  result.row_state = select(finite, sorted.state, non_finite_state);
+  return result;
+}
+
+at::Tensor hard_topk_rows(Operator op, const Tensor& rows, int64_t k) {
+  if (rows.numel() == 0) return at::empty_like(rows);
+  const Tensor x = rows.to(at::kDouble);
+  const Tensor order = sort_keys(op, x).second;  // stable: ties keep the lower index first
+  const Tensor kept_sorted = (columns(rows.size(1), rows) < k).expand(rows.sizes()).contiguous();
+  const Tensor kept = at::zeros_like(x, x.options().dtype(at::kBool)).scatter_(1, order, kept_sorted);
+  const Tensor out = op == Operator::mask ? kept.to(at::kDouble) : select(kept, x, 0.0);
+  const Tensor has_nan = is_nan(x).any(-1, /*keepdim=*/true);
+  return select(has_nan, kNaN, out).to(rows.scalar_type());
+}
+
+// SPEC.md, "Derivatives", with the core's pivoting (src/core/derivatives.cpp):
+// d = the active entry with the largest c (first of equal ones), and sums of
+// differences v_j - v_d, so that no two nearly equal large numbers subtract.
+at::Tensor jacobian_product_rows(Operator op, bool transpose, const Tensor& v_rows, const Tensor& x_rows,
+                                 const Tensor& c_rows, const Tensor& state_rows) {
+  if (v_rows.numel() == 0) return at::zeros_like(v_rows);
+  const Tensor v = v_rows.to(at::kDouble), c = c_rows.to(at::kDouble), state = state_rows.to(at::kDouble);
+  const Tensor invalid = is_nan(state.narrow(1, 0, 1));  // gamma NaN: the row held a non-finite value
+  const Tensor active = c >= 0, weight = select(active, c, 0.0), sum = row_sum(weight);
+  const Tensor pivot = select(active, c, -kInf).argmax(-1, /*keepdim=*/true);
+  Tensor result;
+  if (op == Operator::mask) {
+    // J_B = diag(c) - c c^T / sum(c): (J v)_a = c_a (v_a - v_d) - (c_a / sum(c)) sum_j c_j (v_j - v_d)
+    const Tensor difference = select(active, v - v.gather(1, pivot), 0.0);
+    const Tensor spread = row_sum(weight * difference);
+    result = select(active & (sum > 0), weight * difference - weight / sum * spread, 0.0);
+  } else {
+    // in t_i = sign(x_i) v_i, with D = W_B + sum(c) and m active entries:
+    //   (J t)_a   = (1 + c_a)(t_a - t_d) + ((1 + c_a) / D) (W_B t_d - sum_j c_j (t_j - t_d))
+    //   (J^T t)_a = t_a + c_a (t_a - t_d) + (c_a / D) ((W_B - m) t_d - sum_j (1 + c_j)(t_j - t_d))
+    // identity on the entries returned unchanged, zero elsewhere
+    const Tensor x = x_rows.to(at::kDouble), sign = at::sign(x);
+    const Tensor block_weight = state.narrow(1, 1, 1), unchanged_from = state.narrow(1, 2, 1);
+    const Tensor t = sign * v, t_d = t.gather(1, pivot), difference = select(active, t - t_d, 0.0);
+    const Tensor count = row_sum(active).to(at::kDouble), denominator = block_weight + sum;
+    const Tensor rest = transpose ? (block_weight - count) * t_d - row_sum((1.0 + weight) * difference)
+                                  : block_weight * t_d - row_sum(weight * difference);
+    const Tensor ratio = select(denominator > 0, (transpose ? weight : 1.0 + weight) / denominator, 0.0);
+    const Tensor dr = transpose ? t + weight * difference + ratio * rest : (1.0 + weight) * difference + ratio * rest;
+    const Tensor unchanged = (x != 0) & (magnitude_of(x) >= unchanged_from);
+    result = select(active, sign * dr, select(unchanged, v, 0.0));
+  }
+  return select(invalid, kNaN, result).to(v_rows.scalar_type());
+}
+
+}  // namespace sparsetopk::torch::generic
