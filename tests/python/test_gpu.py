@@ -1,0 +1,123 @@
+"""The GPU suite: every op on CUDA tensors against the CPU core (scripts/gpu-check.sh runs it).
+
+Without a CUDA device every test here is skipped, and says so. On a GPU it
+checks, for each op and p in {4/3, 2, 1.5, 3}: the forward, the VJP and the
+JVP of the default CUDA path (the device-generic ATen implementation) against
+the CPU core on random, tied and hostile rows, in float32 and float64; that a
+non-default device and the current stream are respected; and a torch.compile
+of a CUDA training step against eager.
+"""
+
+import pytest
+import torch
+
+import sparsetopk
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+
+SOFT = [sparsetopk.soft_topk_mask, sparsetopk.soft_topk_mag]
+HARD = [sparsetopk.hard_topk_mask, sparsetopk.hard_topk_mag]
+P_VALUES = [4.0 / 3.0, 2.0, 1.5, 3.0]
+
+
+def rows(kind: str, shape, dtype, seed=0):
+    """Random, tied or hostile rows (float64 on the CPU, then cast)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if kind == "tied":  # few distinct values: ties straddle the k-th entry
+        x = torch.round(x * 2) / 2
+    elif kind == "hostile":  # wide magnitudes, exact zeros, a NaN row, duplicated extremes
+        x = x * torch.logspace(-6, 6, shape[-1], dtype=torch.float64)
+        x[..., ::7] = 0.0
+        x[0] = float("nan")
+        if x.shape[0] > 2:
+            x[1] = x[1].abs().max()
+    return x.to(dtype)
+
+
+def tolerance(dtype):
+    return {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "hostile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_cuda_soft_ops_match_the_cpu_core(op, p, dtype, kind):
+    for shape, k in [((64, 33), 4), ((8, 1000), 100), ((3, 5), 5), ((4, 1), 0)]:
+        x = rows(kind, shape, dtype)
+        g = torch.randn(shape, dtype=dtype)
+        xc = x.clone().requires_grad_()
+        out_cpu = op(xc, k, 0.3, p)
+        (vjp_cpu,) = torch.autograd.grad(out_cpu, xc, g)
+        xg = x.cuda().requires_grad_()
+        out_gpu = op(xg, k, 0.3, p)
+        (vjp_gpu,) = torch.autograd.grad(out_gpu, xg, g.cuda())
+        assert out_gpu.device == xg.device and out_gpu.dtype == dtype
+        torch.testing.assert_close(out_gpu.cpu(), out_cpu.detach(), equal_nan=True, **tolerance(dtype))
+        torch.testing.assert_close(vjp_gpu.cpu(), vjp_cpu, equal_nan=True, **tolerance(dtype))
+        _, jvp_cpu = torch.func.jvp(lambda t: op(t, k, 0.3, p), (x,), (g,))
+        _, jvp_gpu = torch.func.jvp(lambda t: op(t, k, 0.3, p), (x.cuda(),), (g.cuda(),))
+        torch.testing.assert_close(jvp_gpu.cpu(), jvp_cpu, equal_nan=True, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("op", HARD, ids=lambda f: f.__name__)
+def test_cuda_hard_ops_match_the_cpu_core(op):
+    for kind in ["random", "tied", "hostile"]:
+        x = rows(kind, (32, 17), torch.float32)
+        torch.testing.assert_close(op(x.cuda(), 5).cpu(), op(x, 5), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_half_dtypes_on_cuda(op):
+    for dtype in [torch.float16, torch.bfloat16]:
+        x = rows("random", (16, 40), torch.float32).to(dtype)
+        out = op(x.cuda(), 3, 0.5)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_a_non_default_device_is_respected(op):
+    x = rows("random", (8, 20), torch.float64)
+    out = op(x.to("cuda:1"), 3, 0.5)
+    assert out.device == torch.device("cuda:1")
+    torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_the_current_stream_is_used(op):
+    x = rows("random", (256, 64), torch.float32).cuda()
+    expected = op(x, 4, 0.3)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = op(x, 4, 0.3)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_compiled_cuda_training_step_matches_eager():
+    torch.manual_seed(0)
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict({
+            "layer": sparsetopk.SparseLinear(32, 16, density=0.25, l=0.05),
+            "router": sparsetopk.SoftTopKRouter(d_model=32, num_experts=8, k=2, l=0.5),
+        }).cuda()
+
+    def loss_of(model, x):
+        gates = model["router"](x).gates
+        return (gates.sum(-1) * model["layer"](x).pow(2).sum(-1)).mean()
+
+    eager, compiled = make(), make()
+    step = torch.compile(loss_of, fullgraph=True)
+    x = torch.randn(64, 32, device="cuda")
+    loss_eager, loss_compiled = loss_of(eager, x), step(compiled, x)
+    loss_eager.backward()
+    loss_compiled.backward()
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
