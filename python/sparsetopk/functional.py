@@ -25,9 +25,18 @@ import torch
 
 from ._registration import SoftTopkFunction, needs_python_autograd
 
+# The schema defaults of the soft ops (src/torch/ops.cpp), as the defaults of
+# the functions below, and the ops' overloads, looked up once. A call on a small
+# input takes a few microseconds in all, of which the lookup through torch.ops
+# and the conversion of every argument passed are a noticeable part: in eager
+# mode, arguments left at their defaults are not passed again.
+_L, _P, _DIM, _SOLVER = 0.1, 4.0 / 3.0, -1, "auto"
+_SOFT_TOPK_MASK = torch.ops.sparsetopk.soft_topk_mask.default
+_SOFT_TOPK_MAG = torch.ops.sparsetopk.soft_topk_mag.default
 
-def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1,
-                   solver: str = "auto") -> torch.Tensor:
+
+def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
+                   solver: str = _SOLVER) -> torch.Tensor:
     """Soft top-k mask: a sparse, differentiable relaxation of the hard mask.
 
     ``out = argmax_{y in [0,1]^n, sum(y) = k} <y, x> - (l/p) sum_i y_i^p`` on each
@@ -57,11 +66,14 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
         if needs_python_autograd(x):
             return SoftTopkFunction.apply(x, k, l, p, dim, solver, False)[0]
+        if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
+            return _SOFT_TOPK_MASK(x, k)
+        return _SOFT_TOPK_MASK(x, k, l, p, dim, solver)
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver)
 
 
-def soft_topk_mag(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1,
-                  solver: str = "auto") -> torch.Tensor:
+def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
+                  solver: str = _SOLVER) -> torch.Tensor:
     """Soft top-k in magnitude: keeps the ``k`` largest ``|x_i|``, sparsely and differentiably.
 
     Entries well inside the top k (by magnitude) come back unchanged, entries
@@ -86,6 +98,9 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = 0.1, p: float = 4.0 / 3.0,
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
         if needs_python_autograd(x):
             return SoftTopkFunction.apply(x, k, l, p, dim, solver, True)[0]
+        if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
+            return _SOFT_TOPK_MAG(x, k)
+        return _SOFT_TOPK_MAG(x, k, l, p, dim, solver)
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver)
 
 

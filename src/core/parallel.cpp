@@ -19,15 +19,33 @@ void set_num_threads(std::size_t threads) { configured_threads = threads; }
 std::size_t num_threads() {
   const std::size_t configured = configured_threads;
   if (configured > 0) return configured;
-  return std::max<std::size_t>(1, std::thread::hardware_concurrency());
+  // Read once: std::thread::hardware_concurrency() reads /sys (glibc's
+  // get_nprocs, several microseconds), and every call of an operator asks.
+  static const std::size_t hardware = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+  return hardware;
 }
 
 namespace detail {
+namespace {
+thread_local std::size_t thread_limit = 0;  // 0: no ThreadLimit on this thread
+}  // namespace
+
+std::size_t available_threads() {
+  const std::size_t all = num_threads();
+  return thread_limit > 0 ? std::min(all, thread_limit) : all;
+}
+
+ThreadLimit::ThreadLimit(std::size_t limit) : previous_(thread_limit) {
+  limit = std::max<std::size_t>(limit, 1);
+  thread_limit = previous_ > 0 ? std::min(previous_, limit) : limit;
+}
+
+ThreadLimit::~ThreadLimit() { thread_limit = previous_; }
 
 std::size_t plan_threads(std::size_t rows, std::size_t n) {
   constexpr std::size_t kMinEntriesPerThread = 1 << 14;  // below this a thread costs more than it saves
   const std::size_t by_work = std::max<std::size_t>(1, rows * std::max<std::size_t>(n, 1) / kMinEntriesPerThread);
-  return std::max<std::size_t>(1, std::min({num_threads(), rows, by_work}));
+  return std::max<std::size_t>(1, std::min({available_threads(), rows, by_work}));
 }
 
 void parallel_for(std::size_t rows, std::size_t threads,

@@ -469,7 +469,7 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
   check_soft_options(options);
   const BlockEquation equation(form, options.l, options.p);
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
-  const std::size_t threads = num_threads();  // read once: the chunks of `blocks` follow it
+  const std::size_t threads = available_threads();  // read once: the chunks of `blocks` follow it
   if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p, threads);
   for_each_row(x, n, k, out, workspace, threads,
                [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws,
@@ -482,14 +482,14 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
 
 template <class T>
 void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, num_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
+  detail::for_each_row(x, n, k, out, nullptr, detail::available_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::identity, false, ws, out_row);
   });
 }
 
 template <class T>
 void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
-  detail::for_each_row(x, n, k, out, nullptr, num_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
+  detail::for_each_row(x, n, k, out, nullptr, detail::available_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
     detail::hard_topk_row(row, k, detail::magnitude, true, ws, out_row);
   });
 }

@@ -1,19 +1,26 @@
 // CPU kernels: view x as a row-major batch of rows along `dim`, call the core
 // of <sparsetopk/topk.hpp> on the whole batch at once, and map the result back.
 // No solver logic lives here. Each calling thread keeps one core Workspace and
-// one ActiveBlocks, so repeated calls allocate only their output tensors.
+// one ActiveBlocks, so repeated calls allocate only their output tensors. When
+// `dim` is the last axis of a contiguous input nothing is copied or viewed:
+// these calls take microseconds on small inputs, and every extra tensor is a
+// noticeable part of them.
 
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/topk.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <limits>
 #include <span>
 #include <tuple>
 
+#include "../../core/parallel.hpp"
 #include "../checks.hpp"
 #include "../ops.hpp"
 
@@ -23,26 +30,41 @@ namespace {
 // The core computes in float or double; float16 and bfloat16 go through float.
 at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
+// A new contiguous CPU tensor. at::detail::empty_cpu, not at::empty: this
+// runs inside the CPU kernel already, and each trip through the dispatcher
+// is a noticeable part of a call on a small input.
+at::Tensor new_tensor(c10::IntArrayRef sizes, at::ScalarType type) {
+  return at::Tensor(at::detail::empty_cpu(sizes, type));
+}
+
 // `t` as a contiguous tensor of dtype `type` (itself if it already is one).
 // Tensor::to(..., MemoryFormat::Contiguous) is not enough: it may alias a
 // permuted or expanded view whose suggested memory format is "contiguous".
 at::Tensor contiguous_as(const at::Tensor& t, at::ScalarType type) {
   if (t.scalar_type() == type && t.is_contiguous()) return t;
-  return at::empty(t.sizes(), t.options().dtype(type)).copy_(t);
+  return new_tensor(t.sizes(), type).copy_(t);
 }
+
+// Whether the slices along the (wrapped) dim of t are its rows as laid out:
+// dim is the last axis of a tensor of at least one dimension. Then no view is
+// needed to move it last (movedim makes one even when it moves nothing).
+bool dim_is_last(const at::Tensor& t, int64_t dim) { return t.dim() >= 1 && dim == t.dim() - 1; }
 
 // t with axis `dim` moved last, contiguous, in dtype `type`: rows of n = slice_size(t, dim) entries.
 at::Tensor to_rows(const at::Tensor& t, int64_t dim, at::ScalarType type) {
+  if (dim_is_last(t, dim)) return contiguous_as(t, type);
   return contiguous_as(t.dim() == 0 ? t.reshape({1}) : t.movedim(dim, -1), type);
 }
 
 // The inverse of to_rows for a tensor shaped like `like`: contiguous, in dtype `type`.
 at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim, at::ScalarType type) {
+  if (dim_is_last(like, dim)) return contiguous_as(rows, type);
   return contiguous_as(like.dim() == 0 ? rows.reshape({}) : rows.movedim(-1, dim), type);
 }
 
 // row_state (ops.hpp) from its rows layout [..., 3].
 at::Tensor row_state_from_rows(const at::Tensor& rows, const at::Tensor& x, int64_t dim) {
+  if (dim_is_last(x, dim)) return rows;
   return x.dim() == 0 ? rows.reshape({3}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
 }
 
@@ -89,6 +111,17 @@ struct SoftResult {
   at::Tensor out, c, row_state;
 };
 
+// The core's threads for a call: at most torch's intra-op thread count
+// (torch.set_num_threads applies; a call inside one of torch's parallel regions
+// is one of many already and gets one). The core starts its threads per call and
+// only for batches big enough to pay for them (sparsetopk::detail::plan_threads);
+// torch's own pool is not an option here: at::parallel_for runs serially in a
+// translation unit built without -fopenmp, as this library is.
+sparsetopk::detail::ThreadLimit torch_thread_limit() {
+  return sparsetopk::detail::ThreadLimit(
+      at::in_parallel_region() ? 1 : static_cast<std::size_t>(std::max(at::get_num_threads(), 1)));
+}
+
 // The soft operator; with `save`, also c and row_state for the derivatives.
 SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                      c10::string_view solver, bool save) {
@@ -101,8 +134,9 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
   const SoftTopkOptions options{l, p, parse_solver(op, solver)};
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
-  at::Tensor out = at::empty_like(rows);
+  at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
   CoreScratch& core = scratch();
+  const auto limit = torch_thread_limit();
   with_core(rows, [&](auto zero) {
     using T = decltype(zero);
     const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
@@ -116,10 +150,10 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
   if (!save) return result;
 
   const auto row_sizes = rows.sizes();
-  at::Tensor c_rows = at::empty(row_sizes, rows.options().dtype(at::kDouble));
-  std::vector<int64_t> state_sizes(row_sizes.begin(), row_sizes.end() - 1);
+  at::Tensor c_rows = new_tensor(row_sizes, at::kDouble);
+  at::DimVector state_sizes(row_sizes.begin(), row_sizes.end() - 1);
   state_sizes.push_back(ActiveBlocks::row_state_size);
-  at::Tensor state_rows = at::empty(state_sizes, c_rows.options());
+  at::Tensor state_rows = new_tensor(state_sizes, at::kDouble);
   if (rows.numel() > 0) {
     core.blocks.to_dense(out_span<double>(c_rows), out_span<double>(state_rows));
   } else if (state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold
@@ -140,7 +174,8 @@ at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
   check_k(op, k, n, dim);
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
-  at::Tensor out = at::empty_like(rows);
+  at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
+  const auto limit = torch_thread_limit();
   with_core(rows, [&](auto zero) {
     using T = decltype(zero);
     const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
@@ -175,10 +210,11 @@ at::Tensor jacobian_product(Kind kind, bool transpose, const at::Tensor& v, cons
   const at::Tensor v_rows = to_rows(v, dim, type), c_rows = to_rows(c, dim, at::kDouble);
   const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, 3}) : to_rows(row_state, dim, at::kDouble);
   ActiveBlocks& blocks = scratch().blocks;
+  const auto limit = torch_thread_limit();
   with_core(v_rows, [&](auto) {
     blocks.assign_dense(static_cast<std::size_t>(n), in_span<double>(c_rows), in_span<double>(state_rows));
   });
-  at::Tensor result = at::empty_like(v_rows);
+  at::Tensor result = new_tensor(v_rows.sizes(), v_rows.scalar_type());
   with_core(v_rows, [&](auto zero) {
     using T = decltype(zero);
     if (kind == Kind::mask) {  // J is symmetric: J^T v = J v
