@@ -1,13 +1,19 @@
-"""sparsetopk: fast, differentiable and sparse top-k operators for PyTorch.
+"""sparsetopk: fast, differentiable and sparse top-k operators for PyTorch and JAX.
 
-Importing the package loads the compiled operator library (libsparsetopk_torch.so,
-built by CMake; see ``sparsetopk._library.candidate_paths`` and the
-``SPARSETOPK_LIBRARY`` environment variable), which registers
-``torch.ops.sparsetopk.{soft_topk_mask, soft_topk_mag, hard_topk_mask, hard_topk_mag}``.
+PyTorch: the functions :func:`soft_topk_mask`, :func:`soft_topk_mag`,
+:func:`hard_topk_mask`, :func:`hard_topk_mag` and the modules
+:class:`SoftTopKMask`, :class:`SoftTopKMagnitude`, :class:`SparseLinear`,
+:class:`SoftTopKRouter`, over ``torch.ops.sparsetopk.*``. They load the
+compiled operator library (libsparsetopk_torch.so; see
+``sparsetopk._library.candidate_paths`` and the ``SPARSETOPK_LIBRARY``
+environment variable), which registers the ops.
 
-Functions: :func:`soft_topk_mask`, :func:`soft_topk_mag`, :func:`hard_topk_mask`,
-:func:`hard_topk_mag`. Modules: :class:`SoftTopKMask`, :class:`SoftTopKMagnitude`,
-:class:`SparseLinear`, :class:`SoftTopKRouter`.
+JAX: :mod:`sparsetopk.jax` (the same operators as XLA FFI custom calls).
+
+Importing this package imports neither framework by itself, so that each part
+works without the other installed: the PyTorch part is loaded on first use of
+one of its names, or at once when torch is already imported (then
+``torch.ops.sparsetopk.*`` exist as soon as ``import sparsetopk`` returns).
 
 Example:
     >>> import torch, sparsetopk
@@ -16,25 +22,45 @@ Example:
     tensor([0., 0., 1., 1.])
 """
 
-from ._library import load_library
-
-load_library()
-
-from . import _registration  # noqa: E402,F401  (fake kernels, vmap rules, torch.func autograd)
-
-from .functional import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask  # noqa: E402
-from .nn import RouterOutput, SoftTopKMagnitude, SoftTopKMask, SoftTopKRouter, SparseLinear  # noqa: E402
+import importlib
+import sys
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "soft_topk_mask",
-    "soft_topk_mag",
-    "hard_topk_mask",
-    "hard_topk_mag",
-    "SoftTopKMask",
-    "SoftTopKMagnitude",
-    "SparseLinear",
-    "SoftTopKRouter",
-    "RouterOutput",
-]
+# The PyTorch API: name -> the submodule defining it.
+_TORCH_API = {
+    "soft_topk_mask": "functional",
+    "soft_topk_mag": "functional",
+    "hard_topk_mask": "functional",
+    "hard_topk_mag": "functional",
+    "SoftTopKMask": "nn",
+    "SoftTopKMagnitude": "nn",
+    "SparseLinear": "nn",
+    "SoftTopKRouter": "nn",
+    "RouterOutput": "nn",
+}
+
+__all__ = list(_TORCH_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _TORCH_API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparsetopk' has no attribute {name!r}")
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise ImportError(f"sparsetopk.{name} is part of the PyTorch API, which needs torch (pip install "
+                          "torch); the JAX operators are in sparsetopk.jax") from error
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)
+
+
+if "torch" in sys.modules:
+    from . import nn as _nn  # noqa: F401  (loads the library, registers the ops and their Python side)

@@ -1,34 +1,40 @@
-"""Finds and loads libsparsetopk_torch.so, which registers torch.ops.sparsetopk.*."""
+"""Finds the compiled libraries of the package, and loads libsparsetopk_torch.so,
+which registers torch.ops.sparsetopk.*.
+
+torch is imported by :func:`load_library` only: sparsetopk.jax finds its own
+library (libsparsetopk_jax.so) through :func:`candidate_paths` without torch.
+"""
 
 import os
 from pathlib import Path
 from typing import List
 
-import torch
-
 LIBRARY_NAME = "libsparsetopk_torch.so"
 
 
-def candidate_paths() -> List[Path]:
-    """Where the library is looked for, in order.
+def candidate_paths(name: str = LIBRARY_NAME, override_variable: str = "SPARSETOPK_LIBRARY") -> List[Path]:
+    """Where the library file ``name`` is looked for, in order.
 
-    ``$SPARSETOPK_LIBRARY`` if set (and then only there); otherwise next to this
-    package, then in the build trees of the CMake presets of a source checkout
-    (``build/lib`` for ``release``, ``build-debug/lib`` for ``debug``).
+    ``$SPARSETOPK_LIBRARY`` (``override_variable``) if set, and then only there;
+    otherwise next to this package, then in the build trees of the CMake presets
+    of a source checkout (``build/lib`` for ``release``, ``build-debug/lib`` for
+    ``debug``).
     """
-    override = os.environ.get("SPARSETOPK_LIBRARY")
+    override = os.environ.get(override_variable)
     if override:
         return [Path(override)]
     package = Path(__file__).resolve().parent
     checkout = package.parent.parent
     return [
-        package / LIBRARY_NAME,
-        checkout / "build" / "lib" / LIBRARY_NAME,
-        checkout / "build-debug" / "lib" / LIBRARY_NAME,
+        package / name,
+        checkout / "build" / "lib" / name,
+        checkout / "build-debug" / "lib" / name,
     ]
 
 
 def _already_loaded() -> bool:
+    import torch
+
     try:
         torch.ops.sparsetopk.soft_topk_mask
     except (AttributeError, RuntimeError):
@@ -40,6 +46,8 @@ def _check_built_torch(path: Path) -> None:
     """A wheel (pip install / pip wheel) records the torch it was built against in
     ``_build_info.py``; a library built for another torch major.minor would fail to
     load with undefined C++ symbols, so say so plainly instead."""
+    import torch
+
     if path.parent != Path(__file__).resolve().parent:
         return
     try:
@@ -57,6 +65,8 @@ def _check_built_torch(path: Path) -> None:
 
 def load_library() -> None:
     """Loads the operator library once per process (a no-op if already loaded)."""
+    import torch
+
     if _already_loaded():
         return
     paths = candidate_paths()

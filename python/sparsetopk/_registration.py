@@ -26,6 +26,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch.autograd import forward_ad
 
+from ._library import load_library
+
+load_library()
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 3
 COMPILE_USES_PYTHON_AUTOGRAD = False

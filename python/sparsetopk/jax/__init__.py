@@ -1,0 +1,45 @@
+"""sparsetopk for JAX: the exact C++ core as XLA FFI custom calls.
+
+Functions: :func:`soft_topk_mask`, :func:`soft_topk_mag` ``(x, k, l=0.1,
+p=4/3, axis=-1)``, :func:`hard_topk_mask`, :func:`hard_topk_mag` ``(x, k,
+axis=-1)``, and the names of the paper's JAX reference implementation:
+:func:`sparse_soft_topk_mask_pav`, :func:`sparse_soft_topk_mag_pav`,
+:func:`sparse_soft_topk_mask_dykstra`, :func:`sparse_soft_topk_mag_dykstra`
+(``hard_topk_mask``/``hard_topk_mag`` are shared).
+
+Each function is one custom call for the whole array (all leading axes), also
+under ``jax.vmap``; it works under ``jax.jit`` with ``k``, ``l``, ``p`` and
+``axis`` static, and with ``jax.jvp``/``grad``/``vjp``/``jacfwd``/``jacrev``.
+float32, float64 (``jax_enable_x64``); float16 and bfloat16 in float32. CPU.
+This module does not import torch. Details and differences from the reference:
+docs/jax.md.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from sparsetopk.jax import soft_topk_mask
+    >>> soft_topk_mask(jnp.array([-5., -2., 3., 1.]), k=2, l=0.01)
+    Array([0., 0., 1., 1.], dtype=float32)
+"""
+
+from . import _ffi
+
+_ffi.register_targets()
+
+from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask  # noqa: E402
+from ._reference import (  # noqa: E402
+    sparse_soft_topk_mag_dykstra,
+    sparse_soft_topk_mag_pav,
+    sparse_soft_topk_mask_dykstra,
+    sparse_soft_topk_mask_pav,
+)
+
+__all__ = [
+    "soft_topk_mask",
+    "soft_topk_mag",
+    "hard_topk_mask",
+    "hard_topk_mag",
+    "sparse_soft_topk_mask_pav",
+    "sparse_soft_topk_mag_pav",
+    "sparse_soft_topk_mask_dykstra",
+    "sparse_soft_topk_mag_dykstra",
+]

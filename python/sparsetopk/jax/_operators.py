@@ -1,0 +1,251 @@
+"""The operators of SPEC.md as JAX functions over the FFI calls of :mod:`._ffi`.
+
+Differentiation: each soft operator is a ``jax.custom_jvp`` whose tangent rule
+is the closed-form block Jacobian of SPEC.md ("Derivatives") applied to the
+tangent, written with jax.numpy from the state the forward call returns (c and
+the row state, see ffi_handlers.cpp). The rule is linear in the tangent, so
+JAX derives reverse mode (grad, vjp, jacrev) by transposing it; it is the same
+product as ``jacobian_product_rows`` of the torch device-generic path
+(src/torch/generic/topk_generic.cpp), in the same pivoted form.
+
+Second derivatives: for p = 2 (and Dykstra, which is p = 2) the operators are
+piecewise linear, c_i = 1/l is constant and the row state enters the rule only
+through comparisons, so the state has a zero tangent and second derivatives
+are exact (zero almost everywhere). For any other p, c depends on x and
+differentiating the rule raises an error naming the operator.
+"""
+
+import functools
+import math
+import operator as _operator
+from typing import Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from . import _ffi
+
+SOLVERS = ("auto", "pav", "threshold", "dykstra")
+DEFAULT_NUM_ITER = 100  # Dykstra iterations (both sets of pairs) when num_iter is not given
+
+
+# ---- argument checks: each error names the function, the argument and its value ----
+
+def _fail(name: str, message: str, error=ValueError):
+    raise error(f"sparsetopk.jax.{name}: {message}")
+
+
+def _check_static(name: str, argument: str, value) -> None:
+    if isinstance(value, jax.core.Tracer):
+        _fail(name, f"{argument} must be a Python number, not a traced array: pass it as a static argument "
+                    "(e.g. jax.jit(..., static_argnames=...))", TypeError)
+
+
+def _check_k(name: str, k, n: int) -> int:
+    _check_static(name, "k", k)
+    try:
+        k = _operator.index(k)
+    except TypeError:
+        _fail(name, f"k must be an integer, got {k!r}", TypeError)
+    if not 0 <= k <= n:
+        _fail(name, f"k = {k} is out of range [0, n = {n}]")
+    return k
+
+
+def _check_number(name: str, argument: str, value, lower: float, relation: str) -> float:
+    _check_static(name, argument, value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        _fail(name, f"{argument} must be a number, got {value!r}", TypeError)
+    if not (value > lower and math.isfinite(value)):
+        _fail(name, f"{argument} must be finite and {relation}, got {value!r}")
+    return value
+
+
+def _check_solver(name: str, solver: str, num_iter: Optional[int], p: float) -> Tuple[str, int]:
+    if solver not in SOLVERS:
+        _fail(name, f"solver = {solver!r} is not one of " + ", ".join(repr(s) for s in SOLVERS))
+    if solver != "dykstra":
+        if num_iter is not None:
+            _fail(name, f"num_iter = {num_iter!r} is only used by solver = 'dykstra', got solver = {solver!r}")
+        return solver, 0
+    if p != 2.0:
+        _fail(name, f"solver = 'dykstra' needs p = 2, got p = {p!r}")
+    if num_iter is None:
+        return solver, DEFAULT_NUM_ITER
+    _check_static(name, "num_iter", num_iter)
+    num_iter = _operator.index(num_iter)
+    if num_iter < 1:
+        _fail(name, f"num_iter = {num_iter} must be >= 1")
+    return solver, num_iter
+
+
+def _rows(name: str, x, axis) -> Tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """x as rows along its last axis in the dtype of computation (float64 for
+    float64, else float32), and the map of a result back to x's layout and dtype."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        _fail(name, f"x must be a floating-point array (float16, bfloat16, float32 or float64), got {x.dtype}",
+              TypeError)
+    _check_static(name, "axis", axis)
+    rank = max(x.ndim, 1)
+    try:
+        axis = _operator.index(axis)
+    except TypeError:
+        _fail(name, f"axis must be an integer, got {axis!r}", TypeError)
+    if not -rank <= axis < rank:
+        _fail(name, f"axis = {axis} is out of range for an array of rank {x.ndim}")
+    axis %= rank
+    dtype = x.dtype
+    compute = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    if x.ndim == 0:
+        return x.reshape(1).astype(compute), lambda r: r.reshape(()).astype(dtype)
+    return jnp.moveaxis(x, axis, -1).astype(compute), lambda r: jnp.moveaxis(r, -1, axis).astype(dtype)
+
+
+# ---- the tangent rule: J v from the state of the forward call ----
+
+def _jacobian_product(operator: str, x, c, row_state, v):
+    """J v for the soft operator at the state (c, row_state) of rows x; linear in v."""
+    active = c >= 0
+    weight = jnp.where(active, c, 0)
+    total = weight.sum(-1, keepdims=True)
+    pivot = jnp.argmax(jnp.where(active, c, -jnp.inf), axis=-1, keepdims=True)  # the largest c: exact differences
+    invalid = jnp.isnan(row_state[..., :1])  # gamma NaN: the row held a non-finite value
+    if operator == "mask":
+        # J_B = diag(c) - c c^T / sum(c): (J v)_a = c_a (v_a - v_d) - (c_a / sum(c)) sum_j c_j (v_j - v_d)
+        difference = jnp.where(active, v - jnp.take_along_axis(v, pivot, -1), 0)
+        spread = (weight * difference).sum(-1, keepdims=True)
+        ratio = weight / jnp.where(total > 0, total, 1)
+        result = jnp.where(active & (total > 0), weight * difference - ratio * spread, 0)
+    else:
+        # in t_i = sign(x_i) v_i, D = W_B + sum(c): (J t)_a = (1 + c_a)(t_a - t_d) + ((1 + c_a) / D)(W_B t_d - sum_j c_j (t_j - t_d));
+        # identity on the entries returned unchanged, zero elsewhere
+        sign = jnp.sign(x)
+        t = sign * v
+        t_d = jnp.take_along_axis(t, pivot, -1)
+        difference = jnp.where(active, t - t_d, 0)
+        block_weight, unchanged_from = row_state[..., 1:2], row_state[..., 2:3]
+        denominator = block_weight + total
+        rest = block_weight * t_d - (weight * difference).sum(-1, keepdims=True)
+        ratio = jnp.where(denominator > 0, (1 + weight) / jnp.where(denominator > 0, denominator, 1), 0)
+        dr = (1 + weight) * difference + ratio * rest
+        unchanged = (x != 0) & (jnp.abs(x) >= unchanged_from)
+        result = jnp.where(active, sign * dr, jnp.where(unchanged, v, 0))
+    return result * jnp.where(invalid, jnp.nan, 1).astype(result.dtype)
+
+
+# ---- the soft operators ----
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _soft_rows(rows, operator, k, l, p, solver, num_iter):
+    return _ffi.soft(rows, operator, k, l, p, solver, num_iter)
+
+
+@_soft_rows.defjvp
+def _soft_rows_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
+    (rows,), (d_rows,) = primals, tangents
+    out, c, row_state = _soft_state(rows, operator, k, l, p, solver, num_iter)
+    return out, _jacobian_product(operator, rows, c, row_state, d_rows)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _soft_state(rows, operator, k, l, p, solver, num_iter):
+    return _ffi.soft_with_state(rows, operator, k, l, p, solver, num_iter)
+
+
+@_soft_state.defjvp
+def _soft_state_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
+    """Reached only by second derivatives (differentiating the tangent rule)."""
+    (rows,), (d_rows,) = primals, tangents
+    if p != 2.0:
+        _fail(f"soft_topk_{operator}", f"second derivatives (e.g. jax.hessian) are available for p = 2 only, "
+                                       f"where the operator is piecewise linear; got p = {p!r}",
+              NotImplementedError)
+    out, c, row_state = _soft_state(rows, operator, k, l, p, solver, num_iter)
+    # c = 1/l on the block; the row state is used through comparisons and NaN tests only.
+    d_out = _jacobian_product(operator, rows, c, row_state, d_rows)
+    return (out, c, row_state), (d_out, jnp.zeros_like(c), jnp.zeros_like(row_state))
+
+
+def _soft(name, operator, x, k, l, p, axis, solver, num_iter):
+    rows, restore = _rows(name, x, axis)
+    k = _check_k(name, k, rows.shape[-1])
+    l = _check_number(name, "l", l, 0.0, "> 0")
+    p = _check_number(name, "p", p, 1.0, "> 1")
+    solver, num_iter = _check_solver(name, solver, num_iter, p)
+    return restore(_soft_rows(rows, operator, k, l, p, solver, num_iter))
+
+
+def soft_topk_mask(x, k: int, l: float = 0.1, p: float = 4.0 / 3.0, axis: int = -1, *, solver: str = "auto",
+                   num_iter: Optional[int] = None) -> jax.Array:
+    """Soft top-k mask of SPEC.md along ``axis``: values in [0, 1] summing to ``k``,
+    exactly 1 far above the k-th largest entry and exactly 0 below it.
+
+    ``out = argmax_{y in [0,1]^n, sum(y) = k} <y, x> - (l/p) sum_i y_i^p`` on each slice.
+
+    Args:
+        x: array of float32, float64 (with ``jax_enable_x64``), float16 or bfloat16
+            (these two are computed in float32); any shape.
+        k: entries to select, ``0 <= k <= x.shape[axis]``; a Python int (static).
+        l: regularization strength, ``l > 0`` (static).
+        p: norm of the regularizer, ``p > 1`` (static); 4/3 gives a continuously
+            differentiable operator, 2 a piecewise linear one.
+        axis: the axis along which to select.
+        solver: ``"auto"`` (default), ``"pav"`` or ``"threshold"``: the exact
+            solvers of the C++ core, which agree; ``"dykstra"``: ``num_iter``
+            iterations of Dykstra's algorithm (p = 2 only, approximate).
+        num_iter: Dykstra iterations (each projects onto both sets of pairs);
+            only with ``solver="dykstra"``, default 100.
+
+    Returns:
+        An array like ``x``. Differentiable (forward and reverse mode, exact
+        block Jacobian); second derivatives for p = 2 only.
+    """
+    return _soft("soft_topk_mask", "mask", x, k, l, p, axis, solver, num_iter)
+
+
+def soft_topk_mag(x, k: int, l: float = 0.1, p: float = 4.0 / 3.0, axis: int = -1, *, solver: str = "auto",
+                  num_iter: Optional[int] = None) -> jax.Array:
+    """Soft top-k in magnitude of SPEC.md along ``axis``: entries well inside the
+    top k (by ``|x|``) come back unchanged, entries well outside are exactly 0,
+    a band around the k-th magnitude is shrunk.
+
+    Arguments and result as :func:`soft_topk_mask`.
+    """
+    return _soft("soft_topk_mag", "mag", x, k, l, p, axis, solver, num_iter)
+
+
+# ---- the hard operators ----
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _hard_rows(rows, operator, k):
+    return _ffi.hard(rows, operator, k)
+
+
+@_hard_rows.defjvp
+def _hard_rows_jvp(operator, k, primals, tangents):
+    (rows,), (d_rows,) = primals, tangents
+    out = _hard_rows(rows, operator, k)
+    if operator == "mask":  # piecewise constant
+        return out, jnp.zeros_like(d_rows)
+    return out, d_rows * _hard_rows(jnp.abs(rows), "mask", k)  # hard_topk_mag = x * hard_topk_mask(|x|)
+
+
+def _hard(name, operator, x, k, axis):
+    rows, restore = _rows(name, x, axis)
+    k = _check_k(name, k, rows.shape[-1])
+    return restore(_hard_rows(rows, operator, k))
+
+
+def hard_topk_mask(x, k: int, axis: int = -1) -> jax.Array:
+    """1 on the ``k`` largest entries of each slice along ``axis`` (ties: lower
+    index first), 0 elsewhere; a slice holding a NaN is NaN. Zero derivative."""
+    return _hard("hard_topk_mask", "mask", x, k, axis)
+
+
+def hard_topk_mag(x, k: int, axis: int = -1) -> jax.Array:
+    """``x * hard_topk_mask(|x|, k)``: the ``k`` entries of largest magnitude kept,
+    the rest 0. Derivative: 1 on the kept entries, 0 elsewhere."""
+    return _hard("hard_topk_mag", "mag", x, k, axis)
