@@ -9,6 +9,10 @@
 
 #include "sparsetopk/parallel.hpp"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace sparsetopk {
 namespace {
 std::atomic<std::size_t> configured_threads{0};
@@ -42,6 +46,27 @@ ThreadLimit::ThreadLimit(std::size_t limit) : previous_(thread_limit) {
 
 ThreadLimit::~ThreadLimit() { thread_limit = previous_; }
 
+#if defined(__x86_64__) || defined(__i386__)
+constexpr unsigned kFlushToZero = 1u << 15, kDenormalsAreZero = 1u << 6;  // MXCSR bits
+GradualUnderflow::GradualUnderflow() : saved_(_mm_getcsr()) {
+  _mm_setcsr(static_cast<unsigned>(saved_) & ~(kFlushToZero | kDenormalsAreZero));
+}
+GradualUnderflow::~GradualUnderflow() { _mm_setcsr(static_cast<unsigned>(saved_)); }
+#elif defined(__aarch64__)
+constexpr unsigned long long kFlushToZero = 1ull << 24;  // FPCR.FZ
+GradualUnderflow::GradualUnderflow() {
+  unsigned long long fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  saved_ = fpcr;
+  fpcr &= ~kFlushToZero;
+  __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr));
+}
+GradualUnderflow::~GradualUnderflow() { __asm__ __volatile__("msr fpcr, %0" : : "r"(saved_)); }
+#else
+GradualUnderflow::GradualUnderflow() : saved_(0) {}
+GradualUnderflow::~GradualUnderflow() = default;
+#endif
+
 std::size_t plan_threads(std::size_t rows, std::size_t n) {
   constexpr std::size_t kMinEntriesPerThread = 1 << 14;  // below this a thread costs more than it saves
   const std::size_t by_work = std::max<std::size_t>(1, rows * std::max<std::size_t>(n, 1) / kMinEntriesPerThread);
@@ -50,6 +75,7 @@ std::size_t plan_threads(std::size_t rows, std::size_t n) {
 
 void parallel_for(std::size_t rows, std::size_t threads,
                   const std::function<void(std::size_t, std::size_t, std::size_t)>& body) {
+  const GradualUnderflow caller_mode;
   if (threads <= 1 || rows <= 1) {
     if (rows > 0) body(0, rows, 0);
     return;
@@ -57,6 +83,7 @@ void parallel_for(std::size_t rows, std::size_t threads,
   std::exception_ptr failure;
   std::mutex failure_mutex;
   auto run = [&](std::size_t slot) {
+    const GradualUnderflow worker_mode;  // (a new thread starts with its creator's mode; made sure)
     const std::size_t begin = rows * slot / threads, end = rows * (slot + 1) / threads;
     try {
       if (begin < end) body(begin, end, slot);

@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 #if __has_include("../../src/core/root_finding.hpp")
 #include "../../src/core/root_finding.hpp"
 #define STK_HAVE_ROOT_FINDING 1
@@ -238,6 +242,37 @@ TEST(Robustness, ExtremeMagnitudesAndSubnormalsStaySound) {
       }
     }
   }
+}
+
+// A caller running with flush-to-zero and denormals-are-zero (XLA's CPU
+// runtime does; so does torch.set_flush_denormal(True)) gets the results of
+// IEEE arithmetic, and its own mode back. This row's magnitude threshold is
+// one ulp above 0: under DAZ it read as 0, and the threshold solver indexed
+// out of its window (a crash found by tests/python/test_jax.py).
+TEST(Robustness, FlushToZeroCallersGetIeeeResultsAndTheirModeBack) {
+#if defined(__x86_64__) || defined(__i386__)
+  const std::vector<double> x{0, -1, 0, 0, 0, 0};
+  for (Op op : kOps) {
+    for (double p : {4.0 / 3.0, 2.0, 1.5}) {
+      for (double l : {1e-3, 1.0}) {
+        const SoftTopkOptions o{l, p, Solver::threshold};
+        ActiveBlocks plain_blocks, flushed_blocks;
+        const std::vector<double> plain = forward(op, x, x.size(), 2, o, &plain_blocks);
+        const unsigned caller = _mm_getcsr();
+        _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ
+        const std::vector<double> flushed = forward(op, x, x.size(), 2, o, &flushed_blocks);
+        const unsigned after = _mm_getcsr();
+        _mm_setcsr(caller);
+        EXPECT_EQ(after, caller | (1u << 15) | (1u << 6)) << "the caller's mode is restored";
+        for (std::size_t i = 0; i < x.size(); ++i)
+          EXPECT_TRUE(same_bits(plain[i], flushed[i])) << describe(op, Solver::threshold, l, p) << " entry " << i;
+        EXPECT_TRUE(same_bits(plain_blocks.unchanged_from(0), flushed_blocks.unchanged_from(0)));
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "the FTZ/DAZ check is written for x86 (MXCSR)";
+#endif
 }
 
 // ---- ties ---------------------------------------------------------------------
