@@ -781,7 +781,7 @@ SortedRows dykstra_outputs(Operator op, const Tensor& s, const Tensor& z, const 
     out = select(moved, at::copysign(r, x_sorted), select(is_top, x_sorted, 0.0));
     active = in_block & moved & (u > 0);
   }
-  return {out, select(active, 1.0 / l, -1.0), {}};  // c_i = 1/l for q = 2
+  return {out, select(active, at::full_like(s, 1.0 / l), -1.0), {}};  // c_i = 1/l for q = 2
 }
 
 // Dykstra's iterations on sorted rows (0 < k < n), and the state read off the
