@@ -1,8 +1,9 @@
 // CPU kernels: view x as a row-major batch of rows along `dim`, call the core
 // of <sparsetopk/topk.hpp> on the whole batch at once, and map the result back.
 // No solver logic lives here (solver "generic" hands the call to the ATen
-// implementation, generic/generic_kernel.hpp). Each calling thread keeps one core Workspace and
-// one ActiveBlocks, so repeated calls allocate only their output tensors. When
+// implementation, generic/generic_kernel.hpp; "dykstra" calls the core's
+// dykstra.hpp). Each calling thread keeps one core Workspace and one
+// ActiveBlocks, so repeated calls allocate only their output tensors. When
 // `dim` is the last axis of a contiguous input nothing is copied or viewed:
 // these calls take microseconds on small inputs, and every extra tensor is a
 // noticeable part of them.
