@@ -6,7 +6,10 @@
 // also registers the operators as torch.ops.sparsetopk.* for TorchScript and
 // Python. Tensors may have any shape: the operator is applied to every slice
 // along `dim`. float32 and float64 are computed natively, float16 and bfloat16
-// in float32 and returned in their own dtype. CPU tensors only. Errors are
+// in float32 and returned in their own dtype. CPU tensors run the core
+// (Solver::automatic, pav, threshold; Solver::dykstra: dykstra.hpp); tensors
+// on other devices, and Solver::generic on the CPU, run the ATen
+// implementation (docs/generic.md; Solver::dykstra: docs/dykstra.md). Errors are
 // c10::Error (c10::IndexError for a bad `dim`) with messages that name the
 // argument and its value.
 
@@ -19,6 +22,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -27,14 +31,18 @@ namespace sparsetopk::torch {
 // Soft top-k mask along `dim` (SPEC.md): values in [0, 1] summing to k,
 // exactly 1 far above the k-th largest entry and exactly 0 below it.
 // Differentiable; requires 0 <= k <= x.size(dim), l > 0, p > 1.
+// Solver::dykstra needs p = 2 and runs num_iter >= 1 iterations (unset: its
+// default, docs/dykstra.md); the other solvers take no num_iter.
 at::Tensor soft_topk_mask(const at::Tensor& x, int64_t k, double l = 0.1, double p = 4.0 / 3.0,
-                          int64_t dim = -1, Solver solver = Solver::automatic);
+                          int64_t dim = -1, Solver solver = Solver::automatic,
+                          std::optional<int64_t> num_iter = std::nullopt);
 
 // Soft top-k in magnitude along `dim` (SPEC.md): entries well inside the k
 // largest |x_i| come back unchanged, entries well outside are exactly 0, a band
-// around the k-th magnitude is shrunk. Differentiable.
+// around the k-th magnitude is shrunk. Differentiable. Solver and num_iter as above.
 at::Tensor soft_topk_mag(const at::Tensor& x, int64_t k, double l = 0.1, double p = 4.0 / 3.0,
-                         int64_t dim = -1, Solver solver = Solver::automatic);
+                         int64_t dim = -1, Solver solver = Solver::automatic,
+                         std::optional<int64_t> num_iter = std::nullopt);
 
 // Hard top-k mask: 1 on the k largest entries along `dim` (ties: lower index
 // first), else 0. Not differentiable: the result never requires grad.
@@ -53,9 +61,10 @@ struct SoftTopKMaskOptions {
   TORCH_ARG(double, p) = 4.0 / 3.0;
   TORCH_ARG(int64_t, dim) = -1;
   TORCH_ARG(Solver, solver) = Solver::automatic;
+  TORCH_ARG(std::optional<int64_t>, num_iter) = std::nullopt;  // Solver::dykstra only
 };
 
-// y = soft_topk_mask(x, k, l, p, dim). No parameters.
+// y = soft_topk_mask(x, k, l, p, dim, solver, num_iter). No parameters.
 class SoftTopKMaskImpl : public ::torch::nn::Cloneable<SoftTopKMaskImpl> {
  public:
   explicit SoftTopKMaskImpl(const SoftTopKMaskOptions& options);
@@ -74,7 +83,7 @@ class SoftTopKMask : public ::torch::nn::ModuleHolder<SoftTopKMaskImpl> {
 
 using SoftTopKMagnitudeOptions = SoftTopKMaskOptions;
 
-// y = soft_topk_mag(x, k, l, p, dim). No parameters.
+// y = soft_topk_mag(x, k, l, p, dim, solver, num_iter). No parameters.
 class SoftTopKMagnitudeImpl : public ::torch::nn::Cloneable<SoftTopKMagnitudeImpl> {
  public:
   explicit SoftTopKMagnitudeImpl(const SoftTopKMagnitudeOptions& options);

@@ -32,8 +32,9 @@ load_library()
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 3
 COMPILE_USES_PYTHON_AUTOGRAD = False
-SOLVERS = ("auto", "pav", "threshold")
-SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto")  # l, p, dim, solver of the public ops' schemas
+SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra")
+CPU_ONLY_SOLVERS = ("pav", "threshold")
+SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto", None)  # l, p, dim, solver, num_iter of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -73,9 +74,20 @@ def _check_l_p(op: str, l: float, p: float) -> None:
     torch._check(math.isfinite(p) and p > 1, lambda: f"sparsetopk.{op}: p must be finite and > 1, got p = {p}")
 
 
-def _check_solver(op: str, solver: str) -> None:
-    torch._check(solver in SOLVERS,
-                 lambda: f'sparsetopk.{op}: solver = "{solver}" is not one of "auto", "pav", "threshold"')
+def _check_solver(op: str, solver: str, p: float, num_iter: Optional[int], device: torch.device) -> None:
+    """As choose_solver and the generic kernels' check in C++ (src/torch/checks.hpp, generic_kernel.cpp)."""
+    names = ", ".join(f'"{name}"' for name in SOLVERS)
+    torch._check(solver in SOLVERS, lambda: f'sparsetopk.{op}: solver = "{solver}" is not one of {names}')
+    if solver != "dykstra":
+        torch._check(num_iter is None, lambda: f'sparsetopk.{op}: num_iter = {num_iter} is for solver = "dykstra" '
+                                               f'only, got solver = "{solver}"')
+    else:
+        torch._check(p == 2.0, lambda: f'sparsetopk.{op}: solver = "dykstra" needs p = 2, got p = {p}')
+        torch._check(num_iter is None or num_iter >= 1,
+                     lambda: f"sparsetopk.{op}: num_iter must be >= 1, got num_iter = {num_iter}")
+    torch._check(device.type == "cpu" or solver not in CPU_ONLY_SOLVERS,
+                 lambda: f'sparsetopk.{op}: solver = "{solver}" runs on CPU tensors only; x is on {device} '
+                         '(use "auto", "generic" or "dykstra")')
 
 
 def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
@@ -89,12 +101,12 @@ def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
 # ---- fake kernels ----
 
 def _soft_fake(op: str):
-    def fake(x, k, l=0.1, p=4.0 / 3.0, dim=-1, solver="auto"):
+    def fake(x, k, l=0.1, p=4.0 / 3.0, dim=-1, solver="auto", num_iter=None):
         _check_input(op, x, "x")
         dim = _wrap_dim(op, x, dim)
         _check_k(op, k, _slice_size(x, dim), dim)
         _check_l_p(op, l, p)
-        _check_solver(op, solver)
+        _check_solver(op, solver, p, num_iter, x.device)
         return x.new_empty(x.shape)
     return fake
 
@@ -102,8 +114,8 @@ def _soft_fake(op: str):
 def _soft_forward_fake(op: str):
     soft = _soft_fake(op)
 
-    def fake(x, k, l, p, dim, solver):
-        out = soft(x, k, l, p, dim, solver)
+    def fake(x, k, l, p, dim, solver, num_iter=None):
+        out = soft(x, k, l, p, dim, solver, num_iter)
         wrapped = _wrap_dim(op, x, dim)
         c = x.new_empty(x.shape, dtype=torch.float64)
         row_state = x.new_empty(_sizes_along(x, wrapped, ROW_STATE_SIZE), dtype=torch.float64)
@@ -180,9 +192,9 @@ def _batched(info, in_dims: Sequence[Optional[int]], args: Sequence[Any], primar
 
 
 def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_state: Optional[int] = None,
-               outputs: int = 1, defaults: Sequence[Any] = ()):
+               outputs: int = 1, defaults: Sequence[Any] = (), first_default: int = 0):
+    """``defaults``: those of the arguments from index ``first_default`` on."""
     def rule(info, in_dims, *args):
-        first_default = dim_index + 1 + (1 if len(defaults) == len(SOFT_DEFAULTS) else 0) - len(defaults)
         if defaults and len(args) < first_default + len(defaults):  # trailing arguments left at their defaults
             args = (*args, *defaults[len(args) - first_default:])
             in_dims = (*in_dims, *([None] * (len(args) - len(in_dims))))
@@ -202,12 +214,15 @@ def _register() -> None:
         torch.library.register_fake(f"sparsetopk::{name}", _soft_fake(name))
         torch.library.register_fake(f"sparsetopk::_{name}_forward", _soft_forward_fake(name))
         torch.library.register_vmap(f"sparsetopk::{name}",
-                                    _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS))
+                                    _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS,
+                                               first_default=2))
         torch.library.register_vmap(f"sparsetopk::_{name}_forward",
-                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=3))
+                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=3,
+                                               defaults=SOFT_DEFAULTS[-1:], first_default=6))
     for name in ("hard_topk_mask", "hard_topk_mag"):
         torch.library.register_fake(f"sparsetopk::{name}", _hard_fake(name))
-        torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,)))
+        torch.library.register_vmap(f"sparsetopk::{name}",
+                                    _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,), first_default=2))
     for kind, with_x in (("mask", False), ("mag", True)):
         for product, v_name in (("backward", "grad"), ("jvp", "tangent")):
             name = f"_soft_topk_{kind}_{product}"
@@ -261,7 +276,7 @@ class DerivativeProduct(torch.autograd.Function):
 class SoftTopkFunction(torch.autograd.Function):
     """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
 
-    ``apply(x, k, l, p, dim, solver, magnitude)`` returns ``(out, c, row_state)``;
+    ``apply(x, k, l, p, dim, solver, num_iter, magnitude)`` returns ``(out, c, row_state)``;
     only ``out`` is differentiable. ``generate_vmap_rule``: under ``vmap`` the
     forward, backward and JVP ops run once for the batch, through their vmap
     rules.
@@ -270,13 +285,13 @@ class SoftTopkFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, k, l, p, dim, solver, magnitude):
+    def forward(x, k, l, p, dim, solver, num_iter, magnitude):
         forward_op = ops._soft_topk_mag_forward if magnitude else ops._soft_topk_mask_forward
-        return forward_op(x, k, l, p, dim, solver)
+        return forward_op(x, k, l, p, dim, solver, num_iter)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, _, _, dim, _, magnitude = inputs
+        x, _, _, _, dim, _, _, magnitude = inputs
         _, c, row_state = output
         ctx.mark_non_differentiable(c, row_state)
         ctx.save_for_backward(x, c, row_state)
@@ -291,7 +306,7 @@ class SoftTopkFunction(torch.autograd.Function):
             grad_x = DerivativeProduct.apply("_soft_topk_mag_backward", grad_out, x, c, row_state, ctx.dim)
         else:
             grad_x = DerivativeProduct.apply("_soft_topk_mask_backward", grad_out, c, row_state, ctx.dim)
-        return grad_x, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *unused_tangents):

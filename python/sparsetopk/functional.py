@@ -3,7 +3,8 @@
 Every function applies its operator to each slice of ``x`` along ``dim`` (any
 shape, any dim, non-contiguous inputs and empty tensors are fine) and returns a
 new contiguous tensor of the shape and dtype of ``x``. float32 and float64 are
-computed natively, float16 and bfloat16 in float32. CPU tensors only. Bad
+computed natively, float16 and bfloat16 in float32. CPU tensors run the C++
+core; other devices, and ``solver="generic"``, the ATen implementation. Bad
 arguments raise RuntimeError (IndexError for ``dim``) with a message naming the
 argument and its value.
 
@@ -21,6 +22,8 @@ reference implementation of Sander et al., "Fast, Differentiable and Sparse
 Top-k: a Convex Analysis Perspective" (ICML 2023).
 """
 
+from typing import Optional
+
 import torch
 
 from ._registration import SoftTopkFunction, needs_python_autograd
@@ -36,7 +39,7 @@ _SOFT_TOPK_MAG = torch.ops.sparsetopk.soft_topk_mag.default
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
-                   solver: str = _SOLVER) -> torch.Tensor:
+                   solver: str = _SOLVER, num_iter: Optional[int] = None) -> torch.Tensor:
     """Soft top-k mask: a sparse, differentiable relaxation of the hard mask.
 
     ``out = argmax_{y in [0,1]^n, sum(y) = k} <y, x> - (l/p) sum_i y_i^p`` on each
@@ -51,9 +54,14 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
         p: norm of the regularizer, ``p > 1``. ``4/3`` (default) gives a
             continuously differentiable operator, ``2`` a piecewise linear one.
         dim: the dimension along which to select.
-        solver: ``"auto"`` (default, same as ``"threshold"``), ``"pav"`` (sort
-            then Pool Adjacent Violators) or ``"threshold"`` (selection, then PAV
-            on the few straddling entries). All give the same result.
+        solver: ``"auto"`` (default: ``"threshold"`` on the CPU, ``"generic"``
+            elsewhere), ``"pav"`` (sort then Pool Adjacent Violators, CPU),
+            ``"threshold"`` (selection, then PAV on the few straddling entries,
+            CPU), ``"generic"`` (the ATen implementation, any device): all exact,
+            the same result. ``"dykstra"``: Dykstra's alternating projections,
+            ``p = 2`` only, approximate (any device; see docs/dykstra.md).
+        num_iter: the iterations of ``"dykstra"`` (``None``: its default,
+            10000); the other solvers take none.
 
     Returns:
         A tensor like ``x``. Differentiable in ``x`` (first derivatives, exact:
@@ -65,15 +73,17 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
         if needs_python_autograd(x):
-            return SoftTopkFunction.apply(x, k, l, p, dim, solver, False)[0]
+            return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, False)[0]
+        if num_iter is not None:
+            return _SOFT_TOPK_MASK(x, k, l, p, dim, solver, num_iter)
         if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
             return _SOFT_TOPK_MASK(x, k)
         return _SOFT_TOPK_MASK(x, k, l, p, dim, solver)
-    return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver)
+    return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver, num_iter)
 
 
 def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
-                  solver: str = _SOLVER) -> torch.Tensor:
+                  solver: str = _SOLVER, num_iter: Optional[int] = None) -> torch.Tensor:
     """Soft top-k in magnitude: keeps the ``k`` largest ``|x_i|``, sparsely and differentiably.
 
     Entries well inside the top k (by magnitude) come back unchanged, entries
@@ -86,7 +96,7 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
         l: regularization strength, ``l > 0``.
         p: norm of the regularizer, ``p > 1`` (default 4/3).
         dim: the dimension along which to select.
-        solver: ``"auto"``, ``"pav"`` or ``"threshold"`` (see :func:`soft_topk_mask`).
+        solver, num_iter: see :func:`soft_topk_mask`.
 
     Returns:
         A tensor like ``x``. Differentiable in ``x`` (first derivatives only).
@@ -97,11 +107,13 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
         if needs_python_autograd(x):
-            return SoftTopkFunction.apply(x, k, l, p, dim, solver, True)[0]
+            return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, True)[0]
+        if num_iter is not None:
+            return _SOFT_TOPK_MAG(x, k, l, p, dim, solver, num_iter)
         if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
             return _SOFT_TOPK_MAG(x, k)
         return _SOFT_TOPK_MAG(x, k, l, p, dim, solver)
-    return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver)
+    return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver, num_iter)
 
 
 def hard_topk_mask(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:

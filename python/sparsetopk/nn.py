@@ -20,7 +20,7 @@ def _check_l_p(owner: str, l: float, p: float) -> None:
 class _SoftTopKModule(nn.Module):
     """The options shared by :class:`SoftTopKMask` and :class:`SoftTopKMagnitude`."""
 
-    def __init__(self, k: int, l: float, p: float, dim: int, solver: str):
+    def __init__(self, k: int, l: float, p: float, dim: int, solver: str, num_iter: Optional[int]):
         super().__init__()
         _check_l_p(type(self).__name__, l, p)
         self.k = int(k)
@@ -28,35 +28,39 @@ class _SoftTopKModule(nn.Module):
         self.p = float(p)
         self.dim = int(dim)
         self.solver = str(solver)
+        self.num_iter = None if num_iter is None else int(num_iter)
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
+        text = f"k={self.k}, l={self.l}, p={self.p}, dim={self.dim}, solver={self.solver!r}"
+        return text if self.num_iter is None else f"{text}, num_iter={self.num_iter}"
 
 
 class SoftTopKMask(_SoftTopKModule):
-    """``y = soft_topk_mask(x, k, l, p, dim)``: a soft, sparse selection of the k largest entries.
+    """``y = soft_topk_mask(x, k, l, p, dim, solver, num_iter)``: a soft, sparse selection of the k largest entries.
 
     See :func:`sparsetopk.soft_topk_mask`. No parameters.
     """
 
-    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
-        super().__init__(k, l, p, dim, solver)
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto",
+                 num_iter: Optional[int] = None):
+        super().__init__(k, l, p, dim, solver, num_iter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return soft_topk_mask(x, self.k, self.l, self.p, self.dim, self.solver)
+        return soft_topk_mask(x, self.k, self.l, self.p, self.dim, self.solver, self.num_iter)
 
 
 class SoftTopKMagnitude(_SoftTopKModule):
-    """``y = soft_topk_mag(x, k, l, p, dim)``: keeps the k largest-magnitude entries, softly.
+    """``y = soft_topk_mag(x, k, l, p, dim, solver, num_iter)``: keeps the k largest-magnitude entries, softly.
 
     See :func:`sparsetopk.soft_topk_mag`. No parameters.
     """
 
-    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto"):
-        super().__init__(k, l, p, dim, solver)
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto",
+                 num_iter: Optional[int] = None):
+        super().__init__(k, l, p, dim, solver, num_iter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver)
+        return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver, self.num_iter)
 
 
 class SparseLinear(nn.Module):

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,8 +98,10 @@ inline Solver parse_solver(const char* op, c10::string_view name) {
   if (name == "auto") return Solver::automatic;
   if (name == "pav") return Solver::pav;
   if (name == "threshold") return Solver::threshold;
+  if (name == "generic") return Solver::generic;
+  if (name == "dykstra") return Solver::dykstra;
   TORCH_CHECK(false, "sparsetopk.", op, ": solver = \"", std::string(name),
-              "\" is not one of \"auto\", \"pav\", \"threshold\"");
+              "\" is not one of \"auto\", \"pav\", \"threshold\", \"generic\", \"dykstra\"");
 }
 
 inline const char* solver_name(Solver solver) {
@@ -106,8 +109,36 @@ inline const char* solver_name(Solver solver) {
     case Solver::automatic: return "auto";
     case Solver::pav: return "pav";
     case Solver::threshold: return "threshold";
+    case Solver::generic: return "generic";
+    case Solver::dykstra: return "dykstra";
   }
   TORCH_CHECK(false, "sparsetopk: solver = ", static_cast<int>(solver), " is not a known sparsetopk::Solver");
+}
+
+// Dykstra's iterations when num_iter is not given: enough for a max error of
+// 1e-3 on standard-normal rows of n = 1024 with l = 0.3 (docs/dykstra.md).
+constexpr int64_t kDykstraDefaultIterations = 10000;
+
+// A soft operator's solver and, for Dykstra, its iteration count (0 otherwise).
+struct SolverChoice {
+  Solver solver;
+  int64_t iterations;
+};
+
+// The solver named `name`, checked against p and num_iter: "dykstra" needs
+// p = 2 and takes num_iter >= 1 (default kDykstraDefaultIterations); the
+// others take no num_iter.
+inline SolverChoice choose_solver(const char* op, c10::string_view name, double p, std::optional<int64_t> num_iter) {
+  const Solver solver = parse_solver(op, name);
+  if (solver != Solver::dykstra) {
+    TORCH_CHECK(!num_iter.has_value(), "sparsetopk.", op, ": num_iter = ", num_iter.value_or(0),
+                " is for solver = \"dykstra\" only, got solver = \"", std::string(name), "\"");
+    return {solver, 0};
+  }
+  TORCH_CHECK(p == 2.0, "sparsetopk.", op, ": solver = \"dykstra\" needs p = 2, got p = ", p);
+  TORCH_CHECK(num_iter.value_or(1) >= 1, "sparsetopk.", op, ": num_iter must be >= 1, got num_iter = ",
+              num_iter.value_or(0));
+  return {solver, num_iter.value_or(kDykstraDefaultIterations)};
 }
 
 }  // namespace sparsetopk::torch::detail

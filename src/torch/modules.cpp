@@ -15,6 +15,14 @@ namespace {
 
 const char* scope_name(SparsityScope scope) { return scope == SparsityScope::row ? "row" : "layer"; }
 
+// "k=.., l=.., p=.., dim=.., solver=..[, num_iter=..])" of a SoftTopKMask or SoftTopKMagnitude.
+void print_soft_options(std::ostream& stream, const SoftTopKMaskOptions& options) {
+  stream << "k=" << options.k() << ", l=" << options.l() << ", p=" << options.p() << ", dim=" << options.dim()
+         << ", solver=" << detail::solver_name(options.solver());
+  if (options.num_iter()) stream << ", num_iter=" << *options.num_iter();
+  stream << ")";
+}
+
 }  // namespace
 
 // ---- SoftTopKMask, SoftTopKMagnitude ----
@@ -22,24 +30,25 @@ const char* scope_name(SparsityScope scope) { return scope == SparsityScope::row
 SoftTopKMaskImpl::SoftTopKMaskImpl(const SoftTopKMaskOptions& options_) : options(options_) {}
 
 at::Tensor SoftTopKMaskImpl::forward(const at::Tensor& x) {
-  return soft_topk_mask(x, options.k(), options.l(), options.p(), options.dim(), options.solver());
+  return soft_topk_mask(x, options.k(), options.l(), options.p(), options.dim(), options.solver(),
+                        options.num_iter());
 }
 
 void SoftTopKMaskImpl::pretty_print(std::ostream& stream) const {
-  stream << "sparsetopk::torch::SoftTopKMask(k=" << options.k() << ", l=" << options.l() << ", p=" << options.p()
-         << ", dim=" << options.dim() << ", solver=" << detail::solver_name(options.solver()) << ")";
+  stream << "sparsetopk::torch::SoftTopKMask(";
+  print_soft_options(stream, options);
 }
 
 SoftTopKMagnitudeImpl::SoftTopKMagnitudeImpl(const SoftTopKMagnitudeOptions& options_) : options(options_) {}
 
 at::Tensor SoftTopKMagnitudeImpl::forward(const at::Tensor& x) {
-  return soft_topk_mag(x, options.k(), options.l(), options.p(), options.dim(), options.solver());
+  return soft_topk_mag(x, options.k(), options.l(), options.p(), options.dim(), options.solver(),
+                       options.num_iter());
 }
 
 void SoftTopKMagnitudeImpl::pretty_print(std::ostream& stream) const {
-  stream << "sparsetopk::torch::SoftTopKMagnitude(k=" << options.k() << ", l=" << options.l()
-         << ", p=" << options.p() << ", dim=" << options.dim()
-         << ", solver=" << detail::solver_name(options.solver()) << ")";
+  stream << "sparsetopk::torch::SoftTopKMagnitude(";
+  print_soft_options(stream, options);
 }
 
 // ---- SparseLinear ----

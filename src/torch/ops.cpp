@@ -2,8 +2,8 @@
 // functions of <sparsetopk/torch.hpp> (typed calls through the dispatcher).
 //
 // Kernels live next door: cpu/topk_kernel.cpp (tensors -> core -> tensors),
-// generic/generic_kernel.cpp (every other device: the ATen-only
-// implementation), autograd/ (torch::autograd::Function over the forward and
+// generic/generic_kernel.cpp (every other device, and solver "generic": the
+// ATen-only implementation), autograd/ (torch::autograd::Function over the forward and
 // backward ops, and the derivative ops' refusal of second derivatives). The fake (meta) kernels, the vmap rules and the Python-side
 // autograd for torch.func are registered by the Python package
 // (python/sparsetopk/_registration.py).
@@ -29,15 +29,15 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 }  // namespace
 
 at::Tensor call_soft_topk_mask(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                               c10::string_view solver) {
+                               c10::string_view solver, std::optional<int64_t> num_iter) {
   static const auto op = find_op<SoftSignature>("sparsetopk::soft_topk_mask");
-  return op.call(x, k, l, p, dim, solver);
+  return op.call(x, k, l, p, dim, solver, num_iter);
 }
 
 at::Tensor call_soft_topk_mag(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver) {
+                              c10::string_view solver, std::optional<int64_t> num_iter) {
   static const auto op = find_op<SoftSignature>("sparsetopk::soft_topk_mag");
-  return op.call(x, k, l, p, dim, solver);
+  return op.call(x, k, l, p, dim, solver, num_iter);
 }
 
 at::Tensor call_hard_topk_mask(const at::Tensor& x, int64_t k, int64_t dim) {
@@ -52,16 +52,18 @@ at::Tensor call_hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_soft_topk_mask_forward(const at::Tensor& x, int64_t k, double l,
                                                                            double p, int64_t dim,
-                                                                           c10::string_view solver) {
+                                                                           c10::string_view solver,
+                                                                           std::optional<int64_t> num_iter) {
   static const auto op = find_op<SoftForwardSignature>("sparsetopk::_soft_topk_mask_forward");
-  return op.call(x, k, l, p, dim, solver);
+  return op.call(x, k, l, p, dim, solver, num_iter);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_soft_topk_mag_forward(const at::Tensor& x, int64_t k, double l,
                                                                           double p, int64_t dim,
-                                                                          c10::string_view solver) {
+                                                                          c10::string_view solver,
+                                                                          std::optional<int64_t> num_iter) {
   static const auto op = find_op<SoftForwardSignature>("sparsetopk::_soft_topk_mag_forward");
-  return op.call(x, k, l, p, dim, solver);
+  return op.call(x, k, l, p, dim, solver, num_iter);
 }
 
 at::Tensor call_soft_topk_mask_backward(const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
@@ -90,12 +92,14 @@ at::Tensor call_soft_topk_mag_jvp(const at::Tensor& tangent, const at::Tensor& x
 
 }  // namespace detail
 
-at::Tensor soft_topk_mask(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver) {
-  return detail::call_soft_topk_mask(x, k, l, p, dim, detail::solver_name(solver));
+at::Tensor soft_topk_mask(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver,
+                          std::optional<int64_t> num_iter) {
+  return detail::call_soft_topk_mask(x, k, l, p, dim, detail::solver_name(solver), num_iter);
 }
 
-at::Tensor soft_topk_mag(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver) {
-  return detail::call_soft_topk_mag(x, k, l, p, dim, detail::solver_name(solver));
+at::Tensor soft_topk_mag(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver,
+                         std::optional<int64_t> num_iter) {
+  return detail::call_soft_topk_mag(x, k, l, p, dim, detail::solver_name(solver), num_iter);
 }
 
 at::Tensor hard_topk_mask(const at::Tensor& x, int64_t k, int64_t dim) {
@@ -110,17 +114,18 @@ at::Tensor hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim) {
 
 TORCH_LIBRARY(sparsetopk, m) {
   m.def("soft_topk_mask(Tensor x, int k, float l=0.1, float p=1.3333333333333333, int dim=-1, "
-        "str solver=\"auto\") -> Tensor");
+        "str solver=\"auto\", int? num_iter=None) -> Tensor");
   m.def("soft_topk_mag(Tensor x, int k, float l=0.1, float p=1.3333333333333333, int dim=-1, "
-        "str solver=\"auto\") -> Tensor");
+        "str solver=\"auto\", int? num_iter=None) -> Tensor");
   m.def("hard_topk_mask(Tensor x, int k, int dim=-1) -> Tensor");
   m.def("hard_topk_mag(Tensor x, int k, int dim=-1) -> Tensor");
 
   // The forward also returns what its derivatives need (ops.hpp); the backward
   // (J^T v) and the JVP (J v) apply the core's exact block Jacobian to it.
-  m.def("_soft_topk_mask_forward(Tensor x, int k, float l, float p, int dim, str solver) "
+  // num_iter: the iterations of solver "dykstra" (None: its default); other solvers take none.
+  m.def("_soft_topk_mask_forward(Tensor x, int k, float l, float p, int dim, str solver, int? num_iter=None) "
         "-> (Tensor out, Tensor c, Tensor row_state)");
-  m.def("_soft_topk_mag_forward(Tensor x, int k, float l, float p, int dim, str solver) "
+  m.def("_soft_topk_mag_forward(Tensor x, int k, float l, float p, int dim, str solver, int? num_iter=None) "
         "-> (Tensor out, Tensor c, Tensor row_state)");
   m.def("_soft_topk_mask_backward(Tensor grad, Tensor c, Tensor row_state, int dim) -> Tensor");
   m.def("_soft_topk_mask_jvp(Tensor tangent, Tensor c, Tensor row_state, int dim) -> Tensor");

@@ -63,6 +63,12 @@ def opcheck_cases():
         ("hard_topk_mag", (xg, 3, 0)),
         ("_soft_topk_mask_forward", (x, 2, 0.5, 4.0 / 3.0, -1, "auto")),
         ("_soft_topk_mag_forward", (x32, 2, 0.5, 1.5, 1, "auto")),
+        # solver "generic" on the CPU, and "dykstra" with and without num_iter
+        ("soft_topk_mag", (xg, 2, 0.5, 3.0, 1, "generic")),
+        ("soft_topk_mask", (xg, 2, 0.5, 2.0, -1, "dykstra", 200)),
+        ("_soft_topk_mask_forward", (x32, 2, 0.5, 2.0, 1, "generic")),
+        ("_soft_topk_mag_forward", (x, 2, 0.5, 2.0, 0, "dykstra", 50)),
+        ("_soft_topk_mask_forward", (x, 3, 0.5, 2.0, -1, "dykstra", None)),
     ]
     # The derivative ops, at the state of a forward pass (they are not differentiable again:
     # their inputs do not require grad here; test_second_derivatives_raise covers that).
@@ -104,7 +110,10 @@ def compiled_cases():
     def hard_mag_fn(x):
         return sparsetopk.hard_topk_mag(x, 3, 0).sin()
 
-    return [mask_fn, mag_fn, hard_mask_fn, hard_mag_fn]
+    def dykstra_fn(x):
+        return sparsetopk.soft_topk_mag(x, 3, 0.3, 2.0, solver="dykstra", num_iter=500).pow(2).sum(-1)
+
+    return [mask_fn, mag_fn, hard_mask_fn, hard_mag_fn, dykstra_fn]
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

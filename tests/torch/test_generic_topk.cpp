@@ -1,7 +1,8 @@
 // The device-generic operators of src/torch/generic (ATen ops only) against
 // the exact CPU core of <sparsetopk/topk.hpp>, on CPU tensors: outputs, the
 // saved state (c, row_state), VJP and JVP, for random, tied and hostile rows
-// and every p the docs name; then meta tensors (shapes and dtypes only).
+// and every p the docs name; then meta tensors (shapes and dtypes only); then
+// the batched Dykstra (generic::dykstra_rows) against the core's.
 //
 // Tolerances (docs/generic.md, "Exactness"): the two solve the same equations
 // with different roundings, so each output may differ by 1e-12 of its scale
@@ -12,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/topk.hpp>
 
 #include <ATen/ATen.h>
@@ -568,6 +570,99 @@ TEST(GenericTopk, HardOperatorsMatchTheCoreWithTiesInfinitiesAndNaN) {
             ASSERT_TRUE(same_or_both_nan(a[i], b[i])) << name_of(op) << " k=" << k << " i=" << i << ": " << a[i]
                                                       << " vs " << b[i] << "\n" << x;
         }
+      }
+    }
+  }
+}
+
+// ---- Dykstra (p = 2): the batched ATen form against the core's dykstra.hpp ----
+
+CoreForward core_dykstra(Operator op, const at::Tensor& x, int64_t k, double l, int64_t iterations) {
+  CoreForward r;
+  r.out = at::empty_like(x);
+  r.c = at::empty(x.sizes(), x.options().dtype(at::kDouble));
+  r.state = at::empty({x.size(0), 3}, r.c.options());
+  const auto n = static_cast<std::size_t>(x.size(1)), kept = static_cast<std::size_t>(k);
+  const sparsetopk::DykstraOptions options{l, static_cast<std::size_t>(iterations)};
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    if (op == Operator::mask) sparsetopk::soft_topk_mask_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, &r.blocks);
+    else sparsetopk::soft_topk_mag_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, &r.blocks);
+  };
+  if (x.scalar_type() == at::kDouble) run(double{});
+  else run(float{});
+  r.blocks.to_dense(out_span<double>(r.c), out_span<double>(r.state));
+  return r;
+}
+
+// The same arithmetic in the same order: outputs, c, W_B and unchanged_from
+// bitwise; gamma (a block mean, summed in another order) to 1e-13; the
+// products at each one's state to 1e-13 of their scale (float32: the core's
+// products are in float, the generic ones in double).
+void check_dykstra_against_core(Operator op, const at::Tensor& x, int64_t k, double l, int64_t iterations,
+                                const std::string& what) {
+  const CoreForward core = core_dykstra(op, x, k, l, iterations);
+  const generic::SoftResult mine = generic::dykstra_rows(op, x, k, l, iterations, /*save=*/true);
+  EXPECT_EQ(mine.out.scalar_type(), x.scalar_type()) << what;
+  EXPECT_TRUE(at::equal(mine.out.nan_to_num(7.0), core.out.nan_to_num(7.0))) << what << " out: max diff " << (mine.out - core.out).abs().max().item<double>();
+  EXPECT_TRUE(at::equal(mine.c.nan_to_num(7.0), core.c.nan_to_num(7.0))) << what << " c";
+  const at::Tensor rest = mine.row_state.narrow(1, 1, 2).nan_to_num(7.0), core_rest = core.state.narrow(1, 1, 2).nan_to_num(7.0);
+  EXPECT_TRUE(at::equal(rest, core_rest)) << what << " W_B, unchanged_from\n" << mine.row_state << "\n" << core.state;
+  const at::Tensor gamma = mine.row_state.select(1, 0), core_gamma = core.state.select(1, 0);
+  EXPECT_TRUE(at::allclose(gamma, core_gamma, 1e-13, 1e-300, /*equal_nan=*/true)) << what << " gamma";
+  const at::Tensor v = at::randn(x.sizes(), x.options());
+  const at::Tensor x_arg = op == Operator::magnitude ? x : at::Tensor();
+  for (bool transpose : {true, false}) {
+    const at::Tensor a = generic::jacobian_product_rows(op, transpose, v, x_arg, mine.c, mine.row_state);
+    const at::Tensor b = core_product(op, transpose, core.blocks, x, v);
+    const double scale = (1.0 + 1.0 / l) * v.abs().max().item<double>();
+    const double tolerance = x.scalar_type() == at::kFloat ? 4 * 0x1p-23 : 1e-13;  // float: the core's arithmetic
+    EXPECT_LE((a - b).nan_to_num(0.0).abs().max().item<double>(), tolerance * scale) << what << " products";
+  }
+}
+
+TEST(GenericDykstra, MatchesTheCoresDykstra) {
+  at::manual_seed(21);
+  for (Operator op : {Operator::mask, Operator::magnitude}) {
+    for (int64_t n : {1, 2, 3, 8, 33, 64}) {
+      for (int64_t iterations : {1, 2, 7, 100, 3000}) {
+        for (double l : {0.05, 0.3, 2.0}) {
+          for (auto type : {at::kDouble, at::kFloat}) {
+            const at::Tensor x = at::randn({5, n}, at::TensorOptions().dtype(type));
+            const at::Tensor ties = at::floor(x * 2.0) / 2.0;
+            for (int64_t k : {int64_t{0}, int64_t{1}, n / 3, n / 2, n - 1, n}) {
+              if (k < 0 || k > n) continue;
+              const std::string what = std::string(name_of(op)) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                                       " T=" + std::to_string(iterations) + " l=" + std::to_string(l) +
+                                       (type == at::kFloat ? " float" : " double");
+              check_dykstra_against_core(op, x, k, l, iterations, what);
+              check_dykstra_against_core(op, ties, k, l, iterations, what + " ties");
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(GenericDykstra, NonFiniteRowsAreNaN) {
+  at::Tensor x = at::randn({3, 6}, torch::kDouble);
+  x.index_put_({1, 2}, kNaN);
+  x.index_put_({2, 0}, -kInf);
+  for (Operator op : {Operator::mask, Operator::magnitude}) check_dykstra_against_core(op, x, 2, 0.3, 50, name_of(op));
+}
+
+TEST(GenericDykstra, MetaTensorsGiveShapesAndDtypes) {
+  for (auto type : {at::kDouble, at::kFloat}) {
+    const at::Tensor x = at::empty({5, 11}, at::TensorOptions().dtype(type).device(at::kMeta));
+    for (Operator op : {Operator::mask, Operator::magnitude}) {
+      for (int64_t k : {0, 3, 11}) {
+        const generic::SoftResult r = generic::dykstra_rows(op, x, k, 0.3, 1000, true);
+        EXPECT_TRUE(r.out.is_meta() && r.c.is_meta() && r.row_state.is_meta());
+        EXPECT_EQ(r.out.sizes(), x.sizes());
+        EXPECT_EQ(r.out.scalar_type(), type);
+        EXPECT_EQ(r.c.scalar_type(), at::kDouble);
+        EXPECT_EQ(r.row_state.sizes(), (std::vector<int64_t>{5, 3}));
       }
     }
   }

@@ -64,6 +64,32 @@ TEST(TorchOps, RowsMatchTheCoreOneRowFunctions) {
   }
 }
 
+TEST(TorchOps, GenericAndDykstraSolvers) {
+  const at::Tensor x = torch::randn({5, 9}, torch::kDouble);
+  for (auto op : {&stt::soft_topk_mask, &stt::soft_topk_mag}) {
+    const at::Tensor exact = op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::automatic, std::nullopt);
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::generic, std::nullopt), exact, 1e-12, 1e-12));
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, 5000), exact, 1e-9, 1e-9));
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, std::nullopt), exact, 1e-9, 1e-9));
+    const at::Tensor meta = torch::zeros({2, 3}, torch::Device("meta"));
+    EXPECT_TRUE(op(meta, 1, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, 10).is_meta());
+  }
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(x, 1, 0.1, 1.5, -1, sparsetopk::Solver::dykstra); }).find(
+                "sparsetopk.soft_topk_mask: solver = \"dykstra\" needs p = 2, got p = 1.5"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, sparsetopk::Solver::dykstra, 0); }).find(
+                "sparsetopk.soft_topk_mag: num_iter must be >= 1, got num_iter = 0"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, sparsetopk::Solver::pav, 3); }).find(
+                "num_iter = 3 is for solver = \"dykstra\" only, got solver = \"pav\""),
+            std::string::npos);
+  stt::SoftTopKMask module(stt::SoftTopKMaskOptions(2).p(2.0).solver(sparsetopk::Solver::dykstra).num_iter(7));
+  std::ostringstream text;
+  module->pretty_print(text);
+  EXPECT_EQ(text.str(), "sparsetopk::torch::SoftTopKMask(k=2, l=0.1, p=2, dim=-1, solver=dykstra, num_iter=7)");
+  EXPECT_TRUE(torch::equal(module(x), stt::soft_topk_mask(x, 2, 0.1, 2.0, -1, sparsetopk::Solver::dykstra, 7)));
+}
+
 TEST(TorchOps, AnyDimEqualsMovingTheDimLast) {
   const at::Tensor x = torch::randn({3, 7, 4}, torch::kDouble);
   const at::Tensor out = stt::soft_topk_mask(x, 3, 0.5, 4.0 / 3.0, 1);

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "../ops.hpp"
@@ -60,10 +61,10 @@ class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
   static constexpr const char* op = Magnitude ? "soft_topk_mag" : "soft_topk_mask";
 
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                            const std::string& solver) {
+                            const std::string& solver, std::optional<int64_t> num_iter) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, c, row_state] = Magnitude ? call_soft_topk_mag_forward(x, k, l, p, dim, solver)
-                                         : call_soft_topk_mask_forward(x, k, l, p, dim, solver);
+    auto [out, c, row_state] = Magnitude ? call_soft_topk_mag_forward(x, k, l, p, dim, solver, num_iter)
+                                         : call_soft_topk_mask_forward(x, k, l, p, dim, solver, num_iter);
     ctx->save_for_backward({x, c, row_state});  // x: the magnitude's backward, and the double-backward error's edges
     ctx->saved_data["dim"] = dim;
     return out;
@@ -80,7 +81,7 @@ class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
                          : call_soft_topk_mask_backward(grad_outputs[0], c, row_state, dim);
     }
     return {forbid_double_backward(op, grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -106,19 +107,19 @@ class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFuncti
 };
 
 at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                   c10::string_view solver) {
+                                   c10::string_view solver, std::optional<int64_t> num_iter) {
   refuse_forward_ad("soft_topk_mask", x);
-  if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver));
+  if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk_mask(x, k, l, p, dim, solver);
+  return call_soft_topk_mask(x, k, l, p, dim, solver, num_iter);
 }
 
 at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                  c10::string_view solver) {
+                                  c10::string_view solver, std::optional<int64_t> num_iter) {
   refuse_forward_ad("soft_topk_mag", x);
-  if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver));
+  if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk_mag(x, k, l, p, dim, solver);
+  return call_soft_topk_mag(x, k, l, p, dim, solver, num_iter);
 }
 
 // Piecewise constant: the result never requires grad (like torch.argmax).

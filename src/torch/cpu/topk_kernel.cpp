@@ -1,11 +1,14 @@
 // CPU kernels: view x as a row-major batch of rows along `dim`, call the core
 // of <sparsetopk/topk.hpp> on the whole batch at once, and map the result back.
-// No solver logic lives here. Each calling thread keeps one core Workspace and
-// one ActiveBlocks, so repeated calls allocate only their output tensors. When
+// No solver logic lives here (solver "generic" hands the call to the ATen
+// implementation, generic/generic_kernel.hpp; "dykstra" calls the core's
+// dykstra.hpp). Each calling thread keeps one core Workspace and one
+// ActiveBlocks, so repeated calls allocate only their output tensors. When
 // `dim` is the last axis of a contiguous input nothing is copied or viewed:
 // these calls take microseconds on small inputs, and every extra tensor is a
 // noticeable part of them.
 
+#include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/topk.hpp>
 
@@ -17,11 +20,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <limits>
+#include <optional>
 #include <span>
 #include <tuple>
 
 #include "../../core/parallel.hpp"
 #include "../checks.hpp"
+#include "../generic/generic_kernel.hpp"
 #include "../ops.hpp"
 
 namespace sparsetopk::torch::detail {
@@ -122,16 +127,37 @@ sparsetopk::detail::ThreadLimit torch_thread_limit() {
       at::in_parallel_region() ? 1 : static_cast<std::size_t>(std::max(at::get_num_threads(), 1)));
 }
 
+// The core's soft operator (or its Dykstra, choice.iterations > 0) on a batch of rows.
+template <class T>
+void core_soft_topk(Kind kind, std::span<const T> rows, std::size_t n, std::size_t k, std::span<T> out, double l,
+                    double p, const SolverChoice& choice, ActiveBlocks* blocks, Workspace* workspace) {
+  if (choice.solver == Solver::dykstra) {
+    const DykstraOptions options{l, static_cast<std::size_t>(choice.iterations)};
+    if (kind == Kind::mask) sparsetopk::soft_topk_mask_dykstra<T>(rows, n, k, out, options, blocks);
+    else sparsetopk::soft_topk_mag_dykstra<T>(rows, n, k, out, options, blocks);
+    return;
+  }
+  const SoftTopkOptions options{l, p, choice.solver};
+  if (kind == Kind::mask) sparsetopk::soft_topk_mask<T>(rows, n, k, out, options, blocks, workspace);
+  else sparsetopk::soft_topk_mag<T>(rows, n, k, out, options, blocks, workspace);
+}
+
 // The soft operator; with `save`, also c and row_state for the derivatives.
 SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                     c10::string_view solver, bool save) {
+                     c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
   const char* op = op_name(kind, /*soft=*/true);
   check_input(op, x);
   dim = wrap_dim(op, x, dim);
   const int64_t n = slice_size(x, dim);
   check_k(op, k, n, dim);
   check_l_p(op, l, p);
-  const SoftTopkOptions options{l, p, parse_solver(op, solver)};
+  const SolverChoice choice = choose_solver(op, solver, p, num_iter);
+  if (choice.solver == Solver::generic) {
+    auto [out, c, row_state] = generic_soft_topk(kind == Kind::mask ? generic::Operator::mask
+                                                                    : generic::Operator::magnitude,
+                                                 x, k, l, p, dim, choice, save);
+    return {out, c, row_state};
+  }
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
@@ -141,10 +167,7 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
     using T = decltype(zero);
     const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
     ActiveBlocks* blocks = save ? &core.blocks : nullptr;
-    if (kind == Kind::mask)
-      sparsetopk::soft_topk_mask<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks, &core.workspace);
-    else
-      sparsetopk::soft_topk_mag<T>(in_span<T>(rows), row_n, kept, out_span<T>(out), options, blocks, &core.workspace);
+    core_soft_topk<T>(kind, in_span<T>(rows), row_n, kept, out_span<T>(out), l, p, choice, blocks, &core.workspace);
   });
   SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}, {}};
   if (!save) return result;
@@ -229,26 +252,28 @@ at::Tensor jacobian_product(Kind kind, bool transpose, const at::Tensor& v, cons
 }
 
 at::Tensor soft_topk_mask_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver) {
-  return soft_topk(Kind::mask, x, k, l, p, dim, solver, /*save=*/false).out;
+                              c10::string_view solver, std::optional<int64_t> num_iter) {
+  return soft_topk(Kind::mask, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
 }
 
 at::Tensor soft_topk_mag_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                             c10::string_view solver) {
-  return soft_topk(Kind::magnitude, x, k, l, p, dim, solver, /*save=*/false).out;
+                             c10::string_view solver, std::optional<int64_t> num_iter) {
+  return soft_topk(Kind::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mask_forward_cpu(const at::Tensor& x, int64_t k, double l,
                                                                           double p, int64_t dim,
-                                                                          c10::string_view solver) {
-  SoftResult r = soft_topk(Kind::mask, x, k, l, p, dim, solver, /*save=*/true);
+                                                                          c10::string_view solver,
+                                                                          std::optional<int64_t> num_iter) {
+  SoftResult r = soft_topk(Kind::mask, x, k, l, p, dim, solver, num_iter, /*save=*/true);
   return {r.out, r.c, r.row_state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mag_forward_cpu(const at::Tensor& x, int64_t k, double l,
                                                                          double p, int64_t dim,
-                                                                         c10::string_view solver) {
-  SoftResult r = soft_topk(Kind::magnitude, x, k, l, p, dim, solver, /*save=*/true);
+                                                                         c10::string_view solver,
+                                                                         std::optional<int64_t> num_iter) {
+  SoftResult r = soft_topk(Kind::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/true);
   return {r.out, r.c, r.row_state};
 }
 

@@ -2,7 +2,8 @@
 // backend torch supports; CompositeExplicitAutograd): the device-generic
 // implementation of topk_generic.hpp, built from ATen ops. Tensors are viewed
 // as [R, n] rows along `dim` and mapped back; no solver logic lives here.
-// Only solver "auto" (or "generic") is available off the CPU.
+// Off the CPU the solvers are "auto" (= "generic", exact) and "dykstra"
+// (p = 2, approximate); the CPU kernels call generic_soft_topk for "generic".
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "../checks.hpp"
+#include "generic_kernel.hpp"
 #include "topk_generic.hpp"
 
 namespace sparsetopk::torch::detail {
@@ -25,12 +27,13 @@ const char* op_name(Operator op, bool soft) {
   return soft ? "soft_topk_mag" : "hard_topk_mag";
 }
 
-void check_generic_solver(const char* op, c10::string_view solver, const at::Tensor& x) {
-  const std::string name(solver);
-  TORCH_CHECK(name == "auto" || name == "generic" || name == "pav" || name == "threshold", "sparsetopk.", op,
-              ": solver = \"", name, "\" is not one of \"auto\", \"pav\", \"threshold\", \"generic\"");
-  TORCH_CHECK(name == "auto" || name == "generic", "sparsetopk.", op, ": solver = \"", name,
-              "\" runs on CPU tensors only; x is on ", x.device(), " (use \"auto\" or \"generic\")");
+SolverChoice choose_generic_solver(const char* op, c10::string_view solver, double p,
+                                   std::optional<int64_t> num_iter, const at::Tensor& x) {
+  const SolverChoice choice = choose_solver(op, solver, p, num_iter);
+  TORCH_CHECK(choice.solver != Solver::pav && choice.solver != Solver::threshold, "sparsetopk.", op, ": solver = \"",
+              std::string(solver), "\" runs on CPU tensors only; x is on ", x.device(),
+              " (use \"auto\", \"generic\" or \"dykstra\")");
+  return choice;
 }
 
 // t's slices along the wrapped dim as [R, n] rows in dtype `type`, contiguous.
@@ -57,18 +60,14 @@ at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int
 at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
 Tensors3 soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                   c10::string_view solver, bool save) {
+                   c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
   const char* name = op_name(op, /*soft=*/true);
   check_dense_float(name, x);
   dim = wrap_dim(name, x, dim);
   check_k(name, k, slice_size(x, dim), dim);
   check_l_p(name, l, p);
-  check_generic_solver(name, solver, x);
-  const generic::SoftResult result =
-      generic::soft_topk_rows(op, as_rows(x, dim, compute_type(x.scalar_type())), k, l, p, save);
-  at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
-  if (!save) return {out, at::Tensor(), at::Tensor()};
-  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+  const SolverChoice choice = choose_generic_solver(name, solver, p, num_iter, x);
+  return generic_soft_topk(op, x, k, l, p, dim, choice, save);
 }
 
 at::Tensor hard_topk(Operator op, const at::Tensor& x, int64_t k, int64_t dim) {
@@ -106,22 +105,42 @@ at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, co
 }
 
 }  // namespace
+
+Tensors3 generic_soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                           const SolverChoice& choice, bool save) {
+  const at::Tensor rows = as_rows(x, dim, compute_type(x.scalar_type()));
+  const generic::SoftResult result = choice.solver == Solver::dykstra
+                                         ? generic::dykstra_rows(op, rows, k, l, choice.iterations, save)
+                                         : generic::soft_topk_rows(op, rows, k, l, p, save);
+  at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
+  if (!save) return {out, at::Tensor(), at::Tensor()};
+  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+}
+
 }  // namespace sparsetopk::torch::detail
 
 TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
   using namespace sparsetopk::torch::detail;
   using sparsetopk::torch::generic::Operator;
   m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver) { return std::get<0>(soft_topk(Operator::mask, x, k, l, p, dim, solver, false)); });
+                              c10::string_view solver, std::optional<int64_t> num_iter) {
+    return std::get<0>(soft_topk(Operator::mask, x, k, l, p, dim, solver, num_iter, false));
+  });
   m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                             c10::string_view solver) { return std::get<0>(soft_topk(Operator::magnitude, x, k, l, p, dim, solver, false)); });
+                             c10::string_view solver, std::optional<int64_t> num_iter) {
+    return std::get<0>(soft_topk(Operator::magnitude, x, k, l, p, dim, solver, num_iter, false));
+  });
   m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::mask, x, k, dim); });
   m.impl("hard_topk_mag",
          [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::magnitude, x, k, dim); });
   m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                       c10::string_view solver) { return soft_topk(Operator::mask, x, k, l, p, dim, solver, true); });
+                                       c10::string_view solver, std::optional<int64_t> num_iter) {
+    return soft_topk(Operator::mask, x, k, l, p, dim, solver, num_iter, true);
+  });
   m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                      c10::string_view solver) { return soft_topk(Operator::magnitude, x, k, l, p, dim, solver, true); });
+                                      c10::string_view solver, std::optional<int64_t> num_iter) {
+    return soft_topk(Operator::magnitude, x, k, l, p, dim, solver, num_iter, true);
+  });
   m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
                                         int64_t dim) { return jacobian_product(Operator::mask, true, grad, nullptr, c, row_state, dim); });
   m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,

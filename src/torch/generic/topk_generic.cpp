@@ -647,15 +647,17 @@ std::pair<Tensor, Tensor> sort_keys(Operator op, const Tensor& x) {
 // The tensor whose [r, order[r, j]] is sorted[r, j].
 Tensor unsort(const Tensor& sorted, const Tensor& order) { return at::empty_like(sorted).scatter_(1, order, sorted); }
 
-}  // namespace
-
-SoftResult soft_topk_rows(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
+// A soft operator on a batch: the rows' keys sorted, `solve(s, x_sorted)`
+// (SortedRows) and the result scattered back; non-finite rows are NaN, their
+// state (NaN, 0, NaN). x_sorted: x in the keys' order (the magnitude only).
+template <class SortedSolver>
+SoftResult solve_sorted(Operator op, const Tensor& rows, bool save, SortedSolver&& solve) {
   if (rows.numel() == 0) return empty_result(rows, save);
   const Tensor finite = is_finite(rows).all(-1, /*keepdim=*/true);
   const Tensor x = select(finite, rows.to(at::kDouble), 0.0);  // a non-finite row is NaN at the end
   const auto [s, order] = sort_keys(op, x);
   const Tensor x_sorted = op == Operator::magnitude ? x.gather(1, order) : Tensor();
-  const SortedRows sorted = soft_sorted_rows(op, s, k, l, p, x_sorted);
+  const SortedRows sorted = solve(s, x_sorted);
   SoftResult result{select(finite, unsort(sorted.out, order), kNaN).to(rows.scalar_type()), {}, {}};
   if (!save) return result;
   result.c = select(finite, unsort(sorted.c, order), kNaN);
@@ -663,6 +665,164 @@ SoftResult soft_topk_rows(Operator op, const Tensor& rows, int64_t k, double l, 
   const Tensor non_finite_state = at::cat({nan, at::zeros_like(nan), nan}, 1);  // (NaN, 0, NaN)
   result.row_state = select(finite, sorted.state, non_finite_state);
   return result;
+}
+
+// ---- Dykstra's algorithm (p = 2; SPEC.md, "Dykstra's algorithm") ----
+//
+// The batched form of the core's (src/core/dykstra.cpp, the same arithmetic,
+// so the same result): the sorted chain v is kept as its even and odd
+// positions, e = v[0::2] and o = v[1::2], so that the pairs (v1>=v2, v3>=v4,
+// ...) are (e_j, o_j) and (v2>=v3, v4>=v5, ...) are (o_j, e_{j+1}); pe, po
+// and qo, qe are the two sets' correction terms. The whole row iterates
+// (entries the iterations do not reach stay exactly where they start).
+
+constexpr int64_t kDykstraCheckEvery = 64;  // iterations between the fixed-point checks (host syncs)
+
+struct DykstraChain {
+  Tensor e, o, pe, po, qe, qo;
+  Tensor beta_first, beta_second;  // a_{i+1} / (a_i + a_{i+1}) of each pair ([1, m]); undefined: unweighted
+
+  Tensor state() const { return at::cat({e, o, pe, po, qe, qo}, 1); }
+};
+
+// One set of pairs (b_j >= c_j) in place: t = v + corr; a violating pair
+// becomes its (weighted) mean, corr = t - v (the core's project_pairs).
+void project_pairs(Tensor b, Tensor c, Tensor corr_b, Tensor corr_c, const Tensor& beta) {
+  const Tensor tb = b + corr_b, tc = c + corr_c;
+  const Tensor mean = beta.defined() ? tb + (tc - tb) * beta : 0.5 * (tb + tc);
+  at::maximum_out(b, tb, mean);  // b >= c: b = tb, c = tc; else both the mean
+  at::minimum_out(c, tc, mean);
+  at::sub_out(corr_b, tb, b);
+  at::sub_out(corr_c, tc, c);
+}
+
+// One iteration: both sets of pairs.
+void iterate_once(DykstraChain& chain) {
+  const int64_t first = chain.o.size(1), second = chain.e.size(1) - 1;
+  project_pairs(chain.e.narrow(1, 0, first), chain.o, chain.pe.narrow(1, 0, first), chain.po, chain.beta_first);
+  project_pairs(chain.o.narrow(1, 0, second), chain.e.narrow(1, 1, second), chain.qo.narrow(1, 0, second),
+                chain.qe.narrow(1, 1, second), chain.beta_second);
+}
+
+// `iterations` iterations, stopping early at a fixed point (an iteration that
+// changes nothing changes nothing after: the result is the same). Meta
+// tensors run one (their values are never read).
+void iterate(DykstraChain& chain, int64_t iterations) {
+  if (!can_read(chain.e)) iterations = 1;
+  for (int64_t it = 1; it <= iterations; ++it) {
+    if (it % kDykstraCheckEvery != 0) {
+      iterate_once(chain);
+      continue;
+    }
+    const Tensor before = chain.state();
+    iterate_once(chain);
+    if (at::equal(before, chain.state())) return;
+  }
+}
+
+// Columns [start, start + 2m) step 2 of a [R, n] tensor (or [1, n]).
+Tensor every_other(const Tensor& t, int64_t start) { return t.slice(1, start, t.size(1), 2); }
+
+DykstraChain load_chain(const Tensor& z, const Tensor& a) {
+  DykstraChain chain;
+  chain.e = every_other(z, 0).contiguous(), chain.o = every_other(z, 1).contiguous();
+  chain.pe = at::zeros_like(chain.e), chain.qe = at::zeros_like(chain.e);
+  chain.po = at::zeros_like(chain.o), chain.qo = at::zeros_like(chain.o);
+  if (!a.defined()) return chain;
+  const int64_t first = chain.o.size(1), second = chain.e.size(1) - 1;
+  const Tensor a_even = every_other(a, 0), a_odd = every_other(a, 1);
+  chain.beta_first = a_odd / (a_even.narrow(1, 0, first) + a_odd);
+  chain.beta_second = a_even.narrow(1, 1, second) / (a_odd.narrow(1, 0, second) + a_even.narrow(1, 1, second));
+  return chain;
+}
+
+// v in sorted order, [R, n].
+Tensor chain_values(const DykstraChain& chain, int64_t n) {
+  Tensor v = at::empty({chain.e.size(0), n}, chain.e.options());
+  every_other(v, 0).copy_(chain.e);
+  every_other(v, 1).copy_(chain.o);
+  return v;
+}
+
+// Whether v_i >= v_{i+1} was active (enforced by averaging) in the last
+// projection onto its pair, i = 0 .. n-2 ([R, n-1]; the core's DykstraChain::active).
+Tensor active_constraints(const DykstraChain& chain, int64_t n) {
+  const int64_t first = chain.o.size(1), second = chain.e.size(1) - 1;
+  Tensor active = at::empty({chain.e.size(0), n - 1}, chain.e.options().dtype(at::kBool));
+  every_other(active, 0).copy_((chain.pe.narrow(1, 0, first) != 0) | (chain.po != 0));
+  every_other(active, 1).copy_((chain.qo.narrow(1, 0, second) != 0) | (chain.qe.narrow(1, 1, second) != 0));
+  return active;
+}
+
+// The block [begin, end) straddling sorted positions k-1 and k: the maximal
+// run joined by active constraints; [k, k) where v_{k-1} >= v_k is not active.
+std::pair<Tensor, Tensor> straddling_block(const Tensor& active, int64_t k) {
+  const int64_t edges = active.size(1);
+  const Tensor column = columns(edges, active), free = ~active;
+  const Tensor begin = select(free & (column < k - 1), column, -1).amax(-1, /*keepdim=*/true) + 1;
+  const Tensor end = select(free & (column >= k - 1), column, edges).amin(-1, /*keepdim=*/true) + 1;
+  const Tensor straddles = active.narrow(1, k - 1, 1);
+  return {select(straddles, begin, k), select(straddles, end, k)};
+}
+
+// Outputs and c of the sorted rows from v (SPEC.md steps 4-5); entries still
+// exactly at z_i never moved and keep the hard operator's value.
+SortedRows dykstra_outputs(Operator op, const Tensor& s, const Tensor& z, const Tensor& v, const Tensor& in_block,
+                           int64_t k, double l, const Tensor& x_sorted) {
+  const Tensor is_top = columns(s.size(1), s) < k, moved = v != z;
+  Tensor out, active;
+  if (op == Operator::mask) {
+    const Tensor u = (s - v) / l;  // y = clip((s - v) / l, 0, 1)
+    out = select(moved, u.clamp(0.0, 1.0), is_top.to(at::kDouble));
+    active = in_block & moved & (u > 0) & (u < 1);
+  } else {
+    const Tensor u = (s - v).clamp_min(0.0);  // r = (1 + l) / l u, at most |x|
+    const Tensor r = at::minimum((1.0 + l) / l * u, s);
+    out = select(moved, at::copysign(r, x_sorted), select(is_top, x_sorted, 0.0));
+    active = in_block & moved & (u > 0);
+  }
+  return {out, select(active, at::full_like(s, 1.0 / l), -1.0), {}};  // c_i = 1/l for q = 2
+}
+
+// Dykstra's iterations on sorted rows (0 < k < n), and the state read off the
+// block of the result: gamma its (weighted) mean, W_B its top entries.
+SortedRows dykstra_block_rows(Operator op, const Tensor& s, int64_t k, double l, int64_t iterations,
+                              const Tensor& x_sorted) {
+  const int64_t n = s.size(1);
+  const Tensor w = (columns(n, s) < k).to(at::kDouble);
+  const Tensor a = op == Operator::mask ? Tensor() : 1.0 + l * w;  // z = s - l w, or s / (1 + l w)
+  const Tensor z = op == Operator::mask ? s - l * w : s / a;
+  DykstraChain chain = load_chain(z, a);
+  iterate(chain, iterations);
+  const Tensor v = chain_values(chain, n);
+  const auto [begin, end] = straddling_block(active_constraints(chain, n), k);
+  const Tensor column = columns(n, s), in_block = (column >= begin) & (column < end);
+  SortedRows rows = dykstra_outputs(op, s, z, v, in_block, k, l, x_sorted);
+  const Tensor weight = select(in_block, a.defined() ? a.expand_as(s) : at::ones_like(s), 0.0);
+  const Tensor gamma = select(end > begin, row_sum(weight * v) / row_sum(weight), s.narrow(1, k, 1));
+  const Tensor block_weight = (end.clamp_max(k) - begin.clamp_max(k)).to(at::kDouble);
+  rows.state = at::cat({gamma, block_weight, key_at(s, begin - 1, kInf)}, 1);
+  return rows;
+}
+
+SortedRows dykstra_sorted_rows(Operator op, const Tensor& s, int64_t k, double l, int64_t iterations,
+                               const Tensor& x_sorted) {
+  if (k == 0 || k == s.size(1)) return singleton_rows(op, s, k, x_sorted);  // nothing moves
+  return dykstra_block_rows(op, s, k, l, iterations, x_sorted);
+}
+
+}  // namespace
+
+SoftResult soft_topk_rows(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
+  return solve_sorted(op, rows, save, [&](const Tensor& s, const Tensor& x_sorted) {
+    return soft_sorted_rows(op, s, k, l, p, x_sorted);
+  });
+}
+
+SoftResult dykstra_rows(Operator op, const Tensor& rows, int64_t k, double l, int64_t iterations, bool save) {
+  return solve_sorted(op, rows, save, [&](const Tensor& s, const Tensor& x_sorted) {
+    return dykstra_sorted_rows(op, s, k, l, iterations, x_sorted);
+  });
 }
 
 at::Tensor hard_topk_rows(Operator op, const Tensor& rows, int64_t k) {

@@ -30,6 +30,13 @@ struct SoftResult {
 
 SoftResult soft_topk_rows(Operator op, const at::Tensor& rows, int64_t k, double l, double p, bool save);
 
+// The same for p = 2 by `iterations` (>= 1) of Dykstra's alternating
+// projections (SPEC.md; the batched form of the core's dykstra.hpp, with the
+// same results): approximate. The state is read off the block of the result
+// that straddles sorted positions k and k+1 (c_i = 1/l), so the derivatives
+// below are the exact block Jacobian at the returned solution. Docs: docs/dykstra.md.
+SoftResult dykstra_rows(Operator op, const at::Tensor& rows, int64_t k, double l, int64_t iterations, bool save);
+
 // Hard top-k of SPEC.md: the k largest keys (x for the mask, |x| for the
 // magnitude), ties broken by the lower index first; a row holding a NaN is NaN.
 at::Tensor hard_topk_rows(Operator op, const at::Tensor& rows, int64_t k);
