@@ -22,6 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "python" / "sparsetopk"
 LIBRARY = "libsparsetopk_torch.so"
+JAX_LIBRARY = "libsparsetopk_jax.so"
 
 # Runs inside the fresh virtualenv; argv[1] is its directory.
 IMPORT_CHECK = r"""
@@ -51,6 +52,25 @@ print("ok", package)
 """
 
 
+# The JAX part, in the same fresh virtualenv (jax comes through the same .pth
+# as torch), imported without torch.
+JAX_IMPORT_CHECK = r"""
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import sparsetopk.jax as stj
+
+venv = Path(sys.argv[1]).resolve()
+loaded = [p for p in stj._ffi.library_paths() if p.is_file()][0].resolve()
+assert venv in loaded.parents and loaded.name == "libsparsetopk_jax.so", loaded
+assert "torch" not in sys.modules, "sparsetopk.jax imported torch"
+mask = stj.soft_topk_mask(jnp.array([-5.0, -2.0, 3.0, 1.0]), k=2, l=0.01)
+assert jnp.allclose(mask, jnp.array([0.0, 0.0, 1.0, 1.0]), atol=1e-5), mask
+print("ok", loaded)
+"""
+
+
 def wheel_path():
     """$SPARSETOPK_WHEEL; the test is skipped when unset and fails (not errors) when missing."""
     value = os.environ.get("SPARSETOPK_WHEEL")
@@ -71,8 +91,10 @@ def test_wheel_contents():
         assert dist_info, names
         wheel_meta = archive.read(f"{dist_info[0]}/WHEEL").decode()
     assert f"sparsetopk/{LIBRARY}" in names
+    assert f"sparsetopk/{JAX_LIBRARY}" in names
     assert "sparsetopk/_build_info.py" in names
-    missing = [p.name for p in PACKAGE.glob("*.py") if f"sparsetopk/{p.name}" not in names]
+    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if f"sparsetopk/{p.relative_to(PACKAGE).as_posix()}" not in names]
     assert not missing, f"Python files of python/sparsetopk missing from the wheel: {missing}"
     # Only the package and its metadata: nothing of the checkout's tests or build tree.
     assert {n.split("/")[0] for n in names} == {"sparsetopk", dist_info[0]}, names
@@ -98,7 +120,7 @@ def test_wheel_installs_and_imports_alone(tmp_path):
     python = venv / "bin" / "python"
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).strip())
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "SPARSETOPK_LIBRARY", "PYTHONHOME", "VIRTUAL_ENV")}
+           if k not in ("PYTHONPATH", "SPARSETOPK_LIBRARY", "SPARSETOPK_JAX_LIBRARY", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PYTHONNOUSERSITE"] = "1"
     # The current interpreter's pip installs into the fresh venv (pip >= 22.3),
     # before the .pth exists: else pip would see a sparsetopk installed next to
@@ -114,4 +136,6 @@ def test_wheel_installs_and_imports_alone(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = run([python, "-c", IMPORT_CHECK, venv], cwd=empty, env=env)
+    assert out.startswith("ok "), out
+    out = run([python, "-c", JAX_IMPORT_CHECK, venv], cwd=empty, env=env)
     assert out.startswith("ok "), out
