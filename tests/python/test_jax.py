@@ -324,6 +324,14 @@ def test_errors(call, error, message):
         call(jnp.array([1.0, 2.0, 3.0, 4.0]))
 
 
+def test_docstrings_run_and_every_public_name_is_documented():
+    import doctest
+
+    assert doctest.testmod(stj, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+    for name in stj.__all__:
+        assert getattr(stj, name).__doc__, name
+
+
 # ---- each framework without the other ----
 
 BLOCKER = """

@@ -17,7 +17,7 @@ docs/jax.md.
 Example:
     >>> import jax.numpy as jnp
     >>> from sparsetopk.jax import soft_topk_mask
-    >>> soft_topk_mask(jnp.array([-5., -2., 3., 1.]), k=2, l=0.01)
+    >>> soft_topk_mask(jnp.array([-5., -2., 3., 1.], dtype=jnp.float32), k=2, l=0.01)
     Array([0., 0., 1., 1.], dtype=float32)
 """
 
