@@ -14,32 +14,27 @@ shapes 8x8, 64x8, 256x64, 1024x64 (k = 2 and 4), 8192x64 (k = 2), 4096x256
 (k = 8) and the pruning shape 16x65536 (k = 1024).
 
 Method: every function is jitted and compiled before timing; each call waits
-for its result (``block_until_ready``). A block runs a fixed number of calls
-(about ``--block-ms`` long); a round runs one block of every function of a
-(shape, k) in a random order; ``--rounds`` rounds. Time per call: the median
-over rounds of the block means. Ratio: the median over rounds of (block mean /
-jax.lax.top_k's block mean in the same round and mode), so that drift on a
-noisy machine cancels. Prints a Markdown table (``--output`` writes it too).
+for its result (``block_until_ready``); the calls are timed in interleaved
+blocks, ``--rounds`` rounds per (shape, k), each paired with jax.lax.top_k in
+the same round and mode (bench/interleaved.py). Prints a Markdown table (``--output`` writes it too).
 
     PYTHONPATH=python SPARSETOPK_JAX_LIBRARY=build/lib/libsparsetopk_jax.so \\
         .venv/bin/python bench/bench_jax.py --output /tmp/jax.md
 """
 
 import argparse
-import gc
 import os
 import platform
 import random
-import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import sparsetopk.jax as stj
+from interleaved import format_us, run_group  # bench/interleaved.py
 
 CASES = ((8, 8, 2), (8, 8, 4), (64, 8, 2), (64, 8, 4), (256, 64, 2), (256, 64, 4), (1024, 64, 2), (1024, 64, 4),
          (8192, 64, 2), (4096, 256, 8), (16, 65536, 1024))
@@ -68,45 +63,6 @@ def candidates(rows: int, n: int, k: int, seed: int) -> Dict[Tuple[str, str], Ca
     return calls
 
 
-def block_size(fn: Callable[[], object], block_seconds: float) -> int:
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= block_seconds / 4 or calls >= 1 << 16:
-            return max(1, int(calls * block_seconds / max(elapsed, 1e-9)))
-        calls *= 2
-
-
-def run_group(functions, rounds: int, block_seconds: float, rng: random.Random):
-    sizes = {key: block_size(fn, block_seconds) for key, fn in functions.items()}
-    means: Dict[Tuple[str, str], List[float]] = {key: [] for key in functions}
-    ratios: Dict[Tuple[str, str], List[float]] = {key: [] for key in functions}
-    for _ in range(rounds):
-        order = list(functions)
-        rng.shuffle(order)
-        this_round = {}
-        gc.disable()
-        for key in order:
-            fn, calls = functions[key], sizes[key]
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            this_round[key] = (time.perf_counter() - start) / calls
-        gc.enable()
-        gc.collect()
-        for key, mean in this_round.items():
-            means[key].append(mean)
-            ratios[key].append(mean / this_round[(BASELINE, key[1])])
-    return {key: (statistics.median(means[key]) * 1e6, statistics.median(ratios[key])) for key in functions}
-
-
-def format_us(us: float) -> str:
-    return f"{us:.1f}" if us < 100 else f"{us:.0f}"
-
-
 def table(results) -> str:
     names = [BASELINE] + [f"soft_topk_{o} p={p}" for o, _ in OPERATORS for _, p in PS]
     lines = ["| shape (rows x n) | k | mode | " + " | ".join(names) + " |",
@@ -132,7 +88,8 @@ def main(argv: Sequence[str] = ()) -> int:
     rng = random.Random(args.seed)
     results = {}
     for case in CASES[:4] if args.quick else CASES:
-        results[case] = run_group(candidates(*case, seed=args.seed), args.rounds, args.block_ms / 1e3, rng)
+        results[case] = run_group(candidates(*case, seed=args.seed), args.rounds, args.block_ms / 1e3, rng,
+                                  lambda key: (BASELINE, key[1]))
         print(f"done {case}", file=sys.stderr, flush=True)
     header = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
               f"({platform.processor() or platform.machine()}), float32, {args.rounds} rounds; "

@@ -35,18 +35,18 @@ with the package and library on the path, e.g.
 """
 
 import argparse
-import gc
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
+import interleaved  # bench/interleaved.py
 import sparsetopk
+from interleaved import format_us
 
 SHAPES = ((8, 8), (64, 8), (256, 64), (1024, 64))
 KS = (2, 4)
@@ -90,54 +90,10 @@ def candidates(rows: int, n: int, k: int, seed: int) -> Dict[Tuple[str, str], Ca
     return functions
 
 
-def block_size(fn: Callable[[], object], block_seconds: float) -> int:
-    """Calls per block: about block_seconds of fn, at least 1."""
-    for _ in range(3):  # warm up (first-call allocations, lazy initialization)
-        fn()
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= block_seconds / 4 or calls >= 1 << 20:
-            return max(1, int(calls * block_seconds / max(elapsed, 1e-9)))
-        calls *= 4
-
-
 def run_group(functions: Dict[Tuple[str, str], Callable[[], object]], rounds: int, block_seconds: float,
               rng: random.Random) -> Dict[Tuple[str, str], Tuple[float, float]]:
     """(median us per call, median paired ratio to torch.topk) of every function."""
-    sizes = {key: block_size(fn, block_seconds) for key, fn in functions.items()}
-    samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in functions}
-    keys = list(functions)
-    enabled = gc.isenabled()
-    try:
-        for _ in range(rounds):
-            rng.shuffle(keys)
-            gc.collect()
-            gc.disable()
-            for key in keys:
-                fn, calls = functions[key], sizes[key]
-                start = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                samples[key].append((time.perf_counter() - start) / calls * 1e6)
-            if enabled:
-                gc.enable()
-    finally:
-        if enabled:
-            gc.enable()
-    result = {}
-    for key, times in samples.items():
-        base = samples[(key[0], "torch.topk")]
-        ratios = [t / b for t, b in zip(times, base)]
-        result[key] = (statistics.median(times), statistics.median(ratios))
-    return result
-
-
-def format_us(us: float) -> str:
-    return f"{us:.1f}" if us < 100 else f"{us:.0f}"
+    return interleaved.run_group(functions, rounds, block_seconds, rng, lambda key: (key[0], "torch.topk"))
 
 
 def table(results: Dict[Tuple[int, Tuple[int, int], int], Dict[Tuple[str, str], Tuple[float, float]]],
