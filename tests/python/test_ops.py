@@ -298,3 +298,20 @@ def test_non_finite_rows_give_nan_rows():
     for op in SOFT:
         out = op(x, 1, 0.1)
         assert torch.isnan(out[0]).all() and not torch.isnan(out[1]).any()
+
+
+def test_flush_denormal_mode_gives_the_same_results_and_is_restored():
+    # torch.set_flush_denormal(True) sets FTZ/DAZ on this thread; the core used
+    # to crash on this row under it (tests/core/test_robustness.cpp).
+    x = torch.tensor([[0.0, -1.0, 0.0, 0.0, 0.0, 0.0], [1e-310, -2e-308, 0.5, 0.0, -1.0, 3e-320]],
+                     dtype=torch.float64)
+    expected = [op(x, 2, 1e-3) for op in SOFT]
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    try:
+        got = [op(x, 2, 1e-3) for op in SOFT]
+        assert (torch.tensor([1e-310], dtype=torch.float64) * 1).item() == 0.0  # the caller's mode is back
+    finally:
+        torch.set_flush_denormal(False)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
