@@ -16,7 +16,7 @@ Example:
     tensor([0., 0., 1., 1.])
 """
 
-from ._library import load_library
+from ._library import cuda_kernels_available, load_library, use_cuda_kernels
 
 load_library()
 
@@ -37,4 +37,6 @@ __all__ = [
     "SparseLinear",
     "SoftTopKRouter",
     "RouterOutput",
+    "use_cuda_kernels",
+    "cuda_kernels_available",
 ]

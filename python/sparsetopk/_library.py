@@ -7,6 +7,10 @@ from typing import List
 import torch
 
 LIBRARY_NAME = "libsparsetopk_torch.so"
+# The CUDA kernels (UNVERIFIED, opt-in: docs/gpu.md), built beside the main
+# library where CMake found nvcc and a CUDA torch; it links libtorch_cuda.so, so
+# it is loaded only when torch is a CUDA build.
+CUDA_LIBRARY_NAME = "libsparsetopk_torch_cuda.so"
 
 
 def candidate_paths() -> List[Path]:
@@ -55,6 +59,12 @@ def _check_built_torch(path: Path) -> None:
         )
 
 
+def _load_cuda_library(path: Path) -> None:
+    """Loads the CUDA kernels' library beside the main one, if it is there and torch is a CUDA build."""
+    if torch.version.cuda is not None and path.is_file():
+        torch.ops.load_library(str(path))
+
+
 def load_library() -> None:
     """Loads the operator library once per process (a no-op if already loaded)."""
     if _already_loaded():
@@ -64,9 +74,32 @@ def load_library() -> None:
         if path.is_file():
             _check_built_torch(path)
             torch.ops.load_library(str(path))
+            _load_cuda_library(path.parent / CUDA_LIBRARY_NAME)
             return
     looked = ", ".join(str(p) for p in paths)
     raise ImportError(
         f"sparsetopk: cannot find {LIBRARY_NAME} (looked in: {looked}). Build it with "
         "`cmake --preset release && cmake --build build` or point SPARSETOPK_LIBRARY at it."
     )
+
+
+def cuda_kernels_available() -> bool:
+    """Whether the CUDA kernels' library is loaded (torch.ops.sparsetopk._use_cuda_kernels exists)."""
+    try:
+        torch.ops.sparsetopk._use_cuda_kernels
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def use_cuda_kernels(enabled: bool = True) -> bool:
+    """Turns the hand-written CUDA kernels on (or off) for every op on CUDA tensors; returns the
+    previous setting. UNVERIFIED: they have never run on a GPU (docs/gpu.md); off by default, when
+    CUDA tensors take the verified device-generic path. A single soft forward can opt in with
+    ``solver="cuda_kernel"`` instead."""
+    if not cuda_kernels_available():
+        raise RuntimeError(
+            f"sparsetopk: the CUDA kernels are not loaded ({CUDA_LIBRARY_NAME} was not built beside "
+            f"{LIBRARY_NAME}, or torch {torch.__version__} is not a CUDA build)"
+        )
+    return bool(torch.ops.sparsetopk._use_cuda_kernels(bool(enabled)))

@@ -29,7 +29,7 @@ from torch.autograd import forward_ad
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 3
 COMPILE_USES_PYTHON_AUTOGRAD = False
-SOLVERS = ("auto", "pav", "threshold")
+SOLVERS = ("auto", "pav", "threshold", "cuda_kernel")  # cuda_kernel: CUDA tensors, UNVERIFIED (docs/gpu.md)
 SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto")  # l, p, dim, solver of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

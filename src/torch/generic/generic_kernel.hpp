@@ -1,0 +1,47 @@
+#pragma once
+// The tensor adapters of generic_kernel.cpp (checks, [R, n] rows along dim and
+// back, the saved state's layout) around any implementation of the rows
+// functions of topk_generic.hpp: the device-generic one, or the CUDA kernels
+// of src/torch/cuda, which reuse them.
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "topk_generic.hpp"
+
+namespace sparsetopk::torch::detail {
+
+struct RowsImplementation {
+  generic::SoftResult (*soft)(generic::Operator, const at::Tensor& rows, int64_t k, double l, double p, bool save);
+  at::Tensor (*hard)(generic::Operator, const at::Tensor& rows, int64_t k);
+  at::Tensor (*product)(generic::Operator, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
+                        const at::Tensor& c_rows, const at::Tensor& state_rows);
+};
+
+extern const RowsImplementation generic_rows;
+
+// The ops' checks (all but the solver), then rows in and out: (out, c, row_state),
+// c and row_state undefined without `save`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_on_rows(const RowsImplementation& rows,
+                                                                 generic::Operator op, const at::Tensor& x,
+                                                                 int64_t k, double l, double p, int64_t dim,
+                                                                 bool save);
+at::Tensor hard_topk_on_rows(const RowsImplementation& rows, generic::Operator op, const at::Tensor& x, int64_t k,
+                             int64_t dim);
+// x: the forward input (magnitude), nullptr for the mask.
+at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, generic::Operator op, bool transpose,
+                                    const at::Tensor& v, const at::Tensor* x, const at::Tensor& c,
+                                    const at::Tensor& row_state, int64_t dim);
+
+// The device-generic ops as registered (solver "auto" or "generic" off the CPU).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk(generic::Operator op, const at::Tensor& x, int64_t k,
+                                                         double l, double p, int64_t dim, c10::string_view solver,
+                                                         bool save);
+at::Tensor hard_topk(generic::Operator op, const at::Tensor& x, int64_t k, int64_t dim);
+at::Tensor jacobian_product(generic::Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
+                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim);
+
+}  // namespace sparsetopk::torch::detail
