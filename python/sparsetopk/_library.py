@@ -32,12 +32,17 @@ def candidate_paths() -> List[Path]:
     ]
 
 
-def _already_loaded() -> bool:
+def _has_op(name: str) -> bool:
+    """Whether torch.ops.sparsetopk.<name> is registered."""
     try:
-        torch.ops.sparsetopk.soft_topk_mask
+        getattr(torch.ops.sparsetopk, name)
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def _already_loaded() -> bool:
+    return _has_op("soft_topk_mask")
 
 
 def _check_built_torch(path: Path) -> None:
@@ -85,11 +90,7 @@ def load_library() -> None:
 
 def cuda_kernels_available() -> bool:
     """Whether the CUDA kernels' library is loaded (torch.ops.sparsetopk._use_cuda_kernels exists)."""
-    try:
-        torch.ops.sparsetopk._use_cuda_kernels
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return _has_op("_use_cuda_kernels")
 
 
 def use_cuda_kernels(enabled: bool = True) -> bool:
