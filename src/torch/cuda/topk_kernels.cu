@@ -10,6 +10,8 @@
 
 #include "topk_kernels.hpp"
 
+#include "radix_select.hpp"
+
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_segmented_sort.cuh>
@@ -35,54 +37,11 @@ using detail::StraddlingBlock;
 
 constexpr int kThreads = 256;                // threads per block
 constexpr long long kItemsPerBlock = 16384;  // entries per block in the grid-wide passes
-constexpr int kRadixBits = 8;
-constexpr int kRadixSize = 1 << kRadixBits;
 constexpr int kMaxGridRows = 65535;          // gridDim.y; longer batches loop
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 void check(cudaError_t status) {
   if (status != cudaSuccess) throw std::runtime_error(std::string("sparsetopk CUDA kernel: ") + cudaGetErrorString(status));
-}
-
-// ---- keys and their order-preserving bits ----
-
-template <class T>
-struct Bits;
-template <>
-struct Bits<float> {
-  using type = unsigned int;
-};
-template <>
-struct Bits<double> {
-  using type = unsigned long long;
-};
-template <class T>
-using BitsOf = typename Bits<T>::type;
-
-// key_i: x_i (mask) or |x_i| (magnitude), -0 made +0 (they are the same key)
-template <class T>
-__device__ T key_of(bool magnitude, T x) {
-  return magnitude ? std::abs(x) : x + T(0);
-}
-
-// unsigned bits ordered as the keys: flip all bits of negatives, the sign bit of the others
-__device__ unsigned int encode(float v) {
-  const unsigned int b = __float_as_uint(v);
-  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
-}
-__device__ unsigned long long encode(double v) {
-  const unsigned long long b = static_cast<unsigned long long>(__double_as_longlong(v));
-  return (b & 0x8000000000000000ull) ? ~b : b | 0x8000000000000000ull;
-}
-template <class T>
-__device__ T decode(BitsOf<T> e);
-template <>
-__device__ float decode<float>(unsigned int e) {
-  return __uint_as_float((e & 0x80000000u) ? e & 0x7fffffffu : ~e);
-}
-template <>
-__device__ double decode<double>(unsigned long long e) {
-  return __longlong_as_double(static_cast<long long>((e & 0x8000000000000000ull) ? e & 0x7fffffffffffffffull : ~e));
 }
 
 // atomicAdd on a signed 64-bit counter (two's complement: the unsigned sum); returns the old value
@@ -133,16 +92,13 @@ __global__ void histogram_kernel(bool magnitude, const T* x, long long rows, lon
                                  const BitsOf<T>* prefix, unsigned long long* histogram) {
   using U = BitsOf<T>;
   __shared__ unsigned int counts[kRadixSize];
-  const int high = shift + kRadixBits;  // bits above the digit must match
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     for (int d = threadIdx.x; d < kRadixSize; d += blockDim.x) counts[d] = 0;
     __syncthreads();
     const Chunk part = chunk_of(n);
-    const U want = high >= static_cast<int>(8 * sizeof(U)) ? U(0) : prefix[r] >> high;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
       const U e = encode(key_of(magnitude, x[r * n + i]));
-      const U above = high >= static_cast<int>(8 * sizeof(U)) ? U(0) : e >> high;
-      if (above == want) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+      if (matches_prefix(e, prefix[r], shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
     }
     __syncthreads();
     for (int d = threadIdx.x; d < kRadixSize; d += blockDim.x)
@@ -158,17 +114,7 @@ __global__ void choose_digit_kernel(long long rows, int shift, U* prefix, long l
   const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   unsigned long long* counts = histogram + r * kRadixSize;
-  long long above = 0;
-  for (int d = kRadixSize - 1; d >= 0; --d) {
-    const long long count = static_cast<long long>(counts[d]);
-    if (above + count >= remaining[r]) {
-      prefix[r] |= static_cast<U>(d) << shift;
-      remaining[r] -= above;
-      ties[r] = count;
-      break;
-    }
-    above += count;
-  }
+  choose_digit(counts, shift, prefix[r], remaining[r], ties[r]);
   for (int d = 0; d < kRadixSize; ++d) counts[d] = 0;  // for the next digit
 }
 
