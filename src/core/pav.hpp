@@ -77,6 +77,19 @@ SPARSETOPK_HOST_DEVICE void pool_adjacent_violators_into(std::span<const double>
   }
 }
 
+// PAV's stack in a buffer the caller owns, big enough for the window (the
+// interface pool_adjacent_violators_into uses): the CUDA kernels keep one per row.
+struct BlockStack {
+  PavBlock* data;
+  std::size_t count = 0;
+  SPARSETOPK_HOST_DEVICE void clear() { count = 0; }
+  SPARSETOPK_HOST_DEVICE void push_back(const PavBlock& b) { data[count++] = b; }
+  SPARSETOPK_HOST_DEVICE void pop_back() { --count; }
+  SPARSETOPK_HOST_DEVICE PavBlock& back() { return data[count - 1]; }
+  SPARSETOPK_HOST_DEVICE PavBlock& operator[](std::size_t i) { return data[i]; }
+  SPARSETOPK_HOST_DEVICE std::size_t size() const { return count; }
+};
+
 // w = (1, ..., 1, 0, ..., 0) with `top` ones, without storing it.
 struct TopkWeights {
   std::size_t top;

@@ -117,18 +117,6 @@ TEST(HostDeviceMath, TopkWeightsAreOnesThenZeros) {
   EXPECT_EQ(w[2], 0.0);
 }
 
-// PAV's stack in a fixed buffer, as the CUDA kernels keep it.
-struct FixedStack {
-  std::vector<PavBlock> data;
-  std::size_t count = 0;
-  explicit FixedStack(std::size_t capacity) : data(capacity) {}
-  void clear() { count = 0; }
-  void push_back(const PavBlock& b) { data[count++] = b; }
-  void pop_back() { --count; }
-  PavBlock& back() { return data[count - 1]; }
-  PavBlock& operator[](std::size_t i) { return data[i]; }
-  std::size_t size() const { return count; }
-};
 
 // The band solver on a whole sorted row, the way the CUDA kernels call it for
 // k = 0 or k = n and the core calls it for Solver::pav: outputs and c.
@@ -147,7 +135,8 @@ BandRun run_band(bool magnitude, const std::vector<double>& x, std::size_t k, do
   for (std::size_t j = 0; j < n; ++j) s[j] = key(order[j]);
   const RowWindow window{n, k, kInf, -kInf};
   const BlockEquation equation(magnitude ? IsotonicForm::magnitude : IsotonicForm::mask, l, p);
-  FixedStack blocks(n);
+  std::vector<PavBlock> stack(n);
+  BlockStack blocks{stack.data()};
   BandRun run{std::vector<double>(n), std::vector<double>(n, -1.0), {}};
   const auto index_of = [&](std::size_t j) { return order[j]; };
   const auto append = [&](std::size_t i, double c) { run.c[i] = c; };

@@ -277,18 +277,6 @@ __global__ void segment_end_kernel(long long rows, Window window) {
   if (r < rows) window.end[r] = window.begin[r] + window.size[r];
 }
 
-// PAV's stack in a fixed buffer (the interface pool_adjacent_violators_into uses).
-struct BlockStack {
-  PavBlock* data;
-  std::size_t count = 0;
-  __device__ void clear() { count = 0; }
-  __device__ void push_back(const PavBlock& b) { data[count++] = b; }
-  __device__ void pop_back() { --count; }
-  __device__ PavBlock& back() { return data[count - 1]; }
-  __device__ PavBlock& operator[](std::size_t i) { return data[i]; }
-  __device__ std::size_t size() const { return count; }
-};
-
 // One thread per row: the core's band solver on the row's sorted window.
 template <class T>
 __global__ void band_kernel(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
@@ -307,7 +295,7 @@ __global__ void band_kernel(bool magnitude, const T* x, long long rows, long lon
   const RowWindow row_window{static_cast<std::size_t>(m), static_cast<std::size_t>(k - window.count_above[r]),
                              window.above[r], window.below[r]};
   const BlockEquation equation(form_of(magnitude), l, p);
-  BlockStack blocks{window.blocks ? static_cast<PavBlock*>(window.blocks) + r * n : nullptr};
+  detail::BlockStack blocks{window.blocks ? static_cast<PavBlock*>(window.blocks) + r * n : nullptr};
   const auto index_of = [index](std::size_t j) { return static_cast<std::size_t>(index[j]); };
   double* c_row = c ? c + r * n : nullptr;
   const auto append = [c_row](std::size_t i, double weight) { c_row[i] = weight; };

@@ -1,7 +1,8 @@
-// The radix selection of the CUDA kernels (src/torch/cuda/radix_select.hpp),
-// run on the CPU the way the kernels run it: passes of digit counts over a
-// row, then the (k+1)-th key and the hard operators' tie rule, against sorting
-// and the core's hard_topk_mask.
+// The CUDA kernels' pipeline (src/torch/cuda/topk_kernels.cu), run on the CPU
+// the way the kernels compose it: the radix selection (radix_select.hpp:
+// passes of digit counts over a row, then the (k+1)-th key) and the hard
+// operators' tie rule against sorting and the core's hard ops; then the soft
+// forward's window bounds, gather, sort and band solve against the core.
 
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "../../src/core/band_solve.hpp"
 #include "../../src/torch/cuda/radix_select.hpp"
 
 namespace sparsetopk::cuda {
@@ -89,7 +91,7 @@ void expect_bits_order_keys() {
   EXPECT_EQ(encode(key_of(false, T(-0.0))), encode(T(0)));
 }
 
-TEST(RadixSelect, BitsOrderTheKeysAndDecodeBack) {
+TEST(CudaPipeline, BitsOrderTheKeysAndDecodeBack) {
   expect_bits_order_keys<float>();
   expect_bits_order_keys<double>();
 }
@@ -110,7 +112,7 @@ void expect_kth_and_next_keys() {
     }
 }
 
-TEST(RadixSelect, FindsTheKthAndNextKeys) {
+TEST(CudaPipeline, FindsTheKthAndNextKeys) {
   expect_kth_and_next_keys<float>();
   expect_kth_and_next_keys<double>();
 }
@@ -136,9 +138,81 @@ void expect_hard_rule_is_the_cores() {
       }
 }
 
-TEST(RadixSelect, HardTieRuleIsTheCores) {
+TEST(CudaPipeline, HardTieRuleIsTheCores) {
   expect_hard_rule_is_the_cores<float>();
   expect_hard_rule_is_the_cores<double>();
+}
+
+
+// bounds_kernel, gather_kernel, the segmented sort and band_kernel for one finite row.
+template <class T>
+void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p, bool magnitude, std::vector<T>& out,
+                   std::vector<double>& c, detail::BandState& state) {
+  const std::size_t n = row.size();
+  const detail::BlockEquation equation(magnitude ? IsotonicForm::magnitude : IsotonicForm::mask, l, p);
+  double above = detail::kInf, below = -detail::kInf;
+  if (k > 0 && k < n) {
+    const Selected<T> s = select(row, static_cast<long long>(k), magnitude);
+    detail::window_bounds(equation, static_cast<double>(s.s_k), static_cast<double>(s.s_next), above, below);
+  }
+  std::vector<std::pair<double, std::size_t>> window;
+  std::size_t count_above = 0;
+  c.assign(n, -1.0);
+  out.assign(n, T(0));
+  for (std::size_t i = 0; i < n; ++i) {
+    const double key = static_cast<double>(key_of(magnitude, row[i]));
+    if (key >= above) ++count_above, out[i] = magnitude ? row[i] : T(1);
+    else if (key > below) window.push_back({key, i});
+  }
+  std::sort(window.begin(), window.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<double> s;
+  std::vector<std::size_t> index;
+  for (const auto& [key, i] : window) s.push_back(key), index.push_back(i);
+  const detail::RowWindow row_window{s.size(), k - count_above, above, below};
+  std::vector<detail::PavBlock> stack(n);
+  detail::BlockStack blocks{stack.data()};
+  const auto index_of = [&](std::size_t j) { return index[j]; };
+  const auto append = [&](std::size_t i, double weight) { c[i] = weight; };
+  const detail::StraddlingBlock block =
+      magnitude ? detail::solve_mag_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
+                                         row.data(), out.data(), true, append)
+                : detail::solve_mask_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
+                                          out.data(), true, append);
+  state = detail::band_state(block, row_window, s.data());
+}
+
+template <class T>
+void expect_soft_pipeline_is_the_cores() {
+  for (const auto& row : test_rows<T>()) {
+    bool finite = true;
+    for (T v : row) finite &= std::isfinite(v);
+    if (!finite) continue;  // the kernels flag such rows first: NaN out, like the core
+    for (bool magnitude : {false, true})
+      for (double p : {4.0 / 3.0, 2.0, 1.5, 3.0})
+        for (std::size_t k : {0u, 1u, 7u, 50u, 96u, 97u}) {
+          std::vector<T> out, expected(row.size());
+          std::vector<double> c, c_core(row.size()), state_core(3);
+          detail::BandState state{};
+          soft_pipeline(row, k, 0.3, p, magnitude, out, c, state);
+          ActiveBlocks blocks;
+          const SoftTopkOptions options{0.3, p, Solver::automatic};
+          if (magnitude) soft_topk_mag<T>(row, row.size(), k, expected, options, &blocks);
+          else soft_topk_mask<T>(row, row.size(), k, expected, options, &blocks);
+          blocks.to_dense(c_core, state_core);
+          for (std::size_t i = 0; i < row.size(); ++i) {
+            EXPECT_EQ(out[i], expected[i]) << "p = " << p << ", k = " << k << ", i = " << i;
+            EXPECT_EQ(c[i], c_core[i]) << "p = " << p << ", k = " << k << ", i = " << i;
+          }
+          EXPECT_EQ(state.gamma, state_core[0]);
+          EXPECT_EQ(state.block_weight, state_core[1]);
+          EXPECT_EQ(state.unchanged_from, state_core[2]);
+        }
+  }
+}
+
+TEST(CudaPipeline, SoftForwardIsTheCores) {
+  expect_soft_pipeline_is_the_cores<float>();
+  expect_soft_pipeline_is_the_cores<double>();
 }
 
 }  // namespace
