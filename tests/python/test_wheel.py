@@ -72,6 +72,10 @@ def test_wheel_contents():
         wheel_meta = archive.read(f"{dist_info[0]}/WHEEL").decode()
     assert f"sparsetopk/{LIBRARY}" in names
     assert "sparsetopk/_build_info.py" in names
+    # Where this machine's build made the CUDA kernels' library, the wheel (same CMake) holds it too.
+    cuda_library = Path(os.environ.get("SPARSETOPK_LIBRARY", "build/lib/x")).parent / "libsparsetopk_torch_cuda.so"
+    if cuda_library.is_file():
+        assert "sparsetopk/libsparsetopk_torch_cuda.so" in names, names
     missing = [p.name for p in PACKAGE.glob("*.py") if f"sparsetopk/{p.name}" not in names]
     assert not missing, f"Python files of python/sparsetopk missing from the wheel: {missing}"
     # Only the package and its metadata: nothing of the checkout's tests or build tree.
