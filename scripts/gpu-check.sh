@@ -2,14 +2,17 @@
 # The GPU check, for a machine with an NVIDIA GPU (made for the H200 machines:
 # torch 2.11+cu130, Python 3.12, nvcc 13, CMake and ninja, no network). From a
 # fresh copy of the tree it:
-#   1. builds libsparsetopk_torch.so against that machine's python3 torch (a
-#      build carried from elsewhere would have another torch's ABI), 16 jobs;
+#   1. builds libsparsetopk_torch.so and the CUDA kernels' library
+#      libsparsetopk_torch_cuda.so (where CMake finds nvcc) against that
+#      machine's python3 torch (a build carried from elsewhere would have
+#      another torch's ABI), 16 jobs, and lists the kernels' machine code;
 #   2. runs the GPU suite (tests/python/test_gpu.py: every op on CUDA tensors
 #      against the CPU core, random / tied / hostile rows, p in {4/3, 2, 1.5, 3},
-#      forward, VJP and JVP; torch.compile of a CUDA training step) and the CPU
+#      forward, VJP and JVP, on the default generic path and on the opt-in
+#      (UNVERIFIED) kernels; torch.compile of a CUDA training step) and the CPU
 #      suites of the torch layer that are quick (test_ops.py, test_pytorch2.py
 #      without the compile tests);
-#   3. runs the GPU benchmark (bench/bench_gpu.py, CUDA events);
+#   3. runs the GPU benchmark (bench/bench_gpu.py, CUDA events, both paths);
 #   4. writes the results into docs/gpu.md (everything after its line
 #      "<!-- gpu-check results -->"): date, GPU, torch, commit, the test summary, the table.
 # Under 8 minutes on an H200 machine. OUT=dir also copies the results there.
@@ -27,13 +30,20 @@ start=$(date +%s)
 echo "== build against $($python -c 'import torch; print("torch", torch.__version__)')" | tee -a "$log"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSETOPK_PYTHON="$(command -v "$python")" \
   -DSPARSETOPK_BUILD_TESTS=OFF -DSPARSETOPK_BUILD_CLI=OFF -DSPARSETOPK_BUILD_APPS=OFF >> "$log" 2>&1 &&
-  cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch >> "$log" 2>&1
+  cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch >> "$log" 2>&1 &&
+  { ! grep -q '^SPARSETOPK_BUILD_CUDA:BOOL=ON' "$build/CMakeCache.txt" ||
+    cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch_cuda >> "$log" 2>&1; }
 build_status=$?
+if [ -f "$build/lib/libsparsetopk_torch_cuda.so" ]; then
+  echo "== CUDA kernels: $(cuobjdump --list-elf "$build/lib/libsparsetopk_torch_cuda.so" 2>&1 | tr '\n' ' ')" | tee -a "$log"
+else
+  echo "== CUDA kernels: not built (no nvcc found by CMake); the GPU suite skips their tests" | tee -a "$log"
+fi
 if [ $build_status -ne 0 ]; then tail -40 "$log"; echo "gpu-check: the build failed"; exit 1; fi
 
 export PYTHONPATH=$PWD/python SPARSETOPK_LIBRARY=$PWD/$build/lib/libsparsetopk_torch.so PYTHONDONTWRITEBYTECODE=1
 echo "== GPU suite" | tee -a "$log"
-$python -m pytest -q -p no:cacheprovider -rs tests/python/test_gpu.py tests/python/test_ops.py \
+$python -m pytest -q -p no:cacheprovider -rs tests/python/test_gpu.py tests/python/test_cuda_build.py tests/python/test_ops.py \
   tests/python/test_pytorch2.py -k "not compile or cuda" 2>&1 | tee "$build/tests.txt" | tail -25
 test_status=${PIPESTATUS[0]}
 

@@ -39,6 +39,8 @@ _TORCH_API = {
     "SparseLinear": "nn",
     "SoftTopKRouter": "nn",
     "RouterOutput": "nn",
+    "use_cuda_kernels": "_library",
+    "cuda_kernels_available": "_library",
 }
 
 __all__ = list(_TORCH_API)
@@ -53,6 +55,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as error:
         raise ImportError(f"sparsetopk.{name} is part of the PyTorch API, which needs torch (pip install "
                           "torch); the JAX operators are in sparsetopk.jax") from error
+    importlib.import_module(".nn", __name__)  # loads the library and registers the Python side, once
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

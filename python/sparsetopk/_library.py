@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import List
 
 LIBRARY_NAME = "libsparsetopk_torch.so"
+# The CUDA kernels (UNVERIFIED, opt-in: docs/gpu.md), built beside the main
+# library where CMake found nvcc and a CUDA torch; it links libtorch_cuda.so, so
+# it is loaded only when torch is a CUDA build.
+CUDA_LIBRARY_NAME = "libsparsetopk_torch_cuda.so"
 
 
 def candidate_paths(name: str = LIBRARY_NAME, override_variable: str = "SPARSETOPK_LIBRARY") -> List[Path]:
@@ -32,14 +36,19 @@ def candidate_paths(name: str = LIBRARY_NAME, override_variable: str = "SPARSETO
     ]
 
 
-def _already_loaded() -> bool:
+def _has_op(name: str) -> bool:
+    """Whether torch.ops.sparsetopk.<name> is registered."""
     import torch
 
     try:
-        torch.ops.sparsetopk.soft_topk_mask
+        getattr(torch.ops.sparsetopk, name)
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def _already_loaded() -> bool:
+    return _has_op("soft_topk_mask")
 
 
 def _check_built_torch(path: Path) -> None:
@@ -63,6 +72,14 @@ def _check_built_torch(path: Path) -> None:
         )
 
 
+def _load_cuda_library(path: Path) -> None:
+    """Loads the CUDA kernels' library beside the main one, if it is there and torch is a CUDA build."""
+    import torch
+
+    if torch.version.cuda is not None and path.is_file():
+        torch.ops.load_library(str(path))
+
+
 def load_library() -> None:
     """Loads the operator library once per process (a no-op if already loaded)."""
     import torch
@@ -74,9 +91,30 @@ def load_library() -> None:
         if path.is_file():
             _check_built_torch(path)
             torch.ops.load_library(str(path))
+            _load_cuda_library(path.parent / CUDA_LIBRARY_NAME)
             return
     looked = ", ".join(str(p) for p in paths)
     raise ImportError(
         f"sparsetopk: cannot find {LIBRARY_NAME} (looked in: {looked}). Build it with "
         "`cmake --preset release && cmake --build build` or point SPARSETOPK_LIBRARY at it."
     )
+
+
+def cuda_kernels_available() -> bool:
+    """Whether the CUDA kernels' library is loaded (torch.ops.sparsetopk._use_cuda_kernels exists)."""
+    return _has_op("_use_cuda_kernels")
+
+
+def use_cuda_kernels(enabled: bool = True) -> bool:
+    """Turns the hand-written CUDA kernels on (or off) for every op on CUDA tensors; returns the
+    previous setting. UNVERIFIED: they have never run on a GPU (docs/gpu.md); off by default, when
+    CUDA tensors take the verified device-generic path. A single soft forward can opt in with
+    ``solver="cuda_kernel"`` instead."""
+    import torch
+
+    if not cuda_kernels_available():
+        raise RuntimeError(
+            f"sparsetopk: the CUDA kernels are not loaded ({CUDA_LIBRARY_NAME} was not built beside "
+            f"{LIBRARY_NAME}, or torch {torch.__version__} is not a CUDA build)"
+        )
+    return bool(torch.ops.sparsetopk._use_cuda_kernels(bool(enabled)))

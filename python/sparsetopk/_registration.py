@@ -32,7 +32,7 @@ load_library()
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 3
 COMPILE_USES_PYTHON_AUTOGRAD = False
-SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra")
+SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra", "cuda_kernel")  # cuda_kernel: CUDA, UNVERIFIED (docs/gpu.md)
 CPU_ONLY_SOLVERS = ("pav", "threshold")
 SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto", None)  # l, p, dim, solver, num_iter of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

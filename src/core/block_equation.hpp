@@ -5,7 +5,13 @@
 //   magnitude: sum_{i in B} pow((s_i - gamma)/l, q-1) = gamma * W_B
 // with W_B = sum_{i in B} w_i.
 
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <span>
+
+#include "host_device.hpp"
+#include "root_finding.hpp"
 
 #include "regularizer.hpp"
 #include "sparsetopk/isotonic.hpp"
@@ -21,42 +27,174 @@ namespace sparsetopk::detail {
 struct BlockMoments {
   double count = 0.0, weight = 0.0, mean = 0.0, unit = 1.0, m2 = 0.0, m3 = 0.0;
 
-  static BlockMoments single(double s, double w) { return {1.0, w, s, unit_of(s), 0.0, 0.0}; }
-  static double unit_of(double s);
-  void merge(const BlockMoments& b);
+  SPARSETOPK_HOST_DEVICE static BlockMoments single(double s, double w) { return {1.0, w, s, unit_of(s), 0.0, 0.0}; }
+  SPARSETOPK_HOST_DEVICE static double unit_of(double s);
+  SPARSETOPK_HOST_DEVICE void merge(const BlockMoments& b);
 };
 
 // Unique real root of t^3 + P t = Q for P >= 0, without cancellation.
-double solve_depressed_cubic(double P, double Q);
+SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q);
 
 class BlockEquation {
  public:
-  BlockEquation(IsotonicForm form, double l, double p) : form_(form), l_(l), regularizer_(p) {}
+  SPARSETOPK_HOST_DEVICE BlockEquation(IsotonicForm form, double l, double p) : form_(form), l_(l), regularizer_(p) {}
 
-  IsotonicForm form() const { return form_; }
-  double l() const { return l_; }
-  const Regularizer& regularizer() const { return regularizer_; }
+  SPARSETOPK_HOST_DEVICE IsotonicForm form() const { return form_; }
+  SPARSETOPK_HOST_DEVICE double l() const { return l_; }
+  SPARSETOPK_HOST_DEVICE const Regularizer& regularizer() const { return regularizer_; }
 
   // gamma for the block whose sorted values are `s` (non-increasing).
-  double solve(std::span<const double> s, const BlockMoments& m) const;
+  SPARSETOPK_HOST_DEVICE double solve(std::span<const double> s, const BlockMoments& m) const;
 
   // F(gamma) = left side - right side, decreasing in gamma; and F'(gamma).
-  double residual(std::span<const double> s, double weight, double gamma, double* slope) const;
+  SPARSETOPK_HOST_DEVICE double residual(std::span<const double> s, double weight, double gamma, double* slope) const;
 
   // The same block's value as the offset d = reference - gamma from a key near
   // it, solved with u_i = (s_i - reference) + d: to the ulp of d, not of gamma
   // (s_i - reference is exact for keys within a factor 2 of the reference).
   // `gamma` is the block's value as solve() gave it, the starting point.
-  double solve_offset(std::span<const double> s, const BlockMoments& m, double reference, double gamma) const;
+  SPARSETOPK_HOST_DEVICE double solve_offset(std::span<const double> s, const BlockMoments& m, double reference, double gamma) const;
 
  private:
-  double solve_closed_form(const BlockMoments& m) const;
-  double solve_by_newton(std::span<const double> s, const BlockMoments& m) const;
-  void bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi, double& start) const;
+  SPARSETOPK_HOST_DEVICE double solve_closed_form(const BlockMoments& m) const;
+  SPARSETOPK_HOST_DEVICE double solve_by_newton(std::span<const double> s, const BlockMoments& m) const;
+  SPARSETOPK_HOST_DEVICE void bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi, double& start) const;
 
   IsotonicForm form_;
   double l_;
   Regularizer regularizer_;
 };
+
+// ---- definitions (inline: the CUDA kernels compile them too) ----
+
+SPARSETOPK_HOST_DEVICE inline double BlockMoments::unit_of(double s) {
+  return s == 0.0 ? DBL_MIN : std::ldexp(1.0, std::max(std::ilogb(s), DBL_MIN_EXP - 1));
+}
+
+SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
+  const double na = count, nb = b.count, n = na + nb;
+  const double u = std::max(unit, b.unit), ra = unit / u, rb = b.unit / u;  // powers of two
+  const double m2a = m2 * ra * ra, m3a = m3 * ra * ra * ra, m2b = b.m2 * rb * rb, m3b = b.m3 * rb * rb * rb;
+  const double delta = b.mean / u - mean / u;  // at most 4 in magnitude
+  m3 = m3a + m3b + delta * delta * delta * na * nb * (na - nb) / (n * n) + 3.0 * delta * (na * m2b - nb * m2a) / n;
+  m2 = m2a + m2b + delta * delta * na * nb / n;
+  mean = (mean / u + delta * nb / n) * u;
+  unit = u;
+  count = n;
+  weight += b.weight;
+}
+
+SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
+  if (Q == 0.0) return 0.0;
+  // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
+  // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
+  const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
+  const double u = std::cbrt(0.5 * std::abs(Q) + r);
+  const double v = P / (3.0 * u);
+  return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
+}
+
+SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double> s, const BlockMoments& m) const {
+  if (regularizer_.kind() != Regularizer::Kind::general) return solve_closed_form(m);
+  if (s.size() == 1) {
+    if (form_ == IsotonicForm::mask) return s[0] - l_ * regularizer_.inverse_power(m.weight);
+    if (m.weight == 0.0) return s[0];
+  }
+  return solve_by_newton(s, m);
+}
+
+SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_closed_form(const BlockMoments& m) const {
+  const double n = m.count, W = m.weight, l = l_;
+  const bool mask = form_ == IsotonicForm::mask;
+  if (regularizer_.kind() == Regularizer::Kind::quadratic) {
+    return mask ? m.mean - l * W / n          // sum (s_i - gamma) / l = W
+                : n * m.mean / (n + l * W);   // sum (s_i - gamma) / l = gamma W
+  }
+  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3 (raw
+  // moments); solved for t in units where every coefficient is at most O(1).
+  if (mask) {
+    // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
+    const double V = std::max(m.unit, l), r = m.unit / V, lambda = l / V;
+    const double P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
+    return m.mean + V * solve_depressed_cubic(P, Q);
+  }
+  // n t^3 + (3 m2 + W l^3) t = m3 - W l^3 mean, in units of `unit`, where
+  // kappa = W l^3 / unit^2 and mu = mean / unit
+  const double lambda = l / m.unit, mu = m.mean / m.unit;
+  const double kappa = W == 0.0 ? 0.0 : W * lambda * lambda * l;
+  if (kappa > 0x1p300) {
+    // gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys:
+    // to first order the sum of the cubes of s_i / unit over kappa
+    return m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa);
+  }
+  const double P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
+  return m.mean + m.unit * solve_depressed_cubic(P, Q);
+}
+
+SPARSETOPK_HOST_DEVICE inline double BlockEquation::residual(std::span<const double> s, double weight, double gamma,
+                               double* slope) const {
+  double f = 0.0, df = 0.0;
+  for (double si : s) {
+    const double u = (si - gamma) / l_;
+    f += regularizer_.power(u);
+    df -= regularizer_.slope(u) / l_;  // infinite at u = 0 when q < 2
+  }
+  if (form_ == IsotonicForm::mask) {
+    f -= weight;
+  } else {
+    f -= gamma * weight;
+    df -= weight;
+  }
+  if (slope) *slope = df;
+  return f;
+}
+
+// A bracket [lo, hi] of gamma, F(lo) >= 0 >= F(hi), and a starting point.
+SPARSETOPK_HOST_DEVICE inline void BlockEquation::bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi,
+                            double& start) const {
+  const double s_max = s.front(), s_min = s.back();
+  if (form_ == IsotonicForm::mask) {
+    // every term equals W / n at gamma = s_i - l pow(W / n, p - 1)
+    const double shift = l_ * regularizer_.inverse_power(m.weight / m.count);
+    lo = s_min - shift;
+    hi = s_max - shift;
+    start = m.mean - shift;
+  } else {
+    lo = std::min(s_min, 0.0);
+    hi = std::max(s_max, 0.0);
+    start = 0.5 * (lo + hi);
+  }
+}
+
+SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_by_newton(std::span<const double> s, const BlockMoments& m) const {
+  double lo, hi, gamma;
+  bracket(s, m, lo, hi, gamma);
+  return find_decreasing_root(
+      [&](double g, double* slope) { return residual(s, m.weight, g, slope); }, lo, hi, gamma, /*closest_end=*/true);
+}
+
+SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_offset(std::span<const double> s, const BlockMoments& m, double reference,
+                                   double gamma) const {
+  double lo, hi, start;
+  bracket(s, m, lo, hi, start);
+  // -F(reference - d), decreasing in d
+  const auto residual = [&](double d, double* slope) {
+    double f = 0.0, df = 0.0;
+    for (double si : s) {
+      const double u = ((si - reference) + d) / l_;
+      f -= regularizer_.power(u);
+      df -= regularizer_.slope(u) / l_;
+    }
+    if (form_ == IsotonicForm::mask) {
+      f += m.weight;
+    } else {
+      f += (reference - d) * m.weight;
+      df -= m.weight;
+    }
+    *slope = df;
+    return f;
+  };
+  return find_decreasing_root(residual, reference - hi, reference - lo, reference - gamma, /*closest_end=*/true);
+}
 
 }  // namespace sparsetopk::detail

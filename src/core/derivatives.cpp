@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "jacobian.hpp"
 #include "parallel.hpp"
 #include "sparsetopk/topk.hpp"
 #include "validate.hpp"
@@ -12,8 +13,6 @@ namespace detail {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-double sign(double v) { return static_cast<double>((v > 0.0) - (v < 0.0)); }
 
 // Checks every span against the saved state and runs body(r) on each row.
 template <class Body>
@@ -70,7 +69,7 @@ void mask_jacobian_product(const ActiveBlocks& blocks, std::span<const T> v, std
     const auto& c = weights.c;
     const double spread = weights.spread([&](std::size_t j) { return c[j]; }, value);
     for (std::size_t a = 0; a < index.size(); ++a)
-      out[index[a]] = static_cast<T>(c[a] * (value(a) - value(weights.d)) - c[a] / weights.sum * spread);
+      out[index[a]] = static_cast<T>(mask_product(c[a], value(a), value(weights.d), weights.sum, spread));
   });
 }
 
@@ -106,13 +105,9 @@ void magnitude_jacobian_product(const ActiveBlocks& blocks, std::span<const T> x
     const double m = static_cast<double>(index.size());
     const double spread = transpose ? weights.spread([&](std::size_t j) { return 1.0 + c[j]; }, t)
                                     : weights.spread([&](std::size_t j) { return c[j]; }, t);
-    const double rest = transpose ? (w_block - m) * t_d - spread : w_block * t_d - spread;
-    for (std::size_t a = 0; a < index.size(); ++a) {
-      const double ratio = denominator > 0.0 ? (transpose ? c[a] : 1.0 + c[a]) / denominator : 0.0;
-      const double dr = transpose ? t(a) + c[a] * (t(a) - t_d) + ratio * rest
-                                  : (1.0 + c[a]) * (t(a) - t_d) + ratio * rest;
-      out[index[a]] = static_cast<T>(sign_of(a) * dr);
-    }
+    const double rest = magnitude_rest(transpose, w_block, m, t_d, spread);
+    for (std::size_t a = 0; a < index.size(); ++a)
+      out[index[a]] = static_cast<T>(sign_of(a) * magnitude_product(transpose, c[a], t(a), t_d, denominator, rest));
   });
 }
 

@@ -5,7 +5,12 @@
 #include <span>
 #include <vector>
 
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+
 #include "block_equation.hpp"
+#include "host_device.hpp"
 
 namespace sparsetopk::detail {
 
@@ -22,5 +27,73 @@ struct PavBlock {
 void pool_adjacent_violators(std::span<const double> s, std::span<const double> w,
                              const BlockEquation& equation, std::vector<PavBlock>& blocks,
                              bool topk_weights = false);
+
+// Whether `previous` must pool with the block after it: its value lies below
+// `last`'s. Values in order but within rounding of each other near a key
+// (near-ties: the exact values may differ by less than an ulp of gamma, p
+// large or |s| >> l) are compared again as offsets from that key, to the ulp
+// of the offset. Across a drop in w, blocks whose values are still equal are
+// pooled (that never changes v), and, for the top-k weights (w in {1, 0}),
+// so are blocks whose boundary keys tie: tied entries always share a block of
+// the top-k solution (the primal problem is symmetric in them and strictly
+// convex). For general w tied keys may be split.
+template <class Weights>
+SPARSETOPK_HOST_DEVICE bool violates(const PavBlock& previous, const PavBlock& last, std::span<const double> s, const Weights& w,
+              const BlockEquation& equation, bool pool_tied_keys) {
+  if (previous.value < last.value) return true;
+  const double key_above = s[previous.end - 1], key_below = s[last.begin];
+  const bool w_drops = w[previous.begin] > w[last.end - 1];
+  if (w_drops && pool_tied_keys && key_above == key_below) return true;
+  const double gamma = previous.value;
+  const double reference = std::abs(key_above - gamma) <= std::abs(key_below - gamma) ? key_above : key_below;
+  const double rounding = 16.0 * DBL_EPSILON * std::max(std::abs(reference), std::abs(gamma)) + DBL_MIN;
+  if (previous.value - last.value <= rounding && std::abs(reference - gamma) <= 0.25 * std::abs(gamma)) {
+    const auto offset = [&](const PavBlock& b) {
+      return equation.solve_offset(s.subspan(b.begin, b.end - b.begin), b.moments, reference, b.value);
+    };
+    const double d_previous = offset(previous), d_last = offset(last);
+    return d_previous > d_last || (d_previous == d_last && w_drops);
+  }
+  return w_drops && previous.value == last.value;
+}
+
+// The same into any stack of blocks (std::vector, or the CUDA kernels' fixed
+// buffer: push_back, pop_back, back, size, operator[]), which the caller
+// has emptied, for any weights indexable like w (a span, or TopkWeights).
+template <class Weights, class Blocks>
+SPARSETOPK_HOST_DEVICE void pool_adjacent_violators_into(std::span<const double> s, const Weights& w, const BlockEquation& equation,
+                                  Blocks& blocks, bool topk_weights) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const BlockMoments single = BlockMoments::single(s[i], w[i]);
+    blocks.push_back({i, i + 1, single, equation.solve(s.subspan(i, 1), single)});
+    // v must be non-increasing: pool while the previous block lies below the last.
+    while (blocks.size() > 1 && violates(blocks[blocks.size() - 2], blocks.back(), s, w, equation, topk_weights)) {
+      PavBlock& merged = blocks[blocks.size() - 2];
+      merged.moments.merge(blocks.back().moments);
+      merged.end = blocks.back().end;
+      blocks.pop_back();
+      merged.value = equation.solve(s.subspan(merged.begin, merged.end - merged.begin), merged.moments);
+    }
+  }
+}
+
+// PAV's stack in a buffer the caller owns, big enough for the window (the
+// interface pool_adjacent_violators_into uses): the CUDA kernels keep one per row.
+struct BlockStack {
+  PavBlock* data;
+  std::size_t count = 0;
+  SPARSETOPK_HOST_DEVICE void clear() { count = 0; }
+  SPARSETOPK_HOST_DEVICE void push_back(const PavBlock& b) { data[count++] = b; }
+  SPARSETOPK_HOST_DEVICE void pop_back() { --count; }
+  SPARSETOPK_HOST_DEVICE PavBlock& back() { return data[count - 1]; }
+  SPARSETOPK_HOST_DEVICE PavBlock& operator[](std::size_t i) { return data[i]; }
+  SPARSETOPK_HOST_DEVICE std::size_t size() const { return count; }
+};
+
+// w = (1, ..., 1, 0, ..., 0) with `top` ones, without storing it.
+struct TopkWeights {
+  std::size_t top;
+  SPARSETOPK_HOST_DEVICE double operator[](std::size_t i) const { return i < top ? 1.0 : 0.0; }
+};
 
 }  // namespace sparsetopk::detail

@@ -2,12 +2,15 @@
 // The p-norm regularizer seen through its conjugate exponent q = p / (p - 1):
 // every formula of SPEC.md uses pow(u, q - 1) and its derivative.
 
+#include <algorithm>
 #include <cmath>
+
+#include "host_device.hpp"
 
 namespace sparsetopk::detail {
 
 // Sign-preserving power pow(u, a) = sign(u) |u|^a of SPEC.md.
-inline double signed_pow(double u, double a) {
+SPARSETOPK_HOST_DEVICE inline double signed_pow(double u, double a) {
   return u >= 0.0 ? std::pow(u, a) : -std::pow(-u, a);
 }
 
@@ -15,7 +18,7 @@ class Regularizer {
  public:
   enum class Kind { quadratic, quartic, general };  // q = 2 (p = 2), q = 4 (p = 4/3), other
 
-  explicit Regularizer(double p) : p_(p) {
+  SPARSETOPK_HOST_DEVICE explicit Regularizer(double p) : p_(p) {
     if (p == 2.0) {
       kind_ = Kind::quadratic;
       a_ = 1.0;
@@ -28,12 +31,12 @@ class Regularizer {
     }
   }
 
-  Kind kind() const { return kind_; }
-  double p() const { return p_; }
-  double q_minus_1() const { return a_; }
+  SPARSETOPK_HOST_DEVICE Kind kind() const { return kind_; }
+  SPARSETOPK_HOST_DEVICE double p() const { return p_; }
+  SPARSETOPK_HOST_DEVICE double q_minus_1() const { return a_; }
 
   // pow(u, q - 1)
-  double power(double u) const {
+  SPARSETOPK_HOST_DEVICE double power(double u) const {
     switch (kind_) {
       case Kind::quadratic: return u;
       case Kind::quartic: return u * u * u;
@@ -41,7 +44,7 @@ class Regularizer {
     }
   }
   // d/du pow(u, q - 1) = (q - 1) |u|^(q - 2), for u != 0
-  double slope(double u) const {
+  SPARSETOPK_HOST_DEVICE double slope(double u) const {
     switch (kind_) {
       case Kind::quadratic: return 1.0;
       case Kind::quartic: return 3.0 * u * u;
@@ -49,7 +52,7 @@ class Regularizer {
     }
   }
   // The inverse of power: pow(y, 1 / (q - 1)) = pow(y, p - 1)
-  double inverse_power(double y) const {
+  SPARSETOPK_HOST_DEVICE double inverse_power(double y) const {
     switch (kind_) {
       case Kind::quadratic: return y;
       case Kind::quartic: return std::cbrt(y);
@@ -62,5 +65,14 @@ class Regularizer {
   double a_;
   Kind kind_;
 };
+
+// c_i = ((q-1)/l) (u_i/l)^(q-2) of SPEC.md's derivatives, u_over_l = u_i/l.
+// Capped so that sums over a block stay finite: for p near 1 (or large p near
+// u = 0) c overflows where the Jacobian does not, and the derivatives pivot on
+// the largest c, so a capped c acts as an infinitely stiff entry.
+SPARSETOPK_HOST_DEVICE inline double jacobian_weight(const Regularizer& regularizer, double u_over_l, double l) {
+  constexpr double kMaxWeight = 1e280;
+  return std::min(regularizer.slope(u_over_l) / l, kMaxWeight);
+}
 
 }  // namespace sparsetopk::detail

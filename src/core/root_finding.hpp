@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "host_device.hpp"
+
 namespace sparsetopk::detail {
 
 // The point that splits [lo, hi]: the midpoint, or the geometric mean when
@@ -14,7 +16,7 @@ namespace sparsetopk::detail {
 // -1e-84 in [-1, -1e-308]) is found in O(log decades) steps, not O(decades).
 inline constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
-inline double bisect(double lo, double hi) {
+SPARSETOPK_HOST_DEVICE inline double bisect(double lo, double hi) {
   if (lo < 0.0 && hi > 0.0) return 0.0;  // then one end is 0, and the root's decade is found as below
   if (lo >= 0.0 && hi > 16.0 * std::max(lo, DBL_MIN)) return std::sqrt(std::max(lo, DBL_MIN)) * std::sqrt(hi);
   if (hi <= 0.0 && lo < 16.0 * std::min(hi, -DBL_MIN)) return -std::sqrt(-std::min(hi, -DBL_MIN)) * std::sqrt(-lo);
@@ -30,7 +32,7 @@ inline double bisect(double lo, double hi) {
 // instead of its midpoint: a block equation with a steep f (p large), whose
 // value must order correctly against its neighbors' to the ulp.
 template <class Residual>
-double find_decreasing_root(Residual&& residual, double lo, double hi, double start, bool closest_end = false) {
+SPARSETOPK_HOST_DEVICE double find_decreasing_root(Residual&& residual, double lo, double hi, double start, bool closest_end = false) {
   // machine precision at the current bracket, which shrinks with it (relative
   // down to the subnormals: a root near 1e-306 is resolved like one near 1)
   const auto tolerance_at = [](double a, double b) {
@@ -78,7 +80,7 @@ namespace sparsetopk::detail {
 // where f is smooth, by binary search (O(log count) evaluations). Returns true
 // with `root` set when f vanishes exactly at a breakpoint (a kink of f).
 template <class F, class Breakpoint>
-bool narrow_to_smooth_piece(F&& f, Breakpoint&& b, std::size_t count, double& lo, double& hi, double& root) {
+SPARSETOPK_HOST_DEVICE bool narrow_to_smooth_piece(F&& f, Breakpoint&& b, std::size_t count, double& lo, double& hi, double& root) {
   std::size_t first = 0, last = count;  // find the first j with f(b(j)) >= 0
   while (first < last) {
     const std::size_t mid = first + (last - first) / 2;

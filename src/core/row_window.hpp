@@ -12,13 +12,13 @@
 #include <limits>
 #include <span>
 
+#include "band_solve.hpp"
 #include "block_equation.hpp"
 #include "parallel.hpp"
 #include "workspace.hpp"
 
 namespace sparsetopk::detail {
 
-inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Sort keys: x_i for the mask, |x_i| for the magnitude (types, so calls inline).
 struct Identity {
@@ -32,13 +32,6 @@ inline bool descending(const SortedEntry& a, const SortedEntry& b) {
   return a.key > b.key || (a.key == b.key && a.index < b.index);
 }
 
-// The window, sorted by key in ws.entries[0, size) and ws.s[0, size); `top` of
-// them belong to the k largest. Entries outside the window are singleton
-// blocks: key >= above means one of the k largest, otherwise (key <= below) not.
-struct RowWindow {
-  std::size_t size, top;
-  double above, below;
-};
 
 // Threads that may share the work of one row (team_size 1: none).
 struct RowTeam {
@@ -66,29 +59,6 @@ RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspac
   return {row.size(), k, kInf, -kInf};
 }
 
-// Keys beyond which no entry can be in the straddling block, given the k-th
-// and (k+1)-th largest keys.
-inline void window_bounds(const BlockEquation& equation, double s_k, double s_next, double& above,
-                          double& below) {
-  const double l = equation.l();
-  if (equation.form() == IsotonicForm::mask) {
-    above = s_k + l;     // tau < s_k: saturated beyond
-    below = s_next - l;  // tau >= s_{k+1} - l: zero below
-  } else {
-    // top entries of the block have s_i < gamma + l gamma^(p-1) with gamma < s_k;
-    // the others have s_i > gamma >= the singleton value of s_k
-    above = s_k + l * equation.regularizer().inverse_power(s_k);
-    below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
-  }
-  // The bounds are rounded: widen them by a few ulps of what they are computed
-  // from, so that a key within rounding of a bound stays in the window (an
-  // entry that turns out to be a singleton costs nothing there).
-  const double scale = equation.form() == IsotonicForm::mask ? std::abs(s_k) + std::abs(s_next) + l : above;
-  above += 8.0 * DBL_EPSILON * scale;
-  below -= 8.0 * DBL_EPSILON * scale;
-  above = std::max(above, std::nextafter(s_k, kInf));
-  below = std::min(below, std::nextafter(s_next, -kInf));
-}
 
 // One pass over row[begin, end): entries outside (below, above) get their
 // output (top_value(x_i) or 0), the others go to ws.entries. Returns the count

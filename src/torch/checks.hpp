@@ -100,6 +100,8 @@ inline Solver parse_solver(const char* op, c10::string_view name) {
   if (name == "threshold") return Solver::threshold;
   if (name == "generic") return Solver::generic;
   if (name == "dykstra") return Solver::dykstra;
+  TORCH_CHECK(name != "cuda_kernel", "sparsetopk.", op, ": solver = \"cuda_kernel\" (the UNVERIFIED CUDA kernels, "
+              "docs/gpu.md) needs a CUDA tensor and libsparsetopk_torch_cuda.so");
   TORCH_CHECK(false, "sparsetopk.", op, ": solver = \"", std::string(name),
               "\" is not one of \"auto\", \"pav\", \"threshold\", \"generic\", \"dykstra\"");
 }

@@ -2,11 +2,17 @@
 
 Without a CUDA device every test here is skipped, and says so. On a GPU it
 checks, for each op and p in {4/3, 2, 1.5, 3}: the forward, the VJP and the
-JVP of the default CUDA path (the device-generic ATen implementation) against
-the CPU core on random, tied and hostile rows, in float32 and float64; that a
-non-default device and the current stream are respected; and a torch.compile
-of a CUDA training step against eager.
+JVP of both CUDA paths against the CPU core on random, tied and hostile rows,
+in float32 and float64: the default one (the device-generic ATen
+implementation) and the opt-in hand-written kernels (UNVERIFIED until this
+suite passes on a GPU: `path` "cuda_kernel", turned on with
+sparsetopk.use_cuda_kernels); the kernels' saved state against the core's, and
+their edge cases (k = 0, k = n, empty and non-contiguous tensors, dim != -1,
+half types, long rows); that a non-default device and the current stream are
+respected; and a torch.compile of a CUDA training step against eager.
 """
+
+import contextlib
 
 import pytest
 import torch
@@ -35,15 +41,39 @@ def rows(kind: str, shape, dtype, seed=0):
     return x.to(dtype)
 
 
+PATHS = ["generic", "cuda_kernel"]
+
+
+@contextlib.contextmanager
+def cuda_path(path: str):
+    """The CUDA path every op takes inside: the default generic one, or the opt-in kernels."""
+    if path == "generic":
+        yield
+        return
+    if not sparsetopk.cuda_kernels_available():
+        pytest.skip("the CUDA kernels' library (libsparsetopk_torch_cuda.so) is not loaded")
+    previous = sparsetopk.use_cuda_kernels(True)
+    try:
+        yield
+    finally:
+        sparsetopk.use_cuda_kernels(previous)
+
+
 def tolerance(dtype):
     return {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["random", "tied", "hostile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("p", P_VALUES)
 @pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
-def test_cuda_soft_ops_match_the_cpu_core(op, p, dtype, kind):
+def test_cuda_soft_ops_match_the_cpu_core(op, p, dtype, kind, path):
+    with cuda_path(path):
+        soft_ops_match_the_cpu_core(op, p, dtype, kind)
+
+
+def soft_ops_match_the_cpu_core(op, p, dtype, kind):
     for shape, k in [((64, 33), 4), ((8, 1000), 100), ((3, 5), 5), ((4, 1), 0)]:
         x = rows(kind, shape, dtype)
         g = torch.randn(shape, dtype=dtype)
@@ -61,41 +91,119 @@ def test_cuda_soft_ops_match_the_cpu_core(op, p, dtype, kind):
         torch.testing.assert_close(jvp_gpu.cpu(), jvp_cpu, equal_nan=True, **tolerance(dtype))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", HARD, ids=lambda f: f.__name__)
-def test_cuda_hard_ops_match_the_cpu_core(op):
-    for kind in ["random", "tied", "hostile"]:
-        x = rows(kind, (32, 17), torch.float32)
-        torch.testing.assert_close(op(x.cuda(), 5).cpu(), op(x, 5), rtol=0, atol=0, equal_nan=True)
+def test_cuda_hard_ops_match_the_cpu_core(op, path):
+    with cuda_path(path):
+        for kind in ["random", "tied", "hostile"]:
+            for shape, k in [((32, 17), 5), ((4, 40000), 1000), ((3, 9), 0), ((3, 9), 9)]:
+                for dtype in [torch.float32, torch.float64]:
+                    x = rows(kind, shape, dtype)
+                    torch.testing.assert_close(op(x.cuda(), k).cpu(), op(x, k), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_half_dtypes_on_cuda(op, path):
+    with cuda_path(path):
+        for dtype in [torch.float16, torch.bfloat16]:
+            x = rows("random", (16, 40), torch.float32).to(dtype)
+            out = op(x.cuda(), 3, 0.5)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), rtol=1e-2, atol=1e-2)
+
+
+# ---- the opt-in kernels only ----
+
+FORWARD = {sparsetopk.soft_topk_mask: "_soft_topk_mask_forward", sparsetopk.soft_topk_mag: "_soft_topk_mag_forward"}
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "hostile"])
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_kernel_state_matches_the_cpu_core(op, p, kind):
+    """c and row_state of solver="cuda_kernel" against the core's (the layout of ActiveBlocks::to_dense)."""
+    if not sparsetopk.cuda_kernels_available():
+        pytest.skip("the CUDA kernels' library (libsparsetopk_torch_cuda.so) is not loaded")
+    forward = getattr(torch.ops.sparsetopk, FORWARD[op])
+    for shape, k in [((64, 33), 4), ((8, 1000), 100), ((2, 7), 0), ((2, 7), 7)]:
+        x = rows(kind, shape, torch.float64)
+        out_cpu, c_cpu, state_cpu = forward(x, k, 0.3, p, -1, "auto")
+        out, c, state = forward(x.cuda(), k, 0.3, p, -1, "cuda_kernel")
+        torch.testing.assert_close(out.cpu(), out_cpu, equal_nan=True, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(c.cpu(), c_cpu, equal_nan=True, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(state.cpu()[..., 1], state_cpu[..., 1], equal_nan=True, rtol=0, atol=0)  # W_B
+        torch.testing.assert_close(state.cpu(), state_cpu, equal_nan=True, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("op", SOFT + HARD, ids=lambda f: f.__name__)
+def test_kernel_edge_cases_match_the_cpu_core(op):
+    """Empty tensors, a 0-d tensor, non-contiguous input, dim = 0, k = 0 and k = n, NaN and inf rows."""
+    soft = op in SOFT
+    call = (lambda t, k, dim=-1: op(t, k, 0.3, 4.0 / 3.0, dim)) if soft else (lambda t, k, dim=-1: op(t, k, dim))
+    with cuda_path("cuda_kernel"):
+        x = rows("random", (6, 10), torch.float64)
+        x[2, 3] = float("inf")
+        x[4, 0] = float("nan")
+        cases = [(torch.empty(0, 5, dtype=torch.float64), 2, -1), (torch.empty(3, 0, dtype=torch.float64), 0, -1),
+                 (torch.tensor(1.5, dtype=torch.float64), 1, -1), (x.t(), 2, -1), (x[:, ::2], 3, -1),
+                 (x, 4, 0), (x, 0, -1), (x, 10, -1)]
+        for t, k, dim in cases:
+            torch.testing.assert_close(call(t.cuda(), k, dim).cpu(), call(t, k, dim), equal_nan=True,
+                                       rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
-def test_half_dtypes_on_cuda(op):
-    for dtype in [torch.float16, torch.bfloat16]:
-        x = rows("random", (16, 40), torch.float32).to(dtype)
-        out = op(x.cuda(), 3, 0.5)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), rtol=1e-2, atol=1e-2)
+def test_kernel_solver_opts_in_one_call(op):
+    """solver="cuda_kernel" reaches the kernels with the switch off; the generic path refuses it on the CPU."""
+    if not sparsetopk.cuda_kernels_available():
+        pytest.skip("the CUDA kernels' library (libsparsetopk_torch_cuda.so) is not loaded")
+    assert sparsetopk.use_cuda_kernels(False) is False
+    x = rows("tied", (32, 50), torch.float32)
+    out = op(x.cuda(), 7, 0.2, 2.0, -1, "cuda_kernel")
+    torch.testing.assert_close(out.cpu(), op(x, 7, 0.2, 2.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, k", [((16, 65536), 1024), ((1, 1_000_000), 100_000)])
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_kernel_long_rows_match_the_cpu_core(op, shape, k):
+    """Rows split across blocks in the selection passes (the pruning shapes, scaled to fit the suite)."""
+    with cuda_path("cuda_kernel"):
+        x = rows("random", shape, torch.float32)
+        g = torch.randn(shape, dtype=torch.float32)
+        xc = x.clone().requires_grad_()
+        out_cpu = op(xc, k, 0.1, 2.0)
+        (vjp_cpu,) = torch.autograd.grad(out_cpu, xc, g)
+        xg = x.cuda().requires_grad_()
+        out = op(xg, k, 0.1, 2.0)
+        (vjp,) = torch.autograd.grad(out, xg, g.cuda())
+        torch.testing.assert_close(out.cpu(), out_cpu.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vjp.cpu(), vjp_cpu, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
-def test_a_non_default_device_is_respected(op):
-    x = rows("random", (8, 20), torch.float64)
-    out = op(x.to("cuda:1"), 3, 0.5)
-    assert out.device == torch.device("cuda:1")
-    torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), **tolerance(torch.float64))
+def test_a_non_default_device_is_respected(op, path):
+    with cuda_path(path):
+        x = rows("random", (8, 20), torch.float64)
+        out = op(x.to("cuda:1"), 3, 0.5)
+        assert out.device == torch.device("cuda:1")
+        torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), **tolerance(torch.float64))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
-def test_the_current_stream_is_used(op):
-    x = rows("random", (256, 64), torch.float32).cuda()
-    expected = op(x, 4, 0.3)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        out = op(x, 4, 0.3)
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+def test_the_current_stream_is_used(op, path):
+    with cuda_path(path):
+        x = rows("random", (256, 64), torch.float32).cuda()
+        expected = op(x, 4, 0.3)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            out = op(x, 4, 0.3)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def test_compiled_cuda_training_step_matches_eager():

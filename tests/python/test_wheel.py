@@ -93,6 +93,10 @@ def test_wheel_contents():
     assert f"sparsetopk/{LIBRARY}" in names
     assert f"sparsetopk/{JAX_LIBRARY}" in names
     assert "sparsetopk/_build_info.py" in names
+    # Where this machine's build made the CUDA kernels' library, the wheel (same CMake) holds it too.
+    cuda_library = Path(os.environ.get("SPARSETOPK_LIBRARY", "build/lib/x")).parent / "libsparsetopk_torch_cuda.so"
+    if cuda_library.is_file():
+        assert "sparsetopk/libsparsetopk_torch_cuda.so" in names, names
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if f"sparsetopk/{p.relative_to(PACKAGE).as_posix()}" not in names]
     assert not missing, f"Python files of python/sparsetopk missing from the wheel: {missing}"

@@ -153,9 +153,9 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
   check_l_p(op, l, p);
   const SolverChoice choice = choose_solver(op, solver, p, num_iter);
   if (choice.solver == Solver::generic) {
-    auto [out, c, row_state] = generic_soft_topk(kind == Kind::mask ? generic::Operator::mask
-                                                                    : generic::Operator::magnitude,
-                                                 x, k, l, p, dim, choice, save);
+    auto [out, c, row_state] =
+        soft_topk_by_rows(generic_rows, kind == Kind::mask ? generic::Operator::mask : generic::Operator::magnitude,
+                          x, k, l, p, dim, choice, save);
     return {out, c, row_state};
   }
 

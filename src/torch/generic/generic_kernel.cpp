@@ -3,7 +3,7 @@
 // implementation of topk_generic.hpp, built from ATen ops. Tensors are viewed
 // as [R, n] rows along `dim` and mapped back; no solver logic lives here.
 // Off the CPU the solvers are "auto" (= "generic", exact) and "dykstra"
-// (p = 2, approximate); the CPU kernels call generic_soft_topk for "generic".
+// (p = 2, approximate); the CPU kernels call soft_topk_by_rows for "generic".
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -17,10 +17,11 @@
 #include "topk_generic.hpp"
 
 namespace sparsetopk::torch::detail {
-namespace {
 
 using generic::Operator;
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+namespace {
 
 const char* op_name(Operator op, bool soft) {
   if (op == Operator::mask) return soft ? "soft_topk_mask" : "hard_topk_mask";
@@ -59,28 +60,47 @@ at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int
 
 at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
-Tensors3 soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                   c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
+}  // namespace
+
+const RowsImplementation generic_rows{generic::soft_topk_rows, generic::hard_topk_rows,
+                                      generic::jacobian_product_rows};
+
+Tensors3 soft_topk_by_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k, double l,
+                           double p, int64_t dim, const SolverChoice& choice, bool save) {
+  const at::Tensor x_rows = as_rows(x, dim, compute_type(x.scalar_type()));
+  const generic::SoftResult result = choice.solver == Solver::dykstra
+                                         ? generic::dykstra_rows(op, x_rows, k, l, choice.iterations, save)
+                                         : rows.soft(op, x_rows, k, l, p, save);
+  at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
+  if (!save) return {out, at::Tensor(), at::Tensor()};
+  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+}
+
+Tensors3 soft_topk_on_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k, double l,
+                           double p, int64_t dim, c10::string_view solver, std::optional<int64_t> num_iter,
+                           bool save) {
   const char* name = op_name(op, /*soft=*/true);
   check_dense_float(name, x);
   dim = wrap_dim(name, x, dim);
   check_k(name, k, slice_size(x, dim), dim);
   check_l_p(name, l, p);
   const SolverChoice choice = choose_generic_solver(name, solver, p, num_iter, x);
-  return generic_soft_topk(op, x, k, l, p, dim, choice, save);
+  return soft_topk_by_rows(rows, op, x, k, l, p, dim, choice, save);
 }
 
-at::Tensor hard_topk(Operator op, const at::Tensor& x, int64_t k, int64_t dim) {
+at::Tensor hard_topk_on_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k,
+                             int64_t dim) {
   const char* name = op_name(op, /*soft=*/false);
   check_dense_float(name, x);
   dim = wrap_dim(name, x, dim);
   check_k(name, k, slice_size(x, dim), dim);
-  return from_rows(generic::hard_topk_rows(op, as_rows(x, dim, compute_type(x.scalar_type())), k), x, dim,
+  return from_rows(rows.hard(op, as_rows(x, dim, compute_type(x.scalar_type())), k), x, dim,
                    x.scalar_type());
 }
 
-at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
-                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim) {
+at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Operator op, bool transpose, const at::Tensor& v,
+                                    const at::Tensor* x, const at::Tensor& c, const at::Tensor& row_state,
+                                    int64_t dim) {
   const char* name = op == Operator::mask ? (transpose ? "soft_topk_mask backward" : "soft_topk_mask jvp")
                                           : (transpose ? "soft_topk_mag backward" : "soft_topk_mag jvp");
   const char* v_name = transpose ? "grad" : "tangent";
@@ -99,22 +119,23 @@ at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, co
   }
   const at::Tensor state_rows =
       v.dim() == 0 ? row_state.reshape({1, 3}) : row_state.movedim(dim, -1).reshape({-1, 3}).contiguous();
-  const at::Tensor product = generic::jacobian_product_rows(op, transpose, as_rows(v, dim, type), x_rows,
-                                                            as_rows(c, dim, at::kDouble), state_rows);
+  const at::Tensor product =
+      rows.product(op, transpose, as_rows(v, dim, type), x_rows, as_rows(c, dim, at::kDouble), state_rows);
   return from_rows(product, v, dim, v.scalar_type());
 }
 
-}  // namespace
+Tensors3 soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                   c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
+  return soft_topk_on_rows(generic_rows, op, x, k, l, p, dim, solver, num_iter, save);
+}
 
-Tensors3 generic_soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                           const SolverChoice& choice, bool save) {
-  const at::Tensor rows = as_rows(x, dim, compute_type(x.scalar_type()));
-  const generic::SoftResult result = choice.solver == Solver::dykstra
-                                         ? generic::dykstra_rows(op, rows, k, l, choice.iterations, save)
-                                         : generic::soft_topk_rows(op, rows, k, l, p, save);
-  at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
-  if (!save) return {out, at::Tensor(), at::Tensor()};
-  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+at::Tensor hard_topk(Operator op, const at::Tensor& x, int64_t k, int64_t dim) {
+  return hard_topk_on_rows(generic_rows, op, x, k, dim);
+}
+
+at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
+                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim) {
+  return jacobian_product_on_rows(generic_rows, op, transpose, v, x, c, row_state, dim);
 }
 
 }  // namespace sparsetopk::torch::detail

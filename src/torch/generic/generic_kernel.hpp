@@ -1,11 +1,15 @@
 #pragma once
-// The device-generic soft operators on tensors of any shape (the kernels of
-// generic_kernel.cpp), for the CPU kernels too: solver "generic" on a CPU
-// tensor runs the same ATen implementation as every other device.
+// The tensor adapters of generic_kernel.cpp (checks, [R, n] rows along dim and
+// back, the saved state's layout) around any implementation of the rows
+// functions of topk_generic.hpp: the device-generic one, or the CUDA kernels
+// of src/torch/cuda, which reuse them. The CPU kernels use them for solver
+// "generic" (the same ATen implementation as every other device).
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 #include "../checks.hpp"
@@ -13,12 +17,45 @@
 
 namespace sparsetopk::torch::detail {
 
-// The soft operator along the wrapped `dim` of x, by the ATen implementation
-// (choice.solver dykstra: Dykstra's iterations, else the exact solver); with
-// `save` also (c, row_state) of ops.hpp, else undefined tensors. The caller
-// has checked x, dim, k, l, p and the choice.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> generic_soft_topk(generic::Operator op, const at::Tensor& x,
+struct RowsImplementation {
+  generic::SoftResult (*soft)(generic::Operator, const at::Tensor& rows, int64_t k, double l, double p, bool save);
+  at::Tensor (*hard)(generic::Operator, const at::Tensor& rows, int64_t k);
+  at::Tensor (*product)(generic::Operator, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
+                        const at::Tensor& c_rows, const at::Tensor& state_rows);
+};
+
+extern const RowsImplementation generic_rows;
+
+// The soft operator along the wrapped `dim` of x by `rows` (choice.solver
+// dykstra: the ATen Dykstra iterations, whatever `rows`; else rows.soft); with
+// `save` also (c, row_state) of ops.hpp, else undefined tensors. The caller has
+// checked x, dim, k, l, p and the choice.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_by_rows(const RowsImplementation& rows,
+                                                                 generic::Operator op, const at::Tensor& x,
                                                                  int64_t k, double l, double p, int64_t dim,
                                                                  const SolverChoice& choice, bool save);
+
+// The ops' checks, then rows in and out: (out, c, row_state), c and row_state
+// undefined without `save`. Off the CPU the solvers are "auto" (= "generic",
+// exact) and "dykstra" (p = 2, approximate).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_on_rows(const RowsImplementation& rows,
+                                                                 generic::Operator op, const at::Tensor& x,
+                                                                 int64_t k, double l, double p, int64_t dim,
+                                                                 c10::string_view solver,
+                                                                 std::optional<int64_t> num_iter, bool save);
+at::Tensor hard_topk_on_rows(const RowsImplementation& rows, generic::Operator op, const at::Tensor& x, int64_t k,
+                             int64_t dim);
+// x: the forward input (magnitude), nullptr for the mask.
+at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, generic::Operator op, bool transpose,
+                                    const at::Tensor& v, const at::Tensor* x, const at::Tensor& c,
+                                    const at::Tensor& row_state, int64_t dim);
+
+// The device-generic ops as registered (every device without kernels of its own).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk(generic::Operator op, const at::Tensor& x, int64_t k,
+                                                         double l, double p, int64_t dim, c10::string_view solver,
+                                                         std::optional<int64_t> num_iter, bool save);
+at::Tensor hard_topk(generic::Operator op, const at::Tensor& x, int64_t k, int64_t dim);
+at::Tensor jacobian_product(generic::Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
+                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim);
 
 }  // namespace sparsetopk::torch::detail

@@ -1,0 +1,83 @@
+#pragma once
+// The radix selection of the CUDA kernels (topk_kernels.cu), written once for
+// both sides so that its logic is tested on the CPU
+// (tests/core/test_radix_select.cpp): keys' order-preserving bits, the digit of
+// one pass, and the key test of a pass. UNVERIFIED on a GPU (docs/gpu.md).
+
+#include <cmath>
+#include <cstring>
+
+#include "../../core/host_device.hpp"
+
+namespace sparsetopk::cuda {
+
+constexpr int kRadixBits = 8;
+constexpr int kRadixSize = 1 << kRadixBits;
+
+template <class T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using type = unsigned int;
+};
+template <>
+struct Bits<double> {
+  using type = unsigned long long;
+};
+template <class T>
+using BitsOf = typename Bits<T>::type;
+
+// key_i: x_i (mask) or |x_i| (magnitude), -0 made +0 (they are the same key)
+template <class T>
+SPARSETOPK_HOST_DEVICE T key_of(bool magnitude, T x) {
+  return magnitude ? std::abs(x) : x + T(0);
+}
+
+// Unsigned bits ordered as the keys: flip every bit of a negative key, the sign bit of the others.
+template <class T>
+SPARSETOPK_HOST_DEVICE BitsOf<T> encode(T v) {
+  using U = BitsOf<T>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  U b;
+  memcpy(&b, &v, sizeof(U));
+  return (b & sign) ? ~b : b | sign;
+}
+
+template <class T>
+SPARSETOPK_HOST_DEVICE T decode(BitsOf<T> e) {
+  using U = BitsOf<T>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  const U b = (e & sign) ? e & ~sign : ~e;
+  T v;
+  memcpy(&v, &b, sizeof(U));
+  return v;
+}
+
+// Whether e's bits above the digit at `shift` equal the prefix's (always, on the first pass).
+template <class U>
+SPARSETOPK_HOST_DEVICE bool matches_prefix(U e, U prefix, int shift) {
+  const int high = shift + kRadixBits;
+  return high >= static_cast<int>(8 * sizeof(U)) || (e >> high) == (prefix >> high);
+}
+
+// One pass's choice, from the counts of its digits among the keys matching
+// the prefix: the digit holding the remaining-th largest of them goes into the
+// prefix, `remaining` becomes that key's rank within the digit, `ties` the
+// digit's count (after the last pass: how many keys equal the k-th).
+template <class U, class Count>
+SPARSETOPK_HOST_DEVICE void choose_digit(const Count* counts, int shift, U& prefix, long long& remaining,
+                                         long long& ties) {
+  long long above = 0;
+  for (int d = kRadixSize - 1; d >= 0; --d) {
+    const long long count = static_cast<long long>(counts[d]);
+    if (above + count >= remaining) {
+      prefix |= static_cast<U>(d) << shift;
+      remaining -= above;
+      ties = count;
+      return;
+    }
+    above += count;
+  }
+}
+
+}  // namespace sparsetopk::cuda

@@ -1,0 +1,488 @@
+// The CUDA kernels of topk_kernels.hpp. UNVERIFIED: this code has been
+// compiled (sm_90 + PTX) and linked, but has never run on a GPU; it is opt-in
+// only (docs/gpu.md) until scripts/gpu-check.sh has passed on one.
+//
+// Per-row math is the core's, compiled for the device (SPARSETOPK_HOST_DEVICE):
+// window_bounds, solve_mask_band / solve_mag_band, band_state (band_solve.hpp)
+// and the Jacobian entries (jacobian.hpp). Built with -fmad=false so that the
+// device evaluates them with the core's roundings (no contracted a * b + c);
+// device pow/cbrt may still differ from the host's libm in the last ulp.
+
+#include "topk_kernels.hpp"
+
+#include "radix_select.hpp"
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_sort.cuh>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "../../core/band_solve.hpp"
+#include "../../core/jacobian.hpp"
+
+namespace sparsetopk::cuda {
+namespace {
+
+using detail::BlockEquation;
+using detail::PavBlock;
+using detail::RowWindow;
+using detail::StraddlingBlock;
+
+constexpr int kThreads = 256;                // threads per block
+constexpr long long kItemsPerBlock = 16384;  // entries per block in the grid-wide passes
+constexpr int kMaxGridRows = 65535;          // gridDim.y; longer batches loop
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+void check(cudaError_t status) {
+  if (status != cudaSuccess) throw std::runtime_error(std::string("sparsetopk CUDA kernel: ") + cudaGetErrorString(status));
+}
+
+// atomicAdd on a signed 64-bit counter (two's complement: the unsigned sum); returns the old value
+__device__ long long add_to(long long* counter, long long value) {
+  return static_cast<long long>(
+      atomicAdd(reinterpret_cast<unsigned long long*>(counter), static_cast<unsigned long long>(value)));
+}
+
+// ---- launch shapes: blockIdx.x splits a row, blockIdx.y (looped) picks it ----
+
+long long chunks_of(long long n) { return std::max(1LL, (n + kItemsPerBlock - 1) / kItemsPerBlock); }
+
+dim3 row_grid(long long rows, long long n) {
+  return dim3(static_cast<unsigned>(chunks_of(n)), static_cast<unsigned>(std::min<long long>(rows, kMaxGridRows)));
+}
+dim3 per_row_grid(long long rows) { return dim3(static_cast<unsigned>((rows + kThreads - 1) / kThreads)); }
+
+// [begin, end) of the part of a row that block blockIdx.x covers
+struct Chunk {
+  long long begin, end;
+};
+__device__ Chunk chunk_of(long long n) {
+  const long long size = (n + gridDim.x - 1) / gridDim.x;
+  const long long begin = std::min(n, static_cast<long long>(blockIdx.x) * size);
+  return {begin, std::min(n, begin + size)};
+}
+
+// ---- row flags ----
+
+template <class T>
+__global__ void flag_kernel(bool soft, const T* x, long long rows, long long n, int* flags) {
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    bool bad = false;
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const T v = x[r * n + i];
+      bad |= soft ? !isfinite(v) : isnan(v);  // soft: NaN or +-inf; hard: NaN only
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&flags[r], 1);
+  }
+}
+
+// ---- radix selection of the k-th largest key ----
+
+// Counts the radix digit at `shift` of the keys whose higher bits equal the prefix.
+template <class T>
+__global__ void histogram_kernel(bool magnitude, const T* x, long long rows, long long n, int shift,
+                                 const BitsOf<T>* prefix, unsigned long long* histogram) {
+  using U = BitsOf<T>;
+  __shared__ unsigned int counts[kRadixSize];
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int d = threadIdx.x; d < kRadixSize; d += blockDim.x) counts[d] = 0;
+    __syncthreads();
+    const Chunk part = chunk_of(n);
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const U e = encode(key_of(magnitude, x[r * n + i]));
+      if (matches_prefix(e, prefix[r], shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < kRadixSize; d += blockDim.x)
+      if (counts[d] != 0) atomicAdd(&histogram[r * kRadixSize + d], static_cast<unsigned long long>(counts[d]));
+    __syncthreads();
+  }
+}
+
+// One thread per row: the digit holding the remaining-th largest key, appended to the prefix.
+template <class U>
+__global__ void choose_digit_kernel(long long rows, int shift, U* prefix, long long* remaining, long long* ties,
+                                    unsigned long long* histogram) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  unsigned long long* counts = histogram + r * kRadixSize;
+  choose_digit(counts, shift, prefix[r], remaining[r], ties[r]);
+  for (int d = 0; d < kRadixSize; ++d) counts[d] = 0;  // for the next digit
+}
+
+// The largest key below the k-th (the (k+1)-th) where no tie of the k-th is left for it.
+template <class T>
+__global__ void next_key_kernel(bool magnitude, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+                                const long long* remaining, const long long* ties, BitsOf<T>* next) {
+  using U = BitsOf<T>;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    if (ties[r] > remaining[r]) continue;  // s_{k+1} = s_k, set by the caller's initial copy
+    const Chunk part = chunk_of(n);
+    U best = 0;
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const U e = encode(key_of(magnitude, x[r * n + i]));
+      if (e < prefix[r] && e > best) best = e;
+    }
+    using Reduce = cub::BlockReduce<U, kThreads>;
+    __shared__ typename Reduce::TempStorage storage;
+    best = Reduce(storage).Reduce(best, [](U a, U b) { return a > b ? a : b; });
+    if (threadIdx.x == 0 && best != 0) atomicMax(&next[r], best);
+    __syncthreads();
+  }
+}
+
+template <class U>
+__global__ void start_selection_kernel(long long rows, long long k, U* prefix, U* next, long long* remaining,
+                                       long long* ties, int* flags) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  prefix[r] = 0;
+  next[r] = 0;
+  remaining[r] = k;
+  ties[r] = 0;
+  flags[r] = 0;
+}
+
+template <class U>
+__global__ void copy_kernel(long long rows, const U* from, U* to, const long long* remaining, const long long* ties) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < rows && ties[r] > remaining[r]) to[r] = from[r];  // a tie of s_k is the (k+1)-th
+}
+
+// ---- hard operators ----
+
+// How many keys equal s_k in each block's part of its row.
+template <class T>
+__global__ void tie_count_kernel(bool magnitude, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+                                 long long* tie_counts) {
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    long long count = 0;
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x)
+      count += encode(key_of(magnitude, x[r * n + i])) == prefix[r];
+    using Reduce = cub::BlockReduce<long long, kThreads>;
+    __shared__ typename Reduce::TempStorage storage;
+    count = Reduce(storage).Sum(count);
+    if (threadIdx.x == 0) tie_counts[r * gridDim.x + blockIdx.x] = count;
+    __syncthreads();
+  }
+}
+
+// out_i = 1 (mask) or x_i (magnitude) on keys above s_k and on the first
+// `remaining` keys equal to it in index order, else 0; NaN rows are NaN.
+// take: -1 none (k = 0), 1 all (k = n), 0 by the selection.
+template <class T>
+__global__ void hard_write_kernel(bool magnitude, const T* x, long long rows, long long n, int take,
+                                  const BitsOf<T>* prefix, const long long* remaining, const long long* tie_counts,
+                                  const int* flags, T* out) {
+  using Scan = cub::BlockScan<long long, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    long long ties_before = 0;  // in the row's earlier blocks
+    if (take == 0)
+      for (unsigned b = 0; b < blockIdx.x; ++b) ties_before += tie_counts[r * gridDim.x + b];
+    for (long long tile = part.begin; tile < part.end; tile += blockDim.x) {
+      const long long i = tile + threadIdx.x;
+      const bool inside = i < part.end;
+      const T v = inside ? x[r * n + i] : T(0);
+      const auto e = encode(key_of(magnitude, v));
+      const bool tie = inside && take == 0 && e == prefix[r];
+      long long rank = 0, tile_ties = 0;  // ties before this entry in the tile, ties in the tile
+      Scan(storage).ExclusiveSum(static_cast<long long>(tie), rank, tile_ties);
+      __syncthreads();
+      if (inside) {
+        const bool kept = take > 0 || (take == 0 && (e > prefix[r] || (tie && ties_before + rank < remaining[r])));
+        const T value = magnitude ? v : T(1);
+        out[r * n + i] = flags[r] ? T(kNaN) : (kept ? value : T(0));
+      }
+      ties_before += tile_ties;
+    }
+  }
+}
+
+// ---- soft operators ----
+
+__device__ IsotonicForm form_of(bool magnitude) {
+  return magnitude ? IsotonicForm::magnitude : IsotonicForm::mask;
+}
+
+// One thread per row: the core's window bounds around s_k and s_{k+1}.
+template <class T>
+__global__ void bounds_kernel(bool magnitude, long long rows, long long n, long long k, double l, double p,
+                              const BitsOf<T>* prefix, const BitsOf<T>* next, Window window) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  window.count_above[r] = 0;
+  window.size[r] = 0;
+  window.begin[r] = r * n;
+  if (k == 0 || k == n) {  // the core's whole sorted row
+    window.above[r] = detail::kInf;
+    window.below[r] = -detail::kInf;
+    return;
+  }
+  const BlockEquation equation(form_of(magnitude), l, p);
+  const double s_k = static_cast<double>(decode<T>(prefix[r])), s_next = static_cast<double>(decode<T>(next[r]));
+  detail::window_bounds(equation, s_k, s_next, window.above[r], window.below[r]);
+}
+
+// Entries outside the window get their output (1 or x_i above, 0 below); the
+// others go to the row's window buffer, in no particular order (sorted next).
+template <class T>
+__global__ void gather_kernel(bool magnitude, const T* x, long long rows, long long n, const int* flags, Window window,
+                              T* out, double* c) {
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    const double above = window.above[r], below = window.below[r];
+    long long count_above = 0;
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const long long at = r * n + i;
+      if (flags[r]) {  // a row holding a NaN or an infinity is NaN, its c too
+        out[at] = T(kNaN);
+        if (c) c[at] = kNaN;
+        continue;
+      }
+      if (c) c[at] = -1.0;
+      const double key = static_cast<double>(key_of(magnitude, x[at]));
+      if (key >= above) {
+        ++count_above;
+        out[at] = magnitude ? x[at] : T(1);
+      } else {
+        out[at] = T(0);
+        if (key > below) {
+          const long long slot = add_to(&window.size[r], 1);
+          window.keys[r * n + slot] = key;
+          window.index[r * n + slot] = i;
+        }
+      }
+    }
+    using Reduce = cub::BlockReduce<long long, kThreads>;
+    __shared__ typename Reduce::TempStorage storage;
+    count_above = Reduce(storage).Sum(count_above);
+    if (threadIdx.x == 0 && count_above != 0) add_to(&window.count_above[r], count_above);
+    __syncthreads();
+  }
+}
+
+__global__ void segment_end_kernel(long long rows, Window window) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < rows) window.end[r] = window.begin[r] + window.size[r];
+}
+
+// One thread per row: the core's band solver on the row's sorted window.
+template <class T>
+__global__ void band_kernel(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+                            const int* flags, Window window, T* out, double* c, double* row_state) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  double* state = row_state ? row_state + 3 * r : nullptr;
+  if (flags[r]) {
+    if (state) state[0] = kNaN, state[1] = 0.0, state[2] = kNaN;
+    return;
+  }
+  const long long m = window.size[r];
+  // CUB leaves segments of one entry where they were
+  const double* s = (m >= 2 ? window.keys_sorted : window.keys) + r * n;
+  const long long* index = (m >= 2 ? window.index_sorted : window.index) + r * n;
+  const RowWindow row_window{static_cast<std::size_t>(m), static_cast<std::size_t>(k - window.count_above[r]),
+                             window.above[r], window.below[r]};
+  const BlockEquation equation(form_of(magnitude), l, p);
+  detail::BlockStack blocks{window.blocks ? static_cast<PavBlock*>(window.blocks) + r * n : nullptr};
+  const auto index_of = [index](std::size_t j) { return static_cast<std::size_t>(index[j]); };
+  double* c_row = c ? c + r * n : nullptr;
+  const auto append = [c_row](std::size_t i, double weight) { c_row[i] = weight; };
+  const StraddlingBlock block =
+      magnitude ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, x + r * n,
+                                         out + r * n, c_row != nullptr, append)
+                : detail::solve_mask_band(row_window, s, index_of, equation, Solver::threshold, blocks, out + r * n,
+                                          c_row != nullptr, append);
+  if (!state) return;
+  const detail::BandState band = detail::band_state(block, row_window, s);
+  state[0] = band.gamma, state[1] = band.block_weight, state[2] = band.unchanged_from;
+}
+
+// ---- derivatives: one block per row ----
+
+// The pivot d (largest c, first of equal ones), sum(c) and the active count.
+struct Pivot {
+  double c;
+  long long index;
+  double sum;
+  long long count;
+};
+struct MergePivots {
+  __device__ Pivot operator()(const Pivot& a, const Pivot& b) const {
+    const bool first = a.c > b.c || (a.c == b.c && a.index < b.index);
+    return {first ? a.c : b.c, first ? a.index : b.index, a.sum + b.sum, a.count + b.count};
+  }
+};
+
+template <class T>
+__global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
+                                const double* row_state, long long rows, long long n, T* out) {
+  using PivotReduce = cub::BlockReduce<Pivot, kThreads>;
+  using SumReduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename PivotReduce::TempStorage pivot_storage;
+  __shared__ typename SumReduce::TempStorage sum_storage;
+  __shared__ Pivot pivot;
+  __shared__ double spread;
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* v_row = v + r * n;
+    const T* x_row = magnitude ? x + r * n : nullptr;
+    const double* c_row = c + r * n;
+    T* out_row = out + r * n;
+    const double gamma = row_state[3 * r], block_weight = row_state[3 * r + 1], unchanged_from = row_state[3 * r + 2];
+    if (isnan(gamma)) {  // the row held a non-finite value
+      for (long long i = threadIdx.x; i < n; i += blockDim.x) out_row[i] = T(kNaN);
+      continue;
+    }
+    // t_i = sign(x_i) v_i (magnitude), v_i (mask)
+    const auto t = [&](long long i) {
+      const double vi = static_cast<double>(v_row[i]);
+      return magnitude ? detail::sign(static_cast<double>(x_row[i])) * vi : vi;
+    };
+    Pivot mine{-detail::kInf, n, 0.0, 0};
+    for (long long i = threadIdx.x; i < n; i += blockDim.x)
+      if (c_row[i] >= 0.0) mine = MergePivots{}(mine, Pivot{c_row[i], i, c_row[i], 1});
+    const Pivot all = PivotReduce(pivot_storage).Reduce(mine, MergePivots{});
+    if (threadIdx.x == 0) pivot = all;
+    __syncthreads();
+    const double t_d = pivot.count > 0 ? t(pivot.index) : 0.0;
+    double part = 0.0;  // sum_j f_j (t_j - t_d), f_j = 1 + c_j (magnitude J^T) or c_j
+    for (long long i = threadIdx.x; i < n; i += blockDim.x)
+      if (c_row[i] >= 0.0) part += (magnitude && transpose ? 1.0 + c_row[i] : c_row[i]) * (t(i) - t_d);
+    const double total = SumReduce(sum_storage).Sum(part);
+    if (threadIdx.x == 0) spread = total;
+    __syncthreads();
+    const double m = static_cast<double>(pivot.count), denominator = block_weight + pivot.sum;
+    const double rest = detail::magnitude_rest(transpose, block_weight, m, t_d, spread);
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+      const double ci = c_row[i];
+      if (!magnitude) {
+        out_row[i] = T(ci >= 0.0 && pivot.sum > 0.0 ? detail::mask_product(ci, t(i), t_d, pivot.sum, spread) : 0.0);
+      } else if (ci >= 0.0) {
+        const double sign = detail::sign(static_cast<double>(x_row[i]));
+        out_row[i] = T(sign * detail::magnitude_product(transpose, ci, t(i), t_d, denominator, rest));
+      } else {
+        const double xi = static_cast<double>(x_row[i]);
+        out_row[i] = (xi != 0.0 && std::abs(xi) >= unchanged_from) ? v_row[i] : T(0);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+// ---- host side: launches on `stream`, no allocation, no synchronization ----
+
+std::size_t pav_block_bytes() { return sizeof(PavBlock); }
+
+bool uses_pav(double p) { return detail::Regularizer(p).kind() != detail::Regularizer::Kind::general; }
+
+std::size_t sort_scratch_bytes(long long rows, long long n) {
+  std::size_t bytes = 0;
+  check(cub::DeviceSegmentedSort::SortPairsDescending(nullptr, bytes, static_cast<const double*>(nullptr),
+                                                      static_cast<double*>(nullptr),
+                                                      static_cast<const long long*>(nullptr),
+                                                      static_cast<long long*>(nullptr), rows * n, rows,
+                                                      static_cast<const long long*>(nullptr),
+                                                      static_cast<const long long*>(nullptr)));
+  return bytes;
+}
+
+long long blocks_per_row(long long n) { return chunks_of(n); }
+
+template <class T>
+void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream) {
+  check(cudaMemsetAsync(flags, 0, sizeof(int) * rows, stream));
+  flag_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(soft, x, rows, n, flags);
+  check(cudaGetLastError());
+}
+
+template <class T>
+void select_keys(bool magnitude, bool soft, const T* x, long long rows, long long n, long long k,
+                 const Selection& selection, cudaStream_t stream) {
+  using U = BitsOf<T>;
+  U* prefix = static_cast<U*>(selection.prefix);
+  U* next = static_cast<U*>(selection.next);
+  start_selection_kernel<U><<<per_row_grid(rows), kThreads, 0, stream>>>(rows, k, prefix, next, selection.remaining,
+                                                                          selection.ties, selection.flags);
+  check(cudaMemsetAsync(selection.histogram, 0, sizeof(unsigned long long) * kRadixSize * rows, stream));
+  flag_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(soft, x, rows, n, selection.flags);
+  for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    histogram_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, shift, prefix,
+                                                                      selection.histogram);
+    choose_digit_kernel<U><<<per_row_grid(rows), kThreads, 0, stream>>>(rows, shift, prefix, selection.remaining,
+                                                                         selection.ties, selection.histogram);
+  }
+  copy_kernel<U><<<per_row_grid(rows), kThreads, 0, stream>>>(rows, prefix, next, selection.remaining, selection.ties);
+  next_key_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, selection.remaining,
+                                                                   selection.ties, next);
+  check(cudaGetLastError());
+}
+
+template <class T>
+void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
+                  long long* tie_counts, T* out, cudaStream_t stream) {
+  using U = BitsOf<T>;
+  const U* prefix = static_cast<const U*>(selection.prefix);
+  const int take = k == 0 ? -1 : (k == n ? 1 : 0);
+  if (take == 0) tie_count_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, tie_counts);
+  hard_write_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, take, prefix,
+                                                                     selection.remaining, tie_counts, selection.flags,
+                                                                     out);
+  check(cudaGetLastError());
+}
+
+template <class T>
+void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+                  const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
+                  T* out, double* c, double* row_state, cudaStream_t stream) {
+  using U = BitsOf<T>;
+  bounds_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, rows, n, k, l, p,
+                                                                  static_cast<const U*>(selection.prefix),
+                                                                  static_cast<const U*>(selection.next), window);
+  gather_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, selection.flags, window, out, c);
+  segment_end_kernel<<<per_row_grid(rows), kThreads, 0, stream>>>(rows, window);
+  check(cudaGetLastError());
+  std::size_t bytes = sort_bytes;
+  check(cub::DeviceSegmentedSort::SortPairsDescending(sort_scratch, bytes, window.keys, window.keys_sorted,
+                                                      window.index, window.index_sorted, rows * n, rows,
+                                                      window.begin, window.end, stream));
+  band_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, x, rows, n, k, l, p, selection.flags, window,
+                                                                out, c, row_state);
+  check(cudaGetLastError());
+}
+
+template <class T>
+void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
+                      const double* row_state, long long rows, long long n, T* out, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(std::min<long long>(rows, 1LL << 20));
+  jacobian_kernel<T><<<grid, kThreads, 0, stream>>>(magnitude, transpose, v, x, c, row_state, rows, n, out);
+  check(cudaGetLastError());
+}
+
+#define SPARSETOPK_INSTANTIATE(T)                                                                                   \
+  template void flag_rows<T>(bool, const T*, long long, long long, int*, cudaStream_t);                           \
+  template void select_keys<T>(bool, bool, const T*, long long, long long, long long, const Selection&,             \
+                               cudaStream_t);                                                                       \
+  template void hard_forward<T>(bool, const T*, long long, long long, long long, const Selection&, long long*, T*, \
+                                cudaStream_t);                                                                      \
+  template void soft_forward<T>(bool, const T*, long long, long long, long long, double, double, const Selection&, \
+                                const Window&, void*, std::size_t, T*, double*, double*, cudaStream_t);             \
+  template void jacobian_product<T>(bool, bool, const T*, const T*, const double*, const double*, long long,       \
+                                    long long, T*, cudaStream_t);
+SPARSETOPK_INSTANTIATE(float)
+SPARSETOPK_INSTANTIATE(double)
+#undef SPARSETOPK_INSTANTIATE
+
+}  // namespace sparsetopk::cuda

@@ -1,0 +1,88 @@
+#pragma once
+// The hand-written CUDA kernels (UNVERIFIED: compiled and linked, never run on
+// a GPU; opt-in only, see docs/gpu.md). Plain C++ interface, no torch: the
+// caller (cuda_kernel.cpp) owns every buffer, passes device pointers and the
+// stream, and nothing here allocates or synchronizes with the host.
+//
+// Rows are [rows, n] contiguous, float or double (half types are converted to
+// float by the caller). Per row:
+//   1. select the k-th largest key (x for the mask, |x| for the magnitude) by
+//      radix passes over its order-preserving bits, grid-wide (several blocks
+//      per row for long rows, one for short ones), then the (k+1)-th;
+//   2. soft ops: the core's window bounds around them (band_solve.hpp); the
+//      entries inside go to a per-row buffer, the others get their output;
+//      the windows are sorted (CUB segmented sort) and one thread per row runs
+//      the core's band solver (solve_mask_band / solve_mag_band) on its window;
+//   3. hard ops: the k largest, ties by the lower index (a block scan).
+// Derivatives: one block per row, SPEC.md's pivoted block Jacobian (jacobian.hpp).
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace sparsetopk::cuda {
+
+// Per-row selection state, each array [rows] (histogram [rows, 256]); `prefix`
+// and `next` hold keys' order-preserving bits, 4 bytes (float) or 8 (double).
+struct Selection {
+  void* prefix;                   // the k-th key's bits, built digit by digit
+  void* next;                     // the (k+1)-th key's bits
+  long long* remaining;           // the k-th key's rank among the keys equal to it (1-based)
+  long long* ties;                // how many keys equal the k-th
+  unsigned long long* histogram;  // the current radix digit's counts
+  int* flags;                     // 1: the row holds a NaN (hard) or a non-finite value (soft)
+};
+
+// Scratch of the soft forward pass: per row [rows] (begin, end: [rows] int64
+// offsets into the [rows, n] buffers), per entry [rows * n].
+struct Window {
+  double* above;            // keys >= above: among the k largest, outside the window
+  double* below;            // keys <= below: zero, outside the window
+  long long* count_above;
+  long long* size;          // entries in the window
+  long long* begin;         // r * n
+  long long* end;           // r * n + size
+  double* keys;             // gathered window keys, then sorted into keys_sorted
+  long long* index;         // their columns, sorted into index_sorted
+  double* keys_sorted;
+  long long* index_sorted;
+  void* blocks;             // PAV's stack: rows * n PavBlocks (p = 2, 4/3 only; else may be null)
+};
+
+// Bytes of one PavBlock (the PAV stack entry), for sizing Window::blocks.
+std::size_t pav_block_bytes();
+// Bytes of CUB scratch the segmented sort of rows * n entries needs.
+std::size_t sort_scratch_bytes(long long rows, long long n);
+// Whether the soft solve of this p uses PAV (and so Window::blocks).
+bool uses_pav(double p);
+
+// Fills the selection of the k-th and (k+1)-th keys (needs 0 < k < n) and the row flags.
+template <class T>
+void select_keys(bool magnitude, bool soft, const T* x, long long rows, long long n, long long k,
+                 const Selection& selection, cudaStream_t stream);
+
+// Only the row flags (k = 0 or k = n: no selection).
+template <class T>
+void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream);
+
+// hard_topk_mask / hard_topk_mag of SPEC.md; `selection` as select_keys left it
+// (or only its flags, for k = 0 and k = n). tie_counts: [rows * blocks_per_row(n)].
+template <class T>
+void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
+                  long long* tie_counts, T* out, cudaStream_t stream);
+long long blocks_per_row(long long n);
+
+// soft_topk_mask / soft_topk_mag of SPEC.md, and with c != nullptr the state
+// of the core's ActiveBlocks::to_dense: c [rows, n], row_state [rows, 3].
+template <class T>
+void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+                  const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
+                  T* out, double* c, double* row_state, cudaStream_t stream);
+
+// J^T v (transpose) or J v at the saved state; x is the forward input (magnitude only).
+template <class T>
+void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
+                      const double* row_state, long long rows, long long n, T* out, cudaStream_t stream);
+
+}  // namespace sparsetopk::cuda
