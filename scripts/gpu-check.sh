@@ -32,7 +32,9 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSETOPK_PYTHON="
   -DSPARSETOPK_BUILD_TESTS=OFF -DSPARSETOPK_BUILD_CLI=OFF -DSPARSETOPK_BUILD_APPS=OFF >> "$log" 2>&1 &&
   cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch >> "$log" 2>&1 &&
   { ! grep -q '^SPARSETOPK_BUILD_CUDA:BOOL=ON' "$build/CMakeCache.txt" ||
-    cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch_cuda >> "$log" 2>&1; }
+    cmake --build "$build" -j "$(nproc)" --target sparsetopk_torch_cuda >> "$log" 2>&1; } &&
+  { ! grep -q '^SPARSETOPK_BUILD_JAX:BOOL=ON' "$build/CMakeCache.txt" ||
+    cmake --build "$build" -j "$(nproc)" --target sparsetopk_jax >> "$log" 2>&1; }
 build_status=$?
 if [ -f "$build/lib/libsparsetopk_torch_cuda.so" ]; then
   echo "== CUDA kernels: $(cuobjdump --list-elf "$build/lib/libsparsetopk_torch_cuda.so" 2>&1 | tr '\n' ' ')" | tee -a "$log"
@@ -46,6 +48,16 @@ echo "== GPU suite" | tee -a "$log"
 $python -m pytest -q -p no:cacheprovider -rs tests/python/test_gpu.py tests/python/test_cuda_build.py tests/python/test_ops.py \
   tests/python/test_pytorch2.py -k "not compile or cuda" 2>&1 | tee "$build/tests.txt" | tail -25
 test_status=${PIPESTATUS[0]}
+
+# sparsetopk.jax has a CPU target only (docs/jax.md): its suite runs on that
+# machine's jax (a newer one than .venv's) with the CPU platform.
+echo "== JAX suite (CPU target, JAX_PLATFORMS=cpu)" | tee -a "$log"
+if [ -f "$build/lib/libsparsetopk_jax.so" ]; then
+  JAX_PLATFORMS=cpu SPARSETOPK_JAX_LIBRARY=$PWD/$build/lib/libsparsetopk_jax.so \
+    $python -m pytest -q -p no:cacheprovider tests/python/test_jax.py 2>&1 | tee "$build/jax.txt" | tail -5
+else
+  echo "(not built: no jax in $python)" | tee "$build/jax.txt"
+fi
 
 echo "== GPU benchmark" | tee -a "$log"
 $python bench/bench_gpu.py --output "$build/bench.md" 2>&1 | tee -a "$log"
@@ -63,6 +75,12 @@ bench_status=${PIPESTATUS[0]}
   echo
   echo '```'
   tail -15 "$build/tests.txt"
+  echo '```'
+  echo
+  echo "### JAX suite, CPU target ($($python -c 'import jax; print("jax", jax.__version__)' 2>/dev/null || echo "no jax"))"
+  echo
+  echo '```'
+  tail -3 "$build/jax.txt"
   echo '```'
   echo
   echo "### Benchmark (exit status $bench_status)"
