@@ -11,10 +11,8 @@
 //   c          x-shaped: c_i >= 0 on the row's active block, -1 elsewhere, NaN
 //              on a row holding a non-finite value;
 //   row_state  [..., 3]: (gamma, W_B, unchanged_from) of each row.
-// float32 state: c is capped at kMaxFloatWeight, so that the row sums of the
-// tangent rule stay finite, and unchanged_from is rounded up to the next
-// float, so that |x_i| >= unchanged_from classifies float entries exactly as
-// the core did in double.
+// float32 state: rounded as src/cuda/float_state.hpp says (c capped,
+// unchanged_from rounded up), the same on the host and on the device.
 
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
@@ -32,6 +30,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cuda/float_state.hpp"
+#include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -40,32 +40,6 @@ namespace sparsetopk::jax {
 namespace {
 
 enum class Operator { mask, magnitude };
-
-constexpr double kMaxFloatWeight = 1e30;
-
-// The checks below throw InvalidArgument (its message names the argument and
-// the value), which `guarded` returns as an FFI error, raised in Python.
-
-// n: the entries of each row of x, its last axis.
-std::size_t row_length(const ffi::AnyBuffer& x) {
-  const auto dims = x.dimensions();
-  if (dims.size() == 0) throw InvalidArgument("x must have at least one axis (sparsetopk.jax reshapes scalars)");
-  return static_cast<std::size_t>(dims.back());
-}
-
-void check_types(const ffi::AnyBuffer& x, std::initializer_list<const ffi::AnyBuffer*> outputs) {
-  const auto type = x.element_type();
-  if (type != ffi::DataType::F32 && type != ffi::DataType::F64)
-    throw InvalidArgument("x must be float32 or float64 (sparsetopk.jax computes float16 and bfloat16 in float32)");
-  for (const ffi::AnyBuffer* out : outputs)
-    if (out->element_type() != type) throw InvalidArgument("every output must have the dtype of x");
-}
-
-std::size_t checked_k(int64_t k, std::size_t n) {
-  if (k < 0 || static_cast<std::size_t>(k) > n)
-    throw InvalidArgument("k = " + std::to_string(k) + " is out of range [0, n = " + std::to_string(n) + "]");
-  return static_cast<std::size_t>(k);
-}
 
 // How a soft forward pass is solved: the exact solvers of topk.hpp, or
 // `num_iter` iterations of Dykstra's algorithm (p = 2).
@@ -128,12 +102,6 @@ void solve(Operator op, std::span<const T> x, std::size_t n, std::size_t k, std:
   }
 }
 
-// The smallest float >= v (v itself if it is one; NaN and infinities stay).
-float float_at_least(double v) {
-  const float f = static_cast<float>(v);
-  return static_cast<double>(f) < v ? std::nextafter(f, INFINITY) : f;
-}
-
 // blocks in the dense layout, in T.
 template <class T>
 void write_state(const ActiveBlocks& blocks, std::span<T> c, std::span<T> row_state) {
@@ -144,26 +112,12 @@ void write_state(const ActiveBlocks& blocks, std::span<T> c, std::span<T> row_st
     s.c.resize(c.size());
     s.row_state.resize(row_state.size());
     blocks.to_dense(s.c, s.row_state);
-    std::transform(s.c.begin(), s.c.end(), c.begin(),
-                   [](double ci) { return static_cast<float>(std::min(ci, kMaxFloatWeight)); });
+    std::transform(s.c.begin(), s.c.end(), c.begin(), cuda::float_weight);
     for (std::size_t i = 0; i < row_state.size(); i += ActiveBlocks::row_state_size) {
       row_state[i] = static_cast<float>(s.row_state[i]);          // gamma
       row_state[i + 1] = static_cast<float>(s.row_state[i + 1]);  // W_B: an integer <= k
-      row_state[i + 2] = float_at_least(s.row_state[i + 2]);      // unchanged_from
+      row_state[i + 2] = cuda::float_at_least(s.row_state[i + 2]);  // unchanged_from
     }
-  }
-}
-
-// Runs `body` and turns the core's exceptions into FFI errors.
-template <class Body>
-ffi::Error guarded(Body&& body) {
-  try {
-    body();
-    return ffi::Error::Success();
-  } catch (const InvalidArgument& e) {
-    return ffi::Error::InvalidArgument(e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("sparsetopk: ") + e.what());
   }
 }
 

@@ -1,4 +1,4 @@
-// The CUDA kernels' pipeline (src/torch/cuda/topk_kernels.cu), run on the CPU
+// The CUDA kernels' pipeline (src/cuda/topk_kernels.cu), run on the CPU
 // the way the kernels compose it: the radix selection (radix_select.hpp:
 // passes of digit counts over a row, then the (k+1)-th key) and the hard
 // operators' tie rule against sorting and the core's hard ops; then the soft
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../../src/core/band_solve.hpp"
-#include "../../src/torch/cuda/radix_select.hpp"
+#include "../../src/cuda/radix_select.hpp"
 
 namespace sparsetopk::cuda {
 namespace {

@@ -353,6 +353,25 @@ def run_isolated(blocked: str, body: str) -> str:
     return result.stdout
 
 
+def test_cuda_handlers_register_on_opt_in_only():
+    """The UNVERIFIED CUDA handlers (never run: no GPU here) load and register for
+    the CUDA platform on opt-in only; the CPU targets work either way."""
+    cuda_library = REPO / "build" / "lib" / "libsparsetopk_jax_cuda.so"
+    if not cuda_library.is_file():
+        pytest.skip("libsparsetopk_jax_cuda.so is not built (no nvcc or no CUDA torch at configure time)")
+    body = """
+        import jax.numpy as jnp
+        import sparsetopk.jax as stj
+        print(stj._ffi.cuda_registered, stj.soft_topk_mask(jnp.array([-5., -2., 3., 1.]), 2, 0.01).tolist())
+    """
+    assert "False [0.0, 0.0, 1.0, 1.0]" in run_isolated("torch", body)
+    os.environ["SPARSETOPK_JAX_CUDA_KERNELS"] = "1"
+    try:
+        assert "True [0.0, 0.0, 1.0, 1.0]" in run_isolated("torch", body)
+    finally:
+        del os.environ["SPARSETOPK_JAX_CUDA_KERNELS"]
+
+
 def test_jax_part_works_without_torch():
     out = run_isolated("torch", """
         import sys, jax.numpy as jnp

@@ -97,6 +97,8 @@ def test_wheel_contents():
     cuda_library = Path(os.environ.get("SPARSETOPK_LIBRARY", "build/lib/x")).parent / "libsparsetopk_torch_cuda.so"
     if cuda_library.is_file():
         assert "sparsetopk/libsparsetopk_torch_cuda.so" in names, names
+    if (cuda_library.parent / "libsparsetopk_jax_cuda.so").is_file():
+        assert "sparsetopk/libsparsetopk_jax_cuda.so" in names, names
     missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if f"sparsetopk/{p.relative_to(PACKAGE).as_posix()}" not in names]
     assert not missing, f"Python files of python/sparsetopk missing from the wheel: {missing}"

@@ -8,6 +8,7 @@ is one more leading axis).
 """
 
 import ctypes
+import os
 from typing import Tuple
 
 import jax
@@ -16,6 +17,8 @@ import numpy as np
 from .._library import candidate_paths
 
 LIBRARY_NAME = "libsparsetopk_jax.so"
+CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
+CUDA_OPT_IN = "SPARSETOPK_JAX_CUDA_KERNELS"
 _TARGETS = (
     "sparsetopk_soft_topk_mask",
     "sparsetopk_soft_topk_mag",
@@ -25,6 +28,7 @@ _TARGETS = (
     "sparsetopk_hard_topk_mag",
 )
 _loaded = False
+cuda_registered = False  # whether the CUDA handlers were registered (opt-in)
 
 
 def library_paths():
@@ -49,6 +53,26 @@ def register_targets() -> None:
     for target in _TARGETS:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     _loaded = True
+    if os.environ.get(CUDA_OPT_IN) == "1":
+        _register_cuda_targets()
+
+
+def _register_cuda_targets() -> None:
+    """The same targets for the CUDA platform, from libsparsetopk_jax_cuda.so. UNVERIFIED:
+    these handlers have never run on a GPU, so they are registered only when
+    $SPARSETOPK_JAX_CUDA_KERNELS is 1 (before sparsetopk.jax is imported)."""
+    global cuda_registered
+    paths = candidate_paths(CUDA_LIBRARY_NAME, "SPARSETOPK_JAX_CUDA_LIBRARY")
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        looked = ", ".join(str(p) for p in paths)
+        raise ImportError(f"sparsetopk.jax: {CUDA_OPT_IN}=1 but {CUDA_LIBRARY_NAME} is not found (looked in: "
+                          f"{looked}); it is built where CMake finds nvcc, a CUDA torch and jax")
+    library = ctypes.cdll.LoadLibrary(str(path))
+    for target in _TARGETS:
+        handler = getattr(library, "sparsetopk_cuda_" + target[len("sparsetopk_"):])
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="CUDA")
+    cuda_registered = True
 
 
 def soft(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str, num_iter: int) -> jax.Array:

@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <cstdlib>
@@ -24,7 +25,7 @@
 #include <string>
 
 #include "../generic/generic_kernel.hpp"
-#include "topk_kernels.hpp"
+#include "../../cuda/topk_kernels.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {
@@ -48,23 +49,10 @@ bool soft_uses_kernels(c10::string_view solver) {
   return solver == kKernelSolver || (solver == "auto" && kernels_enabled().load());
 }
 
-at::TensorOptions long_options(const Tensor& like) { return like.options().dtype(at::kLong); }
-
-// An int64 tensor's data as the kernels' long long (int64_t is long here).
-long long* longs(const Tensor& t) { return reinterpret_cast<long long*>(t.data_ptr<int64_t>()); }
-
-// Per-row selection state, in one allocation of int64 words.
-struct SelectionBuffers {
-  Tensor words;
-  cuda::Selection view;
-  explicit SelectionBuffers(const Tensor& rows) {
-    const int64_t r = rows.size(0);
-    words = at::empty({r * (4 + 256) + (r + 1) / 2}, long_options(rows));
-    long long* base = longs(words);
-    view = {base, base + r, base + 2 * r, base + 3 * r, reinterpret_cast<unsigned long long*>(base + 4 * r),
-            reinterpret_cast<int*>(base + 260 * r)};
-  }
-};
+// One byte tensor on rows' device holding a call's scratch (topk_kernels.hpp's layout).
+Tensor scratch_bytes(const Tensor& rows, std::size_t bytes) {
+  return at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, rows.options().dtype(at::kByte));
+}
 
 template <class T>
 void select_or_flag(bool magnitude, bool soft, const Tensor& rows, int64_t k, const cuda::Selection& selection,
@@ -80,26 +68,14 @@ generic::SoftResult soft_rows_as(Operator op, const Tensor& rows, int64_t k, dou
   const bool magnitude = op == Operator::magnitude;
   const int64_t r = rows.size(0), n = rows.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const SelectionBuffers selection(rows);
-  select_or_flag<T>(magnitude, /*soft=*/true, rows, k, selection.view, stream);
+  const Tensor scratch = scratch_bytes(rows, cuda::soft_scratch_bytes(r, n, p));
+  const cuda::SoftScratch parts = cuda::soft_scratch(scratch.data_ptr(), r, n, p);
+  select_or_flag<T>(magnitude, /*soft=*/true, rows, k, parts.selection, stream);
   const auto doubles = rows.options().dtype(at::kDouble);
-  const Tensor per_row = at::empty({2, r}, doubles), counts = at::empty({4, r}, long_options(rows));
-  const Tensor keys = at::empty({2, r * n}, doubles), index = at::empty({2, r * n}, long_options(rows));
-  const Tensor blocks = cuda::uses_pav(p) ? at::empty({static_cast<int64_t>(r * n * cuda::pav_block_bytes())},
-                                                      rows.options().dtype(at::kByte))
-                                          : Tensor();
-  const std::size_t sort_bytes = cuda::sort_scratch_bytes(r, n);
-  const Tensor sort_scratch = at::empty({static_cast<int64_t>(std::max<std::size_t>(sort_bytes, 1))},
-                                        rows.options().dtype(at::kByte));
-  double* bounds = per_row.data_ptr<double>();
-  long long* count = longs(counts);
-  const cuda::Window window{bounds, bounds + r, count, count + r, count + 2 * r, count + 3 * r,
-                            keys.data_ptr<double>(), longs(index), keys.data_ptr<double>() + r * n, longs(index) + r * n, blocks.defined() ? blocks.data_ptr() : nullptr};
   generic::SoftResult result{at::empty_like(rows), {}, {}};
   if (save) result.c = at::empty({r, n}, doubles), result.row_state = at::empty({r, 3}, doubles);
-  cuda::soft_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, l, p, selection.view, window,
-                        sort_scratch.data_ptr(), sort_bytes, result.out.data_ptr<T>(),
-                        save ? result.c.data_ptr<double>() : nullptr,
+  cuda::soft_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, l, p, parts.selection, parts.window, parts.sort,
+                        parts.sort_bytes, result.out.data_ptr<T>(), save ? result.c.data_ptr<double>() : nullptr,
                         save ? result.row_state.data_ptr<double>() : nullptr, stream);
   return result;
 }
@@ -116,11 +92,11 @@ Tensor hard_rows_as(Operator op, const Tensor& rows, int64_t k) {
   const bool magnitude = op == Operator::magnitude;
   const int64_t r = rows.size(0), n = rows.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const SelectionBuffers selection(rows);
-  select_or_flag<T>(magnitude, /*soft=*/false, rows, k, selection.view, stream);
-  const Tensor tie_counts = at::empty({r * cuda::blocks_per_row(n)}, long_options(rows));
+  const Tensor scratch = scratch_bytes(rows, cuda::hard_scratch_bytes(r, n));
+  const cuda::HardScratch parts = cuda::hard_scratch(scratch.data_ptr(), r, n);
+  select_or_flag<T>(magnitude, /*soft=*/false, rows, k, parts.selection, stream);
   Tensor out = at::empty_like(rows);
-  cuda::hard_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, selection.view, longs(tie_counts),
+  cuda::hard_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, parts.selection, parts.tie_counts,
                         out.data_ptr<T>(), stream);
   return out;
 }

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "../../core/host_device.hpp"
+#include "../core/host_device.hpp"
 
 namespace sparsetopk::cuda {
 

@@ -1,7 +1,8 @@
 #pragma once
 // The hand-written CUDA kernels (UNVERIFIED: compiled and linked, never run on
 // a GPU; opt-in only, see docs/gpu.md). Plain C++ interface, no torch: the
-// caller (cuda_kernel.cpp) owns every buffer, passes device pointers and the
+// callers (the torch adapter src/torch/cuda/cuda_kernel.cpp, the JAX adapter
+// src/jax/cuda_handlers.cpp) own every buffer, pass device pointers and the
 // stream, and nothing here allocates or synchronizes with the host.
 //
 // Rows are [rows, n] contiguous, float or double (half types are converted to
@@ -79,6 +80,29 @@ template <class T>
 void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
                   T* out, double* c, double* row_state, cudaStream_t stream);
+
+// The scratch of one call carved from a single device buffer of
+// *_scratch_bytes(...) bytes (256-byte aligned, as every CUDA allocator gives),
+// so that each adapter makes one allocation from its framework's allocator.
+struct SoftScratch {
+  Selection selection;
+  Window window;
+  void* sort;
+  std::size_t sort_bytes;
+};
+struct HardScratch {
+  Selection selection;
+  long long* tie_counts;  // [rows * blocks_per_row(n)]
+};
+std::size_t soft_scratch_bytes(long long rows, long long n, double p);
+SoftScratch soft_scratch(void* base, long long rows, long long n, double p);
+std::size_t hard_scratch_bytes(long long rows, long long n);
+HardScratch hard_scratch(void* base, long long rows, long long n);
+
+// The state in float, for frameworks that keep it in x's dtype (sparsetopk.jax
+// without x64): float_state.hpp's rounding, elementwise (c [rows, n], row_state [rows, 3]).
+void state_to_float(const double* c, const double* row_state, long long rows, long long n, float* c_out,
+                    float* row_state_out, cudaStream_t stream);
 
 // J^T v (transpose) or J v at the saved state; x is the forward input (magnitude only).
 template <class T>

@@ -10,6 +10,7 @@
 
 #include "topk_kernels.hpp"
 
+#include "float_state.hpp"
 #include "radix_select.hpp"
 
 #include <cub/block/block_reduce.cuh>
@@ -24,8 +25,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "../../core/band_solve.hpp"
-#include "../../core/jacobian.hpp"
+#include "../core/band_solve.hpp"
+#include "../core/jacobian.hpp"
 
 namespace sparsetopk::cuda {
 namespace {
@@ -400,6 +401,108 @@ std::size_t sort_scratch_bytes(long long rows, long long n) {
 }
 
 long long blocks_per_row(long long n) { return chunks_of(n); }
+
+namespace {
+
+// Hands out consecutive 256-byte aligned pieces of one buffer (base nullptr: only counts).
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
+  template <class U>
+  U* take(long long count) {
+    U* piece = base_ ? reinterpret_cast<U*>(base_ + used_) : nullptr;
+    used_ += (static_cast<std::size_t>(count) * sizeof(U) + 255) / 256 * 256;
+    return piece;
+  }
+  std::size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  std::size_t used_ = 0;
+};
+
+Selection carve_selection(Carver& carver, long long rows) {
+  Selection s;
+  s.prefix = carver.take<unsigned long long>(rows);
+  s.next = carver.take<unsigned long long>(rows);
+  s.remaining = carver.take<long long>(rows);
+  s.ties = carver.take<long long>(rows);
+  s.histogram = carver.take<unsigned long long>(rows * 256);
+  s.flags = carver.take<int>(rows);
+  return s;
+}
+
+SoftScratch carve_soft(void* base, long long rows, long long n, double p) {
+  Carver carver(base);
+  SoftScratch s;
+  s.selection = carve_selection(carver, rows);
+  Window& w = s.window;
+  w.above = carver.take<double>(rows);
+  w.below = carver.take<double>(rows);
+  w.count_above = carver.take<long long>(rows);
+  w.size = carver.take<long long>(rows);
+  w.begin = carver.take<long long>(rows);
+  w.end = carver.take<long long>(rows);
+  w.keys = carver.take<double>(rows * n);
+  w.index = carver.take<long long>(rows * n);
+  w.keys_sorted = carver.take<double>(rows * n);
+  w.index_sorted = carver.take<long long>(rows * n);
+  w.blocks = uses_pav(p) ? carver.take<char>(rows * n * static_cast<long long>(pav_block_bytes())) : nullptr;
+  s.sort_bytes = std::max<std::size_t>(sort_scratch_bytes(rows, n), 1);
+  s.sort = carver.take<char>(static_cast<long long>(s.sort_bytes));
+  if (!base) s.sort_bytes = carver.used();  // (counting pass: the total)
+  return s;
+}
+
+}  // namespace
+
+std::size_t soft_scratch_bytes(long long rows, long long n, double p) {
+  return carve_soft(nullptr, rows, n, p).sort_bytes;
+}
+
+SoftScratch soft_scratch(void* base, long long rows, long long n, double p) { return carve_soft(base, rows, n, p); }
+
+std::size_t hard_scratch_bytes(long long rows, long long n) {
+  Carver carver(nullptr);
+  carve_selection(carver, rows);
+  carver.take<long long>(rows * blocks_per_row(n));
+  return carver.used();
+}
+
+HardScratch hard_scratch(void* base, long long rows, long long n) {
+  Carver carver(base);
+  HardScratch s;
+  s.selection = carve_selection(carver, rows);
+  s.tie_counts = carver.take<long long>(rows * blocks_per_row(n));
+  return s;
+}
+
+namespace {
+__global__ void state_to_float_kernel(const double* c, const double* row_state, long long rows, long long n,
+                                      float* c_out, float* row_state_out) {
+  const long long entries = rows * n, states = rows * 3;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < entries + states;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    if (i < entries) {
+      c_out[i] = float_weight(c[i]);
+    } else {
+      const long long j = i - entries;
+      row_state_out[j] = j % 3 == 2 ? float_at_least(row_state[j]) : static_cast<float>(row_state[j]);
+    }
+  }
+}
+}  // namespace
+
+void state_to_float(const double* c, const double* row_state, long long rows, long long n, float* c_out,
+                    float* row_state_out, cudaStream_t stream) {
+  const long long total = rows * n + rows * 3;
+  if (total == 0) return;
+  const int threads = 256;
+  const long long blocks = std::min<long long>((total + threads - 1) / threads, 65535);
+  state_to_float_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(c, row_state, rows, n, c_out,
+                                                                                row_state_out);
+  check(cudaGetLastError());
+}
 
 template <class T>
 void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream) {

@@ -1,0 +1,165 @@
+// XLA FFI handlers of sparsetopk.jax for the CUDA platform, over the kernels
+// of src/cuda. UNVERIFIED: compiled and linked, never run on a GPU (no
+// session has had one); python/sparsetopk/jax/_ffi.py registers them only on
+// opt-in (SPARSETOPK_JAX_CUDA_KERNELS=1), see docs/jax.md.
+//
+// The same targets, attributes and layouts as the CPU handlers
+// (ffi_handlers.cpp): rows along the last axis, every leading axis a batch
+// row, the state in x's dtype. Everything runs on XLA's stream; the scratch
+// comes from XLA's allocator; nothing synchronizes with the host. Solver
+// "dykstra" has no kernel here (an error says so).
+
+#include <cuda_runtime_api.h>
+
+#include <sparsetopk/errors.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "../cuda/topk_kernels.hpp"
+#include "ffi_checks.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace sparsetopk::jax::cuda_platform {
+namespace {
+
+using Stream = ffi::PlatformStream<cudaStream_t>;
+
+struct Rows {
+  long long count = 0, n = 0;
+};
+
+Rows rows_of(const ffi::AnyBuffer& x) {
+  const auto n = static_cast<long long>(row_length(x));
+  return {n > 0 ? static_cast<long long>(x.element_count()) / n : 0, n};
+}
+
+void check_solver(std::string_view solver) {
+  if (solver == "dykstra") throw InvalidArgument("solver = \"dykstra\" has no CUDA kernel (use the CPU)");
+  if (solver != "auto" && solver != "pav" && solver != "threshold")
+    throw InvalidArgument("solver = \"" + std::string(solver) + "\" is not one of \"auto\", \"pav\", \"threshold\"");
+}
+
+void* allocate(ffi::ScratchAllocator& scratch, std::size_t bytes) {
+  const auto pointer = scratch.Allocate(std::max<std::size_t>(bytes, 1), 256);
+  if (!pointer.has_value()) throw std::runtime_error("XLA's scratch allocator failed for " + std::to_string(bytes) + " bytes");
+  return *pointer;
+}
+
+template <class T>
+void select_or_flag(bool magnitude, bool soft, const T* x, Rows rows, int64_t k, const cuda::Selection& selection,
+                    cudaStream_t stream) {
+  if (k > 0 && k < rows.n) cuda::select_keys<T>(magnitude, soft, x, rows.count, rows.n, k, selection, stream);
+  else cuda::flag_rows<T>(soft, x, rows.count, rows.n, selection.flags, stream);
+}
+
+template <class T>
+void soft_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+                Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* c, ffi::AnyBuffer* row_state, int64_t k, double l,
+                double p) {
+  const T* x_data = static_cast<const T*>(x.untyped_data());
+  const cuda::SoftScratch parts =
+      cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n, p)), rows.count, rows.n, p);
+  select_or_flag<T>(magnitude, /*soft=*/true, x_data, rows, k, parts.selection, stream);
+  double *c_data = nullptr, *state_data = nullptr;
+  if (c) {
+    if constexpr (std::is_same_v<T, double>) {
+      c_data = static_cast<double*>(c->untyped_data()), state_data = static_cast<double*>(row_state->untyped_data());
+    } else {  // the kernels' double state, then rounded to float (float_state.hpp)
+      c_data = static_cast<double*>(allocate(scratch, sizeof(double) * rows.count * rows.n));
+      state_data = static_cast<double*>(allocate(scratch, sizeof(double) * rows.count * 3));
+    }
+  }
+  cuda::soft_forward<T>(magnitude, x_data, rows.count, rows.n, k, l, p, parts.selection, parts.window, parts.sort,
+                        parts.sort_bytes, static_cast<T*>(out.untyped_data()), c_data, state_data, stream);
+  if constexpr (std::is_same_v<T, float>) {
+    if (c)
+      cuda::state_to_float(c_data, state_data, rows.count, rows.n, static_cast<float*>(c->untyped_data()),
+                           static_cast<float*>(row_state->untyped_data()), stream);
+  }
+}
+
+template <class T>
+void hard_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+                Rows rows, ffi::AnyBuffer& out, int64_t k) {
+  const T* x_data = static_cast<const T*>(x.untyped_data());
+  const cuda::HardScratch parts =
+      cuda::hard_scratch(allocate(scratch, cuda::hard_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
+  select_or_flag<T>(magnitude, /*soft=*/false, x_data, rows, k, parts.selection, stream);
+  cuda::hard_forward<T>(magnitude, x_data, rows.count, rows.n, k, parts.selection, parts.tie_counts,
+                        static_cast<T*>(out.untyped_data()), stream);
+}
+
+ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+                ffi::AnyBuffer& out, ffi::AnyBuffer* c, ffi::AnyBuffer* row_state, int64_t k, double l, double p,
+                std::string_view solver) {
+  return guarded([&] {
+    if (c) check_types(x, {&out, c, row_state});
+    else check_types(x, {&out});
+    const Rows rows = rows_of(x);
+    checked_k(k, static_cast<std::size_t>(rows.n));
+    check_solver(solver);
+    if (rows.count * rows.n == 0) return;
+    if (x.element_type() == ffi::DataType::F64)
+      soft_typed<double>(magnitude, stream, scratch, x, rows, out, c, row_state, k, l, p);
+    else soft_typed<float>(magnitude, stream, scratch, x, rows, out, c, row_state, k, l, p);
+  });
+}
+
+template <bool magnitude>
+ffi::Error soft_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                      ffi::Result<ffi::AnyBuffer> out, int64_t k, double l, double p, std::string_view solver,
+                      int64_t /*num_iter*/) {
+  return soft(magnitude, stream, scratch, x, *out, nullptr, nullptr, k, l, p, solver);
+}
+
+template <bool magnitude>
+ffi::Error soft_with_state_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                                 ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> c,
+                                 ffi::Result<ffi::AnyBuffer> row_state, int64_t k, double l, double p,
+                                 std::string_view solver, int64_t /*num_iter*/) {
+  return soft(magnitude, stream, scratch, x, *out, &*c, &*row_state, k, l, p, solver);
+}
+
+template <bool magnitude>
+ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                      ffi::Result<ffi::AnyBuffer> out, int64_t k) {
+  return guarded([&] {
+    check_types(x, {&*out});
+    const Rows rows = rows_of(x);
+    checked_k(k, static_cast<std::size_t>(rows.n));
+    if (rows.count * rows.n == 0) return;
+    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(magnitude, stream, scratch, x, rows, *out, k);
+    else hard_typed<float>(magnitude, stream, scratch, x, rows, *out, k);
+  });
+}
+
+auto cuda_binding() {
+  return ffi::Ffi::Bind().Ctx<Stream>().Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
+}
+
+}  // namespace
+}  // namespace sparsetopk::jax::cuda_platform
+
+using namespace sparsetopk::jax::cuda_platform;  // NOLINT: the handler symbols below
+
+#define SPARSETOPK_SOFT_ATTRS \
+  Attr<int64_t>("k").Attr<double>("l").Attr<double>("p").Attr<std::string_view>("solver").Attr<int64_t>("num_iter")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask, soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag, soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_with_state, soft_with_state_entry<false>,
+                              cuda_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_with_state, soft_with_state_entry<true>,
+                              cuda_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mask, hard_entry<false>, cuda_binding().Attr<int64_t>("k"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mag, hard_entry<true>, cuda_binding().Attr<int64_t>("k"));
