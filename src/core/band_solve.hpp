@@ -52,8 +52,8 @@ SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, 
   const double scale = equation.form() == IsotonicForm::mask ? std::abs(s_k) + std::abs(s_next) + l : above;
   above += 8.0 * DBL_EPSILON * scale;
   below -= 8.0 * DBL_EPSILON * scale;
-  above = std::max(above, std::nextafter(s_k, kInf));
-  below = std::min(below, std::nextafter(s_next, -kInf));
+  if (above <= s_k) above = std::nextafter(s_k, kInf);  // at least one ulp beyond (nextafter only when needed)
+  if (below >= s_next) below = std::nextafter(s_next, -kInf);
 }
 
 // The block of the isotonic solution straddling window positions top-1 and

@@ -6,7 +6,9 @@
 // with W_B = sum_{i in B} w_i.
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
+#include <cstdint>
 #include <cmath>
 #include <span>
 
@@ -68,7 +70,11 @@ class BlockEquation {
 // ---- definitions (inline: the CUDA kernels compile them too) ----
 
 SPARSETOPK_HOST_DEVICE inline double BlockMoments::unit_of(double s) {
-  return s == 0.0 ? DBL_MIN : std::ldexp(1.0, std::max(std::ilogb(s), DBL_MIN_EXP - 1));
+  // 2^ilogb(s), at least DBL_MIN (zero and subnormals): s's exponent bits
+  // alone, without the libm calls of ldexp(1, ilogb(s)) (a finite s or inf)
+  constexpr std::uint64_t kExponentBits = 0x7ff0000000000000;
+  const std::uint64_t exponent = std::bit_cast<std::uint64_t>(s) & kExponentBits;
+  return exponent == 0 ? DBL_MIN : std::bit_cast<double>(exponent);
 }
 
 SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
@@ -86,6 +92,10 @@ SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
 
 SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
   if (Q == 0.0) return 0.0;
+  if (P == 0.0 && std::abs(Q) >= 0x1p-1000) {  // the steps below without hypot and pow: r = |Q|/2, u^3 = |Q|, v = 0
+    const double u = std::cbrt(std::abs(Q));
+    return std::copysign(std::abs(Q) / (u * u), Q);
+  }
   // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
   // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
   const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));

@@ -28,9 +28,14 @@ struct Magnitude {
   double operator()(double v) const { return std::abs(v); }
 };
 
-inline bool descending(const SortedEntry& a, const SortedEntry& b) {
-  return a.key > b.key || (a.key == b.key && a.index < b.index);
-}
+// Sorted order of the window: key descending, ties by index (a function
+// object, so that std::sort inlines it).
+struct Descending {
+  bool operator()(const SortedEntry& a, const SortedEntry& b) const {
+    return a.key > b.key || (a.key == b.key && a.index < b.index);
+  }
+};
+inline constexpr Descending descending;
 
 
 // Threads that may share the work of one row (team_size 1: none).
@@ -66,17 +71,17 @@ RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspac
 template <class T, class Key, class TopValue>
 std::size_t split_at_window(std::span<const T> row, std::size_t begin, std::size_t end, Key key, double above,
                             double below, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
+  // first the outputs, without branches (so it vectorizes), then the few window entries
   std::size_t count_above = 0;
+  for (std::size_t i = begin; i < end; ++i) {
+    const bool is_above = key(static_cast<double>(row[i])) >= above;
+    count_above += is_above;
+    out[i] = is_above ? top_value(row[i]) : T(0);
+  }
   ws.entries.clear();
   for (std::size_t i = begin; i < end; ++i) {
     const double key_i = key(static_cast<double>(row[i]));
-    if (key_i >= above) {
-      ++count_above;
-      out[i] = top_value(row[i]);
-    } else {
-      out[i] = T(0);
-      if (key_i > below) ws.entries.push_back({key_i, i});
-    }
+    if (key_i > below && key_i < above) ws.entries.push_back({key_i, i});
   }
   return count_above;
 }
