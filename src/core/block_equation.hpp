@@ -92,16 +92,28 @@ SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
 
 SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
   if (Q == 0.0) return 0.0;
-  if (P == 0.0 && std::abs(Q) >= 0x1p-1000) {  // the steps below without hypot and pow: r = |Q|/2, u^3 = |Q|, v = 0
+  if (P == 0.0 && std::abs(Q) >= 0x1p-1000) {  // the general steps without hypot and pow: r = |Q|/2, u^3 = |Q|, v = 0
     const double u = std::cbrt(std::abs(Q));
     return std::copysign(std::abs(Q) / (u * u), Q);
   }
   // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
   // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
-  const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
-  const double u = std::cbrt(0.5 * std::abs(Q) + r);
+  const double half_q = 0.5 * std::abs(Q), third_p = P / 3.0;
+  const double p_term = third_p * std::sqrt(third_p), larger = std::max(half_q, p_term);  // (P/3)^(3/2)
+  if (!(larger > 0x1p-500 && larger < 0x1p500)) {  // squares would under- or overflow: hypot and pow
+    const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
+    const double u = std::cbrt(0.5 * std::abs(Q) + r);
+    const double v = P / (3.0 * u);
+    return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
+  }
+  const double u = std::cbrt(half_q + std::sqrt(half_q * half_q + p_term * p_term));
   const double v = P / (3.0 * u);
-  return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
+  double t = std::abs(Q) / (u * u + third_p + v * v);
+  // one Newton step on t^3 + P t = |Q| takes the few ulps of the steps above
+  // to the rounding of the residual (within 2 ulps: the terms are positive)
+  const double t2 = t * t;
+  t -= ((t2 + P) * t - std::abs(Q)) / (3.0 * t2 + P);
+  return std::copysign(t, Q);
 }
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double> s, const BlockMoments& m) const {
