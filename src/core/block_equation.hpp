@@ -117,11 +117,13 @@ SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
 }
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double> s, const BlockMoments& m) const {
-  if (regularizer_.kind() != Regularizer::Kind::general) return solve_closed_form(m);
   if (s.size() == 1) {
-    if (form_ == IsotonicForm::mask) return s[0] - l_ * regularizer_.inverse_power(m.weight);
-    if (m.weight == 0.0) return s[0];
+    // mask: pow((s - gamma)/l, q-1) = w, so gamma = s - l pow(w, p-1), exactly s or s - l for w in {0, 1}
+    const double w = m.weight;
+    if (form_ == IsotonicForm::mask) return s[0] - l_ * (w == 0.0 || w == 1.0 ? w : regularizer_.inverse_power(w));
+    if (w == 0.0) return s[0];
   }
+  if (regularizer_.kind() != Regularizer::Kind::general) return solve_closed_form(m);
   return solve_by_newton(s, m);
 }
 

@@ -21,11 +21,14 @@ namespace sparsetopk::detail {
 
 
 // Sort keys: x_i for the mask, |x_i| for the magnitude (types, so calls inline).
+// In the input's type as well as in double: both are exact.
 struct Identity {
-  double operator()(double v) const { return v; }
+  template <class V>
+  V operator()(V v) const { return v; }
 };
 struct Magnitude {
-  double operator()(double v) const { return std::abs(v); }
+  template <class V>
+  V operator()(V v) const { return std::abs(v); }
 };
 
 // Sorted order of the window: key descending, ties by index (a function
@@ -65,23 +68,32 @@ RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspac
 }
 
 
-// One pass over row[begin, end): entries outside (below, above) get their
-// output (top_value(x_i) or 0), the others go to ws.entries. Returns the count
-// above.
+// Splits row[begin, end) at the window: entries outside it get their output
+// (top_value(x_i) above it, 0 below), the others go to ws.entries. Returns the
+// count above. The pass over the row makes one (rarely true) comparison per
+// entry, gathering those with key > below (the top entries and the window:
+// few) into ws.candidates; the outputs start as 0.
 template <class T, class Key, class TopValue>
 std::size_t split_at_window(std::span<const T> row, std::size_t begin, std::size_t end, Key key, double above,
                             double below, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
-  // first the outputs, without branches (so it vectorizes), then the few window entries
-  std::size_t count_above = 0;
-  for (std::size_t i = begin; i < end; ++i) {
-    const bool is_above = key(static_cast<double>(row[i])) >= above;
-    count_above += is_above;
-    out[i] = is_above ? top_value(row[i]) : T(0);
-  }
-  ws.entries.clear();
+  if (ws.candidates.size() < end - begin) ws.candidates.resize(end - begin);
+  SortedEntry* candidates = ws.candidates.data();
+  std::size_t count = 0;
   for (std::size_t i = begin; i < end; ++i) {
     const double key_i = key(static_cast<double>(row[i]));
-    if (key_i > below && key_i < above) ws.entries.push_back({key_i, i});
+    if (key_i > below) candidates[count++] = {key_i, i};
+  }
+  std::fill(out.begin() + static_cast<std::ptrdiff_t>(begin), out.begin() + static_cast<std::ptrdiff_t>(end), T(0));
+  std::size_t count_above = 0;
+  ws.entries.clear();
+  for (std::size_t j = 0; j < count; ++j) {
+    const SortedEntry entry = candidates[j];
+    if (entry.key >= above) {
+      ++count_above;
+      out[entry.index] = top_value(row[entry.index]);
+    } else {
+      ws.entries.push_back(entry);
+    }
   }
   return count_above;
 }
@@ -91,7 +103,7 @@ template <class T, class Key>
 std::pair<double, double> kth_keys_by_selection(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
   const std::size_t n = row.size();
   std::vector<T>& keys = ws.selection_keys<T>(n);
-  for (std::size_t i = 0; i < n; ++i) keys[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  for (std::size_t i = 0; i < n; ++i) keys[i] = key(row[i]);
   const auto end = keys.begin() + static_cast<std::ptrdiff_t>(n), kth = keys.begin() + static_cast<std::ptrdiff_t>(k - 1);
   std::nth_element(keys.begin(), kth, end, std::greater<T>());
   return {static_cast<double>(*kth), static_cast<double>(*std::max_element(kth + 1, end))};
@@ -105,10 +117,10 @@ template <class T, class Key>
 std::pair<double, double> kth_keys_small_k(std::span<const T> row, std::size_t k, Key key) {
   T largest[kSmallK + 1];
   const std::size_t size = k + 1;
-  for (std::size_t i = 0; i < size; ++i) largest[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  for (std::size_t i = 0; i < size; ++i) largest[i] = key(row[i]);
   std::sort(largest, largest + size, std::greater<T>());
   for (std::size_t i = size; i < row.size(); ++i) {
-    const T v = static_cast<T>(key(static_cast<double>(row[i])));
+    const T v = key(row[i]);
     if (!(v > largest[k])) continue;
     std::size_t j = k;
     for (; j > 0 && largest[j - 1] < v; --j) largest[j] = largest[j - 1];
@@ -125,11 +137,11 @@ inline constexpr std::size_t kHeapRowsPerK = 64;
 template <class T, class Key>
 std::pair<double, double> kth_keys_by_heap(std::span<const T> row, std::size_t k, Key key, RowWorkspace& ws) {
   std::vector<T>& heap = ws.selection_keys<T>(k + 1);
-  for (std::size_t i = 0; i <= k; ++i) heap[i] = static_cast<T>(key(static_cast<double>(row[i])));
+  for (std::size_t i = 0; i <= k; ++i) heap[i] = key(row[i]);
   const auto begin = heap.begin(), end = begin + static_cast<std::ptrdiff_t>(k + 1);
   std::make_heap(begin, end, std::greater<T>());
   for (std::size_t i = k + 1; i < row.size(); ++i) {
-    const T v = static_cast<T>(key(static_cast<double>(row[i])));
+    const T v = key(row[i]);
     if (!(v > heap[0])) continue;
     std::pop_heap(begin, end, std::greater<T>());
     *(end - 1) = v;

@@ -22,6 +22,7 @@ struct SortedEntry {
 struct RowWorkspace {
   std::size_t slot = 0;              // which worker thread owns it
   std::vector<SortedEntry> entries;  // the window of the row, sorted by key, descending
+  std::vector<SortedEntry> candidates;  // the entries above the window's lower bound, unsorted
   std::vector<double> s;             // the sorted keys of the window
   std::vector<double> w;             // (1, ..., 1, 0, ..., 0)
   std::vector<PavBlock> blocks;
