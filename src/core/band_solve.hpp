@@ -42,9 +42,13 @@ SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, 
     below = s_next - l;  // tau >= s_{k+1} - l: zero below
   } else {
     // top entries of the block have s_i < gamma + l gamma^(p-1) with gamma < s_k;
-    // the others have s_i > gamma >= the singleton value of s_k
-    above = s_k + l * equation.regularizer().inverse_power(s_k);
-    below = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
+    // the others have s_i > gamma >= the singleton value g of s_k, which is
+    // above s_k - l s_k^(p-1) (pow((s_k - g)/l, q-1) = g < s_k): that bound
+    // where it is close (l small against s_k), else g itself
+    const double shift = l * equation.regularizer().inverse_power(s_k);
+    above = s_k + shift;
+    below = shift <= 0.25 * s_k ? s_k - shift
+                                : equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
   }
   // The bounds are rounded: widen them by a few ulps of what they are computed
   // from, so that a key within rounding of a bound stays in the window (an
