@@ -86,7 +86,9 @@ void expect_bits_order_keys() {
   for (std::size_t i = 0; i < std::size(values); ++i) {
     const T back = decode<T>(encode(values[i]));
     EXPECT_EQ(std::memcmp(&back, &values[i], sizeof(T)), 0) << values[i];
-    if (i > 0) EXPECT_LT(encode(values[i - 1]), encode(values[i])) << values[i];
+    if (i > 0) {
+      EXPECT_LT(encode(values[i - 1]), encode(values[i])) << values[i];
+    }
   }
   EXPECT_EQ(encode(key_of(false, T(-0.0))), encode(T(0)));
 }
