@@ -315,3 +315,41 @@ def test_flush_denormal_mode_gives_the_same_results_and_is_restored():
         torch.set_flush_denormal(False)
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_do_not_depend_on_torch_threads(dtype):
+    # Batches this big run in parts on torch's intra-op threads
+    # (src/torch/cpu/topk_kernel.cpp, for_row_parts): every output, saved
+    # state and derivative must be the same bits as one part on one thread.
+    torch.manual_seed(0)
+    x = torch.randn(301, 67, dtype=dtype)  # 20167 entries: uneven parts
+    w = torch.randn(301, 67, dtype=dtype)
+    ops = torch.ops.sparsetopk
+
+    def run():
+        results = []
+        for op in SOFT:
+            for p in (4.0 / 3.0, 2.0, 3.0):
+                xg = x.clone().requires_grad_()
+                out = op(xg, 5, 0.3, p)
+                results += [out, torch.autograd.grad((out * w).sum(), xg)[0]]
+            results.append(op(x.t(), 4, 0.2, dim=0))
+        forward = ops._soft_topk_mask_forward(x, 5, 0.3, 4.0 / 3.0, -1, "auto")
+        results += list(forward) + [ops._soft_topk_mask_jvp(w, forward[1], forward[2], -1)]
+        forward = ops._soft_topk_mag_forward(x, 5, 0.3, 2.0, -1, "auto")
+        results += list(forward) + [ops._soft_topk_mag_jvp(w, x, forward[1], forward[2], -1)]
+        results += [op(x, 5) for op in HARD]
+        return results
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)  # torch starts a second thread even on a 1-CPU machine
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(one) == len(two) == 24
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)

@@ -118,13 +118,58 @@ struct SoftResult {
 
 // The core's threads for a call: at most torch's intra-op thread count
 // (torch.set_num_threads applies; a call inside one of torch's parallel regions
-// is one of many already and gets one). The core starts its threads per call and
-// only for batches big enough to pay for them (sparsetopk::detail::plan_threads);
-// torch's own pool is not an option here: at::parallel_for runs serially in a
-// translation unit built without -fopenmp, as this library is.
+// is one of many already and gets one).
 sparsetopk::detail::ThreadLimit torch_thread_limit() {
   return sparsetopk::detail::ThreadLimit(
       at::in_parallel_region() ? 1 : static_cast<std::size_t>(std::max(at::get_num_threads(), 1)));
+}
+
+// Whether at::parallel_for runs on torch's intra-op pool here: always with its
+// native pool, and with its OpenMP one (torch's Linux builds) when this file is
+// built with OpenMP (CMake links OpenMP::OpenMP_CXX; at run time the libgomp
+// that torch loaded serves it). Otherwise at::parallel_for would run serially,
+// and the core starts threads of its own instead.
+#if AT_PARALLEL_NATIVE || (AT_PARALLEL_OPENMP && defined(_OPENMP))
+constexpr bool kTorchPoolRunsParts = true;
+#else
+constexpr bool kTorchPoolRunsParts = false;
+#endif
+
+// Rows this long are each split across the core's own threads (the core's team
+// of threads for a huge row, sparsetopk::detail in topk.cpp): kept for them.
+constexpr int64_t kCoreTeamRowSize = int64_t{1} << 18;
+
+// The least work worth a part on another of torch's threads: 4096 entries
+// (256x64 runs in two parts with 2 threads, 64x8 in one; measured with
+// bench/bench_torch_small.py, 2^8 gained nothing on 64x8). Lower than the
+// 2^14 of the core's plan_threads, whose threads are started per call.
+constexpr int64_t kMinEntriesPerPart = int64_t{1} << 12;
+
+// Calls part(begin, end, scratch) on ranges of rows covering [0, rows), rows of
+// n entries: in parts on torch's intra-op threads, as torch's own operators run
+// (no thread started per call, none competing with torch's idle spinning ones),
+// each part with its thread's CoreScratch and the core on that thread alone;
+// or, without that pool or for huge rows, in one part on this thread with the
+// core's threads capped at torch's count.
+template <class Part>
+void for_row_parts(int64_t rows, int64_t n, Part&& part) {
+  if (rows <= 0) return;
+  if (kTorchPoolRunsParts && n < kCoreTeamRowSize) {
+    const int64_t rows_per_part = std::max<int64_t>(1, kMinEntriesPerPart / std::max<int64_t>(n, 1));
+    at::parallel_for(0, rows, rows_per_part, [&](int64_t begin, int64_t end) {
+      const sparsetopk::detail::ThreadLimit alone(1);
+      part(begin, end, scratch());
+    });
+    return;
+  }
+  const auto limit = torch_thread_limit();
+  part(0, rows, scratch());
+}
+
+// Rows [begin, end) of a span over a batch of rows of `width` entries.
+template <class T>
+std::span<T> row_range(std::span<T> all, int64_t begin, int64_t end, std::size_t width) {
+  return all.subspan(static_cast<std::size_t>(begin) * width, static_cast<std::size_t>(end - begin) * width);
 }
 
 // The core's soft operator (or its Dykstra, choice.iterations > 0) on a batch of rows.
@@ -161,25 +206,30 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
-  CoreScratch& core = scratch();
-  const auto limit = torch_thread_limit();
+  at::Tensor c_rows, state_rows;
+  if (save) {
+    const auto row_sizes = rows.sizes();
+    c_rows = new_tensor(row_sizes, at::kDouble);
+    at::DimVector state_sizes(row_sizes.begin(), row_sizes.end() - 1);
+    state_sizes.push_back(ActiveBlocks::row_state_size);
+    state_rows = new_tensor(state_sizes, at::kDouble);
+  }
+  const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
   with_core(rows, [&](auto zero) {
     using T = decltype(zero);
-    const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
-    ActiveBlocks* blocks = save ? &core.blocks : nullptr;
-    core_soft_topk<T>(kind, in_span<T>(rows), row_n, kept, out_span<T>(out), l, p, choice, blocks, &core.workspace);
+    const int64_t batch = n > 0 ? rows.numel() / n : 0;
+    for_row_parts(batch, n, [&](int64_t begin, int64_t end, CoreScratch& core) {
+      ActiveBlocks* blocks = save ? &core.blocks : nullptr;
+      core_soft_topk<T>(kind, row_range(in_span<T>(rows), begin, end, row_n), row_n, kept,
+                        row_range(out_span<T>(out), begin, end, row_n), l, p, choice, blocks, &core.workspace);
+      if (save)
+        core.blocks.to_dense(row_range(out_span<double>(c_rows), begin, end, row_n),
+                             row_range(out_span<double>(state_rows), begin, end, ActiveBlocks::row_state_size));
+    });
   });
   SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}, {}};
   if (!save) return result;
-
-  const auto row_sizes = rows.sizes();
-  at::Tensor c_rows = new_tensor(row_sizes, at::kDouble);
-  at::DimVector state_sizes(row_sizes.begin(), row_sizes.end() - 1);
-  state_sizes.push_back(ActiveBlocks::row_state_size);
-  at::Tensor state_rows = new_tensor(state_sizes, at::kDouble);
-  if (rows.numel() > 0) {
-    core.blocks.to_dense(out_span<double>(c_rows), out_span<double>(state_rows));
-  } else if (state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold
+  if (rows.numel() == 0 && state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold
     state_rows.select(-1, 0).fill_(-std::numeric_limits<double>::infinity());
     state_rows.select(-1, 1).fill_(0.0);
     state_rows.select(-1, 2).fill_(std::numeric_limits<double>::infinity());
@@ -198,12 +248,15 @@ at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
-  const auto limit = torch_thread_limit();
+  const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
   with_core(rows, [&](auto zero) {
     using T = decltype(zero);
-    const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
-    if (kind == Kind::mask) sparsetopk::hard_topk_mask<T>(in_span<T>(rows), row_n, kept, out_span<T>(out));
-    else sparsetopk::hard_topk_mag<T>(in_span<T>(rows), row_n, kept, out_span<T>(out));
+    for_row_parts(n > 0 ? rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch&) {
+      const auto in = row_range(in_span<T>(rows), begin, end, row_n);
+      const auto part_out = row_range(out_span<T>(out), begin, end, row_n);
+      if (kind == Kind::mask) sparsetopk::hard_topk_mask<T>(in, row_n, kept, part_out);
+      else sparsetopk::hard_topk_mag<T>(in, row_n, kept, part_out);
+    });
   });
   return from_rows(out, x, dim, x.scalar_type());
 }
@@ -232,21 +285,25 @@ at::Tensor jacobian_product(Kind kind, bool transpose, const at::Tensor& v, cons
   const int64_t n = slice_size(v, dim);
   const at::Tensor v_rows = to_rows(v, dim, type), c_rows = to_rows(c, dim, at::kDouble);
   const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, 3}) : to_rows(row_state, dim, at::kDouble);
-  ActiveBlocks& blocks = scratch().blocks;
-  const auto limit = torch_thread_limit();
-  with_core(v_rows, [&](auto) {
-    blocks.assign_dense(static_cast<std::size_t>(n), in_span<double>(c_rows), in_span<double>(state_rows));
-  });
   at::Tensor result = new_tensor(v_rows.sizes(), v_rows.scalar_type());
+  const at::Tensor x_rows = x ? to_rows(*x, dim, type) : at::Tensor();
+  const auto row_n = static_cast<std::size_t>(n);
   with_core(v_rows, [&](auto zero) {
     using T = decltype(zero);
-    if (kind == Kind::mask) {  // J is symmetric: J^T v = J v
-      sparsetopk::soft_topk_mask_vjp<T>(blocks, in_span<T>(v_rows), out_span<T>(result));
-      return;
-    }
-    const at::Tensor x_rows = to_rows(*x, dim, type);
-    if (transpose) sparsetopk::soft_topk_mag_vjp<T>(blocks, in_span<T>(x_rows), in_span<T>(v_rows), out_span<T>(result));
-    else sparsetopk::soft_topk_mag_jvp<T>(blocks, in_span<T>(x_rows), in_span<T>(v_rows), out_span<T>(result));
+    for_row_parts(n > 0 ? v_rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch& core) {
+      ActiveBlocks& blocks = core.blocks;
+      blocks.assign_dense(row_n, row_range(in_span<double>(c_rows), begin, end, row_n),
+                          row_range(in_span<double>(state_rows), begin, end, ActiveBlocks::row_state_size));
+      const auto v_part = row_range(in_span<T>(v_rows), begin, end, row_n);
+      const auto part_result = row_range(out_span<T>(result), begin, end, row_n);
+      if (kind == Kind::mask) {  // J is symmetric: J^T v = J v
+        sparsetopk::soft_topk_mask_vjp<T>(blocks, v_part, part_result);
+        return;
+      }
+      const auto x_part = row_range(in_span<T>(x_rows), begin, end, row_n);
+      if (transpose) sparsetopk::soft_topk_mag_vjp<T>(blocks, x_part, v_part, part_result);
+      else sparsetopk::soft_topk_mag_jvp<T>(blocks, x_part, v_part, part_result);
+    });
   });
   return from_rows(result, v, dim, v.scalar_type());
 }

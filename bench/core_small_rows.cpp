@@ -1,0 +1,103 @@
+// The core's soft operators alone on the small batches of the Python
+// benchmark (bench/bench_torch_small.py): the part of a call that is the
+// per-row solve, without torch, its dispatcher or Python.
+//
+// For every shape (rows x n), k, operator and p, the forward (no state) and
+// the forward that saves the state for the backward run in blocks of about
+// 20 ms (one Workspace and ActiveBlocks reused, as the torch kernels do); the
+// time per call is the fastest of `--blocks` blocks (default 15), in CPU time
+// of the calling thread, so that other processes on the machine inflate it
+// less. The core runs on the calling thread only (set_num_threads(1)).
+//
+//   core_small_rows [--blocks N] [filter]
+//
+// prints one line per case: shape, k, operator, p, state or not, us per call
+// and us per row. `filter` keeps the lines that contain it.
+
+#include <sparsetopk/parallel.hpp>
+#include <sparsetopk/topk.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+double thread_cpu_us() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_nsec) * 1e-3;
+}
+
+struct Shape {
+  std::size_t rows, n;
+};
+
+// The fastest block of `blocks`, in us per call.
+template <class Call>
+double fastest_block_us(Call&& call, int blocks) {
+  double per_call = 0.0;
+  std::size_t calls = 1;
+  for (;;) {  // calls per block: about 20 ms
+    const double start = thread_cpu_us();
+    for (std::size_t i = 0; i < calls; ++i) call();
+    per_call = (thread_cpu_us() - start) / static_cast<double>(calls);
+    if (per_call * static_cast<double>(calls) > 2e4) break;
+    calls *= 2;
+  }
+  for (int b = 0; b < blocks; ++b) {
+    const double start = thread_cpu_us();
+    for (std::size_t i = 0; i < calls; ++i) call();
+    per_call = std::min(per_call, (thread_cpu_us() - start) / static_cast<double>(calls));
+  }
+  return per_call;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int blocks = 15;
+  std::string filter;
+  for (int a = 1; a < argc; ++a) {
+    if (std::strcmp(argv[a], "--blocks") == 0 && a + 1 < argc) blocks = std::atoi(argv[++a]);
+    else filter = argv[a];
+  }
+  if (blocks < 1) {
+    std::fprintf(stderr, "core_small_rows: --blocks must be at least 1, got %d\n", blocks);
+    return 2;
+  }
+  sparsetopk::set_num_threads(1);
+  const Shape shapes[] = {{8, 8}, {64, 8}, {256, 64}, {1024, 64}};
+  sparsetopk::Workspace workspace;
+  sparsetopk::ActiveBlocks blocks_state;
+  std::mt19937 generator(0);
+  std::normal_distribution<float> normal;
+  std::printf("# core alone, 1 thread, float32 standard normal, l = 0.1; fastest of %d blocks, CPU time\n", blocks);
+  for (const Shape shape : shapes) {
+    std::vector<float> x(shape.rows * shape.n), out(x.size());
+    for (float& v : x) v = normal(generator);
+    for (const std::size_t k : {std::size_t{2}, std::size_t{4}})
+      for (const bool magnitude : {false, true})
+        for (const double p : {4.0 / 3.0, 2.0})
+          for (const bool save : {false, true}) {
+            char name[128];
+            std::snprintf(name, sizeof name, "%zux%zu k=%zu %s p=%s %s", shape.rows, shape.n, k,
+                          magnitude ? "mag " : "mask", p == 2.0 ? "2  " : "4/3", save ? "state" : "     ");
+            if (!filter.empty() && !std::strstr(name, filter.c_str())) continue;
+            sparsetopk::SoftTopkOptions options;
+            options.p = p;
+            sparsetopk::ActiveBlocks* state = save ? &blocks_state : nullptr;
+            const auto call = [&] {
+              if (magnitude) sparsetopk::soft_topk_mag<float>(x, shape.n, k, out, options, state, &workspace);
+              else sparsetopk::soft_topk_mask<float>(x, shape.n, k, out, options, state, &workspace);
+            };
+            const double us = fastest_block_us(call, blocks);
+            std::printf("%-36s %9.2f us  %7.3f us/row\n", name, us, us / static_cast<double>(shape.rows));
+          }
+  }
+}
