@@ -47,8 +47,22 @@ struct RowTeam {
   std::size_t size = 1;
 };
 
+// Windows this small (the usual case) are sorted by insertion: std::sort's
+// calls and block moves cost more than the sort itself there.
+inline constexpr std::size_t kInsertionSortSize = 16;
+
 inline void sort_window(RowWorkspace& ws) {
-  std::sort(ws.entries.begin(), ws.entries.end(), descending);
+  std::vector<SortedEntry>& entries = ws.entries;
+  if (entries.size() <= kInsertionSortSize) {
+    for (std::size_t i = 1; i < entries.size(); ++i) {
+      const SortedEntry entry = entries[i];
+      std::size_t j = i;
+      for (; j > 0 && descending(entry, entries[j - 1]); --j) entries[j] = entries[j - 1];
+      entries[j] = entry;
+    }
+  } else {
+    std::sort(entries.begin(), entries.end(), descending);
+  }
   ws.s.resize(ws.entries.size());
   for (std::size_t j = 0; j < ws.entries.size(); ++j) ws.s[j] = ws.entries[j].key;
 }
