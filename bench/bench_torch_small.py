@@ -12,9 +12,8 @@ Times, from Python and in one run, the eager calls
 on float32 inputs of the shapes 8x8, 64x8, 256x64 and 1024x64 (rows x n, the
 selection along the last dim), k = 2 and 4, with torch's default thread count
 and with ``torch.set_num_threads(1)``. The sparsetopk ops use at most torch's
-thread count; on these shapes every call runs on the calling thread except the
-forward on 1024x64 with 2 or more threads, where the core starts a second
-thread for half of the rows.
+thread count: batches of 4096 entries or more (256x64 and 1024x64 here) run in
+parts on torch's intra-op threads, the others on the calling thread.
 
 Method: each timed function runs in blocks of a fixed number of calls (chosen
 so that a block takes about ``--block-ms``); a round runs one block of every
