@@ -267,6 +267,11 @@ RowWindow threshold_window(std::span<const T> row, std::size_t k, Key key, const
   } else {
     count_above = split_at_window(row, 0, n, key, above, below, ws, out, top_value);
   }
+  // In IEEE arithmetic the bounds lie beyond s_k and s_next, so at most k - 1
+  // entries are above and s_k is in the window. Should that fail (a caller's
+  // flush-to-zero mode, which parallel_for clears, rounds a bound one ulp from
+  // 0 onto it), solve the whole sorted row, which needs no bounds.
+  if (count_above >= k || k - count_above > ws.entries.size()) return sorted_row(row, k, key, ws);
   sort_window(ws);
   return {ws.entries.size(), k - count_above, above, below};
 }

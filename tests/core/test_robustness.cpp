@@ -27,6 +27,7 @@
 
 #if __has_include("../../src/core/root_finding.hpp")
 #include "../../src/core/root_finding.hpp"
+#include "../../src/core/row_window.hpp"
 #define STK_HAVE_ROOT_FINDING 1
 #else
 #define STK_HAVE_ROOT_FINDING 0
@@ -272,6 +273,33 @@ TEST(Robustness, FlushToZeroCallersGetIeeeResultsAndTheirModeBack) {
   }
 #else
   GTEST_SKIP() << "the FTZ/DAZ check is written for x86 (MXCSR)";
+#endif
+}
+
+// The window selection itself under FTZ/DAZ (without the guard of
+// parallel_for, which the operators run under): the row above made its bounds
+// round onto s_k = 0, so every entry counted as above the window and the
+// window's share of k wrapped around. It must fall back to the sorted row.
+TEST(Robustness, WindowSelectionUnderFlushToZeroFallsBackToTheSortedRow) {
+#if (defined(__x86_64__) || defined(__i386__)) && STK_HAVE_ROOT_FINDING
+  using namespace sparsetopk::detail;
+  const std::vector<double> x{0, -1, 0, 0, 0, 0};
+  std::vector<double> out(x.size());
+  sparsetopk::Workspace workspace;
+  workspace.slots().prepare(1);
+  RowWorkspace& ws = workspace.slots().rows[0];
+  const BlockEquation equation(sparsetopk::IsotonicForm::magnitude, 1e-3, 4.0 / 3.0);
+  const unsigned caller = _mm_getcsr();
+  _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ
+  const RowWindow window = threshold_window(std::span<const double>(x), 2, Magnitude{}, equation, ws, RowTeam{},
+                                            std::span<double>(out), [](double v) { return v; });
+  _mm_setcsr(caller);
+  EXPECT_LE(window.top, window.size);
+  EXPECT_EQ(window.size, x.size()) << "the whole row, sorted";
+  EXPECT_EQ(window.top, 2u);
+  EXPECT_EQ(ws.s.front(), 1.0);
+#else
+  GTEST_SKIP() << "needs x86 (MXCSR) and the core's sources";
 #endif
 }
 
