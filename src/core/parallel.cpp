@@ -39,12 +39,6 @@ std::size_t available_threads() {
   return thread_limit > 0 ? std::min(all, thread_limit) : all;
 }
 
-ThreadLimit::ThreadLimit(std::size_t limit) : previous_(thread_limit) {
-  limit = std::max<std::size_t>(limit, 1);
-  thread_limit = previous_ > 0 ? std::min(previous_, limit) : limit;
-}
-
-ThreadLimit::~ThreadLimit() { thread_limit = previous_; }
 
 #if defined(__x86_64__) || defined(__i386__)
 constexpr unsigned kFlushToZero = 1u << 15, kDenormalsAreZero = 1u << 6;  // MXCSR bits
@@ -101,4 +95,12 @@ void parallel_for(std::size_t rows, std::size_t threads,
 }
 
 }  // namespace detail
+
+ThreadLimit::ThreadLimit(std::size_t limit) : previous_(detail::thread_limit) {
+  limit = std::max<std::size_t>(limit, 1);
+  detail::thread_limit = previous_ > 0 ? std::min(previous_, limit) : limit;
+}
+
+ThreadLimit::~ThreadLimit() { detail::thread_limit = previous_; }
+
 }  // namespace sparsetopk

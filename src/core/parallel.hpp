@@ -6,25 +6,13 @@
 #include <cstddef>
 #include <functional>
 
+#include "sparsetopk/parallel.hpp"
+
 namespace sparsetopk::detail {
 
 // The threads a call made on this thread may use: sparsetopk::num_threads(),
-// or fewer while a ThreadLimit lives on this thread.
+// or fewer while a sparsetopk::ThreadLimit lives on this thread.
 std::size_t available_threads();
-
-// Caps available_threads() on the constructing thread while it lives (limits
-// nest: the smallest applies; 0 counts as 1). For callers that run parts of a
-// batch on threads of their own pool, so that the core spawns none of its own.
-class ThreadLimit {
- public:
-  explicit ThreadLimit(std::size_t limit);
-  ~ThreadLimit();
-  ThreadLimit(const ThreadLimit&) = delete;
-  ThreadLimit& operator=(const ThreadLimit&) = delete;
-
- private:
-  std::size_t previous_;
-};
 
 // Threads worth using for `rows` rows of `n` entries (at least 1, at most
 // available_threads()).

@@ -10,6 +10,7 @@
 
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
+#include <sparsetopk/parallel.hpp>
 #include <sparsetopk/topk.hpp>
 
 #include <ATen/ATen.h>
@@ -24,7 +25,6 @@
 #include <span>
 #include <tuple>
 
-#include "../../core/parallel.hpp"
 #include "../checks.hpp"
 #include "../generic/generic_kernel.hpp"
 #include "../ops.hpp"
@@ -119,8 +119,8 @@ struct SoftResult {
 // The core's threads for a call: at most torch's intra-op thread count
 // (torch.set_num_threads applies; a call inside one of torch's parallel regions
 // is one of many already and gets one).
-sparsetopk::detail::ThreadLimit torch_thread_limit() {
-  return sparsetopk::detail::ThreadLimit(
+sparsetopk::ThreadLimit torch_thread_limit() {
+  return sparsetopk::ThreadLimit(
       at::in_parallel_region() ? 1 : static_cast<std::size_t>(std::max(at::get_num_threads(), 1)));
 }
 
@@ -157,7 +157,7 @@ void for_row_parts(int64_t rows, int64_t n, Part&& part) {
   if (kTorchPoolRunsParts && n < kCoreTeamRowSize) {
     const int64_t rows_per_part = std::max<int64_t>(1, kMinEntriesPerPart / std::max<int64_t>(n, 1));
     at::parallel_for(0, rows, rows_per_part, [&](int64_t begin, int64_t end) {
-      const sparsetopk::detail::ThreadLimit alone(1);
+      const sparsetopk::ThreadLimit alone(1);
       part(begin, end, scratch());
     });
     return;
