@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "../../src/core/parallel.hpp"
+
 namespace {
 
 std::vector<float> normal_rows(std::size_t size, unsigned seed) {
@@ -115,3 +117,32 @@ TEST_F(ThreadCount, RepeatedCallsWithOneWorkspaceAreBitwiseIdentical) {
 }
 
 }  // namespace
+
+// sparsetopk::ThreadLimit (public): caps the threads of calls made on its
+// thread while it lives, nests (the smallest applies, 0 counts as 1), is
+// restored after, leaves other threads alone, and changes no result.
+TEST_F(ThreadCount, ThreadLimitCapsNestsRestoresAndChangesNoResult) {
+  using sparsetopk::detail::available_threads;
+  sparsetopk::set_num_threads(4);
+  ASSERT_EQ(available_threads(), 4u);
+  const std::size_t n = 256, rows = 512;
+  const std::vector<float> x = normal_rows(rows * n, 7), g = normal_rows(rows * n, 8);
+  const sparsetopk::SoftTopkOptions options{0.1, 4.0 / 3.0, sparsetopk::Solver::automatic};
+  const std::vector<float> free_result = forward_and_backward(x, g, n, 3, options);
+  {
+    const sparsetopk::ThreadLimit two(2);
+    EXPECT_EQ(available_threads(), 2u);
+    {
+      const sparsetopk::ThreadLimit three(3);
+      EXPECT_EQ(available_threads(), 2u) << "the smallest limit applies";
+      const sparsetopk::ThreadLimit zero(0);
+      EXPECT_EQ(available_threads(), 1u) << "0 counts as 1";
+      EXPECT_TRUE(bitwise_equal(forward_and_backward(x, g, n, 3, options), free_result));
+      std::size_t other_thread = 0;
+      std::thread([&] { other_thread = available_threads(); }).join();
+      EXPECT_EQ(other_thread, 4u) << "a limit is per thread";
+    }
+    EXPECT_EQ(available_threads(), 2u);
+  }
+  EXPECT_EQ(available_threads(), 4u);
+}
