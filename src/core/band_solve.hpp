@@ -30,6 +30,10 @@ inline constexpr double kInf = std::numeric_limits<double>::infinity();
 struct RowWindow {
   std::size_t size, top;
   double above, below;
+  // No block straddles the k-th key (separated_keys): the row's outputs are
+  // written already, the window is empty, and above and below are the keys of
+  // sorted positions k - 1 and k (s_k and s_{k+1}, up to the sign of a zero).
+  bool separated = false;
 };
 
 // Keys beyond which no entry can be in the straddling block, given the k-th
@@ -58,6 +62,31 @@ SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, 
   below -= 8.0 * DBL_EPSILON * scale;
   if (above <= s_k) above = std::nextafter(s_k, kInf);  // at least one ulp beyond (nextafter only when needed)
   if (below >= s_next) below = std::nextafter(s_next, -kInf);
+}
+
+// Whether the k-th and (k+1)-th largest keys are so far apart that every entry
+// of the row is a singleton block (SPEC.md, "Top-k structure"): PAV's value
+// of s_k alone (w = 1) lies above s_{k+1}'s (w = 0) by more than the rounding
+// at which violates() (pav.hpp) looks closer, so PAV would pool nothing. That
+// value is computed as PAV computes it where that is cheap (the mask, p = 2);
+// for the magnitude with p = 4/3 (a cubic) the test is that
+// h(g) = ((s_k - g)/l)^3 - g, which decreases through 0 at that value, is
+// still positive at g = b, a little above s_{k+1}: then the value exceeds b.
+// Other p: never (their solve is not PAV's). A false answer only means that
+// the window is solved as usual.
+SPARSETOPK_HOST_DEVICE inline bool separated_keys(const BlockEquation& equation, double s_k, double s_next) {
+  const Regularizer::Kind kind = equation.regularizer().kind();
+  if (kind == Regularizer::Kind::general || !(s_k > s_next)) return false;
+  const double scale = std::max(std::abs(s_k), std::abs(s_next));
+  if (equation.form() == IsotonicForm::mask || kind == Regularizer::Kind::quadratic) {
+    const double value = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
+    return value - s_next > 16.0 * DBL_EPSILON * std::max(scale, std::abs(value)) + DBL_MIN;
+  }
+  // b is 1e-12 s_k above s_{k+1}: far beyond the few ulps of s_k by which
+  // the computed value can miss the exact one (keys below 1e-280: never)
+  if (!(s_k > 1e-280)) return false;
+  const double b = s_next + 1e-12 * s_k, d = (s_k - b) / equation.l();
+  return d > 0.0 && d * d * d > b * (1.0 + 1e-13);  // (d^3 to 6 ulps: a margin of 1e-13)
 }
 
 // The block of the isotonic solution straddling window positions top-1 and

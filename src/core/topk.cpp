@@ -153,6 +153,12 @@ void save_row(ActiveBlocks* blocks, std::size_t r, std::size_t first, const Stra
   blocks->set_row(r, ws.slot, first, state.gamma, state.block_weight, state.unchanged_from);
 }
 
+// The same for a row of singleton blocks only (a separated window): what
+// band_state gives for the empty block {top, top, s_{k+1}}.
+void save_separated_row(ActiveBlocks* blocks, std::size_t r, const RowWindow& window, const RowWorkspace& ws) {
+  if (blocks) blocks->set_row(r, ws.slot, blocks->chunk_size(ws.slot), window.below, 0.0, window.above);
+}
+
 template <class T>
 void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, std::size_t slot) {
   std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
@@ -166,6 +172,7 @@ void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, co
                         ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
   const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
+  if (window.separated) return save_separated_row(blocks, r, window, ws);
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
   const StraddlingBlock block = solve_mask_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
@@ -180,6 +187,7 @@ void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, con
                        ActiveBlocks* blocks) {
   if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
   const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
+  if (window.separated) return save_separated_row(blocks, r, window, ws);
   const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
   const StraddlingBlock block = solve_mag_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,

@@ -667,6 +667,180 @@ TEST(SoftTopkSelection, EverySelectionPathReturnsTheKthAndNextKeys) {
 }
 #endif
 
+// ---- rows whose k-th and (k+1)-th keys are separated --------------------------
+#if STK_HAVE_ROW_WINDOW
+// The threshold solver writes such a row directly, without PAV, when the
+// singleton value of s_k (w = 1) lies clearly above s_{k+1} (src/core/
+// band_solve.hpp, separated_keys). Near that boundary (s_{k+1} a relative
+// delta from the value, either side) and with signed zeros at s_k or s_{k+1},
+// every row it calls separated must come out as PAV on the sorted row gives
+// it, bit for bit: outputs, saved state (c, row_state) and VJP. (Elsewhere the
+// two solvers may differ in the last bits and in row_state's unchanged_from,
+// which is then the window's bound.) The deltas must straddle the boundary.
+
+// The value of s alone in a block with w = 1 (SPEC.md, "Reduction").
+long double singleton_value(bool magnitude, long double s, long double l, double p) {
+  if (!magnitude) return s - l;
+  if (p == 2.0) return s / (1 + l);
+  long double lo = 0, hi = s;  // ((s - g)/l)^3 = g, by bisection
+  for (int i = 0; i < 200; ++i) {
+    const long double g = 0.5L * (lo + hi), u = (s - g) / l;
+    (u * u * u > g ? lo : hi) = g;
+  }
+  return 0.5L * (lo + hi);
+}
+
+template <class T>
+struct SolvedRows {
+  std::vector<T> out, vjp;
+  std::vector<double> c, row_state;
+};
+
+template <class T>
+SolvedRows<T> solve_rows(bool magnitude, const std::vector<T>& x, std::size_t n, std::size_t k, double l, double p,
+                         sparsetopk::Solver solver) {
+  const std::size_t rows = x.size() / n;
+  SolvedRows<T> r{std::vector<T>(x.size()), std::vector<T>(x.size()), std::vector<double>(x.size()),
+                  std::vector<double>(rows * sparsetopk::ActiveBlocks::row_state_size)};
+  std::vector<T> g(x.size());
+  for (std::size_t i = 0; i < g.size(); ++i) g[i] = static_cast<T>(std::sin(1.0 + 0.7 * static_cast<double>(i)));
+  sparsetopk::ActiveBlocks blocks;
+  const sparsetopk::SoftTopkOptions options{l, p, solver};
+  if (magnitude) {
+    sparsetopk::soft_topk_mag<T>(x, n, k, r.out, options, &blocks);
+    sparsetopk::soft_topk_mag_vjp<T>(blocks, x, g, r.vjp);
+  } else {
+    sparsetopk::soft_topk_mask<T>(x, n, k, r.out, options, &blocks);
+    sparsetopk::soft_topk_mask_vjp<T>(blocks, g, r.vjp);
+  }
+  blocks.to_dense(r.c, r.row_state);
+  return r;
+}
+
+// Whether values[r * width, (r + 1) * width) are the same bits in a and b.
+template <class V>
+bool same_row_bits(const std::vector<V>& a, const std::vector<V>& b, std::size_t r, std::size_t width) {
+  return std::memcmp(a.data() + r * width, b.data() + r * width, width * sizeof(V)) == 0;
+}
+
+template <class T>
+void check_separated_rows_match_pav() {
+  namespace d = sparsetopk::detail;
+  const double deltas[] = {-0.5, -1e-6, -1e-12, -1e-15, -3e-16, 0.0, 3e-16, 1e-15, 1e-14,
+                           1e-13, 3e-13, 1e-12, 2e-12, 1e-11, 1e-9, 1e-6, 0.1};
+  const std::size_t n = 6, k = 2;
+  for (const bool magnitude : {false, true})
+    for (const double p : {2.0, 4.0 / 3.0})
+      for (const double l : {1e-3, 0.1, 7.0})
+        for (const double s_k : {1e-3, 1.3, 2e5}) {
+          // one row per delta: s_{k+1} = value (1 + delta), with entries far
+          // above and below (the magnitude's: signed zeros)
+          const double value = static_cast<double>(singleton_value(magnitude, s_k, l, p));
+          const auto form = magnitude ? sparsetopk::IsotonicForm::magnitude : sparsetopk::IsotonicForm::mask;
+          const double sign = magnitude ? -1.0 : 1.0;  // (the magnitude's keys are |x|)
+          std::vector<T> x;
+          std::vector<double> next_keys;
+          for (const double delta : deltas) next_keys.push_back(value * (1.0 + delta));
+          T up = static_cast<T>(value), down = up;  // and the nearest values of T (float: coarser than the deltas)
+          const double key_k = static_cast<double>(static_cast<T>(s_k));  // the value as the core computes it
+          next_keys.push_back(d::BlockEquation(form, l, p).solve(std::span<const double>(&key_k, 1),
+                                                                d::BlockMoments::single(key_k, 1.0)));
+          for (int step = 0; step < 3; ++step) {
+            next_keys.push_back(static_cast<double>(up = std::nextafter(up, std::numeric_limits<T>::infinity())));
+            next_keys.push_back(static_cast<double>(down = std::nextafter(down, -std::numeric_limits<T>::infinity())));
+          }
+          for (const double s_next : next_keys) {
+            // (the mask's zeros would lie above a negative s_{k+1}: entries below it instead)
+            const double below = magnitude ? 0.25 * s_next : s_next - 3.0 * std::abs(s_next) - l;
+            const T row[] = {static_cast<T>(sign * (4.0 * s_k + 10.0 * l)), static_cast<T>(s_k),
+                             static_cast<T>(sign * s_next), static_cast<T>(below),
+                             magnitude ? T(-0.0) : static_cast<T>(2.0 * below), magnitude ? T(0.0) : static_cast<T>(3.0 * below)};
+            x.insert(x.end(), row, row + n);
+          }
+          // the mask's signed zeros: tied at s_k (k = 3: the 2nd and 3rd
+          // largest) and at s_{k+1} (k = 2), in both orders
+          if (!magnitude) {
+            const T zeros[][6] = {{T(5), T(-0.0), T(0.0), static_cast<T>(-1.5 * l), T(-9), T(-3)},
+                                  {T(5), T(0.0), T(-0.0), static_cast<T>(-1.5 * l), T(-9), T(-3)},
+                                  {T(5), static_cast<T>(1.5 * l), T(-0.0), T(0.0), T(-9), T(0.0)},
+                                  {T(5), static_cast<T>(1.5 * l), T(0.0), T(-0.0), T(-9), T(-0.0)}};
+            for (const auto& row : zeros) x.insert(x.end(), row, row + n);
+          }
+          const d::BlockEquation equation(form, l, p);
+          for (const std::size_t kk : {k, k + 1}) {
+            const auto pav = solve_rows(magnitude, x, n, kk, l, p, sparsetopk::Solver::pav);
+            const auto threshold = solve_rows(magnitude, x, n, kk, l, p, sparsetopk::Solver::threshold);
+            std::size_t separated = 0;
+            for (std::size_t r = 0; r < x.size() / n; ++r) {
+              std::vector<double> keys(n);
+              for (std::size_t i = 0; i < n; ++i) {
+                const double v = static_cast<double>(x[r * n + i]);
+                keys[i] = magnitude ? std::abs(v) : v;
+              }
+              std::sort(keys.begin(), keys.end(), std::greater<double>());
+              const std::string where = std::string(magnitude ? "mag" : "mask") + " p=" + std::to_string(p) +
+                                        " l=" + std::to_string(l) + " s_k=" + std::to_string(s_k) +
+                                        " k=" + std::to_string(kk) + " row " + std::to_string(r) +
+                                        (sizeof(T) == 4 ? " float" : " double");
+              if (!d::separated_keys(equation, keys[kk - 1], keys[kk])) {
+                for (std::size_t i = r * n; i < (r + 1) * n; ++i)
+                  EXPECT_NEAR(threshold.out[i], pav.out[i], 1e-12 * (1.0 + std::abs(pav.out[i]))) << where;
+                continue;
+              }
+              ++separated;
+              EXPECT_TRUE(same_row_bits(threshold.out, pav.out, r, n)) << where;
+              EXPECT_TRUE(same_row_bits(threshold.c, pav.c, r, n)) << where;
+              EXPECT_TRUE(same_row_bits(threshold.row_state, pav.row_state, r, 3)) << where;
+              EXPECT_TRUE(same_row_bits(threshold.vjp, pav.vjp, r, n)) << where;
+            }
+            if (kk != k) continue;  // (k + 1: the rows are not built at its boundary)
+            const std::string config = std::string(magnitude ? "mag" : "mask") + " p=" + std::to_string(p) +
+                                       " l=" + std::to_string(l) + " s_k=" + std::to_string(s_k) +
+                                       (sizeof(T) == 4 ? " float" : " double");
+            EXPECT_GT(separated, 0u) << "no separated row: " << config;
+            EXPECT_LT(separated, x.size() / n) << "every row separated, the deltas do not straddle the boundary: "
+                                               << config;
+          }
+        }
+}
+
+// Signed zeros at s_k or s_{k+1} where the k-th key comes from nth_element
+// (k >= 32), which may return either zero: the saved state still holds the
+// zero that PAV's sorted row has there (the last tied at s_k, the first tied
+// at s_{k+1}).
+TEST(SoftTopkSeparatedRows, KeepTheSignOfTiedZerosAsPavDoes) {
+  const std::size_t n = 40, k = 33;
+  const double l = 0.1;
+  std::vector<double> x;
+  for (const bool zeros_at_kth : {true, false})
+    for (const double first : {-0.0, 0.0}) {
+      // 31 (zeros at s_k) or 33 (at s_{k+1}) entries above, two zeros, the rest below
+      std::vector<double> row;
+      for (std::size_t i = 0; i < (zeros_at_kth ? k - 2 : k); ++i) row.push_back(1.0 + 0.5 * static_cast<double>(i));
+      row.push_back(first);
+      row.push_back(-first);
+      while (row.size() < n) row.push_back(-1.0 - static_cast<double>(row.size()));
+      std::reverse(row.begin(), row.end());  // (the zeros' order still alternates between rows)
+      x.insert(x.end(), row.begin(), row.end());
+    }
+  for (const double p : {2.0, 4.0 / 3.0}) {
+    const auto pav = solve_rows(false, x, n, k, l, p, sparsetopk::Solver::pav);
+    const auto threshold = solve_rows(false, x, n, k, l, p, sparsetopk::Solver::threshold);
+    for (std::size_t r = 0; r < x.size() / n; ++r) {
+      EXPECT_TRUE(same_row_bits(threshold.out, pav.out, r, n)) << "p=" << p << " row " << r;
+      EXPECT_TRUE(same_row_bits(threshold.row_state, pav.row_state, r, 3)) << "p=" << p << " row " << r;
+    }
+  }
+}
+
+TEST(SoftTopkSeparatedRows, MatchPavBitForBitAtTheBoundaryAndWithSignedZerosInDouble) {
+  check_separated_rows_match_pav<double>();
+}
+TEST(SoftTopkSeparatedRows, MatchPavBitForBitAtTheBoundaryAndWithSignedZerosInFloat) {
+  check_separated_rows_match_pav<float>();
+}
+#endif
+
 // ---- argument validation ---------------------------------------------------------
 
 void expect_invalid(const std::function<void()>& call, const std::vector<std::string>& names,
