@@ -26,16 +26,19 @@ from typing import Optional
 
 import torch
 
-from ._registration import SoftTopkFunction, needs_python_autograd
+from ._registration import Route, SoftTopkFunction, needs_python_autograd, route
 
 # The schema defaults of the soft ops (src/torch/ops.cpp), as the defaults of
 # the functions below, and the ops' overloads, looked up once. A call on a small
-# input takes a few microseconds in all, of which the lookup through torch.ops
-# and the conversion of every argument passed are a noticeable part: in eager
-# mode, arguments left at their defaults are not passed again.
+# input takes a few microseconds in all, of which the lookup through torch.ops,
+# OpOverload.__call__ (0.2-0.3 us; eager calls take the C++ function it calls,
+# ``_op``, directly) and the conversion of every argument passed are a
+# noticeable part: arguments left at their defaults are not passed again.
 _L, _P, _DIM, _SOLVER = 0.1, 4.0 / 3.0, -1, "auto"
 _SOFT_TOPK_MASK = torch.ops.sparsetopk.soft_topk_mask.default
 _SOFT_TOPK_MAG = torch.ops.sparsetopk.soft_topk_mag.default
+_SOFT_TOPK_MASK_EAGER = _SOFT_TOPK_MASK._op
+_SOFT_TOPK_MAG_EAGER = _SOFT_TOPK_MAG._op
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
@@ -72,13 +75,15 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
         tensor([0., 0., 1., 1.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        if needs_python_autograd(x):
+        how = route(x)
+        if how == Route.PYTHON_AUTOGRAD:
             return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, False)[0]
+        op = _SOFT_TOPK_MASK_EAGER if how == Route.EAGER else _SOFT_TOPK_MASK
         if num_iter is not None:
-            return _SOFT_TOPK_MASK(x, k, l, p, dim, solver, num_iter)
+            return op(x, k, l, p, dim, solver, num_iter)
         if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
-            return _SOFT_TOPK_MASK(x, k)
-        return _SOFT_TOPK_MASK(x, k, l, p, dim, solver)
+            return op(x, k)
+        return op(x, k, l, p, dim, solver)
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver, num_iter)
 
 
@@ -106,13 +111,15 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
         tensor([-5.,  0.,  3.,  0.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        if needs_python_autograd(x):
+        how = route(x)
+        if how == Route.PYTHON_AUTOGRAD:
             return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, True)[0]
+        op = _SOFT_TOPK_MAG_EAGER if how == Route.EAGER else _SOFT_TOPK_MAG
         if num_iter is not None:
-            return _SOFT_TOPK_MAG(x, k, l, p, dim, solver, num_iter)
+            return op(x, k, l, p, dim, solver, num_iter)
         if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
-            return _SOFT_TOPK_MAG(x, k)
-        return _SOFT_TOPK_MAG(x, k, l, p, dim, solver)
+            return op(x, k)
+        return op(x, k, l, p, dim, solver)
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver, num_iter)
 
 
