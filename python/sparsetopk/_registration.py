@@ -326,7 +326,8 @@ class Route:
     TRACED = 2  # torch.compile / torch.export: the OpOverload, which they trace
 
 
-_transforms_active = torch._C._are_functorch_transforms_active
+# (where a torch lacks the first, every call checks x itself, as before)
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
