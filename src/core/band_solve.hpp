@@ -101,8 +101,12 @@ struct StraddlingBlock {
 // General p on a selected window: solve SPEC.md's scalar top-k equation for
 // gamma directly (PAV would re-solve the growing block after every merge,
 // O(m^2)), then read the block off gamma: the entries strictly inside the band.
-SPARSETOPK_HOST_DEVICE inline StraddlingBlock solve_threshold_equation(const RowWindow& window,
-                                                                      const BlockEquation& equation, const double* s) {
+// Returns false, leaving the window to PAV, where a top entry's singleton
+// value lies within rounding of the magnitude's gamma: whether it joins the
+// block is then below what a double gamma resolves, and PAV decides it from
+// the offsets of both values from a key (violates(), pav.hpp).
+SPARSETOPK_HOST_DEVICE inline bool solve_threshold_equation(const RowWindow& window, const BlockEquation& equation,
+                                                            const double* s, StraddlingBlock& block) {
   const std::size_t m = window.size, top = window.top;
   const double l = equation.l(), s_k = s[top - 1], s_next = s[top];
   const Regularizer& regularizer = equation.regularizer();
@@ -131,8 +135,9 @@ SPARSETOPK_HOST_DEVICE inline StraddlingBlock solve_threshold_equation(const Row
     // exactly, tau < s_end when f(s_end) < 0, even if tau rounded onto it: its ties are in
     if (end < m && f(s[end]) < 0.0)
       for (const double key = s[end]; end < m && s[end] == key;) ++end;
-    if (end <= top) return {top, top, s_next};  // as in PAV, a block must straddle top-1 and top
-    return {std::min(begin, top - 1), end, tau};
+    block = end <= top ? StraddlingBlock{top, top, s_next}  // as in PAV, a block must straddle top-1 and top
+                       : StraddlingBlock{std::min(begin, top - 1), end, tau};
+    return true;
   }
   // sum_{j < top} min(pow((s_j - g)/l, q-1) - g, 0) + sum_{j >= top} pow((s_j - g)_+/l, q-1) = 0,
   // with g between the singleton value of s_k and s_k
@@ -164,21 +169,36 @@ SPARSETOPK_HOST_DEVICE inline StraddlingBlock solve_threshold_equation(const Row
   // exactly, gamma < s_end when f(s_end) < 0, even if gamma rounded onto it: its ties are in
   if (end < m && f(s[end]) < 0.0)
     for (const double key = s[end]; end < m && s[end] == key;) ++end;
-  if (end == top) return {top, top, s_next};  // no entry below the top k is pulled in: no block
-  while (begin < top - 1 && s[begin] != s_k && regularizer.power((s[begin] - gamma) / l) >= gamma) ++begin;
-  return {begin, end, gamma};
+  if (end == top) {  // no entry below the top k is pulled in: no block
+    block = {top, top, s_next};
+    return true;
+  }
+  // a top entry stays a singleton where h(g) = pow((s_j - g)/l, q-1) - g, zero at its singleton
+  // value, is >= 0 at gamma; undecided where h changes sign within PAV's rounding of gamma
+  const auto h = [&](std::size_t j, double g) { return regularizer.power((s[j] - g) / l) - g; };
+  const auto undecided = [&](std::size_t j) {
+    const double rounding = 16.0 * DBL_EPSILON * std::max(s[j], std::abs(gamma)) + DBL_MIN;
+    return s[j] != s_k && h(j, gamma - rounding) >= 0.0 && h(j, gamma + rounding) <= 0.0;
+  };
+  while (begin < top - 1 && s[begin] != s_k && h(begin, gamma) >= 0.0) ++begin;
+  if ((begin > 0 && undecided(begin - 1)) || undecided(begin)) return false;
+  block = {begin, end, gamma};
+  return true;
 }
 
 // The straddling block of a sorted window: PAV on it (p = 2, 4/3, or
-// Solver::pav), or the threshold equation (other p). `blocks` is PAV's stack.
+// Solver::pav), or the threshold equation (other p, unless it leaves a
+// near-tie to PAV). `blocks` is PAV's stack.
 template <class Blocks>
 SPARSETOPK_HOST_DEVICE StraddlingBlock solve_window(const RowWindow& window, const BlockEquation& equation,
                                                     Solver solver, const double* keys, Blocks& blocks) {
   const std::size_t m = window.size, top = window.top;
   const double next_key = top < m ? keys[top] : -kInf;
   if (top == 0 || top == m) return {top, top, next_key};
-  if (solver == Solver::threshold && equation.regularizer().kind() == Regularizer::Kind::general)
-    return solve_threshold_equation(window, equation, keys);
+  StraddlingBlock block{top, top, next_key};
+  if (solver == Solver::threshold && equation.regularizer().kind() == Regularizer::Kind::general &&
+      solve_threshold_equation(window, equation, keys, block))
+    return block;
   const std::span<const double> s(keys, m);
   blocks.clear();
   pool_adjacent_violators_into(s, TopkWeights{top}, equation, blocks, /*topk_weights=*/true);
