@@ -48,8 +48,11 @@ SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, 
     // top entries of the block have s_i < gamma + l gamma^(p-1) with gamma < s_k;
     // the others have s_i > gamma >= the singleton value g of s_k, which is
     // above s_k - l s_k^(p-1) (pow((s_k - g)/l, q-1) = g < s_k): that bound
-    // where it is close (l small against s_k), else g itself
-    const double shift = l * equation.regularizer().inverse_power(s_k);
+    // where it is close (l small against s_k), else g itself. For p = 4/3 the
+    // shift l s_k^(1/3) is bounded from above without libm (a wider window).
+    const Regularizer& regularizer = equation.regularizer();
+    const double shift = l * (regularizer.kind() == Regularizer::Kind::quartic ? cbrt_upper_bound(s_k)
+                                                                                : regularizer.inverse_power(s_k));
     above = s_k + shift;
     below = shift <= 0.25 * s_k ? s_k - shift
                                 : equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -59,6 +60,37 @@ TEST(HostDeviceMath, DepressedCubicRootSolvesIt) {
       const double t = solve_depressed_cubic(P, Q);
       EXPECT_NEAR(t * t * t + P * t, Q, 1e-12 * (std::abs(Q) + P * std::abs(t) + 1e-300)) << P << " " << Q;
     }
+}
+
+// Over 2e5 random (P, Q) from 1e-150 to 1e150 (and P = 0): within 2 ulps of
+// the root refined in long double (measured worst: 1.7 ulps).
+TEST(HostDeviceMath, DepressedCubicRootIsWithinTwoUlpsOverTheWholeRange) {
+  std::mt19937_64 generator(7);
+  std::uniform_real_distribution<double> decade(-150.0, 150.0), unit(0.0, 1.0);
+  for (int i = 0; i < 200000; ++i) {
+    const double P = unit(generator) < 0.05 ? 0.0 : std::pow(10.0, decade(generator));
+    const double Q = std::pow(10.0, decade(generator)) * (unit(generator) < 0.5 ? -1.0 : 1.0);
+    const double t = solve_depressed_cubic(P, Q);
+    long double root = t;
+    for (int step = 0; step < 6; ++step)
+      root -= (root * root * root + P * root - Q) / (3 * root * root + P);
+    ASSERT_LE(std::abs(static_cast<long double>(t) - root), 2 * DBL_EPSILON * std::abs(root)) << P << " " << Q;
+  }
+}
+
+// The seed bound of the p = 4/3 window (window_bounds): above cbrt(x), at most
+// 7.4% above it, for normal x of every exponent; libm's cbrt elsewhere.
+TEST(HostDeviceMath, CbrtUpperBoundLiesJustAboveTheCubeRoot) {
+  for (int exponent = -1022; exponent <= 1023; ++exponent)
+    for (double mantissa = 1.0; mantissa < 2.0; mantissa += 1.0 / 512.0) {
+      const double x = std::ldexp(mantissa, exponent), root = std::cbrt(x), bound = cbrt_upper_bound(x);
+      ASSERT_GE(bound, root) << x;
+      ASSERT_LE(bound, 1.074 * root) << x;
+    }
+  for (double x : {0.0, -0.0, 1e-310, DBL_TRUE_MIN, HUGE_VAL}) {
+    EXPECT_EQ(cbrt_upper_bound(x), std::cbrt(x)) << x;
+    EXPECT_EQ(std::signbit(cbrt_upper_bound(x)), std::signbit(x)) << x;
+  }
 }
 
 TEST(HostDeviceMath, MergedMomentsEqualTheDirectOnes) {

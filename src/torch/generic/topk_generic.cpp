@@ -486,7 +486,15 @@ struct SortedRows {
   Tensor out, c, state;
 };
 
-// The core's window bound `above` (row_window.hpp, window_bounds): keys at or
+// The core's cbrt_upper_bound (block_equation.hpp), for y >= 0: 1.04 times the
+// seed that divides y's bits by 3, where y is normal; cube_root(y) elsewhere.
+Tensor cbrt_upper_bound(const Tensor& y) {
+  constexpr int64_t kSeedBias = static_cast<int64_t>((1023.0 - 341.0 - 0.0330624) * 0x1p52);
+  const Tensor seed = (at::div(y.contiguous().view(at::kLong), 3, "floor") + kSeedBias).view(at::kDouble);
+  return select((y >= DBL_MIN) & (y <= DBL_MAX), 1.04 * seed, cube_root(y));
+}
+
+// The core's window bound `above` (band_solve.hpp, window_bounds): keys at or
 // above it are outside the window, and it is unchanged_from when no window
 // entry lies above the block.
 Tensor window_above(Operator op, const Power& power, const Tensor& s_k, const Tensor& s_next, double l) {
@@ -495,7 +503,7 @@ Tensor window_above(Operator op, const Power& power, const Tensor& s_k, const Te
     above = s_k + l;
     scale = (magnitude_of(s_k) + magnitude_of(s_next)) + l;
   } else {
-    above = s_k + l * power.inverse(s_k);
+    above = s_k + l * (power.kind() == Power::Kind::quartic ? cbrt_upper_bound(s_k) : power.inverse(s_k));
     scale = above;
   }
   above = above + 8.0 * DBL_EPSILON * scale;
