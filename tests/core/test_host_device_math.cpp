@@ -109,8 +109,12 @@ TEST(HostDeviceMath, DeferredSingletonValueTestAgreesWithTheSolvedValue) {
     const double offset = (unit(generator) < 0.5 ? -1.0 : 1.0) * std::pow(10.0, -16.0 + 15.0 * unit(generator));
     const double gamma = unit(generator) < 0.5 ? g * (1.0 + offset) : s * unit(generator);
     const int below = deferred_value_below(equation, s, gamma);
-    if (below > 0) ASSERT_LT(g, gamma) << s << " " << l << " " << gamma;
-    if (below < 0) ASSERT_GT(g - gamma, 16.0 * DBL_EPSILON * s) << s << " " << l << " " << gamma;
+    if (below > 0) {
+      ASSERT_LT(g, gamma) << s << " " << l << " " << gamma;
+    }
+    if (below < 0) {
+      ASSERT_GT(g - gamma, 16.0 * DBL_EPSILON * s) << s << " " << l << " " << gamma;
+    }
     if (below == 0) {
       ++undecided;
       ASSERT_LE(std::abs(g - gamma), 2e-12 * s) << s << " " << l << " " << gamma;
