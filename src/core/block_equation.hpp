@@ -122,8 +122,9 @@ SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
   // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
   // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
   const double half_q = 0.5 * std::abs(Q), third_p = P / 3.0;
-  const double p_term = third_p * std::sqrt(third_p), larger = std::max(half_q, p_term);  // (P/3)^(3/2)
-  if (!(larger > 0x1p-500 && larger < 0x1p500)) {  // squares would under- or overflow: hypot and pow
+  // whether the larger of |Q|/2 and (P/3)^(3/2) lies in (2^-500, 2^500), read off P/3 itself
+  const bool in_range = (half_q > 0x1p-500 || third_p > 0x1p-333) && half_q < 0x1p500 && third_p < 0x1p333;
+  if (!in_range) {  // squares would under- or overflow: hypot and pow
     if (P == 0.0) return std::cbrt(Q);                // (u = 0 where |Q|/2 underflows)
     const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
     const double u = std::cbrt(0.5 * std::abs(Q) + r);
@@ -131,7 +132,7 @@ SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
     return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
   }
   // (the same t with one division: v = P/(3u) = third_p/u, so t = |Q| u^2 / (u^4 + third_p u^2 + third_p^2))
-  const double u = approximate_cbrt(half_q + std::sqrt(half_q * half_q + p_term * p_term)), u2 = u * u;
+  const double u = approximate_cbrt(half_q + std::sqrt(half_q * half_q + third_p * third_p * third_p)), u2 = u * u;
   double t = std::abs(Q) * u2 / (u2 * (u2 + third_p) + third_p * third_p);
   // one Newton step on t^3 + P t = |Q| takes the error of the steps above (it
   // squares it) to the rounding of the residual: within 2 ulps, its terms are positive
