@@ -84,18 +84,20 @@ RowWindow sorted_row(std::span<const T> row, std::size_t k, Key key, RowWorkspac
 
 // Splits row[begin, end) at the window: entries outside it get their output
 // (top_value(x_i) above it, 0 below), the others go to ws.entries. Returns the
-// count above. The pass over the row makes one (rarely true) comparison per
-// entry, gathering those with key > below (the top entries and the window:
-// few) into ws.candidates; the outputs start as 0.
+// count above. The pass over the row gathers the entries with key > below
+// (the top entries and the window: few) into ws.candidates without a branch:
+// every entry is written at the end, which advances only for those (the few
+// true comparisons would each cost a mispredicted branch); the outputs start as 0.
 template <class T, class Key, class TopValue>
 std::size_t split_at_window(std::span<const T> row, std::size_t begin, std::size_t end, Key key, double above,
                             double below, RowWorkspace& ws, std::span<T> out, TopValue top_value) {
-  if (ws.candidates.size() < end - begin) ws.candidates.resize(end - begin);
+  if (ws.candidates.size() <= end - begin) ws.candidates.resize(end - begin + 1);  // (+1: the last write)
   SortedEntry* candidates = ws.candidates.data();
   std::size_t count = 0;
   for (std::size_t i = begin; i < end; ++i) {
     const double key_i = key(static_cast<double>(row[i]));
-    if (key_i > below) candidates[count++] = {key_i, i};
+    candidates[count] = {key_i, i};
+    count += key_i > below ? 1 : 0;
   }
   std::fill(out.begin() + static_cast<std::ptrdiff_t>(begin), out.begin() + static_cast<std::ptrdiff_t>(end), T(0));
   std::size_t count_above = 0;
