@@ -665,6 +665,31 @@ TEST(SoftTopkSelection, EverySelectionPathReturnsTheKthAndNextKeys) {
     }
   }
 }
+
+// The fixed slots of k < 8 (kth_keys_by_network) and the buffer of larger k,
+// for every k up to 9 on short rows, with ties, signed zeros and negative keys.
+TEST(SoftTopkSelection, SmallKSlotsReturnTheKthAndNextKeysForEveryK) {
+  namespace d = sparsetopk::detail;
+  std::mt19937_64 rng(13);
+  for (std::size_t n : {2u, 3u, 8u, 9u, 17u, 64u}) {
+    for (int trial = 0; trial < 40; ++trial) {
+      std::vector<float> row(n);
+      for (float& v : row) v = static_cast<float>(static_cast<int>(rng() % (trial % 2 ? 7 : 100000)) - 3) / 3.0f;
+      if (trial % 4 == 1) row[rng() % n] = -0.0f;
+      for (std::size_t k = 1; k < n && k <= 9; ++k) {
+        const std::span<const float> r(row);
+        std::vector<float> keys(row);
+        std::sort(keys.begin(), keys.end(), std::greater<float>());
+        EXPECT_EQ(d::kth_keys_small_k(r, k, d::Identity{}), (std::pair<double, double>{keys[k - 1], keys[k]}))
+            << "identity n=" << n << " k=" << k;
+        for (float& v : keys) v = std::abs(v);
+        std::sort(keys.begin(), keys.end(), std::greater<float>());
+        EXPECT_EQ(d::kth_keys_small_k(r, k, d::Magnitude{}), (std::pair<double, double>{keys[k - 1], keys[k]}))
+            << "magnitude n=" << n << " k=" << k;
+      }
+    }
+  }
+}
 #endif
 
 // ---- rows whose k-th and (k+1)-th keys are separated --------------------------
