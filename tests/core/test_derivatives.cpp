@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sparsetopk/sparsetopk.hpp>
 #include <vector>
 
@@ -159,6 +160,32 @@ STK_PROP(MagDerivatives, VjpMatchesCentralFiniteDifferences, 60) { check_fd(Op::
 // A row with fractional entries for p = 2, l = 1, checked against SPEC.md's
 // formula by hand: x = (3, -2, 1.5, 0.2), k = 2, l = 2 has tau = -0.15 and
 // active entries {2, 3} with c = 1/2: J_B = diag(c) - c c^T / sum c = [[1/4, -1/4], [-1/4, 1/4]].
+// The magnitude VJP/JVP pass the cotangent through where |x_i| >= unchanged_from
+// (float rows compare in float against the least float at or above it): a bound
+// between two floats, one below the least positive float, and none (+inf).
+TEST(MagDerivatives, UnchangedEntriesFollowTheSavedBoundInFloat) {
+  const float one = 1.0f, above_one = std::nextafter(1.0f, 2.0f), tiny = std::numeric_limits<float>::denorm_min();
+  const std::vector<float> x = {one, -above_one, tiny, 0.0f, -0.5f};
+  const std::vector<float> g = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  struct Case {
+    double bound;
+    std::vector<float> expected;
+  };
+  const double between = 0.5 * (1.0 + static_cast<double>(above_one));
+  for (const Case& c : {Case{between, {0.0f, 2.0f, 0.0f, 0.0f, 0.0f}}, Case{1.0, {1.0f, 2.0f, 0.0f, 0.0f, 0.0f}},
+                        Case{1e-50, {1.0f, 2.0f, 3.0f, 0.0f, 5.0f}}, Case{HUGE_VAL, {0.0f, 0.0f, 0.0f, 0.0f, 0.0f}}}) {
+    ActiveBlocks blocks;  // no block: every entry unchanged or 0
+    blocks.assign_dense(x.size(), std::vector<double>(x.size(), -1.0), std::vector<double>{0.0, 0.0, c.bound});
+    std::vector<float> vjp(x.size()), jvp(x.size());
+    sparsetopk::soft_topk_mag_vjp<float>(blocks, x, g, vjp);
+    sparsetopk::soft_topk_mag_jvp<float>(blocks, x, g, jvp);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      EXPECT_EQ(vjp[i], c.expected[i]) << "bound " << c.bound << " i = " << i;
+      EXPECT_EQ(jvp[i], c.expected[i]) << "bound " << c.bound << " i = " << i;
+    }
+  }
+}
+
 TEST(MaskDerivatives, P2JacobianOfHandCaseIsHandValue) {
   const std::vector<double> x{3, -2, 1.5, 0.2};
   ActiveBlocks blocks;
