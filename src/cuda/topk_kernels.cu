@@ -387,7 +387,6 @@ __global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, cons
 
 std::size_t pav_block_bytes() { return sizeof(PavBlock); }
 
-bool uses_pav(double p) { return detail::Regularizer(p).kind() != detail::Regularizer::Kind::general; }
 
 std::size_t sort_scratch_bytes(long long rows, long long n) {
   std::size_t bytes = 0;
@@ -432,7 +431,7 @@ Selection carve_selection(Carver& carver, long long rows) {
   return s;
 }
 
-SoftScratch carve_soft(void* base, long long rows, long long n, double p) {
+SoftScratch carve_soft(void* base, long long rows, long long n) {
   Carver carver(base);
   SoftScratch s;
   s.selection = carve_selection(carver, rows);
@@ -447,7 +446,8 @@ SoftScratch carve_soft(void* base, long long rows, long long n, double p) {
   w.index = carver.take<long long>(rows * n);
   w.keys_sorted = carver.take<double>(rows * n);
   w.index_sorted = carver.take<long long>(rows * n);
-  w.blocks = uses_pav(p) ? carver.take<char>(rows * n * static_cast<long long>(pav_block_bytes())) : nullptr;
+  // (every p: solve_threshold_equation leaves general p's near-ties to PAV)
+  w.blocks = carver.take<char>(rows * n * static_cast<long long>(pav_block_bytes()));
   s.sort_bytes = std::max<std::size_t>(sort_scratch_bytes(rows, n), 1);
   s.sort = carver.take<char>(static_cast<long long>(s.sort_bytes));
   if (!base) s.sort_bytes = carver.used();  // (counting pass: the total)
@@ -456,11 +456,11 @@ SoftScratch carve_soft(void* base, long long rows, long long n, double p) {
 
 }  // namespace
 
-std::size_t soft_scratch_bytes(long long rows, long long n, double p) {
-  return carve_soft(nullptr, rows, n, p).sort_bytes;
+std::size_t soft_scratch_bytes(long long rows, long long n) {
+  return carve_soft(nullptr, rows, n).sort_bytes;
 }
 
-SoftScratch soft_scratch(void* base, long long rows, long long n, double p) { return carve_soft(base, rows, n, p); }
+SoftScratch soft_scratch(void* base, long long rows, long long n) { return carve_soft(base, rows, n); }
 
 std::size_t hard_scratch_bytes(long long rows, long long n) {
   Carver carver(nullptr);

@@ -48,15 +48,13 @@ struct Window {
   long long* index;         // their columns, sorted into index_sorted
   double* keys_sorted;
   long long* index_sorted;
-  void* blocks;             // PAV's stack: rows * n PavBlocks (p = 2, 4/3 only; else may be null)
+  void* blocks;             // PAV's stack: rows * n PavBlocks (general p too: its near-ties go to PAV)
 };
 
 // Bytes of one PavBlock (the PAV stack entry), for sizing Window::blocks.
 std::size_t pav_block_bytes();
 // Bytes of CUB scratch the segmented sort of rows * n entries needs.
 std::size_t sort_scratch_bytes(long long rows, long long n);
-// Whether the soft solve of this p uses PAV (and so Window::blocks).
-bool uses_pav(double p);
 
 // Fills the selection of the k-th and (k+1)-th keys (needs 0 < k < n) and the row flags.
 template <class T>
@@ -94,8 +92,8 @@ struct HardScratch {
   Selection selection;
   long long* tie_counts;  // [rows * blocks_per_row(n)]
 };
-std::size_t soft_scratch_bytes(long long rows, long long n, double p);
-SoftScratch soft_scratch(void* base, long long rows, long long n, double p);
+std::size_t soft_scratch_bytes(long long rows, long long n);
+SoftScratch soft_scratch(void* base, long long rows, long long n);
 std::size_t hard_scratch_bytes(long long rows, long long n);
 HardScratch hard_scratch(void* base, long long rows, long long n);
 

@@ -68,7 +68,7 @@ void soft_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scra
                 double p) {
   const T* x_data = static_cast<const T*>(x.untyped_data());
   const cuda::SoftScratch parts =
-      cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n, p)), rows.count, rows.n, p);
+      cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
   select_or_flag<T>(magnitude, /*soft=*/true, x_data, rows, k, parts.selection, stream);
   double *c_data = nullptr, *state_data = nullptr;
   if (c) {

@@ -68,8 +68,8 @@ generic::SoftResult soft_rows_as(Operator op, const Tensor& rows, int64_t k, dou
   const bool magnitude = op == Operator::magnitude;
   const int64_t r = rows.size(0), n = rows.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Tensor scratch = scratch_bytes(rows, cuda::soft_scratch_bytes(r, n, p));
-  const cuda::SoftScratch parts = cuda::soft_scratch(scratch.data_ptr(), r, n, p);
+  const Tensor scratch = scratch_bytes(rows, cuda::soft_scratch_bytes(r, n));
+  const cuda::SoftScratch parts = cuda::soft_scratch(scratch.data_ptr(), r, n);
   select_or_flag<T>(magnitude, /*soft=*/true, rows, k, parts.selection, stream);
   const auto doubles = rows.options().dtype(at::kDouble);
   generic::SoftResult result{at::empty_like(rows), {}, {}};
