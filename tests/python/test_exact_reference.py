@@ -8,6 +8,8 @@ the library. Both exact solvers (pav, threshold) must agree with it to 1e-9 of
 the row's largest output on
 
 - random rows of a few entries (p = 4/3, 2, 1.5, 3, 5; mask and magnitude);
+- rows whose keys lie anywhere from 1e-150 to 1e150, with l from 1e-3 to 1e3
+  times them (p = 4/3 and 2, whose closed forms work in scaled units);
 - near-ties: entries tied at s with others one to three ulps above, and l such
   that the magnitude block's offsets u_i are about an ulp of gamma
   (l s^(p-2) ~ 1e-18..1e-13), or the mask's threshold within l ~ 1e-17..1e-13 s
@@ -26,8 +28,7 @@ import torch
 
 import sparsetopk
 
-DIGITS = 80
-BISECTIONS = 330  # 2^-330 ~ 1e-99 of the bracket: below the 80 digits
+DIGITS = 80  # at least; more where l or the keys are far from 1 (exact_soft_topk)
 SOLVERS = ("pav", "threshold")
 Case = Tuple[str, int, float, float, List[float]]  # (form, k, l, p, x)
 
@@ -42,12 +43,14 @@ def _block_value(keys: Sequence, weight: int, q, l, mask: bool):
     def residual(g):  # decreasing in g
         total = sum(_power((s - g) / l, q - 1) for s in keys)
         return total - (weight if mask else g * weight)
-    lo, hi = min(keys) - 1, max(keys) + 1
-    while residual(lo) < 0:
-        lo -= 2 * abs(lo) + 1
-    while residual(hi) > 0:
-        hi += 2 * abs(hi) + 1
-    for _ in range(BISECTIONS):
+    # the bracket of SPEC.md's block equation: F(lo) >= 0 >= F(hi), as narrow as the keys and l make it
+    if mask:  # every term is W / n at min(keys) - l (W/n)^(p-1): a little below it (rounding)
+        shift = l * (mpmath.mpf(weight) / len(keys)) ** (1 / (q - 1))
+        lo, hi = min(keys) - shift * (1 + mpmath.mpf(10) ** -20), max(keys)
+    else:
+        lo, hi = mpmath.mpf(0), max(keys)
+    assert residual(lo) >= 0 >= residual(hi)
+    for _ in range(int(3.4 * mpmath.mp.dps) + 20):  # to below the working precision
         mid = (lo + hi) / 2
         if residual(mid) > 0:
             lo = mid
@@ -57,8 +60,16 @@ def _block_value(keys: Sequence, weight: int, q, l, mask: bool):
 
 
 def exact_soft_topk(x: Sequence[float], k: int, l: float, p: float, mask: bool) -> List:
-    """soft_topk_mask (mask) or soft_topk_mag of one row, SPEC.md steps 1-5, in mpmath."""
-    with mpmath.workdps(DIGITS):
+    """soft_topk_mask (mask) or soft_topk_mag of one row, SPEC.md steps 1-5, in mpmath.
+
+    The working precision grows where u_i = s_i - v_i is tiny against the keys
+    s, which the digits of v_i must resolve: u ~ l against s for the mask,
+    u ~ l s^(p-1) for the magnitude.
+    """
+    scale = max(max(abs(v) for v in x), 1e-300)
+    relative_u = math.log10(l) - math.log10(scale) if mask else math.log10(l) + (p - 2) * math.log10(scale)
+    digits = DIGITS + min(max(0, int(-relative_u)), 320)
+    with mpmath.workdps(digits):
         p_, l_ = mpmath.mpf(p), mpmath.mpf(l)
         q = p_ / (p_ - 1)
         values = [mpmath.mpf(v) for v in x]
@@ -109,6 +120,19 @@ def _random_cases(seed: int, count: int) -> List[Case]:
     return cases
 
 
+def _extreme_scale_cases(seed: int, count: int) -> List[Case]:
+    """Rows of keys 1e-150 to 1e150 with l from 1e-3 to 1e3 times them: the closed forms' scaled units."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        n = rng.randint(2, 8)
+        scale = 10.0 ** rng.uniform(-150, 150)
+        x = [rng.gauss(0.0, 1.0) * scale for _ in range(n)]
+        cases.append((rng.choice(("mask", "mag")), rng.randint(1, n - 1), scale * 10.0 ** rng.uniform(-3, 3),
+                      rng.choice((4.0 / 3.0, 2.0)), x))
+    return cases
+
+
 def _near_tie_cases(seed: int, count: int, form: str) -> List[Case]:
     rng = random.Random(seed)
     cases = []
@@ -136,6 +160,7 @@ def _near_tie_cases(seed: int, count: int, form: str) -> List[Case]:
 
 CASES = {
     "random": _random_cases(1, 24),
+    "extreme_scales": _extreme_scale_cases(4, 24),
     "near_tie_mag": _near_tie_cases(21, 40, "mag"),  # (a seed where the old threshold solver failed 4 rows)
     "near_tie_mask": _near_tie_cases(3, 24, "mask"),
 }
