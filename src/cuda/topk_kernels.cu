@@ -387,7 +387,6 @@ __global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, cons
 
 std::size_t pav_block_bytes() { return sizeof(PavBlock); }
 
-
 std::size_t sort_scratch_bytes(long long rows, long long n) {
   std::size_t bytes = 0;
   check(cub::DeviceSegmentedSort::SortPairsDescending(nullptr, bytes, static_cast<const double*>(nullptr),

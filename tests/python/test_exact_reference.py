@@ -108,28 +108,17 @@ def test_exact_reference_reproduces_spec_known_values():
         [0.75, 0.25], abs=1e-15)
 
 
-def _random_cases(seed: int, count: int) -> List[Case]:
+def _gaussian_cases(seed: int, count: int, max_n: int, decades: float, l_decades: Tuple[float, float],
+                    ps: Sequence[float]) -> List[Case]:
+    """Rows of a few normal keys times 10^U(-decades, decades), l = that scale times 10^U(l_decades)."""
     rng = random.Random(seed)
     cases = []
     for _ in range(count):
-        n = rng.randint(2, 10)
-        scale = 10.0 ** rng.uniform(-3, 3)
+        n = rng.randint(2, max_n)
+        scale = 10.0 ** rng.uniform(-decades, decades)
         x = [rng.gauss(0.0, 1.0) * scale for _ in range(n)]
-        cases.append((rng.choice(("mask", "mag")), rng.randint(1, n - 1), scale * 10.0 ** rng.uniform(-2, 1),
-                      rng.choice((4.0 / 3.0, 2.0, 1.5, 3.0, 5.0)), x))
-    return cases
-
-
-def _extreme_scale_cases(seed: int, count: int) -> List[Case]:
-    """Rows of keys 1e-150 to 1e150 with l from 1e-3 to 1e3 times them: the closed forms' scaled units."""
-    rng = random.Random(seed)
-    cases = []
-    for _ in range(count):
-        n = rng.randint(2, 8)
-        scale = 10.0 ** rng.uniform(-150, 150)
-        x = [rng.gauss(0.0, 1.0) * scale for _ in range(n)]
-        cases.append((rng.choice(("mask", "mag")), rng.randint(1, n - 1), scale * 10.0 ** rng.uniform(-3, 3),
-                      rng.choice((4.0 / 3.0, 2.0)), x))
+        cases.append((rng.choice(("mask", "mag")), rng.randint(1, n - 1), scale * 10.0 ** rng.uniform(*l_decades),
+                      rng.choice(ps), x))
     return cases
 
 
@@ -159,8 +148,9 @@ def _near_tie_cases(seed: int, count: int, form: str) -> List[Case]:
 
 
 CASES = {
-    "random": _random_cases(1, 24),
-    "extreme_scales": _extreme_scale_cases(4, 24),
+    "random": _gaussian_cases(1, 24, 10, 3.0, (-2.0, 1.0), (4.0 / 3.0, 2.0, 1.5, 3.0, 5.0)),
+    # keys 1e-150 to 1e150, l 1e-3 to 1e3 times them: the closed forms' scaled units
+    "extreme_scales": _gaussian_cases(4, 24, 8, 150.0, (-3.0, 3.0), (4.0 / 3.0, 2.0)),
     "near_tie_mag": _near_tie_cases(21, 40, "mag"),  # (a seed where the old threshold solver failed 4 rows)
     "near_tie_mask": _near_tie_cases(3, 24, "mask"),
 }
