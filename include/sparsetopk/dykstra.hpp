@@ -33,17 +33,18 @@ struct DykstraOptions {
 };
 
 // Same batch layout, validation and output conventions as soft_topk_mask /
-// soft_topk_mag with p = 2 (topk.hpp). `blocks`, if given, receives the block
-// read off the approximate solution (the run of pairs around sorted positions
-// k-1, k whose ordering constraint was active in the last projection onto it,
-// i.e. the numerically equal run of v), so soft_topk_mask_vjp / soft_topk_mag_vjp
-// apply; they are exact once the iterations have converged.
+// soft_topk_mag with p = 2 (topk.hpp). `state`, if not empty, receives the
+// block read off the approximate solution (the run of pairs around sorted
+// positions k-1, k whose ordering constraint was active in the last projection
+// onto it, i.e. the numerically equal run of v), so soft_topk_mask_vjp /
+// soft_topk_mag_vjp apply (with p = 2); they are exact once the iterations
+// have converged.
 template <class T>
 void soft_topk_mask_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                            const DykstraOptions& options = {}, ActiveBlocks* blocks = nullptr);
+                            const DykstraOptions& options = {}, std::span<RowState> state = {});
 template <class T>
 void soft_topk_mag_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                           const DykstraOptions& options = {}, ActiveBlocks* blocks = nullptr);
+                           const DykstraOptions& options = {}, std::span<RowState> state = {});
 
 // One-row conveniences returning a new vector.
 std::vector<double> soft_topk_mask_dykstra(const std::vector<double>& x, std::size_t k,

@@ -321,7 +321,7 @@ SPARSETOPK_HOST_DEVICE inline bool needs_resolving(const NearThreshold& near, co
   return std::abs(sum - owed) > 1e-12 * std::abs(owed) || (regularizer.p() > 2.0 && block.begin < block.end);
 }
 
-// (gamma, W_B, unchanged_from) of a solved row, as ActiveBlocks records it.
+// (gamma, W_B, unchanged_from) of a solved row, as RowState records it.
 struct BandState {
   double gamma, block_weight, unchanged_from;
 };

@@ -9,6 +9,7 @@
 #include <limits>
 #include <string>
 
+#include "band.hpp"
 #include "parallel.hpp"
 #include "validate.hpp"
 
@@ -180,11 +181,11 @@ bool finite_row(auto row) {
 // Solves row r: sort, load z, iterate on the reachable window, map back to
 // `out` and record the block for the derivatives.
 template <class T, bool Magnitude>
-void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const DykstraOptions& options,
-                 RowScratch& ws, std::span<T> out, ActiveBlocks* blocks, std::size_t slot) {
+void dykstra_row(std::size_t, std::span<const T> row, std::size_t k, const DykstraOptions& options,
+                 RowScratch& ws, std::span<T> out, RowState* state) {
   if (!finite_row(row)) {
     std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
-    if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
+    if (state) *state = RowState{.gamma = kNaN, .block_weight = 0.0, .unchanged_from = kNaN};
     return;
   }
   const std::size_t n = row.size();
@@ -213,7 +214,7 @@ void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const Dyk
   // Map back (SPEC.md steps 4-5). An entry still exactly at z_i was never
   // moved: a singleton block, whose output is exact (mask w_i; magnitude x_i
   // for the top k, else 0).
-  const std::size_t first = blocks ? blocks->chunk_size(slot) : 0;
+  BandBounds band;
   double block_sum = 0.0, block_weight_sum = 0.0;
   for (std::size_t j = 0; j < n; ++j) {
     const KeyedEntry& entry = ws.entries[j];
@@ -246,33 +247,35 @@ void dykstra_row(std::size_t r, std::span<const T> row, std::size_t k, const Dyk
         is_active = in_block && u > 0.0 && u < 1.0;
       }
     }
-    if (blocks && is_active) blocks->append(slot, entry.index, 1.0 / l);  // c_i = 1/l for q = 2
+    if (is_active) band.add(s, entry.index);  // (c_i = 1/l for q = 2)
   }
-  if (!blocks) return;
+  if (!state) return;
   const bool empty = block.begin == block.end;
   const double gamma = !empty ? block_sum / block_weight_sum : (k < n ? ws.entries[k].key : -kInf);
   const double block_weight = static_cast<double>(std::min(k, block.end) - std::min(block.begin, k));
   const double unchanged_from = block.begin > 0 ? ws.entries[block.begin - 1].key : kInf;
-  blocks->set_row(r, slot, first, gamma, block_weight, unchanged_from);
+  *state = RowState{.gamma = gamma, .block_weight = block_weight, .unchanged_from = unchanged_from};
+  band.write(*state);
 }
 
 template <class T, bool Magnitude>
 void soft_topk_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                       const DykstraOptions& options, ActiveBlocks* blocks) {
+                       const DykstraOptions& options, std::span<RowState> state) {
   check_l(options.l);
   if (options.iterations == 0) throw InvalidArgument("iterations must be >= 1, got 0");
   const std::size_t rows = check_batch(x.size(), n, "x");
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
   const std::size_t threads = plan_threads(rows, n);
-  if (blocks) blocks->reset(rows, n, options.l, 2.0, threads);
+  if (!state.empty()) check_same_size(state.size(), rows, "state", "the rows of x");
   // The widest reachable window: 2 (2T + 2) + 3 positions, or the whole row.
   const std::size_t window = options.iterations >= n ? n : std::min(n, 4 * options.iterations + 7);
   std::vector<RowScratch> scratch(threads);  // all allocation happens here, before the threads start
   for (RowScratch& ws : scratch) ws.reserve(n, window);
   parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
     for (std::size_t r = begin; r < end; ++r)
-      dykstra_row<T, Magnitude>(r, x.subspan(r * n, n), k, options, scratch[slot], out.subspan(r * n, n), blocks, slot);
+      dykstra_row<T, Magnitude>(r, x.subspan(r * n, n), k, options, scratch[slot], out.subspan(r * n, n),
+                                state.empty() ? nullptr : &state[r]);
   });
 }
 
@@ -281,21 +284,21 @@ void soft_topk_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::
 
 template <class T>
 void soft_topk_mask_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                            const DykstraOptions& options, ActiveBlocks* blocks) {
-  detail::soft_topk_dykstra<T, false>(x, n, k, out, options, blocks);
+                            const DykstraOptions& options, std::span<RowState> state) {
+  detail::soft_topk_dykstra<T, false>(x, n, k, out, options, state);
 }
 
 template <class T>
 void soft_topk_mag_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                           const DykstraOptions& options, ActiveBlocks* blocks) {
-  detail::soft_topk_dykstra<T, true>(x, n, k, out, options, blocks);
+                           const DykstraOptions& options, std::span<RowState> state) {
+  detail::soft_topk_dykstra<T, true>(x, n, k, out, options, state);
 }
 
 #define SPARSETOPK_INSTANTIATE(T)                                                                            \
   template void soft_topk_mask_dykstra<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,        \
-                                          const DykstraOptions&, ActiveBlocks*);                             \
+                                          const DykstraOptions&, std::span<RowState>);                             \
   template void soft_topk_mag_dykstra<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,         \
-                                         const DykstraOptions&, ActiveBlocks*);
+                                         const DykstraOptions&, std::span<RowState>);
 SPARSETOPK_INSTANTIATE(float)
 SPARSETOPK_INSTANTIATE(double)
 #undef SPARSETOPK_INSTANTIATE

@@ -12,6 +12,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "band.hpp"
 #include "band_solve.hpp"
 #include "block_equation.hpp"
 #include "parallel.hpp"
@@ -22,55 +23,6 @@
 #include "workspace.hpp"
 
 namespace sparsetopk {
-
-void ActiveBlocks::reset(std::size_t rows, std::size_t n, double l, double p, std::size_t chunks) {
-  rows_ = rows;
-  n_ = n;
-  l_ = l;
-  p_ = p;
-  rows_data_.assign(rows, Row{});
-  if (chunks_.size() < chunks) chunks_.resize(chunks);
-  for (Chunk& chunk : chunks_) {
-    chunk.index.clear();
-    chunk.c.clear();
-  }
-}
-
-void ActiveBlocks::set_row(std::size_t r, std::size_t chunk, std::size_t first, double gamma, double block_weight,
-                           double unchanged_from) {
-  rows_data_[r] = {gamma, block_weight, unchanged_from, chunk, first, chunk_size(chunk) - first};
-}
-
-void ActiveBlocks::to_dense(std::span<double> c, std::span<double> row_state) const {
-  detail::check_same_size(c.size(), rows_ * n_, "c", "rows * n of the saved state");
-  detail::check_same_size(row_state.size(), rows_ * row_state_size, "row_state", "rows * 3 of the saved state");
-  for (std::size_t r = 0; r < rows_; ++r) {
-    const Row& row = rows_data_[r];
-    const std::span<double> c_row = c.subspan(r * n_, n_);
-    std::fill(c_row.begin(), c_row.end(), std::isnan(row.gamma) ? std::numeric_limits<double>::quiet_NaN() : -1.0);
-    const auto active = index(r);
-    const auto weights = this->c(r);
-    for (std::size_t a = 0; a < active.size(); ++a) c_row[active[a]] = weights[a];
-    row_state[r * row_state_size] = row.gamma;
-    row_state[r * row_state_size + 1] = row.block_weight;
-    row_state[r * row_state_size + 2] = row.unchanged_from;
-  }
-}
-
-void ActiveBlocks::assign_dense(std::size_t n, std::span<const double> c, std::span<const double> row_state) {
-  const std::size_t rows = detail::check_batch(c.size(), n, "c");
-  detail::check_same_size(row_state.size(), rows * row_state_size, "row_state", "3 * the rows of c");
-  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-  reset(rows, n, kNaN, kNaN, 1);
-  for (std::size_t r = 0; r < rows; ++r) {
-    const std::size_t first = chunk_size(0);
-    const std::span<const double> c_row = c.subspan(r * n, n);
-    for (std::size_t i = 0; i < n; ++i)
-      if (c_row[i] >= 0.0) append(0, i, c_row[i]);
-    const double* state = row_state.data() + r * row_state_size;
-    set_row(r, 0, first, state[0], state[1], state[2]);
-  }
-}
 
 Workspace::Workspace() : slots_(std::make_unique<Slots>()) {}
 Workspace::~Workspace() = default;
@@ -145,54 +97,57 @@ void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_val
   for (auto e = first; e != kth; ++e) out[e->index] = keep_value ? row[e->index] : T(1);
 }
 
-// Records the state of row r for the derivatives.
-void save_row(ActiveBlocks* blocks, std::size_t r, std::size_t first, const StraddlingBlock& block,
-              const RowWindow& window, const RowWorkspace& ws) {
-  if (!blocks) return;
-  const BandState state = band_state(block, window, ws.s.data());
-  blocks->set_row(r, ws.slot, first, state.gamma, state.block_weight, state.unchanged_from);
+// Records the state of a solved row for the derivatives: gamma, W_B,
+// unchanged_from, and the band (the entries given a c_i).
+void save_row(RowState* state, const StraddlingBlock& block, const RowWindow& window, const RowWorkspace& ws,
+              const BandBounds& band) {
+  if (!state) return;
+  const BandState solved = band_state(block, window, ws.s.data());
+  state->gamma = solved.gamma;
+  state->block_weight = solved.block_weight;
+  state->unchanged_from = solved.unchanged_from;
+  band.write(*state);
 }
 
 // The same for a row of singleton blocks only (a separated window): what
 // band_state gives for the empty block {top, top, s_{k+1}}.
-void save_separated_row(ActiveBlocks* blocks, std::size_t r, const RowWindow& window, const RowWorkspace& ws) {
-  if (blocks) blocks->set_row(r, ws.slot, blocks->chunk_size(ws.slot), window.below, 0.0, window.above);
+void save_separated_row(RowState* state, const RowWindow& window) {
+  if (state) *state = RowState{.gamma = window.below, .block_weight = 0.0, .unchanged_from = window.above};
 }
 
 template <class T>
-void fill_non_finite_row(std::span<T> out, ActiveBlocks* blocks, std::size_t r, std::size_t slot) {
+void fill_non_finite_row(std::span<T> out, RowState* state) {
   std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
-  if (blocks) blocks->set_row(r, slot, blocks->chunk_size(slot), kNaN, 0.0, kNaN);
+  if (state) *state = RowState{.gamma = kNaN, .block_weight = 0.0, .unchanged_from = kNaN};
 }
 
 // out_i = clip((x_i - tau) / l, 0, 1)^(q-1), tau the block value.
 template <class T>
-void soft_topk_mask_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                        Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
-                        ActiveBlocks* blocks) {
-  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
+void soft_topk_mask_row(std::span<const T> row, std::size_t k, const BlockEquation& equation, Solver solver,
+                        RowWorkspace& ws, const RowTeam& team, std::span<T> out, RowState* state) {
+  if (!all_finite(row)) return fill_non_finite_row(out, state);
   const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
-  if (window.separated) return save_separated_row(blocks, r, window, ws);
-  const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
+  if (window.separated) return save_separated_row(state, window);
+  BandBounds band;
   const StraddlingBlock block = solve_mask_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
-      out.data(), blocks != nullptr, [&](std::size_t i, double c) { blocks->append(ws.slot, i, c); });
-  save_row(blocks, r, first, block, window, ws);
+      out.data(), state != nullptr, [&](std::size_t i, double) { band.add(static_cast<double>(row[i]), i); });
+  save_row(state, block, window, ws, band);
 }
 
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
 template <class T>
-void soft_topk_mag_row(std::size_t r, std::span<const T> row, std::size_t k, const BlockEquation& equation,
-                       Solver solver, RowWorkspace& ws, const RowTeam& team, std::span<T> out,
-                       ActiveBlocks* blocks) {
-  if (!all_finite(row)) return fill_non_finite_row(out, blocks, r, ws.slot);
+void soft_topk_mag_row(std::span<const T> row, std::size_t k, const BlockEquation& equation, Solver solver,
+                       RowWorkspace& ws, const RowTeam& team, std::span<T> out, RowState* state) {
+  if (!all_finite(row)) return fill_non_finite_row(out, state);
   const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
-  if (window.separated) return save_separated_row(blocks, r, window, ws);
-  const std::size_t first = blocks ? blocks->chunk_size(ws.slot) : 0;
+  if (window.separated) return save_separated_row(state, window);
+  BandBounds band;
   const StraddlingBlock block = solve_mag_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
-      row.data(), out.data(), blocks != nullptr, [&](std::size_t i, double c) { blocks->append(ws.slot, i, c); });
-  save_row(blocks, r, first, block, window, ws);
+      row.data(), out.data(), state != nullptr,
+      [&](std::size_t i, double) { band.add(std::abs(static_cast<double>(row[i])), i); });
+  save_row(state, block, window, ws, band);
 }
 
 void check_soft_options(const SoftTopkOptions& options) {
@@ -207,15 +162,16 @@ void check_soft_options(const SoftTopkOptions& options) {
 
 template <class T, class RowSolver>
 void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const SoftTopkOptions& options,
-               ActiveBlocks* blocks, Workspace* workspace, IsotonicForm form, RowSolver row_solver) {
+               std::span<RowState> state, Workspace* workspace, IsotonicForm form, RowSolver row_solver) {
   check_soft_options(options);
   const BlockEquation equation(form, options.l, options.p);
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
-  const std::size_t threads = available_threads();  // read once: the chunks of `blocks` follow it
-  if (blocks) blocks->reset(check_batch(x.size(), n, "x"), n, options.l, options.p, threads);
-  for_each_row(x, n, k, out, workspace, threads,
+  const bool save = !state.empty();
+  if (save) check_same_size(state.size(), check_batch(x.size(), n, "x"), "state", "the rows of x");
+  for_each_row(x, n, k, out, workspace, available_threads(),
                [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws,
-                   const RowTeam& team) { row_solver(r, row, k, equation, solver, ws, team, out_row, blocks);
+                   const RowTeam& team) {
+                 row_solver(row, k, equation, solver, ws, team, out_row, save ? &state[r] : nullptr);
                });
 }
 
@@ -238,14 +194,14 @@ void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span
 
 template <class T>
 void soft_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                    const SoftTopkOptions& options, ActiveBlocks* blocks, Workspace* workspace) {
-  detail::soft_topk(x, n, k, out, options, blocks, workspace, IsotonicForm::mask, detail::soft_topk_mask_row<T>);
+                    const SoftTopkOptions& options, std::span<RowState> state, Workspace* workspace) {
+  detail::soft_topk(x, n, k, out, options, state, workspace, IsotonicForm::mask, detail::soft_topk_mask_row<T>);
 }
 
 template <class T>
 void soft_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
-                   const SoftTopkOptions& options, ActiveBlocks* blocks, Workspace* workspace) {
-  detail::soft_topk(x, n, k, out, options, blocks, workspace, IsotonicForm::magnitude,
+                   const SoftTopkOptions& options, std::span<RowState> state, Workspace* workspace) {
+  detail::soft_topk(x, n, k, out, options, state, workspace, IsotonicForm::magnitude,
                     detail::soft_topk_mag_row<T>);
 }
 
@@ -253,9 +209,9 @@ void soft_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span
   template void hard_topk_mask<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>);           \
   template void hard_topk_mag<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>);            \
   template void soft_topk_mask<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,            \
-                                  const SoftTopkOptions&, ActiveBlocks*, Workspace*);                    \
+                                  const SoftTopkOptions&, std::span<RowState>, Workspace*);                    \
   template void soft_topk_mag<T>(std::span<const T>, std::size_t, std::size_t, std::span<T>,             \
-                                 const SoftTopkOptions&, ActiveBlocks*, Workspace*);
+                                 const SoftTopkOptions&, std::span<RowState>, Workspace*);
 SPARSETOPK_INSTANTIATE(float)
 SPARSETOPK_INSTANTIATE(double)
 #undef SPARSETOPK_INSTANTIATE

@@ -1,0 +1,60 @@
+#pragma once
+// The band of a row as RowState records it (sparsetopk/row_state.hpp): which
+// entries it holds and their Jacobian weights c_i, recomputed from the key and
+// gamma (SPEC.md, "Derivatives"). Per-entry functions, shared by the CPU core
+// (topk.cpp, dykstra.cpp, derivatives.cpp) and the CUDA kernels.
+
+#include <cmath>
+#include <cstddef>
+
+#include "host_device.hpp"
+#include "regularizer.hpp"
+#include "sparsetopk/row_state.hpp"
+
+namespace sparsetopk::detail {
+
+// Whether (key_a, a) comes before (key_b, b) in a row's sorted order: key
+// descending, ties by the lower index first.
+SPARSETOPK_HOST_DEVICE inline bool sorted_before(double key_a, double a, double key_b, double b) {
+  return key_a > key_b || (key_a == key_b && a < b);
+}
+
+// Whether the entry (key, index) lies in the band of `state`.
+SPARSETOPK_HOST_DEVICE inline bool in_band(const RowState& state, double key, std::size_t index) {
+  const double i = static_cast<double>(index);
+  return !sorted_before(key, i, state.first_key, state.first_index) &&
+         !sorted_before(state.last_key, state.last_index, key, i);
+}
+
+// c_i of a band entry with key s_i: ((q-1)/l) (u_i/l)^(q-2), u_i = s_i - gamma
+// (for the magnitude u_i >= 0), capped as the forward pass caps it.
+SPARSETOPK_HOST_DEVICE inline double band_weight(const Regularizer& regularizer, double l, bool magnitude,
+                                                 double gamma, double key) {
+  const double u = magnitude ? std::fmax(key - gamma, 0.0) / l : (key - gamma) / l;
+  return jacobian_weight(regularizer, u, l);
+}
+
+// The first and last entries of a band, from its entries in any order.
+struct BandBounds {
+  bool empty = true;
+  double first_key = 0.0, first_index = 0.0, last_key = 0.0, last_index = 0.0;
+
+  SPARSETOPK_HOST_DEVICE void add(double key, std::size_t index) {
+    const double i = static_cast<double>(index);
+    if (empty || sorted_before(key, i, first_key, first_index)) first_key = key, first_index = i;
+    if (empty || sorted_before(last_key, last_index, key, i)) last_key = key, last_index = i;
+    empty = false;
+  }
+  SPARSETOPK_HOST_DEVICE void write(RowState& state) const {
+    if (empty) {
+      const RowState none{};
+      state.first_key = none.first_key, state.first_index = none.first_index;
+      state.last_key = none.last_key, state.last_index = none.last_index;
+      return;
+    }
+    state.first_key = first_key, state.first_index = first_index;
+    state.last_key = last_key, state.last_index = last_index;
+  }
+};
+
+}  // namespace sparsetopk::detail
