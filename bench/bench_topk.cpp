@@ -196,7 +196,7 @@ void isotonic(benchmark::State& state, Case& c) {
   for (auto _ : state) {
     for (std::size_t r = 0; r < rows; ++r) {
       const std::span<const double> s(c.sorted.data() + r * n, n);
-      auto solution = sparsetopk::solve_isotonic(s, c.w, kL, 2.0, sparsetopk::IsotonicForm::mask);
+      auto solution = sparsetopk::solve_isotonic(s, c.w, kL, 2.0, sparsetopk::Form::mask);
       benchmark::DoNotOptimize(solution.v.data());
     }
   }

@@ -26,17 +26,17 @@
 namespace {
 
 using namespace stk_fuzz;
-using sparsetopk::IsotonicForm;
+using sparsetopk::Form;
 
 struct Case {
   std::vector<double> s, w;
   double l = 1.0, p = 2.0;
-  IsotonicForm form = IsotonicForm::mask;
+  Form form = Form::mask;
 
   std::string describe() const {
     char head[160];
     std::snprintf(head, sizeof head, "solve_isotonic(form = %s, l = %.17g, p = %.17g)\ns = ",
-                  form == IsotonicForm::mask ? "mask" : "magnitude", l, p);
+                  form == Form::mask ? "mask" : "magnitude", l, p);
     return head + show(s) + "\nw = " + show(w);
   }
 };
@@ -48,7 +48,7 @@ double signed_pow(double u, double a) { return u >= 0.0 ? std::pow(u, a) : -std:
 // Increasing it moves gamma up; the sum over a block is 0 at its value.
 double term(const Case& c, std::size_t i, double gamma) {
   const double a = 1.0 / (c.p - 1.0);
-  const double rhs = c.form == IsotonicForm::mask ? c.w[i] : c.w[i] * gamma;
+  const double rhs = c.form == Form::mask ? c.w[i] : c.w[i] * gamma;
   return signed_pow((c.s[i] - gamma) / c.l, a) - rhs;
 }
 
@@ -115,7 +115,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   c.p = pick(kPs, in.byte());
   const double scale = decode_scale(in);
   const std::uint8_t flags = in.byte();
-  c.form = (flags & 1) ? IsotonicForm::magnitude : IsotonicForm::mask;
+  c.form = (flags & 1) ? Form::magnitude : Form::mask;
   const bool hostile = (flags & 0x30) == 0x30;  // unsorted and non-finite input
   c.s = decode_row(in, n, scale, hostile);
   if (!hostile) std::sort(c.s.begin(), c.s.end(), std::greater<double>());
@@ -125,7 +125,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     c.w.push_back(w);
     const std::uint8_t step = in.byte();
     w -= step < 160 ? 0.0 : (step < 220 ? 1.0 : static_cast<double>(step - 219) / 8.0);
-    if (c.form == IsotonicForm::magnitude) w = std::max(w, 0.0);
+    if (c.form == Form::magnitude) w = std::max(w, 0.0);
   }
   const bool valid = all_finite(c.s) && std::is_sorted(c.s.begin(), c.s.end(), std::greater<double>());
   static const bool verbose = std::getenv("STK_FUZZ_VERBOSE") != nullptr;

@@ -11,9 +11,9 @@
 #include <span>
 #include <vector>
 
-namespace sparsetopk {
+#include <sparsetopk/form.hpp>
 
-enum class IsotonicForm { mask, magnitude };
+namespace sparsetopk {
 
 // A maximal run [begin, end) of sorted positions sharing the value `value`.
 struct IsotonicBlock {
@@ -33,6 +33,6 @@ struct IsotonicSolution {
 // Throws InvalidArgument if s is not non-increasing, w is not non-increasing,
 // sizes differ, l <= 0, p <= 1, or any value is not finite.
 IsotonicSolution solve_isotonic(std::span<const double> s, std::span<const double> w,
-                                double l, double p, IsotonicForm form);
+                                double l, double p, Form form);
 
 }  // namespace sparsetopk

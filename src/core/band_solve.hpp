@@ -41,7 +41,7 @@ struct RowWindow {
 SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, double s_k, double s_next, double& above,
                           double& below) {
   const double l = equation.l();
-  if (equation.form() == IsotonicForm::mask) {
+  if (equation.form() == Form::mask) {
     above = s_k + l;     // tau < s_k: saturated beyond
     below = s_next - l;  // tau >= s_{k+1} - l: zero below
   } else {
@@ -60,7 +60,7 @@ SPARSETOPK_HOST_DEVICE inline void window_bounds(const BlockEquation& equation, 
   // The bounds are rounded: widen them by a few ulps of what they are computed
   // from, so that a key within rounding of a bound stays in the window (an
   // entry that turns out to be a singleton costs nothing there).
-  const double scale = equation.form() == IsotonicForm::mask ? std::abs(s_k) + std::abs(s_next) + l : above;
+  const double scale = equation.form() == Form::mask ? std::abs(s_k) + std::abs(s_next) + l : above;
   above += 8.0 * DBL_EPSILON * scale;
   below -= 8.0 * DBL_EPSILON * scale;
   if (above <= s_k) above = std::nextafter(s_k, kInf);  // at least one ulp beyond (nextafter only when needed)
@@ -81,7 +81,7 @@ SPARSETOPK_HOST_DEVICE inline bool separated_keys(const BlockEquation& equation,
   const Regularizer::Kind kind = equation.regularizer().kind();
   if (kind == Regularizer::Kind::general || !(s_k > s_next)) return false;
   const double scale = std::max(std::abs(s_k), std::abs(s_next));
-  if (equation.form() == IsotonicForm::mask || kind == Regularizer::Kind::quadratic) {
+  if (equation.form() == Form::mask || kind == Regularizer::Kind::quadratic) {
     const double value = equation.solve(std::span<const double>(&s_k, 1), BlockMoments::single(s_k, 1.0));
     return value - s_next > 16.0 * DBL_EPSILON * std::max(scale, std::abs(value)) + DBL_MIN;
   }
@@ -114,7 +114,7 @@ SPARSETOPK_HOST_DEVICE inline bool solve_threshold_equation(const RowWindow& win
   const double l = equation.l(), s_k = s[top - 1], s_next = s[top];
   const Regularizer& regularizer = equation.regularizer();
   std::size_t begin = 0, end = top;
-  if (equation.form() == IsotonicForm::mask) {
+  if (equation.form() == Form::mask) {
     // sum_j clip((s_j - tau)/l, 0, 1)^(q-1) = top, with s_{k+1} - l <= tau < s_k
     const auto residual = [&](double tau, double* slope) {
       double f = -static_cast<double>(top), df = 0.0;

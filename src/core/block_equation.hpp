@@ -39,9 +39,9 @@ SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q);
 
 class BlockEquation {
  public:
-  SPARSETOPK_HOST_DEVICE BlockEquation(IsotonicForm form, double l, double p) : form_(form), l_(l), regularizer_(p) {}
+  SPARSETOPK_HOST_DEVICE BlockEquation(Form form, double l, double p) : form_(form), l_(l), regularizer_(p) {}
 
-  SPARSETOPK_HOST_DEVICE IsotonicForm form() const { return form_; }
+  SPARSETOPK_HOST_DEVICE Form form() const { return form_; }
   SPARSETOPK_HOST_DEVICE double l() const { return l_; }
   SPARSETOPK_HOST_DEVICE const Regularizer& regularizer() const { return regularizer_; }
 
@@ -62,7 +62,7 @@ class BlockEquation {
   SPARSETOPK_HOST_DEVICE double solve_by_newton(std::span<const double> s, const BlockMoments& m) const;
   SPARSETOPK_HOST_DEVICE void bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi, double& start) const;
 
-  IsotonicForm form_;
+  Form form_;
   double l_;
   Regularizer regularizer_;
 };
@@ -145,7 +145,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double
   if (s.size() == 1) {
     // mask: pow((s - gamma)/l, q-1) = w, so gamma = s - l pow(w, p-1), exactly s or s - l for w in {0, 1}
     const double w = m.weight;
-    if (form_ == IsotonicForm::mask) return s[0] - l_ * (w == 0.0 || w == 1.0 ? w : regularizer_.inverse_power(w));
+    if (form_ == Form::mask) return s[0] - l_ * (w == 0.0 || w == 1.0 ? w : regularizer_.inverse_power(w));
     if (w == 0.0) return s[0];
   }
   if (regularizer_.kind() != Regularizer::Kind::general) return solve_closed_form(m);
@@ -154,7 +154,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_closed_form(const BlockMoments& m) const {
   const double n = m.count, W = m.weight, l = l_;
-  const bool mask = form_ == IsotonicForm::mask;
+  const bool mask = form_ == Form::mask;
   if (regularizer_.kind() == Regularizer::Kind::quadratic) {
     return mask ? m.mean - l * W / n          // sum (s_i - gamma) / l = W
                 : n * m.mean / (n + l * W);   // sum (s_i - gamma) / l = gamma W
@@ -188,7 +188,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::residual(std::span<const dou
     f += regularizer_.power(u);
     df -= regularizer_.slope(u) / l_;  // infinite at u = 0 when q < 2
   }
-  if (form_ == IsotonicForm::mask) {
+  if (form_ == Form::mask) {
     f -= weight;
   } else {
     f -= gamma * weight;
@@ -202,7 +202,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::residual(std::span<const dou
 SPARSETOPK_HOST_DEVICE inline void BlockEquation::bracket(std::span<const double> s, const BlockMoments& m, double& lo, double& hi,
                             double& start) const {
   const double s_max = s.front(), s_min = s.back();
-  if (form_ == IsotonicForm::mask) {
+  if (form_ == Form::mask) {
     // every term equals W / n at gamma = s_i - l pow(W / n, p - 1)
     const double shift = l_ * regularizer_.inverse_power(m.weight / m.count);
     lo = s_min - shift;
@@ -234,7 +234,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_offset(std::span<const
       f -= regularizer_.power(u);
       df -= regularizer_.slope(u) / l_;
     }
-    if (form_ == IsotonicForm::mask) {
+    if (form_ == Form::mask) {
       f += m.weight;
     } else {
       f += (reference - d) * m.weight;

@@ -35,13 +35,13 @@ void check_non_increasing(std::span<const double> values, const char* name) {
 }  // namespace detail
 
 IsotonicSolution solve_isotonic(std::span<const double> s, std::span<const double> w, double l, double p,
-                                IsotonicForm form) {
+                                Form form) {
   detail::check_l(l);
   detail::check_p(p);
   detail::check_same_size(w.size(), s.size(), "w", "s");
   detail::check_non_increasing(s, "s");
   detail::check_non_increasing(w, "w");
-  if (form == IsotonicForm::magnitude && !w.empty() && w.back() < 0.0)
+  if (form == Form::magnitude && !w.empty() && w.back() < 0.0)
     throw InvalidArgument("the magnitude form needs w >= 0, got w[" + std::to_string(w.size() - 1) +
                           "] = " + detail::to_text(w.back()));
 

@@ -65,7 +65,7 @@ SPARSETOPK_HOST_DEVICE bool violates(const PavBlock& previous, const PavBlock& l
 // violate each other: their values follow their keys). For the magnitude with
 // p = 4/3, g is a cubic's root; it is left unsolved until a test needs it.
 SPARSETOPK_HOST_DEVICE inline bool defers_value(const BlockEquation& equation, double w, bool topk_weights) {
-  return topk_weights && w == 1.0 && equation.form() == IsotonicForm::magnitude &&
+  return topk_weights && w == 1.0 && equation.form() == Form::magnitude &&
          equation.regularizer().kind() == Regularizer::Kind::quartic;
 }
 

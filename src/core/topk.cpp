@@ -162,7 +162,7 @@ void check_soft_options(const SoftTopkOptions& options) {
 
 template <class T, class RowSolver>
 void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const SoftTopkOptions& options,
-               std::span<RowState> state, Workspace* workspace, IsotonicForm form, RowSolver row_solver) {
+               std::span<RowState> state, Workspace* workspace, Form form, RowSolver row_solver) {
   check_soft_options(options);
   const BlockEquation equation(form, options.l, options.p);
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
@@ -195,13 +195,13 @@ void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span
 template <class T>
 void soft_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
                     const SoftTopkOptions& options, std::span<RowState> state, Workspace* workspace) {
-  detail::soft_topk(x, n, k, out, options, state, workspace, IsotonicForm::mask, detail::soft_topk_mask_row<T>);
+  detail::soft_topk(x, n, k, out, options, state, workspace, Form::mask, detail::soft_topk_mask_row<T>);
 }
 
 template <class T>
 void soft_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
                    const SoftTopkOptions& options, std::span<RowState> state, Workspace* workspace) {
-  detail::soft_topk(x, n, k, out, options, state, workspace, IsotonicForm::magnitude,
+  detail::soft_topk(x, n, k, out, options, state, workspace, Form::magnitude,
                     detail::soft_topk_mag_row<T>);
 }
 

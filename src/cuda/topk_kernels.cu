@@ -212,8 +212,8 @@ __global__ void hard_write_kernel(bool magnitude, const T* x, long long rows, lo
 
 // ---- soft operators ----
 
-__device__ IsotonicForm form_of(bool magnitude) {
-  return magnitude ? IsotonicForm::magnitude : IsotonicForm::mask;
+__device__ Form form_of(bool magnitude) {
+  return magnitude ? Form::magnitude : Form::mask;
 }
 
 // One thread per row: the core's window bounds around s_k and s_{k+1}.

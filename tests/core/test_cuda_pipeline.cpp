@@ -151,7 +151,7 @@ template <class T>
 void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p, bool magnitude, std::vector<T>& out,
                    std::vector<double>& c, detail::BandState& state) {
   const std::size_t n = row.size();
-  const detail::BlockEquation equation(magnitude ? IsotonicForm::magnitude : IsotonicForm::mask, l, p);
+  const detail::BlockEquation equation(magnitude ? Form::magnitude : Form::mask, l, p);
   double above = detail::kInf, below = -detail::kInf;
   if (k > 0 && k < n) {
     const Selected<T> s = select(row, static_cast<long long>(k), magnitude);

@@ -103,7 +103,7 @@ TEST(HostDeviceMath, DeferredSingletonValueTestAgreesWithTheSolvedValue) {
   int undecided = 0;
   for (int i = 0; i < 100000; ++i) {
     const double s = std::pow(10.0, decade(generator)), l = s * std::pow(10.0, decade(generator) / 2.0);
-    const BlockEquation equation(IsotonicForm::magnitude, l, 4.0 / 3.0);
+    const BlockEquation equation(Form::magnitude, l, 4.0 / 3.0);
     const double g = equation.solve(std::span<const double>(&s, 1), BlockMoments::single(s, 1.0));
     // gamma anywhere around g, and within a few ulps to 1e-9 of it
     const double offset = (unit(generator) < 0.5 ? -1.0 : 1.0) * std::pow(10.0, -16.0 + 15.0 * unit(generator));
@@ -139,7 +139,7 @@ TEST(HostDeviceMath, MergedMomentsEqualTheDirectOnes) {
 
 TEST(HostDeviceMath, BlockValueZeroesTheBlockResidual) {
   const std::vector<double> s = {2.0, 1.7, 1.1, 0.4};
-  for (IsotonicForm form : {IsotonicForm::mask, IsotonicForm::magnitude})
+  for (Form form : {Form::mask, Form::magnitude})
     for (double p : kPowers) {
       const BlockEquation equation(form, 0.5, p);
       BlockMoments m = BlockMoments::single(s[0], 1.0);
@@ -162,7 +162,7 @@ TEST(HostDeviceMath, SafeguardedNewtonFindsTheRoot) {
 }
 
 TEST(HostDeviceMath, WindowBoundsEncloseTheKthAndNextKeys) {
-  for (IsotonicForm form : {IsotonicForm::mask, IsotonicForm::magnitude})
+  for (Form form : {Form::mask, Form::magnitude})
     for (double p : kPowers) {
       const BlockEquation equation(form, 0.1, p);
       double above = 0.0, below = 0.0;
@@ -196,7 +196,7 @@ BandRun run_band(bool magnitude, const std::vector<double>& x, std::size_t k, do
   std::vector<double> s(n);
   for (std::size_t j = 0; j < n; ++j) s[j] = key(order[j]);
   const RowWindow window{n, k, kInf, -kInf};
-  const BlockEquation equation(magnitude ? IsotonicForm::magnitude : IsotonicForm::mask, l, p);
+  const BlockEquation equation(magnitude ? Form::magnitude : Form::mask, l, p);
   std::vector<PavBlock> stack(n);
   BlockStack blocks{stack.data()};
   BandRun run{std::vector<double>(n), std::vector<double>(n, -1.0), {}};

@@ -17,22 +17,22 @@
 
 namespace {
 
-using sparsetopk::IsotonicForm;
+using sparsetopk::Form;
 using sparsetopk::solve_isotonic;
 
 struct Case {
   std::vector<double> s, w;
   double l = 1, p = 2;
-  IsotonicForm form = IsotonicForm::mask;
+  Form form = Form::mask;
 };
 
-ref::Form to_ref(IsotonicForm f) {
-  return f == IsotonicForm::mask ? ref::Form::mask : ref::Form::magnitude;
+ref::Form to_ref(Form f) {
+  return f == Form::mask ? ref::Form::mask : ref::Form::magnitude;
 }
 
 // s sorted non-increasing (ties possible); w non-increasing: either the 0/1
 // top-k vector or general values (>= 0 for the magnitude form).
-Case gen_case(IsotonicForm form, std::size_t max_n = 12) {
+Case gen_case(Form form, std::size_t max_n = 12) {
   Case c;
   c.form = form;
   const auto n = static_cast<std::size_t>(*rc::gen::inRange<int>(1, static_cast<int>(max_n) + 1));
@@ -44,7 +44,7 @@ Case gen_case(IsotonicForm form, std::size_t max_n = 12) {
     c.w.assign(n, 0.0);
     std::fill(c.w.begin(), c.w.begin() + static_cast<std::ptrdiff_t>(k), 1.0);
   } else {
-    const double lo = form == IsotonicForm::mask ? -2.0 : 0.0;
+    const double lo = form == Form::mask ? -2.0 : 0.0;
     c.w = stk_test::gen_row(n, lo, 2.0, 400);
     std::sort(c.w.begin(), c.w.end(), std::greater<>());
   }
@@ -55,7 +55,7 @@ Case gen_case(IsotonicForm form, std::size_t max_n = 12) {
 
 std::string describe(const Case& c) {
   return "s=" + stk_test::show(c.s) + " w=" + stk_test::show(c.w) + " l=" + std::to_string(c.l) +
-         " p=" + std::to_string(c.p) + (c.form == IsotonicForm::mask ? " mask" : " magnitude");
+         " p=" + std::to_string(c.p) + (c.form == Form::mask ? " mask" : " magnitude");
 }
 
 // Derivative of the objective term of entry i at value v, divided by a positive
@@ -63,11 +63,11 @@ std::string describe(const Case& c) {
 double term_gradient(const Case& c, std::size_t i, double v) {
   const ref::Real q = ref::conjugate(c.p);
   const ref::Real r = ref::spow((ref::Real(c.s[i]) - v) / c.l, q - 1);
-  if (c.form == IsotonicForm::mask) return static_cast<double>(ref::Real(c.w[i]) - r);
+  if (c.form == Form::mask) return static_cast<double>(ref::Real(c.w[i]) - r);
   return static_cast<double>(ref::Real(c.w[i]) * v - r);
 }
 
-void check_matches_reference(IsotonicForm form) {
+void check_matches_reference(Form form) {
   const Case c = gen_case(form);
   RC_LOG() << describe(c) << "\n";
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
@@ -84,7 +84,7 @@ void check_matches_reference(IsotonicForm form) {
 // multipliers mu_j = g_1 + ... + g_j of the constraints v_j >= v_{j+1} must be
 // >= 0, and 0 wherever the constraint is slack (v_j > v_{j+1}), in particular at
 // every block end. Checked block by block from the library's blocks.
-void check_kkt(IsotonicForm form) {
+void check_kkt(Form form) {
   const Case c = gen_case(form);
   RC_LOG() << describe(c) << "\n";
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
@@ -113,17 +113,17 @@ void check_kkt(IsotonicForm form) {
 // ---- against the exhaustive reference ------------------------------------
 
 STK_PROP(Isotonic, MaskFormMatchesExhaustiveReference, 100) {
-  check_matches_reference(IsotonicForm::mask);
+  check_matches_reference(Form::mask);
 }
 
 STK_PROP(Isotonic, MagnitudeFormMatchesExhaustiveReference, 100) {
-  check_matches_reference(IsotonicForm::magnitude);
+  check_matches_reference(Form::magnitude);
 }
 
 // ---- block structure -------------------------------------------------------
 
 STK_PROP(Isotonic, BlocksPartitionAllPositionsInOrder, 100) {
-  const Case c = gen_case(*rc::gen::element(IsotonicForm::mask, IsotonicForm::magnitude));
+  const Case c = gen_case(*rc::gen::element(Form::mask, Form::magnitude));
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
   RC_ASSERT(!sol.blocks.empty());
   std::size_t next = 0;
@@ -137,7 +137,7 @@ STK_PROP(Isotonic, BlocksPartitionAllPositionsInOrder, 100) {
 }
 
 STK_PROP(Isotonic, SolutionEqualsBlockValueInsideEachBlock, 100) {
-  const Case c = gen_case(*rc::gen::element(IsotonicForm::mask, IsotonicForm::magnitude));
+  const Case c = gen_case(*rc::gen::element(Form::mask, Form::magnitude));
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
   for (const auto& b : sol.blocks) {
     RC_ASSERT(b.end <= sol.v.size());
@@ -146,7 +146,7 @@ STK_PROP(Isotonic, SolutionEqualsBlockValueInsideEachBlock, 100) {
 }
 
 STK_PROP(Isotonic, BlockValuesAreNonIncreasing, 100) {
-  const Case c = gen_case(*rc::gen::element(IsotonicForm::mask, IsotonicForm::magnitude));
+  const Case c = gen_case(*rc::gen::element(Form::mask, Form::magnitude));
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
   for (std::size_t j = 0; j + 1 < sol.blocks.size(); ++j)
     RC_ASSERT(sol.blocks[j].value >= sol.blocks[j + 1].value);
@@ -154,7 +154,7 @@ STK_PROP(Isotonic, BlockValuesAreNonIncreasing, 100) {
 }
 
 STK_PROP(Isotonic, EachBlockValueSolvesItsFirstOrderCondition, 100) {
-  const Case c = gen_case(*rc::gen::element(IsotonicForm::mask, IsotonicForm::magnitude));
+  const Case c = gen_case(*rc::gen::element(Form::mask, Form::magnitude));
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
   for (const auto& b : sol.blocks) {
     double sum = 0, scale = 1;
@@ -172,12 +172,12 @@ STK_PROP(Isotonic, EachBlockValueSolvesItsFirstOrderCondition, 100) {
 
 // ---- optimality ------------------------------------------------------------
 
-STK_PROP(Isotonic, MaskFormSatisfiesKkt, 100) { check_kkt(IsotonicForm::mask); }
+STK_PROP(Isotonic, MaskFormSatisfiesKkt, 100) { check_kkt(Form::mask); }
 
-STK_PROP(Isotonic, MagnitudeFormSatisfiesKkt, 100) { check_kkt(IsotonicForm::magnitude); }
+STK_PROP(Isotonic, MagnitudeFormSatisfiesKkt, 100) { check_kkt(Form::magnitude); }
 
 STK_PROP(Isotonic, ObjectiveIsNoWorseThanPerturbedFeasiblePoints, 50) {
-  const Case c = gen_case(*rc::gen::element(IsotonicForm::mask, IsotonicForm::magnitude));
+  const Case c = gen_case(*rc::gen::element(Form::mask, Form::magnitude));
   const auto sol = solve_isotonic(c.s, c.w, c.l, c.p, c.form);
   const auto f = to_ref(c.form);
   const ref::Real best = ref::objective(c.s, c.w, sol.v, c.l, c.p, f);
@@ -201,7 +201,7 @@ STK_PROP(Isotonic, ObjectiveIsNoWorseThanPerturbedFeasiblePoints, 50) {
 TEST(Isotonic, MaskFormP2HandValuesWithoutPooling) {
   // Unconstrained optimum v_i = s_i - l w_i = (2, 1.5, 1, 0) is already sorted.
   const auto sol = solve_isotonic(std::vector<double>{3, 2.5, 1, 0},
-                                  std::vector<double>{1, 1, 0, 0}, 1.0, 2.0, IsotonicForm::mask);
+                                  std::vector<double>{1, 1, 0, 0}, 1.0, 2.0, Form::mask);
   const std::vector<double> expected{2, 1.5, 1, 0};
   ASSERT_EQ(sol.v.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
@@ -211,7 +211,7 @@ TEST(Isotonic, MaskFormP2HandValuesWithoutPooling) {
 TEST(Isotonic, MaskFormP2HandValuesWithPooling) {
   // s - l w = (1, 0.5, 1, 0): positions 1 and 2 pool to their mean 0.75.
   const auto sol = solve_isotonic(std::vector<double>{3, 2.5, 1, 0},
-                                  std::vector<double>{1, 1, 0, 0}, 2.0, 2.0, IsotonicForm::mask);
+                                  std::vector<double>{1, 1, 0, 0}, 2.0, 2.0, Form::mask);
   const std::vector<double> expected{1, 0.75, 0.75, 0};
   ASSERT_EQ(sol.v.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
@@ -226,7 +226,7 @@ TEST(Isotonic, MagnitudeFormP2HandValuesWithPooling) {
   // and 2 pool to sum(s) / (|B| + l W_B) = 3.5 / 4 = 0.875.
   const auto sol =
       solve_isotonic(std::vector<double>{3, 2.5, 1, 0}, std::vector<double>{1, 1, 0, 0}, 2.0, 2.0,
-                     IsotonicForm::magnitude);
+                     Form::magnitude);
   const std::vector<double> expected{1, 0.875, 0.875, 0};
   ASSERT_EQ(sol.v.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
@@ -236,7 +236,7 @@ TEST(Isotonic, MagnitudeFormP2HandValuesWithoutPooling) {
   // l = 1: s_i / (1 + w_i) = (1.5, 1.25, 1, 0).
   const auto sol =
       solve_isotonic(std::vector<double>{3, 2.5, 1, 0}, std::vector<double>{1, 1, 0, 0}, 1.0, 2.0,
-                     IsotonicForm::magnitude);
+                     Form::magnitude);
   const std::vector<double> expected{1.5, 1.25, 1, 0};
   ASSERT_EQ(sol.v.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
@@ -245,7 +245,7 @@ TEST(Isotonic, MagnitudeFormP2HandValuesWithoutPooling) {
 TEST(Isotonic, MaskFormP43SingletonIsShiftedByL) {
   // One entry, w = 1: ((s - v)/l)^3 = 1, so v = s - l.
   const auto sol = solve_isotonic(std::vector<double>{0.7}, std::vector<double>{1}, 0.25, 4.0 / 3.0,
-                                  IsotonicForm::mask);
+                                  Form::mask);
   ASSERT_EQ(sol.v.size(), 1u);
   EXPECT_NEAR(sol.v[0], 0.45, 1e-12);
 }
@@ -253,7 +253,7 @@ TEST(Isotonic, MaskFormP43SingletonIsShiftedByL) {
 TEST(Isotonic, MaskFormP43PooledPairSolvesCubic) {
   // s = (1, 1), w = (1, 0), l = 1, q = 4: 2 (1 - g)^3 = 1, g = 1 - 2^(-1/3).
   const auto sol = solve_isotonic(std::vector<double>{1, 1}, std::vector<double>{1, 0}, 1.0,
-                                  4.0 / 3.0, IsotonicForm::mask);
+                                  4.0 / 3.0, Form::mask);
   ASSERT_EQ(sol.v.size(), 2u);
   const double g = 1 - std::cbrt(0.5);
   EXPECT_NEAR(sol.v[0], g, 1e-12);
@@ -262,7 +262,7 @@ TEST(Isotonic, MaskFormP43PooledPairSolvesCubic) {
 
 TEST(Isotonic, EmptyInputGivesEmptySolution) {
   const auto sol =
-      solve_isotonic(std::vector<double>{}, std::vector<double>{}, 1.0, 2.0, IsotonicForm::mask);
+      solve_isotonic(std::vector<double>{}, std::vector<double>{}, 1.0, 2.0, Form::mask);
   EXPECT_TRUE(sol.v.empty());
   EXPECT_TRUE(sol.blocks.empty());
 }
@@ -293,7 +293,7 @@ const std::vector<double> kW{1, 0, 0};
 TEST(IsotonicArguments, UnsortedSThrowsNamingS) {
   expect_invalid(
       [] {
-        solve_isotonic(std::vector<double>{1, 2, 0}, kW, 1.0, 2.0, IsotonicForm::mask);
+        solve_isotonic(std::vector<double>{1, 2, 0}, kW, 1.0, 2.0, Form::mask);
       },
       "s", "");
 }
@@ -301,7 +301,7 @@ TEST(IsotonicArguments, UnsortedSThrowsNamingS) {
 TEST(IsotonicArguments, IncreasingWThrowsNamingW) {
   expect_invalid(
       [] {
-        solve_isotonic(kS, std::vector<double>{0, 0, 1}, 1.0, 2.0, IsotonicForm::mask);
+        solve_isotonic(kS, std::vector<double>{0, 0, 1}, 1.0, 2.0, Form::mask);
       },
       "w", "");
 }
@@ -309,39 +309,39 @@ TEST(IsotonicArguments, IncreasingWThrowsNamingW) {
 TEST(IsotonicArguments, SizeMismatchThrowsNamingW) {
   expect_invalid(
       [] {
-        solve_isotonic(kS, std::vector<double>{1, 0}, 1.0, 2.0, IsotonicForm::magnitude);
+        solve_isotonic(kS, std::vector<double>{1, 0}, 1.0, 2.0, Form::magnitude);
       },
       "w", "");
 }
 
 TEST(IsotonicArguments, ZeroLThrowsNamingL) {
-  expect_invalid([] { solve_isotonic(kS, kW, 0.0, 2.0, IsotonicForm::mask); }, "l", "0");
+  expect_invalid([] { solve_isotonic(kS, kW, 0.0, 2.0, Form::mask); }, "l", "0");
 }
 
 TEST(IsotonicArguments, NegativeLThrowsNamingLAndValue) {
-  expect_invalid([] { solve_isotonic(kS, kW, -0.5, 2.0, IsotonicForm::mask); }, "l", "-0.5");
+  expect_invalid([] { solve_isotonic(kS, kW, -0.5, 2.0, Form::mask); }, "l", "-0.5");
 }
 
 TEST(IsotonicArguments, NanLThrowsNamingL) {
-  expect_invalid([] { solve_isotonic(kS, kW, std::nan(""), 2.0, IsotonicForm::mask); }, "l", "");
+  expect_invalid([] { solve_isotonic(kS, kW, std::nan(""), 2.0, Form::mask); }, "l", "");
 }
 
 TEST(IsotonicArguments, POfOneThrowsNamingP) {
-  expect_invalid([] { solve_isotonic(kS, kW, 1.0, 1.0, IsotonicForm::mask); }, "p", "1");
+  expect_invalid([] { solve_isotonic(kS, kW, 1.0, 1.0, Form::mask); }, "p", "1");
 }
 
 TEST(IsotonicArguments, PBelowOneThrowsNamingPAndValue) {
-  expect_invalid([] { solve_isotonic(kS, kW, 1.0, 0.5, IsotonicForm::magnitude); }, "p", "0.5");
+  expect_invalid([] { solve_isotonic(kS, kW, 1.0, 0.5, Form::magnitude); }, "p", "0.5");
 }
 
 TEST(IsotonicArguments, NanPThrowsNamingP) {
-  expect_invalid([] { solve_isotonic(kS, kW, 1.0, std::nan(""), IsotonicForm::mask); }, "p", "");
+  expect_invalid([] { solve_isotonic(kS, kW, 1.0, std::nan(""), Form::mask); }, "p", "");
 }
 
 TEST(IsotonicArguments, NanInSThrowsNamingS) {
   expect_invalid(
       [] {
-        solve_isotonic(std::vector<double>{3, std::nan(""), 1}, kW, 1.0, 2.0, IsotonicForm::mask);
+        solve_isotonic(std::vector<double>{3, std::nan(""), 1}, kW, 1.0, 2.0, Form::mask);
       },
       "s", "");
 }
@@ -350,7 +350,7 @@ TEST(IsotonicArguments, InfinityInSThrowsNamingS) {
   const double inf = std::numeric_limits<double>::infinity();
   expect_invalid(
       [&] {
-        solve_isotonic(std::vector<double>{inf, 2, 1}, kW, 1.0, 2.0, IsotonicForm::mask);
+        solve_isotonic(std::vector<double>{inf, 2, 1}, kW, 1.0, 2.0, Form::mask);
       },
       "s", "");
 }
@@ -359,7 +359,7 @@ TEST(IsotonicArguments, NegativeWInMagnitudeFormThrowsNamingW) {
   // The magnitude problem is convex only for w >= 0 (isotonic.hpp).
   expect_invalid(
       [] {
-        solve_isotonic(kS, std::vector<double>{1, 0, -0.5}, 1.0, 2.0, IsotonicForm::magnitude);
+        solve_isotonic(kS, std::vector<double>{1, 0, -0.5}, 1.0, 2.0, Form::magnitude);
       },
       "w", "-0.5");
 }
@@ -367,7 +367,7 @@ TEST(IsotonicArguments, NegativeWInMagnitudeFormThrowsNamingW) {
 TEST(IsotonicArguments, NanInWThrowsNamingW) {
   expect_invalid(
       [] {
-        solve_isotonic(kS, std::vector<double>{1, std::nan(""), 0}, 1.0, 2.0, IsotonicForm::mask);
+        solve_isotonic(kS, std::vector<double>{1, std::nan(""), 0}, 1.0, 2.0, Form::mask);
       },
       "w", "");
 }

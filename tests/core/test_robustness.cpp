@@ -288,7 +288,7 @@ TEST(Robustness, WindowSelectionUnderFlushToZeroFallsBackToTheSortedRow) {
   sparsetopk::Workspace workspace;
   workspace.slots().prepare(1);
   RowWorkspace& ws = workspace.slots().rows[0];
-  const BlockEquation equation(sparsetopk::IsotonicForm::magnitude, 1e-3, 4.0 / 3.0);
+  const BlockEquation equation(sparsetopk::Form::magnitude, 1e-3, 4.0 / 3.0);
   const unsigned caller = _mm_getcsr();
   _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ
   const RowWindow window = threshold_window(std::span<const double>(x), 2, Magnitude{}, equation, ws, RowTeam{},
@@ -981,8 +981,8 @@ TEST(RobustnessPrecision, IsotonicSolutionsScaleDownToSubnormalCubesAndUpToOverf
         std::sort(s.begin(), s.end(), std::greater<double>());
         for (std::size_t i = 0; i < n; ++i) w[i] = trial % 2 ? (i < n / 2 ? 1.0 : 0.0) : static_cast<double>(n - i) / n;
         const double l = std::pow(10.0, static_cast<double>(rng() % 5) - 2.0);
-        for (auto form : {sparsetopk::IsotonicForm::mask, sparsetopk::IsotonicForm::magnitude}) {
-          const bool mask = form == sparsetopk::IsotonicForm::mask;
+        for (auto form : {sparsetopk::Form::mask, sparsetopk::Form::magnitude}) {
+          const bool mask = form == sparsetopk::Form::mask;
           std::vector<double> scaled(n);
           for (std::size_t i = 0; i < n; ++i) scaled[i] = std::ldexp(s[i], scale);
           const double scaled_l = mask ? std::ldexp(l, scale) : l * std::ldexp(1.0, static_cast<int>(exponent * scale));

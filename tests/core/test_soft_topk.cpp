@@ -761,7 +761,7 @@ void check_separated_rows_match_pav() {
           // one row per delta: s_{k+1} = value (1 + delta), with entries far
           // above and below (the magnitude's: signed zeros)
           const double value = static_cast<double>(singleton_value(magnitude, s_k, l, p));
-          const auto form = magnitude ? sparsetopk::IsotonicForm::magnitude : sparsetopk::IsotonicForm::mask;
+          const auto form = magnitude ? sparsetopk::Form::magnitude : sparsetopk::Form::mask;
           const double sign = magnitude ? -1.0 : 1.0;  // (the magnitude's keys are |x|)
           std::vector<T> x;
           std::vector<double> next_keys;
