@@ -1,7 +1,8 @@
 // Autograd kernels of the dispatcher (LibTorch C++ users, TorchScript, and
 // eager Python outside torch.func): torch::autograd::Function wrappers whose
-// forward calls the _forward op (the output, c and row_state: plain tensors)
-// and whose backward calls the _backward op (the core's exact VJP). First
+// forward calls the _forward op (the output and row_state, O(rows)) and whose
+// backward calls the _backward op (the core's exact VJP, which recomputes the
+// band's c_i from x). First
 // derivatives only (double backward raises), except hard_topk_mag whose
 // backward is a product with a constant mask. The Python package routes
 // torch.func transforms and forward-mode AD to its own torch.autograd.Function
@@ -9,14 +10,13 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
-#include <memory>
 #include <optional>
 #include <string>
 
 #include "../ops.hpp"
+#include "second_derivative.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {
@@ -35,58 +35,38 @@ void refuse_forward_ad(const char* op, const at::Tensor& x) {
               " (torch.ops.sparsetopk.", op, " and the LibTorch API have reverse mode only)");
 }
 
-// The backwards below are not differentiable. When one runs with create_graph,
-// its result grad_x is routed through a node that raises if differentiated
-// again; the node's edges lead to the backward's own inputs (x and the incoming
-// gradient), so any second derivative through it reaches the error, whether
-// taken with backward() or torch::autograd::grad.
-at::Tensor forbid_double_backward(const char* op, const at::Tensor& grad_x, const variable_list& inputs) {
-  if (!at::GradMode::is_enabled()) return grad_x;
-  variable_list wrapped{grad_x};
-  for (const at::Tensor& input : inputs)
-    if (input.defined() && input.requires_grad()) wrapped.push_back(input);
-  if (wrapped.size() == 1) return grad_x;
-  auto error = std::make_shared<::torch::autograd::DelayedError>(
-      std::string("sparsetopk.") + op +
-          ": second derivatives are not implemented (the soft operators are differentiable once)",
-      0);
-  return (*error)(std::move(wrapped))[0];
-}
-
-// The soft operators (Magnitude selects soft_topk_mag); Derived names the node
-// in grad_fn.
-template <class Derived, bool Magnitude>
+// The soft operators; Derived names the node in grad_fn.
+template <class Derived, Form form>
 class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
  public:
-  static constexpr const char* op = Magnitude ? "soft_topk_mag" : "soft_topk_mask";
-
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                             const std::string& solver, std::optional<int64_t> num_iter) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, c, row_state] = Magnitude ? call_soft_topk_mag_forward(x, k, l, p, dim, solver, num_iter)
-                                         : call_soft_topk_mask_forward(x, k, l, p, dim, solver, num_iter);
-    ctx->save_for_backward({x, c, row_state});  // x: the magnitude's backward, and the double-backward error's edges
+    auto [out, row_state] = call_soft_topk_forward(form, x, k, l, p, dim, solver, num_iter);
+    ctx->save_for_backward({x, row_state});  // x: the band's c_i, and the double-backward error's edges
     ctx->saved_data["dim"] = dim;
+    ctx->saved_data["l"] = l;
+    ctx->saved_data["p"] = p;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &c = saved[1], &row_state = saved[2];
-    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const at::Tensor &x = saved[0], &row_state = saved[1];
     at::Tensor grad_x;
     {
       at::NoGradGuard no_grad;
-      grad_x = Magnitude ? call_soft_topk_mag_backward(grad_outputs[0], x, c, row_state, dim)
-                         : call_soft_topk_mask_backward(grad_outputs[0], c, row_state, dim);
+      grad_x = call_jacobian_product(form, /*transpose=*/true, grad_outputs[0], x, row_state,
+                                     ctx->saved_data["l"].toDouble(), ctx->saved_data["p"].toDouble(),
+                                     ctx->saved_data["dim"].toInt());
     }
-    return {forbid_double_backward(op, grad_x, {x, grad_outputs[0]}), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    return {refuse_second_derivative(op_name(form, /*soft=*/true), grad_x, {x, grad_outputs[0]}), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-class SoftTopkMaskFunction : public SoftTopkFunction<SoftTopkMaskFunction, false> {};
-class SoftTopkMagFunction : public SoftTopkFunction<SoftTopkMagFunction, true> {};
+class SoftTopkMaskFunction : public SoftTopkFunction<SoftTopkMaskFunction, Form::mask> {};
+class SoftTopkMagFunction : public SoftTopkFunction<SoftTopkMagFunction, Form::magnitude> {};
 
 // d hard_topk_mag / dx = the hard mask of |x| (the operator is x * mask). The
 // backward grad * mask is recorded, so double backward works (and is exact:
@@ -95,8 +75,8 @@ class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFuncti
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, int64_t dim) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor out = call_hard_topk_mag(x, k, dim);
-    ctx->save_for_backward({call_hard_topk_mask(x.abs(), k, dim)});
+    at::Tensor out = call_hard_topk(Form::magnitude, x, k, dim);
+    ctx->save_for_backward({call_hard_topk(Form::mask, x.abs(), k, dim)});
     return out;
   }
 
@@ -111,7 +91,7 @@ at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, dou
   refuse_forward_ad("soft_topk_mask", x);
   if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk_mask(x, k, l, p, dim, solver, num_iter);
+  return call_soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter);
 }
 
 at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
@@ -119,20 +99,20 @@ at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, doub
   refuse_forward_ad("soft_topk_mag", x);
   if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk_mag(x, k, l, p, dim, solver, num_iter);
+  return call_soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter);
 }
 
 // Piecewise constant: the result never requires grad (like torch.argmax).
 at::Tensor hard_topk_mask_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_hard_topk_mask(x, k, dim);
+  return call_hard_topk(Form::mask, x, k, dim);
 }
 
 at::Tensor hard_topk_mag_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
   refuse_forward_ad("hard_topk_mag", x);
   if (needs_grad(x)) return HardTopkMagFunction::apply(x, k, dim);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_hard_topk_mag(x, k, dim);
+  return call_hard_topk(Form::magnitude, x, k, dim);
 }
 
 }  // namespace

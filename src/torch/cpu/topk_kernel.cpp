@@ -2,8 +2,8 @@
 // of <sparsetopk/topk.hpp> on the whole batch at once, and map the result back.
 // No solver logic lives here (solver "generic" hands the call to the ATen
 // implementation, generic/generic_kernel.hpp; "dykstra" calls the core's
-// dykstra.hpp). Each calling thread keeps one core Workspace and one
-// ActiveBlocks, so repeated calls allocate only their output tensors. When
+// dykstra.hpp). Each calling thread keeps one core Workspace, so repeated
+// calls allocate only their output tensors (and row_state). When
 // `dim` is the last axis of a contiguous input nothing is copied or viewed:
 // these calls take microseconds on small inputs, and every extra tensor is a
 // noticeable part of them.
@@ -67,10 +67,19 @@ at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim
   return contiguous_as(like.dim() == 0 ? rows.reshape({}) : rows.movedim(-1, dim), type);
 }
 
-// row_state (ops.hpp) from its rows layout [..., 3].
+// row_state (ops.hpp) from its rows layout [..., 7].
 at::Tensor row_state_from_rows(const at::Tensor& rows, const at::Tensor& x, int64_t dim) {
   if (dim_is_last(x, dim)) return rows;
-  return x.dim() == 0 ? rows.reshape({3}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
+  return x.dim() == 0 ? rows.reshape({kRowStateSize}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
+}
+
+// The RowStates of a [..., 7] float64 tensor (contiguous) as a span.
+std::span<RowState> state_span(at::Tensor& t) {
+  return {reinterpret_cast<RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.numel()) / RowState::size};
+}
+std::span<const RowState> state_span(const at::Tensor& t) {
+  return {reinterpret_cast<const RowState*>(t.data_ptr<double>()),
+          static_cast<std::size_t>(t.numel()) / RowState::size};
 }
 
 template <class T>
@@ -95,25 +104,17 @@ void with_core(const at::Tensor& rows, Body&& body) {
   }
 }
 
-// The core's reusable state, one per calling thread.
+// The core's reusable scratch, one per calling thread.
 struct CoreScratch {
   Workspace workspace;
-  ActiveBlocks blocks;
 };
 CoreScratch& scratch() {
   thread_local CoreScratch instance;
   return instance;
 }
 
-enum class Kind { mask, magnitude };
-
-const char* op_name(Kind kind, bool soft) {
-  if (kind == Kind::mask) return soft ? "soft_topk_mask" : "hard_topk_mask";
-  return soft ? "soft_topk_mag" : "hard_topk_mag";
-}
-
 struct SoftResult {
-  at::Tensor out, c, row_state;
+  at::Tensor out, row_state;
 };
 
 // The core's threads for a call: at most torch's intra-op thread count
@@ -174,23 +175,23 @@ std::span<T> row_range(std::span<T> all, int64_t begin, int64_t end, std::size_t
 
 // The core's soft operator (or its Dykstra, choice.iterations > 0) on a batch of rows.
 template <class T>
-void core_soft_topk(Kind kind, std::span<const T> rows, std::size_t n, std::size_t k, std::span<T> out, double l,
-                    double p, const SolverChoice& choice, ActiveBlocks* blocks, Workspace* workspace) {
+void core_soft_topk(Form form, std::span<const T> rows, std::size_t n, std::size_t k, std::span<T> out, double l,
+                    double p, const SolverChoice& choice, std::span<RowState> state, Workspace* workspace) {
   if (choice.solver == Solver::dykstra) {
     const DykstraOptions options{l, static_cast<std::size_t>(choice.iterations)};
-    if (kind == Kind::mask) sparsetopk::soft_topk_mask_dykstra<T>(rows, n, k, out, options, blocks);
-    else sparsetopk::soft_topk_mag_dykstra<T>(rows, n, k, out, options, blocks);
+    if (form == Form::mask) sparsetopk::soft_topk_mask_dykstra<T>(rows, n, k, out, options, state);
+    else sparsetopk::soft_topk_mag_dykstra<T>(rows, n, k, out, options, state);
     return;
   }
   const SoftTopkOptions options{l, p, choice.solver};
-  if (kind == Kind::mask) sparsetopk::soft_topk_mask<T>(rows, n, k, out, options, blocks, workspace);
-  else sparsetopk::soft_topk_mag<T>(rows, n, k, out, options, blocks, workspace);
+  if (form == Form::mask) sparsetopk::soft_topk_mask<T>(rows, n, k, out, options, state, workspace);
+  else sparsetopk::soft_topk_mag<T>(rows, n, k, out, options, state, workspace);
 }
 
-// The soft operator; with `save`, also c and row_state for the derivatives.
-SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+// The soft operator; with `save`, also row_state for the derivatives.
+SoftResult soft_topk(Form form, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                      c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
-  const char* op = op_name(kind, /*soft=*/true);
+  const char* op = op_name(form, /*soft=*/true);
   check_input(op, x);
   dim = wrap_dim(op, x, dim);
   const int64_t n = slice_size(x, dim);
@@ -198,20 +199,17 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
   check_l_p(op, l, p);
   const SolverChoice choice = choose_solver(op, solver, p, num_iter);
   if (choice.solver == Solver::generic) {
-    auto [out, c, row_state] =
-        soft_topk_by_rows(generic_rows, kind == Kind::mask ? generic::Operator::mask : generic::Operator::magnitude,
-                          x, k, l, p, dim, choice, save);
-    return {out, c, row_state};
+    auto [out, row_state] = soft_topk_by_rows(generic_rows, form, x, k, l, p, dim, choice, save);
+    return {out, row_state};
   }
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
-  at::Tensor c_rows, state_rows;
+  at::Tensor state_rows;
   if (save) {
     const auto row_sizes = rows.sizes();
-    c_rows = new_tensor(row_sizes, at::kDouble);
     at::DimVector state_sizes(row_sizes.begin(), row_sizes.end() - 1);
-    state_sizes.push_back(ActiveBlocks::row_state_size);
+    state_sizes.push_back(kRowStateSize);
     state_rows = new_tensor(state_sizes, at::kDouble);
   }
   const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
@@ -219,28 +217,25 @@ SoftResult soft_topk(Kind kind, const at::Tensor& x, int64_t k, double l, double
     using T = decltype(zero);
     const int64_t batch = n > 0 ? rows.numel() / n : 0;
     for_row_parts(batch, n, [&](int64_t begin, int64_t end, CoreScratch& core) {
-      ActiveBlocks* blocks = save ? &core.blocks : nullptr;
-      core_soft_topk<T>(kind, row_range(in_span<T>(rows), begin, end, row_n), row_n, kept,
-                        row_range(out_span<T>(out), begin, end, row_n), l, p, choice, blocks, &core.workspace);
-      if (save)
-        core.blocks.to_dense(row_range(out_span<double>(c_rows), begin, end, row_n),
-                             row_range(out_span<double>(state_rows), begin, end, ActiveBlocks::row_state_size));
+      const std::span<RowState> part_state = save ? row_range(state_span(state_rows), begin, end, 1)
+                                                  : std::span<RowState>();
+      core_soft_topk<T>(form, row_range(in_span<T>(rows), begin, end, row_n), row_n, kept,
+                        row_range(out_span<T>(out), begin, end, row_n), l, p, choice, part_state, &core.workspace);
     });
   });
-  SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}, {}};
+  SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}};
   if (!save) return result;
-  if (rows.numel() == 0 && state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold
-    state_rows.select(-1, 0).fill_(-std::numeric_limits<double>::infinity());
-    state_rows.select(-1, 1).fill_(0.0);
-    state_rows.select(-1, 2).fill_(std::numeric_limits<double>::infinity());
+  if (rows.numel() == 0 && state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold, no band
+    const RowState none{.gamma = -std::numeric_limits<double>::infinity(), .block_weight = 0.0,
+                        .unchanged_from = std::numeric_limits<double>::infinity()};
+    std::fill(state_span(state_rows).begin(), state_span(state_rows).end(), none);
   }
-  result.c = from_rows(c_rows, x, dim, at::kDouble);
   result.row_state = row_state_from_rows(state_rows, x, dim);
   return result;
 }
 
-at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
-  const char* op = op_name(kind, /*soft=*/false);
+at::Tensor hard_topk(Form form, const at::Tensor& x, int64_t k, int64_t dim) {
+  const char* op = op_name(form, /*soft=*/false);
   check_input(op, x);
   dim = wrap_dim(op, x, dim);
   const int64_t n = slice_size(x, dim);
@@ -254,112 +249,52 @@ at::Tensor hard_topk(Kind kind, const at::Tensor& x, int64_t k, int64_t dim) {
     for_row_parts(n > 0 ? rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch&) {
       const auto in = row_range(in_span<T>(rows), begin, end, row_n);
       const auto part_out = row_range(out_span<T>(out), begin, end, row_n);
-      if (kind == Kind::mask) sparsetopk::hard_topk_mask<T>(in, row_n, kept, part_out);
+      if (form == Form::mask) sparsetopk::hard_topk_mask<T>(in, row_n, kept, part_out);
       else sparsetopk::hard_topk_mag<T>(in, row_n, kept, part_out);
     });
   });
   return from_rows(out, x, dim, x.scalar_type());
 }
 
-// J^T v (transpose) or J v of the soft operator at the forward pass that left
-// c and row_state; x is the forward input (the magnitude only). The result has
-// v's shape and dtype.
-at::Tensor jacobian_product(Kind kind, bool transpose, const at::Tensor& v, const at::Tensor* x, const at::Tensor& c,
-                            const at::Tensor& row_state, int64_t dim) {
-  const char* op = kind == Kind::mask ? (transpose ? "soft_topk_mask backward" : "soft_topk_mask jvp")
-                                      : (transpose ? "soft_topk_mag backward" : "soft_topk_mag jvp");
+// J^T v (transpose) or J v of the soft operator at the forward pass on x that
+// left row_state, with its l and p. The result has v's shape and dtype.
+at::Tensor jacobian_product(Form form, bool transpose, const at::Tensor& v, const at::Tensor& x,
+                            const at::Tensor& row_state, double l, double p, int64_t dim) {
+  const char* op = product_name(form, transpose);
   const char* v_name = transpose ? "grad" : "tangent";
   check_input(op, v, v_name);
   dim = wrap_dim(op, v, dim);
-  check_saved(op, c, "c", v, v_name, v.sizes());
-  check_saved(op, row_state, "row_state", v, v_name, sizes_along(v, dim, ActiveBlocks::row_state_size));
-  at::ScalarType type = compute_type(v.scalar_type());
-  if (x) {
-    check_input(op, *x, "x");
-    TORCH_CHECK(x->sizes() == v.sizes(), "sparsetopk.", op, ": x has shape ", x->sizes(), " but ", v_name,
-                " has shape ", v.sizes());
-    type = compute_type(at::promote_types(v.scalar_type(), x->scalar_type()));
-  }
+  check_input(op, x, "x");
+  TORCH_CHECK(x.sizes() == v.sizes(), "sparsetopk.", op, ": x has shape ", x.sizes(), " but ", v_name,
+              " has shape ", v.sizes());
+  check_saved(op, row_state, "row_state", v, v_name, sizes_along(v, dim, kRowStateSize));
+  check_l_p(op, l, p);
+  const at::ScalarType type = compute_type(at::promote_types(v.scalar_type(), x.scalar_type()));
   if (v.numel() == 0) return at::zeros_like(v, at::MemoryFormat::Contiguous);
 
   const int64_t n = slice_size(v, dim);
-  const at::Tensor v_rows = to_rows(v, dim, type), c_rows = to_rows(c, dim, at::kDouble);
-  const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, 3}) : to_rows(row_state, dim, at::kDouble);
+  const at::Tensor v_rows = to_rows(v, dim, type), x_rows = to_rows(x, dim, type);
+  const at::Tensor state_rows =
+      v.dim() == 0 ? row_state.reshape({1, kRowStateSize}) : to_rows(row_state, dim, at::kDouble);
   at::Tensor result = new_tensor(v_rows.sizes(), v_rows.scalar_type());
-  const at::Tensor x_rows = x ? to_rows(*x, dim, type) : at::Tensor();
   const auto row_n = static_cast<std::size_t>(n);
+  const SoftTopkOptions options{l, p};
   with_core(v_rows, [&](auto zero) {
     using T = decltype(zero);
-    for_row_parts(n > 0 ? v_rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch& core) {
-      ActiveBlocks& blocks = core.blocks;
-      blocks.assign_dense(row_n, row_range(in_span<double>(c_rows), begin, end, row_n),
-                          row_range(in_span<double>(state_rows), begin, end, ActiveBlocks::row_state_size));
+    for_row_parts(n > 0 ? v_rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch&) {
+      const auto x_part = row_range(in_span<T>(x_rows), begin, end, row_n);
+      const auto state_part = row_range(state_span(state_rows), begin, end, 1);
       const auto v_part = row_range(in_span<T>(v_rows), begin, end, row_n);
       const auto part_result = row_range(out_span<T>(result), begin, end, row_n);
-      if (kind == Kind::mask) {  // J is symmetric: J^T v = J v
-        sparsetopk::soft_topk_mask_vjp<T>(blocks, v_part, part_result);
-        return;
-      }
-      const auto x_part = row_range(in_span<T>(x_rows), begin, end, row_n);
-      if (transpose) sparsetopk::soft_topk_mag_vjp<T>(blocks, x_part, v_part, part_result);
-      else sparsetopk::soft_topk_mag_jvp<T>(blocks, x_part, v_part, part_result);
+      if (form == Form::mask)  // J is symmetric: J^T v = J v
+        sparsetopk::soft_topk_mask_vjp<T>(x_part, row_n, state_part, options, v_part, part_result);
+      else if (transpose)
+        sparsetopk::soft_topk_mag_vjp<T>(x_part, row_n, state_part, options, v_part, part_result);
+      else
+        sparsetopk::soft_topk_mag_jvp<T>(x_part, row_n, state_part, options, v_part, part_result);
     });
   });
   return from_rows(result, v, dim, v.scalar_type());
-}
-
-at::Tensor soft_topk_mask_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver, std::optional<int64_t> num_iter) {
-  return soft_topk(Kind::mask, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
-}
-
-at::Tensor soft_topk_mag_cpu(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                             c10::string_view solver, std::optional<int64_t> num_iter) {
-  return soft_topk(Kind::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mask_forward_cpu(const at::Tensor& x, int64_t k, double l,
-                                                                          double p, int64_t dim,
-                                                                          c10::string_view solver,
-                                                                          std::optional<int64_t> num_iter) {
-  SoftResult r = soft_topk(Kind::mask, x, k, l, p, dim, solver, num_iter, /*save=*/true);
-  return {r.out, r.c, r.row_state};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_mag_forward_cpu(const at::Tensor& x, int64_t k, double l,
-                                                                         double p, int64_t dim,
-                                                                         c10::string_view solver,
-                                                                         std::optional<int64_t> num_iter) {
-  SoftResult r = soft_topk(Kind::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/true);
-  return {r.out, r.c, r.row_state};
-}
-
-at::Tensor soft_topk_mask_backward_cpu(const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
-                                       int64_t dim) {
-  return jacobian_product(Kind::mask, /*transpose=*/true, grad, nullptr, c, row_state, dim);
-}
-
-at::Tensor soft_topk_mask_jvp_cpu(const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
-                                  int64_t dim) {
-  return jacobian_product(Kind::mask, /*transpose=*/false, tangent, nullptr, c, row_state, dim);
-}
-
-at::Tensor soft_topk_mag_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c,
-                                      const at::Tensor& row_state, int64_t dim) {
-  return jacobian_product(Kind::magnitude, /*transpose=*/true, grad, &x, c, row_state, dim);
-}
-
-at::Tensor soft_topk_mag_jvp_cpu(const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
-                                 const at::Tensor& row_state, int64_t dim) {
-  return jacobian_product(Kind::magnitude, /*transpose=*/false, tangent, &x, c, row_state, dim);
-}
-
-at::Tensor hard_topk_mask_cpu(const at::Tensor& x, int64_t k, int64_t dim) {
-  return hard_topk(Kind::mask, x, k, dim);
-}
-
-at::Tensor hard_topk_mag_cpu(const at::Tensor& x, int64_t k, int64_t dim) {
-  return hard_topk(Kind::magnitude, x, k, dim);
 }
 
 }  // namespace
@@ -367,14 +302,42 @@ at::Tensor hard_topk_mag_cpu(const at::Tensor& x, int64_t k, int64_t dim) {
 
 TORCH_LIBRARY_IMPL(sparsetopk, CPU, m) {
   using namespace sparsetopk::torch::detail;
-  m.impl("soft_topk_mask", TORCH_FN(soft_topk_mask_cpu));
-  m.impl("soft_topk_mag", TORCH_FN(soft_topk_mag_cpu));
-  m.impl("hard_topk_mask", TORCH_FN(hard_topk_mask_cpu));
-  m.impl("hard_topk_mag", TORCH_FN(hard_topk_mag_cpu));
-  m.impl("_soft_topk_mask_forward", TORCH_FN(soft_topk_mask_forward_cpu));
-  m.impl("_soft_topk_mag_forward", TORCH_FN(soft_topk_mag_forward_cpu));
-  m.impl("_soft_topk_mask_backward", TORCH_FN(soft_topk_mask_backward_cpu));
-  m.impl("_soft_topk_mask_jvp", TORCH_FN(soft_topk_mask_jvp_cpu));
-  m.impl("_soft_topk_mag_backward", TORCH_FN(soft_topk_mag_backward_cpu));
-  m.impl("_soft_topk_mag_jvp", TORCH_FN(soft_topk_mag_jvp_cpu));
+  using sparsetopk::Form;
+  m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                              c10::string_view solver, std::optional<int64_t> num_iter) {
+    return soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
+  });
+  m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                             c10::string_view solver, std::optional<int64_t> num_iter) {
+    return soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
+  });
+  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Form::mask, x, k, dim); });
+  m.impl("hard_topk_mag",
+         [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Form::magnitude, x, k, dim); });
+  m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                       c10::string_view solver, std::optional<int64_t> num_iter) {
+    SoftResult r = soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter, /*save=*/true);
+    return std::make_tuple(r.out, r.row_state);
+  });
+  m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                      c10::string_view solver, std::optional<int64_t> num_iter) {
+    SoftResult r = soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/true);
+    return std::make_tuple(r.out, r.row_state);
+  });
+  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
+                                        double l, double p, int64_t dim) {
+    return jacobian_product(Form::mask, /*transpose=*/true, grad, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
+                                   double l, double p, int64_t dim) {
+    return jacobian_product(Form::mask, /*transpose=*/false, tangent, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
+                                       double l, double p, int64_t dim) {
+    return jacobian_product(Form::magnitude, /*transpose=*/true, grad, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
+                                  double l, double p, int64_t dim) {
+    return jacobian_product(Form::magnitude, /*transpose=*/false, tangent, x, row_state, l, p, dim);
+  });
 }

@@ -18,44 +18,32 @@
 namespace sparsetopk::torch::detail {
 
 struct RowsImplementation {
-  generic::SoftResult (*soft)(generic::Operator, const at::Tensor& rows, int64_t k, double l, double p, bool save);
-  at::Tensor (*hard)(generic::Operator, const at::Tensor& rows, int64_t k);
-  at::Tensor (*product)(generic::Operator, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
-                        const at::Tensor& c_rows, const at::Tensor& state_rows);
+  generic::SoftResult (*soft)(Form, const at::Tensor& rows, int64_t k, double l, double p, bool save);
+  at::Tensor (*hard)(Form, const at::Tensor& rows, int64_t k);
+  at::Tensor (*product)(Form, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
+                        const at::Tensor& state_rows, double l, double p);
 };
 
 extern const RowsImplementation generic_rows;
 
 // The soft operator along the wrapped `dim` of x by `rows` (choice.solver
 // dykstra: the ATen Dykstra iterations, whatever `rows`; else rows.soft); with
-// `save` also (c, row_state) of ops.hpp, else undefined tensors. The caller has
+// `save` also row_state (ops.hpp), else an undefined tensor. The caller has
 // checked x, dim, k, l, p and the choice.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_by_rows(const RowsImplementation& rows,
-                                                                 generic::Operator op, const at::Tensor& x,
-                                                                 int64_t k, double l, double p, int64_t dim,
-                                                                 const SolverChoice& choice, bool save);
+std::tuple<at::Tensor, at::Tensor> soft_topk_by_rows(const RowsImplementation& rows, Form form, const at::Tensor& x,
+                                                     int64_t k, double l, double p, int64_t dim,
+                                                     const SolverChoice& choice, bool save);
 
-// The ops' checks, then rows in and out: (out, c, row_state), c and row_state
-// undefined without `save`. Off the CPU the solvers are "auto" (= "generic",
-// exact) and "dykstra" (p = 2, approximate).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk_on_rows(const RowsImplementation& rows,
-                                                                 generic::Operator op, const at::Tensor& x,
-                                                                 int64_t k, double l, double p, int64_t dim,
-                                                                 c10::string_view solver,
-                                                                 std::optional<int64_t> num_iter, bool save);
-at::Tensor hard_topk_on_rows(const RowsImplementation& rows, generic::Operator op, const at::Tensor& x, int64_t k,
-                             int64_t dim);
-// x: the forward input (magnitude), nullptr for the mask.
-at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, generic::Operator op, bool transpose,
-                                    const at::Tensor& v, const at::Tensor* x, const at::Tensor& c,
-                                    const at::Tensor& row_state, int64_t dim);
-
-// The device-generic ops as registered (every device without kernels of its own).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_topk(generic::Operator op, const at::Tensor& x, int64_t k,
-                                                         double l, double p, int64_t dim, c10::string_view solver,
-                                                         std::optional<int64_t> num_iter, bool save);
-at::Tensor hard_topk(generic::Operator op, const at::Tensor& x, int64_t k, int64_t dim);
-at::Tensor jacobian_product(generic::Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
-                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim);
+// The ops' checks, then rows in and out: (out, row_state), row_state undefined
+// without `save`. Off the CPU the solvers are "auto" (= "generic", exact) and
+// "dykstra" (p = 2, approximate).
+std::tuple<at::Tensor, at::Tensor> soft_topk_on_rows(const RowsImplementation& rows, Form form, const at::Tensor& x,
+                                                     int64_t k, double l, double p, int64_t dim,
+                                                     c10::string_view solver, std::optional<int64_t> num_iter,
+                                                     bool save);
+at::Tensor hard_topk_on_rows(const RowsImplementation& rows, Form form, const at::Tensor& x, int64_t k, int64_t dim);
+at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, bool transpose, const at::Tensor& v,
+                                    const at::Tensor& x, const at::Tensor& row_state, double l, double p,
+                                    int64_t dim);
 
 }  // namespace sparsetopk::torch::detail
