@@ -10,7 +10,7 @@
 // the band starts and ends in the row's sorted order (key descending, ties by
 // the lower index first). The VJP and JVP recompute each c_i from x and this.
 //
-// The layout is seven doubles, so that frameworks keep a batch of states as a
+// The layout is RowState::size doubles, so that frameworks keep a batch of states as a
 // float64 tensor of shape [..., RowState::size] (src/torch, src/jax).
 
 #include <cstddef>
@@ -34,9 +34,17 @@ struct RowState {
   double first_index = 0.0;
   double last_key = -std::numeric_limits<double>::infinity();
   double last_index = 0.0;
+  // Entries within rounding of gamma (|s_i - gamma| <= 1e-6 |gamma|): where
+  // the forward solved them again in offset form (a double gamma does not
+  // resolve their u_i), u_i = (s_i - near_key) + near_offset, and u_i = tied_u
+  // for the entries tied at s_i = tied_key. +inf: none (then u_i = s_i - gamma).
+  double near_key = std::numeric_limits<double>::infinity();
+  double near_offset = 0.0;
+  double tied_key = std::numeric_limits<double>::infinity();
+  double tied_u = 0.0;
 
-  static constexpr std::size_t size = 7;  // doubles
+  static constexpr std::size_t size = 11;  // doubles
 };
-static_assert(sizeof(RowState) == RowState::size * sizeof(double), "RowState is a row of 7 doubles");
+static_assert(sizeof(RowState) == RowState::size * sizeof(double), "RowState is a row of doubles");
 
 }  // namespace sparsetopk

@@ -15,7 +15,7 @@ is plain tensors). This module adds, once per process:
   cannot compose with those).
 
 The state a soft forward pass saves (``src/torch/ops.hpp``) is O(rows):
-``row_state``, float64 of x's shape with size 7 along ``dim``, each slice's
+``row_state``, float64 of x's shape with size 11 along ``dim``, each slice's
 ``sparsetopk::RowState`` (gamma, W_B, unchanged_from, and where the band starts
 and ends in sorted order). The backward and JVP ops recompute the band's
 Jacobian weights c_i from x, l and p.
@@ -31,7 +31,7 @@ from ._library import load_library
 
 load_library()
 ops = torch.ops.sparsetopk
-ROW_STATE_SIZE = 7
+ROW_STATE_SIZE = 11
 COMPILE_USES_PYTHON_AUTOGRAD = False
 SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra", "cuda_kernel")  # cuda_kernel: CUDA, UNVERIFIED (docs/gpu.md)
 CPU_ONLY_SOLVERS = ("pav", "threshold")

@@ -4,6 +4,7 @@
 // gamma (SPEC.md, "Derivatives"). Per-entry functions, shared by the CPU core
 // (topk.cpp, dykstra.cpp, derivatives.cpp) and the CUDA kernels.
 
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
 
@@ -26,12 +27,25 @@ SPARSETOPK_HOST_DEVICE inline bool in_band(const RowState& state, double key, st
          !sorted_before(state.last_key, state.last_index, key, i);
 }
 
-// c_i of a band entry with key s_i: ((q-1)/l) (u_i/l)^(q-2), u_i = s_i - gamma
-// (for the magnitude u_i >= 0), capped as the forward pass caps it.
+// Keys within this distance of gamma are "near" it: a double gamma does not
+// resolve their u_i = s_i - gamma (band_solve.hpp, NearThreshold).
+SPARSETOPK_HOST_DEVICE inline double near_tolerance(double gamma) { return 1e-6 * std::fabs(gamma) + DBL_MIN; }
+
+// u_i = s_i - gamma of a band entry with key s_i, as the forward pass had it
+// (in offset form near gamma, where it solved those entries again).
+SPARSETOPK_HOST_DEVICE inline double band_offset(const RowState& state, double key) {
+  if (key == state.tied_key) return state.tied_u;
+  if (state.near_key != HUGE_VAL && std::fabs(key - state.gamma) <= near_tolerance(state.gamma))
+    return (key - state.near_key) + state.near_offset;
+  return key - state.gamma;
+}
+
+// c_i of a band entry with key s_i: ((q-1)/l) (u_i/l)^(q-2) (for the
+// magnitude u_i >= 0), capped as the forward pass caps it.
 SPARSETOPK_HOST_DEVICE inline double band_weight(const Regularizer& regularizer, double l, bool magnitude,
-                                                 double gamma, double key) {
-  const double u = magnitude ? std::fmax(key - gamma, 0.0) / l : (key - gamma) / l;
-  return jacobian_weight(regularizer, u, l);
+                                                 const RowState& state, double key) {
+  const double u = band_offset(state, key);
+  return jacobian_weight(regularizer, (magnitude ? std::fmax(u, 0.0) : u) / l, l);
 }
 
 // The first and last entries of a band, from its entries in any order.

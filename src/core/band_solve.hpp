@@ -13,6 +13,7 @@
 #include <limits>
 #include <span>
 
+#include "band.hpp"
 #include "block_equation.hpp"
 #include "host_device.hpp"
 #include "pav.hpp"
@@ -225,7 +226,7 @@ SPARSETOPK_HOST_DEVICE StraddlingBlock solve_window(const RowWindow& window, con
 class NearThreshold {
  public:
   SPARSETOPK_HOST_DEVICE NearThreshold(const double* s, std::size_t begin, std::size_t end, double gamma)
-      : s_(s), begin_(begin), end_(end), gamma_(gamma), tolerance_(1e-6 * std::abs(gamma) + DBL_MIN) {
+      : s_(s), begin_(begin), end_(end), gamma_(gamma), tolerance_(near_tolerance(gamma)) {
     if (!std::isfinite(gamma)) return;  // k = n: no threshold
     for (std::size_t j = begin; j < end; ++j) {
       if (std::abs(s[j] - gamma) > tolerance_) continue;
@@ -245,16 +246,21 @@ class NearThreshold {
   // for gamma = s_ref - d, u_j = (s_j - s_ref) + d. term(u) rises from 0 at
   // u <= 0 and is capped at `cap`. Calls set(j, u_j, term(u_j)) for each near
   // entry. Tied near entries share owed equally (d by a fixed point: u_j = d
-  // may underflow where the share does not).
+  // may underflow where the share does not). Records the offsets in `solved`
+  // (RowState's near_* and tied_* fields), so that the derivatives recompute
+  // the same u_j.
   template <class Term, class Set>
   SPARSETOPK_HOST_DEVICE void resolve(const Regularizer& regularizer, double l, double a, double b, double cap, Term&& term,
-               Set&& set) const {
+               Set&& set, RowState& solved) const {
     const auto owed = [&](double gamma) { return std::clamp(a + b * gamma, 0.0, cap * count()); };
     if (min_key_ == max_key_) {
       double share = owed(gamma_) / count();
       share = owed(reference_ - l * regularizer.inverse_power(share)) / count();
+      const double u = l * regularizer.inverse_power(share);
       for (std::size_t j = begin_; j < end_; ++j)
-        if (contains(j)) set(j, l * regularizer.inverse_power(share), share);
+        if (contains(j)) set(j, u, share);
+      solved.near_key = solved.tied_key = reference_;
+      solved.near_offset = solved.tied_u = u;
       return;
     }
     // Solved from the key nearest gamma, then again from the key nearest that
@@ -276,12 +282,15 @@ class NearThreshold {
     double rest = owed(reference - d), tied = 0.0;
     for (std::size_t j = begin_; j < end_; ++j)
       if (contains(j)) s_[j] == reference ? tied += 1.0 : rest -= term(s_[j] - reference + d);
-    const double share = std::clamp(rest / tied, 0.0, cap);
+    const double share = std::clamp(rest / tied, 0.0, cap), tied_u = l * regularizer.inverse_power(share);
     for (std::size_t j = begin_; j < end_; ++j) {
       if (!contains(j)) continue;
-      if (s_[j] == reference) set(j, l * regularizer.inverse_power(share), share);
+      if (s_[j] == reference) set(j, tied_u, share);
       else set(j, s_[j] - reference + d, term(s_[j] - reference + d));
     }
+    solved.near_key = solved.tied_key = reference;
+    solved.near_offset = d;
+    solved.tied_u = tied_u;
   }
 
  private:
@@ -336,11 +345,12 @@ SPARSETOPK_HOST_DEVICE inline BandState band_state(const StraddlingBlock& block,
 
 // The window of a soft mask row: solves the band and writes
 // out[index_of(j)] = clip((s_j - tau) / l, 0, 1)^(q-1) for the window's
-// entries j; with `save`, calls append(column, c) for each active entry.
+// entries j; with `save`, calls append(column, c) for each active entry and
+// records the near entries' offsets in `solved` (RowState's near_* fields).
 template <class T, class IndexOf, class Blocks, class Append>
 SPARSETOPK_HOST_DEVICE StraddlingBlock solve_mask_band(const RowWindow& window, const double* s, IndexOf&& index_of,
                                                        const BlockEquation& equation, Solver solver, Blocks& blocks,
-                                                       T* out, bool save, Append&& append_c) {
+                                                       T* out, bool save, Append&& append_c, RowState& solved) {
   const StraddlingBlock block = solve_window(window, equation, solver, s, blocks);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
@@ -369,7 +379,8 @@ SPARSETOPK_HOST_DEVICE StraddlingBlock solve_mask_band(const RowWindow& window, 
                    out[index_of(j)] = static_cast<T>(y);
                    if (save && y > 0.0 && y < 1.0)  // u_j / l read back from y (it may underflow to 0)
                      append_c(index_of(j), jacobian_weight(regularizer, regularizer.inverse_power(y), l));
-                 });
+                 },
+                 solved);
   } else {
     for (std::size_t j = 0; j < window.size; ++j)
       if (near.contains(j) && block.contains(j)) append(j, (s[j] - block.gamma) / l);
@@ -379,11 +390,13 @@ SPARSETOPK_HOST_DEVICE StraddlingBlock solve_mask_band(const RowWindow& window, 
 
 // The window of a soft magnitude row: out_i = sign(x_i) r_i with
 // r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+, on the block; x_i
-// (top) or 0 on the window's singletons. `row` is the row's input.
+// (top) or 0 on the window's singletons. `row` is the row's input. `save`,
+// append_c and `solved` as for solve_mask_band.
 template <class T, class IndexOf, class Blocks, class Append>
 SPARSETOPK_HOST_DEVICE StraddlingBlock solve_mag_band(const RowWindow& window, const double* s, IndexOf&& index_of,
                                                       const BlockEquation& equation, Solver solver, Blocks& blocks,
-                                                      const T* row, T* out, bool save, Append&& append_c) {
+                                                      const T* row, T* out, bool save, Append&& append_c,
+                                                      RowState& solved) {
   const StraddlingBlock block = solve_window(window, equation, solver, s, blocks);
   const Regularizer& regularizer = equation.regularizer();
   const double l = equation.l();
@@ -415,7 +428,7 @@ SPARSETOPK_HOST_DEVICE StraddlingBlock solve_mag_band(const RowWindow& window, c
   const double owed = block.gamma * block_weight;
   if (needs_resolving(near, regularizer, block, power_sum, owed)) {
     // gamma W_B less the others' powers
-    near.resolve(regularizer, l, -(power_sum - near_power_sum), block_weight, kInf, power_of, write);
+    near.resolve(regularizer, l, -(power_sum - near_power_sum), block_weight, kInf, power_of, write, solved);
   } else {
     for (std::size_t j = block.begin; j < block.end; ++j)
       if (near.contains(j)) write(j, s[j] - block.gamma, power_of(s[j] - block.gamma));

@@ -35,7 +35,7 @@ void recompute_band(std::span<const T> x_row, const RowState& state, const Regul
   for (std::size_t i = 0; i < x_row.size(); ++i) {
     const double x_i = static_cast<double>(x_row[i]), key = magnitude ? std::abs(x_i) : x_i;
     if (key <= state.first_key && key >= state.last_key && in_band(state, key, i))
-      band.push_back({i, band_weight(regularizer, l, magnitude, state.gamma, key)});
+      band.push_back({i, band_weight(regularizer, l, magnitude, state, key)});
   }
 }
 

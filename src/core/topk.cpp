@@ -99,10 +99,12 @@ void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_val
 
 // Records the state of a solved row for the derivatives: gamma, W_B,
 // unchanged_from, and the band (the entries given a c_i).
+// `near` holds the near entries' offsets the band solver recorded.
 void save_row(RowState* state, const StraddlingBlock& block, const RowWindow& window, const RowWorkspace& ws,
-              const BandBounds& band) {
+              const BandBounds& band, const RowState& near) {
   if (!state) return;
   const BandState solved = band_state(block, window, ws.s.data());
+  *state = near;
   state->gamma = solved.gamma;
   state->block_weight = solved.block_weight;
   state->unchanged_from = solved.unchanged_from;
@@ -129,10 +131,11 @@ void soft_topk_mask_row(std::span<const T> row, std::size_t k, const BlockEquati
   const RowWindow window = select_window(row, k, identity, solver, equation, ws, team, out, [](T) { return T(1); });
   if (window.separated) return save_separated_row(state, window);
   BandBounds band;
+  RowState near;
   const StraddlingBlock block = solve_mask_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
-      out.data(), state != nullptr, [&](std::size_t i, double) { band.add(static_cast<double>(row[i]), i); });
-  save_row(state, block, window, ws, band);
+      out.data(), state != nullptr, [&](std::size_t i, double) { band.add(static_cast<double>(row[i]), i); }, near);
+  save_row(state, block, window, ws, band, near);
 }
 
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
@@ -143,11 +146,12 @@ void soft_topk_mag_row(std::span<const T> row, std::size_t k, const BlockEquatio
   const RowWindow window = select_window(row, k, magnitude, solver, equation, ws, team, out, [](T v) { return v; });
   if (window.separated) return save_separated_row(state, window);
   BandBounds band;
+  RowState near;
   const StraddlingBlock block = solve_mag_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
       row.data(), out.data(), state != nullptr,
-      [&](std::size_t i, double) { band.add(std::abs(static_cast<double>(row[i])), i); });
-  save_row(state, block, window, ws, band);
+      [&](std::size_t i, double) { band.add(std::abs(static_cast<double>(row[i])), i); }, near);
+  save_row(state, block, window, ws, band, near);
 }
 
 void check_soft_options(const SoftTopkOptions& options) {

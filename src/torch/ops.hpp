@@ -6,8 +6,8 @@
 //
 // What a soft forward pass leaves for its derivatives is one tensor, O(rows)
 // (SPEC.md, "Derivatives"; the core's RowState, sparsetopk/row_state.hpp):
-//   row_state  float64, the shape of x with size RowState::size (7) along dim
-//              (a 0-d x: [7]): each slice's RowState.
+//   row_state  float64, the shape of x with size RowState::size (11) along dim
+//              (a 0-d x: [11]): each slice's RowState.
 // The backward and the JVP recompute the band's c_i from x, l, p and it.
 
 #include <sparsetopk/form.hpp>

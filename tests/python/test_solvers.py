@@ -146,7 +146,7 @@ def test_dykstra_gradient_is_the_block_jacobian_of_its_own_solution(op):
         else torch.ops.sparsetopk._soft_topk_mask_forward
     out, row_state = forward(x, 5, 0.3, 2.0, -1, "dykstra", 3)
     assert torch.equal(out, op(x, 5, 0.3, 2.0, solver="dykstra", num_iter=3))
-    assert row_state.shape == (2, 7) and torch.isfinite(row_state[:, :3]).all()
+    assert row_state.shape == (2, 11) and torch.isfinite(row_state[:, :3]).all()
     xr = x.clone().requires_grad_()
     (grad,) = torch.autograd.grad(op(xr, 5, 0.3, 2.0, solver="dykstra", num_iter=3).sum(), xr)
     assert torch.isfinite(grad).all()

@@ -67,13 +67,13 @@ at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim
   return contiguous_as(like.dim() == 0 ? rows.reshape({}) : rows.movedim(-1, dim), type);
 }
 
-// row_state (ops.hpp) from its rows layout [..., 7].
+// row_state (ops.hpp) from its rows layout [..., RowState::size].
 at::Tensor row_state_from_rows(const at::Tensor& rows, const at::Tensor& x, int64_t dim) {
   if (dim_is_last(x, dim)) return rows;
   return x.dim() == 0 ? rows.reshape({kRowStateSize}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
 }
 
-// The RowStates of a [..., 7] float64 tensor (contiguous) as a span.
+// The RowStates of a [..., RowState::size] float64 tensor (contiguous) as a span.
 std::span<RowState> state_span(at::Tensor& t) {
   return {reinterpret_cast<RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.numel()) / RowState::size};
 }

@@ -45,7 +45,7 @@ at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim
   return rows.reshape(moved).movedim(-1, dim).to(type).contiguous();
 }
 
-// row_state [R, 7] back to x's shape with size 7 along dim (a 0-d x: [7]).
+// row_state [R, RowState::size] back to x's shape with that size along dim (a 0-d x: [RowState::size]).
 at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int64_t dim) {
   if (x.dim() == 0) return state.reshape({kRowStateSize});
   std::vector<int64_t> moved = x.movedim(dim, -1).sizes().vec();

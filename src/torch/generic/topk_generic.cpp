@@ -481,8 +481,9 @@ Threshold magnitude_threshold(const ThresholdEquation& equation) {
 
 // ---- outputs, block and c of the rows with 0 < k < n ----
 
-// Sorted outputs, c and row state (gamma, W_B, unchanged_from) of a batch, in
-// sorted order; c (-1 off the band) gives the band's bounds.
+// Sorted outputs, c and row state (gamma, W_B, unchanged_from, near_key,
+// near_offset, tied_key, tied_u) of a batch, in sorted order; c (-1 off the
+// band) gives the band's bounds.
 struct SortedRows {
   Tensor out, c, state;
 };
@@ -512,10 +513,25 @@ Tensor window_above(Form op, const Power& power, const Tensor& s_k, const Tensor
 }
 
 // (gamma, W_B, unchanged_from) of a row whose block starts at column `begin` of the sorted row.
-Tensor block_state(const Tensor& s, int64_t k, const Tensor& gamma, const Tensor& begin, const Tensor& above) {
+// RowState's near_key, near_offset, tied_key, tied_u: u_j = (s_j - ref) + d near
+// the threshold, and u_tied for the entries at `edge` that took a share.
+Tensor near_state(const Threshold& t, const Tensor& shared, const Tensor& u_tied) {
+  const Tensor any_shared = shared.any(-1, /*keepdim=*/true);
+  return at::cat({t.ref, t.d, select(any_shared, t.edge, kInf), select(any_shared, u_tied, 0.0)}, 1);
+}
+
+// No entry solved again near the threshold: u_j = s_j - gamma (+inf: none).
+Tensor no_near_state(const Tensor& like_column) {
+  const Tensor none = at::full_like(like_column, kInf), zero = at::zeros_like(like_column);
+  return at::cat({none, zero, none, zero}, 1);
+}
+
+// (gamma, W_B, unchanged_from) and the near columns of a row with a block.
+Tensor block_state(const Tensor& s, int64_t k, const Tensor& gamma, const Tensor& begin, const Tensor& above,
+                   const Tensor& near) {
   const Tensor key_before = key_at(s, begin - 1, kInf);  // +inf: no entry above the block
   const Tensor unchanged_from = select(key_before < above, key_before, above);
-  return at::cat({gamma, (k - begin).to(at::kDouble), unchanged_from}, 1);
+  return at::cat({gamma, (k - begin).to(at::kDouble), unchanged_from, near}, 1);
 }
 
 // The entries that take what the row's condition sum = owed leaves, shared,
@@ -555,7 +571,8 @@ SortedRows mask_block_rows(const ThresholdEquation& equation, const Threshold& t
   const Tensor unsaturated = power.kind() == Power::Kind::general ? ~(u >= l) : ~(u > l);
   const Tensor begin = first_true(unsaturated).clamp_max(k - 1);
   const Tensor window_top = window_above(Form::mask, power, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
-  return {y, c, block_state(s, k, gamma, begin, window_top)};
+  const Tensor near = near_state(t, shared, l * power.inverse(share));
+  return {y, c, block_state(s, k, gamma, begin, window_top, near)};
 }
 
 // Magnitude: in the block, r_j = pow(u_j/l, q-1) + u_j (at most |x_j|);
@@ -587,7 +604,8 @@ SortedRows magnitude_block_rows(const ThresholdEquation& equation, const Thresho
   const Tensor z_c = select(u_j > 0, u_j / l, power.inverse(power_j));  // (u_j underflowed: from the power)
   const Tensor c = select(in_block & ((u_j > 0) | (power_j > 0)), power.jacobian_weight(z_c, l), -1.0);
   const Tensor above = window_above(Form::magnitude, power, s_k, s.narrow(1, k, 1), l);
-  return {out, c, block_state(s, k, gamma, begin, above)};
+  const Tensor near = near_state(t, shared, l * power.inverse(share));
+  return {out, c, block_state(s, k, gamma, begin, above, near)};
 }
 
 // Rows with no block (SPEC.md: every block a singleton): the hard operator,
@@ -597,7 +615,7 @@ SortedRows singleton_rows(Form op, const Tensor& s, int64_t k, const Tensor& x_s
   const Tensor out = op == Form::mask ? is_top.expand_as(s).to(at::kDouble) : select(is_top, x_sorted, 0.0);
   const Tensor gamma = k < s.size(1) ? s.narrow(1, k, 1) : at::full({s.size(0), 1}, -kInf, s.options());
   const Tensor unchanged_from = k > 0 ? s.narrow(1, k - 1, 1) : at::full({s.size(0), 1}, kInf, s.options());
-  const Tensor state = at::cat({gamma, at::zeros_like(gamma), unchanged_from}, 1);
+  const Tensor state = at::cat({gamma, at::zeros_like(gamma), unchanged_from, no_near_state(gamma)}, 1);
   return {out, at::full_like(s, -1.0), state};
 }
 
@@ -643,7 +661,7 @@ SoftResult empty_result(const Tensor& rows, bool save) {
   if (!save) return result;
   const Tensor column = at::empty({rows.size(0), 1}, rows.options().dtype(at::kDouble));
   result.row_state = at::cat({column.fill_(-kInf), at::zeros_like(column), at::full_like(column, kInf),
-                              no_band(column)}, 1);
+                              no_band(column), no_near_state(column)}, 1);
   return result;
 }
 
@@ -683,9 +701,11 @@ SoftResult solve_sorted(Form op, const Tensor& rows, bool save, SortedSolver&& s
   const SortedRows sorted = solve(s, x_sorted);
   SoftResult result{select(finite, unsort(sorted.out, order), kNaN).to(rows.scalar_type()), {}};
   if (!save) return result;
-  result.row_state = at::cat({sorted.state, band_bounds(s, order, sorted.c >= 0)}, 1);
+  result.row_state = at::cat({sorted.state.narrow(1, 0, 3), band_bounds(s, order, sorted.c >= 0),
+                              sorted.state.narrow(1, 3, 4)}, 1);
   const Tensor nan = at::full({1, 1}, kNaN, sorted.state.options());
-  const Tensor non_finite_state = at::cat({nan, at::zeros_like(nan), nan, no_band(nan)}, 1);  // (NaN, 0, NaN)
+  const Tensor non_finite_state =  // (NaN, 0, NaN), no band, no near entries
+      at::cat({nan, at::zeros_like(nan), nan, no_band(nan), no_near_state(nan)}, 1);
   result.row_state = select(finite, result.row_state, non_finite_state);
   return result;
 }
@@ -824,7 +844,7 @@ SortedRows dykstra_block_rows(Form op, const Tensor& s, int64_t k, double l, int
   const Tensor weight = select(in_block, a.defined() ? a.expand_as(s) : at::ones_like(s), 0.0);
   const Tensor gamma = select(end > begin, row_sum(weight * v) / row_sum(weight), s.narrow(1, k, 1));
   const Tensor block_weight = (end.clamp_max(k) - begin.clamp_max(k)).to(at::kDouble);
-  rows.state = at::cat({gamma, block_weight, key_at(s, begin - 1, kInf)}, 1);
+  rows.state = at::cat({gamma, block_weight, key_at(s, begin - 1, kInf), no_near_state(gamma)}, 1);
   return rows;
 }
 
@@ -871,7 +891,12 @@ Tensor band_weights(Form op, const Tensor& x, const Tensor& state, double l, dou
   const Tensor before_first = (key > first_key) | ((key == first_key) & (column < first_index));
   const Tensor after_last = (key < last_key) | ((key == last_key) & (column > last_index));
   const Tensor in_band = ~before_first & ~after_last;
-  const Tensor u = op == Form::mask ? (key - gamma) / l : (key - gamma).clamp_min(0.0) / l;
+  // u_i as the forward had it: in offset form near gamma, u_tied at tied_key (RowState, band.hpp's band_offset)
+  const Tensor near_key = state.narrow(1, 7, 1), near_offset = state.narrow(1, 8, 1);
+  const Tensor tied_key = state.narrow(1, 9, 1), tied_u = state.narrow(1, 10, 1);
+  const Tensor near = (near_key != kInf) & (magnitude_of(key - gamma) <= kNearRelative * magnitude_of(gamma) + DBL_MIN);
+  const Tensor u_i = select(key == tied_key, tied_u, select(near, (key - near_key) + near_offset, key - gamma));
+  const Tensor u = op == Form::mask ? u_i / l : u_i.clamp_min(0.0) / l;
   return select(in_band, Power(p).jacobian_weight(u, l), -1.0);
 }
 

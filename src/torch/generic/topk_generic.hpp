@@ -18,7 +18,7 @@
 namespace sparsetopk::torch::generic {
 
 // out: [R, n] in the rows' dtype. With `save`, also the state the derivatives
-// need: row_state [R, 7] float64, each row's sparsetopk::RowState
+// need: row_state [R, RowState::size] float64, each row's sparsetopk::RowState
 // (sparsetopk/row_state.hpp: gamma, W_B, unchanged_from, and the band's first
 // and last entries in sorted order), as the core writes it. Otherwise
 // row_state is an undefined tensor.
@@ -39,7 +39,7 @@ SoftResult dykstra_rows(Form form, const at::Tensor& rows, int64_t k, double l, 
 // magnitude), ties broken by the lower index first; a row holding a NaN is NaN.
 at::Tensor hard_topk_rows(Form form, const at::Tensor& rows, int64_t k);
 
-// J^T v (`transpose`) or J v of the soft operator at the state_rows [R, 7] its
+// J^T v (`transpose`) or J v of the soft operator at the state_rows [R, RowState::size] its
 // forward pass on x_rows saved, with the same l and p: the band's c_i are
 // recomputed from x_rows. v_rows and x_rows are [R, n]; the result is in v's dtype.
 at::Tensor jacobian_product_rows(Form form, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
