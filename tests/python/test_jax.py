@@ -460,6 +460,8 @@ def test_jax_part_works_without_torch():
         import sys, jax.numpy as jnp
         import sparsetopk.jax as stj
         print(stj.soft_topk_mask(jnp.array([-5., -2., 3., 1.]), 2, 0.01).tolist(), "torch" in sys.modules)
+        print("torch-side modules:", sorted(m for m in sys.modules if m in ("sparsetopk._library",
+              "sparsetopk._registration", "sparsetopk.functional", "sparsetopk.nn")))
         try:
             import sparsetopk
             sparsetopk.soft_topk_mask
@@ -467,6 +469,7 @@ def test_jax_part_works_without_torch():
             print("ImportError:", e)
     """)
     assert "[0.0, 0.0, 1.0, 1.0] False" in out
+    assert "torch-side modules: []" in out
     assert "ImportError: sparsetopk.soft_topk_mask is part of the PyTorch API, which needs torch" in out
 
 
