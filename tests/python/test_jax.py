@@ -246,10 +246,15 @@ def test_second_derivatives_exact_for_p2_and_an_error_otherwise(op):
     expected = finite_difference_jacobian(grad, np.asarray(x))
     assert np.abs(expected).max() > 0.1  # the square makes the p = 2 Hessian non-zero
     np.testing.assert_allclose(hessian, expected, atol=1e-6)
+    for name, mode in [("rev-rev", jax.jacrev(jax.jacrev(loss(2.0)))), ("fwd-fwd", jax.jacfwd(jax.jacfwd(loss(2.0)))),
+                       ("jit(hessian)", jax.jit(jax.hessian(loss(2.0))))]:
+        np.testing.assert_allclose(np.asarray(mode(x)), hessian, atol=1e-12, err_msg=name)
     with pytest.raises(NotImplementedError, match=f"soft_topk_{op}: second derivatives .* p = 2 only"):
         jax.hessian(loss(4.0 / 3.0))(x)
     with pytest.raises(NotImplementedError, match=f"soft_topk_{op}"):
         jax.jacfwd(jax.grad(loss(1.5)))(x)
+    with pytest.raises(NotImplementedError, match=f"soft_topk_{op}"):
+        jax.jacrev(jax.jacrev(loss(3.0)))(x)
 
 
 # ---- transformations ----
@@ -338,6 +343,9 @@ def test_dykstra_converges_to_the_exact_p2_solution(op):
     _, t_exact = jax.jvp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0), (x,), (v,))
     _, t_fine = jax.jvp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0, solver="dykstra", num_iter=5000), (x,), (v,))
     np.testing.assert_allclose(np.asarray(t_fine), np.asarray(t_exact), atol=1e-8)
+    _, pull_exact = jax.vjp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0), x)
+    _, pull_fine = jax.vjp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0, solver="dykstra", num_iter=5000), x)
+    np.testing.assert_allclose(np.asarray(pull_fine(v)[0]), np.asarray(pull_exact(v)[0]), atol=1e-8)
 
 
 # ---- the state: the rows' RowStates as raw bytes ----
