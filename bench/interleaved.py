@@ -12,7 +12,7 @@ import gc
 import random
 import statistics
 import time
-from typing import Callable, Dict, Hashable, List, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 
 def block_size(fn: Callable[[], object], block_seconds: float) -> int:
@@ -31,8 +31,11 @@ def block_size(fn: Callable[[], object], block_seconds: float) -> int:
 
 
 def run_group(functions: Dict[Hashable, Callable[[], object]], rounds: int, block_seconds: float,
-              rng: random.Random, baseline_of: Callable[[Hashable], Hashable]) -> Dict[Hashable, Tuple[float, float]]:
-    """(median us per call, median paired ratio to functions[baseline_of(key)]) of every function."""
+              rng: random.Random, baseline_of: Callable[[Hashable], Hashable],
+              samples_out: Optional[Dict[Hashable, List[float]]] = None) -> Dict[Hashable, Tuple[float, float]]:
+    """(median us per call, median paired ratio to functions[baseline_of(key)]) of every function.
+    ``samples_out``, if given, receives every function's block means (us per call), one per
+    round in round order, for other paired ratios (:func:`paired_ratio`)."""
     sizes = {key: block_size(fn, block_seconds) for key, fn in functions.items()}
     samples: Dict[Hashable, List[float]] = {key: [] for key in functions}
     keys = list(functions)
@@ -53,11 +56,18 @@ def run_group(functions: Dict[Hashable, Callable[[], object]], rounds: int, bloc
     finally:
         if enabled:
             gc.enable()
+    if samples_out is not None:
+        samples_out.update(samples)
     result = {}
     for key, times in samples.items():
         base = samples[baseline_of(key)]
         result[key] = (statistics.median(times), statistics.median(t / b for t, b in zip(times, base)))
     return result
+
+
+def paired_ratio(samples: Dict[Hashable, List[float]], key: Hashable, base: Hashable) -> float:
+    """The median over rounds of samples[key] / samples[base] in the same round."""
+    return statistics.median(t / b for t, b in zip(samples[key], samples[base]))
 
 
 def format_us(us: float) -> str:

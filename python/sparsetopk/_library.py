@@ -1,13 +1,15 @@
 """Finds the compiled libraries of the package, and loads libsparsetopk_torch.so,
 which registers torch.ops.sparsetopk.*.
 
-torch is imported by :func:`load_library` only: sparsetopk.jax finds its own
-library (libsparsetopk_jax.so) through :func:`candidate_paths` without torch.
+torch is imported by :func:`load_library` only. The search path itself is in
+``_paths.py``, which sparsetopk.jax uses to find libsparsetopk_jax.so without
+importing this module.
 """
 
-import os
 from pathlib import Path
 from typing import List
+
+from . import _paths
 
 LIBRARY_NAME = "libsparsetopk_torch.so"
 # The CUDA kernels (UNVERIFIED, opt-in: docs/gpu.md), built beside the main
@@ -24,16 +26,7 @@ def candidate_paths(name: str = LIBRARY_NAME, override_variable: str = "SPARSETO
     of a source checkout (``build/lib`` for ``release``, ``build-debug/lib`` for
     ``debug``).
     """
-    override = os.environ.get(override_variable)
-    if override:
-        return [Path(override)]
-    package = Path(__file__).resolve().parent
-    checkout = package.parent.parent
-    return [
-        package / name,
-        checkout / "build" / "lib" / name,
-        checkout / "build-debug" / "lib" / name,
-    ]
+    return _paths.candidate_paths(name, override_variable)
 
 
 def _has_op(name: str) -> bool:

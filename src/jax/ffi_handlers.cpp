@@ -5,32 +5,29 @@
 // Each call hands every row of x to the core at once: rows run along the last
 // axis (the Python side moves the operator's axis there) and all leading axes,
 // vmapped ones included, are the batch. No math lives here: the handlers check
-// the buffers, call <sparsetopk/topk.hpp> or <sparsetopk/dykstra.hpp> and
-// write the state of the derivatives in the dense layout of
-// ActiveBlocks::to_dense, in x's dtype:
-//   c          x-shaped: c_i >= 0 on the row's active block, -1 elsewhere, NaN
-//              on a row holding a non-finite value;
-//   row_state  [..., 3]: (gamma, W_B, unchanged_from) of each row.
-// float32 state: rounded as src/cuda/float_state.hpp says (c capped,
-// unchanged_from rounded up), the same on the host and on the device.
+// the buffers, then call <sparsetopk/topk.hpp> or <sparsetopk/dykstra.hpp>.
+//
+// - forward (x) -> out, and with state (x) -> (out, state): `state` holds the
+//   rows' RowStates (<sparsetopk/row_state.hpp>) as raw bytes, uint32
+//   [..., 14] (ffi_checks.hpp): O(rows), exact for float32 and float64 x;
+// - derivatives (x, state, v) -> J v (jvp) or J^T v (vjp), attributes l and p
+//   (p = 2 for Dykstra's rows): the core's soft_topk_{mask,mag}_{jvp,vjp}, which
+//   recompute the band's c_i from x and the state.
 
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
+#include <sparsetopk/row_state.hpp>
 #include <sparsetopk/topk.hpp>
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
-#include <initializer_list>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <vector>
 
-#include "../cuda/float_state.hpp"
 #include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -69,9 +66,8 @@ Method method_of(double l, double p, std::string_view solver, int64_t num_iter) 
 
 // Scratch of the calling thread: reused by every call it makes.
 struct Scratch {
-  ActiveBlocks blocks;
   Workspace workspace;
-  std::vector<double> c, row_state;  // float32 state, before conversion
+  std::vector<RowState> states;  // only for a state buffer not aligned for double
 };
 
 Scratch& scratch() {
@@ -89,57 +85,74 @@ std::span<T> out_span(ffi::AnyBuffer& b) {
   return {static_cast<T*>(b.untyped_data()), b.element_count()};
 }
 
-template <class T>
-void solve(Operator op, std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const Method& method,
-           ActiveBlocks* blocks) {
-  if (method.dykstra) {
-    if (op == Operator::mask) soft_topk_mask_dykstra(x, n, k, out, method.approximate, blocks);
-    else soft_topk_mag_dykstra(x, n, k, out, method.approximate, blocks);
-  } else {
-    Workspace* workspace = &scratch().workspace;
-    if (op == Operator::mask) soft_topk_mask(x, n, k, out, method.exact, blocks, workspace);
-    else soft_topk_mag(x, n, k, out, method.exact, blocks, workspace);
-  }
+// The rows of a state buffer (checked by check_state).
+std::size_t state_rows(const ffi::AnyBuffer& state) {
+  return state.element_count() / static_cast<std::size_t>(kStateWords);
 }
 
-// blocks in the dense layout, in T.
+bool aligned_for_states(const void* data) {
+  return reinterpret_cast<std::uintptr_t>(data) % alignof(RowState) == 0;
+}
+
+// The RowStates of a state buffer, read in place (XLA aligns its buffers),
+// or through a copy were one not aligned for double.
+std::span<const RowState> states_in(const ffi::AnyBuffer& state) {
+  const std::size_t rows = state_rows(state);
+  if (aligned_for_states(state.untyped_data()))
+    return {static_cast<const RowState*>(state.untyped_data()), rows};
+  std::vector<RowState>& copy = scratch().states;
+  copy.resize(rows);
+  if (rows > 0) std::memcpy(copy.data(), state.untyped_data(), rows * sizeof(RowState));
+  return copy;
+}
+
+// Runs write(states) on the RowStates of a state buffer, in place or through a copy.
+template <class Write>
+void write_states(ffi::AnyBuffer& state, Write&& write) {
+  const std::size_t rows = state_rows(state);
+  if (aligned_for_states(state.untyped_data())) {
+    write(std::span<RowState>(static_cast<RowState*>(state.untyped_data()), rows));
+    return;
+  }
+  std::vector<RowState>& copy = scratch().states;
+  copy.assign(rows, RowState{});
+  write(std::span<RowState>(copy));
+  if (rows > 0) std::memcpy(state.untyped_data(), copy.data(), rows * sizeof(RowState));
+}
+
 template <class T>
-void write_state(const ActiveBlocks& blocks, std::span<T> c, std::span<T> row_state) {
-  if constexpr (std::is_same_v<T, double>) {
-    blocks.to_dense(c, row_state);
+void solve(Operator op, std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const Method& method,
+           std::span<RowState> state) {
+  if (method.dykstra) {
+    if (op == Operator::mask) soft_topk_mask_dykstra(x, n, k, out, method.approximate, state);
+    else soft_topk_mag_dykstra(x, n, k, out, method.approximate, state);
   } else {
-    Scratch& s = scratch();
-    s.c.resize(c.size());
-    s.row_state.resize(row_state.size());
-    blocks.to_dense(s.c, s.row_state);
-    std::transform(s.c.begin(), s.c.end(), c.begin(), cuda::float_weight);
-    for (std::size_t i = 0; i < row_state.size(); i += ActiveBlocks::row_state_size) {
-      row_state[i] = static_cast<float>(s.row_state[i]);          // gamma
-      row_state[i + 1] = static_cast<float>(s.row_state[i + 1]);  // W_B: an integer <= k
-      row_state[i + 2] = cuda::float_at_least(s.row_state[i + 2]);  // unchanged_from
-    }
+    Workspace* workspace = &scratch().workspace;
+    if (op == Operator::mask) soft_topk_mask(x, n, k, out, method.exact, state, workspace);
+    else soft_topk_mag(x, n, k, out, method.exact, state, workspace);
   }
 }
 
 template <class T>
 void soft_forward_typed(Operator op, const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& out,
-                        const Method& method, ffi::AnyBuffer* c, ffi::AnyBuffer* row_state) {
-  ActiveBlocks* blocks = c ? &scratch().blocks : nullptr;
-  solve<T>(op, in_span<T>(x), n, k, out_span<T>(out), method, blocks);
-  if (blocks) write_state<T>(*blocks, out_span<T>(*c), out_span<T>(*row_state));
+                        const Method& method, ffi::AnyBuffer* state) {
+  if (!state) return solve<T>(op, in_span<T>(x), n, k, out_span<T>(out), method, {});
+  write_states(*state, [&](std::span<RowState> states) {
+    if (n == 0) return std::fill(states.begin(), states.end(), RowState{});  // empty rows: no band
+    solve<T>(op, in_span<T>(x), n, k, out_span<T>(out), method, states);
+  });
 }
 
-// The soft forward pass; with c and row_state, also the state of the derivatives.
-ffi::Error soft_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, ffi::AnyBuffer* c,
-                        ffi::AnyBuffer* row_state, int64_t k, double l, double p, std::string_view solver,
-                        int64_t num_iter) {
+// The soft forward pass; with `state`, also the state of the derivatives.
+ffi::Error soft_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k,
+                        double l, double p, std::string_view solver, int64_t num_iter) {
   return guarded([&] {
-    if (c) check_types(x, {&out, c, row_state});
-    else check_types(x, {&out});
+    check_types(x, {&out});
+    if (state) check_state(x, *state);
     const std::size_t n = row_length(x), top = checked_k(k, n);
     const Method method = method_of(l, p, solver, num_iter);
-    if (x.element_type() == ffi::DataType::F64) soft_forward_typed<double>(op, x, n, top, out, method, c, row_state);
-    else soft_forward_typed<float>(op, x, n, top, out, method, c, row_state);
+    if (x.element_type() == ffi::DataType::F64) soft_forward_typed<double>(op, x, n, top, out, method, state);
+    else soft_forward_typed<float>(op, x, n, top, out, method, state);
   });
 }
 
@@ -158,19 +171,51 @@ ffi::Error hard_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& ou
   });
 }
 
+// J v (jvp) or J^T v (vjp) at the forward pass on x that left `state`.
+enum class Product { jvp, vjp };
+
+template <class T>
+void derivative_typed(Operator op, Product product, const ffi::AnyBuffer& x, std::span<const RowState> states,
+                      const SoftTopkOptions& options, const ffi::AnyBuffer& v, ffi::AnyBuffer& out) {
+  const std::size_t n = row_length(x);
+  const std::span<const T> xs = in_span<T>(x), vs = in_span<T>(v);
+  const std::span<T> result = out_span<T>(out);
+  if (op == Operator::mask) {
+    if (product == Product::jvp) soft_topk_mask_jvp(xs, n, states, options, vs, result);
+    else soft_topk_mask_vjp(xs, n, states, options, vs, result);
+  } else {
+    if (product == Product::jvp) soft_topk_mag_jvp(xs, n, states, options, vs, result);
+    else soft_topk_mag_vjp(xs, n, states, options, vs, result);
+  }
+}
+
+ffi::Error derivative(Operator op, Product product, std::string_view target, const ffi::AnyBuffer& x,
+                      const ffi::AnyBuffer& state, const ffi::AnyBuffer& v, ffi::AnyBuffer& out, double l, double p) {
+  return guarded([&] {
+    check_float(x);
+    check_state(x, state);
+    check_like_x(x, v, "v");
+    check_like_x(x, out, "the output");
+    if (x.element_count() == 0) return;  // nothing to write (rows of n = 0 have no band)
+    const SoftTopkOptions options{l, p, Solver::automatic};
+    if (x.element_type() == ffi::DataType::F64)
+      derivative_typed<double>(op, product, x, states_in(state), options, v, out);
+    else derivative_typed<float>(op, product, x, states_in(state), options, v, out);
+  }, target);
+}
+
 // ---- the handler entry points ----
 
 template <Operator op>
 ffi::Error soft(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t k, double l, double p,
                 std::string_view solver, int64_t num_iter) {
-  return soft_forward(op, x, *out, nullptr, nullptr, k, l, p, solver, num_iter);
+  return soft_forward(op, x, *out, nullptr, k, l, p, solver, num_iter);
 }
 
 template <Operator op>
-ffi::Error soft_with_state(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> c,
-                           ffi::Result<ffi::AnyBuffer> row_state, int64_t k, double l, double p,
-                           std::string_view solver, int64_t num_iter) {
-  return soft_forward(op, x, *out, &*c, &*row_state, k, l, p, solver, num_iter);
+ffi::Error soft_with_state(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> state,
+                           int64_t k, double l, double p, std::string_view solver, int64_t num_iter) {
+  return soft_forward(op, x, *out, &*state, k, l, p, solver, num_iter);
 }
 
 template <Operator op>
@@ -178,14 +223,36 @@ ffi::Error hard(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return hard_forward(op, x, *out, k);
 }
 
+template <Operator op, Product product>
+ffi::Error soft_derivative(ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
+                           double l, double p) {
+  constexpr std::string_view names[2][2] = {
+      {"sparsetopk_soft_topk_mask_jvp", "sparsetopk_soft_topk_mask_vjp"},
+      {"sparsetopk_soft_topk_mag_jvp", "sparsetopk_soft_topk_mag_vjp"}};
+  const std::string_view target = names[op == Operator::mask ? 0 : 1][product == Product::jvp ? 0 : 1];
+  return derivative(op, product, target, x, state, v, *out, l, p);
+}
+
 }  // namespace
 }  // namespace sparsetopk::jax
 
 namespace {
 using sparsetopk::jax::Operator;
+using sparsetopk::jax::Product;
 
 auto soft_binding() {
   return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
+}
+
+// (x, state, v) -> out, attributes l and p.
+auto derivative_binding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<double>("l")
+      .Attr<double>("p");
 }
 }  // namespace
 
@@ -197,11 +264,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask, sparsetopk::jax::soft<O
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag, sparsetopk::jax::soft<Operator::magnitude>,
                               soft_binding().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_with_state, sparsetopk::jax::soft_with_state<Operator::mask>,
-                              soft_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+                              soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_with_state,
                               sparsetopk::jax::soft_with_state<Operator::magnitude>,
-                              soft_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+                              soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mask, sparsetopk::jax::hard<Operator::mask>,
                               soft_binding().Attr<int64_t>("k"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mag, sparsetopk::jax::hard<Operator::magnitude>,
                               soft_binding().Attr<int64_t>("k"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_jvp,
+                              (sparsetopk::jax::soft_derivative<Operator::mask, Product::jvp>), derivative_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_vjp,
+                              (sparsetopk::jax::soft_derivative<Operator::mask, Product::vjp>), derivative_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_jvp,
+                              (sparsetopk::jax::soft_derivative<Operator::magnitude, Product::jvp>),
+                              derivative_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_vjp,
+                              (sparsetopk::jax::soft_derivative<Operator::magnitude, Product::vjp>),
+                              derivative_binding());

@@ -1,12 +1,15 @@
 """sparsetopk.jax: the XLA FFI operators against the core (through the torch ops,
 which call the same core), SPEC.md's known values, the Figure 1 curve, both AD
-modes against finite differences, jit, vmap, dtypes, errors, and the package
-working without torch or without JAX.
+modes against finite differences, the custom calls each mode lowers to, the
+state's layout, jit, vmap, dtypes, errors, and the package working without
+torch or without JAX.
 
 Skipped when jax is not installed.
 """
 
+import collections
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -205,15 +208,24 @@ def test_vjp_is_the_core_vjp_on_hostile_rows(op, p):
 
 
 @pytest.mark.parametrize("op", ["mask", "mag"])
-def test_float32_derivatives_match_float64(op):
+@pytest.mark.parametrize("p", [4.0 / 3.0, 2.0])
+def test_float32_derivatives_match_float64(op, p):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 32))
     v = rng.standard_normal((8, 32))
-    f = lambda u: SOFT[op][0](u, 5, 0.05)  # noqa: E731
-    _, t64 = jax.jvp(f, (jnp.asarray(x),), (jnp.asarray(v),))
-    _, t32 = jax.jvp(f, (jnp.asarray(x, jnp.float32),), (jnp.asarray(v, jnp.float32),))
-    assert t32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(t32), np.asarray(t64), rtol=2e-3, atol=2e-3 * np.abs(t64).max())
+    f = lambda u: SOFT[op][0](u, 5, 0.05, p)  # noqa: E731
+    for dtype in [jnp.float64, jnp.float32]:
+        _, tangent = jax.jvp(f, (jnp.asarray(x, dtype),), (jnp.asarray(v, dtype),))
+        _, pullback = jax.vjp(f, jnp.asarray(x, dtype))
+        cotangent = pullback(jnp.asarray(v, dtype))[0]
+        grad = jax.jit(jax.grad(lambda u: jnp.sum(f(u) * jnp.asarray(v, dtype))))(jnp.asarray(x, dtype))
+        assert tangent.dtype == cotangent.dtype == grad.dtype == dtype
+        if dtype == jnp.float64:
+            t64, c64 = np.asarray(tangent), np.asarray(cotangent)
+            continue
+        np.testing.assert_allclose(np.asarray(tangent), t64, rtol=2e-3, atol=2e-3 * np.abs(t64).max())
+        np.testing.assert_allclose(np.asarray(cotangent), c64, rtol=2e-3, atol=2e-3 * np.abs(c64).max())
+        np.testing.assert_array_equal(np.asarray(grad), np.asarray(cotangent))
 
 
 @pytest.mark.parametrize("op", ["mask", "mag"])
@@ -234,18 +246,27 @@ def test_second_derivatives_exact_for_p2_and_an_error_otherwise(op):
     expected = finite_difference_jacobian(grad, np.asarray(x))
     assert np.abs(expected).max() > 0.1  # the square makes the p = 2 Hessian non-zero
     np.testing.assert_allclose(hessian, expected, atol=1e-6)
+    for name, mode in [("rev-rev", jax.jacrev(jax.jacrev(loss(2.0)))), ("fwd-fwd", jax.jacfwd(jax.jacfwd(loss(2.0)))),
+                       ("jit(hessian)", jax.jit(jax.hessian(loss(2.0))))]:
+        np.testing.assert_allclose(np.asarray(mode(x)), hessian, atol=1e-12, err_msg=name)
     with pytest.raises(NotImplementedError, match=f"soft_topk_{op}: second derivatives .* p = 2 only"):
         jax.hessian(loss(4.0 / 3.0))(x)
     with pytest.raises(NotImplementedError, match=f"soft_topk_{op}"):
         jax.jacfwd(jax.grad(loss(1.5)))(x)
+    with pytest.raises(NotImplementedError, match=f"soft_topk_{op}"):
+        jax.jacrev(jax.jacrev(loss(3.0)))(x)
 
 
 # ---- transformations ----
 
+CUSTOM_CALL_PRIMITIVES = ("ffi_call", "sparsetopk_jacobian_product")  # the second: _ffi.jacobian_product
+
+
 def ffi_calls(jaxpr) -> int:
+    """The custom calls in a jaxpr: forward ffi_calls and the derivatives' primitive."""
     count = 0
     for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "ffi_call"
+        count += eqn.primitive.name in CUSTOM_CALL_PRIMITIVES
         for sub in jax.core.subjaxprs(eqn.params) if hasattr(jax.core, "subjaxprs") else []:
             count += ffi_calls(sub)
         for value in eqn.params.values():
@@ -253,6 +274,11 @@ def ffi_calls(jaxpr) -> int:
             if inner is not None and hasattr(inner, "eqns"):
                 count += ffi_calls(inner)
     return count
+
+
+def custom_calls(function, *args) -> collections.Counter:
+    """The custom call targets of function lowered by jax.jit, with their counts."""
+    return collections.Counter(re.findall(r"custom_call @(\w+)", jax.jit(function).lower(*args).as_text()))
 
 
 @pytest.mark.parametrize("op", ["mask", "mag"])
@@ -263,12 +289,30 @@ def test_vmap_is_one_call_and_matches_the_loop(op):
     batched = jax.vmap(f)
     assert ffi_calls(jax.make_jaxpr(batched)(xs).jaxpr) == 1
     np.testing.assert_array_equal(np.asarray(batched(xs)), np.stack([np.asarray(f(x)) for x in xs]))
-    # vmap over a non-leading axis, and of the gradient
+    # vmap over a non-leading axis, and of the gradient: the forward and the VJP, one call each
     np.testing.assert_array_equal(np.asarray(jax.vmap(f, in_axes=1, out_axes=1)(xs)), np.asarray(f(xs)))
     g = jax.vmap(jax.grad(lambda v: jnp.sum(f(v) * jnp.arange(10.0))))(xs)
-    assert ffi_calls(jax.make_jaxpr(jax.vmap(jax.grad(lambda v: jnp.sum(f(v)))))(xs).jaxpr) == 1
+    assert ffi_calls(jax.make_jaxpr(jax.vmap(jax.grad(lambda v: jnp.sum(f(v)))))(xs).jaxpr) == 2
     np.testing.assert_allclose(np.asarray(g[2]), np.asarray(jax.grad(lambda v: jnp.sum(f(v) * jnp.arange(10.0)))(xs[2])),
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["mask", "mag"])
+@pytest.mark.parametrize("p, solver", [(4.0 / 3.0, "auto"), (2.0, "auto"), (3.0, "pav"), (2.0, "dykstra")])
+def test_reverse_mode_is_one_vjp_call(op, p, solver):
+    """grad and vjp lower to the forward with state and exactly one call of the core's
+    VJP; jvp to the forward with state and one call of its JVP; the primal alone to
+    the forward without state."""
+    x = jnp.asarray(np.random.default_rng(15).standard_normal((3, 4, 16)), jnp.float32)
+    g = jnp.ones_like(x)
+    f = lambda u: SOFT[op][0](u, 4, 0.2, p, solver=solver)  # noqa: E731
+    name = f"sparsetopk_soft_topk_{op}"
+    reverse = {f"{name}_with_state": 1, f"{name}_vjp": 1}
+    assert custom_calls(jax.grad(lambda u: jnp.vdot(f(u), g)), x) == reverse
+    assert custom_calls(lambda u, w: jax.vjp(f, u)[1](w), x, g) == reverse
+    assert custom_calls(jax.vmap(jax.grad(lambda u: jnp.vdot(f(u), g[0]))), x) == reverse
+    assert custom_calls(lambda u, w: jax.jvp(f, (u,), (w,)), x, g) == {f"{name}_with_state": 1, f"{name}_jvp": 1}
+    assert custom_calls(f, x) == {name: 1}
 
 
 def test_jit_with_static_arguments():
@@ -299,6 +343,53 @@ def test_dykstra_converges_to_the_exact_p2_solution(op):
     _, t_exact = jax.jvp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0), (x,), (v,))
     _, t_fine = jax.jvp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0, solver="dykstra", num_iter=5000), (x,), (v,))
     np.testing.assert_allclose(np.asarray(t_fine), np.asarray(t_exact), atol=1e-8)
+    _, pull_exact = jax.vjp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0), x)
+    _, pull_fine = jax.vjp(lambda u: SOFT[op][0](u, 8, 0.3, 2.0, solver="dykstra", num_iter=5000), x)
+    np.testing.assert_allclose(np.asarray(pull_fine(v)[0]), np.asarray(pull_exact(v)[0]), atol=1e-8)
+
+
+# ---- the state: the rows' RowStates as raw bytes ----
+
+def test_state_is_the_row_states_bytes():
+    """uint32 [..., 14]: per row the 7 doubles (gamma, W_B, unchanged_from, band
+    first key/index, band last key/index) of include/sparsetopk/row_state.hpp."""
+    x = jnp.asarray([[3.0, 1.0, 0.5, 1.5], [3.0, np.nan, 0.5, 1.5]], jnp.float32)
+    for solver, num_iter in [("auto", 0), ("dykstra", 1000)]:
+        out, state = stj._ffi.soft_with_state(x, "mask", 2, 1.0, 2.0, solver, num_iter)
+        assert state.dtype == jnp.uint32 and state.shape == (2, 14)
+        rows = np.asarray(state).view(np.float64)  # p = 2, l = 1 by hand: tau = 0.75, band {1.5, 1.0}
+        np.testing.assert_allclose(np.asarray(out[0]), [1.0, 0.25, 0.0, 0.75], atol=1e-6)
+        np.testing.assert_allclose(rows[0, [0, 1, 3, 4, 5, 6]], [0.75, 1.0, 1.5, 3.0, 1.0, 1.0], atol=1e-6)
+        assert np.isnan(rows[1, 0])  # a row holding NaN
+
+
+def test_derivatives_without_x64_are_float32():
+    """The state needs no 64-bit arrays: float32 derivatives with x64 off."""
+    out = run_isolated("torch", """
+        import jax, jax.numpy as jnp, numpy as np
+        import sparsetopk.jax as stj
+        assert not jax.config.jax_enable_x64
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 9)), jnp.float32)
+        for f in [stj.soft_topk_mask, stj.soft_topk_mag]:
+            g = jax.grad(lambda u: (f(u, 3, 0.3) * jnp.arange(9.0)).sum())(x)
+            _, t = jax.jvp(lambda u: f(u, 3, 0.3), (x,), (x,))
+            print(g.dtype, t.dtype, bool(jnp.isfinite(g).all() & (jnp.abs(g).max() > 0)))
+    """)
+    assert out.split("\n")[:2] == ["float32 float32 True"] * 2
+
+
+@pytest.mark.parametrize("make_state, v_shape, message", [
+    (lambda x, s: s.astype(jnp.int32), (3, 8), r"sparsetopk_soft_topk_mask_vjp: state must be uint32"),
+    (lambda x, s: s[:, :7], (3, 8), r"state must have shape \[3, 14\] .* got \[3, 7\]"),
+    (lambda x, s: s[:2], (3, 8), r"state must have shape \[3, 14\] .* got \[2, 14\]"),
+    (lambda x, s: s, (3, 7), r"v must have the shape of x, \[3, 8\], got \[3, 7\]"),
+])
+def test_derivative_handlers_check_their_buffers(make_state, v_shape, message):
+    x = jnp.asarray(np.random.default_rng(16).standard_normal((3, 8)))
+    _, state = stj._ffi.soft_with_state(x, "mask", 2, 0.5, 4.0 / 3.0, "auto", 0)
+    with pytest.raises(Exception, match=message):
+        jax.block_until_ready(stj._ffi.jacobian_product(x, make_state(x, state), jnp.ones(v_shape), "mask", "vjp",
+                                                        0.5, 4.0 / 3.0))
 
 
 # ---- errors name the argument and its value ----
@@ -377,6 +468,8 @@ def test_jax_part_works_without_torch():
         import sys, jax.numpy as jnp
         import sparsetopk.jax as stj
         print(stj.soft_topk_mask(jnp.array([-5., -2., 3., 1.]), 2, 0.01).tolist(), "torch" in sys.modules)
+        print("torch-side modules:", sorted(m for m in sys.modules if m in ("sparsetopk._library",
+              "sparsetopk._registration", "sparsetopk.functional", "sparsetopk.nn")))
         try:
             import sparsetopk
             sparsetopk.soft_topk_mask
@@ -384,6 +477,7 @@ def test_jax_part_works_without_torch():
             print("ImportError:", e)
     """)
     assert "[0.0, 0.0, 1.0, 1.0] False" in out
+    assert "torch-side modules: []" in out
     assert "ImportError: sparsetopk.soft_topk_mask is part of the PyTorch API, which needs torch" in out
 
 

@@ -3,22 +3,34 @@ its handlers (src/jax/ffi_handlers.cpp) for the CPU platform and calls them.
 
 Every call takes rows along the last axis of ``x`` (float32 or float64) and
 treats all leading axes as the batch: one custom call for the whole array, and
-under ``jax.vmap`` still one (``vmap_method="broadcast_all"``: the vmapped axis
-is one more leading axis).
+under ``jax.vmap`` still one (the vmapped axis becomes one more leading axis).
+
+The state of the derivatives, which :func:`soft_with_state` returns, is opaque:
+the raw bytes of one ``RowState`` per row (7 doubles, include/sparsetopk/row_state.hpp)
+as uint32 of shape ``x.shape[:-1] + (STATE_WORDS,)``, so that it needs no x64
+and is exact whatever x's dtype. :func:`jacobian_product` hands it back to the
+core's derivatives (``soft_topk_{mask,mag}_{jvp,vjp}``) through a JAX primitive
+of its own, linear in its last operand, with the rules JAX needs: abstract
+evaluation, lowering to the custom call, batching, transposition (the JVP's
+transpose is the VJP and the reverse) and its own JVP (second derivatives).
 """
 
 import ctypes
+import functools
 import os
 from typing import Tuple
 
 import jax
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-from .._library import candidate_paths
+from .._paths import candidate_paths
 
 LIBRARY_NAME = "libsparsetopk_jax.so"
 CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
 CUDA_OPT_IN = "SPARSETOPK_JAX_CUDA_KERNELS"
+STATE_WORDS = 14  # uint32 words of one row's state: a RowState, 7 doubles
 _TARGETS = (
     "sparsetopk_soft_topk_mask",
     "sparsetopk_soft_topk_mag",
@@ -26,6 +38,10 @@ _TARGETS = (
     "sparsetopk_soft_topk_mag_with_state",
     "sparsetopk_hard_topk_mask",
     "sparsetopk_hard_topk_mag",
+    "sparsetopk_soft_topk_mask_jvp",
+    "sparsetopk_soft_topk_mask_vjp",
+    "sparsetopk_soft_topk_mag_jvp",
+    "sparsetopk_soft_topk_mag_vjp",
 )
 _loaded = False
 cuda_registered = False  # whether the CUDA handlers were registered (opt-in)
@@ -75,6 +91,8 @@ def _register_cuda_targets() -> None:
     cuda_registered = True
 
 
+# ---- the forward calls ----
+
 def soft(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str, num_iter: int) -> jax.Array:
     """The soft operator (``operator``: "mask" or "mag") on the rows of x."""
     call = jax.ffi.ffi_call(f"sparsetopk_soft_topk_{operator}", jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -83,11 +101,10 @@ def soft(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str, n
 
 
 def soft_with_state(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str,
-                    num_iter: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    """``(out, c, row_state)``: the soft operator and the state of its derivatives, in
-    x's dtype (the dense layout of the core's ActiveBlocks, see ffi_handlers.cpp)."""
-    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype),
-              jax.ShapeDtypeStruct(x.shape[:-1] + (3,), x.dtype))
+                    num_iter: int) -> Tuple[jax.Array, jax.Array]:
+    """``(out, state)``: the soft operator and the state of its derivatives, uint32 of
+    shape ``x.shape[:-1] + (STATE_WORDS,)`` (opaque: the rows' RowStates)."""
+    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape[:-1] + (STATE_WORDS,), np.uint32))
     call = jax.ffi.ffi_call(f"sparsetopk_soft_topk_{operator}_with_state", shapes, vmap_method="broadcast_all")
     return tuple(call(x, **_soft_attributes(k, l, p, solver, num_iter)))
 
@@ -101,3 +118,74 @@ def hard(x: jax.Array, operator: str, k: int) -> jax.Array:
 
 def _soft_attributes(k: int, l: float, p: float, solver: str, num_iter: int) -> dict:
     return dict(k=np.int64(k), l=np.float64(l), p=np.float64(p), solver=solver, num_iter=np.int64(num_iter))
+
+
+# ---- the derivatives: a primitive over the core's JVP and VJP ----
+
+def second_derivatives_error(operator: str, p: float) -> NotImplementedError:
+    return NotImplementedError(f"sparsetopk.jax.soft_topk_{operator}: second derivatives (e.g. jax.hessian) are "
+                               f"available for p = 2 only, where the operator is piecewise linear; got p = {p!r}")
+
+
+jacobian_product_p = Primitive("sparsetopk_jacobian_product")
+
+
+def jacobian_product(x: jax.Array, state: jax.Array, v: jax.Array, operator: str, product: str, l: float,
+                     p: float) -> jax.Array:
+    """``J v`` (``product="jvp"``) or ``J^T v`` (``"vjp"``) of the soft operator at the
+    forward pass on the rows x that returned ``state``, with its l and p (2 for Dykstra).
+    One custom call, ``sparsetopk_soft_topk_{operator}_{product}``; linear in v."""
+    return jacobian_product_p.bind(x, state, v, operator=operator, product=product, l=float(l), p=float(p))
+
+
+@functools.partial(jax.jit, static_argnames=("operator", "product", "l", "p"))
+def _apply(x, state, v, *, operator, product, l, p):
+    """Outside of jit (eager jax.jvp, jax.vjp): the primitive compiled alone, once per parameters."""
+    return jacobian_product_p.bind(x, state, v, operator=operator, product=product, l=l, p=p)
+
+
+def _abstract_eval(x, state, v, *, operator, product, l, p):
+    return jax.core.ShapedArray(v.shape, v.dtype)
+
+
+def _lowering(ctx, x, state, v, *, operator, product, l, p):
+    call = jax.ffi.ffi_lowering(f"sparsetopk_soft_topk_{operator}_{product}")
+    return call(ctx, x, state, v, l=np.float64(l), p=np.float64(p))
+
+
+def _batching(arguments, axes, **params):
+    """Rows are the leading axes: the vmapped axis becomes the first (an operand
+    without it, such as x under jax.jacrev, is broadcast)."""
+    size = next(a.shape[axis] for a, axis in zip(arguments, axes) if axis is not None)
+    x, state, v = (batching.bdim_at_front(a, axis, size) for a, axis in zip(arguments, axes))
+    return jacobian_product_p.bind(x, state, v, **params), 0
+
+
+def _transpose(cotangent, x, state, v, *, operator, product, l, p):
+    """Linear in v only: (J v)^T is J^T applied to the cotangent, and the reverse."""
+    assert ad.is_undefined_primal(v) and not ad.is_undefined_primal(x) and not ad.is_undefined_primal(state)
+    if type(cotangent) is ad.Zero:
+        return None, None, None
+    other = "vjp" if product == "jvp" else "jvp"
+    return None, None, jacobian_product(x, state, cotangent, operator, other, l, p)
+
+
+def _jvp(primals, tangents, *, operator, product, l, p):
+    """Second derivatives. In v the product is linear. In x: for p = 2 the band's c_i = 1/l
+    are constant and x enters through comparisons only, so the derivative is zero (almost
+    everywhere, exactly); for other p the c_i depend on x, which raises (never a silent zero)."""
+    (x, state, v), (d_x, _, d_v) = primals, tangents
+    if type(d_x) is not ad.Zero and p != 2.0:
+        raise second_derivatives_error(operator, p)
+    params = dict(operator=operator, product=product, l=l, p=p)
+    out = jacobian_product_p.bind(x, state, v, **params)
+    d_out = d_v if type(d_v) is ad.Zero else jacobian_product_p.bind(x, state, d_v, **params)
+    return out, d_out
+
+
+jacobian_product_p.def_impl(_apply)
+jacobian_product_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(jacobian_product_p, _lowering)
+batching.primitive_batchers[jacobian_product_p] = _batching
+ad.primitive_transposes[jacobian_product_p] = _transpose
+ad.primitive_jvps[jacobian_product_p] = _jvp

@@ -1,18 +1,17 @@
 """The operators of SPEC.md as JAX functions over the FFI calls of :mod:`._ffi`.
 
-Differentiation: each soft operator is a ``jax.custom_jvp`` whose tangent rule
-is the closed-form block Jacobian of SPEC.md ("Derivatives") applied to the
-tangent, written with jax.numpy from the state the forward call returns (c and
-the row state, see ffi_handlers.cpp). The rule is linear in the tangent, so
-JAX derives reverse mode (grad, vjp, jacrev) by transposing it; it is the same
-product as ``jacobian_product_rows`` of the torch device-generic path
-(src/torch/generic/topk_generic.cpp), in the same pivoted form.
+Differentiation: each soft operator is a ``jax.custom_jvp``. Its tangent rule
+makes the forward call that also returns the state (one RowState per row,
+opaque) and applies the core's JVP to the tangent (``_ffi.jacobian_product``,
+one custom call): no math here. The rule is linear in the tangent, and JAX
+transposes it for reverse mode (grad, vjp, jacrev) into one call of the core's
+VJP.
 
 Second derivatives: for p = 2 (and Dykstra, which is p = 2) the operators are
-piecewise linear, c_i = 1/l is constant and the row state enters the rule only
-through comparisons, so the state has a zero tangent and second derivatives
-are exact (zero almost everywhere). For any other p, c depends on x and
-differentiating the rule raises an error naming the operator.
+piecewise linear, c_i = 1/l is constant and the state enters the derivatives
+only through comparisons, so the state has a zero tangent and second
+derivatives are exact (zero almost everywhere). For any other p, c depends on
+x and differentiating the rule raises an error naming the operator.
 """
 
 import functools
@@ -22,6 +21,7 @@ from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _ffi
 
@@ -104,38 +104,6 @@ def _rows(name: str, x, axis) -> Tuple[jax.Array, Callable[[jax.Array], jax.Arra
     return jnp.moveaxis(x, axis, -1).astype(compute), lambda r: jnp.moveaxis(r, -1, axis).astype(dtype)
 
 
-# ---- the tangent rule: J v from the state of the forward call ----
-
-def _jacobian_product(operator: str, x, c, row_state, v):
-    """J v for the soft operator at the state (c, row_state) of rows x; linear in v."""
-    active = c >= 0
-    weight = jnp.where(active, c, 0)
-    total = weight.sum(-1, keepdims=True)
-    pivot = jnp.argmax(jnp.where(active, c, -jnp.inf), axis=-1, keepdims=True)  # the largest c: exact differences
-    invalid = jnp.isnan(row_state[..., :1])  # gamma NaN: the row held a non-finite value
-    if operator == "mask":
-        # J_B = diag(c) - c c^T / sum(c): (J v)_a = c_a (v_a - v_d) - (c_a / sum(c)) sum_j c_j (v_j - v_d)
-        difference = jnp.where(active, v - jnp.take_along_axis(v, pivot, -1), 0)
-        spread = (weight * difference).sum(-1, keepdims=True)
-        ratio = weight / jnp.where(total > 0, total, 1)
-        result = jnp.where(active & (total > 0), weight * difference - ratio * spread, 0)
-    else:
-        # in t_i = sign(x_i) v_i, D = W_B + sum(c): (J t)_a = (1 + c_a)(t_a - t_d) + ((1 + c_a) / D)(W_B t_d - sum_j c_j (t_j - t_d));
-        # identity on the entries returned unchanged, zero elsewhere
-        sign = jnp.sign(x)
-        t = sign * v
-        t_d = jnp.take_along_axis(t, pivot, -1)
-        difference = jnp.where(active, t - t_d, 0)
-        block_weight, unchanged_from = row_state[..., 1:2], row_state[..., 2:3]
-        denominator = block_weight + total
-        rest = block_weight * t_d - (weight * difference).sum(-1, keepdims=True)
-        ratio = jnp.where(denominator > 0, (1 + weight) / jnp.where(denominator > 0, denominator, 1), 0)
-        dr = (1 + weight) * difference + ratio * rest
-        unchanged = (x != 0) & (jnp.abs(x) >= unchanged_from)
-        result = jnp.where(active, sign * dr, jnp.where(unchanged, v, 0))
-    return result * jnp.where(invalid, jnp.nan, 1).astype(result.dtype)
-
-
 # ---- the soft operators ----
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
@@ -146,8 +114,8 @@ def _soft_rows(rows, operator, k, l, p, solver, num_iter):
 @_soft_rows.defjvp
 def _soft_rows_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
     (rows,), (d_rows,) = primals, tangents
-    out, c, row_state = _soft_state(rows, operator, k, l, p, solver, num_iter)
-    return out, _jacobian_product(operator, rows, c, row_state, d_rows)
+    out, state = _soft_state(rows, operator, k, l, p, solver, num_iter)
+    return out, _ffi.jacobian_product(rows, state, d_rows, operator, "jvp", l, p)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
@@ -160,13 +128,11 @@ def _soft_state_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
     """Reached only by second derivatives (differentiating the tangent rule)."""
     (rows,), (d_rows,) = primals, tangents
     if p != 2.0:
-        _fail(f"soft_topk_{operator}", f"second derivatives (e.g. jax.hessian) are available for p = 2 only, "
-                                       f"where the operator is piecewise linear; got p = {p!r}",
-              NotImplementedError)
-    out, c, row_state = _soft_state(rows, operator, k, l, p, solver, num_iter)
-    # c = 1/l on the block; the row state is used through comparisons and NaN tests only.
-    d_out = _jacobian_product(operator, rows, c, row_state, d_rows)
-    return (out, c, row_state), (d_out, jnp.zeros_like(c), jnp.zeros_like(row_state))
+        raise _ffi.second_derivatives_error(operator, p)
+    out, state = _soft_state(rows, operator, k, l, p, solver, num_iter)
+    # the state is an integer array (the RowStates' bytes): its tangent is float0
+    d_out = _ffi.jacobian_product(rows, state, d_rows, operator, "jvp", l, p)
+    return (out, state), (d_out, np.zeros(state.shape, jax.dtypes.float0))
 
 
 def _soft(name, operator, x, k, l, p, axis, solver, num_iter):
