@@ -85,11 +85,11 @@ def op_times(x, g, k, repeats):
             results.append((f"{label} forward", cuda_time_ms(lambda: getattr(sparsetopk, name)(x, k, 0.1, p), repeats)))
             results.append((f"{label} forward + state",
                             cuda_time_ms(lambda: forward_op(x, k, 0.1, p, -1, "auto"), repeats)))
-            _, c, row_state = forward_op(x, k, 0.1, p, -1, "auto")
+            _, row_state = forward_op(x, k, 0.1, p, -1, "auto")
             if name == "soft_topk_mask":
-                backward = lambda: torch.ops.sparsetopk._soft_topk_mask_backward(g, c, row_state, -1)  # noqa: E731
+                backward = lambda: torch.ops.sparsetopk._soft_topk_mask_backward(g, x, row_state, 0.1, p, -1)  # noqa: E731
             else:
-                backward = lambda: torch.ops.sparsetopk._soft_topk_mag_backward(g, x, c, row_state, -1)  # noqa: E731
+                backward = lambda: torch.ops.sparsetopk._soft_topk_mag_backward(g, x, row_state, 0.1, p, -1)  # noqa: E731
             results.append((f"{label} backward", cuda_time_ms(backward, repeats)))
     return results
 

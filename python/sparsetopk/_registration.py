@@ -14,10 +14,11 @@ is plain tensors). This module adds, once per process:
   under ``torch.func`` transforms and forward-mode AD (C++ autograd functions
   cannot compose with those).
 
-The state a soft forward pass saves (the core's ActiveBlocks in dense form, see
-``src/torch/ops.hpp``): ``c``, float64 of x's shape, the Jacobian weight c_i of
-SPEC.md on the active entries and -1 elsewhere; ``row_state``, float64 of x's
-shape with size 3 along ``dim``: (gamma, W_B, unchanged_from) of each slice.
+The state a soft forward pass saves (``src/torch/ops.hpp``) is O(rows):
+``row_state``, float64 of x's shape with size 7 along ``dim``, each slice's
+``sparsetopk::RowState`` (gamma, W_B, unchanged_from, and where the band starts
+and ends in sorted order). The backward and JVP ops recompute the band's
+Jacobian weights c_i from x, l and p.
 """
 
 import math
@@ -30,7 +31,7 @@ from ._library import load_library
 
 load_library()
 ops = torch.ops.sparsetopk
-ROW_STATE_SIZE = 3
+ROW_STATE_SIZE = 7
 COMPILE_USES_PYTHON_AUTOGRAD = False
 SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra", "cuda_kernel")  # cuda_kernel: CUDA, UNVERIFIED (docs/gpu.md)
 CPU_ONLY_SOLVERS = ("pav", "threshold")
@@ -117,9 +118,8 @@ def _soft_forward_fake(op: str):
     def fake(x, k, l, p, dim, solver, num_iter=None):
         out = soft(x, k, l, p, dim, solver, num_iter)
         wrapped = _wrap_dim(op, x, dim)
-        c = x.new_empty(x.shape, dtype=torch.float64)
         row_state = x.new_empty(_sizes_along(x, wrapped, ROW_STATE_SIZE), dtype=torch.float64)
-        return out, c, row_state
+        return out, row_state
     return fake
 
 
@@ -132,26 +132,22 @@ def _hard_fake(op: str):
     return fake
 
 
-def _product_fake(op: str, v_name: str, with_x: bool):
-    def check_saved(t, name, v, sizes):
-        torch._check(t.device == v.device, lambda: f"sparsetopk.{op}: {name} is on {t.device} but {v_name} is on "
-                                                   f"{v.device}")
-        torch._check(t.dtype == torch.float64,
-                     lambda: f"sparsetopk.{op}: {name} must be float64, got {_dtype_name(t.dtype)}")
-        torch._check(list(t.shape) == list(sizes),
-                     lambda: f"sparsetopk.{op}: {name} has shape {list(t.shape)} but {v_name} needs {list(sizes)}")
-
-    def fake(v, *args):
-        x, c, row_state, dim = args if with_x else (None, *args)
+def _product_fake(op: str, v_name: str):
+    def fake(v, x, row_state, l, p, dim):
         _check_input(op, v, v_name)
         dim = _wrap_dim(op, v, dim)
-        check_saved(c, "c", v, v.shape)
-        check_saved(row_state, "row_state", v, _sizes_along(v, dim, ROW_STATE_SIZE))
-        if x is not None:
-            _check_input(op, x, "x")
-            torch._check(x.shape == v.shape,
-                         lambda: f"sparsetopk.{op}: x has shape {list(x.shape)} but {v_name} has shape "
-                                 f"{list(v.shape)}")
+        _check_input(op, x, "x")
+        torch._check(x.shape == v.shape,
+                     lambda: f"sparsetopk.{op}: x has shape {list(x.shape)} but {v_name} has shape {list(v.shape)}")
+        sizes = _sizes_along(v, dim, ROW_STATE_SIZE)
+        torch._check(row_state.device == v.device,
+                     lambda: f"sparsetopk.{op}: row_state is on {row_state.device} but {v_name} is on {v.device}")
+        torch._check(row_state.dtype == torch.float64,
+                     lambda: f"sparsetopk.{op}: row_state must be float64, got {_dtype_name(row_state.dtype)}")
+        torch._check(list(row_state.shape) == list(sizes),
+                     lambda: f"sparsetopk.{op}: row_state has shape {list(row_state.shape)} but {v_name} needs "
+                             f"{list(sizes)}")
+        _check_l_p(op, l, p)
         return v.new_empty(v.shape)
     return fake
 
@@ -202,10 +198,8 @@ def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_st
         result = op(*call_args)
         if outputs == 1:
             return (result.squeeze(-1) if scalar else result), 0
-        out, c, state = result
-        if scalar:
-            out, c = out.squeeze(-1), c.squeeze(-1)
-        return (out, c, state), (0, 0, 0)
+        out, state = result
+        return (out.squeeze(-1) if scalar else out, state), (0, 0)
     return rule
 
 
@@ -217,21 +211,18 @@ def _register() -> None:
                                     _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS,
                                                first_default=2))
         torch.library.register_vmap(f"sparsetopk::_{name}_forward",
-                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=3,
+                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=2,
                                                defaults=SOFT_DEFAULTS[-1:], first_default=6))
     for name in ("hard_topk_mask", "hard_topk_mag"):
         torch.library.register_fake(f"sparsetopk::{name}", _hard_fake(name))
         torch.library.register_vmap(f"sparsetopk::{name}",
                                     _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,), first_default=2))
-    for kind, with_x in (("mask", False), ("mag", True)):
+    for kind in ("mask", "mag"):
         for product, v_name in (("backward", "grad"), ("jvp", "tangent")):
             name = f"_soft_topk_{kind}_{product}"
-            label = f"soft_topk_{kind} {product}"
-            torch.library.register_fake(f"sparsetopk::{name}", _product_fake(label, v_name, with_x))
-            # arguments: v, [x,] c, row_state, dim
-            x_shaped = (0, 1, 2) if with_x else (0, 1)
-            torch.library.register_vmap(f"sparsetopk::{name}",
-                                        _vmap_rule(getattr(ops, name), 0, x_shaped, 4 if with_x else 3))
+            torch.library.register_fake(f"sparsetopk::{name}", _product_fake(f"soft_topk_{kind} {product}", v_name))
+            # arguments: v, x, row_state, l, p, dim
+            torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0, 1), 5))
 
 
 _register()
@@ -276,7 +267,7 @@ class DerivativeProduct(torch.autograd.Function):
 class SoftTopkFunction(torch.autograd.Function):
     """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
 
-    ``apply(x, k, l, p, dim, solver, num_iter, magnitude)`` returns ``(out, c, row_state)``;
+    ``apply(x, k, l, p, dim, solver, num_iter, magnitude)`` returns ``(out, row_state)``;
     only ``out`` is differentiable. ``generate_vmap_rule``: under ``vmap`` the
     forward, backward and JVP ops run once for the batch, through their vmap
     rules.
@@ -291,31 +282,25 @@ class SoftTopkFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, _, _, dim, _, _, magnitude = inputs
-        _, c, row_state = output
-        ctx.mark_non_differentiable(c, row_state)
-        ctx.save_for_backward(x, c, row_state)
-        ctx.save_for_forward(x, c, row_state)
-        ctx.dim = dim
-        ctx.magnitude = magnitude
+        x, _, l, p, dim, _, _, magnitude = inputs
+        _, row_state = output
+        ctx.mark_non_differentiable(row_state)
+        ctx.save_for_backward(x, row_state)
+        ctx.save_for_forward(x, row_state)
+        ctx.arguments = (l, p, dim)
+        ctx.kind = "mag" if magnitude else "mask"
 
     @staticmethod
-    def backward(ctx, grad_out, grad_c, grad_row_state):
-        x, c, row_state = ctx.saved_tensors
-        if ctx.magnitude:
-            grad_x = DerivativeProduct.apply("_soft_topk_mag_backward", grad_out, x, c, row_state, ctx.dim)
-        else:
-            grad_x = DerivativeProduct.apply("_soft_topk_mask_backward", grad_out, c, row_state, ctx.dim)
+    def backward(ctx, grad_out, grad_row_state):
+        x, row_state = ctx.saved_tensors
+        grad_x = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_backward", grad_out, x, row_state, *ctx.arguments)
         return grad_x, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *unused_tangents):
-        x, c, row_state = ctx.saved_tensors
-        if ctx.magnitude:
-            out_tangent = DerivativeProduct.apply("_soft_topk_mag_jvp", x_tangent, x, c, row_state, ctx.dim)
-        else:
-            out_tangent = DerivativeProduct.apply("_soft_topk_mask_jvp", x_tangent, c, row_state, ctx.dim)
-        return out_tangent, None, None
+        x, row_state = ctx.saved_tensors
+        out_tangent = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_jvp", x_tangent, x, row_state, *ctx.arguments)
+        return out_tangent, None
 
 
 class Route:

@@ -73,10 +73,12 @@ def opcheck_cases():
     # The derivative ops, at the state of a forward pass (they are not differentiable again:
     # their inputs do not require grad here; test_second_derivatives_raise covers that).
     g = torch.randn_like(x)
-    _, c, row_state = ops._soft_topk_mask_forward(x, 2, 0.5, 4.0 / 3.0, -1, "auto")
-    cases += [("_soft_topk_mask_backward", (g, c, row_state, -1)), ("_soft_topk_mask_jvp", (g, c, row_state, -1))]
-    _, c, row_state = ops._soft_topk_mag_forward(x, 2, 0.5, 1.5, 0, "auto")
-    cases += [("_soft_topk_mag_backward", (g, x, c, row_state, 0)), ("_soft_topk_mag_jvp", (g, x, c, row_state, 0))]
+    _, row_state = ops._soft_topk_mask_forward(x, 2, 0.5, 4.0 / 3.0, -1, "auto")
+    cases += [("_soft_topk_mask_backward", (g, x, row_state, 0.5, 4.0 / 3.0, -1)),
+              ("_soft_topk_mask_jvp", (g, x, row_state, 0.5, 4.0 / 3.0, -1))]
+    _, row_state = ops._soft_topk_mag_forward(x, 2, 0.5, 1.5, 0, "auto")
+    cases += [("_soft_topk_mag_backward", (g, x, row_state, 0.5, 1.5, 0)),
+              ("_soft_topk_mag_jvp", (g, x, row_state, 0.5, 1.5, 0))]
     return cases
 
 
@@ -318,13 +320,13 @@ def test_meta_and_fake_tensors_propagate_shapes():
 
     with FakeTensorMode():
         x = torch.empty(7, 4, 5)
-        out, c, row_state = ops._soft_topk_mag_forward(x, 2, 0.5, 4.0 / 3.0, 1, "auto")
-        assert out.shape == (7, 4, 5) and c.shape == (7, 4, 5) and c.dtype == torch.float64
-        assert row_state.shape == (7, 3, 5) and row_state.dtype == torch.float64
+        out, row_state = ops._soft_topk_mag_forward(x, 2, 0.5, 4.0 / 3.0, 1, "auto")
+        assert out.shape == (7, 4, 5)
+        assert row_state.shape == (7, 7, 5) and row_state.dtype == torch.float64
     for device in ["meta", "cpu"]:  # slices of 0 entries
         x = torch.empty(2, 0, 4, device=device)
-        out, c, row_state = ops._soft_topk_mask_forward(x, 0, 0.5, 2.0, 1, "auto")
-        assert out.shape == x.shape and c.shape == x.shape and row_state.shape == (2, 3, 4)
+        out, row_state = ops._soft_topk_mask_forward(x, 0, 0.5, 2.0, 1, "auto")
+        assert out.shape == x.shape and row_state.shape == (2, 7, 4)
 
 
 @pytest.mark.parametrize("name", ["soft_topk_mask", "soft_topk_mag", "hard_topk_mag"])

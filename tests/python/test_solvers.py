@@ -54,9 +54,17 @@ def forward_backward_jvp(op, x, **kwargs):
 # ---- solver "generic" on CPU tensors ----
 
 def active_entries(op, x, **kwargs):
-    """Where the forward pass's state has c_i >= 0 (the entries of the active block)."""
-    forward = ops._soft_topk_mag_forward if op is sparsetopk.soft_topk_mag else ops._soft_topk_mask_forward
-    return forward(x, kwargs["k"], kwargs["l"], kwargs["p"], -1, kwargs.get("solver", "auto"))[1] >= 0
+    """The entries of the band (those with a c_i) of the forward pass's row_state
+    (RowState: its last four columns bound the band in sorted order, key
+    descending and ties by the lower index)."""
+    magnitude = op is sparsetopk.soft_topk_mag
+    forward = ops._soft_topk_mag_forward if magnitude else ops._soft_topk_mask_forward
+    state = forward(x, kwargs["k"], kwargs["l"], kwargs["p"], -1, kwargs.get("solver", "auto"))[1]
+    key, column = (x.abs() if magnitude else x), torch.arange(x.shape[-1], dtype=torch.float64)
+    first_key, first_index, last_key, last_index = (state[..., i:i + 1] for i in range(3, 7))
+    before_first = (key > first_key) | ((key == first_key) & (column < first_index))
+    after_last = (key < last_key) | ((key == last_key) & (column > last_index))
+    return ~before_first & ~after_last
 
 
 @pytest.mark.parametrize("op", SOFT, ids=ids)
@@ -136,9 +144,9 @@ def test_dykstra_gradient_is_the_block_jacobian_of_its_own_solution(op):
     x = torch.randn(2, 40, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     forward = torch.ops.sparsetopk._soft_topk_mag_forward if op is sparsetopk.soft_topk_mag \
         else torch.ops.sparsetopk._soft_topk_mask_forward
-    out, c, row_state = forward(x, 5, 0.3, 2.0, -1, "dykstra", 3)
+    out, row_state = forward(x, 5, 0.3, 2.0, -1, "dykstra", 3)
     assert torch.equal(out, op(x, 5, 0.3, 2.0, solver="dykstra", num_iter=3))
-    assert set(c.unique().tolist()) <= {-1.0, 1 / 0.3}
+    assert row_state.shape == (2, 7) and torch.isfinite(row_state[:, :3]).all()
     xr = x.clone().requires_grad_()
     (grad,) = torch.autograd.grad(op(xr, 5, 0.3, 2.0, solver="dykstra", num_iter=3).sum(), xr)
     assert torch.isfinite(grad).all()

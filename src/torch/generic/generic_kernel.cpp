@@ -13,20 +13,15 @@
 #include <vector>
 
 #include "../checks.hpp"
+#include "../ops.hpp"
 #include "generic_kernel.hpp"
 #include "topk_generic.hpp"
 
 namespace sparsetopk::torch::detail {
 
-using generic::Operator;
-using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Tensors2 = std::tuple<at::Tensor, at::Tensor>;
 
 namespace {
-
-const char* op_name(Operator op, bool soft) {
-  if (op == Operator::mask) return soft ? "soft_topk_mask" : "hard_topk_mask";
-  return soft ? "soft_topk_mag" : "hard_topk_mag";
-}
 
 SolverChoice choose_generic_solver(const char* op, c10::string_view solver, double p,
                                    std::optional<int64_t> num_iter, const at::Tensor& x) {
@@ -50,11 +45,11 @@ at::Tensor from_rows(const at::Tensor& rows, const at::Tensor& like, int64_t dim
   return rows.reshape(moved).movedim(-1, dim).to(type).contiguous();
 }
 
-// row_state [R, 3] back to x's shape with size 3 along dim (a 0-d x: [3]).
+// row_state [R, 7] back to x's shape with size 7 along dim (a 0-d x: [7]).
 at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int64_t dim) {
-  if (x.dim() == 0) return state.reshape({3});
+  if (x.dim() == 0) return state.reshape({kRowStateSize});
   std::vector<int64_t> moved = x.movedim(dim, -1).sizes().vec();
-  moved.back() = 3;
+  moved.back() = kRowStateSize;
   return state.reshape(moved).movedim(-1, dim).contiguous();
 }
 
@@ -65,113 +60,102 @@ at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? 
 const RowsImplementation generic_rows{generic::soft_topk_rows, generic::hard_topk_rows,
                                       generic::jacobian_product_rows};
 
-Tensors3 soft_topk_by_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k, double l,
+Tensors2 soft_topk_by_rows(const RowsImplementation& rows, Form form, const at::Tensor& x, int64_t k, double l,
                            double p, int64_t dim, const SolverChoice& choice, bool save) {
   const at::Tensor x_rows = as_rows(x, dim, compute_type(x.scalar_type()));
   const generic::SoftResult result = choice.solver == Solver::dykstra
-                                         ? generic::dykstra_rows(op, x_rows, k, l, choice.iterations, save)
-                                         : rows.soft(op, x_rows, k, l, p, save);
+                                         ? generic::dykstra_rows(form, x_rows, k, l, choice.iterations, save)
+                                         : rows.soft(form, x_rows, k, l, p, save);
   at::Tensor out = from_rows(result.out, x, dim, x.scalar_type());
-  if (!save) return {out, at::Tensor(), at::Tensor()};
-  return {out, from_rows(result.c, x, dim, at::kDouble), row_state_from_rows(result.row_state, x, dim)};
+  if (!save) return {out, at::Tensor()};
+  return {out, row_state_from_rows(result.row_state, x, dim)};
 }
 
-Tensors3 soft_topk_on_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k, double l,
+Tensors2 soft_topk_on_rows(const RowsImplementation& rows, Form form, const at::Tensor& x, int64_t k, double l,
                            double p, int64_t dim, c10::string_view solver, std::optional<int64_t> num_iter,
                            bool save) {
-  const char* name = op_name(op, /*soft=*/true);
+  const char* name = op_name(form, /*soft=*/true);
   check_dense_float(name, x);
   dim = wrap_dim(name, x, dim);
   check_k(name, k, slice_size(x, dim), dim);
   check_l_p(name, l, p);
   const SolverChoice choice = choose_generic_solver(name, solver, p, num_iter, x);
-  return soft_topk_by_rows(rows, op, x, k, l, p, dim, choice, save);
+  return soft_topk_by_rows(rows, form, x, k, l, p, dim, choice, save);
 }
 
-at::Tensor hard_topk_on_rows(const RowsImplementation& rows, Operator op, const at::Tensor& x, int64_t k,
+at::Tensor hard_topk_on_rows(const RowsImplementation& rows, Form form, const at::Tensor& x, int64_t k,
                              int64_t dim) {
-  const char* name = op_name(op, /*soft=*/false);
+  const char* name = op_name(form, /*soft=*/false);
   check_dense_float(name, x);
   dim = wrap_dim(name, x, dim);
   check_k(name, k, slice_size(x, dim), dim);
-  return from_rows(rows.hard(op, as_rows(x, dim, compute_type(x.scalar_type())), k), x, dim,
+  return from_rows(rows.hard(form, as_rows(x, dim, compute_type(x.scalar_type())), k), x, dim,
                    x.scalar_type());
 }
 
-at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Operator op, bool transpose, const at::Tensor& v,
-                                    const at::Tensor* x, const at::Tensor& c, const at::Tensor& row_state,
+at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, bool transpose, const at::Tensor& v,
+                                    const at::Tensor& x, const at::Tensor& row_state, double l, double p,
                                     int64_t dim) {
-  const char* name = op == Operator::mask ? (transpose ? "soft_topk_mask backward" : "soft_topk_mask jvp")
-                                          : (transpose ? "soft_topk_mag backward" : "soft_topk_mag jvp");
+  const char* name = product_name(form, transpose);
   const char* v_name = transpose ? "grad" : "tangent";
   check_dense_float(name, v, v_name);
   dim = wrap_dim(name, v, dim);
-  check_saved(name, c, "c", v, v_name, v.sizes());
-  check_saved(name, row_state, "row_state", v, v_name, sizes_along(v, dim, 3));
-  at::ScalarType type = compute_type(v.scalar_type());
-  at::Tensor x_rows;
-  if (x) {
-    check_dense_float(name, *x, "x");
-    TORCH_CHECK(x->sizes() == v.sizes(), "sparsetopk.", name, ": x has shape ", x->sizes(), " but ", v_name,
-                " has shape ", v.sizes());
-    type = compute_type(at::promote_types(v.scalar_type(), x->scalar_type()));
-    x_rows = as_rows(*x, dim, type);
-  }
-  const at::Tensor state_rows =
-      v.dim() == 0 ? row_state.reshape({1, 3}) : row_state.movedim(dim, -1).reshape({-1, 3}).contiguous();
+  check_dense_float(name, x, "x");
+  TORCH_CHECK(x.sizes() == v.sizes(), "sparsetopk.", name, ": x has shape ", x.sizes(), " but ", v_name,
+              " has shape ", v.sizes());
+  TORCH_CHECK(x.device() == v.device(), "sparsetopk.", name, ": x is on ", x.device(), " but ", v_name, " is on ",
+              v.device());
+  check_saved(name, row_state, "row_state", v, v_name, sizes_along(v, dim, kRowStateSize));
+  check_l_p(name, l, p);
+  const at::ScalarType type = compute_type(at::promote_types(v.scalar_type(), x.scalar_type()));
+  const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, kRowStateSize})
+                                             : row_state.movedim(dim, -1).reshape({-1, kRowStateSize}).contiguous();
   const at::Tensor product =
-      rows.product(op, transpose, as_rows(v, dim, type), x_rows, as_rows(c, dim, at::kDouble), state_rows);
+      rows.product(form, transpose, as_rows(v, dim, type), as_rows(x, dim, type), state_rows, l, p);
   return from_rows(product, v, dim, v.scalar_type());
-}
-
-Tensors3 soft_topk(Operator op, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                   c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
-  return soft_topk_on_rows(generic_rows, op, x, k, l, p, dim, solver, num_iter, save);
-}
-
-at::Tensor hard_topk(Operator op, const at::Tensor& x, int64_t k, int64_t dim) {
-  return hard_topk_on_rows(generic_rows, op, x, k, dim);
-}
-
-at::Tensor jacobian_product(Operator op, bool transpose, const at::Tensor& v, const at::Tensor* x,
-                            const at::Tensor& c, const at::Tensor& row_state, int64_t dim) {
-  return jacobian_product_on_rows(generic_rows, op, transpose, v, x, c, row_state, dim);
 }
 
 }  // namespace sparsetopk::torch::detail
 
 TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
   using namespace sparsetopk::torch::detail;
-  using sparsetopk::torch::generic::Operator;
+  using sparsetopk::Form;
   m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                               c10::string_view solver, std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_topk(Operator::mask, x, k, l, p, dim, solver, num_iter, false));
+    return std::get<0>(soft_topk_on_rows(generic_rows, Form::mask, x, k, l, p, dim, solver, num_iter, false));
   });
   m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                              c10::string_view solver, std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_topk(Operator::magnitude, x, k, l, p, dim, solver, num_iter, false));
+    return std::get<0>(soft_topk_on_rows(generic_rows, Form::magnitude, x, k, l, p, dim, solver, num_iter, false));
   });
-  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::mask, x, k, dim); });
-  m.impl("hard_topk_mag",
-         [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Operator::magnitude, x, k, dim); });
+  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) {
+    return hard_topk_on_rows(generic_rows, Form::mask, x, k, dim);
+  });
+  m.impl("hard_topk_mag", [](const at::Tensor& x, int64_t k, int64_t dim) {
+    return hard_topk_on_rows(generic_rows, Form::magnitude, x, k, dim);
+  });
   m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                                        c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk(Operator::mask, x, k, l, p, dim, solver, num_iter, true);
+    return soft_topk_on_rows(generic_rows, Form::mask, x, k, l, p, dim, solver, num_iter, true);
   });
   m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                                       c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk(Operator::magnitude, x, k, l, p, dim, solver, num_iter, true);
+    return soft_topk_on_rows(generic_rows, Form::magnitude, x, k, l, p, dim, solver, num_iter, true);
   });
-  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& c, const at::Tensor& row_state,
-                                        int64_t dim) { return jacobian_product(Operator::mask, true, grad, nullptr, c, row_state, dim); });
-  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& c, const at::Tensor& row_state,
-                                   int64_t dim) { return jacobian_product(Operator::mask, false, tangent, nullptr, c, row_state, dim); });
-  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c,
-                                       const at::Tensor& row_state, int64_t dim) {
-    return jacobian_product(Operator::magnitude, true, grad, &x, c, row_state, dim);
+  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
+                                        double l, double p, int64_t dim) {
+    return jacobian_product_on_rows(generic_rows, Form::mask, true, grad, x, row_state, l, p, dim);
   });
-  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& c,
-                                  const at::Tensor& row_state, int64_t dim) {
-    return jacobian_product(Operator::magnitude, false, tangent, &x, c, row_state, dim);
+  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
+                                   double l, double p, int64_t dim) {
+    return jacobian_product_on_rows(generic_rows, Form::mask, false, tangent, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
+                                       double l, double p, int64_t dim) {
+    return jacobian_product_on_rows(generic_rows, Form::magnitude, true, grad, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
+                                  double l, double p, int64_t dim) {
+    return jacobian_product_on_rows(generic_rows, Form::magnitude, false, tangent, x, row_state, l, p, dim);
   });
 }

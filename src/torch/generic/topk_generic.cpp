@@ -147,7 +147,7 @@ class Power {
 // (s_j - ref) + d, exact for keys near ref. Plain coordinates are ref = 0, d = -tau.
 class ThresholdEquation {
  public:
-  ThresholdEquation(Operator op, Tensor s, int64_t k, double l, double p)
+  ThresholdEquation(Form op, Tensor s, int64_t k, double l, double p)
       : op_(op), s_(std::move(s)), is_top_(columns(s_.size(1), s_) < k), k_(k), l_(l), power_(p) {}
 
   const Tensor& keys() const { return s_; }
@@ -164,7 +164,7 @@ class ThresholdEquation {
   // error of Phi: 4 eps times the sum of its terms' magnitudes.
   Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr, Tensor* noise = nullptr) const {
     const Tensor u = offsets(ref, d);
-    return op_ == Operator::mask ? mask_residual(u, step, noise) : magnitude_residual(u, ref - d, step, noise);
+    return op_ == Form::mask ? mask_residual(u, step, noise) : magnitude_residual(u, ref - d, step, noise);
   }
 
  private:
@@ -212,7 +212,7 @@ class ThresholdEquation {
     return a * (powers - target * rho) / (slope + weight * rho);
   }
 
-  Operator op_;
+  Form op_;
   Tensor s_, is_top_;
   int64_t k_;
   double l_;
@@ -352,14 +352,14 @@ BlockMoments moments_of(const Tensor& s, const Tensor& in_block) {
 }
 
 // The block's value gamma, W its weight (SPEC.md, "Reduction"): q = 2 or q = 4.
-Tensor closed_form_value(Operator op, const BlockMoments& m, const Tensor& W, double l, Power::Kind kind) {
+Tensor closed_form_value(Form op, const BlockMoments& m, const Tensor& W, double l, Power::Kind kind) {
   const Tensor& n = m.count;
   if (kind == Power::Kind::quadratic) {
-    return op == Operator::mask ? m.mean - l * W / n     // sum (s_i - gamma) / l = W
+    return op == Form::mask ? m.mean - l * W / n     // sum (s_i - gamma) / l = W
                                 : n * m.mean / (n + l * W);  // sum (s_i - gamma) / l = gamma W
   }
   // gamma = mean + t: sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3, solved in units where the coefficients are O(1)
-  if (op == Operator::mask) {  // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
+  if (op == Form::mask) {  // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
     const Tensor V = m.unit.clamp_min(l), r = m.unit / V, lambda = l / V;
     const Tensor P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
     return m.mean + V * solve_depressed_cubic(P, Q);
@@ -387,7 +387,7 @@ Tensor into_bracket(const Tensor& value, const Tensor& lo, const Tensor& hi) {
 
 // A first solution tau0 on the piece: closed form on the piece's block for
 // q = 2 and q = 4, else Newton in plain coordinates.
-Tensor first_solution(const ThresholdEquation& equation, Operator op, const Tensor& block_begin,
+Tensor first_solution(const ThresholdEquation& equation, Form op, const Tensor& block_begin,
                       const Tensor& block_end, const Tensor& lo, const Tensor& hi) {
   const Power::Kind kind = equation.power().kind();
   if (kind != Power::Kind::general) {
@@ -423,7 +423,7 @@ Tensor solve_from(const ThresholdEquation& equation, const Tensor& ref, const Te
 // entry above the threshold; where tau lies nearer 0 than the edge, plain
 // coordinates (ref = 0) are as exact for those entries and keep tau itself to
 // full relative precision.
-Threshold solve_on_piece(const ThresholdEquation& equation, Operator op, const Tensor& block_begin,
+Threshold solve_on_piece(const ThresholdEquation& equation, Form op, const Tensor& block_begin,
                          const Tensor& block_end, const Tensor& lo, const Tensor& hi) {
   const Tensor tau0 = first_solution(equation, op, block_begin, block_end, lo, hi);
   const Tensor edge = key_at(equation.keys(), block_end - 1, 0.0);
@@ -443,7 +443,7 @@ Threshold mask_threshold(const ThresholdEquation& equation) {
                                 key_at(s, saturating, -kInf) - l);
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
                                 key_at(s, saturating - 1, kInf) - l);
-  return solve_on_piece(equation, Operator::mask, saturating, entering, lo, hi);
+  return solve_on_piece(equation, Form::mask, saturating, entering, lo, hi);
 }
 
 // The singleton value of each key of the magnitude, pow((s - g)/l, q-1) = g:
@@ -451,7 +451,7 @@ Threshold mask_threshold(const ThresholdEquation& equation) {
 Tensor singleton_values(const Power& power, const Tensor& s, double l) {
   if (power.kind() != Power::Kind::general) {
     const Tensor one = at::ones_like(s), zero = at::zeros_like(s);
-    return closed_form_value(Operator::magnitude, {one, s, unit_of(s), zero, zero}, one, l, power.kind());
+    return closed_form_value(Form::magnitude, {one, s, unit_of(s), zero, zero}, one, l, power.kind());
   }
   const auto residual = [&](const Tensor& g, Tensor* step, Tensor* noise) {  // g - pow((s - g)/l, q-1), increasing
     const Tensor z = (s - g).clamp_min(0.0) / l, y = power.power(z);
@@ -476,12 +476,13 @@ Threshold magnitude_threshold(const ThresholdEquation& equation) {
                                 key_at(singleton, leaving, -kInf));
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
                                 key_at(singleton, leaving - 1, kInf));
-  return solve_on_piece(equation, Operator::magnitude, leaving, entering, lo, hi);
+  return solve_on_piece(equation, Form::magnitude, leaving, entering, lo, hi);
 }
 
 // ---- outputs, block and c of the rows with 0 < k < n ----
 
-// Sorted outputs, c and row state of a batch (sorted order; c in sorted order too).
+// Sorted outputs, c and row state (gamma, W_B, unchanged_from) of a batch, in
+// sorted order; c (-1 off the band) gives the band's bounds.
 struct SortedRows {
   Tensor out, c, state;
 };
@@ -497,9 +498,9 @@ Tensor cbrt_upper_bound(const Tensor& y) {
 // The core's window bound `above` (band_solve.hpp, window_bounds): keys at or
 // above it are outside the window, and it is unchanged_from when no window
 // entry lies above the block.
-Tensor window_above(Operator op, const Power& power, const Tensor& s_k, const Tensor& s_next, double l) {
+Tensor window_above(Form op, const Power& power, const Tensor& s_k, const Tensor& s_next, double l) {
   Tensor above, scale;
-  if (op == Operator::mask) {
+  if (op == Form::mask) {
     above = s_k + l;
     scale = (magnitude_of(s_k) + magnitude_of(s_next)) + l;
   } else {
@@ -553,7 +554,7 @@ SortedRows mask_block_rows(const ThresholdEquation& equation, const Threshold& t
   // the block: from the first unsaturated entry (p = 2, 4/3: PAV also pools entries saturated exactly at it)
   const Tensor unsaturated = power.kind() == Power::Kind::general ? ~(u >= l) : ~(u > l);
   const Tensor begin = first_true(unsaturated).clamp_max(k - 1);
-  const Tensor window_top = window_above(Operator::mask, power, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
+  const Tensor window_top = window_above(Form::mask, power, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
   return {y, c, block_state(s, k, gamma, begin, window_top)};
 }
 
@@ -585,15 +586,15 @@ SortedRows magnitude_block_rows(const ThresholdEquation& equation, const Thresho
   const Tensor out = select(in_block, at::copysign(r, x_sorted), select(is_top, x_sorted, 0.0));
   const Tensor z_c = select(u_j > 0, u_j / l, power.inverse(power_j));  // (u_j underflowed: from the power)
   const Tensor c = select(in_block & ((u_j > 0) | (power_j > 0)), power.jacobian_weight(z_c, l), -1.0);
-  const Tensor above = window_above(Operator::magnitude, power, s_k, s.narrow(1, k, 1), l);
+  const Tensor above = window_above(Form::magnitude, power, s_k, s.narrow(1, k, 1), l);
   return {out, c, block_state(s, k, gamma, begin, above)};
 }
 
 // Rows with no block (SPEC.md: every block a singleton): the hard operator,
 // gamma = s_{k+1}, W_B = 0, unchanged_from = s_k.
-SortedRows singleton_rows(Operator op, const Tensor& s, int64_t k, const Tensor& x_sorted) {
+SortedRows singleton_rows(Form op, const Tensor& s, int64_t k, const Tensor& x_sorted) {
   const Tensor is_top = columns(s.size(1), s) < k;
-  const Tensor out = op == Operator::mask ? is_top.expand_as(s).to(at::kDouble) : select(is_top, x_sorted, 0.0);
+  const Tensor out = op == Form::mask ? is_top.expand_as(s).to(at::kDouble) : select(is_top, x_sorted, 0.0);
   const Tensor gamma = k < s.size(1) ? s.narrow(1, k, 1) : at::full({s.size(0), 1}, -kInf, s.options());
   const Tensor unchanged_from = k > 0 ? s.narrow(1, k - 1, 1) : at::full({s.size(0), 1}, kInf, s.options());
   const Tensor state = at::cat({gamma, at::zeros_like(gamma), unchanged_from}, 1);
@@ -606,23 +607,23 @@ SortedRows singleton_rows(Operator op, const Tensor& s, int64_t k, const Tensor&
 // does not keep its value, magnitude). For p = 2 and 4/3 the core's PAV also
 // pools the two where their singleton values are equal (the residual is then
 // 0 at s_{k+1}, a kink): s_k - l = s_{k+1}, or pow((s_k - s_{k+1})/l, q-1) = s_{k+1}.
-Tensor has_block(const ThresholdEquation& equation, Operator op) {
+Tensor has_block(const ThresholdEquation& equation, Form op) {
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
   const double l = equation.l();
   const Tensor s_k = s.narrow(1, k - 1, 1), s_next = s.narrow(1, k, 1);
   const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) < 0);
   if (equation.power().kind() == Power::Kind::general) return straddles;
-  const Tensor pooled = op == Operator::mask ? s_k - s_next == l : equation.power().power((s_k - s_next) / l) == s_next;
+  const Tensor pooled = op == Form::mask ? s_k - s_next == l : equation.power().power((s_k - s_next) / l) == s_next;
   return straddles | pooled;
 }
 
-SortedRows soft_sorted_rows(Operator op, const Tensor& s, int64_t k, double l, double p, const Tensor& x_sorted) {
+SortedRows soft_sorted_rows(Form op, const Tensor& s, int64_t k, double l, double p, const Tensor& x_sorted) {
   const int64_t n = s.size(1);
   if (k == 0 || k == n) return singleton_rows(op, s, k, x_sorted);
   const ThresholdEquation equation(op, s, k, l, p);
-  const Threshold threshold = op == Operator::mask ? mask_threshold(equation) : magnitude_threshold(equation);
-  const SortedRows block = op == Operator::mask ? mask_block_rows(equation, threshold)
+  const Threshold threshold = op == Form::mask ? mask_threshold(equation) : magnitude_threshold(equation);
+  const SortedRows block = op == Form::mask ? mask_block_rows(equation, threshold)
                                                 : magnitude_block_rows(equation, threshold, x_sorted);
   const SortedRows plain = singleton_rows(op, s, k, x_sorted);
   const Tensor with_block = has_block(equation, op);
@@ -630,24 +631,25 @@ SortedRows soft_sorted_rows(Operator op, const Tensor& s, int64_t k, double l, d
           select(with_block, block.state, plain.state)};
 }
 
+// The RowState columns (sparsetopk/row_state.hpp) of rows with no band.
+Tensor no_band(const Tensor& like_column) {
+  const Tensor none = at::full_like(like_column, -kInf), zero = at::zeros_like(like_column);
+  return at::cat({none, zero, none, zero}, 1);
+}
+
 // The state of rows of no entries: no block, no threshold (the CPU kernel's convention).
 SoftResult empty_result(const Tensor& rows, bool save) {
-  SoftResult result{at::empty_like(rows), {}, {}};
+  SoftResult result{at::empty_like(rows), {}};
   if (!save) return result;
-  const auto options = rows.options().dtype(at::kDouble);
-  result.c = at::empty(rows.sizes(), options);
-  result.row_state = at::empty({rows.size(0), 3}, options);
-  if (rows.size(0) > 0) {
-    result.row_state.select(1, 0).fill_(-kInf);
-    result.row_state.select(1, 1).fill_(0.0);
-    result.row_state.select(1, 2).fill_(kInf);
-  }
+  const Tensor column = at::empty({rows.size(0), 1}, rows.options().dtype(at::kDouble));
+  result.row_state = at::cat({column.fill_(-kInf), at::zeros_like(column), at::full_like(column, kInf),
+                              no_band(column)}, 1);
   return result;
 }
 
 // Sorted order: keys (x, or |x|) descending; -0 and +0 are the same key.
-std::pair<Tensor, Tensor> sort_keys(Operator op, const Tensor& x) {
-  const Tensor keys = op == Operator::mask ? x + 0.0 : magnitude_of(x);
+std::pair<Tensor, Tensor> sort_keys(Form op, const Tensor& x) {
+  const Tensor keys = op == Form::mask ? x + 0.0 : magnitude_of(x);
   auto [s, order] = at::sort(keys, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
   return {s, order};
 }
@@ -655,23 +657,36 @@ std::pair<Tensor, Tensor> sort_keys(Operator op, const Tensor& x) {
 // The tensor whose [r, order[r, j]] is sorted[r, j].
 Tensor unsort(const Tensor& sorted, const Tensor& order) { return at::empty_like(sorted).scatter_(1, order, sorted); }
 
+// The band's first and last entries (RowState's last four columns): the first
+// and last sorted positions where `active` holds, as (key, column); the sort
+// is stable, so sorted order is RowState's (key descending, ties by column).
+Tensor band_bounds(const Tensor& s, const Tensor& order, const Tensor& active) {
+  const int64_t n = s.size(1);
+  const Tensor first = first_true(active), any = first < n;
+  const Tensor last = (n - 1) - first_true(active.flip(-1));
+  const auto column_at = [&](const Tensor& j) { return order.gather(1, j.clamp(0, n - 1)).to(at::kDouble); };
+  const Tensor bounds = at::cat({key_at(s, first, -kInf), column_at(first), key_at(s, last, -kInf),
+                                 column_at(last)}, 1);
+  return select(any, bounds, no_band(s.narrow(1, 0, 1)));
+}
+
 // A soft operator on a batch: the rows' keys sorted, `solve(s, x_sorted)`
 // (SortedRows) and the result scattered back; non-finite rows are NaN, their
 // state (NaN, 0, NaN). x_sorted: x in the keys' order (the magnitude only).
 template <class SortedSolver>
-SoftResult solve_sorted(Operator op, const Tensor& rows, bool save, SortedSolver&& solve) {
+SoftResult solve_sorted(Form op, const Tensor& rows, bool save, SortedSolver&& solve) {
   if (rows.numel() == 0) return empty_result(rows, save);
   const Tensor finite = is_finite(rows).all(-1, /*keepdim=*/true);
   const Tensor x = select(finite, rows.to(at::kDouble), 0.0);  // a non-finite row is NaN at the end
   const auto [s, order] = sort_keys(op, x);
-  const Tensor x_sorted = op == Operator::magnitude ? x.gather(1, order) : Tensor();
+  const Tensor x_sorted = op == Form::magnitude ? x.gather(1, order) : Tensor();
   const SortedRows sorted = solve(s, x_sorted);
-  SoftResult result{select(finite, unsort(sorted.out, order), kNaN).to(rows.scalar_type()), {}, {}};
+  SoftResult result{select(finite, unsort(sorted.out, order), kNaN).to(rows.scalar_type()), {}};
   if (!save) return result;
-  result.c = select(finite, unsort(sorted.c, order), kNaN);
+  result.row_state = at::cat({sorted.state, band_bounds(s, order, sorted.c >= 0)}, 1);
   const Tensor nan = at::full({1, 1}, kNaN, sorted.state.options());
-  const Tensor non_finite_state = at::cat({nan, at::zeros_like(nan), nan}, 1);  // (NaN, 0, NaN)
-  result.row_state = select(finite, sorted.state, non_finite_state);
+  const Tensor non_finite_state = at::cat({nan, at::zeros_like(nan), nan, no_band(nan)}, 1);  // (NaN, 0, NaN)
+  result.row_state = select(finite, result.row_state, non_finite_state);
   return result;
 }
 
@@ -775,11 +790,11 @@ std::pair<Tensor, Tensor> straddling_block(const Tensor& active, int64_t k) {
 
 // Outputs and c of the sorted rows from v (SPEC.md steps 4-5); entries still
 // exactly at z_i never moved and keep the hard operator's value.
-SortedRows dykstra_outputs(Operator op, const Tensor& s, const Tensor& z, const Tensor& v, const Tensor& in_block,
+SortedRows dykstra_outputs(Form op, const Tensor& s, const Tensor& z, const Tensor& v, const Tensor& in_block,
                            int64_t k, double l, const Tensor& x_sorted) {
   const Tensor is_top = columns(s.size(1), s) < k, moved = v != z;
   Tensor out, active;
-  if (op == Operator::mask) {
+  if (op == Form::mask) {
     const Tensor u = (s - v) / l;  // y = clip((s - v) / l, 0, 1)
     out = select(moved, u.clamp(0.0, 1.0), is_top.to(at::kDouble));
     active = in_block & moved & (u > 0) & (u < 1);
@@ -794,12 +809,12 @@ SortedRows dykstra_outputs(Operator op, const Tensor& s, const Tensor& z, const 
 
 // Dykstra's iterations on sorted rows (0 < k < n), and the state read off the
 // block of the result: gamma its (weighted) mean, W_B its top entries.
-SortedRows dykstra_block_rows(Operator op, const Tensor& s, int64_t k, double l, int64_t iterations,
+SortedRows dykstra_block_rows(Form op, const Tensor& s, int64_t k, double l, int64_t iterations,
                               const Tensor& x_sorted) {
   const int64_t n = s.size(1);
   const Tensor w = (columns(n, s) < k).to(at::kDouble);
-  const Tensor a = op == Operator::mask ? Tensor() : 1.0 + l * w;  // z = s - l w, or s / (1 + l w)
-  const Tensor z = op == Operator::mask ? s - l * w : s / a;
+  const Tensor a = op == Form::mask ? Tensor() : 1.0 + l * w;  // z = s - l w, or s / (1 + l w)
+  const Tensor z = op == Form::mask ? s - l * w : s / a;
   DykstraChain chain = load_chain(z, a);
   iterate(chain, iterations);
   const Tensor v = chain_values(chain, n);
@@ -813,7 +828,7 @@ SortedRows dykstra_block_rows(Operator op, const Tensor& s, int64_t k, double l,
   return rows;
 }
 
-SortedRows dykstra_sorted_rows(Operator op, const Tensor& s, int64_t k, double l, int64_t iterations,
+SortedRows dykstra_sorted_rows(Form op, const Tensor& s, int64_t k, double l, int64_t iterations,
                                const Tensor& x_sorted) {
   if (k == 0 || k == s.size(1)) return singleton_rows(op, s, k, x_sorted);  // nothing moves
   return dykstra_block_rows(op, s, k, l, iterations, x_sorted);
@@ -821,51 +836,68 @@ SortedRows dykstra_sorted_rows(Operator op, const Tensor& s, int64_t k, double l
 
 }  // namespace
 
-SoftResult soft_topk_rows(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
+SoftResult soft_topk_rows(Form op, const Tensor& rows, int64_t k, double l, double p, bool save) {
   return solve_sorted(op, rows, save, [&](const Tensor& s, const Tensor& x_sorted) {
     return soft_sorted_rows(op, s, k, l, p, x_sorted);
   });
 }
 
-SoftResult dykstra_rows(Operator op, const Tensor& rows, int64_t k, double l, int64_t iterations, bool save) {
+SoftResult dykstra_rows(Form op, const Tensor& rows, int64_t k, double l, int64_t iterations, bool save) {
   return solve_sorted(op, rows, save, [&](const Tensor& s, const Tensor& x_sorted) {
     return dykstra_sorted_rows(op, s, k, l, iterations, x_sorted);
   });
 }
 
-at::Tensor hard_topk_rows(Operator op, const Tensor& rows, int64_t k) {
+at::Tensor hard_topk_rows(Form op, const Tensor& rows, int64_t k) {
   if (rows.numel() == 0) return at::empty_like(rows);
   const Tensor x = rows.to(at::kDouble);
   const Tensor order = sort_keys(op, x).second;  // stable: ties keep the lower index first
   const Tensor kept_sorted = (columns(rows.size(1), rows) < k).expand(rows.sizes()).contiguous();
   const Tensor kept = at::zeros_like(x, x.options().dtype(at::kBool)).scatter_(1, order, kept_sorted);
-  const Tensor out = op == Operator::mask ? kept.to(at::kDouble) : select(kept, x, 0.0);
+  const Tensor out = op == Form::mask ? kept.to(at::kDouble) : select(kept, x, 0.0);
   const Tensor has_nan = is_nan(x).any(-1, /*keepdim=*/true);
   return select(has_nan, kNaN, out).to(rows.scalar_type());
 }
 
+// The band's c_i of rows at their RowStates (SPEC.md, "Derivatives", as the
+// core's band.hpp recomputes them): c_i on the band's entries, -1 elsewhere.
+Tensor band_weights(Form op, const Tensor& x, const Tensor& state, double l, double p) {
+  const Tensor key = op == Form::mask ? x : magnitude_of(x);
+  const Tensor column = columns(x.size(1), x).to(at::kDouble);
+  const Tensor gamma = state.narrow(1, 0, 1);
+  const Tensor first_key = state.narrow(1, 3, 1), first_index = state.narrow(1, 4, 1);
+  const Tensor last_key = state.narrow(1, 5, 1), last_index = state.narrow(1, 6, 1);
+  // sorted order: key descending, ties by the lower column first
+  const Tensor before_first = (key > first_key) | ((key == first_key) & (column < first_index));
+  const Tensor after_last = (key < last_key) | ((key == last_key) & (column > last_index));
+  const Tensor in_band = ~before_first & ~after_last;
+  const Tensor u = op == Form::mask ? (key - gamma) / l : (key - gamma).clamp_min(0.0) / l;
+  return select(in_band, Power(p).jacobian_weight(u, l), -1.0);
+}
+
 // SPEC.md, "Derivatives", with the core's pivoting (src/core/derivatives.cpp):
-// d = the active entry with the largest c (first of equal ones), and sums of
+// d = the band entry with the largest c (first of equal ones), and sums of
 // differences v_j - v_d, so that no two nearly equal large numbers subtract.
-at::Tensor jacobian_product_rows(Operator op, bool transpose, const Tensor& v_rows, const Tensor& x_rows,
-                                 const Tensor& c_rows, const Tensor& state_rows) {
+at::Tensor jacobian_product_rows(Form op, bool transpose, const Tensor& v_rows, const Tensor& x_rows,
+                                 const Tensor& state_rows, double l, double p) {
   if (v_rows.numel() == 0) return at::zeros_like(v_rows);
-  const Tensor v = v_rows.to(at::kDouble), c = c_rows.to(at::kDouble), state = state_rows.to(at::kDouble);
+  const Tensor v = v_rows.to(at::kDouble), x = x_rows.to(at::kDouble), state = state_rows.to(at::kDouble);
+  const Tensor c = band_weights(op, x, state, l, p);
   const Tensor invalid = is_nan(state.narrow(1, 0, 1));  // gamma NaN: the row held a non-finite value
   const Tensor active = c >= 0, weight = select(active, c, 0.0), sum = row_sum(weight);
   const Tensor pivot = select(active, c, -kInf).argmax(-1, /*keepdim=*/true);
   Tensor result;
-  if (op == Operator::mask) {
+  if (op == Form::mask) {
     // J_B = diag(c) - c c^T / sum(c): (J v)_a = c_a (v_a - v_d) - (c_a / sum(c)) sum_j c_j (v_j - v_d)
     const Tensor difference = select(active, v - v.gather(1, pivot), 0.0);
     const Tensor spread = row_sum(weight * difference);
     result = select(active & (sum > 0), weight * difference - weight / sum * spread, 0.0);
   } else {
-    // in t_i = sign(x_i) v_i, with D = W_B + sum(c) and m active entries:
+    // in t_i = sign(x_i) v_i, with D = W_B + sum(c) and m band entries:
     //   (J t)_a   = (1 + c_a)(t_a - t_d) + ((1 + c_a) / D) (W_B t_d - sum_j c_j (t_j - t_d))
     //   (J^T t)_a = t_a + c_a (t_a - t_d) + (c_a / D) ((W_B - m) t_d - sum_j (1 + c_j)(t_j - t_d))
     // identity on the entries returned unchanged, zero elsewhere
-    const Tensor x = x_rows.to(at::kDouble), sign = at::sign(x);
+    const Tensor sign = at::sign(x);
     const Tensor block_weight = state.narrow(1, 1, 1), unchanged_from = state.narrow(1, 2, 1);
     const Tensor t = sign * v, t_d = t.gather(1, pivot), difference = select(active, t - t_d, 0.0);
     const Tensor count = row_sum(active).to(at::kDouble), denominator = block_weight + sum;
