@@ -1,13 +1,13 @@
 #pragma once
 // The radix selection of the CUDA kernels (topk_kernels.cu), written once for
 // both sides so that its logic is tested on the CPU
-// (tests/core/test_radix_select.cpp): keys' order-preserving bits, the digit of
+// (tests/core/test_cuda_pipeline.cpp): keys' order-preserving bits, the digit of
 // one pass, and the key test of a pass. UNVERIFIED on a GPU (docs/gpu.md).
 
 #include <cmath>
 #include <cstring>
 
-#include "../core/host_device.hpp"
+#include "host_device.hpp"  // src/core, through the sparsetopk_row target
 
 namespace sparsetopk::cuda {
 

@@ -3,15 +3,17 @@
 // only (docs/gpu.md) until scripts/gpu-check.sh has passed on one.
 //
 // Per-row math is the core's, compiled for the device (SPARSETOPK_HOST_DEVICE):
-// window_bounds, solve_mask_band / solve_mag_band, band_state (band_solve.hpp)
-// and the Jacobian entries (jacobian.hpp). Built with -fmad=false so that the
-// device evaluates them with the core's roundings (no contracted a * b + c);
-// device pow/cbrt may still differ from the host's libm in the last ulp.
+// window_bounds, solve_mask_band / solve_mag_band, band_state (band_solve.hpp),
+// the band's bounds and c_i (band.hpp) and the Jacobian entries (jacobian.hpp),
+// reached by name through the sparsetopk_row CMake target (src/core). Built
+// with -fmad=false so that the device evaluates them with the core's roundings
+// (no contracted a * b + c); device pow/cbrt may still differ from the host's
+// libm in the last ulp.
 
 #include "topk_kernels.hpp"
 
-#include "float_state.hpp"
 #include "radix_select.hpp"
+#include "saved_band.hpp"
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -25,8 +27,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "../core/band_solve.hpp"
-#include "../core/jacobian.hpp"
+#include "band.hpp"
+#include "band_solve.hpp"
+#include "jacobian.hpp"
 
 namespace sparsetopk::cuda {
 namespace {
@@ -239,19 +242,17 @@ __global__ void bounds_kernel(bool magnitude, long long rows, long long n, long 
 // others go to the row's window buffer, in no particular order (sorted next).
 template <class T>
 __global__ void gather_kernel(bool magnitude, const T* x, long long rows, long long n, const int* flags, Window window,
-                              T* out, double* c) {
+                              T* out) {
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     const Chunk part = chunk_of(n);
     const double above = window.above[r], below = window.below[r];
     long long count_above = 0;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
       const long long at = r * n + i;
-      if (flags[r]) {  // a row holding a NaN or an infinity is NaN, its c too
+      if (flags[r]) {  // a row holding a NaN or an infinity is NaN
         out[at] = T(kNaN);
-        if (c) c[at] = kNaN;
         continue;
       }
-      if (c) c[at] = -1.0;
       const double key = static_cast<double>(key_of(magnitude, x[at]));
       if (key >= above) {
         ++count_above;
@@ -278,15 +279,18 @@ __global__ void segment_end_kernel(long long rows, Window window) {
   if (r < rows) window.end[r] = window.begin[r] + window.size[r];
 }
 
-// One thread per row: the core's band solver on the row's sorted window.
+// One thread per row: the core's band solver on the row's sorted window, and
+// the row's RowState as the core's topk.cpp records it (save_row): gamma, W_B
+// and unchanged_from of band_state(), the band's bounds from the entries the
+// solver reports.
 template <class T>
 __global__ void band_kernel(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
-                            const int* flags, Window window, T* out, double* c, double* row_state) {
+                            const int* flags, Window window, T* out, RowState* states) {
   const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
-  double* state = row_state ? row_state + 3 * r : nullptr;
-  if (flags[r]) {
-    if (state) state[0] = kNaN, state[1] = 0.0, state[2] = kNaN;
+  RowState* state = states ? states + r : nullptr;
+  if (flags[r]) {  // as the core's fill_non_finite_row
+    if (state) *state = RowState{.gamma = kNaN, .block_weight = 0.0, .unchanged_from = kNaN};
     return;
   }
   const long long m = window.size[r];
@@ -298,85 +302,82 @@ __global__ void band_kernel(bool magnitude, const T* x, long long rows, long lon
   const BlockEquation equation(form_of(magnitude), l, p);
   detail::BlockStack blocks{window.blocks ? static_cast<PavBlock*>(window.blocks) + r * n : nullptr};
   const auto index_of = [index](std::size_t j) { return static_cast<std::size_t>(index[j]); };
-  double* c_row = c ? c + r * n : nullptr;
-  const auto append = [c_row](std::size_t i, double weight) { c_row[i] = weight; };
+  const T* row = x + r * n;
+  detail::BandBounds band;
+  const auto append = [row, magnitude, &band](std::size_t i, double) {  // the key as the core's topk.cpp takes it
+    const double x_i = static_cast<double>(row[i]);
+    band.add(magnitude ? std::abs(x_i) : x_i, i);
+  };
   const StraddlingBlock block =
-      magnitude ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, x + r * n,
-                                         out + r * n, c_row != nullptr, append)
+      magnitude ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, row,
+                                         out + r * n, state != nullptr, append)
                 : detail::solve_mask_band(row_window, s, index_of, equation, Solver::threshold, blocks, out + r * n,
-                                          c_row != nullptr, append);
+                                          state != nullptr, append);
   if (!state) return;
-  const detail::BandState band = detail::band_state(block, row_window, s);
-  state[0] = band.gamma, state[1] = band.block_weight, state[2] = band.unchanged_from;
+  const detail::BandState solved = detail::band_state(block, row_window, s);
+  state->gamma = solved.gamma;
+  state->block_weight = solved.block_weight;
+  state->unchanged_from = solved.unchanged_from;
+  band.write(*state);
+}
+
+// Rows of n = 0 entries: no block, no threshold, no band.
+__global__ void empty_rows_kernel(long long rows, RowState* states) {
+  const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < rows) states[r] = RowState{.gamma = -detail::kInf, .block_weight = 0.0, .unchanged_from = detail::kInf};
 }
 
 // ---- derivatives: one block per row ----
 
-// The pivot d (largest c, first of equal ones), sum(c) and the active count.
-struct Pivot {
-  double c;
-  long long index;
-  double sum;
-  long long count;
-};
-struct MergePivots {
-  __device__ Pivot operator()(const Pivot& a, const Pivot& b) const {
-    const bool first = a.c > b.c || (a.c == b.c && a.index < b.index);
-    return {first ? a.c : b.c, first ? a.index : b.index, a.sum + b.sum, a.count + b.count};
-  }
-};
-
+// J^T v or J v of each row at its saved state: the band's c_i recomputed from x
+// at each of the three passes (pivot, spread, output), never stored; the
+// per-entry math is saved_band.hpp's (tested on the CPU against the core).
 template <class T>
-__global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
-                                const double* row_state, long long rows, long long n, T* out) {
+__global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, const T* x, const RowState* states,
+                                double l, double p, long long rows, long long n, T* out) {
   using PivotReduce = cub::BlockReduce<Pivot, kThreads>;
   using SumReduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename PivotReduce::TempStorage pivot_storage;
   __shared__ typename SumReduce::TempStorage sum_storage;
   __shared__ Pivot pivot;
   __shared__ double spread;
+  const detail::Regularizer regularizer(p);
   for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* v_row = v + r * n;
-    const T* x_row = magnitude ? x + r * n : nullptr;
-    const double* c_row = c + r * n;
+    const T* x_row = x + r * n;
     T* out_row = out + r * n;
-    const double gamma = row_state[3 * r], block_weight = row_state[3 * r + 1], unchanged_from = row_state[3 * r + 2];
-    if (isnan(gamma)) {  // the row held a non-finite value
+    const RowState state = states[r];
+    if (isnan(state.gamma)) {  // the row held a non-finite value
       for (long long i = threadIdx.x; i < n; i += blockDim.x) out_row[i] = T(kNaN);
       continue;
     }
-    // t_i = sign(x_i) v_i (magnitude), v_i (mask)
-    const auto t = [&](long long i) {
-      const double vi = static_cast<double>(v_row[i]);
-      return magnitude ? detail::sign(static_cast<double>(x_row[i])) * vi : vi;
+    const SavedBand band(state, regularizer, l, magnitude);
+    const auto c_of = [&](long long i) {
+      return band.weight(static_cast<double>(x_row[i]), static_cast<std::size_t>(i));
     };
-    Pivot mine{-detail::kInf, n, 0.0, 0};
-    for (long long i = threadIdx.x; i < n; i += blockDim.x)
-      if (c_row[i] >= 0.0) mine = MergePivots{}(mine, Pivot{c_row[i], i, c_row[i], 1});
+    const auto t = [&](long long i) {
+      return tangent(magnitude, static_cast<double>(x_row[i]), static_cast<double>(v_row[i]));
+    };
+    Pivot mine = no_pivot(n);
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+      const double c_i = c_of(i);
+      if (c_i >= 0.0) mine = MergePivots{}(mine, entry_pivot(c_i, i));
+    }
     const Pivot all = PivotReduce(pivot_storage).Reduce(mine, MergePivots{});
     if (threadIdx.x == 0) pivot = all;
     __syncthreads();
     const double t_d = pivot.count > 0 ? t(pivot.index) : 0.0;
-    double part = 0.0;  // sum_j f_j (t_j - t_d), f_j = 1 + c_j (magnitude J^T) or c_j
-    for (long long i = threadIdx.x; i < n; i += blockDim.x)
-      if (c_row[i] >= 0.0) part += (magnitude && transpose ? 1.0 + c_row[i] : c_row[i]) * (t(i) - t_d);
+    double part = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+      const double c_i = c_of(i);
+      if (c_i >= 0.0) part += spread_term(magnitude, transpose, c_i, t(i), t_d);
+    }
     const double total = SumReduce(sum_storage).Sum(part);
     if (threadIdx.x == 0) spread = total;
     __syncthreads();
-    const double m = static_cast<double>(pivot.count), denominator = block_weight + pivot.sum;
-    const double rest = detail::magnitude_rest(transpose, block_weight, m, t_d, spread);
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-      const double ci = c_row[i];
-      if (!magnitude) {
-        out_row[i] = T(ci >= 0.0 && pivot.sum > 0.0 ? detail::mask_product(ci, t(i), t_d, pivot.sum, spread) : 0.0);
-      } else if (ci >= 0.0) {
-        const double sign = detail::sign(static_cast<double>(x_row[i]));
-        out_row[i] = T(sign * detail::magnitude_product(transpose, ci, t(i), t_d, denominator, rest));
-      } else {
-        const double xi = static_cast<double>(x_row[i]);
-        out_row[i] = (xi != 0.0 && std::abs(xi) >= unchanged_from) ? v_row[i] : T(0);
-      }
-    }
+    for (long long i = threadIdx.x; i < n; i += blockDim.x)
+      out_row[i] = T(product_entry(magnitude, transpose, state, pivot, t_d, spread, c_of(i),
+                                   static_cast<double>(x_row[i]), static_cast<double>(v_row[i])));
     __syncthreads();
   }
 }
@@ -476,33 +477,6 @@ HardScratch hard_scratch(void* base, long long rows, long long n) {
   return s;
 }
 
-namespace {
-__global__ void state_to_float_kernel(const double* c, const double* row_state, long long rows, long long n,
-                                      float* c_out, float* row_state_out) {
-  const long long entries = rows * n, states = rows * 3;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < entries + states;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    if (i < entries) {
-      c_out[i] = float_weight(c[i]);
-    } else {
-      const long long j = i - entries;
-      row_state_out[j] = j % 3 == 2 ? float_at_least(row_state[j]) : static_cast<float>(row_state[j]);
-    }
-  }
-}
-}  // namespace
-
-void state_to_float(const double* c, const double* row_state, long long rows, long long n, float* c_out,
-                    float* row_state_out, cudaStream_t stream) {
-  const long long total = rows * n + rows * 3;
-  if (total == 0) return;
-  const int threads = 256;
-  const long long blocks = std::min<long long>((total + threads - 1) / threads, 65535);
-  state_to_float_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(c, row_state, rows, n, c_out,
-                                                                                row_state_out);
-  check(cudaGetLastError());
-}
-
 template <class T>
 void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream) {
   check(cudaMemsetAsync(flags, 0, sizeof(int) * rows, stream));
@@ -548,12 +522,18 @@ void hard_forward(bool magnitude, const T* x, long long rows, long long n, long 
 template <class T>
 void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
-                  T* out, double* c, double* row_state, cudaStream_t stream) {
+                  T* out, RowState* state, cudaStream_t stream) {
   using U = BitsOf<T>;
+  if (rows == 0) return;
+  if (n == 0) {  // nothing to solve (nor to sort: no launch with zero items)
+    if (state) empty_rows_kernel<<<per_row_grid(rows), kThreads, 0, stream>>>(rows, state);
+    check(cudaGetLastError());
+    return;
+  }
   bounds_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, rows, n, k, l, p,
                                                                   static_cast<const U*>(selection.prefix),
                                                                   static_cast<const U*>(selection.next), window);
-  gather_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, selection.flags, window, out, c);
+  gather_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, selection.flags, window, out);
   segment_end_kernel<<<per_row_grid(rows), kThreads, 0, stream>>>(rows, window);
   check(cudaGetLastError());
   std::size_t bytes = sort_bytes;
@@ -561,15 +541,16 @@ void soft_forward(bool magnitude, const T* x, long long rows, long long n, long 
                                                       window.index, window.index_sorted, rows * n, rows,
                                                       window.begin, window.end, stream));
   band_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, x, rows, n, k, l, p, selection.flags, window,
-                                                                out, c, row_state);
+                                                                out, state);
   check(cudaGetLastError());
 }
 
 template <class T>
-void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
-                      const double* row_state, long long rows, long long n, T* out, cudaStream_t stream) {
+void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const RowState* state, double l,
+                      double p, long long rows, long long n, T* out, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
   const unsigned grid = static_cast<unsigned>(std::min<long long>(rows, 1LL << 20));
-  jacobian_kernel<T><<<grid, kThreads, 0, stream>>>(magnitude, transpose, v, x, c, row_state, rows, n, out);
+  jacobian_kernel<T><<<grid, kThreads, 0, stream>>>(magnitude, transpose, v, x, state, l, p, rows, n, out);
   check(cudaGetLastError());
 }
 
@@ -580,8 +561,8 @@ void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, co
   template void hard_forward<T>(bool, const T*, long long, long long, long long, const Selection&, long long*, T*, \
                                 cudaStream_t);                                                                      \
   template void soft_forward<T>(bool, const T*, long long, long long, long long, double, double, const Selection&, \
-                                const Window&, void*, std::size_t, T*, double*, double*, cudaStream_t);             \
-  template void jacobian_product<T>(bool, bool, const T*, const T*, const double*, const double*, long long,       \
+                                const Window&, void*, std::size_t, T*, RowState*, cudaStream_t);                    \
+  template void jacobian_product<T>(bool, bool, const T*, const T*, const RowState*, double, double, long long,    \
                                     long long, T*, cudaStream_t);
 SPARSETOPK_INSTANTIATE(float)
 SPARSETOPK_INSTANTIATE(double)

@@ -13,14 +13,18 @@
 //   2. soft ops: the core's window bounds around them (band_solve.hpp); the
 //      entries inside go to a per-row buffer, the others get their output;
 //      the windows are sorted (CUB segmented sort) and one thread per row runs
-//      the core's band solver (solve_mask_band / solve_mag_band) on its window;
+//      the core's band solver (solve_mask_band / solve_mag_band) on its window
+//      and records the row's RowState as the core's topk.cpp does;
 //   3. hard ops: the k largest, ties by the lower index (a block scan).
-// Derivatives: one block per row, SPEC.md's pivoted block Jacobian (jacobian.hpp).
+// Derivatives: one block per row at the saved RowState, the band's c_i
+// recomputed from x (band.hpp), SPEC.md's pivoted block Jacobian (jacobian.hpp).
 
 #include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
+
+#include <sparsetopk/row_state.hpp>
 
 namespace sparsetopk::cuda {
 
@@ -72,12 +76,16 @@ void hard_forward(bool magnitude, const T* x, long long rows, long long n, long 
                   long long* tie_counts, T* out, cudaStream_t stream);
 long long blocks_per_row(long long n);
 
-// soft_topk_mask / soft_topk_mag of SPEC.md, and with c != nullptr the state
-// of the core's ActiveBlocks::to_dense: c [rows, n], row_state [rows, 3].
+// soft_topk_mask / soft_topk_mag of SPEC.md, and with state != nullptr each
+// row's RowState [rows] as the core's soft_topk_* writes it (topk.cpp): gamma,
+// W_B and unchanged_from of band_state(), the band's first and last entries;
+// a row holding a non-finite value: gamma = unchanged_from = NaN; rows of
+// n = 0 entries: gamma = -inf, unchanged_from = +inf, no band (as the torch
+// CPU kernels write them). `selection` as select_keys or flag_rows left it.
 template <class T>
 void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
-                  T* out, double* c, double* row_state, cudaStream_t stream);
+                  T* out, RowState* state, cudaStream_t stream);
 
 // The scratch of one call carved from a single device buffer of
 // *_scratch_bytes(...) bytes (256-byte aligned, as every CUDA allocator gives),
@@ -97,14 +105,11 @@ SoftScratch soft_scratch(void* base, long long rows, long long n);
 std::size_t hard_scratch_bytes(long long rows, long long n);
 HardScratch hard_scratch(void* base, long long rows, long long n);
 
-// The state in float, for frameworks that keep it in x's dtype (sparsetopk.jax
-// without x64): float_state.hpp's rounding, elementwise (c [rows, n], row_state [rows, 3]).
-void state_to_float(const double* c, const double* row_state, long long rows, long long n, float* c_out,
-                    float* row_state_out, cudaStream_t stream);
-
-// J^T v (transpose) or J v at the saved state; x is the forward input (magnitude only).
+// J^T v (transpose) or J v at the state [rows] that the soft forward pass on x
+// [rows, n] left, with its l and p: each band entry's c_i is recomputed from x
+// (band.hpp), as the core's derivatives.cpp does. v, x and out are [rows, n].
 template <class T>
-void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const double* c,
-                      const double* row_state, long long rows, long long n, T* out, cudaStream_t stream);
+void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const RowState* state, double l,
+                      double p, long long rows, long long n, T* out, cudaStream_t stream);
 
 }  // namespace sparsetopk::cuda

@@ -5,15 +5,20 @@
 //
 // The same targets, attributes and layouts as the CPU handlers
 // (ffi_handlers.cpp): rows along the last axis, every leading axis a batch
-// row, the state in x's dtype. Everything runs on XLA's stream; the scratch
-// comes from XLA's allocator; nothing synchronizes with the host. Solver
-// "dykstra" has no kernel here (an error says so).
+// row; the state of the derivatives is one RowState per row
+// (<sparsetopk/row_state.hpp>) as raw bytes, uint32 [..., 14], exact with or
+// without x64; the derivatives (x, state, v) -> J v or J^T v recompute the
+// band's c_i from x. Everything runs on XLA's stream; the scratch comes from
+// XLA's allocator; nothing synchronizes with the host. Solver "dykstra" has
+// no kernel here (an error says so).
 
 #include <cuda_runtime_api.h>
 
 #include <sparsetopk/errors.hpp>
+#include <sparsetopk/row_state.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -40,7 +45,49 @@ struct Rows {
 
 Rows rows_of(const ffi::AnyBuffer& x) {
   const auto n = static_cast<long long>(row_length(x));
-  return {n > 0 ? static_cast<long long>(x.element_count()) / n : 0, n};
+  long long count = 1;  // the product of the leading axes (also for n = 0)
+  const auto dims = x.dimensions();
+  for (std::size_t i = 0; i + 1 < dims.size(); ++i) count *= static_cast<long long>(dims[i]);
+  return {count, n};
+}
+
+// uint32 words per RowState in a state buffer.
+constexpr int64_t kStateWords = static_cast<int64_t>(sizeof(RowState) / sizeof(uint32_t));
+static_assert(sizeof(RowState) % sizeof(uint32_t) == 0, "a RowState is a whole number of uint32 words");
+
+std::string shape_of(ffi::AnyBuffer::Dimensions dims) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + "]";
+}
+
+// `state` holds one RowState per row of x: uint32 [x's leading axes..., 14].
+void check_state_buffer(const ffi::AnyBuffer& x, const ffi::AnyBuffer& state) {
+  const auto dims = state.dimensions(), x_dims = x.dimensions();
+  bool same = state.element_type() == ffi::DataType::U32 && dims.size() == x_dims.size() && dims.size() > 0 &&
+              dims.back() == kStateWords;
+  for (std::size_t i = 0; same && i + 1 < dims.size(); ++i) same = dims[i] == x_dims[i];
+  if (!same) {
+    std::string expected = "[";
+    for (std::size_t i = 0; i + 1 < x_dims.size(); ++i) expected += std::to_string(x_dims[i]) + ", ";
+    throw InvalidArgument("state must be uint32 of shape " + expected + std::to_string(kStateWords) +
+                          "] (one RowState per row of x, as raw bytes), got shape " + shape_of(dims));
+  }
+}
+
+// `buffer` has the shape of x (its dtype: check_types).
+void check_shape_of_x(const ffi::AnyBuffer& x, const ffi::AnyBuffer& buffer, const char* name) {
+  const auto dims = buffer.dimensions(), x_dims = x.dimensions();
+  bool same = dims.size() == x_dims.size();
+  for (std::size_t i = 0; same && i < dims.size(); ++i) same = dims[i] == x_dims[i];
+  if (!same)
+    throw InvalidArgument(std::string(name) + " must have the shape of x, " + shape_of(x_dims) + ", got " +
+                          shape_of(dims));
+}
+
+void check_l_p(double l, double p) {
+  if (!(std::isfinite(l) && l > 0.0)) throw InvalidArgument("l must be finite and > 0, got l = " + std::to_string(l));
+  if (!(std::isfinite(p) && p > 1.0)) throw InvalidArgument("p must be finite and > 1, got p = " + std::to_string(p));
 }
 
 void check_solver(std::string_view solver) {
@@ -64,28 +111,19 @@ void select_or_flag(bool magnitude, bool soft, const T* x, Rows rows, int64_t k,
 
 template <class T>
 void soft_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
-                Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* c, ffi::AnyBuffer* row_state, int64_t k, double l,
-                double p) {
+                Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p) {
   const T* x_data = static_cast<const T*>(x.untyped_data());
+  RowState* states = state ? static_cast<RowState*>(state->untyped_data()) : nullptr;
+  if (rows.n == 0) {  // only the states of the empty rows (soft_forward reads no scratch then)
+    if (states) cuda::soft_forward<T>(magnitude, x_data, rows.count, 0, k, l, p, cuda::Selection{}, cuda::Window{},
+                                      nullptr, 0, static_cast<T*>(out.untyped_data()), states, stream);
+    return;
+  }
   const cuda::SoftScratch parts =
       cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
   select_or_flag<T>(magnitude, /*soft=*/true, x_data, rows, k, parts.selection, stream);
-  double *c_data = nullptr, *state_data = nullptr;
-  if (c) {
-    if constexpr (std::is_same_v<T, double>) {
-      c_data = static_cast<double*>(c->untyped_data()), state_data = static_cast<double*>(row_state->untyped_data());
-    } else {  // the kernels' double state, then rounded to float (float_state.hpp)
-      c_data = static_cast<double*>(allocate(scratch, sizeof(double) * rows.count * rows.n));
-      state_data = static_cast<double*>(allocate(scratch, sizeof(double) * rows.count * 3));
-    }
-  }
   cuda::soft_forward<T>(magnitude, x_data, rows.count, rows.n, k, l, p, parts.selection, parts.window, parts.sort,
-                        parts.sort_bytes, static_cast<T*>(out.untyped_data()), c_data, state_data, stream);
-  if constexpr (std::is_same_v<T, float>) {
-    if (c)
-      cuda::state_to_float(c_data, state_data, rows.count, rows.n, static_cast<float*>(c->untyped_data()),
-                           static_cast<float*>(row_state->untyped_data()), stream);
-  }
+                        parts.sort_bytes, static_cast<T*>(out.untyped_data()), states, stream);
 }
 
 template <class T>
@@ -100,18 +138,18 @@ void hard_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scra
 }
 
 ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
-                ffi::AnyBuffer& out, ffi::AnyBuffer* c, ffi::AnyBuffer* row_state, int64_t k, double l, double p,
-                std::string_view solver) {
+                ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p, std::string_view solver) {
   return guarded([&] {
-    if (c) check_types(x, {&out, c, row_state});
-    else check_types(x, {&out});
+    check_types(x, {&out});
+    if (state) check_state_buffer(x, *state);
     const Rows rows = rows_of(x);
     checked_k(k, static_cast<std::size_t>(rows.n));
+    check_l_p(l, p);
     check_solver(solver);
-    if (rows.count * rows.n == 0) return;
+    if (rows.count == 0) return;
     if (x.element_type() == ffi::DataType::F64)
-      soft_typed<double>(magnitude, stream, scratch, x, rows, out, c, row_state, k, l, p);
-    else soft_typed<float>(magnitude, stream, scratch, x, rows, out, c, row_state, k, l, p);
+      soft_typed<double>(magnitude, stream, scratch, x, rows, out, state, k, l, p);
+    else soft_typed<float>(magnitude, stream, scratch, x, rows, out, state, k, l, p);
   });
 }
 
@@ -119,15 +157,14 @@ template <bool magnitude>
 ffi::Error soft_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                       ffi::Result<ffi::AnyBuffer> out, int64_t k, double l, double p, std::string_view solver,
                       int64_t /*num_iter*/) {
-  return soft(magnitude, stream, scratch, x, *out, nullptr, nullptr, k, l, p, solver);
+  return soft(magnitude, stream, scratch, x, *out, nullptr, k, l, p, solver);
 }
 
 template <bool magnitude>
 ffi::Error soft_with_state_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
-                                 ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> c,
-                                 ffi::Result<ffi::AnyBuffer> row_state, int64_t k, double l, double p,
-                                 std::string_view solver, int64_t /*num_iter*/) {
-  return soft(magnitude, stream, scratch, x, *out, &*c, &*row_state, k, l, p, solver);
+                                 ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> state, int64_t k,
+                                 double l, double p, std::string_view solver, int64_t /*num_iter*/) {
+  return soft(magnitude, stream, scratch, x, *out, &*state, k, l, p, solver);
 }
 
 template <bool magnitude>
@@ -143,8 +180,45 @@ ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
   });
 }
 
+// J^T v (vjp: transpose) or J v (jvp) at the state the forward pass on x left,
+// with its l and p. The mask's J is symmetric: its jvp and vjp are one product.
+template <bool magnitude, bool transpose>
+ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v,
+                         ffi::Result<ffi::AnyBuffer> out, double l, double p) {
+  return guarded([&] {
+    check_types(x, {&v, &*out});
+    check_shape_of_x(x, v, "v");
+    check_shape_of_x(x, *out, "the output");
+    check_state_buffer(x, state);
+    check_l_p(l, p);
+    const Rows rows = rows_of(x);
+    if (rows.count * rows.n == 0) return;
+    const RowState* states = static_cast<const RowState*>(state.untyped_data());
+    if (x.element_type() == ffi::DataType::F64)
+      cuda::jacobian_product<double>(magnitude, transpose, static_cast<const double*>(v.untyped_data()),
+                                     static_cast<const double*>(x.untyped_data()), states, l, p, rows.count, rows.n,
+                                     static_cast<double*>(out->untyped_data()), stream);
+    else
+      cuda::jacobian_product<float>(magnitude, transpose, static_cast<const float*>(v.untyped_data()),
+                                    static_cast<const float*>(x.untyped_data()), states, l, p, rows.count, rows.n,
+                                    static_cast<float*>(out->untyped_data()), stream);
+  });
+}
+
 auto cuda_binding() {
   return ffi::Ffi::Bind().Ctx<Stream>().Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
+}
+
+// (x, state, v) -> out
+auto product_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<Stream>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<double>("l")
+      .Attr<double>("p");
 }
 
 }  // namespace
@@ -158,8 +232,12 @@ using namespace sparsetopk::jax::cuda_platform;  // NOLINT: the handler symbols 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask, soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag, soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_with_state, soft_with_state_entry<false>,
-                              cuda_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+                              cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_with_state, soft_with_state_entry<true>,
-                              cuda_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+                              cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_jvp, (product_entry<false, false>), product_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_vjp, (product_entry<false, true>), product_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_jvp, (product_entry<true, false>), product_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_vjp, (product_entry<true, true>), product_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mask, hard_entry<false>, cuda_binding().Attr<int64_t>("k"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mag, hard_entry<true>, cuda_binding().Attr<int64_t>("k"));

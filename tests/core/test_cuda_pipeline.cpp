@@ -2,7 +2,10 @@
 // the way the kernels compose it: the radix selection (radix_select.hpp:
 // passes of digit counts over a row, then the (k+1)-th key) and the hard
 // operators' tie rule against sorting and the core's hard ops; then the soft
-// forward's window bounds, gather, sort and band solve against the core.
+// forward's window bounds, gather, sort and band solve, and the RowState it
+// records, against the core; the band the derivatives recompute from x and
+// the state (saved_band.hpp) against the core's band; and the derivatives'
+// per-entry math at the kernels' state against the core's VJP and JVP.
 
 #include <gtest/gtest.h>
 
@@ -13,10 +16,13 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <vector>
 
-#include "../../src/core/band_solve.hpp"
+#include "band.hpp"        // src/core, through the sparsetopk_row target
+#include "band_solve.hpp"
 #include "../../src/cuda/radix_select.hpp"
+#include "../../src/cuda/saved_band.hpp"
 
 namespace sparsetopk::cuda {
 namespace {
@@ -146,10 +152,11 @@ TEST(CudaPipeline, HardTieRuleIsTheCores) {
 }
 
 
-// bounds_kernel, gather_kernel, the segmented sort and band_kernel for one finite row.
+// bounds_kernel, gather_kernel, the segmented sort and band_kernel for one
+// finite row: the outputs and the row's RowState.
 template <class T>
 void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p, bool magnitude, std::vector<T>& out,
-                   std::vector<double>& c, detail::BandState& state) {
+                   RowState& state) {
   const std::size_t n = row.size();
   const detail::BlockEquation equation(magnitude ? Form::magnitude : Form::mask, l, p);
   double above = detail::kInf, below = -detail::kInf;
@@ -159,7 +166,6 @@ void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p,
   }
   std::vector<std::pair<double, std::size_t>> window;
   std::size_t count_above = 0;
-  c.assign(n, -1.0);
   out.assign(n, T(0));
   for (std::size_t i = 0; i < n; ++i) {
     const double key = static_cast<double>(key_of(magnitude, row[i]));
@@ -174,47 +180,198 @@ void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p,
   std::vector<detail::PavBlock> stack(n);
   detail::BlockStack blocks{stack.data()};
   const auto index_of = [&](std::size_t j) { return index[j]; };
-  const auto append = [&](std::size_t i, double weight) { c[i] = weight; };
+  detail::BandBounds band;
+  const auto append = [&](std::size_t i, double) {
+    const double x_i = static_cast<double>(row[i]);
+    band.add(magnitude ? std::abs(x_i) : x_i, i);
+  };
   const detail::StraddlingBlock block =
       magnitude ? detail::solve_mag_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
                                          row.data(), out.data(), true, append)
                 : detail::solve_mask_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
                                           out.data(), true, append);
-  state = detail::band_state(block, row_window, s.data());
+  const detail::BandState solved = detail::band_state(block, row_window, s.data());
+  state.gamma = solved.gamma;
+  state.block_weight = solved.block_weight;
+  state.unchanged_from = solved.unchanged_from;
+  band.write(state);
+}
+
+// jacobian_kernel for one row, its passes run in column order (the device
+// reduces the pivot's sum and the spread over a block instead: the same
+// terms, summed in another order).
+template <class T>
+std::vector<T> jacobian_pipeline(bool magnitude, bool transpose, const std::vector<T>& v, const std::vector<T>& x,
+                                 const RowState& state, double l, double p) {
+  const std::size_t n = x.size();
+  std::vector<T> out(n);
+  if (std::isnan(state.gamma)) {
+    std::fill(out.begin(), out.end(), std::numeric_limits<T>::quiet_NaN());
+    return out;
+  }
+  const SavedBand band(state, detail::Regularizer(p), l, magnitude);
+  const auto c_of = [&](std::size_t i) { return band.weight(static_cast<double>(x[i]), i); };
+  const auto t = [&](std::size_t i) {
+    return tangent(magnitude, static_cast<double>(x[i]), static_cast<double>(v[i]));
+  };
+  Pivot pivot = no_pivot(static_cast<long long>(n));
+  for (std::size_t i = 0; i < n; ++i)
+    if (c_of(i) >= 0.0) pivot = MergePivots{}(pivot, entry_pivot(c_of(i), static_cast<long long>(i)));
+  const double t_d = pivot.count > 0 ? t(static_cast<std::size_t>(pivot.index)) : 0.0;
+  double spread = 0.0;
+  for (std::size_t i = 0; i < n; ++i)
+    if (c_of(i) >= 0.0) spread += spread_term(magnitude, transpose, c_of(i), t(i), t_d);
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = static_cast<T>(product_entry(magnitude, transpose, state, pivot, t_d, spread, c_of(i),
+                                          static_cast<double>(x[i]), static_cast<double>(v[i])));
+  return out;
+}
+
+template <class T>
+bool all_finite(const std::vector<T>& row) {
+  return std::all_of(row.begin(), row.end(), [](T v) { return std::isfinite(v); });
+}
+
+// Both entries' doubles equal (NaN equal to NaN; -0 equal to +0).
+void expect_same(double a, double b, const char* field) {
+  if (std::isnan(a) || std::isnan(b)) EXPECT_TRUE(std::isnan(a) && std::isnan(b)) << field << ": " << a << " vs " << b;
+  else EXPECT_EQ(a, b) << field;
+}
+
+void expect_same_state(const RowState& state, const RowState& core) {
+  expect_same(state.gamma, core.gamma, "gamma");
+  expect_same(state.block_weight, core.block_weight, "block_weight");
+  expect_same(state.unchanged_from, core.unchanged_from, "unchanged_from");
+  expect_same(state.first_key, core.first_key, "first_key");
+  expect_same(state.first_index, core.first_index, "first_index");
+  expect_same(state.last_key, core.last_key, "last_key");
+  expect_same(state.last_index, core.last_index, "last_index");
+}
+
+constexpr double kP[] = {4.0 / 3.0, 2.0, 1.5, 3.0};
+constexpr std::size_t kK[] = {0, 1, 7, 50, 96, 97};
+
+template <class T>
+void core_forward(bool magnitude, const std::vector<T>& row, std::size_t k, double p, std::vector<T>& out,
+                  RowState& state) {
+  out.assign(row.size(), T(0));
+  const SoftTopkOptions options{0.3, p, Solver::automatic};
+  if (magnitude) soft_topk_mag<T>(row, row.size(), k, out, options, std::span<RowState>(&state, 1));
+  else soft_topk_mask<T>(row, row.size(), k, out, options, std::span<RowState>(&state, 1));
 }
 
 template <class T>
 void expect_soft_pipeline_is_the_cores() {
   for (const auto& row : test_rows<T>()) {
-    bool finite = true;
-    for (T v : row) finite &= std::isfinite(v);
-    if (!finite) continue;  // the kernels flag such rows first: NaN out, like the core
+    if (!all_finite(row)) continue;  // the kernels flag such rows first: NaN out, like the core
     for (bool magnitude : {false, true})
-      for (double p : {4.0 / 3.0, 2.0, 1.5, 3.0})
-        for (std::size_t k : {0u, 1u, 7u, 50u, 96u, 97u}) {
-          std::vector<T> out, expected(row.size());
-          std::vector<double> c, c_core(row.size()), state_core(3);
-          detail::BandState state{};
-          soft_pipeline(row, k, 0.3, p, magnitude, out, c, state);
-          ActiveBlocks blocks;
-          const SoftTopkOptions options{0.3, p, Solver::automatic};
-          if (magnitude) soft_topk_mag<T>(row, row.size(), k, expected, options, &blocks);
-          else soft_topk_mask<T>(row, row.size(), k, expected, options, &blocks);
-          blocks.to_dense(c_core, state_core);
-          for (std::size_t i = 0; i < row.size(); ++i) {
-            EXPECT_EQ(out[i], expected[i]) << "p = " << p << ", k = " << k << ", i = " << i;
-            EXPECT_EQ(c[i], c_core[i]) << "p = " << p << ", k = " << k << ", i = " << i;
-          }
-          EXPECT_EQ(state.gamma, state_core[0]);
-          EXPECT_EQ(state.block_weight, state_core[1]);
-          EXPECT_EQ(state.unchanged_from, state_core[2]);
+      for (double p : kP)
+        for (std::size_t k : kK) {
+          SCOPED_TRACE(testing::Message() << "magnitude = " << magnitude << ", p = " << p << ", k = " << k);
+          std::vector<T> out, expected;
+          RowState state, core;
+          soft_pipeline(row, k, 0.3, p, magnitude, out, state);
+          core_forward(magnitude, row, k, p, expected, core);
+          for (std::size_t i = 0; i < row.size(); ++i) EXPECT_EQ(out[i], expected[i]) << "i = " << i;
+          expect_same_state(state, core);
         }
   }
 }
 
-TEST(CudaPipeline, SoftForwardIsTheCores) {
+TEST(CudaPipeline, SoftForwardAndStateAreTheCores) {
   expect_soft_pipeline_is_the_cores<float>();
   expect_soft_pipeline_is_the_cores<double>();
+}
+
+// The band jacobian_kernel recomputes (SavedBand) at the core's state: the
+// core's band, entry for entry, with the same c_i.
+template <class T>
+void expect_recomputed_band_is_the_cores() {
+  for (const auto& row : test_rows<T>()) {
+    if (!all_finite(row)) continue;
+    for (bool magnitude : {false, true})
+      for (double p : kP)
+        for (std::size_t k : kK) {
+          SCOPED_TRACE(testing::Message() << "magnitude = " << magnitude << ", p = " << p << ", k = " << k);
+          std::vector<T> out;
+          RowState state;
+          core_forward(magnitude, row, k, p, out, state);
+          const SoftTopkOptions options{0.3, p, Solver::automatic};
+          const std::vector<BandEntry> core = magnitude ? soft_topk_mag_band<T>(row, state, options)
+                                                        : soft_topk_mask_band<T>(row, state, options);
+          const SavedBand band(state, detail::Regularizer(p), 0.3, magnitude);
+          std::vector<BandEntry> recomputed;
+          for (std::size_t i = 0; i < row.size(); ++i) {
+            const double c = band.weight(static_cast<double>(row[i]), i);
+            if (c >= 0.0) recomputed.push_back({i, c});
+          }
+          ASSERT_EQ(recomputed.size(), core.size());
+          for (std::size_t j = 0; j < core.size(); ++j) {
+            EXPECT_EQ(recomputed[j].index, core[j].index);
+            EXPECT_EQ(recomputed[j].c, core[j].c) << "i = " << core[j].index;
+          }
+        }
+  }
+}
+
+TEST(CudaPipeline, RecomputedBandIsTheCores) {
+  expect_recomputed_band_is_the_cores<float>();
+  expect_recomputed_band_is_the_cores<double>();
+}
+
+// The kernels' VJP and JVP at the kernels' state against the core's at its
+// own: the same values (bitwise here, where the sums run in column order as
+// in the core).
+template <class T>
+void expect_derivatives_are_the_cores() {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  for (const auto& row : test_rows<T>()) {
+    if (!all_finite(row)) continue;
+    std::vector<T> v(row.size());
+    for (T& value : v) value = static_cast<T>(normal(rng));
+    for (bool magnitude : {false, true})
+      for (double p : kP)
+        for (std::size_t k : kK) {
+          std::vector<T> out;
+          RowState state, core;
+          soft_pipeline(row, k, 0.3, p, magnitude, out, state);
+          core_forward(magnitude, row, k, p, out, core);
+          const SoftTopkOptions options{0.3, p, Solver::automatic};
+          const std::span<const RowState> core_state(&core, 1);
+          for (bool transpose : {true, false}) {
+            SCOPED_TRACE(testing::Message() << "magnitude = " << magnitude << ", p = " << p << ", k = " << k
+                                            << ", transpose = " << transpose);
+            std::vector<T> expected(row.size());
+            const std::span<const T> x_span(row), v_span(v);
+            if (!magnitude) soft_topk_mask_vjp<T>(x_span, row.size(), core_state, options, v_span, expected);
+            else if (transpose) soft_topk_mag_vjp<T>(x_span, row.size(), core_state, options, v_span, expected);
+            else soft_topk_mag_jvp<T>(x_span, row.size(), core_state, options, v_span, expected);
+            const std::vector<T> product = jacobian_pipeline(magnitude, transpose, v, row, state, 0.3, p);
+            for (std::size_t i = 0; i < row.size(); ++i) EXPECT_EQ(product[i], expected[i]) << "i = " << i;
+          }
+        }
+  }
+}
+
+TEST(CudaPipeline, DerivativesAreTheCores) {
+  expect_derivatives_are_the_cores<float>();
+  expect_derivatives_are_the_cores<double>();
+}
+
+// A row holding a non-finite value: NaN state (as the core's), NaN derivatives.
+TEST(CudaPipeline, NonFiniteRowsGiveNaNDerivatives) {
+  const std::vector<double> row = {1.0, std::numeric_limits<double>::infinity(), -2.0, 0.5};
+  for (bool magnitude : {false, true}) {
+    std::vector<double> out;
+    RowState core;
+    core_forward(magnitude, row, 2, 4.0 / 3.0, out, core);
+    const RowState flagged{.gamma = std::numeric_limits<double>::quiet_NaN(), .block_weight = 0.0,
+                           .unchanged_from = std::numeric_limits<double>::quiet_NaN()};  // band_kernel's
+    expect_same_state(flagged, core);
+    for (double value : jacobian_pipeline(magnitude, true, row, row, flagged, 0.3, 4.0 / 3.0))
+      EXPECT_TRUE(std::isnan(value));
+  }
 }
 
 }  // namespace

@@ -6,10 +6,11 @@ JVP of both CUDA paths against the CPU core on random, tied and hostile rows,
 in float32 and float64: the default one (the device-generic ATen
 implementation) and the opt-in hand-written kernels (UNVERIFIED until this
 suite passes on a GPU: `path` "cuda_kernel", turned on with
-sparsetopk.use_cuda_kernels); the kernels' saved state against the core's, and
-their edge cases (k = 0, k = n, empty and non-contiguous tensors, dim != -1,
-half types, long rows); that a non-default device and the current stream are
-respected; and a torch.compile of a CUDA training step against eager.
+sparsetopk.use_cuda_kernels); the kernels' saved state (one RowState per row)
+against the core's, their derivatives at the core's state, and their edge
+cases (k = 0, k = n, empty and non-contiguous tensors, dim != -1, half types,
+long rows); that a non-default device and the current stream are respected;
+and a torch.compile of a CUDA training step against eager.
 """
 
 import contextlib
@@ -116,24 +117,51 @@ def test_half_dtypes_on_cuda(op, path):
 # ---- the opt-in kernels only ----
 
 FORWARD = {sparsetopk.soft_topk_mask: "_soft_topk_mask_forward", sparsetopk.soft_topk_mag: "_soft_topk_mag_forward"}
+PRODUCTS = {sparsetopk.soft_topk_mask: ("_soft_topk_mask_backward", "_soft_topk_mask_jvp"),
+            sparsetopk.soft_topk_mag: ("_soft_topk_mag_backward", "_soft_topk_mag_jvp")}
+# row_state's fields along dim (sparsetopk/row_state.hpp)
+GAMMA, BLOCK_WEIGHT, UNCHANGED_FROM, FIRST_KEY, FIRST_INDEX, LAST_KEY, LAST_INDEX = range(7)
 
 
 @pytest.mark.parametrize("kind", ["random", "tied", "hostile"])
 @pytest.mark.parametrize("p", P_VALUES)
 @pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
 def test_kernel_state_matches_the_cpu_core(op, p, kind):
-    """c and row_state of solver="cuda_kernel" against the core's (the layout of ActiveBlocks::to_dense)."""
+    """row_state of solver="cuda_kernel" against the core's: one RowState per row (W_B and the band's
+    first and last entries exactly: their keys are entries of x; gamma and unchanged_from to rounding)."""
     if not sparsetopk.cuda_kernels_available():
         pytest.skip("the CUDA kernels' library (libsparsetopk_torch_cuda.so) is not loaded")
     forward = getattr(torch.ops.sparsetopk, FORWARD[op])
     for shape, k in [((64, 33), 4), ((8, 1000), 100), ((2, 7), 0), ((2, 7), 7)]:
         x = rows(kind, shape, torch.float64)
-        out_cpu, c_cpu, state_cpu = forward(x, k, 0.3, p, -1, "auto")
-        out, c, state = forward(x.cuda(), k, 0.3, p, -1, "cuda_kernel")
+        out_cpu, state_cpu = forward(x, k, 0.3, p, -1, "auto")
+        out, state = forward(x.cuda(), k, 0.3, p, -1, "cuda_kernel")
+        assert state.dtype == torch.float64 and state.shape == (*shape[:-1], 7)
+        state = state.cpu()
         torch.testing.assert_close(out.cpu(), out_cpu, equal_nan=True, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(c.cpu(), c_cpu, equal_nan=True, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(state.cpu()[..., 1], state_cpu[..., 1], equal_nan=True, rtol=0, atol=0)  # W_B
-        torch.testing.assert_close(state.cpu(), state_cpu, equal_nan=True, rtol=1e-12, atol=1e-300)
+        exact = [BLOCK_WEIGHT, FIRST_KEY, FIRST_INDEX, LAST_KEY, LAST_INDEX]
+        torch.testing.assert_close(state[..., exact], state_cpu[..., exact], equal_nan=True, rtol=0, atol=0)
+        torch.testing.assert_close(state, state_cpu, equal_nan=True, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "hostile"])
+@pytest.mark.parametrize("p", P_VALUES)
+@pytest.mark.parametrize("op", SOFT, ids=lambda f: f.__name__)
+def test_kernel_derivatives_at_the_cpu_state(op, p, kind):
+    """The kernels' backward and JVP at the core's own row_state (moved to the GPU) against the core's:
+    the band recomputed from x on the device, independently of the kernels' forward."""
+    forward = getattr(torch.ops.sparsetopk, FORWARD[op])
+    with cuda_path("cuda_kernel"):
+        for shape, k in [((64, 33), 4), ((8, 1000), 100), ((2, 7), 0), ((2, 7), 7)]:
+            for dtype in [torch.float32, torch.float64]:
+                x = rows(kind, shape, dtype)
+                v = torch.randn(shape, dtype=dtype)
+                _, state = forward(x, k, 0.3, p, -1, "auto")
+                for name in PRODUCTS[op]:
+                    product = getattr(torch.ops.sparsetopk, name)
+                    expected = product(v, x, state, 0.3, p, -1)
+                    got = product(v.cuda(), x.cuda(), state.cuda(), 0.3, p, -1)
+                    torch.testing.assert_close(got.cpu(), expected, equal_nan=True, **tolerance(dtype))
 
 
 @pytest.mark.parametrize("op", SOFT + HARD, ids=lambda f: f.__name__)

@@ -3,26 +3,32 @@
 //
 // UNVERIFIED and opt-in: the hand-written kernels (topk_kernels.cu) have been
 // compiled and linked but never run on a GPU. Unless a call opts in, every op
-// takes the device-generic path exactly as before (the same function the
-// CompositeExplicitAutograd registration calls). Opting in:
+// takes the device-generic path exactly as before (generic_rows, through the
+// same tensor adapters of generic_kernel.hpp). Opting in:
 //   - a soft forward with solver = "cuda_kernel";
 //   - every op (solver "auto", the hard ops, backward and JVP) after
 //     torch.ops.sparsetopk._use_cuda_kernels(True), or with the environment
 //     variable SPARSETOPK_CUDA_KERNELS=1 at load time.
 // The kernels run on the current CUDA stream, under a device guard for the
-// tensor's device, and never synchronize with the host.
+// tensor's device, and never synchronize with the host. The state is the
+// ops' row_state (ops.hpp): one RowState per row, [R, 7] float64 here; the
+// derivatives recompute the band's c_i from x.
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <sparsetopk/form.hpp>
+#include <sparsetopk/row_state.hpp>
+
 #include <algorithm>
 #include <atomic>
-#include <optional>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <tuple>
 
 #include "../generic/generic_kernel.hpp"
 #include "../../cuda/topk_kernels.hpp"
@@ -31,9 +37,9 @@ namespace sparsetopk::torch::detail {
 namespace {
 
 using at::Tensor;
-using generic::Operator;
 
 constexpr const char* kKernelSolver = "cuda_kernel";
+constexpr int64_t kStateSize = static_cast<int64_t>(RowState::size);
 
 bool enabled_by_environment() {
   const char* value = std::getenv("SPARSETOPK_CUDA_KERNELS");
@@ -54,6 +60,12 @@ Tensor scratch_bytes(const Tensor& rows, std::size_t bytes) {
   return at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, rows.options().dtype(at::kByte));
 }
 
+// The RowStates of a contiguous float64 [R, 7] tensor (generic_kernel.hpp's state_rows).
+RowState* states_of(Tensor& state_rows) { return reinterpret_cast<RowState*>(state_rows.data_ptr<double>()); }
+const RowState* states_of(const Tensor& state_rows) {
+  return reinterpret_cast<const RowState*>(state_rows.data_ptr<double>());
+}
+
 template <class T>
 void select_or_flag(bool magnitude, bool soft, const Tensor& rows, int64_t k, const cuda::Selection& selection,
                     cudaStream_t stream) {
@@ -64,32 +76,31 @@ void select_or_flag(bool magnitude, bool soft, const Tensor& rows, int64_t k, co
 }
 
 template <class T>
-generic::SoftResult soft_rows_as(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
-  const bool magnitude = op == Operator::magnitude;
+generic::SoftResult soft_rows_as(Form form, const Tensor& rows, int64_t k, double l, double p, bool save) {
+  const bool magnitude = form == Form::magnitude;
   const int64_t r = rows.size(0), n = rows.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Tensor scratch = scratch_bytes(rows, cuda::soft_scratch_bytes(r, n));
   const cuda::SoftScratch parts = cuda::soft_scratch(scratch.data_ptr(), r, n);
   select_or_flag<T>(magnitude, /*soft=*/true, rows, k, parts.selection, stream);
-  const auto doubles = rows.options().dtype(at::kDouble);
-  generic::SoftResult result{at::empty_like(rows), {}, {}};
-  if (save) result.c = at::empty({r, n}, doubles), result.row_state = at::empty({r, 3}, doubles);
+  generic::SoftResult result{at::empty_like(rows), {}};
+  if (save) result.row_state = at::empty({r, kStateSize}, rows.options().dtype(at::kDouble));
   cuda::soft_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, l, p, parts.selection, parts.window, parts.sort,
-                        parts.sort_bytes, result.out.data_ptr<T>(), save ? result.c.data_ptr<double>() : nullptr,
-                        save ? result.row_state.data_ptr<double>() : nullptr, stream);
+                        parts.sort_bytes, result.out.data_ptr<T>(), save ? states_of(result.row_state) : nullptr,
+                        stream);
   return result;
 }
 
-generic::SoftResult soft_rows(Operator op, const Tensor& rows, int64_t k, double l, double p, bool save) {
-  if (rows.numel() == 0) return generic::soft_topk_rows(op, rows, k, l, p, save);  // nothing to launch
+generic::SoftResult soft_rows(Form form, const Tensor& rows, int64_t k, double l, double p, bool save) {
+  if (rows.numel() == 0) return generic::soft_topk_rows(form, rows, k, l, p, save);  // nothing to launch
   const c10::cuda::CUDAGuard guard(rows.device());
-  if (rows.scalar_type() == at::kDouble) return soft_rows_as<double>(op, rows, k, l, p, save);
-  return soft_rows_as<float>(op, rows, k, l, p, save);
+  if (rows.scalar_type() == at::kDouble) return soft_rows_as<double>(form, rows, k, l, p, save);
+  return soft_rows_as<float>(form, rows, k, l, p, save);
 }
 
 template <class T>
-Tensor hard_rows_as(Operator op, const Tensor& rows, int64_t k) {
-  const bool magnitude = op == Operator::magnitude;
+Tensor hard_rows_as(Form form, const Tensor& rows, int64_t k) {
+  const bool magnitude = form == Form::magnitude;
   const int64_t r = rows.size(0), n = rows.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Tensor scratch = scratch_bytes(rows, cuda::hard_scratch_bytes(r, n));
@@ -101,48 +112,58 @@ Tensor hard_rows_as(Operator op, const Tensor& rows, int64_t k) {
   return out;
 }
 
-Tensor hard_rows(Operator op, const Tensor& rows, int64_t k) {
+Tensor hard_rows(Form form, const Tensor& rows, int64_t k) {
   if (rows.numel() == 0) return at::empty_like(rows);
   const c10::cuda::CUDAGuard guard(rows.device());
-  return rows.scalar_type() == at::kDouble ? hard_rows_as<double>(op, rows, k) : hard_rows_as<float>(op, rows, k);
+  return rows.scalar_type() == at::kDouble ? hard_rows_as<double>(form, rows, k) : hard_rows_as<float>(form, rows, k);
 }
 
+// v, x: [R, n] contiguous in T; state: [R, 7] contiguous float64.
 template <class T>
-Tensor product_rows_as(Operator op, bool transpose, const Tensor& v, const Tensor& x, const Tensor& c,
-                       const Tensor& state) {
+Tensor product_rows_as(Form form, bool transpose, const Tensor& v, const Tensor& x, const Tensor& state, double l,
+                       double p) {
   Tensor out = at::empty_like(v);
-  cuda::jacobian_product<T>(op == Operator::magnitude, transpose, v.data_ptr<T>(),
-                            x.defined() ? x.data_ptr<T>() : nullptr, c.data_ptr<double>(), state.data_ptr<double>(),
-                            v.size(0), v.size(1), out.data_ptr<T>(), at::cuda::getCurrentCUDAStream());
+  cuda::jacobian_product<T>(form == Form::magnitude, transpose, v.data_ptr<T>(), x.data_ptr<T>(), states_of(state),
+                            l, p, v.size(0), v.size(1), out.data_ptr<T>(), at::cuda::getCurrentCUDAStream());
   return out;
 }
 
-Tensor product_rows(Operator op, bool transpose, const Tensor& v, const Tensor& x, const Tensor& c,
-                    const Tensor& state) {
-  if (v.numel() == 0) return at::zeros_like(v);
-  const c10::cuda::CUDAGuard guard(v.device());
-  return v.scalar_type() == at::kDouble ? product_rows_as<double>(op, transpose, v, x, c, state)
-                                        : product_rows_as<float>(op, transpose, v, x, c, state);
+// The kernels take v and x in one type: the wider of the two (float or double,
+// as the core's CPU kernels), the result back in v's dtype. x in a wider type
+// keeps the keys the forward pass compared.
+Tensor product_rows(Form form, bool transpose, const Tensor& v_rows, const Tensor& x_rows, const Tensor& state_rows,
+                    double l, double p) {
+  if (v_rows.numel() == 0) return at::zeros_like(v_rows);
+  const c10::cuda::CUDAGuard guard(v_rows.device());
+  const at::ScalarType type =
+      at::promote_types(v_rows.scalar_type(), x_rows.scalar_type()) == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor v = v_rows.to(type).contiguous(), x = x_rows.to(type).contiguous();
+  const Tensor state = state_rows.to(at::kDouble).contiguous();
+  TORCH_CHECK(state.dim() == 2 && state.size(0) == v.size(0) && state.size(1) == kStateSize,
+              "sparsetopk: the CUDA kernels' state_rows must be [", v.size(0), ", ", kStateSize, "], got ",
+              state.sizes());
+  const Tensor out = type == at::kDouble ? product_rows_as<double>(form, transpose, v, x, state, l, p)
+                                         : product_rows_as<float>(form, transpose, v, x, state, l, p);
+  return out.to(v_rows.scalar_type());
 }
 
 const RowsImplementation cuda_rows{soft_rows, hard_rows, product_rows};
 
-std::tuple<Tensor, Tensor, Tensor> soft_op(Operator op, const Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                           c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
+std::tuple<Tensor, Tensor> soft_op(Form form, const Tensor& x, int64_t k, double l, double p, int64_t dim,
+                                   c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
   // The kernels solve exactly ("cuda_kernel" checks as "auto"); "dykstra" stays on the ATen iterations.
-  if (soft_uses_kernels(solver)) return soft_topk_on_rows(cuda_rows, op, x, k, l, p, dim, "auto", num_iter, save);
-  return soft_topk(op, x, k, l, p, dim, solver, num_iter, save);  // the verified device-generic path
+  if (soft_uses_kernels(solver)) return soft_topk_on_rows(cuda_rows, form, x, k, l, p, dim, "auto", num_iter, save);
+  return soft_topk_on_rows(generic_rows, form, x, k, l, p, dim, solver, num_iter, save);  // the verified path
 }
 
-Tensor hard_op(Operator op, const Tensor& x, int64_t k, int64_t dim) {
-  if (kernels_enabled().load()) return hard_topk_on_rows(cuda_rows, op, x, k, dim);
-  return hard_topk(op, x, k, dim);
+Tensor hard_op(Form form, const Tensor& x, int64_t k, int64_t dim) {
+  return hard_topk_on_rows(kernels_enabled().load() ? cuda_rows : generic_rows, form, x, k, dim);
 }
 
-Tensor product_op(Operator op, bool transpose, const Tensor& v, const Tensor* x, const Tensor& c,
-                  const Tensor& row_state, int64_t dim) {
-  if (kernels_enabled().load()) return jacobian_product_on_rows(cuda_rows, op, transpose, v, x, c, row_state, dim);
-  return jacobian_product(op, transpose, v, x, c, row_state, dim);
+Tensor product_op(Form form, bool transpose, const Tensor& v, const Tensor& x, const Tensor& row_state, double l,
+                  double p, int64_t dim) {
+  return jacobian_product_on_rows(kernels_enabled().load() ? cuda_rows : generic_rows, form, transpose, v, x,
+                                  row_state, l, p, dim);
 }
 
 }  // namespace
@@ -157,39 +178,40 @@ TORCH_LIBRARY_FRAGMENT(sparsetopk, m) {
 
 TORCH_LIBRARY_IMPL(sparsetopk, CUDA, m) {
   using namespace sparsetopk::torch::detail;
-  using sparsetopk::torch::generic::Operator;
+  using sparsetopk::Form;
   using Tensor = at::Tensor;
   m.impl("soft_topk_mask", [](const Tensor& x, int64_t k, double l, double p, int64_t dim, c10::string_view solver,
                               std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_op(Operator::mask, x, k, l, p, dim, solver, num_iter, false));
+    return std::get<0>(soft_op(Form::mask, x, k, l, p, dim, solver, num_iter, false));
   });
   m.impl("soft_topk_mag", [](const Tensor& x, int64_t k, double l, double p, int64_t dim, c10::string_view solver,
                               std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_op(Operator::magnitude, x, k, l, p, dim, solver, num_iter, false));
+    return std::get<0>(soft_op(Form::magnitude, x, k, l, p, dim, solver, num_iter, false));
   });
-  m.impl("hard_topk_mask", [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Operator::mask, x, k, dim); });
-  m.impl("hard_topk_mag",
-         [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Operator::magnitude, x, k, dim); });
+  m.impl("hard_topk_mask", [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Form::mask, x, k, dim); });
+  m.impl("hard_topk_mag", [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Form::magnitude, x, k, dim); });
   m.impl("_soft_topk_mask_forward", [](const Tensor& x, int64_t k, double l, double p, int64_t dim,
                                        c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_op(Operator::mask, x, k, l, p, dim, solver, num_iter, true);
+    return soft_op(Form::mask, x, k, l, p, dim, solver, num_iter, true);
   });
   m.impl("_soft_topk_mag_forward", [](const Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                       c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_op(Operator::magnitude, x, k, l, p, dim, solver, num_iter, true);
+                                      c10::string_view solver, std::optional<int64_t> num_iter) {
+    return soft_op(Form::magnitude, x, k, l, p, dim, solver, num_iter, true);
   });
-  m.impl("_soft_topk_mask_backward", [](const Tensor& grad, const Tensor& c, const Tensor& row_state, int64_t dim) {
-    return product_op(Operator::mask, true, grad, nullptr, c, row_state, dim);
+  m.impl("_soft_topk_mask_backward", [](const Tensor& grad, const Tensor& x, const Tensor& row_state, double l,
+                                        double p, int64_t dim) {
+    return product_op(Form::mask, /*transpose=*/true, grad, x, row_state, l, p, dim);
   });
-  m.impl("_soft_topk_mask_jvp", [](const Tensor& tangent, const Tensor& c, const Tensor& row_state, int64_t dim) {
-    return product_op(Operator::mask, false, tangent, nullptr, c, row_state, dim);
+  m.impl("_soft_topk_mask_jvp", [](const Tensor& tangent, const Tensor& x, const Tensor& row_state, double l,
+                                   double p, int64_t dim) {
+    return product_op(Form::mask, /*transpose=*/false, tangent, x, row_state, l, p, dim);
   });
-  m.impl("_soft_topk_mag_backward",
-         [](const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& row_state, int64_t dim) {
-           return product_op(Operator::magnitude, true, grad, &x, c, row_state, dim);
-         });
-  m.impl("_soft_topk_mag_jvp",
-         [](const Tensor& tangent, const Tensor& x, const Tensor& c, const Tensor& row_state, int64_t dim) {
-           return product_op(Operator::magnitude, false, tangent, &x, c, row_state, dim);
-         });
+  m.impl("_soft_topk_mag_backward", [](const Tensor& grad, const Tensor& x, const Tensor& row_state, double l,
+                                       double p, int64_t dim) {
+    return product_op(Form::magnitude, /*transpose=*/true, grad, x, row_state, l, p, dim);
+  });
+  m.impl("_soft_topk_mag_jvp", [](const Tensor& tangent, const Tensor& x, const Tensor& row_state, double l,
+                                  double p, int64_t dim) {
+    return product_op(Form::magnitude, /*transpose=*/false, tangent, x, row_state, l, p, dim);
+  });
 }
