@@ -34,7 +34,7 @@ class SavedBand {
   SPARSETOPK_HOST_DEVICE double weight(double x_i, std::size_t i) const {
     const double key = magnitude_ ? std::abs(x_i) : x_i;
     if (!any_ || !detail::in_band(state_, key, i)) return -1.0;
-    return detail::band_weight(regularizer_, l_, magnitude_, state_.gamma, key);
+    return detail::band_weight(regularizer_, l_, magnitude_, state_, key);
   }
 
  private:

@@ -308,13 +308,15 @@ __global__ void band_kernel(bool magnitude, const T* x, long long rows, long lon
     const double x_i = static_cast<double>(row[i]);
     band.add(magnitude ? std::abs(x_i) : x_i, i);
   };
+  RowState near;  // the near entries' offsets, if the solver resolved them
   const StraddlingBlock block =
       magnitude ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, row,
-                                         out + r * n, state != nullptr, append)
+                                         out + r * n, state != nullptr, append, near)
                 : detail::solve_mask_band(row_window, s, index_of, equation, Solver::threshold, blocks, out + r * n,
-                                          state != nullptr, append);
+                                          state != nullptr, append, near);
   if (!state) return;
   const detail::BandState solved = detail::band_state(block, row_window, s);
+  *state = near;
   state->gamma = solved.gamma;
   state->block_weight = solved.block_weight;
   state->unchanged_from = solved.unchanged_from;

@@ -6,7 +6,7 @@
 // The same targets, attributes and layouts as the CPU handlers
 // (ffi_handlers.cpp): rows along the last axis, every leading axis a batch
 // row; the state of the derivatives is one RowState per row
-// (<sparsetopk/row_state.hpp>) as raw bytes, uint32 [..., 14], exact with or
+// (<sparsetopk/row_state.hpp>) as raw bytes, uint32 [..., 2 * RowState::size], exact with or
 // without x64; the derivatives (x, state, v) -> J v or J^T v recompute the
 // band's c_i from x. Everything runs on XLA's stream; the scratch comes from
 // XLA's allocator; nothing synchronizes with the host. Solver "dykstra" has

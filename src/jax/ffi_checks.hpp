@@ -39,7 +39,7 @@ inline void check_types(const xla::ffi::AnyBuffer& x, std::initializer_list<cons
     if (out->element_type() != type) throw InvalidArgument("every output must have the dtype of x");
 }
 
-// "[3, 14]"
+// "[3, 22]"
 inline std::string shape_text(xla::ffi::AnyBuffer::Dimensions dims) {
   std::string text = "[";
   for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);

@@ -9,7 +9,7 @@
 //
 // - forward (x) -> out, and with state (x) -> (out, state): `state` holds the
 //   rows' RowStates (<sparsetopk/row_state.hpp>) as raw bytes, uint32
-//   [..., 14] (ffi_checks.hpp): O(rows), exact for float32 and float64 x;
+//   [..., 2 * RowState::size] (ffi_checks.hpp): O(rows), exact for float32 and float64 x;
 // - derivatives (x, state, v) -> J v (jvp) or J^T v (vjp), attributes l and p
 //   (p = 2 for Dykstra's rows): the core's soft_topk_{mask,mag}_{jvp,vjp}, which
 //   recompute the band's c_i from x and the state.

@@ -351,15 +351,17 @@ def test_dykstra_converges_to_the_exact_p2_solution(op):
 # ---- the state: the rows' RowStates as raw bytes ----
 
 def test_state_is_the_row_states_bytes():
-    """uint32 [..., 14]: per row the 7 doubles (gamma, W_B, unchanged_from, band
-    first key/index, band last key/index) of include/sparsetopk/row_state.hpp."""
+    """uint32 [..., 22]: per row the 11 doubles (gamma, W_B, unchanged_from, band
+    first key/index, band last key/index, the near entries' offsets) of
+    include/sparsetopk/row_state.hpp."""
     x = jnp.asarray([[3.0, 1.0, 0.5, 1.5], [3.0, np.nan, 0.5, 1.5]], jnp.float32)
     for solver, num_iter in [("auto", 0), ("dykstra", 1000)]:
         out, state = stj._ffi.soft_with_state(x, "mask", 2, 1.0, 2.0, solver, num_iter)
-        assert state.dtype == jnp.uint32 and state.shape == (2, 14)
+        assert state.dtype == jnp.uint32 and state.shape == (2, 22)
         rows = np.asarray(state).view(np.float64)  # p = 2, l = 1 by hand: tau = 0.75, band {1.5, 1.0}
         np.testing.assert_allclose(np.asarray(out[0]), [1.0, 0.25, 0.0, 0.75], atol=1e-6)
         np.testing.assert_allclose(rows[0, [0, 1, 3, 4, 5, 6]], [0.75, 1.0, 1.5, 3.0, 1.0, 1.0], atol=1e-6)
+        assert np.isinf(rows[0, 7]) and np.isinf(rows[0, 9])  # no entry within rounding of tau
         assert np.isnan(rows[1, 0])  # a row holding NaN
 
 
@@ -380,8 +382,8 @@ def test_derivatives_without_x64_are_float32():
 
 @pytest.mark.parametrize("make_state, v_shape, message", [
     (lambda x, s: s.astype(jnp.int32), (3, 8), r"sparsetopk_soft_topk_mask_vjp: state must be uint32"),
-    (lambda x, s: s[:, :7], (3, 8), r"state must have shape \[3, 14\] .* got \[3, 7\]"),
-    (lambda x, s: s[:2], (3, 8), r"state must have shape \[3, 14\] .* got \[2, 14\]"),
+    (lambda x, s: s[:, :7], (3, 8), r"state must have shape \[3, 22\] .* got \[3, 7\]"),
+    (lambda x, s: s[:2], (3, 8), r"state must have shape \[3, 22\] .* got \[2, 22\]"),
     (lambda x, s: s, (3, 7), r"v must have the shape of x, \[3, 8\], got \[3, 7\]"),
 ])
 def test_derivative_handlers_check_their_buffers(make_state, v_shape, message):

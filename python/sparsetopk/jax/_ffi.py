@@ -6,7 +6,7 @@ treats all leading axes as the batch: one custom call for the whole array, and
 under ``jax.vmap`` still one (the vmapped axis becomes one more leading axis).
 
 The state of the derivatives, which :func:`soft_with_state` returns, is opaque:
-the raw bytes of one ``RowState`` per row (7 doubles, include/sparsetopk/row_state.hpp)
+the raw bytes of one ``RowState`` per row (11 doubles, include/sparsetopk/row_state.hpp)
 as uint32 of shape ``x.shape[:-1] + (STATE_WORDS,)``, so that it needs no x64
 and is exact whatever x's dtype. :func:`jacobian_product` hands it back to the
 core's derivatives (``soft_topk_{mask,mag}_{jvp,vjp}``) through a JAX primitive
@@ -30,7 +30,7 @@ from .._paths import candidate_paths
 LIBRARY_NAME = "libsparsetopk_jax.so"
 CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
 CUDA_OPT_IN = "SPARSETOPK_JAX_CUDA_KERNELS"
-STATE_WORDS = 14  # uint32 words of one row's state: a RowState, 7 doubles
+STATE_WORDS = 22  # uint32 words of one row's state: a RowState, 11 doubles (RowState::size)
 _TARGETS = (
     "sparsetopk_soft_topk_mask",
     "sparsetopk_soft_topk_mag",
