@@ -134,6 +134,15 @@ inline std::string show(const std::vector<double>& v) {
   TEST(Suite, Name) { ::stk_test::check_property(MaxSuccess, &stkProperty_##Suite##_##Name); } \
   static void stkProperty_##Suite##_##Name()
 
+// A rapidcheck property as a value-parameterized GoogleTest test (TEST_P on
+// Fixture, a ::testing::TestWithParam): the body sees the parameter as `param`.
+#define STK_PROP_P(Fixture, Name, MaxSuccess)                                                      \
+  static void stkProperty_##Fixture##_##Name(const Fixture::ParamType& param);                     \
+  TEST_P(Fixture, Name) {                                                                          \
+    ::stk_test::check_property(MaxSuccess, [param = GetParam()] { stkProperty_##Fixture##_##Name(param); }); \
+  }                                                                                                \
+  static void stkProperty_##Fixture##_##Name([[maybe_unused]] const Fixture::ParamType& param)
+
 // ---- thin wrappers over the batch API -------------------------------------
 
 #include <sparsetopk/sparsetopk.hpp>
@@ -256,6 +265,10 @@ inline bool same_bytes(std::span<const sparsetopk::RowState> a, std::span<const 
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
 }
 
+// Names the instances of a test parameterized on the form: "mask", "magnitude".
+inline std::string form_name(sparsetopk::Form form) { return form == sparsetopk::Form::mask ? "mask" : "magnitude"; }
+inline std::string form_name(const ::testing::TestParamInfo<sparsetopk::Form>& info) { return form_name(info.param); }
+
 // Restores the thread count on scope exit.
 class ThreadCountGuard {
  public:
@@ -269,3 +282,8 @@ class ThreadCountGuard {
 };
 
 }  // namespace stk_test
+
+// How GoogleTest prints a Form parameter (found by argument-dependent lookup).
+namespace sparsetopk {
+inline void PrintTo(Form form, std::ostream* os) { *os << stk_test::form_name(form); }
+}  // namespace sparsetopk
