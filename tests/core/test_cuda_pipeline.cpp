@@ -17,6 +17,7 @@
 
 #include "../../src/core/band_solve.hpp"
 #include "../../src/cuda/radix_select.hpp"
+#include "test_support.hpp"
 
 namespace sparsetopk::cuda {
 namespace {
@@ -193,21 +194,21 @@ void expect_soft_pipeline_is_the_cores() {
       for (double p : {4.0 / 3.0, 2.0, 1.5, 3.0})
         for (std::size_t k : {0u, 1u, 7u, 50u, 96u, 97u}) {
           std::vector<T> out, expected(row.size());
-          std::vector<double> c, c_core(row.size()), state_core(3);
+          std::vector<double> c;
           detail::BandState state{};
           soft_pipeline(row, k, 0.3, p, magnitude, out, c, state);
-          ActiveBlocks blocks;
-          const SoftTopkOptions options{0.3, p, Solver::automatic};
-          if (magnitude) soft_topk_mag<T>(row, row.size(), k, expected, options, &blocks);
-          else soft_topk_mask<T>(row, row.size(), k, expected, options, &blocks);
-          blocks.to_dense(c_core, state_core);
+          const Form form = magnitude ? Form::magnitude : Form::mask;
+          stk_test::Saved saved;
+          expected = stk_test::soft(form, row, row.size(), k, 0.3, p, &saved);
+          // the core's band, its c_i recomputed from the row and the state
+          const std::vector<double> c_core = stk_test::dense_band(form, saved, row);
           for (std::size_t i = 0; i < row.size(); ++i) {
             EXPECT_EQ(out[i], expected[i]) << "p = " << p << ", k = " << k << ", i = " << i;
             EXPECT_EQ(c[i], c_core[i]) << "p = " << p << ", k = " << k << ", i = " << i;
           }
-          EXPECT_EQ(state.gamma, state_core[0]);
-          EXPECT_EQ(state.block_weight, state_core[1]);
-          EXPECT_EQ(state.unchanged_from, state_core[2]);
+          EXPECT_EQ(state.gamma, saved.state[0].gamma);
+          EXPECT_EQ(state.block_weight, saved.state[0].block_weight);
+          EXPECT_EQ(state.unchanged_from, saved.state[0].unchanged_from);
         }
   }
 }
