@@ -221,11 +221,22 @@ Batch gen_batch() {
   return b;
 }
 
+// A random batch and its forward pass, with the state saved.
+struct Solved {
+  Batch b;
+  Saved saved;
+  std::vector<double> y;
+};
+
+Solved gen_solved(Form form) {
+  Solved s{gen_batch(), {}, {}};
+  s.y = forward(form, s.b.x, s.b.n, s.b.k, s.b.l, s.b.p, &s.saved, s.b.solver);
+  return s;
+}
+
 STK_PROP_P(ByForm, VjpIsAdjointOfJvp, 200) {
   const Form form = param;
-  const Batch b = gen_batch();
-  Saved saved;
-  forward(form, b.x, b.n, b.k, b.l, b.p, &saved, b.solver);
+  const auto [b, saved, y] = gen_solved(form);
   const auto u = gen_generic(b.x.size(), -1, 1);
   const auto v = gen_generic(b.x.size(), -1, 1);
   const auto jv = jvp(form, saved, b.x, v);
@@ -242,9 +253,7 @@ STK_PROP_P(ByForm, VjpIsAdjointOfJvp, 200) {
 
 STK_PROP(MaskDerivatives, JacobianIsSymmetric, 100) {
   // SPEC.md: the mask Jacobian is symmetric, so the VJP equals the JVP.
-  const Batch b = gen_batch();
-  Saved saved;
-  forward(Form::mask, b.x, b.n, b.k, b.l, b.p, &saved, b.solver);
+  const auto [b, saved, y] = gen_solved(Form::mask);
   const auto v = gen_generic(b.x.size(), -1, 1);
   const auto jv = jvp(Form::mask, saved, b.x, v);
   const auto jtv = vjp(Form::mask, saved, b.x, v);
@@ -262,9 +271,7 @@ double max_c(Form form, const Saved& saved, const std::vector<double>& x) {
 STK_PROP(MaskDerivatives, JacobianRowsAndColumnsSumToZero, 200) {
   // sum(out) = k for every x, so J 1 = 0 and 1^T J = 0 (d/dt sum(out(x + t d))
   // = 0 for any d: the VJP of ones vanishes).
-  const Batch b = gen_batch();
-  Saved saved;
-  forward(Form::mask, b.x, b.n, b.k, b.l, b.p, &saved, b.solver);
+  const auto [b, saved, y] = gen_solved(Form::mask);
   const std::vector<double> ones(b.x.size(), 1.0);
   const double tol = 1e-12 * (1 + static_cast<double>(b.n) * max_c(Form::mask, saved, b.x));
   for (double v : jvp(Form::mask, saved, b.x, ones)) RC_ASSERT(std::fabs(v) <= tol);
@@ -276,9 +283,7 @@ STK_PROP(MaskDerivatives, JacobianRowsAndColumnsSumToZero, 200) {
 // zero on zero outputs.
 STK_PROP_P(ByForm, AreExactOnSaturatedUnchangedAndZeroEntries, 200) {
   const Form form = param;
-  const Batch b = gen_batch();
-  Saved saved;
-  const auto y = forward(form, b.x, b.n, b.k, b.l, b.p, &saved, b.solver);
+  const auto [b, saved, y] = gen_solved(form);
   const auto d = gen_generic(b.x.size(), -1, 1);
   const auto jv = jvp(form, saved, b.x, d);
   const auto jtd = vjp(form, saved, b.x, d);
@@ -296,9 +301,7 @@ STK_PROP_P(ByForm, AreExactOnSaturatedUnchangedAndZeroEntries, 200) {
 
 STK_PROP_P(ByForm, BatchEqualsRowByRow, 50) {
   const Form form = param;
-  const Batch b = gen_batch();
-  Saved all;
-  forward(form, b.x, b.n, b.k, b.l, b.p, &all, b.solver);
+  const auto [b, all, y] = gen_solved(form);
   const auto d = gen_generic(b.x.size(), -1, 1);
   const auto jv = jvp(form, all, b.x, d), jtd = vjp(form, all, b.x, d);
   for (std::size_t r = 0; r < b.rows; ++r) {

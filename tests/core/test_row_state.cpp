@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <ostream>
 #include <sparsetopk/sparsetopk.hpp>
 #include <string>
 #include <type_traits>
@@ -33,64 +34,56 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 const char* name(Form form) { return form == Form::mask ? "mask" : "mag"; }
 
-// x = (3, -2, 1.5, 0.2), k = 2, p = 2, l = 2 (mask): tau = -0.15, band {2, 3}
-// with c = 1/l = 0.5, one top entry (index 2) in the block.
-TEST(RowState, MaskP2HandCaseHasHandValues) {
-  const std::vector<double> x{3, -2, 1.5, 0.2};
+// A row whose state and band are known by hand.
+struct HandCase {
+  const char* name;
+  Form form;
+  std::vector<double> x;
+  std::size_t k;
+  double l, p;
+  double gamma, block_weight;
+  double first_key, first_index, last_key, last_index;  // the band in sorted order
+  std::vector<std::size_t> band;                          // its columns
+  double c;                                               // every band entry's c_i
+};
+
+void PrintTo(const HandCase& hand, std::ostream* os) { *os << hand.name; }
+
+const double kCbrtHalf = std::cbrt(0.5);
+const HandCase kHandCases[] = {
+    // mask, p = 2, l = 2: tau = -0.15, band {2, 3} with c = 1/l = 0.5, one top
+    // entry (index 2) in the block
+    {"mask_p2", Form::mask, {3, -2, 1.5, 0.2}, 2, 2.0, 2.0, -0.15, 1.0, 1.5, 2, 0.2, 3, {2, 3}, 0.5},
+    // magnitude, p = 2, l = 1: gamma = 7/6, band {1, 2} (|x| = 2 top, 1.5
+    // rest: keys are |x|), c = 1, W_B = 1
+    {"magnitude_p2", Form::magnitude, {3, -2, 1.5, 0.2}, 2, 1.0, 2.0, 7.0 / 6.0, 1.0, 2.0, 1, 1.5, 2, {1, 2}, 1.0},
+    // mask, p = 4/3: c_i = ((q-1)/l) u_i^(q-2) = 3 u_i^2 / l with u_i = (x_i -
+    // tau)/l; l = 1: u = 2^(-1/3) for the tied entries 1, 2 (the band runs
+    // from the lower index to the higher)
+    {"mask_p43", Form::mask, {10, 1, 1, -10}, 2, 1.0, 4.0 / 3.0, 1 - kCbrtHalf, 1.0, 1.0, 1, 1.0, 2, {1, 2},
+     3 * kCbrtHalf * kCbrtHalf},
+};
+
+class HandCases : public ::testing::TestWithParam<HandCase> {};
+INSTANTIATE_TEST_SUITE_P(RowState, HandCases, ::testing::ValuesIn(kHandCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST_P(HandCases, StateAndBandHaveHandValues) {
+  const HandCase& hand = GetParam();
   for (Solver solver : kSolvers) {
     Saved saved;
-    stk_test::mask(x, 4, 2, 2.0, 2.0, &saved, nullptr, solver);
+    stk_test::soft(hand.form, hand.x, hand.x.size(), hand.k, hand.l, hand.p, &saved, nullptr, solver);
     ASSERT_EQ(saved.rows(), 1u);
     const RowState& s = saved.state[0];
-    EXPECT_NEAR(s.gamma, -0.15, 1e-12);
-    EXPECT_EQ(s.block_weight, 1.0);
-    // the band, first to last in sorted order: x_2 = 1.5, then x_3 = 0.2
-    EXPECT_EQ(s.first_key, 1.5);
-    EXPECT_EQ(s.first_index, 2.0);
-    EXPECT_EQ(s.last_key, 0.2);
-    EXPECT_EQ(s.last_index, 3.0);
-    const auto band = stk_test::band(Form::mask, saved, x, 0);
-    ASSERT_EQ(band.size(), 2u);
-    EXPECT_EQ(band[0].index, 2u);
-    EXPECT_EQ(band[1].index, 3u);
-    for (const auto& entry : band) EXPECT_NEAR(entry.c, 0.5, 1e-12);
+    EXPECT_NEAR(s.gamma, hand.gamma, 1e-12);
+    EXPECT_EQ(s.block_weight, hand.block_weight);
+    EXPECT_EQ(s.first_key, hand.first_key);
+    EXPECT_EQ(s.first_index, hand.first_index);
+    EXPECT_EQ(s.last_key, hand.last_key);
+    EXPECT_EQ(s.last_index, hand.last_index);
+    EXPECT_EQ(stk_test::band_indices(hand.form, saved, hand.x, 0), hand.band);
+    for (const auto& entry : stk_test::band(hand.form, saved, hand.x, 0)) EXPECT_NEAR(entry.c, hand.c, 1e-12);
   }
-}
-
-// Magnitude, l = 1: gamma = 7/6, band {1, 2} (|x| = 2 top, 1.5 rest), c = 1, W_B = 1.
-TEST(RowState, MagnitudeP2HandCaseHasHandValues) {
-  const std::vector<double> x{3, -2, 1.5, 0.2};
-  for (Solver solver : kSolvers) {
-    Saved saved;
-    stk_test::mag(x, 4, 2, 1.0, 2.0, &saved, nullptr, solver);
-    ASSERT_EQ(saved.rows(), 1u);
-    const RowState& s = saved.state[0];
-    EXPECT_NEAR(s.gamma, 7.0 / 6.0, 1e-12);
-    EXPECT_EQ(s.block_weight, 1.0);
-    EXPECT_EQ(s.first_key, 2.0);  // keys are |x|
-    EXPECT_EQ(s.first_index, 1.0);
-    EXPECT_EQ(s.last_key, 1.5);
-    EXPECT_EQ(s.last_index, 2.0);
-    EXPECT_EQ(stk_test::band_indices(Form::magnitude, saved, x, 0), (std::vector<std::size_t>{1, 2}));
-    for (const auto& entry : stk_test::band(Form::magnitude, saved, x, 0)) EXPECT_NEAR(entry.c, 1.0, 1e-12);
-  }
-}
-
-// Mask, p = 4/3: c_i = ((q-1)/l) u_i^(q-2) = 3 u_i^2 / l with u_i = (x_i - tau)/l.
-// x = (10, 1, 1, -10), k = 2, l = 1: u = 2^(-1/3) for entries 1, 2 (tied keys:
-// the band runs from the lower index to the higher).
-TEST(RowState, MaskP43HandCaseHasHandValues) {
-  const std::vector<double> x{10, 1, 1, -10};
-  Saved saved;
-  stk_test::mask(x, 4, 2, 1.0, 4.0 / 3.0, &saved);
-  const double u = std::cbrt(0.5);
-  EXPECT_NEAR(saved.state[0].gamma, 1 - u, 1e-12);
-  EXPECT_EQ(saved.state[0].block_weight, 1.0);
-  EXPECT_EQ(saved.state[0].first_index, 1.0);
-  EXPECT_EQ(saved.state[0].last_index, 2.0);
-  const auto band = stk_test::band(Form::mask, saved, x, 0);
-  ASSERT_EQ(band.size(), 2u);
-  for (const auto& entry : band) EXPECT_NEAR(entry.c, 3 * u * u, 1e-12);
 }
 
 TEST(RowState, IsOneRowOfSevenDoublesWithAnEmptyBandByDefault) {
