@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,9 +34,10 @@ struct Case {
   std::vector<double> sorted;  // each row sorted descending, for solve_isotonic
   std::vector<double> w;       // k ones then zeros
   sparsetopk::Workspace workspace;
-  sparsetopk::ActiveBlocks blocks;
+  std::vector<sparsetopk::RowState> row_state;  // one per row, for the VJP
 
-  explicit Case(const Shape& s) : shape(s), x(bench::normal_data(s)), out(s.size()), grad(s.size()) {
+  explicit Case(const Shape& s)
+      : shape(s), x(bench::normal_data(s)), out(s.size()), grad(s.size()), row_state(s.rows) {
     g = bench::normal_data({s.rows, s.n + 1, s.k});  // another draw, for the cotangent
     g.resize(s.size());
   }
@@ -146,14 +148,14 @@ void hard_mask(benchmark::State& state, Case& c) {
 void soft_forward(benchmark::State& state, Case& c, bool magnitude, double p, sparsetopk::Solver solver,
                   bool save_state) {
   const auto options = soft_options(p, solver);
-  sparsetopk::ActiveBlocks* blocks = save_state ? &c.blocks : nullptr;
+  const std::span<sparsetopk::RowState> row_state = save_state ? std::span(c.row_state) : std::span<sparsetopk::RowState>();
   auto forward = [&] {
     if (magnitude)
-      sparsetopk::soft_topk_mag<float>(c.x, c.shape.n, c.shape.k, c.out, options, blocks, &c.workspace);
+      sparsetopk::soft_topk_mag<float>(c.x, c.shape.n, c.shape.k, c.out, options, row_state, &c.workspace);
     else
-      sparsetopk::soft_topk_mask<float>(c.x, c.shape.n, c.shape.k, c.out, options, blocks, &c.workspace);
+      sparsetopk::soft_topk_mask<float>(c.x, c.shape.n, c.shape.k, c.out, options, row_state, &c.workspace);
   };
-  forward();  // untimed: sizes the workspace and the state once, as repeated calls would
+  forward();  // untimed: sizes the workspace once, as repeated calls would
   for (auto _ : state) {
     forward();
     benchmark::DoNotOptimize(c.out.data());
@@ -163,14 +165,14 @@ void soft_forward(benchmark::State& state, Case& c, bool magnitude, double p, sp
 void soft_backward(benchmark::State& state, Case& c, bool magnitude, double p) {
   const auto options = soft_options(p, sparsetopk::Solver::automatic);
   if (magnitude)
-    sparsetopk::soft_topk_mag<float>(c.x, c.shape.n, c.shape.k, c.out, options, &c.blocks, &c.workspace);
+    sparsetopk::soft_topk_mag<float>(c.x, c.shape.n, c.shape.k, c.out, options, c.row_state, &c.workspace);
   else
-    sparsetopk::soft_topk_mask<float>(c.x, c.shape.n, c.shape.k, c.out, options, &c.blocks, &c.workspace);
+    sparsetopk::soft_topk_mask<float>(c.x, c.shape.n, c.shape.k, c.out, options, c.row_state, &c.workspace);
   for (auto _ : state) {
     if (magnitude)
-      sparsetopk::soft_topk_mag_vjp<float>(c.blocks, c.x, c.g, c.grad);
+      sparsetopk::soft_topk_mag_vjp<float>(c.x, c.shape.n, c.row_state, options, c.g, c.grad);
     else
-      sparsetopk::soft_topk_mask_vjp<float>(c.blocks, c.g, c.grad);
+      sparsetopk::soft_topk_mask_vjp<float>(c.x, c.shape.n, c.row_state, options, c.g, c.grad);
     benchmark::DoNotOptimize(c.grad.data());
   }
 }

@@ -13,12 +13,14 @@ int main() {
   for (double v : mag) std::printf("%.4f ", v);
   std::printf("  <- soft magnitude\n");
 
-  // Batches: rows of n = 5 in one buffer; the forward saves what the VJP needs.
+  // Batches: rows of n = 5 in one buffer; the forward saves one RowState per
+  // row, from which the VJP (given x and the same l, p) recomputes what it needs.
   std::vector<float> batch{0.5f, -2.0f, 1.2f, 0.45f, 1.0f, 3, 2, 1.5f, 0, -1}, out(10), grad(10);
   const std::vector<float> g{1, 0, 0, 0, 0, 0, 1, 0, 0, 0};
-  sparsetopk::ActiveBlocks blocks;
-  sparsetopk::soft_topk_mask<float>(batch, 5, 2, out, {.l = 1.0}, &blocks);
-  sparsetopk::soft_topk_mask_vjp<float>(blocks, g, grad);
+  const sparsetopk::SoftTopkOptions options{.l = 1.0};
+  std::vector<sparsetopk::RowState> state(2);
+  sparsetopk::soft_topk_mask<float>(batch, 5, 2, out, options, state);
+  sparsetopk::soft_topk_mask_vjp<float>(batch, 5, state, options, g, grad);
   for (float v : grad) std::printf("%.4f ", v);
   std::printf("  <- J^T g per row\n");
 }

@@ -25,7 +25,8 @@
 namespace {
 
 using namespace stk_fuzz;
-using sparsetopk::ActiveBlocks;
+using sparsetopk::BandEntry;
+using sparsetopk::RowState;
 using sparsetopk::Solver;
 using sparsetopk::SoftTopkOptions;
 
@@ -52,7 +53,8 @@ const char* name(Solver s) { return s == Solver::pav ? "pav" : "threshold"; }
 
 struct Result {
   std::vector<double> out, vjp, jvp;
-  ActiveBlocks blocks;
+  std::vector<RowState> state = std::vector<RowState>(1);  // the one row's
+  std::vector<BandEntry> band;                               // recomputed from x and state
 };
 
 Result run_soft(const Case& c, Op op, Solver solver) {
@@ -64,13 +66,15 @@ Result run_soft(const Case& c, Op op, Solver solver) {
   const SoftTopkOptions options{c.l, c.p, solver};
   const std::span<const double> x(c.x);
   if (op == Op::mask) {
-    sparsetopk::soft_topk_mask<double>(x, n, c.k, r.out, options, &r.blocks);
-    sparsetopk::soft_topk_mask_vjp<double>(r.blocks, c.u, r.vjp);
-    sparsetopk::soft_topk_mask_jvp<double>(r.blocks, c.v, r.jvp);
+    sparsetopk::soft_topk_mask<double>(x, n, c.k, r.out, options, r.state);
+    sparsetopk::soft_topk_mask_vjp<double>(x, n, r.state, options, c.u, r.vjp);
+    sparsetopk::soft_topk_mask_jvp<double>(x, n, r.state, options, c.v, r.jvp);
+    r.band = sparsetopk::soft_topk_mask_band<double>(x, r.state[0], options);
   } else {
-    sparsetopk::soft_topk_mag<double>(x, n, c.k, r.out, options, &r.blocks);
-    sparsetopk::soft_topk_mag_vjp<double>(r.blocks, x, c.u, r.vjp);
-    sparsetopk::soft_topk_mag_jvp<double>(r.blocks, x, c.v, r.jvp);
+    sparsetopk::soft_topk_mag<double>(x, n, c.k, r.out, options, r.state);
+    sparsetopk::soft_topk_mag_vjp<double>(x, n, r.state, options, c.u, r.vjp);
+    sparsetopk::soft_topk_mag_jvp<double>(x, n, r.state, options, c.v, r.jvp);
+    r.band = sparsetopk::soft_topk_mag_band<double>(x, r.state[0], options);
   }
   return r;
 }
@@ -129,9 +133,8 @@ std::vector<double> magnitudes(const std::vector<double>& x) {
   return a;
 }
 
-bool in_active_set(const ActiveBlocks& blocks, std::size_t i) {
-  const auto index = blocks.index(0);
-  return std::find(index.begin(), index.end(), i) != index.end();
+bool in_band(const std::vector<BandEntry>& band, std::size_t i) {
+  return std::any_of(band.begin(), band.end(), [i](const BandEntry& entry) { return entry.index == i; });
 }
 
 void check_non_finite_row(const Case& c, Op op, Solver solver, const Result& r) {
@@ -140,7 +143,8 @@ void check_non_finite_row(const Case& c, Op op, Solver solver, const Result& r) 
     if (!std::isnan(r.vjp[i])) fail(where(c, op, solver, r.out), entry("non-finite row: VJP must be NaN", i, kNaN, r.vjp[i]));
     if (!std::isnan(r.jvp[i])) fail(where(c, op, solver, r.out), entry("non-finite row: JVP must be NaN", i, kNaN, r.jvp[i]));
   }
-  if (!std::isnan(r.blocks.gamma(0))) fail(where(c, op, solver, r.out), "non-finite row: ActiveBlocks gamma must be NaN");
+  if (!std::isnan(r.state[0].gamma)) fail(where(c, op, solver, r.out), "non-finite row: RowState gamma must be NaN");
+  if (!r.band.empty()) fail(where(c, op, solver, r.out), "non-finite row: the band must be empty");
 }
 
 void check_mask(const Case& c, Solver solver, const Result& r) {
@@ -167,8 +171,8 @@ void check_mask(const Case& c, Solver solver, const Result& r) {
   for (std::size_t i = 0; i < n; ++i) {
     if (c.x[i] <= s_next - c.l - margin && r.out[i] != 0.0) fail(ctx, entry("mask entry far below the threshold", i, 0.0, r.out[i]));
     if (c.x[i] >= s_k + c.l + margin && r.out[i] != 1.0) fail(ctx, entry("mask entry far above the threshold", i, 1.0, r.out[i]));
-    if (!in_active_set(r.blocks, i) && r.out[i] != 0.0 && r.out[i] != 1.0)
-      fail(ctx, entry("mask entry outside the active set is neither 0 nor 1", i, 0.0, r.out[i]));
+    if (!in_band(r.band, i) && r.out[i] != 0.0 && r.out[i] != 1.0)
+      fail(ctx, entry("mask entry outside the band is neither 0 nor 1", i, 0.0, r.out[i]));
   }
   check_ties(ctx, c.x, r.out, 1e-9);
 }
@@ -197,8 +201,8 @@ void check_mag(const Case& c, Solver solver, const Result& r) {
     if (ai > unchanged_from * (1.0 + 1e-9) + slack && yi != xi &&
         !(std::abs(yi - xi) <= 16.0 * DBL_EPSILON * c.scale + 4.0 * DBL_MIN))
       fail(ctx, entry("magnitude entry far above the block is not unchanged", i, xi, yi));
-    if (!in_active_set(r.blocks, i) && yi != 0.0 && yi != xi)
-      fail(ctx, entry("magnitude entry outside the active set is neither 0 nor x_i", i, xi, yi));
+    if (!in_band(r.band, i) && yi != 0.0 && yi != xi)
+      fail(ctx, entry("magnitude entry outside the band is neither 0 nor x_i", i, xi, yi));
   }
   check_ties(ctx, keys, magnitudes(r.out), 1e-9 * c.scale + 4.0 * DBL_MIN);
 }
@@ -219,7 +223,7 @@ void check_derivatives(const Case& c, Op op, Solver solver, const Result& r) {
     size += std::abs(c.u[i] * r.jvp[i]) + std::abs(r.vjp[i] * c.v[i]);
   }
   double c_sum = 0.0;
-  for (double ci : r.blocks.c(0)) c_sum += ci;
+  for (const BandEntry& entry : r.band) c_sum += entry.c;
   size += (static_cast<double>(n) + 2.0 * c_sum) * max_abs(c.u) * max_abs(c.v);
   if (!(std::abs(u_jv - jtu_v) <= 1e-12 * size)) {
     char buffer[200];
@@ -257,14 +261,14 @@ void check_batch(const Case& c, Op op, Solver solver, const Result& single) {
     u.insert(u.end(), c.u.begin(), c.u.end());
     u.insert(u.end(), c.u.begin(), c.u.end());
     std::vector<double> out(2 * n), grad(2 * n);
-    ActiveBlocks blocks;
+    std::vector<RowState> state(2);
     const SoftTopkOptions options{c.l, c.p, solver};
     if (op == Op::mask) {
-      sparsetopk::soft_topk_mask<double>(x, n, c.k, out, options, &blocks);
-      sparsetopk::soft_topk_mask_vjp<double>(blocks, u, grad);
+      sparsetopk::soft_topk_mask<double>(x, n, c.k, out, options, state);
+      sparsetopk::soft_topk_mask_vjp<double>(x, n, state, options, u, grad);
     } else {
-      sparsetopk::soft_topk_mag<double>(x, n, c.k, out, options, &blocks);
-      sparsetopk::soft_topk_mag_vjp<double>(blocks, x, u, grad);
+      sparsetopk::soft_topk_mag<double>(x, n, c.k, out, options, state);
+      sparsetopk::soft_topk_mag_vjp<double>(x, n, state, options, u, grad);
     }
     const std::size_t good = order ? n : 0, nan_row = order ? 0 : n;
     for (std::size_t i = 0; i < n; ++i) {

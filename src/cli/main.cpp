@@ -96,7 +96,7 @@ void append_row(std::string& out, std::span<const double> row) {
 // Runs the operator on every line (or x, g pair) and returns the whole output.
 std::string compute(const Options& o, const std::vector<Line>& lines) {
   std::string out;
-  sparsetopk::ActiveBlocks blocks;
+  sparsetopk::RowState row_state;  // what a soft line's VJP needs
   sparsetopk::Workspace workspace;
   std::vector<double> y, grad;
   const std::size_t step = o.vjp ? 2 : 1;
@@ -104,13 +104,14 @@ std::string compute(const Options& o, const std::vector<Line>& lines) {
     const std::vector<double>& x = lines[i].values;
     const std::size_t n = x.size();
     y.resize(n);
+    const std::span<sparsetopk::RowState> state(&row_state, n == 0 ? 0 : 1);  // one row, or none
     try {
       switch (o.mode) {
         case Mode::mask:
-          sparsetopk::soft_topk_mask<double>(x, n, o.k, y, o.soft, &blocks, &workspace);
+          sparsetopk::soft_topk_mask<double>(x, n, o.k, y, o.soft, state, &workspace);
           break;
         case Mode::mag:
-          sparsetopk::soft_topk_mag<double>(x, n, o.k, y, o.soft, &blocks, &workspace);
+          sparsetopk::soft_topk_mag<double>(x, n, o.k, y, o.soft, state, &workspace);
           break;
         case Mode::hard_mask:
           sparsetopk::hard_topk_mask<double>(x, n, o.k, y);
@@ -123,9 +124,9 @@ std::string compute(const Options& o, const std::vector<Line>& lines) {
         const std::vector<double>& g = lines[i + 1].values;
         grad.resize(n);
         if (o.mode == Mode::mask) {
-          sparsetopk::soft_topk_mask_vjp<double>(blocks, g, grad);
+          sparsetopk::soft_topk_mask_vjp<double>(x, n, state, o.soft, g, grad);
         } else {
-          sparsetopk::soft_topk_mag_vjp<double>(blocks, x, g, grad);
+          sparsetopk::soft_topk_mag_vjp<double>(x, n, state, o.soft, g, grad);
         }
       }
     } catch (const sparsetopk::InvalidArgument& e) {

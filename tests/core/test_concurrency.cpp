@@ -25,17 +25,30 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// Forward (mask and magnitude) and both VJPs, concatenated.
-std::vector<float> forward_and_backward(const std::vector<float>& x, const std::vector<float>& g, std::size_t n,
-                                        std::size_t k, const sparsetopk::SoftTopkOptions& options) {
+// Forward (mask and magnitude) and both VJPs, concatenated, and the two states.
+struct Passes {
+  std::vector<float> values;
+  std::vector<sparsetopk::RowState> mask_state, mag_state;
+};
+
+bool bitwise_equal(const std::vector<sparsetopk::RowState>& a, const std::vector<sparsetopk::RowState>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(sparsetopk::RowState)) == 0;
+}
+bool bitwise_equal(const Passes& a, const Passes& b) {
+  return bitwise_equal(a.values, b.values) && bitwise_equal(a.mask_state, b.mask_state) &&
+         bitwise_equal(a.mag_state, b.mag_state);
+}
+
+Passes forward_and_backward(const std::vector<float>& x, const std::vector<float>& g, std::size_t n, std::size_t k,
+                            const sparsetopk::SoftTopkOptions& options) {
   const std::size_t size = x.size();
-  std::vector<float> result(4 * size);
-  std::span<float> all(result);
-  sparsetopk::ActiveBlocks blocks;
-  sparsetopk::soft_topk_mask<float>(x, n, k, all.subspan(0, size), options, &blocks);
-  sparsetopk::soft_topk_mask_vjp<float>(blocks, g, all.subspan(size, size));
-  sparsetopk::soft_topk_mag<float>(x, n, k, all.subspan(2 * size, size), options, &blocks);
-  sparsetopk::soft_topk_mag_vjp<float>(blocks, x, g, all.subspan(3 * size, size));
+  Passes result{std::vector<float>(4 * size), std::vector<sparsetopk::RowState>(size / n),
+                std::vector<sparsetopk::RowState>(size / n)};
+  std::span<float> all(result.values);
+  sparsetopk::soft_topk_mask<float>(x, n, k, all.subspan(0, size), options, result.mask_state);
+  sparsetopk::soft_topk_mask_vjp<float>(x, n, result.mask_state, options, g, all.subspan(size, size));
+  sparsetopk::soft_topk_mag<float>(x, n, k, all.subspan(2 * size, size), options, result.mag_state);
+  sparsetopk::soft_topk_mag_vjp<float>(x, n, result.mag_state, options, g, all.subspan(3 * size, size));
   return result;
 }
 
@@ -94,7 +107,7 @@ TEST_F(ThreadCount, ConcurrentCallersGetTheSameAnswersAsOneCaller) {
   const auto x = normal_rows(rows * n, 6), g = normal_rows(rows * n, 7);
   const sparsetopk::SoftTopkOptions options{.l = 0.2};
   const auto expected = forward_and_backward(x, g, n, k, options);
-  std::vector<std::vector<float>> results(8);
+  std::vector<Passes> results(8);
   std::vector<std::thread> callers;
   for (std::size_t t = 0; t < results.size(); ++t)
     callers.emplace_back([&, t] {
@@ -109,9 +122,9 @@ TEST_F(ThreadCount, RepeatedCallsWithOneWorkspaceAreBitwiseIdentical) {
   const auto x = normal_rows(rows * n, 8);
   sparsetopk::Workspace workspace;
   std::vector<float> first(x.size()), again(x.size());
-  sparsetopk::soft_topk_mag<float>(x, n, k, first, {}, nullptr, &workspace);
+  sparsetopk::soft_topk_mag<float>(x, n, k, first, {}, {}, &workspace);
   for (int repeat = 0; repeat < 3; ++repeat) {
-    sparsetopk::soft_topk_mag<float>(x, n, k, again, {}, nullptr, &workspace);
+    sparsetopk::soft_topk_mag<float>(x, n, k, again, {}, {}, &workspace);
     EXPECT_TRUE(bitwise_equal(first, again));
   }
 }
@@ -128,7 +141,7 @@ TEST_F(ThreadCount, ThreadLimitCapsNestsRestoresAndChangesNoResult) {
   const std::size_t n = 256, rows = 512;
   const std::vector<float> x = normal_rows(rows * n, 7), g = normal_rows(rows * n, 8);
   const sparsetopk::SoftTopkOptions options{0.1, 4.0 / 3.0, sparsetopk::Solver::automatic};
-  const std::vector<float> free_result = forward_and_backward(x, g, n, 3, options);
+  const Passes free_result = forward_and_backward(x, g, n, 3, options);
   {
     const sparsetopk::ThreadLimit two(2);
     EXPECT_EQ(available_threads(), 2u);

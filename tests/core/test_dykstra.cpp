@@ -1,6 +1,6 @@
 // Dykstra's alternating projections for p = 2 (SPEC.md "Dykstra's algorithm"):
 // convergence to the exact operators, exactness when nothing violates,
-// derivatives from its blocks, threads, argument validation.
+// derivatives from its saved state, threads, argument validation.
 
 #include <gtest/gtest.h>
 
@@ -24,17 +24,23 @@ sparsetopk::DykstraOptions dopts(double l, std::size_t iterations) {
   return o;
 }
 
+// The state for the derivatives, if asked for, is that of p = 2 (soft_topk_*_vjp with p = 2).
+std::span<sparsetopk::RowState> state_of(stk_test::Saved* saved, const std::vector<double>& x, std::size_t n,
+                                         double l) {
+  return saved ? saved->prepare(x.size(), n, stk_test::options(l, 2.0)) : std::span<sparsetopk::RowState>();
+}
+
 std::vector<double> dmask(const std::vector<double>& x, std::size_t n, std::size_t k, double l,
-                          std::size_t it, sparsetopk::ActiveBlocks* b = nullptr) {
+                          std::size_t it, stk_test::Saved* saved = nullptr) {
   std::vector<double> out(x.size());
-  sparsetopk::soft_topk_mask_dykstra<double>(x, n, k, out, dopts(l, it), b);
+  sparsetopk::soft_topk_mask_dykstra<double>(x, n, k, out, dopts(l, it), state_of(saved, x, n, l));
   return out;
 }
 
 std::vector<double> dmag(const std::vector<double>& x, std::size_t n, std::size_t k, double l,
-                         std::size_t it, sparsetopk::ActiveBlocks* b = nullptr) {
+                         std::size_t it, stk_test::Saved* saved = nullptr) {
   std::vector<double> out(x.size());
-  sparsetopk::soft_topk_mag_dykstra<double>(x, n, k, out, dopts(l, it), b);
+  sparsetopk::soft_topk_mag_dykstra<double>(x, n, k, out, dopts(l, it), state_of(saved, x, n, l));
   return out;
 }
 
@@ -53,23 +59,20 @@ Row gen_row() {
   return r;
 }
 
-STK_PROP(DykstraMask, ConvergesToExactP2Mask, 60) {
-  const Row r = gen_row();
-  const auto y = dmask(r.x, r.x.size(), r.k, r.l, 20000);
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, 2.0).out;
-  RC_LOG() << "x=" << stk_test::show(r.x) << " k=" << r.k << " l=" << r.l << "\ngot "
-           << stk_test::show(y) << "\nexpected " << stk_test::show(expected) << "\n";
-  for (std::size_t i = 0; i < y.size(); ++i) RC_ASSERT(std::fabs(y[i] - expected[i]) <= 1e-7);
-}
+class DykstraByForm : public ::testing::TestWithParam<sparsetopk::Form> {};
+INSTANTIATE_TEST_SUITE_P(Dykstra, DykstraByForm, ::testing::Values(sparsetopk::Form::mask, sparsetopk::Form::magnitude),
+                         [](const auto& info) { return stk_test::form_name(info.param); });
 
-STK_PROP(DykstraMag, ConvergesToExactP2Magnitude, 60) {
+// Within 1e-7 of the exact p = 2 operator (relative for the magnitude).
+STK_PROP_P(DykstraByForm, ConvergesToTheExactP2Operator, 60) {
+  const bool mask = param == sparsetopk::Form::mask;
   const Row r = gen_row();
-  const auto y = dmag(r.x, r.x.size(), r.k, r.l, 20000);
-  const auto expected = ref::soft_mag(r.x, r.k, r.l, 2.0).out;
+  const auto y = mask ? dmask(r.x, r.x.size(), r.k, r.l, 20000) : dmag(r.x, r.x.size(), r.k, r.l, 20000);
+  const auto expected = mask ? ref::soft_mask(r.x, r.k, r.l, 2.0).out : ref::soft_mag(r.x, r.k, r.l, 2.0).out;
   RC_LOG() << "x=" << stk_test::show(r.x) << " k=" << r.k << " l=" << r.l << "\ngot "
            << stk_test::show(y) << "\nexpected " << stk_test::show(expected) << "\n";
   for (std::size_t i = 0; i < y.size(); ++i)
-    RC_ASSERT(std::fabs(y[i] - expected[i]) <= 1e-7 * (1 + std::fabs(expected[i])));
+    RC_ASSERT(std::fabs(y[i] - expected[i]) <= 1e-7 * (mask ? 1.0 : 1 + std::fabs(expected[i])));
 }
 
 // The k largest entries exceed the rest by at least l: z = s - l w is already
@@ -136,7 +139,7 @@ STK_PROP(Dykstra, ConvergedBlocksGiveExactVjp, 60) {
   const Row r = gen_row();
   const bool use_mag = *rc::gen::arbitrary<bool>();
   const std::size_t n = r.x.size();
-  sparsetopk::ActiveBlocks approx, exact;
+  stk_test::Saved approx, exact;
   if (use_mag) {
     dmag(r.x, n, r.k, r.l, 20000, &approx);
     stk_test::mag(r.x, n, r.k, r.l, 2.0, &exact);
@@ -145,14 +148,8 @@ STK_PROP(Dykstra, ConvergedBlocksGiveExactVjp, 60) {
     stk_test::mask(r.x, n, r.k, r.l, 2.0, &exact);
   }
   const auto g = stk_test::gen_row(n, -1, 1, 99991);
-  std::vector<double> ga(n), ge(n);
-  if (use_mag) {
-    sparsetopk::soft_topk_mag_vjp<double>(approx, r.x, g, ga);
-    sparsetopk::soft_topk_mag_vjp<double>(exact, r.x, g, ge);
-  } else {
-    sparsetopk::soft_topk_mask_vjp<double>(approx, g, ga);
-    sparsetopk::soft_topk_mask_vjp<double>(exact, g, ge);
-  }
+  const auto form = use_mag ? sparsetopk::Form::magnitude : sparsetopk::Form::mask;
+  const auto ga = stk_test::vjp(form, approx, r.x, g), ge = stk_test::vjp(form, exact, r.x, g);
   RC_LOG() << "x=" << stk_test::show(r.x) << " k=" << r.k << " l=" << r.l
            << (use_mag ? " mag" : " mask") << "\ndykstra " << stk_test::show(ga) << "\nexact "
            << stk_test::show(ge) << "\n";
@@ -171,14 +168,17 @@ TEST(Dykstra, ResultsAreBitwiseIdenticalForOneAndSeveralThreads) {
     state ^= state << 17;
     v = static_cast<double>(state % 100001) / 10000.0 - 5.0;
   }
+  stk_test::Saved sm1, sg1, sm3, sg3;
   sparsetopk::set_num_threads(1);
-  const auto m1 = dmask(x, n, k, 0.5, 200);
-  const auto g1 = dmag(x, n, k, 0.5, 200);
+  const auto m1 = dmask(x, n, k, 0.5, 200, &sm1);
+  const auto g1 = dmag(x, n, k, 0.5, 200, &sg1);
   sparsetopk::set_num_threads(3);
-  const auto m3 = dmask(x, n, k, 0.5, 200);
-  const auto g3 = dmag(x, n, k, 0.5, 200);
+  const auto m3 = dmask(x, n, k, 0.5, 200, &sm3);
+  const auto g3 = dmag(x, n, k, 0.5, 200, &sg3);
   EXPECT_EQ(std::memcmp(m1.data(), m3.data(), m1.size() * sizeof(double)), 0);
   EXPECT_EQ(std::memcmp(g1.data(), g3.data(), g1.size() * sizeof(double)), 0);
+  EXPECT_TRUE(stk_test::same_bytes(sm1.state, sm3.state));
+  EXPECT_TRUE(stk_test::same_bytes(sg1.state, sg3.state));
 }
 
 void expect_invalid(const std::function<void()>& call, const std::string& name) {

@@ -24,13 +24,15 @@
 
 namespace {
 
-using sparsetopk::ActiveBlocks;
+using stk_test::Saved;
 using sparsetopk::DykstraOptions;
 using sparsetopk::InvalidArgument;
 using sparsetopk::SoftTopkOptions;
 using sparsetopk::Solver;
 
 enum class Op { mask, mag };
+
+sparsetopk::Form form(Op op) { return op == Op::mask ? sparsetopk::Form::mask : sparsetopk::Form::magnitude; }
 
 std::vector<double> normal_batch(std::size_t size, unsigned seed, double scale = 1.0) {
   std::mt19937 rng(seed);
@@ -49,27 +51,24 @@ DykstraOptions dykstra_options(double l, std::size_t iterations) {
 
 template <class T>
 std::vector<T> dykstra(Op op, const std::vector<T>& x, std::size_t n, std::size_t k, double l, std::size_t iterations,
-                       ActiveBlocks* blocks = nullptr) {
+                       Saved* saved = nullptr) {
   std::vector<T> out(x.size());
+  // the state is that of p = 2 for the derivatives
+  SoftTopkOptions exact_options;
+  exact_options.l = l;
+  exact_options.p = 2.0;
+  const std::span<sparsetopk::RowState> state =
+      saved ? saved->prepare(x.size(), n, exact_options) : std::span<sparsetopk::RowState>();
   if (op == Op::mask)
-    sparsetopk::soft_topk_mask_dykstra<T>(x, n, k, out, dykstra_options(l, iterations), blocks);
+    sparsetopk::soft_topk_mask_dykstra<T>(x, n, k, out, dykstra_options(l, iterations), state);
   else
-    sparsetopk::soft_topk_mag_dykstra<T>(x, n, k, out, dykstra_options(l, iterations), blocks);
+    sparsetopk::soft_topk_mag_dykstra<T>(x, n, k, out, dykstra_options(l, iterations), state);
   return out;
 }
 
 std::vector<double> exact(Op op, const std::vector<double>& x, std::size_t n, std::size_t k, double l,
-                          ActiveBlocks* blocks = nullptr) {
-  SoftTopkOptions o;
-  o.l = l;
-  o.p = 2.0;
-  o.solver = Solver::pav;
-  std::vector<double> out(x.size());
-  if (op == Op::mask)
-    sparsetopk::soft_topk_mask<double>(x, n, k, out, o, blocks);
-  else
-    sparsetopk::soft_topk_mag<double>(x, n, k, out, o, blocks);
-  return out;
+                          Saved* saved = nullptr) {
+  return stk_test::soft(form(op), x, n, k, l, 2.0, saved, nullptr, Solver::pav);
 }
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
@@ -251,26 +250,20 @@ TEST_P(DykstraPropertiesBothOps, StateForDerivativesMatchesExactOnceConverged) {
       for (double l : {0.2, 1.0}) {
         const std::size_t rows = 6;
         const auto x = normal_batch(rows * n, seed++);
-        ActiveBlocks approx_blocks, exact_blocks;
+        Saved approx_blocks, exact_blocks;
         dykstra(op, x, n, k, l, 10000, &approx_blocks);
         exact(op, x, n, k, l, &exact_blocks);
         for (std::size_t r = 0; r < rows; ++r) {
-          const auto ia = approx_blocks.index(r), ie = exact_blocks.index(r);
-          EXPECT_EQ(std::set<std::size_t>(ia.begin(), ia.end()), std::set<std::size_t>(ie.begin(), ie.end()))
+          EXPECT_EQ(stk_test::band_indices(form(op), approx_blocks, x, r),
+                    stk_test::band_indices(form(op), exact_blocks, x, r))
               << "n = " << n << ", k = " << k << ", l = " << l << ", row " << r;
-          EXPECT_NEAR(approx_blocks.gamma(r), exact_blocks.gamma(r), 1e-9);
-          EXPECT_EQ(approx_blocks.block_weight(r), exact_blocks.block_weight(r));
-          for (double c : approx_blocks.c(r)) EXPECT_DOUBLE_EQ(c, 1.0 / l);
+          EXPECT_NEAR(approx_blocks.state[r].gamma, exact_blocks.state[r].gamma, 1e-9);
+          EXPECT_EQ(approx_blocks.state[r].block_weight, exact_blocks.state[r].block_weight);
+          for (const auto& entry : stk_test::band(form(op), approx_blocks, x, r)) EXPECT_DOUBLE_EQ(entry.c, 1.0 / l);
         }
         const auto g = normal_batch(rows * n, seed++);
-        std::vector<double> vjp_approx(x.size()), vjp_exact(x.size());
-        if (op == Op::mask) {
-          sparsetopk::soft_topk_mask_vjp<double>(approx_blocks, g, vjp_approx);
-          sparsetopk::soft_topk_mask_vjp<double>(exact_blocks, g, vjp_exact);
-        } else {
-          sparsetopk::soft_topk_mag_vjp<double>(approx_blocks, x, g, vjp_approx);
-          sparsetopk::soft_topk_mag_vjp<double>(exact_blocks, x, g, vjp_exact);
-        }
+        const auto vjp_approx = stk_test::vjp(form(op), approx_blocks, x, g);
+        const auto vjp_exact = stk_test::vjp(form(op), exact_blocks, x, g);
         EXPECT_LE(max_abs_diff(vjp_approx, vjp_exact), 1e-9) << "n = " << n << ", k = " << k << ", l = " << l;
       }
 }
@@ -281,13 +274,9 @@ TEST_P(DykstraPropertiesBothOps, VjpMatchesFiniteDifferencesOfTheDykstraForwardO
   const double l = 0.8, h = 1e-6;
   const auto x = normal_batch(n, 21);
   const auto g = normal_batch(n, 22);
-  ActiveBlocks blocks;
+  Saved blocks;
   dykstra(op, x, n, k, l, 20000, &blocks);
-  std::vector<double> vjp(n);
-  if (op == Op::mask)
-    sparsetopk::soft_topk_mask_vjp<double>(blocks, g, vjp);
-  else
-    sparsetopk::soft_topk_mag_vjp<double>(blocks, x, g, vjp);
+  const auto vjp = stk_test::vjp(form(op), blocks, x, g);
   for (std::size_t i = 0; i < n; ++i) {
     auto plus = x, minus = x;
     plus[i] += h;
@@ -316,15 +305,15 @@ TEST(DykstraProperties, ResultsDoNotDependOnTheThreadCount) {
   const auto x = normal_batch(rows * n, 41);
   for (Op op : {Op::mask, Op::mag}) {
     sparsetopk::set_num_threads(1);
-    ActiveBlocks one, two;
+    Saved one, two;
     const auto out1 = dykstra(op, x, n, k, 0.2, 50, &one);
     sparsetopk::set_num_threads(2);
     const auto out2 = dykstra(op, x, n, k, 0.2, 50, &two);
     EXPECT_EQ(out1, out2);
-    for (std::size_t r = 0; r < rows; ++r) {
-      EXPECT_EQ(one.gamma(r), two.gamma(r));
-      EXPECT_EQ(one.index(r).size(), two.index(r).size());
-    }
+    ASSERT_EQ(one.rows(), rows);
+    for (std::size_t r = 0; r < rows; ++r)
+      EXPECT_TRUE(stk_test::same_bytes(std::span(one.state).subspan(r, 1), std::span(two.state).subspan(r, 1)))
+          << "row " << r;
   }
 }
 
@@ -333,10 +322,10 @@ TEST(DykstraProperties, NonFiniteRowGivesNaNAndLeavesOtherRowsAlone) {
   auto x = normal_batch(3 * n, 51);
   x[n + 2] = std::numeric_limits<double>::infinity();
   for (Op op : {Op::mask, Op::mag}) {
-    ActiveBlocks blocks;
+    Saved blocks;
     const auto out = dykstra(op, x, n, k, 0.5, 1000, &blocks);
     for (std::size_t i = n; i < 2 * n; ++i) EXPECT_TRUE(std::isnan(out[i]));
-    EXPECT_TRUE(std::isnan(blocks.gamma(1)));
+    EXPECT_TRUE(std::isnan(blocks.state[1].gamma));
     const auto expected = exact(op, x, n, k, 0.5);
     for (std::size_t i : {std::size_t{0}, std::size_t{1}, 2 * n, 2 * n + 3}) EXPECT_NEAR(out[i], expected[i], 1e-9);
   }

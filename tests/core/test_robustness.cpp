@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
@@ -35,7 +37,7 @@
 
 namespace {
 
-using sparsetopk::ActiveBlocks;
+using stk_test::Saved;
 using sparsetopk::Solver;
 using sparsetopk::SoftTopkOptions;
 
@@ -48,6 +50,8 @@ constexpr double kLs[] = {1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8};
 enum class Op { mask, mag };
 constexpr Op kOps[] = {Op::mask, Op::mag};
 
+sparsetopk::Form form(Op op) { return op == Op::mask ? sparsetopk::Form::mask : sparsetopk::Form::magnitude; }
+
 std::string describe(Op op, Solver solver, double l, double p) {
   return std::string(op == Op::mask ? "mask" : "mag") + (solver == Solver::pav ? " pav" : " threshold") +
          " l=" + std::to_string(l) + " p=" + std::to_string(p);
@@ -56,25 +60,20 @@ std::string describe(Op op, Solver solver, double l, double p) {
 // One soft forward pass on a batch, with its state for the derivatives.
 template <class T>
 std::vector<T> forward(Op op, const std::vector<T>& x, std::size_t n, std::size_t k, const SoftTopkOptions& o,
-                       ActiveBlocks* blocks = nullptr) {
+                       Saved* saved = nullptr) {
   std::vector<T> out(x.size());
-  if (op == Op::mask) sparsetopk::soft_topk_mask<T>(x, n, k, out, o, blocks);
-  else sparsetopk::soft_topk_mag<T>(x, n, k, out, o, blocks);
+  const std::span<sparsetopk::RowState> state = saved ? saved->prepare(x.size(), n, o) : std::span<sparsetopk::RowState>();
+  if (op == Op::mask) sparsetopk::soft_topk_mask<T>(x, n, k, out, o, state);
+  else sparsetopk::soft_topk_mag<T>(x, n, k, out, o, state);
   return out;
 }
 
-std::vector<double> vjp(Op op, const ActiveBlocks& blocks, const std::vector<double>& x, const std::vector<double>& g) {
-  std::vector<double> out(g.size());
-  if (op == Op::mask) sparsetopk::soft_topk_mask_vjp<double>(blocks, g, out);
-  else sparsetopk::soft_topk_mag_vjp<double>(blocks, x, g, out);
-  return out;
+std::vector<double> vjp(Op op, const Saved& saved, const std::vector<double>& x, const std::vector<double>& g) {
+  return stk_test::vjp(form(op), saved, x, g);
 }
 
-std::vector<double> jvp(Op op, const ActiveBlocks& blocks, const std::vector<double>& x, const std::vector<double>& v) {
-  std::vector<double> out(v.size());
-  if (op == Op::mask) sparsetopk::soft_topk_mask_jvp<double>(blocks, v, out);
-  else sparsetopk::soft_topk_mag_jvp<double>(blocks, x, v, out);
-  return out;
+std::vector<double> jvp(Op op, const Saved& saved, const std::vector<double>& x, const std::vector<double>& v) {
+  return stk_test::jvp(form(op), saved, x, v);
 }
 
 std::string sci(double v) {
@@ -110,7 +109,7 @@ std::vector<double> uniform_row(std::mt19937_64& rng, std::size_t n, double scal
 // |mag_i| <= |x_i| with the sign of x_i; a finite VJP and JVP.
 void expect_sound_row(Op op, const std::vector<double>& x, std::size_t k, const SoftTopkOptions& o,
                       const std::string& what) {
-  ActiveBlocks blocks;
+  Saved blocks;
   const std::vector<double> out = forward(op, x, x.size(), k, o, &blocks);
   for (std::size_t i = 0; i < x.size(); ++i) {
     ASSERT_TRUE(std::isfinite(out[i])) << what << " i=" << i;
@@ -143,7 +142,7 @@ TEST(Robustness, NonFiniteEntryMakesOnlyItsSoftRowNaN) {
     for (Solver solver : kSolvers) {
       for (double bad_value : {kNaN, kInf, -kInf}) {
         const SoftTopkOptions o{0.5, 4.0 / 3.0, solver};
-        ActiveBlocks alone_blocks;
+        Saved alone_blocks;
         const std::vector<double> alone = forward(op, good, n, k, o, &alone_blocks);
         const std::vector<double> alone_grad = vjp(op, alone_blocks, good, g);
         const std::vector<double> alone_tangent = jvp(op, alone_blocks, good, g);
@@ -153,10 +152,10 @@ TEST(Robustness, NonFiniteEntryMakesOnlyItsSoftRowNaN) {
         x.insert(x.end(), bad.begin(), bad.end());
         x.insert(x.end(), good.begin(), good.end());
         for (int r = 0; r < 2; ++r) gg.insert(gg.end(), g.begin(), g.end());
-        ActiveBlocks blocks;
+        Saved blocks;
         const std::vector<double> out = forward(op, x, n, k, o, &blocks);
         const std::vector<double> grad = vjp(op, blocks, x, gg), tangent = jvp(op, blocks, x, gg);
-        EXPECT_TRUE(std::isnan(blocks.gamma(1)));
+        EXPECT_TRUE(std::isnan(blocks.state[1].gamma));
         for (std::size_t i = 0; i < n; ++i) {
           for (std::size_t r : {0u, 2u}) {
             EXPECT_TRUE(same_bits(out[r * n + i], alone[i])) << describe(op, solver, o.l, o.p) << " bad=" << bad_value;
@@ -257,7 +256,7 @@ TEST(Robustness, FlushToZeroCallersGetIeeeResultsAndTheirModeBack) {
     for (double p : {4.0 / 3.0, 2.0, 1.5}) {
       for (double l : {1e-3, 1.0}) {
         const SoftTopkOptions o{l, p, Solver::threshold};
-        ActiveBlocks plain_blocks, flushed_blocks;
+        Saved plain_blocks, flushed_blocks;
         const std::vector<double> plain = forward(op, x, x.size(), 2, o, &plain_blocks);
         const unsigned caller = _mm_getcsr();
         _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ
@@ -267,7 +266,7 @@ TEST(Robustness, FlushToZeroCallersGetIeeeResultsAndTheirModeBack) {
         EXPECT_EQ(after, caller | (1u << 15) | (1u << 6)) << "the caller's mode is restored";
         for (std::size_t i = 0; i < x.size(); ++i)
           EXPECT_TRUE(same_bits(plain[i], flushed[i])) << describe(op, Solver::threshold, l, p) << " entry " << i;
-        EXPECT_TRUE(same_bits(plain_blocks.unchanged_from(0), flushed_blocks.unchanged_from(0)));
+        EXPECT_TRUE(stk_test::same_bytes(plain_blocks.state, flushed_blocks.state));
       }
     }
   }
@@ -351,7 +350,7 @@ TEST(Robustness, KZeroAndKEqualNAreExact) {
       for (Solver solver : kSolvers) {
         for (Op op : kOps) {
           for (std::size_t k : {std::size_t{0}, n}) {
-            ActiveBlocks blocks;
+            Saved blocks;
             const std::vector<double> out = forward(op, x, n, k, SoftTopkOptions{0.1, p, solver}, &blocks);
             const std::vector<double> grad = vjp(op, blocks, x, g);
             for (std::size_t i = 0; i < n; ++i) {
@@ -402,7 +401,7 @@ TEST(Robustness, EmptyBatchesAreNoOpsAndBadShapesThrow) {
   std::vector<double> out;
   for (Op op : kOps) {
     for (std::size_t n : {0u, 5u}) {
-      ActiveBlocks blocks;
+      Saved blocks;
       EXPECT_NO_THROW(out = forward(op, empty, n, 0, SoftTopkOptions{}, &blocks));
       EXPECT_EQ(blocks.rows(), 0u);
       EXPECT_TRUE(vjp(op, blocks, empty, empty).empty());
@@ -702,7 +701,7 @@ TEST(RobustnessPrecision, NearTiesAboveTheBlockJoinItAsInExactArithmetic) {
 TEST(RobustnessPrecision, MagnitudeVjpStaysFiniteWhenCOverflows) {
   const std::vector<double> x = {1.6e18, 1.6e18, 1.6e18}, g = {1.0, 1.0, 1.0};
   for (Solver solver : kSolvers) {
-    ActiveBlocks blocks;
+    Saved blocks;
     forward(Op::mag, x, 3, 2, SoftTopkOptions{1e-4, 1.01, solver}, &blocks);
     for (double v : vjp(Op::mag, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
     for (double v : jvp(Op::mag, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
@@ -713,19 +712,19 @@ TEST(RobustnessPrecision, MagnitudeVjpStaysFiniteWhenCOverflows) {
 TEST(RobustnessPrecision, MaskVjpStaysFiniteWhenCUnderflows) {
   const std::vector<double> x = {1.0, -1e-7, -0.5}, g = {1.0, 1.0, 1.0};
   for (Solver solver : kSolvers) {
-    ActiveBlocks blocks;
+    Saved blocks;
     forward(Op::mask, x, 3, 2, SoftTopkOptions{0.5, 1.01, solver}, &blocks);
     for (double v : vjp(Op::mask, blocks, x, g)) EXPECT_TRUE(std::isfinite(v));
   }
 }
 // Solver::pav: an entry whose key the block value lands on exactly (u = 0)
 // gets a share of the output when the tied entries are settled; it was
-// missing from ActiveBlocks, so the derivatives treated it as constant.
+// missing from the saved state, so the derivatives treated it as constant.
 TEST(RobustnessPrecision, EntriesOnTheBlockValueAreActive) {
   const std::vector<double> x = {0.0, 2.75, -1.625};
   for (Solver solver : kSolvers) {
     const SoftTopkOptions o{0.1, 100.0, solver};
-    ActiveBlocks blocks;
+    Saved blocks;
     forward(Op::mag, x, 3, 1, o, &blocks);
     for (std::size_t j = 1; j < 3; ++j) {
       std::vector<double> e(3, 0.0), plus = x, minus = x;
@@ -803,9 +802,9 @@ TEST(RobustnessPrecision, BlockEntriesWithUnderflowedPowersStayActive) {
   const std::vector<double> x = {-8.9002954340288055e-307, -1.6e-18, -3.3749999999999999e-19,
                                  6.2500000000000004e-20, -3.4999999999999997e-19, -1.6e-18};
   for (Solver solver : kSolvers) {
-    ActiveBlocks blocks;
+    Saved blocks;
     const std::vector<double> out = forward(Op::mag, x, x.size(), 1, SoftTopkOptions{1e-4, 1.01, solver}, &blocks);
-    const auto index = blocks.index(0);
+    const auto index = stk_test::band_indices(sparsetopk::Form::magnitude, blocks, x, 0);
     for (std::size_t i = 0; i < x.size(); ++i) {
       if (out[i] == 0.0 || out[i] == x[i]) continue;
       EXPECT_NE(std::find(index.begin(), index.end(), i), index.end()) << "entry " << i << " solver " << int(solver);
@@ -889,7 +888,7 @@ TEST(RobustnessPrecision, ThresholdRoundedOntoTheNextKeyKeepsItsBlock) {
 
 // Found by the strict fuzz target: mask, p = 100, l = 1e-6, about forty keys
 // tied at -1.25e-26 share 4e-4 each, whose u = l 0.0004^99 underflows to 0;
-// Solver::pav left them out of ActiveBlocks. Fractional entries are active.
+// Solver::pav left them out of the saved state. Fractional entries are active.
 TEST(RobustnessPrecision, FractionalEntriesWithUnderflowedOffsetsAreActive) {
   const std::vector<double> x = {
       -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, 5.0000000000000002e-26,
@@ -903,10 +902,10 @@ TEST(RobustnessPrecision, FractionalEntriesWithUnderflowedOffsetsAreActive) {
       -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26,
       -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26, -1.25e-26};
   for (Solver solver : kSolvers) {
-    ActiveBlocks blocks;
+    Saved blocks;
     const std::vector<double> out = forward(Op::mask, x, x.size(), 5, SoftTopkOptions{1e-6, 100.0, solver}, &blocks);
     EXPECT_NEAR(sum(out), 5.0, 1e-9);
-    const auto index = blocks.index(0);
+    const auto index = stk_test::band_indices(sparsetopk::Form::mask, blocks, x, 0);
     for (std::size_t i = 0; i < x.size(); ++i) {
       if (out[i] == 0.0 || out[i] == 1.0) continue;
       EXPECT_NE(std::find(index.begin(), index.end(), i), index.end()) << "entry " << i << " solver " << int(solver);

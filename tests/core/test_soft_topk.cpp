@@ -62,25 +62,33 @@ void log_case(const Row& r) {
 
 // ---- against the reference ---------------------------------------------------
 
-STK_PROP(SoftTopkMask, MatchesBisectionReference, 200) {
-  const Row r = gen_case();
-  log_case(r);
-  const auto got = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p).out;
-  RC_LOG() << "got " << stk_test::show(got) << "\nexpected " << stk_test::show(expected) << "\n";
-  const double tol = 1e-9 + stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
-  for (std::size_t i = 0; i < got.size(); ++i) RC_ASSERT(std::fabs(got[i] - expected[i]) <= tol);
+// Every test of this fixture runs for both forms.
+using sparsetopk::Form;
+class ByForm : public ::testing::TestWithParam<Form> {};
+INSTANTIATE_TEST_SUITE_P(SoftTopk, ByForm, ::testing::Values(Form::mask, Form::magnitude),
+                         [](const auto& info) { return stk_test::form_name(info.param); });
+
+std::vector<double> soft(Form form, const std::vector<double>& x, std::size_t n, std::size_t k, double l, double p,
+                         sparsetopk::Solver solver) {
+  return stk_test::soft(form, x, n, k, l, p, nullptr, nullptr, solver);
 }
 
-STK_PROP(SoftTopkMag, MatchesBisectionReference, 200) {
+// Checks a row's output against the bisection reference: within 1e-9 (relative
+// for the magnitude) plus the conditioning term of holder_tol.
+void expect_reference(Form form, const Row& r, const std::vector<double>& got) {
+  const auto expected = form == Form::mask ? ref::soft_mask(r.x, r.k, r.l, r.p).out : ref::soft_mag(r.x, r.k, r.l, r.p).out;
+  const double holder = stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    RC_LOG() << "i=" << i << " x=" << r.x[i] << " got " << got[i] << " expected " << expected[i] << "\n";
+    const double tol = (form == Form::mask ? 1e-9 : 1e-9 * (1 + std::fabs(expected[i]))) + holder;
+    RC_ASSERT(std::fabs(got[i] - expected[i]) <= tol);
+  }
+}
+
+STK_PROP_P(ByForm, MatchesBisectionReference, 200) {
   const Row r = gen_case();
   log_case(r);
-  const auto got = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p).out;
-  RC_LOG() << "got " << stk_test::show(got) << "\nexpected " << stk_test::show(expected) << "\n";
-  const double tol = stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
-  for (std::size_t i = 0; i < got.size(); ++i)
-    RC_ASSERT(std::fabs(got[i] - expected[i]) <= 1e-9 * (1 + std::fabs(expected[i])) + tol);
+  expect_reference(param, r, soft(param, r.x, r.x.size(), r.k, r.l, r.p, r.solver));
 }
 
 // Long rows with many near-ties around the threshold: exercises the window
@@ -97,74 +105,34 @@ Row gen_long_case() {
   return r;
 }
 
-STK_PROP(SoftTopkMask, MatchesBisectionReferenceOnLongRows, 100) {
+STK_PROP_P(ByForm, MatchesBisectionReferenceOnLongRows, 100) {
   const Row r = gen_long_case();
   RC_LOG() << "n=" << r.x.size() << " k=" << r.k << " l=" << r.l << " p=" << r.p
            << " solver=" << static_cast<int>(r.solver) << "\n";
-  const auto got = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p).out;
-  const double tol = 1e-9 + stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    RC_LOG() << "i=" << i << " x=" << r.x[i] << " got " << got[i] << " expected " << expected[i]
-             << "\n";
-    RC_ASSERT(std::fabs(got[i] - expected[i]) <= tol);
-  }
+  expect_reference(param, r, soft(param, r.x, r.x.size(), r.k, r.l, r.p, r.solver));
 }
 
-STK_PROP(SoftTopkMag, MatchesBisectionReferenceOnLongRows, 100) {
-  const Row r = gen_long_case();
-  RC_LOG() << "n=" << r.x.size() << " k=" << r.k << " l=" << r.l << " p=" << r.p
-           << " solver=" << static_cast<int>(r.solver) << "\n";
-  const auto got = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto expected = ref::soft_mag(r.x, r.k, r.l, r.p).out;
-  const double tol = stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    RC_LOG() << "i=" << i << " x=" << r.x[i] << " got " << got[i] << " expected " << expected[i]
-             << "\n";
-    RC_ASSERT(std::fabs(got[i] - expected[i]) <= 1e-9 * (1 + std::fabs(expected[i])) + tol);
-  }
-}
-
-STK_PROP(SoftTopkMask, VectorConvenienceEqualsBatchApi, 50) {
+STK_PROP_P(ByForm, VectorConvenienceEqualsBatchApi, 50) {
   const Row r = gen_case();
-  const auto batch = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto conv = sparsetopk::soft_topk_mask(r.x, r.k, stk_test::options(r.l, r.p, r.solver));
+  const auto batch = soft(param, r.x, r.x.size(), r.k, r.l, r.p, r.solver);
+  const auto o = stk_test::options(r.l, r.p, r.solver);
+  const auto conv = param == Form::mask ? sparsetopk::soft_topk_mask(r.x, r.k, o) : sparsetopk::soft_topk_mag(r.x, r.k, o);
   RC_ASSERT(conv == batch);
 }
 
-STK_PROP(SoftTopkMag, VectorConvenienceEqualsBatchApi, 50) {
+STK_PROP_P(ByForm, AllSolversAgree, 200) {
   const Row r = gen_case();
-  const auto batch = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto conv = sparsetopk::soft_topk_mag(r.x, r.k, stk_test::options(r.l, r.p, r.solver));
-  RC_ASSERT(conv == batch);
-}
-
-template <class Op>
-void check_solvers_agree(Op op) {
-  Row r = gen_case();
   log_case(r);
   using sparsetopk::Solver;
-  const auto a = op(r.x, Solver::automatic, r);
-  const auto b = op(r.x, Solver::pav, r);
-  const auto c = op(r.x, Solver::threshold, r);
+  const auto a = soft(param, r.x, r.x.size(), r.k, r.l, r.p, Solver::automatic);
+  const auto b = soft(param, r.x, r.x.size(), r.k, r.l, r.p, Solver::pav);
+  const auto c = soft(param, r.x, r.x.size(), r.k, r.l, r.p, Solver::threshold);
   for (std::size_t i = 0; i < a.size(); ++i) {
     RC_LOG() << "i=" << i << " automatic " << a[i] << " pav " << b[i] << " threshold " << c[i]
              << "\n";
     RC_ASSERT(std::fabs(a[i] - b[i]) <= 1e-12 * (1 + std::fabs(b[i])));
     RC_ASSERT(std::fabs(c[i] - b[i]) <= 1e-12 * (1 + std::fabs(b[i])));
   }
-}
-
-STK_PROP(SoftTopkMask, AllSolversAgree, 200) {
-  check_solvers_agree([](const std::vector<double>& x, sparsetopk::Solver s, const Row& r) {
-    return mask(x, x.size(), r.k, r.l, r.p, nullptr, nullptr, s);
-  });
-}
-
-STK_PROP(SoftTopkMag, AllSolversAgree, 200) {
-  check_solvers_agree([](const std::vector<double>& x, sparsetopk::Solver s, const Row& r) {
-    return mag(x, x.size(), r.k, r.l, r.p, nullptr, nullptr, s);
-  });
 }
 
 // ---- optimality of the constrained primal -------------------------------------
@@ -255,14 +223,17 @@ STK_PROP(SoftTopkMask, IsOneFarAboveThreshold, 200) {
     if (ref::Real(r.x[i]) > expected.tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
 }
 
-STK_PROP(SoftTopkMask, IsPermutationEquivariant, 100) {
+STK_PROP_P(ByForm, IsPermutationEquivariant, 100) {
   const Row r = gen_case();
   const auto perm = stk_test::gen_permutation(r.x.size());
   std::vector<double> xp(r.x.size());
   for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = r.x[perm[i]];
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto yp = mask(xp, xp.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  for (std::size_t i = 0; i < xp.size(); ++i) RC_ASSERT(std::fabs(yp[i] - y[perm[i]]) <= 1e-12);
+  const auto y = soft(param, r.x, r.x.size(), r.k, r.l, r.p, r.solver);
+  const auto yp = soft(param, xp, xp.size(), r.k, r.l, r.p, r.solver);
+  for (std::size_t i = 0; i < xp.size(); ++i) {
+    const double tol = param == Form::mask ? 1e-12 : 1e-12 * (1 + std::fabs(y[perm[i]]));
+    RC_ASSERT(std::fabs(yp[i] - y[perm[i]]) <= tol);
+  }
 }
 
 STK_PROP(SoftTopkMask, IsInvariantToAddingAConstant, 100) {
@@ -368,17 +339,6 @@ STK_PROP(SoftTopkMag, ShrinksTowardZeroKeepingSign, 200) {
   }
 }
 
-STK_PROP(SoftTopkMag, IsPermutationEquivariant, 100) {
-  const Row r = gen_case();
-  const auto perm = stk_test::gen_permutation(r.x.size());
-  std::vector<double> xp(r.x.size());
-  for (std::size_t i = 0; i < xp.size(); ++i) xp[i] = r.x[perm[i]];
-  const auto y = mag(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const auto yp = mag(xp, xp.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  for (std::size_t i = 0; i < xp.size(); ++i)
-    RC_ASSERT(std::fabs(yp[i] - y[perm[i]]) <= 1e-12 * (1 + std::fabs(y[perm[i]])));
-}
-
 STK_PROP(SoftTopkMag, IsOddInX, 100) {
   const Row r = gen_case();
   std::vector<double> neg(r.x);
@@ -405,22 +365,15 @@ STK_PROP(SoftTopkMag, TendsToHardMagnitudeAsLVanishes, 100) {
 
 // ---- edge values of k ---------------------------------------------------------
 
-STK_PROP(SoftTopkMask, KZeroGivesAllZeros, 50) {
+STK_PROP_P(ByForm, KZeroGivesAllZeros, 50) {
   const Row r = gen_case();
-  for (double v : mask(r.x, r.x.size(), 0, r.l, r.p, nullptr, nullptr, r.solver))
-    RC_ASSERT(v == 0.0);
+  for (double v : soft(param, r.x, r.x.size(), 0, r.l, r.p, r.solver)) RC_ASSERT(v == 0.0);
 }
 
 STK_PROP(SoftTopkMask, KEqualToNGivesAllOnes, 50) {
   const Row r = gen_case();
   for (double v : mask(r.x, r.x.size(), r.x.size(), r.l, r.p, nullptr, nullptr, r.solver))
     RC_ASSERT(v == 1.0);
-}
-
-STK_PROP(SoftTopkMag, KZeroGivesAllZeros, 50) {
-  const Row r = gen_case();
-  for (double v : mag(r.x, r.x.size(), 0, r.l, r.p, nullptr, nullptr, r.solver))
-    RC_ASSERT(v == 0.0);
 }
 
 STK_PROP(SoftTopkMag, KEqualToNGivesX, 50) {
@@ -461,83 +414,64 @@ Batch gen_batch(int max_rows = 8, int max_n = 12) {
   return b;
 }
 
-STK_PROP(SoftTopkMask, BatchEqualsRowByRow, 50) {
+STK_PROP_P(ByForm, BatchEqualsRowByRow, 50) {
   const Batch b = gen_batch();
-  const auto all = mask(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  stk_test::Saved all;
+  const auto y = stk_test::soft(param, b.x, b.n, b.k, b.l, b.p, &all, nullptr, b.solver);
   for (std::size_t r = 0; r < b.rows; ++r) {
     const std::vector<double> row(b.x.begin() + static_cast<std::ptrdiff_t>(r * b.n),
                                   b.x.begin() + static_cast<std::ptrdiff_t>((r + 1) * b.n));
-    const auto one = mask(row, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-    for (std::size_t i = 0; i < b.n; ++i) RC_ASSERT(all[r * b.n + i] == one[i]);
+    stk_test::Saved one;
+    const auto y_row = stk_test::soft(param, row, b.n, b.k, b.l, b.p, &one, nullptr, b.solver);
+    for (std::size_t i = 0; i < b.n; ++i) RC_ASSERT(y[r * b.n + i] == y_row[i]);
+    RC_ASSERT(stk_test::same_bytes(std::span(all.state).subspan(r, 1), one.state));
   }
 }
 
-STK_PROP(SoftTopkMag, BatchEqualsRowByRow, 50) {
+// float against double, for both forms (value-parameterized) with the float
+// outputs within 1e-5 (relative) of the double ones on the same inputs.
+STK_PROP_P(ByForm, FloatAgreesWithDouble, 100) {
   const Batch b = gen_batch();
-  const auto all = mag(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-  for (std::size_t r = 0; r < b.rows; ++r) {
-    const std::vector<double> row(b.x.begin() + static_cast<std::ptrdiff_t>(r * b.n),
-                                  b.x.begin() + static_cast<std::ptrdiff_t>((r + 1) * b.n));
-    const auto one = mag(row, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-    for (std::size_t i = 0; i < b.n; ++i) RC_ASSERT(all[r * b.n + i] == one[i]);
-  }
-}
-
-std::vector<float> to_float(const std::vector<double>& x) { return {x.begin(), x.end()}; }
-std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
-
-STK_PROP(SoftTopkMask, FloatAgreesWithDouble, 100) {
-  const Batch b = gen_batch();
-  const auto xf = to_float(b.x);
-  const auto yf = mask(xf, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-  const auto yd = mask(to_double(xf), b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  const std::vector<float> xf(b.x.begin(), b.x.end());
+  const auto yf = stk_test::soft(param, xf, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
+  const auto yd = soft(param, std::vector<double>(xf.begin(), xf.end()), b.n, b.k, b.l, b.p, b.solver);
   for (std::size_t i = 0; i < yf.size(); ++i)
     RC_ASSERT(std::fabs(double(yf[i]) - yd[i]) <= 1e-5 * (1 + std::fabs(yd[i])));
 }
 
-STK_PROP(SoftTopkMag, FloatAgreesWithDouble, 100) {
-  const Batch b = gen_batch();
-  const auto xf = to_float(b.x);
-  const auto yf = mag(xf, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-  const auto yd = mag(to_double(xf), b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-  for (std::size_t i = 0; i < yf.size(); ++i)
-    RC_ASSERT(std::fabs(double(yf[i]) - yd[i]) <= 1e-5 * (1 + std::fabs(yd[i])));
-}
-
-STK_PROP(SoftTopk, ReusedWorkspaceAndBlocksGiveSameResults, 30) {
+// A reused workspace and state give what fresh ones give: outputs, and a state
+// of one RowState per row, each as a fresh call leaves it.
+STK_PROP(SoftTopk, ReusedWorkspaceAndStateGiveSameResults, 30) {
   sparsetopk::Workspace ws;
-  sparsetopk::ActiveBlocks blocks;
+  stk_test::Saved reused;
   for (int call = 0; call < 3; ++call) {
     const Batch b = gen_batch(16, 40);
-    const bool use_mag = *rc::gen::arbitrary<bool>();
-    const auto fresh = use_mag ? mag(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver)
-                               : mask(b.x, b.n, b.k, b.l, b.p, nullptr, nullptr, b.solver);
-    const auto reused = use_mag ? mag(b.x, b.n, b.k, b.l, b.p, &blocks, &ws, b.solver)
-                                : mask(b.x, b.n, b.k, b.l, b.p, &blocks, &ws, b.solver);
-    RC_ASSERT(fresh == reused);
-    RC_ASSERT(blocks.rows() == b.rows);
-    RC_ASSERT(blocks.n() == b.n);
-    RC_ASSERT(blocks.l() == b.l);
-    RC_ASSERT(blocks.p() == b.p);
+    const Form form = *rc::gen::element(Form::mask, Form::magnitude);
+    stk_test::Saved fresh;
+    const auto y_fresh = stk_test::soft(form, b.x, b.n, b.k, b.l, b.p, &fresh, nullptr, b.solver);
+    const auto y_reused = stk_test::soft(form, b.x, b.n, b.k, b.l, b.p, &reused, &ws, b.solver);
+    RC_ASSERT(y_fresh == y_reused);
+    RC_ASSERT(reused.rows() == b.rows);
+    RC_ASSERT(stk_test::same_bytes(reused.state, fresh.state));
   }
 }
 
-STK_PROP(SoftTopkMask, ActiveBlockGammaIsTheThreshold, 100) {
+STK_PROP(SoftTopkMask, BandGammaIsTheThreshold, 100) {
   const Row r = gen_case();
   log_case(r);
-  sparsetopk::ActiveBlocks blocks;
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, &blocks, nullptr, r.solver);
-  RC_ASSERT(blocks.rows() == 1u);
-  const auto idx = blocks.index(0);
+  stk_test::Saved saved;
+  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, &saved, nullptr, r.solver);
+  RC_ASSERT(saved.rows() == 1u);
+  const auto idx = stk_test::band_indices(Form::mask, saved, r.x, 0);
   const double q = r.p / (r.p - 1);
-  // The active entries are the fractional ones: y_i = ((x_i - gamma)/l)^(q-1).
+  // The band's entries are the fractional ones: y_i = ((x_i - gamma)/l)^(q-1).
   for (std::size_t j = 0; j < idx.size(); ++j) {
     RC_ASSERT(idx[j] < r.x.size());
-    const double u = (r.x[idx[j]] - blocks.gamma(0)) / r.l;
+    const double u = (r.x[idx[j]] - saved.state[0].gamma) / r.l;
     const double tol = 1e-9 + 2 * stk_test::holder_tol(r.p, r.l, stk_test::max_abs(r.x));
     RC_ASSERT(std::fabs(y[idx[j]] - std::pow(std::clamp(u, 0.0, 1.0), q - 1)) <= tol);
   }
-  // Every fractional entry is active.
+  // Every fractional entry is in the band.
   for (std::size_t i = 0; i < y.size(); ++i) {
     if (y[i] > 1e-12 && y[i] < 1 - 1e-12)
       RC_ASSERT(std::find(idx.begin(), idx.end(), i) != idx.end());
@@ -557,7 +491,7 @@ void check_thread_invariance(bool use_mag, double p, sparsetopk::Solver solver,
     v = static_cast<double>(state % 200001) / 20000.0 - 5.0;
   }
   std::vector<std::vector<double>> outs;
-  std::vector<sparsetopk::ActiveBlocks> states(3);
+  std::vector<stk_test::Saved> states(3);
   const std::size_t counts[] = {1, 2, 5};
   for (std::size_t t = 0; t < 3; ++t) {
     sparsetopk::set_num_threads(counts[t]);
@@ -569,13 +503,10 @@ void check_thread_invariance(bool use_mag, double p, sparsetopk::Solver solver,
     ASSERT_EQ(outs[t].size(), outs[0].size());
     EXPECT_EQ(std::memcmp(outs[t].data(), outs[0].data(), outs[0].size() * sizeof(double)), 0)
         << counts[t] << " threads differ from 1 thread";
-    for (std::size_t r = 0; r < rows; ++r) {
-      ASSERT_EQ(states[t].index(r).size(), states[0].index(r).size()) << r;
-      EXPECT_EQ(states[t].gamma(r), states[0].gamma(r)) << r;
-      EXPECT_EQ(states[t].block_weight(r), states[0].block_weight(r)) << r;
-      EXPECT_TRUE(std::equal(states[t].c(r).begin(), states[t].c(r).end(), states[0].c(r).begin()))
-          << r;
-    }
+    ASSERT_EQ(states[t].rows(), rows);
+    for (std::size_t r = 0; r < rows; ++r)
+      EXPECT_TRUE(stk_test::same_bytes(std::span(states[t].state).subspan(r, 1), std::span(states[0].state).subspan(r, 1)))
+          << counts[t] << " threads, row " << r;
   }
 }
 
@@ -699,9 +630,10 @@ TEST(SoftTopkSelection, SmallKSlotsReturnTheKthAndNextKeysForEveryK) {
 // band_solve.hpp, separated_keys). Near that boundary (s_{k+1} a relative
 // delta from the value, either side) and with signed zeros at s_k or s_{k+1},
 // every row it calls separated must come out as PAV on the sorted row gives
-// it, bit for bit: outputs, saved state (c, row_state) and VJP. (Elsewhere the
-// two solvers may differ in the last bits and in row_state's unchanged_from,
-// which is then the window's bound.) The deltas must straddle the boundary.
+// it, bit for bit: outputs, saved state (the RowState, the band's c_i) and
+// VJP. (Elsewhere the two solvers may differ in the last bits and in the
+// RowState's unchanged_from, which is then the window's bound.) The deltas
+// must straddle the boundary.
 
 // The value of s alone in a block with w = 1 (SPEC.md, "Reduction").
 long double singleton_value(bool magnitude, long double s, long double l, double p) {
@@ -718,27 +650,22 @@ long double singleton_value(bool magnitude, long double s, long double l, double
 template <class T>
 struct SolvedRows {
   std::vector<T> out, vjp;
-  std::vector<double> c, row_state;
+  std::vector<double> c;  // the band, dense: c_i on its entries, -1 elsewhere
+  std::vector<sparsetopk::RowState> state;
 };
 
 template <class T>
 SolvedRows<T> solve_rows(bool magnitude, const std::vector<T>& x, std::size_t n, std::size_t k, double l, double p,
                          sparsetopk::Solver solver) {
-  const std::size_t rows = x.size() / n;
-  SolvedRows<T> r{std::vector<T>(x.size()), std::vector<T>(x.size()), std::vector<double>(x.size()),
-                  std::vector<double>(rows * sparsetopk::ActiveBlocks::row_state_size)};
   std::vector<T> g(x.size());
   for (std::size_t i = 0; i < g.size(); ++i) g[i] = static_cast<T>(std::sin(1.0 + 0.7 * static_cast<double>(i)));
-  sparsetopk::ActiveBlocks blocks;
-  const sparsetopk::SoftTopkOptions options{l, p, solver};
-  if (magnitude) {
-    sparsetopk::soft_topk_mag<T>(x, n, k, r.out, options, &blocks);
-    sparsetopk::soft_topk_mag_vjp<T>(blocks, x, g, r.vjp);
-  } else {
-    sparsetopk::soft_topk_mask<T>(x, n, k, r.out, options, &blocks);
-    sparsetopk::soft_topk_mask_vjp<T>(blocks, g, r.vjp);
-  }
-  blocks.to_dense(r.c, r.row_state);
+  const Form form = magnitude ? Form::magnitude : Form::mask;
+  stk_test::Saved saved;
+  SolvedRows<T> r;
+  r.out = stk_test::soft(form, x, n, k, l, p, &saved, nullptr, solver);
+  r.vjp = stk_test::vjp(form, saved, x, g);
+  r.c = stk_test::dense_band(form, saved, x);
+  r.state = saved.state;
   return r;
 }
 
@@ -815,7 +742,7 @@ void check_separated_rows_match_pav() {
               ++separated;
               EXPECT_TRUE(same_row_bits(threshold.out, pav.out, r, n)) << where;
               EXPECT_TRUE(same_row_bits(threshold.c, pav.c, r, n)) << where;
-              EXPECT_TRUE(same_row_bits(threshold.row_state, pav.row_state, r, 3)) << where;
+              EXPECT_TRUE(same_row_bits(threshold.state, pav.state, r, 1)) << where;
               EXPECT_TRUE(same_row_bits(threshold.vjp, pav.vjp, r, n)) << where;
             }
             if (kk != k) continue;  // (k + 1: the rows are not built at its boundary)
@@ -853,16 +780,17 @@ TEST(SoftTopkSeparatedRows, KeepTheSignOfTiedZerosAsPavDoes) {
     const auto threshold = solve_rows(false, x, n, k, l, p, sparsetopk::Solver::threshold);
     for (std::size_t r = 0; r < x.size() / n; ++r) {
       EXPECT_TRUE(same_row_bits(threshold.out, pav.out, r, n)) << "p=" << p << " row " << r;
-      EXPECT_TRUE(same_row_bits(threshold.row_state, pav.row_state, r, 3)) << "p=" << p << " row " << r;
+      EXPECT_TRUE(same_row_bits(threshold.state, pav.state, r, 1)) << "p=" << p << " row " << r;
     }
   }
 }
 
-TEST(SoftTopkSeparatedRows, MatchPavBitForBitAtTheBoundaryAndWithSignedZerosInDouble) {
-  check_separated_rows_match_pav<double>();
-}
-TEST(SoftTopkSeparatedRows, MatchPavBitForBitAtTheBoundaryAndWithSignedZerosInFloat) {
-  check_separated_rows_match_pav<float>();
+template <class T>
+class SoftTopkSeparatedRowsIn : public ::testing::Test {};
+using FloatAndDouble = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(SoftTopkSeparatedRowsIn, FloatAndDouble);
+TYPED_TEST(SoftTopkSeparatedRowsIn, MatchPavBitForBitAtTheBoundaryAndWithSignedZeros) {
+  check_separated_rows_match_pav<TypeParam>();
 }
 #endif
 

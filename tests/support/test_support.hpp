@@ -13,6 +13,7 @@
 #include <cstring>
 #include <numeric>
 #include <regex>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -133,6 +134,15 @@ inline std::string show(const std::vector<double>& v) {
   TEST(Suite, Name) { ::stk_test::check_property(MaxSuccess, &stkProperty_##Suite##_##Name); } \
   static void stkProperty_##Suite##_##Name()
 
+// A rapidcheck property as a value-parameterized GoogleTest test (TEST_P on
+// Fixture, a ::testing::TestWithParam): the body sees the parameter as `param`.
+#define STK_PROP_P(Fixture, Name, MaxSuccess)                                                      \
+  static void stkProperty_##Fixture##_##Name(const Fixture::ParamType& param);                     \
+  TEST_P(Fixture, Name) {                                                                          \
+    ::stk_test::check_property(MaxSuccess, [param = GetParam()] { stkProperty_##Fixture##_##Name(param); }); \
+  }                                                                                                \
+  static void stkProperty_##Fixture##_##Name([[maybe_unused]] const Fixture::ParamType& param)
+
 // ---- thin wrappers over the batch API -------------------------------------
 
 #include <sparsetopk/sparsetopk.hpp>
@@ -154,23 +164,110 @@ inline sparsetopk::Solver gen_solver() {
                            sparsetopk::Solver::threshold);
 }
 
+// What a soft forward pass saved for its derivatives: one RowState per row,
+// with the row length and the options the VJP and JVP take besides x.
+struct Saved {
+  std::vector<sparsetopk::RowState> state;
+  std::size_t n = 0;
+  sparsetopk::SoftTopkOptions options;
+
+  std::size_t rows() const { return state.size(); }
+  // Sized for `size` entries of rows of n; rows already there keep their
+  // contents (the forward pass must overwrite them).
+  std::span<sparsetopk::RowState> prepare(std::size_t size, std::size_t row_length,
+                                          const sparsetopk::SoftTopkOptions& o) {
+    n = row_length;
+    options = o;
+    state.resize(row_length == 0 ? 0 : size / row_length);
+    return state;
+  }
+};
+
 template <class T>
-std::vector<T> mask(const std::vector<T>& x, std::size_t n, std::size_t k, double l, double p,
-                    sparsetopk::ActiveBlocks* blocks = nullptr, sparsetopk::Workspace* ws = nullptr,
+std::vector<T> soft(sparsetopk::Form form, const std::vector<T>& x, std::size_t n, std::size_t k, double l,
+                    double p, Saved* saved = nullptr, sparsetopk::Workspace* ws = nullptr,
                     sparsetopk::Solver solver = sparsetopk::Solver::automatic) {
   std::vector<T> out(x.size());
-  sparsetopk::soft_topk_mask<T>(x, n, k, out, options(l, p, solver), blocks, ws);
+  const auto o = options(l, p, solver);
+  const std::span<sparsetopk::RowState> state = saved ? saved->prepare(x.size(), n, o) : std::span<sparsetopk::RowState>();
+  if (form == sparsetopk::Form::mask) sparsetopk::soft_topk_mask<T>(x, n, k, out, o, state, ws);
+  else sparsetopk::soft_topk_mag<T>(x, n, k, out, o, state, ws);
   return out;
 }
 
 template <class T>
+std::vector<T> mask(const std::vector<T>& x, std::size_t n, std::size_t k, double l, double p,
+                    Saved* saved = nullptr, sparsetopk::Workspace* ws = nullptr,
+                    sparsetopk::Solver solver = sparsetopk::Solver::automatic) {
+  return soft(sparsetopk::Form::mask, x, n, k, l, p, saved, ws, solver);
+}
+
+template <class T>
 std::vector<T> mag(const std::vector<T>& x, std::size_t n, std::size_t k, double l, double p,
-                   sparsetopk::ActiveBlocks* blocks = nullptr, sparsetopk::Workspace* ws = nullptr,
+                   Saved* saved = nullptr, sparsetopk::Workspace* ws = nullptr,
                    sparsetopk::Solver solver = sparsetopk::Solver::automatic) {
-  std::vector<T> out(x.size());
-  sparsetopk::soft_topk_mag<T>(x, n, k, out, options(l, p, solver), blocks, ws);
+  return soft(sparsetopk::Form::magnitude, x, n, k, l, p, saved, ws, solver);
+}
+
+// J^T g (transpose) or J v at the forward pass on x that left `saved`.
+template <class T>
+std::vector<T> derivative(sparsetopk::Form form, bool transpose, const Saved& saved, const std::vector<T>& x,
+                          const std::vector<T>& v) {
+  std::vector<T> out(v.size());
+  const std::span<const sparsetopk::RowState> state(saved.state);
+  if (form == sparsetopk::Form::mask) {
+    (transpose ? sparsetopk::soft_topk_mask_vjp<T> : sparsetopk::soft_topk_mask_jvp<T>)(x, saved.n, state,
+                                                                                         saved.options, v, out);
+  } else {
+    (transpose ? sparsetopk::soft_topk_mag_vjp<T> : sparsetopk::soft_topk_mag_jvp<T>)(x, saved.n, state,
+                                                                                       saved.options, v, out);
+  }
   return out;
 }
+template <class T>
+std::vector<T> vjp(sparsetopk::Form form, const Saved& saved, const std::vector<T>& x, const std::vector<T>& g) {
+  return derivative(form, /*transpose=*/true, saved, x, g);
+}
+template <class T>
+std::vector<T> jvp(sparsetopk::Form form, const Saved& saved, const std::vector<T>& x, const std::vector<T>& dx) {
+  return derivative(form, /*transpose=*/false, saved, x, dx);
+}
+
+// The band of row r (soft_topk_*_band): columns and c_i, in column order.
+template <class T>
+std::vector<sparsetopk::BandEntry> band(sparsetopk::Form form, const Saved& saved, const std::vector<T>& x,
+                                        std::size_t r) {
+  const std::span<const T> row = std::span<const T>(x).subspan(r * saved.n, saved.n);
+  return form == sparsetopk::Form::mask ? sparsetopk::soft_topk_mask_band<T>(row, saved.state[r], saved.options)
+                                        : sparsetopk::soft_topk_mag_band<T>(row, saved.state[r], saved.options);
+}
+
+// The band's columns of row r, in column order.
+template <class T>
+std::vector<std::size_t> band_indices(sparsetopk::Form form, const Saved& saved, const std::vector<T>& x,
+                                      std::size_t r) {
+  std::vector<std::size_t> indices;
+  for (const auto& entry : band(form, saved, x, r)) indices.push_back(entry.index);
+  return indices;
+}
+
+// Every row's band as one dense array: c_i on the band's entries, -1 elsewhere.
+template <class T>
+std::vector<double> dense_band(sparsetopk::Form form, const Saved& saved, const std::vector<T>& x) {
+  std::vector<double> c(x.size(), -1.0);
+  for (std::size_t r = 0; r < saved.rows(); ++r)
+    for (const auto& entry : band(form, saved, x, r)) c[r * saved.n + entry.index] = entry.c;
+  return c;
+}
+
+// Whether two states hold the same bytes (NaN included).
+inline bool same_bytes(std::span<const sparsetopk::RowState> a, std::span<const sparsetopk::RowState> b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
+}
+
+// Names the instances of a test parameterized on the form: "mask", "magnitude".
+inline std::string form_name(sparsetopk::Form form) { return form == sparsetopk::Form::mask ? "mask" : "magnitude"; }
+inline std::string form_name(const ::testing::TestParamInfo<sparsetopk::Form>& info) { return form_name(info.param); }
 
 // Restores the thread count on scope exit.
 class ThreadCountGuard {
@@ -185,3 +282,8 @@ class ThreadCountGuard {
 };
 
 }  // namespace stk_test
+
+// How GoogleTest prints a Form parameter (found by argument-dependent lookup).
+namespace sparsetopk {
+inline void PrintTo(Form form, std::ostream* os) { *os << stk_test::form_name(form); }
+}  // namespace sparsetopk
