@@ -185,12 +185,14 @@ void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p,
     const double x_i = static_cast<double>(row[i]);
     band.add(magnitude ? std::abs(x_i) : x_i, i);
   };
+  RowState near;
   const detail::StraddlingBlock block =
       magnitude ? detail::solve_mag_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
-                                         row.data(), out.data(), true, append)
+                                         row.data(), out.data(), true, append, near)
                 : detail::solve_mask_band(row_window, s.data(), index_of, equation, Solver::threshold, blocks,
-                                          out.data(), true, append);
+                                          out.data(), true, append, near);
   const detail::BandState solved = detail::band_state(block, row_window, s.data());
+  state = near;
   state.gamma = solved.gamma;
   state.block_weight = solved.block_weight;
   state.unchanged_from = solved.unchanged_from;

@@ -203,9 +203,12 @@ BandRun run_band(bool magnitude, const std::vector<double>& x, std::size_t k, do
   BandRun run{std::vector<double>(n), std::vector<double>(n, -1.0), {}};
   const auto index_of = [&](std::size_t j) { return order[j]; };
   const auto append = [&](std::size_t i, double c) { run.c[i] = c; };
+  RowState near;  // (the near entries' offsets: not compared here)
   const StraddlingBlock block =
-      magnitude ? solve_mag_band(window, s.data(), index_of, equation, solver, blocks, x.data(), run.out.data(), true, append)
-                : solve_mask_band(window, s.data(), index_of, equation, solver, blocks, run.out.data(), true, append);
+      magnitude ? solve_mag_band(window, s.data(), index_of, equation, solver, blocks, x.data(), run.out.data(), true,
+                                 append, near)
+                : solve_mask_band(window, s.data(), index_of, equation, solver, blocks, run.out.data(), true, append,
+                                  near);
   run.state = band_state(block, window, s.data());
   return run;
 }

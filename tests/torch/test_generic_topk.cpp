@@ -35,8 +35,9 @@
 namespace {
 
 namespace generic = sparsetopk::torch::generic;
-using generic::Operator;
-using sparsetopk::ActiveBlocks;
+using Operator = sparsetopk::Form;
+using sparsetopk::RowState;
+constexpr int64_t S = static_cast<int64_t>(RowState::size);  // doubles per row of a state
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -57,57 +58,83 @@ std::span<T> out_span(at::Tensor& t) {
 }
 
 struct CoreForward {
-  at::Tensor out, c, state;
-  ActiveBlocks blocks;
+  at::Tensor out, c, state;  // c: dense_c of the state
 };
+
+std::span<RowState> state_span(at::Tensor& t) {
+  return {reinterpret_cast<RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.size(0))};
+}
+std::span<const RowState> state_span(const at::Tensor& t) {
+  return {reinterpret_cast<const RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.size(0))};
+}
+
+// The band's c_i at a [R, RowState::size] state, as the core recomputes them
+// from x: c_i >= 0 on the band, -1 elsewhere, NaN on a row with gamma NaN.
+at::Tensor dense_c(Operator op, const at::Tensor& x, const at::Tensor& state_rows, double l, double p) {
+  const at::Tensor xd = x.to(at::kDouble).contiguous(), st = state_rows.to(at::kDouble).contiguous();
+  at::Tensor c = at::full(x.sizes(), -1.0, xd.options());
+  const auto n = static_cast<std::size_t>(x.size(1));
+  const sparsetopk::SoftTopkOptions options{l, p};
+  const std::span<const RowState> states = state_span(st);
+  for (std::size_t r = 0; r < states.size(); ++r) {
+    double* c_row = c.data_ptr<double>() + r * n;
+    if (std::isnan(states[r].gamma)) {
+      std::fill(c_row, c_row + n, kNaN);
+      continue;
+    }
+    const std::span<const double> row(xd.data_ptr<double>() + r * n, n);
+    const auto band = op == Operator::mask ? sparsetopk::soft_topk_mask_band<double>(row, states[r], options)
+                                           : sparsetopk::soft_topk_mag_band<double>(row, states[r], options);
+    for (const sparsetopk::BandEntry& e : band) c_row[e.index] = e.c;
+  }
+  return c;
+}
 
 template <class T>
 void core_soft(Operator op, const at::Tensor& x, int64_t k, double l, double p, CoreForward& r) {
   const auto n = static_cast<std::size_t>(x.size(1));
   const sparsetopk::SoftTopkOptions options{l, p, sparsetopk::Solver::automatic};
   if (op == Operator::mask)
-    sparsetopk::soft_topk_mask<T>(in_span<T>(x), n, static_cast<std::size_t>(k), out_span<T>(r.out), options, &r.blocks);
+    sparsetopk::soft_topk_mask<T>(in_span<T>(x), n, static_cast<std::size_t>(k), out_span<T>(r.out), options,
+                                  state_span(r.state));
   else
-    sparsetopk::soft_topk_mag<T>(in_span<T>(x), n, static_cast<std::size_t>(k), out_span<T>(r.out), options, &r.blocks);
+    sparsetopk::soft_topk_mag<T>(in_span<T>(x), n, static_cast<std::size_t>(k), out_span<T>(r.out), options,
+                                 state_span(r.state));
 }
 
 CoreForward core_forward(Operator op, const at::Tensor& x, int64_t k, double l, double p) {
   CoreForward r;
   r.out = at::empty_like(x);
-  r.c = at::empty(x.sizes(), x.options().dtype(at::kDouble));
-  r.state = at::empty({x.size(0), 3}, r.c.options());
+  r.state = at::empty({x.size(0), S}, x.options().dtype(at::kDouble));
   if (x.scalar_type() == at::kDouble) core_soft<double>(op, x, k, l, p, r);
   else core_soft<float>(op, x, k, l, p, r);
-  r.blocks.to_dense(out_span<double>(r.c), out_span<double>(r.state));
+  r.c = dense_c(op, x, r.state, l, p);
   return r;
 }
 
 template <class T>
-void core_product_typed(Operator op, bool transpose, const ActiveBlocks& blocks, const at::Tensor& x,
-                        const at::Tensor& v, at::Tensor& out) {
+void core_product_typed(Operator op, bool transpose, const at::Tensor& state, const at::Tensor& x,
+                        const at::Tensor& v, double l, double p, at::Tensor& out) {
+  const auto n = static_cast<std::size_t>(x.size(1));
+  const sparsetopk::SoftTopkOptions options{l, p};
+  const auto xs = in_span<T>(x), vs = in_span<T>(v);
   if (op == Operator::mask) {
-    if (transpose) sparsetopk::soft_topk_mask_vjp<T>(blocks, in_span<T>(v), out_span<T>(out));
-    else sparsetopk::soft_topk_mask_jvp<T>(blocks, in_span<T>(v), out_span<T>(out));
+    if (transpose) sparsetopk::soft_topk_mask_vjp<T>(xs, n, state_span(state), options, vs, out_span<T>(out));
+    else sparsetopk::soft_topk_mask_jvp<T>(xs, n, state_span(state), options, vs, out_span<T>(out));
   } else {
-    if (transpose) sparsetopk::soft_topk_mag_vjp<T>(blocks, in_span<T>(x), in_span<T>(v), out_span<T>(out));
-    else sparsetopk::soft_topk_mag_jvp<T>(blocks, in_span<T>(x), in_span<T>(v), out_span<T>(out));
+    if (transpose) sparsetopk::soft_topk_mag_vjp<T>(xs, n, state_span(state), options, vs, out_span<T>(out));
+    else sparsetopk::soft_topk_mag_jvp<T>(xs, n, state_span(state), options, vs, out_span<T>(out));
   }
 }
 
-at::Tensor core_product(Operator op, bool transpose, const ActiveBlocks& blocks, const at::Tensor& x,
-                        const at::Tensor& v) {
+// The core's products at a [R, RowState::size] state of the forward on x.
+at::Tensor core_product(Operator op, bool transpose, const at::Tensor& state, const at::Tensor& x,
+                        const at::Tensor& v, double l, double p) {
   at::Tensor out = at::empty_like(v);
-  if (v.scalar_type() == at::kDouble) core_product_typed<double>(op, transpose, blocks, x, v, out);
-  else core_product_typed<float>(op, transpose, blocks, x, v, out);
+  const at::Tensor st = state.to(at::kDouble).contiguous(), xv = x.to(v.scalar_type()).contiguous();
+  if (v.scalar_type() == at::kDouble) core_product_typed<double>(op, transpose, st, xv, v, l, p, out);
+  else core_product_typed<float>(op, transpose, st, xv, v, l, p, out);
   return out;
-}
-
-// The core's products at a given dense state (c, row_state).
-at::Tensor core_product_at(Operator op, bool transpose, const at::Tensor& c, const at::Tensor& state,
-                           const at::Tensor& x, const at::Tensor& v) {
-  ActiveBlocks blocks;
-  blocks.assign_dense(static_cast<std::size_t>(c.size(1)), in_span<double>(c), in_span<double>(state));
-  return core_product(op, transpose, blocks, x, v);
 }
 
 std::vector<double> values(const at::Tensor& t) {
@@ -179,17 +206,18 @@ Deviations check_against_core(Operator op, const at::Tensor& x, int64_t k, doubl
   const CoreForward core = core_forward(op, x, k, l, p);
   const generic::SoftResult mine = generic::soft_topk_rows(op, x, k, l, p, /*save=*/true);
   EXPECT_EQ(mine.out.scalar_type(), x.scalar_type()) << what;
-  EXPECT_EQ(mine.c.scalar_type(), at::kDouble) << what;
+  EXPECT_EQ(mine.row_state.scalar_type(), at::kDouble) << what;
   EXPECT_EQ(mine.row_state.sizes(), core.state.sizes()) << what;
+  const at::Tensor mine_c = dense_c(op, x, mine.row_state, l, p);
   const int64_t rows = x.size(0), n = x.size(1);
   const std::vector<double> xs = values(x), out_core = values(core.out), out_mine = values(mine.out);
-  const std::vector<double> c_core = values(core.c), c_mine = values(mine.c);
+  const std::vector<double> c_core = values(core.c), c_mine = values(mine_c);
   const std::vector<double> st_core = values(core.state), st_mine = values(mine.row_state);
   const double q = p / (p - 1.0);
   std::vector<double> row_c_error(static_cast<std::size_t>(rows), 1e-12), row_c_max(static_cast<std::size_t>(rows), 0.0);
   std::vector<bool> row_at_kink(static_cast<std::size_t>(rows), false);  // a one-sided derivative: J(own) may differ
   for (int64_t r = 0; r < rows; ++r) {
-    const double gamma = st_core[r * 3], gamma_mine = st_mine[r * 3];
+    const double gamma = st_core[r * S], gamma_mine = st_mine[r * S];
     const std::string at_row = what + " row " + std::to_string(r);
     double key_max = 0.0, c_sum = 0.0;
     for (int64_t j = 0; j < n; ++j) {
@@ -242,24 +270,23 @@ Deviations check_against_core(Operator op, const at::Tensor& x, int64_t k, doubl
     // W_B and unchanged_from exactly (unchanged_from to the ulp of the core's window bound),
     // except at a kink, where the state is that of one side
     if (row_at_kink[r]) continue;
-    EXPECT_TRUE(same_or_both_nan(st_mine[r * 3 + 1], st_core[r * 3 + 1]))
-        << at_row << " W_B " << st_mine[r * 3 + 1] << " vs " << st_core[r * 3 + 1] << "\n  x = " << row_text(x[r]);
-    const double uf = st_core[r * 3 + 2], uf_mine = st_mine[r * 3 + 2];
+    EXPECT_TRUE(same_or_both_nan(st_mine[r * S + 1], st_core[r * S + 1]))
+        << at_row << " W_B " << st_mine[r * S + 1] << " vs " << st_core[r * S + 1] << "\n  x = " << row_text(x[r]);
+    const double uf = st_core[r * S + 2], uf_mine = st_mine[r * S + 2];
     EXPECT_TRUE(same_or_both_nan(uf_mine, uf) || std::abs(uf_mine - uf) <= 4 * kEps * std::abs(uf))
         << at_row << " unchanged_from " << uf_mine << " vs " << uf << "\n  x = " << row_text(x[r]);
   }
   // products: mine at my state against the core at its state, and both at the core's state
   const at::Tensor v = at::randn(x.sizes(), x.options());
-  const at::Tensor x_arg = op == Operator::magnitude ? x : at::Tensor();
   for (bool transpose : {true, false}) {
     const std::vector<double> vs = values(v);
-    const std::vector<double> core_p = values(core_product(op, transpose, core.blocks, x, v));
+    const std::vector<double> core_p = values(core_product(op, transpose, core.state, x, v, l, p));
     const std::vector<double> mine_p =
-        values(generic::jacobian_product_rows(op, transpose, v, x_arg, mine.c, mine.row_state));
-    const at::Tensor same_state = generic::jacobian_product_rows(op, transpose, v, x_arg, core.c, core.state);
+        values(generic::jacobian_product_rows(op, transpose, v, x, mine.row_state, l, p));
+    const at::Tensor same_state = generic::jacobian_product_rows(op, transpose, v, x, core.state, l, p);
     EXPECT_EQ(same_state.scalar_type(), v.scalar_type());
     const std::vector<double> same_p = values(same_state);
-    const std::vector<double> core_same = values(core_product_at(op, transpose, core.c, core.state, x, v));
+    const std::vector<double> core_same = values(core_product(op, transpose, core.state, x, v, l, p));
     for (int64_t r = 0; r < rows; ++r) {
       double v_max = 0.0;
       for (int64_t j = 0; j < n; ++j) v_max = std::max(v_max, std::abs(vs[r * n + j]));
@@ -415,13 +442,12 @@ TEST(GenericTopk, NonFiniteRowsAreNaNAndLeaveTheOthersAlone) {
       const generic::SoftResult all = generic::soft_topk_rows(op, x, 2, 0.5, 4.0 / 3.0, true);
       const generic::SoftResult alone = generic::soft_topk_rows(op, good, 2, 0.5, 4.0 / 3.0, true);
       EXPECT_TRUE(at::isnan(all.out[1]).all().item<bool>());
-      EXPECT_TRUE(at::isnan(all.c[1]).all().item<bool>());
+      EXPECT_TRUE(at::isnan(dense_c(op, x, all.row_state, 0.5, 4.0 / 3.0)[1]).all().item<bool>());
       EXPECT_TRUE(at::isnan(all.row_state[1][0]).item<bool>());
       EXPECT_EQ(all.row_state[1][1].item<double>(), 0.0);
       EXPECT_TRUE(at::equal(all.out[0], alone.out[0]) && at::equal(all.out[2], alone.out[0]));
       const at::Tensor v = at::ones_like(x);
-      const at::Tensor grad =
-          generic::jacobian_product_rows(op, true, v, op == Operator::magnitude ? x : at::Tensor(), all.c, all.row_state);
+      const at::Tensor grad = generic::jacobian_product_rows(op, true, v, x, all.row_state, 0.5, 4.0 / 3.0);
       EXPECT_TRUE(at::isnan(grad[1]).all().item<bool>());
       EXPECT_TRUE(at::isfinite(grad[0]).all().item<bool>());
     }
@@ -580,18 +606,19 @@ TEST(GenericTopk, HardOperatorsMatchTheCoreWithTiesInfinitiesAndNaN) {
 CoreForward core_dykstra(Operator op, const at::Tensor& x, int64_t k, double l, int64_t iterations) {
   CoreForward r;
   r.out = at::empty_like(x);
-  r.c = at::empty(x.sizes(), x.options().dtype(at::kDouble));
-  r.state = at::empty({x.size(0), 3}, r.c.options());
+  r.state = at::empty({x.size(0), S}, x.options().dtype(at::kDouble));
   const auto n = static_cast<std::size_t>(x.size(1)), kept = static_cast<std::size_t>(k);
   const sparsetopk::DykstraOptions options{l, static_cast<std::size_t>(iterations)};
   const auto run = [&](auto zero) {
     using T = decltype(zero);
-    if (op == Operator::mask) sparsetopk::soft_topk_mask_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, &r.blocks);
-    else sparsetopk::soft_topk_mag_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, &r.blocks);
+    if (op == Operator::mask)
+      sparsetopk::soft_topk_mask_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, state_span(r.state));
+    else
+      sparsetopk::soft_topk_mag_dykstra<T>(in_span<T>(x), n, kept, out_span<T>(r.out), options, state_span(r.state));
   };
   if (x.scalar_type() == at::kDouble) run(double{});
   else run(float{});
-  r.blocks.to_dense(out_span<double>(r.c), out_span<double>(r.state));
+  r.c = dense_c(op, x, r.state, l, 2.0);
   return r;
 }
 
@@ -605,16 +632,15 @@ void check_dykstra_against_core(Operator op, const at::Tensor& x, int64_t k, dou
   const generic::SoftResult mine = generic::dykstra_rows(op, x, k, l, iterations, /*save=*/true);
   EXPECT_EQ(mine.out.scalar_type(), x.scalar_type()) << what;
   EXPECT_TRUE(at::equal(mine.out.nan_to_num(7.0), core.out.nan_to_num(7.0))) << what << " out: max diff " << (mine.out - core.out).abs().max().item<double>();
-  EXPECT_TRUE(at::equal(mine.c.nan_to_num(7.0), core.c.nan_to_num(7.0))) << what << " c";
+  EXPECT_TRUE(at::equal(dense_c(op, x, mine.row_state, l, 2.0).nan_to_num(7.0), core.c.nan_to_num(7.0))) << what << " c";
   const at::Tensor rest = mine.row_state.narrow(1, 1, 2).nan_to_num(7.0), core_rest = core.state.narrow(1, 1, 2).nan_to_num(7.0);
   EXPECT_TRUE(at::equal(rest, core_rest)) << what << " W_B, unchanged_from\n" << mine.row_state << "\n" << core.state;
   const at::Tensor gamma = mine.row_state.select(1, 0), core_gamma = core.state.select(1, 0);
   EXPECT_TRUE(at::allclose(gamma, core_gamma, 1e-13, 1e-300, /*equal_nan=*/true)) << what << " gamma";
   const at::Tensor v = at::randn(x.sizes(), x.options());
-  const at::Tensor x_arg = op == Operator::magnitude ? x : at::Tensor();
   for (bool transpose : {true, false}) {
-    const at::Tensor a = generic::jacobian_product_rows(op, transpose, v, x_arg, mine.c, mine.row_state);
-    const at::Tensor b = core_product(op, transpose, core.blocks, x, v);
+    const at::Tensor a = generic::jacobian_product_rows(op, transpose, v, x, mine.row_state, l, 2.0);
+    const at::Tensor b = core_product(op, transpose, core.state, x, v, l, 2.0);
     const double scale = (1.0 + 1.0 / l) * v.abs().max().item<double>();
     const double tolerance = x.scalar_type() == at::kFloat ? 4 * 0x1p-23 : 1e-13;  // float: the core's arithmetic
     EXPECT_LE((a - b).nan_to_num(0.0).abs().max().item<double>(), tolerance * scale) << what << " products";
@@ -658,11 +684,11 @@ TEST(GenericDykstra, MetaTensorsGiveShapesAndDtypes) {
     for (Operator op : {Operator::mask, Operator::magnitude}) {
       for (int64_t k : {0, 3, 11}) {
         const generic::SoftResult r = generic::dykstra_rows(op, x, k, 0.3, 1000, true);
-        EXPECT_TRUE(r.out.is_meta() && r.c.is_meta() && r.row_state.is_meta());
+        EXPECT_TRUE(r.out.is_meta() && r.row_state.is_meta());
         EXPECT_EQ(r.out.sizes(), x.sizes());
         EXPECT_EQ(r.out.scalar_type(), type);
-        EXPECT_EQ(r.c.scalar_type(), at::kDouble);
-        EXPECT_EQ(r.row_state.sizes(), (std::vector<int64_t>{5, 3}));
+        EXPECT_EQ(r.row_state.scalar_type(), at::kDouble);
+        EXPECT_EQ(r.row_state.sizes(), (std::vector<int64_t>{5, S}));
       }
     }
   }
@@ -677,16 +703,14 @@ TEST(GenericTopk, MetaTensorsGiveShapesAndDtypes) {
       for (double p : {2.0, 4.0 / 3.0, 1.5}) {
         for (int64_t k : {0, 3, 11}) {
           const generic::SoftResult r = generic::soft_topk_rows(op, x, k, 0.3, p, true);
-          EXPECT_TRUE(r.out.is_meta() && r.c.is_meta() && r.row_state.is_meta());
+          EXPECT_TRUE(r.out.is_meta() && r.row_state.is_meta());
           EXPECT_EQ(r.out.sizes(), x.sizes());
           EXPECT_EQ(r.out.scalar_type(), type);
-          EXPECT_EQ(r.c.sizes(), x.sizes());
-          EXPECT_EQ(r.c.scalar_type(), at::kDouble);
-          EXPECT_EQ(r.row_state.sizes(), (std::vector<int64_t>{5, 3}));
-          EXPECT_FALSE(generic::soft_topk_rows(op, x, k, 0.3, p, false).c.defined());
+          EXPECT_EQ(r.row_state.scalar_type(), at::kDouble);
+          EXPECT_EQ(r.row_state.sizes(), (std::vector<int64_t>{5, S}));
+          EXPECT_FALSE(generic::soft_topk_rows(op, x, k, 0.3, p, false).row_state.defined());
           for (bool transpose : {true, false}) {
-            const at::Tensor g = generic::jacobian_product_rows(
-                op, transpose, x, op == Operator::magnitude ? x : at::Tensor(), r.c, r.row_state);
+            const at::Tensor g = generic::jacobian_product_rows(op, transpose, x, x, r.row_state, 0.3, p);
             EXPECT_TRUE(g.is_meta());
             EXPECT_EQ(g.sizes(), x.sizes());
             EXPECT_EQ(g.scalar_type(), type);
@@ -706,10 +730,14 @@ TEST(GenericTopk, EmptyBatches) {
   for (Operator op : {Operator::mask, Operator::magnitude}) {
     const generic::SoftResult none = generic::soft_topk_rows(op, at::empty({0, 4}, torch::kDouble), 2, 0.1, 2.0, true);
     EXPECT_EQ(none.out.sizes(), (std::vector<int64_t>{0, 4}));
-    EXPECT_EQ(none.row_state.sizes(), (std::vector<int64_t>{0, 3}));
+    EXPECT_EQ(none.row_state.sizes(), (std::vector<int64_t>{0, S}));
     const generic::SoftResult empty_rows = generic::soft_topk_rows(op, at::empty({3, 0}), 0, 0.1, 2.0, true);
     EXPECT_EQ(empty_rows.out.sizes(), (std::vector<int64_t>{3, 0}));
-    EXPECT_EQ(values(empty_rows.row_state), (std::vector<double>{-kInf, 0, kInf, -kInf, 0, kInf, -kInf, 0, kInf}));
+    // per row: gamma -inf, W_B 0, unchanged_from +inf, no band, no near entries
+    const std::vector<double> row{-kInf, 0, kInf, -kInf, 0, -kInf, 0, kInf, 0, kInf, 0};
+    std::vector<double> expected;
+    for (int r = 0; r < 3; ++r) expected.insert(expected.end(), row.begin(), row.end());
+    EXPECT_EQ(values(empty_rows.row_state), expected);
     EXPECT_EQ(generic::hard_topk_rows(op, at::empty({3, 0}), 0).sizes(), (std::vector<int64_t>{3, 0}));
   }
 }

@@ -681,7 +681,7 @@ Tensor unsort(const Tensor& sorted, const Tensor& order) { return at::empty_like
 Tensor band_bounds(const Tensor& s, const Tensor& order, const Tensor& active) {
   const int64_t n = s.size(1);
   const Tensor first = first_true(active), any = first < n;
-  const Tensor last = (n - 1) - first_true(active.flip(-1));
+  const Tensor last = select(active, columns(n, s), -1).amax(-1, /*keepdim=*/true);
   const auto column_at = [&](const Tensor& j) { return order.gather(1, j.clamp(0, n - 1)).to(at::kDouble); };
   const Tensor bounds = at::cat({key_at(s, first, -kInf), column_at(first), key_at(s, last, -kInf),
                                  column_at(last)}, 1);
