@@ -51,7 +51,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
     ``l -> 0``.
 
     Args:
-        x: input tensor (float32, float64, float16 or bfloat16, CPU).
+        x: input tensor (float32, float64, float16 or bfloat16), on any device.
         k: number of entries to select, ``0 <= k <= x.size(dim)``.
         l: regularization strength, ``l > 0``; the width of the soft band.
         p: norm of the regularizer, ``p > 1``. ``4/3`` (default) gives a
@@ -96,7 +96,7 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
     k-th magnitude is shrunk toward 0. Tends to ``hard_topk_mag`` as ``l -> 0``.
 
     Args:
-        x: input tensor (float32, float64, float16 or bfloat16, CPU).
+        x: input tensor (float32, float64, float16 or bfloat16), on any device.
         k: number of entries to keep, ``0 <= k <= x.size(dim)``.
         l: regularization strength, ``l > 0``.
         p: norm of the regularizer, ``p > 1`` (default 4/3).

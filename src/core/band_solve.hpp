@@ -1,10 +1,11 @@
 #pragma once
 // The band of one row (SPEC.md, "Top-k structure"): given the window of
 // entries that can straddle the k-th key, sorted, solve for the single
-// multi-entry block, write the window's outputs and report its c values.
-// Shared by the CPU core (topk.cpp) and the CUDA kernels (src/torch/cuda),
-// which select and sort the window themselves and then run this code, one
-// thread per row, on the same sorted window.
+// multi-entry block, write the window's outputs and report the band's
+// entries (those with a c_i) and the near entries' offsets for RowState.
+// Shared by the CPU core (topk.cpp) and the CUDA kernels (src/cuda), which
+// select and sort the window themselves and then run this code, one thread
+// per row, on the same sorted window.
 
 #include <algorithm>
 #include <cfloat>

@@ -2,7 +2,8 @@
 // The radix selection of the CUDA kernels (topk_kernels.cu), written once for
 // both sides so that its logic is tested on the CPU
 // (tests/core/test_cuda_pipeline.cpp): keys' order-preserving bits, the digit of
-// one pass, and the key test of a pass. UNVERIFIED on a GPU (docs/gpu.md).
+// one pass, and the key test of a pass. The CUDA kernels are UNVERIFIED on a
+// GPU (docs/gpu.md); this header's logic is verified on the CPU harness only.
 
 #include <cmath>
 #include <cstring>

@@ -33,8 +33,8 @@ using at::Tensor;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kMaxWeight = 1e280;     // the core's cap on c (jacobian_weight in src/core/topk.cpp)
-constexpr double kNearRelative = 1e-6;   // the core's NearThreshold: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
+constexpr double kMaxWeight = 1e280;     // the core's cap on c (jacobian_weight, src/core/regularizer.hpp)
+constexpr double kNearRelative = 1e-6;   // the core's near_tolerance (band.hpp): |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
 constexpr int kMaxRootIterations = 200;  // the core's find_decreasing_root
 constexpr int kIterationsPerCheck = 4;   // root finder: host syncs to stop early, off the CPU
 
