@@ -22,10 +22,9 @@ enum class Solver {
   pav,        // sort the whole row, then Pool Adjacent Violators (SPEC.md, "Reduction")
   threshold,  // select the k-th and (k+1)-th largest (expected O(n)), then PAV on
               // the few entries that can straddle them (SPEC.md, "Top-k structure")
-  // Solvers of the torch operators (sparsetopk/torch.hpp) only; the functions below reject them.
-  generic,    // the ATen implementation (docs/generic.md), on any device
-  dykstra,    // p = 2: Dykstra's alternating projections, approximate (dykstra.hpp, docs/dykstra.md)
 };
+// (Dykstra's approximate iterations: dykstra.hpp. The torch operators add the
+// ATen implementation: sparsetopk::torch::Solver, sparsetopk/torch.hpp.)
 
 struct SoftTopkOptions {
   double l = 0.1;              // regularization strength, l > 0

@@ -9,7 +9,9 @@
 // in float32 and returned in their own dtype. CPU tensors run the core
 // (Solver::automatic, pav, threshold; Solver::dykstra: dykstra.hpp); tensors
 // on other devices, and Solver::generic on the CPU, run the ATen
-// implementation (docs/generic.md; Solver::dykstra: docs/dykstra.md). Errors are
+// implementation (docs/generic.md; Solver::dykstra: docs/dykstra.md). Solver
+// here is the torch operators' choice, a superset of the core's
+// sparsetopk::Solver. Errors are
 // c10::Error (c10::IndexError for a bad `dim`) with messages that name the
 // argument and its value.
 
@@ -27,6 +29,16 @@
 #include <string>
 
 namespace sparsetopk::torch {
+
+// How a soft operator is solved: the core's exact solvers, the ATen
+// implementation, or Dykstra's iterations.
+enum class Solver {
+  automatic,  // the core's default on CPU tensors, `generic` on other devices
+  pav,        // the core's sparsetopk::Solver::pav (CPU)
+  threshold,  // the core's sparsetopk::Solver::threshold (CPU)
+  generic,    // the ATen implementation (docs/generic.md), on any device
+  dykstra,    // p = 2: Dykstra's alternating projections, approximate (dykstra.hpp, docs/dykstra.md)
+};
 
 // Soft top-k mask along `dim` (SPEC.md): values in [0, 1] summing to k,
 // exactly 1 far above the k-th largest entry and exactly 0 below it.

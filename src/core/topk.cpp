@@ -157,9 +157,6 @@ void soft_topk_mag_row(std::span<const T> row, std::size_t k, const BlockEquatio
 void check_soft_options(const SoftTopkOptions& options) {
   check_l(options.l);
   check_p(options.p);
-  if (options.solver == Solver::generic || options.solver == Solver::dykstra)
-    throw InvalidArgument(std::string("solver = ") + (options.solver == Solver::generic ? "generic" : "dykstra") +
-                          " is a solver of the torch operators only (soft_topk_*_dykstra: dykstra.hpp)");
   if (options.solver != Solver::automatic && options.solver != Solver::pav && options.solver != Solver::threshold)
     throw InvalidArgument("solver = " + std::to_string(static_cast<int>(options.solver)) + " is not a known solver");
 }

@@ -3,6 +3,7 @@
 // "sparsetopk.<op>: " and names the argument and its value.
 
 #include <sparsetopk/topk.hpp>
+#include <sparsetopk/torch.hpp>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -94,6 +95,16 @@ inline void check_saved(const char* op, const at::Tensor& t, const char* name, c
               " needs ", sizes);
 }
 
+// The torch operators' solver choice (a superset of the core's sparsetopk::Solver).
+using Solver = sparsetopk::torch::Solver;
+
+// The core's solver for a choice that runs the core's exact solvers.
+inline sparsetopk::Solver core_solver(Solver solver) {
+  if (solver == Solver::pav) return sparsetopk::Solver::pav;
+  if (solver == Solver::threshold) return sparsetopk::Solver::threshold;
+  return sparsetopk::Solver::automatic;
+}
+
 inline Solver parse_solver(const char* op, c10::string_view name) {
   if (name == "auto") return Solver::automatic;
   if (name == "pav") return Solver::pav;
@@ -114,7 +125,7 @@ inline const char* solver_name(Solver solver) {
     case Solver::generic: return "generic";
     case Solver::dykstra: return "dykstra";
   }
-  TORCH_CHECK(false, "sparsetopk: solver = ", static_cast<int>(solver), " is not a known sparsetopk::Solver");
+  TORCH_CHECK(false, "sparsetopk: solver = ", static_cast<int>(solver), " is not a known sparsetopk::torch::Solver");
 }
 
 // Dykstra's iterations when num_iter is not given: enough for a max error of

@@ -56,8 +56,8 @@ TEST(TorchOps, SpecKnownValuesInFloatAndDouble) {
 TEST(TorchOps, RowsMatchTheCoreOneRowFunctions) {
   const at::Tensor x = torch::randn({5, 9}, torch::kDouble);
   const sparsetopk::SoftTopkOptions options{0.3, 2.0, sparsetopk::Solver::pav};
-  const at::Tensor mask = stt::soft_topk_mask(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::pav);
-  const at::Tensor mag = stt::soft_topk_mag(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::pav);
+  const at::Tensor mask = stt::soft_topk_mask(x, 4, 0.3, 2.0, -1, stt::Solver::pav);
+  const at::Tensor mag = stt::soft_topk_mag(x, 4, 0.3, 2.0, -1, stt::Solver::pav);
   for (int64_t r = 0; r < 5; ++r) {
     EXPECT_EQ(values(mask[r]), sparsetopk::soft_topk_mask(values(x[r]), 4, options));
     EXPECT_EQ(values(mag[r]), sparsetopk::soft_topk_mag(values(x[r]), 4, options));
@@ -67,27 +67,27 @@ TEST(TorchOps, RowsMatchTheCoreOneRowFunctions) {
 TEST(TorchOps, GenericAndDykstraSolvers) {
   const at::Tensor x = torch::randn({5, 9}, torch::kDouble);
   for (auto op : {&stt::soft_topk_mask, &stt::soft_topk_mag}) {
-    const at::Tensor exact = op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::automatic, std::nullopt);
-    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::generic, std::nullopt), exact, 1e-12, 1e-12));
-    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, 5000), exact, 1e-9, 1e-9));
-    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, std::nullopt), exact, 1e-9, 1e-9));
+    const at::Tensor exact = op(x, 4, 0.3, 2.0, -1, stt::Solver::automatic, std::nullopt);
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::torch::Solver::generic, std::nullopt), exact, 1e-12, 1e-12));
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::torch::Solver::dykstra, 5000), exact, 1e-9, 1e-9));
+    EXPECT_TRUE(torch::allclose(op(x, 4, 0.3, 2.0, -1, sparsetopk::torch::Solver::dykstra, std::nullopt), exact, 1e-9, 1e-9));
     const at::Tensor meta = torch::zeros({2, 3}, torch::Device("meta"));
-    EXPECT_TRUE(op(meta, 1, 0.3, 2.0, -1, sparsetopk::Solver::dykstra, 10).is_meta());
+    EXPECT_TRUE(op(meta, 1, 0.3, 2.0, -1, sparsetopk::torch::Solver::dykstra, 10).is_meta());
   }
-  EXPECT_NE(error_message([&] { stt::soft_topk_mask(x, 1, 0.1, 1.5, -1, sparsetopk::Solver::dykstra); }).find(
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(x, 1, 0.1, 1.5, -1, sparsetopk::torch::Solver::dykstra); }).find(
                 "sparsetopk.soft_topk_mask: solver = \"dykstra\" needs p = 2, got p = 1.5"),
             std::string::npos);
-  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, sparsetopk::Solver::dykstra, 0); }).find(
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, sparsetopk::torch::Solver::dykstra, 0); }).find(
                 "sparsetopk.soft_topk_mag: num_iter must be >= 1, got num_iter = 0"),
             std::string::npos);
-  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, sparsetopk::Solver::pav, 3); }).find(
+  EXPECT_NE(error_message([&] { stt::soft_topk_mag(x, 1, 0.1, 2.0, -1, stt::Solver::pav, 3); }).find(
                 "num_iter = 3 is for solver = \"dykstra\" only, got solver = \"pav\""),
             std::string::npos);
-  stt::SoftTopKMask module(stt::SoftTopKMaskOptions(2).p(2.0).solver(sparsetopk::Solver::dykstra).num_iter(7));
+  stt::SoftTopKMask module(stt::SoftTopKMaskOptions(2).p(2.0).solver(sparsetopk::torch::Solver::dykstra).num_iter(7));
   std::ostringstream text;
   module->pretty_print(text);
   EXPECT_EQ(text.str(), "sparsetopk::torch::SoftTopKMask(k=2, l=0.1, p=2, dim=-1, solver=dykstra, num_iter=7)");
-  EXPECT_TRUE(torch::equal(module(x), stt::soft_topk_mask(x, 2, 0.1, 2.0, -1, sparsetopk::Solver::dykstra, 7)));
+  EXPECT_TRUE(torch::equal(module(x), stt::soft_topk_mask(x, 2, 0.1, 2.0, -1, sparsetopk::torch::Solver::dykstra, 7)));
 }
 
 TEST(TorchOps, AnyDimEqualsMovingTheDimLast) {
@@ -211,13 +211,13 @@ TEST(TorchOps, ErrorsNameTheArgument) {
   const at::Tensor meta = torch::zeros({2, 3}, torch::Device("meta"));
   EXPECT_EQ(stt::soft_topk_mag(meta, 1).sizes(), meta.sizes());
   EXPECT_EQ(stt::hard_topk_mag(meta, 1).device(), meta.device());
-  EXPECT_NE(error_message([&] { stt::soft_topk_mask(meta, 1, 0.1, 2.0, -1, sparsetopk::Solver::pav); }).find(
+  EXPECT_NE(error_message([&] { stt::soft_topk_mask(meta, 1, 0.1, 2.0, -1, stt::Solver::pav); }).find(
                 "solver = \"pav\" runs on CPU tensors only; x is on meta"),
             std::string::npos);
   EXPECT_NE(error_message([&] { stt::soft_topk_mask(meta, 4); }).find("k = 4 is out of range [0, 3]"),
             std::string::npos);
   EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, 2), c10::IndexError);
-  EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, -1, static_cast<sparsetopk::Solver>(9)), c10::Error);
+  EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, -1, static_cast<stt::Solver>(9)), c10::Error);
 }
 
 TEST(TorchModules, SoftTopKMaskAndMagnitude) {

@@ -183,7 +183,7 @@ void core_soft_topk(Form form, std::span<const T> rows, std::size_t n, std::size
     else sparsetopk::soft_topk_mag_dykstra<T>(rows, n, k, out, options, state);
     return;
   }
-  const SoftTopkOptions options{l, p, choice.solver};
+  const SoftTopkOptions options{l, p, core_solver(choice.solver)};
   if (form == Form::mask) sparsetopk::soft_topk_mask<T>(rows, n, k, out, options, state, workspace);
   else sparsetopk::soft_topk_mag<T>(rows, n, k, out, options, state, workspace);
 }
