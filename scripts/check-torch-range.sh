@@ -18,7 +18,7 @@
 #
 # Environment: PYTHON (interpreter for the venvs, default python3), JOBS (build
 # jobs, default 2), WITH_JAX=1 (also install jax, so that the JAX part is built
-# and tested), KEEP_VENV=1 (reuse an existing venv instead of making a fresh one).
+# and tested), KEEP_VENV=1 (reuse an existing venv and build folder instead of fresh ones).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -58,7 +58,7 @@ for version in "$@"; do
 
   status=ok
   if [ "${KEEP_VENV:-0}" != 1 ] || [ ! -x "$dir/venv/bin/python" ]; then
-    rm -rf "$dir/venv"
+    rm -rf "$dir/venv" "$dir/wheel-build"
     "$python" -m venv "$dir/venv" >> "$log" 2>&1 || status="venv failed"
   fi
   venv_python=$dir/venv/bin/python
@@ -78,6 +78,11 @@ for version in "$@"; do
       { tail -30 "$dir/install.log"; status="build failed"; }
     echo "   built and installed in $((SECONDS - build_start)) s" | tee -a "$log"
   fi
+
+  # Inductor's cache (torch.compile's C++ code, precompiled headers) of this
+  # torch only: the default /tmp/torchinductor_$USER is shared by every torch
+  # on the machine, and another version's run can remove its headers under us.
+  export TORCHINDUCTOR_CACHE_DIR=$dir/inductor-cache
 
   # The quickstarts, from outside the checkout (the installed package, not python/).
   quickstarts=""
