@@ -225,7 +225,24 @@ def _register() -> None:
             torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0, 1), 5))
 
 
-_register()
+# torch.library.register_vmap is new in torch 2.5. On torch 2.4 the ops get no
+# vmap rules: torch.func.vmap then runs them through functorch's fallback (one
+# call per batch element, with a performance warning), not one call per batch.
+HAS_VMAP_RULES = hasattr(torch.library, "register_vmap")
+
+
+def _register_for_this_torch() -> None:
+    if HAS_VMAP_RULES:
+        _register()
+        return
+    torch.library.register_vmap = lambda *args, **kwargs: None  # for _register only: no vmap rules
+    try:
+        _register()
+    finally:
+        del torch.library.register_vmap
+
+
+_register_for_this_torch()
 
 
 # ---- the autograd.Functions of the torch.func path ----
