@@ -835,47 +835,25 @@ TEST(SoftTopkArguments, KGreaterThanNThrowsNamingK) {
   });
 }
 
-TEST(SoftTopkArguments, ZeroLThrowsNamingL) {
-  for_both_ops([](auto op) {
+// Both soft operators on kX (n = 5, k = 2) with options(l, p) throw naming `argument` and `value`.
+void expect_invalid_l_p(double l, double p, const char* argument, const char* value) {
+  for_both_ops([&](auto op) {
     std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.0, 2.0)); }, {"l"}, "0");
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(l, p)); }, {argument}, value);
   });
 }
 
-TEST(SoftTopkArguments, NegativeLThrowsNamingLAndValue) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(-0.5, 2.0)); }, {"l"}, "-0.5");
-  });
-}
+TEST(SoftTopkArguments, ZeroLThrowsNamingL) { expect_invalid_l_p(0.0, 2.0, "l", "0"); }
 
-TEST(SoftTopkArguments, NanLThrowsNamingL) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(std::nan(""), 2.0)); }, {"l"}, "");
-  });
-}
+TEST(SoftTopkArguments, NegativeLThrowsNamingLAndValue) { expect_invalid_l_p(-0.5, 2.0, "l", "-0.5"); }
 
-TEST(SoftTopkArguments, POfOneThrowsNamingP) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 1.0)); }, {"p"}, "1");
-  });
-}
+TEST(SoftTopkArguments, NanLThrowsNamingL) { expect_invalid_l_p(std::nan(""), 2.0, "l", ""); }
 
-TEST(SoftTopkArguments, PBelowOneThrowsNamingPAndValue) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 0.5)); }, {"p"}, "0.5");
-  });
-}
+TEST(SoftTopkArguments, POfOneThrowsNamingP) { expect_invalid_l_p(0.1, 1.0, "p", "1"); }
 
-TEST(SoftTopkArguments, NanPThrowsNamingP) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, std::nan(""))); }, {"p"}, "");
-  });
-}
+TEST(SoftTopkArguments, PBelowOneThrowsNamingPAndValue) { expect_invalid_l_p(0.1, 0.5, "p", "0.5"); }
+
+TEST(SoftTopkArguments, NanPThrowsNamingP) { expect_invalid_l_p(0.1, std::nan(""), "p", ""); }
 
 TEST(SoftTopkArguments, SizeNotMultipleOfNThrowsNamingXOrN) {
   for_both_ops([](auto op) {
