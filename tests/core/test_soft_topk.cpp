@@ -12,6 +12,7 @@
 #include <random>
 #include <sparsetopk/sparsetopk.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
@@ -205,22 +206,31 @@ STK_PROP(SoftTopkMask, HasExactlyKNonzerosForSeparatedInputsAndSmallL, 100) {
                 std::count_if(y.begin(), y.end(), [](double v) { return v != 0.0; })) == k);
 }
 
+// A random case's mask y, the reference threshold tau and a margin around it.
+struct MaskAtThreshold {
+  Row r;
+  std::vector<double> y;
+  ref::Real tau;
+  double margin;
+};
+
+MaskAtThreshold gen_mask_at_threshold() {
+  Row r = gen_case();
+  const ref::Real tau = ref::soft_mask(r.x, r.k, r.l, r.p).tau;
+  auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  return {std::move(r), std::move(y), tau, 1e-6 * (1 + std::fabs(static_cast<double>(tau)))};
+}
+
 STK_PROP(SoftTopkMask, IsExactlyZeroBelowThreshold, 200) {
-  const Row r = gen_case();
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  const auto [r, y, tau, margin] = gen_mask_at_threshold();
   for (std::size_t i = 0; i < y.size(); ++i)
-    if (ref::Real(r.x[i]) < expected.tau - margin) RC_ASSERT(y[i] == 0.0);
+    if (ref::Real(r.x[i]) < tau - margin) RC_ASSERT(y[i] == 0.0);
 }
 
 STK_PROP(SoftTopkMask, IsOneFarAboveThreshold, 200) {
-  const Row r = gen_case();
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  const auto [r, y, tau, margin] = gen_mask_at_threshold();
   for (std::size_t i = 0; i < y.size(); ++i)
-    if (ref::Real(r.x[i]) > expected.tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
+    if (ref::Real(r.x[i]) > tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
 }
 
 STK_PROP_P(ByForm, IsPermutationEquivariant, 100) {
