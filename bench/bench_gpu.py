@@ -25,6 +25,7 @@ from typing import Callable, List
 import torch
 
 import sparsetopk
+from interleaved import print_and_save  # bench/interleaved.py
 
 SHAPES = [((8192, 64), 2), ((4096, 256), 8), ((16, 65536), 1024), ((1, 10_000_000), 1_000_000)]
 
@@ -113,10 +114,7 @@ def main(argv=None) -> int:
             lines.append(f"| {shape[0]} x {shape[1]} | {k} | {what} | {ms * 1000:.1f} us | {ms / topk:.2f} |")
         torch.cuda.empty_cache()
     text = "\n".join(lines)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    print_and_save(text, args.output)
     return 0
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparsetopk.jax as stj
-from interleaved import format_us, paired_ratio, run_group  # bench/interleaved.py
+from interleaved import format_us, paired_ratio, print_and_save, run_group  # bench/interleaved.py
 
 CASES = ((8, 8, 2), (8, 8, 4), (64, 8, 2), (64, 8, 4), (256, 64, 2), (256, 64, 4), (1024, 64, 2), (1024, 64, 4),
          (8192, 64, 2), (4096, 256, 8), (16, 65536, 1024))
@@ -123,10 +123,7 @@ def main(argv: Sequence[str] = ()) -> int:
               "time per call (ratio to jax.lax.top_k in the same mode)")
     text = (header + "\n\n" + table(results) + "\n\nbackward / forward of each operator: (forward+backward) / "
             "forward - 1, paired in each round\n\n" + backward_table(samples))
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    print_and_save(text, args.output)
     return 0
 
 

@@ -72,3 +72,11 @@ def paired_ratio(samples: Dict[Hashable, List[float]], key: Hashable, base: Hash
 
 def format_us(us: float) -> str:
     return f"{us:.1f}" if us < 100 else f"{us:.0f}"
+
+
+def print_and_save(text: str, output: Optional[str]) -> None:
+    """Prints a script's Markdown text and, given a path, also writes it there (with a final newline)."""
+    print(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")

@@ -35,10 +35,23 @@ from ._registration import Route, SoftTopkFunction, needs_python_autograd, route
 # ``_op``, directly) and the conversion of every argument passed are a
 # noticeable part: arguments left at their defaults are not passed again.
 _L, _P, _DIM, _SOLVER = 0.1, 4.0 / 3.0, -1, "auto"
-_SOFT_TOPK_MASK = torch.ops.sparsetopk.soft_topk_mask.default
-_SOFT_TOPK_MAG = torch.ops.sparsetopk.soft_topk_mag.default
-_SOFT_TOPK_MASK_EAGER = _SOFT_TOPK_MASK._op
-_SOFT_TOPK_MAG_EAGER = _SOFT_TOPK_MAG._op
+# Per operator: (the op's C++ function, its OpOverload, magnitude).
+_MASK = (torch.ops.sparsetopk.soft_topk_mask.default._op, torch.ops.sparsetopk.soft_topk_mask.default, False)
+_MAG = (torch.ops.sparsetopk.soft_topk_mag.default._op, torch.ops.sparsetopk.soft_topk_mag.default, True)
+
+
+def _soft_topk(ops, x, k, l, p, dim, solver, num_iter):
+    """The body of soft_topk_mask (ops = _MASK) and soft_topk_mag (_MAG) outside TorchScript."""
+    eager, traced, magnitude = ops
+    how = route(x)
+    if how == Route.PYTHON_AUTOGRAD:
+        return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, magnitude)[0]
+    op = eager if how == Route.EAGER else traced
+    if num_iter is not None:
+        return op(x, k, l, p, dim, solver, num_iter)
+    if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
+        return op(x, k)
+    return op(x, k, l, p, dim, solver)
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
@@ -75,15 +88,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
         tensor([0., 0., 1., 1.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        how = route(x)
-        if how == Route.PYTHON_AUTOGRAD:
-            return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, False)[0]
-        op = _SOFT_TOPK_MASK_EAGER if how == Route.EAGER else _SOFT_TOPK_MASK
-        if num_iter is not None:
-            return op(x, k, l, p, dim, solver, num_iter)
-        if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
-            return op(x, k)
-        return op(x, k, l, p, dim, solver)
+        return _soft_topk(_MASK, x, k, l, p, dim, solver, num_iter)
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver, num_iter)
 
 
@@ -111,15 +116,7 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
         tensor([-5.,  0.,  3.,  0.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        how = route(x)
-        if how == Route.PYTHON_AUTOGRAD:
-            return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, True)[0]
-        op = _SOFT_TOPK_MAG_EAGER if how == Route.EAGER else _SOFT_TOPK_MAG
-        if num_iter is not None:
-            return op(x, k, l, p, dim, solver, num_iter)
-        if l is _L and p is _P and dim is _DIM and solver is _SOLVER:
-            return op(x, k)
-        return op(x, k, l, p, dim, solver)
+        return _soft_topk(_MAG, x, k, l, p, dim, solver, num_iter)
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver, num_iter)
 
 

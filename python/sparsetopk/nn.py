@@ -20,7 +20,8 @@ def _check_l_p(owner: str, l: float, p: float) -> None:
 class _SoftTopKModule(nn.Module):
     """The options shared by :class:`SoftTopKMask` and :class:`SoftTopKMagnitude`."""
 
-    def __init__(self, k: int, l: float, p: float, dim: int, solver: str, num_iter: Optional[int]):
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto",
+                 num_iter: Optional[int] = None):
         super().__init__()
         _check_l_p(type(self).__name__, l, p)
         self.k = int(k)
@@ -41,10 +42,6 @@ class SoftTopKMask(_SoftTopKModule):
     See :func:`sparsetopk.soft_topk_mask`. No parameters.
     """
 
-    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto",
-                 num_iter: Optional[int] = None):
-        super().__init__(k, l, p, dim, solver, num_iter)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_topk_mask(x, self.k, self.l, self.p, self.dim, self.solver, self.num_iter)
 
@@ -54,10 +51,6 @@ class SoftTopKMagnitude(_SoftTopKModule):
 
     See :func:`sparsetopk.soft_topk_mag`. No parameters.
     """
-
-    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, dim: int = -1, solver: str = "auto",
-                 num_iter: Optional[int] = None):
-        super().__init__(k, l, p, dim, solver, num_iter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver, self.num_iter)

@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "../cuda/topk_kernels.hpp"
+#include "ffi_bindings.hpp"
 #include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -49,40 +50,6 @@ Rows rows_of(const ffi::AnyBuffer& x) {
   const auto dims = x.dimensions();
   for (std::size_t i = 0; i + 1 < dims.size(); ++i) count *= static_cast<long long>(dims[i]);
   return {count, n};
-}
-
-// uint32 words per RowState in a state buffer.
-constexpr int64_t kStateWords = static_cast<int64_t>(sizeof(RowState) / sizeof(uint32_t));
-static_assert(sizeof(RowState) % sizeof(uint32_t) == 0, "a RowState is a whole number of uint32 words");
-
-std::string shape_of(ffi::AnyBuffer::Dimensions dims) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
-  return text + "]";
-}
-
-// `state` holds one RowState per row of x: uint32 [x's leading axes..., 14].
-void check_state_buffer(const ffi::AnyBuffer& x, const ffi::AnyBuffer& state) {
-  const auto dims = state.dimensions(), x_dims = x.dimensions();
-  bool same = state.element_type() == ffi::DataType::U32 && dims.size() == x_dims.size() && dims.size() > 0 &&
-              dims.back() == kStateWords;
-  for (std::size_t i = 0; same && i + 1 < dims.size(); ++i) same = dims[i] == x_dims[i];
-  if (!same) {
-    std::string expected = "[";
-    for (std::size_t i = 0; i + 1 < x_dims.size(); ++i) expected += std::to_string(x_dims[i]) + ", ";
-    throw InvalidArgument("state must be uint32 of shape " + expected + std::to_string(kStateWords) +
-                          "] (one RowState per row of x, as raw bytes), got shape " + shape_of(dims));
-  }
-}
-
-// `buffer` has the shape of x (its dtype: check_types).
-void check_shape_of_x(const ffi::AnyBuffer& x, const ffi::AnyBuffer& buffer, const char* name) {
-  const auto dims = buffer.dimensions(), x_dims = x.dimensions();
-  bool same = dims.size() == x_dims.size();
-  for (std::size_t i = 0; same && i < dims.size(); ++i) same = dims[i] == x_dims[i];
-  if (!same)
-    throw InvalidArgument(std::string(name) + " must have the shape of x, " + shape_of(x_dims) + ", got " +
-                          shape_of(dims));
 }
 
 void check_l_p(double l, double p) {
@@ -141,7 +108,7 @@ ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scra
                 ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p, std::string_view solver) {
   return guarded([&] {
     check_types(x, {&out});
-    if (state) check_state_buffer(x, *state);
+    if (state) check_state(x, *state);
     const Rows rows = rows_of(x);
     checked_k(k, static_cast<std::size_t>(rows.n));
     check_l_p(l, p);
@@ -187,9 +154,9 @@ ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer s
                          ffi::Result<ffi::AnyBuffer> out, double l, double p) {
   return guarded([&] {
     check_types(x, {&v, &*out});
-    check_shape_of_x(x, v, "v");
-    check_shape_of_x(x, *out, "the output");
-    check_state_buffer(x, state);
+    check_like_x(x, v, "v");  // (the dtypes: check_types)
+    check_like_x(x, *out, "the output");
+    check_state(x, state);
     check_l_p(l, p);
     const Rows rows = rows_of(x);
     if (rows.count * rows.n == 0) return;
@@ -209,25 +176,12 @@ auto cuda_binding() {
   return ffi::Ffi::Bind().Ctx<Stream>().Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
 }
 
-// (x, state, v) -> out
-auto product_binding() {
-  return ffi::Ffi::Bind()
-      .Ctx<Stream>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<double>("l")
-      .Attr<double>("p");
-}
+auto product_binding() { return derivative_arguments(ffi::Ffi::Bind().Ctx<Stream>()); }
 
 }  // namespace
 }  // namespace sparsetopk::jax::cuda_platform
 
 using namespace sparsetopk::jax::cuda_platform;  // NOLINT: the handler symbols below
-
-#define SPARSETOPK_SOFT_ATTRS \
-  Attr<int64_t>("k").Attr<double>("l").Attr<double>("p").Attr<std::string_view>("solver").Attr<int64_t>("num_iter")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask, soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag, soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS);

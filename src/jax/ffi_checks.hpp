@@ -31,13 +31,6 @@ inline std::size_t row_length(const xla::ffi::AnyBuffer& x) {
   return static_cast<std::size_t>(dims.back());
 }
 
-inline void check_types(const xla::ffi::AnyBuffer& x, std::initializer_list<const xla::ffi::AnyBuffer*> outputs) {
-  const auto type = x.element_type();
-  if (type != xla::ffi::DataType::F32 && type != xla::ffi::DataType::F64)
-    throw InvalidArgument("x must be float32 or float64 (sparsetopk.jax computes float16 and bfloat16 in float32)");
-  for (const xla::ffi::AnyBuffer* out : outputs)
-    if (out->element_type() != type) throw InvalidArgument("every output must have the dtype of x");
-}
 
 // "[3, 22]"
 inline std::string shape_text(xla::ffi::AnyBuffer::Dimensions dims) {
@@ -55,6 +48,13 @@ inline void check_float(const xla::ffi::AnyBuffer& x) {
   const auto type = x.element_type();
   if (type != xla::ffi::DataType::F32 && type != xla::ffi::DataType::F64)
     throw InvalidArgument("x must be float32 or float64 (sparsetopk.jax computes float16 and bfloat16 in float32)");
+}
+
+// x must be float32 or float64, and every one of `outputs` of its dtype.
+inline void check_types(const xla::ffi::AnyBuffer& x, std::initializer_list<const xla::ffi::AnyBuffer*> outputs) {
+  check_float(x);
+  for (const xla::ffi::AnyBuffer* out : outputs)
+    if (out->element_type() != x.element_type()) throw InvalidArgument("every output must have the dtype of x");
 }
 
 // `buffer` (named `name`) must have the dtype and the shape of x.

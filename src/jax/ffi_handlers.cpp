@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ffi_bindings.hpp"
 #include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -244,20 +245,8 @@ auto soft_binding() {
   return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
 }
 
-// (x, state, v) -> out, attributes l and p.
-auto derivative_binding() {
-  return ffi::Ffi::Bind()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<double>("l")
-      .Attr<double>("p");
-}
+auto derivative_binding() { return sparsetopk::jax::derivative_arguments(ffi::Ffi::Bind()); }
 }  // namespace
-
-#define SPARSETOPK_SOFT_ATTRS \
-  Attr<int64_t>("k").Attr<double>("l").Attr<double>("p").Attr<std::string_view>("solver").Attr<int64_t>("num_iter")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask, sparsetopk::jax::soft<Operator::mask>,
                               soft_binding().SPARSETOPK_SOFT_ATTRS);

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "ops.hpp"
+
 namespace sparsetopk::torch::detail {
 
 inline std::string dtype_name(at::ScalarType type) {
@@ -93,6 +95,26 @@ inline void check_saved(const char* op, const at::Tensor& t, const char* name, c
               dtype_name(t.scalar_type()));
   TORCH_CHECK(t.sizes() == sizes, "sparsetopk.", op, ": ", name, " has shape ", t.sizes(), " but ", like_name,
               " needs ", sizes);
+}
+
+// The checks of a derivative op of `form` (transpose: the backward, whose v is
+// "grad"; else the JVP, whose v is "tangent") on v, x, row_state, l and p; with
+// `cpu`, v and x must be CPU tensors (the core's kernels). Returns dim wrapped.
+inline int64_t check_product(Form form, bool transpose, bool cpu, const at::Tensor& v, const at::Tensor& x,
+                             const at::Tensor& row_state, double l, double p, int64_t dim) {
+  const char* op = product_name(form, transpose);
+  const char* v_name = transpose ? "grad" : "tangent";
+  const auto check_tensor = cpu ? check_input : check_dense_float;
+  check_tensor(op, v, v_name);
+  dim = wrap_dim(op, v, dim);
+  check_tensor(op, x, "x");
+  TORCH_CHECK(x.sizes() == v.sizes(), "sparsetopk.", op, ": x has shape ", x.sizes(), " but ", v_name,
+              " has shape ", v.sizes());
+  TORCH_CHECK(x.device() == v.device(), "sparsetopk.", op, ": x is on ", x.device(), " but ", v_name, " is on ",
+              v.device());
+  check_saved(op, row_state, "row_state", v, v_name, sizes_along(v, dim, kRowStateSize));
+  check_l_p(op, l, p);
+  return dim;
 }
 
 // The torch operators' solver choice (a superset of the core's sparsetopk::Solver).

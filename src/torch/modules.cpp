@@ -9,16 +9,23 @@
 #include <cmath>
 
 #include "checks.hpp"
+#include "ops.hpp"
 
 namespace sparsetopk::torch {
 namespace {
 
 const char* scope_name(SparsityScope scope) { return scope == SparsityScope::row ? "row" : "layer"; }
 
-// "k=.., l=.., p=.., dim=.., solver=..[, num_iter=..])" of a SoftTopKMask or SoftTopKMagnitude.
-void print_soft_options(std::ostream& stream, const SoftTopKMaskOptions& options) {
-  stream << "k=" << options.k() << ", l=" << options.l() << ", p=" << options.p() << ", dim=" << options.dim()
-         << ", solver=" << detail::solver_name(options.solver());
+// The forward of a SoftTopKMask (form mask) or SoftTopKMagnitude.
+at::Tensor soft_forward(Form form, const at::Tensor& x, const SoftTopKMaskOptions& options) {
+  return detail::call_soft_topk(form, x, options.k(), options.l(), options.p(), options.dim(),
+                                detail::solver_name(options.solver()), options.num_iter());
+}
+
+// "sparsetopk::torch::<name>(k=.., l=.., p=.., dim=.., solver=..[, num_iter=..])".
+void print_soft_module(std::ostream& stream, const char* name, const SoftTopKMaskOptions& options) {
+  stream << "sparsetopk::torch::" << name << "(k=" << options.k() << ", l=" << options.l() << ", p=" << options.p()
+         << ", dim=" << options.dim() << ", solver=" << detail::solver_name(options.solver());
   if (options.num_iter()) stream << ", num_iter=" << *options.num_iter();
   stream << ")";
 }
@@ -28,27 +35,15 @@ void print_soft_options(std::ostream& stream, const SoftTopKMaskOptions& options
 // ---- SoftTopKMask, SoftTopKMagnitude ----
 
 SoftTopKMaskImpl::SoftTopKMaskImpl(const SoftTopKMaskOptions& options_) : options(options_) {}
-
-at::Tensor SoftTopKMaskImpl::forward(const at::Tensor& x) {
-  return soft_topk_mask(x, options.k(), options.l(), options.p(), options.dim(), options.solver(),
-                        options.num_iter());
-}
-
+at::Tensor SoftTopKMaskImpl::forward(const at::Tensor& x) { return soft_forward(Form::mask, x, options); }
 void SoftTopKMaskImpl::pretty_print(std::ostream& stream) const {
-  stream << "sparsetopk::torch::SoftTopKMask(";
-  print_soft_options(stream, options);
+  print_soft_module(stream, "SoftTopKMask", options);
 }
 
 SoftTopKMagnitudeImpl::SoftTopKMagnitudeImpl(const SoftTopKMagnitudeOptions& options_) : options(options_) {}
-
-at::Tensor SoftTopKMagnitudeImpl::forward(const at::Tensor& x) {
-  return soft_topk_mag(x, options.k(), options.l(), options.p(), options.dim(), options.solver(),
-                       options.num_iter());
-}
-
+at::Tensor SoftTopKMagnitudeImpl::forward(const at::Tensor& x) { return soft_forward(Form::magnitude, x, options); }
 void SoftTopKMagnitudeImpl::pretty_print(std::ostream& stream) const {
-  stream << "sparsetopk::torch::SoftTopKMagnitude(";
-  print_soft_options(stream, options);
+  print_soft_module(stream, "SoftTopKMagnitude", options);
 }
 
 // ---- SparseLinear ----

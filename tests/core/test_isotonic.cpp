@@ -198,23 +198,27 @@ STK_PROP(Isotonic, ObjectiveIsNoWorseThanPerturbedFeasiblePoints, 50) {
 
 // ---- hand-computed values (p = 2: block means) ------------------------------
 
+// The hand examples' problem: s = (3, 2.5, 1, 0), w = (1, 1, 0, 0), p = 2.
+auto solve_hand_example(double l, Form form) {
+  return solve_isotonic(std::vector<double>{3, 2.5, 1, 0}, std::vector<double>{1, 1, 0, 0}, l, 2.0, form);
+}
+
+void expect_solution(const std::vector<double>& v, const std::vector<double>& expected) {
+  ASSERT_EQ(v.size(), expected.size());
+  for (std::size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(v[i], expected[i], 1e-12) << i;
+}
+
 TEST(Isotonic, MaskFormP2HandValuesWithoutPooling) {
   // Unconstrained optimum v_i = s_i - l w_i = (2, 1.5, 1, 0) is already sorted.
-  const auto sol = solve_isotonic(std::vector<double>{3, 2.5, 1, 0},
-                                  std::vector<double>{1, 1, 0, 0}, 1.0, 2.0, Form::mask);
-  const std::vector<double> expected{2, 1.5, 1, 0};
-  ASSERT_EQ(sol.v.size(), 4u);
-  for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
+  const auto sol = solve_hand_example(1.0, Form::mask);
+  expect_solution(sol.v, {2, 1.5, 1, 0});
   EXPECT_EQ(sol.blocks.size(), 4u);
 }
 
 TEST(Isotonic, MaskFormP2HandValuesWithPooling) {
   // s - l w = (1, 0.5, 1, 0): positions 1 and 2 pool to their mean 0.75.
-  const auto sol = solve_isotonic(std::vector<double>{3, 2.5, 1, 0},
-                                  std::vector<double>{1, 1, 0, 0}, 2.0, 2.0, Form::mask);
-  const std::vector<double> expected{1, 0.75, 0.75, 0};
-  ASSERT_EQ(sol.v.size(), 4u);
-  for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
+  const auto sol = solve_hand_example(2.0, Form::mask);
+  expect_solution(sol.v, {1, 0.75, 0.75, 0});
   ASSERT_EQ(sol.blocks.size(), 3u);
   EXPECT_EQ(sol.blocks[1].begin, 1u);
   EXPECT_EQ(sol.blocks[1].end, 3u);
@@ -224,22 +228,12 @@ TEST(Isotonic, MaskFormP2HandValuesWithPooling) {
 TEST(Isotonic, MagnitudeFormP2HandValuesWithPooling) {
   // Singleton values s_i / (1 + l w_i) = (1, 5/6, 1, 0) for l = 2; positions 1
   // and 2 pool to sum(s) / (|B| + l W_B) = 3.5 / 4 = 0.875.
-  const auto sol =
-      solve_isotonic(std::vector<double>{3, 2.5, 1, 0}, std::vector<double>{1, 1, 0, 0}, 2.0, 2.0,
-                     Form::magnitude);
-  const std::vector<double> expected{1, 0.875, 0.875, 0};
-  ASSERT_EQ(sol.v.size(), 4u);
-  for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
+  expect_solution(solve_hand_example(2.0, Form::magnitude).v, {1, 0.875, 0.875, 0});
 }
 
 TEST(Isotonic, MagnitudeFormP2HandValuesWithoutPooling) {
   // l = 1: s_i / (1 + w_i) = (1.5, 1.25, 1, 0).
-  const auto sol =
-      solve_isotonic(std::vector<double>{3, 2.5, 1, 0}, std::vector<double>{1, 1, 0, 0}, 1.0, 2.0,
-                     Form::magnitude);
-  const std::vector<double> expected{1.5, 1.25, 1, 0};
-  ASSERT_EQ(sol.v.size(), 4u);
-  for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(sol.v[i], expected[i], 1e-12) << i;
+  expect_solution(solve_hand_example(1.0, Form::magnitude).v, {1.5, 1.25, 1, 0});
 }
 
 TEST(Isotonic, MaskFormP43SingletonIsShiftedByL) {

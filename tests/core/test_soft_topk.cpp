@@ -12,6 +12,7 @@
 #include <random>
 #include <sparsetopk/sparsetopk.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
@@ -205,22 +206,31 @@ STK_PROP(SoftTopkMask, HasExactlyKNonzerosForSeparatedInputsAndSmallL, 100) {
                 std::count_if(y.begin(), y.end(), [](double v) { return v != 0.0; })) == k);
 }
 
+// A random case's mask y, the reference threshold tau and a margin around it.
+struct MaskAtThreshold {
+  Row r;
+  std::vector<double> y;
+  ref::Real tau;
+  double margin;
+};
+
+MaskAtThreshold gen_mask_at_threshold() {
+  Row r = gen_case();
+  const ref::Real tau = ref::soft_mask(r.x, r.k, r.l, r.p).tau;
+  auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
+  return {std::move(r), std::move(y), tau, 1e-6 * (1 + std::fabs(static_cast<double>(tau)))};
+}
+
 STK_PROP(SoftTopkMask, IsExactlyZeroBelowThreshold, 200) {
-  const Row r = gen_case();
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  const auto [r, y, tau, margin] = gen_mask_at_threshold();
   for (std::size_t i = 0; i < y.size(); ++i)
-    if (ref::Real(r.x[i]) < expected.tau - margin) RC_ASSERT(y[i] == 0.0);
+    if (ref::Real(r.x[i]) < tau - margin) RC_ASSERT(y[i] == 0.0);
 }
 
 STK_PROP(SoftTopkMask, IsOneFarAboveThreshold, 200) {
-  const Row r = gen_case();
-  const auto expected = ref::soft_mask(r.x, r.k, r.l, r.p);
-  const auto y = mask(r.x, r.x.size(), r.k, r.l, r.p, nullptr, nullptr, r.solver);
-  const double margin = 1e-6 * (1 + std::fabs(static_cast<double>(expected.tau)));
+  const auto [r, y, tau, margin] = gen_mask_at_threshold();
   for (std::size_t i = 0; i < y.size(); ++i)
-    if (ref::Real(r.x[i]) > expected.tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
+    if (ref::Real(r.x[i]) > tau + r.l + margin) RC_ASSERT(std::fabs(y[i] - 1.0) <= 1e-12);
 }
 
 STK_PROP_P(ByForm, IsPermutationEquivariant, 100) {
@@ -835,47 +845,25 @@ TEST(SoftTopkArguments, KGreaterThanNThrowsNamingK) {
   });
 }
 
-TEST(SoftTopkArguments, ZeroLThrowsNamingL) {
-  for_both_ops([](auto op) {
+// Both soft operators on kX (n = 5, k = 2) with options(l, p) throw naming `argument` and `value`.
+void expect_invalid_l_p(double l, double p, const char* argument, const char* value) {
+  for_both_ops([&](auto op) {
     std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.0, 2.0)); }, {"l"}, "0");
+    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(l, p)); }, {argument}, value);
   });
 }
 
-TEST(SoftTopkArguments, NegativeLThrowsNamingLAndValue) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(-0.5, 2.0)); }, {"l"}, "-0.5");
-  });
-}
+TEST(SoftTopkArguments, ZeroLThrowsNamingL) { expect_invalid_l_p(0.0, 2.0, "l", "0"); }
 
-TEST(SoftTopkArguments, NanLThrowsNamingL) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(std::nan(""), 2.0)); }, {"l"}, "");
-  });
-}
+TEST(SoftTopkArguments, NegativeLThrowsNamingLAndValue) { expect_invalid_l_p(-0.5, 2.0, "l", "-0.5"); }
 
-TEST(SoftTopkArguments, POfOneThrowsNamingP) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 1.0)); }, {"p"}, "1");
-  });
-}
+TEST(SoftTopkArguments, NanLThrowsNamingL) { expect_invalid_l_p(std::nan(""), 2.0, "l", ""); }
 
-TEST(SoftTopkArguments, PBelowOneThrowsNamingPAndValue) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, 0.5)); }, {"p"}, "0.5");
-  });
-}
+TEST(SoftTopkArguments, POfOneThrowsNamingP) { expect_invalid_l_p(0.1, 1.0, "p", "1"); }
 
-TEST(SoftTopkArguments, NanPThrowsNamingP) {
-  for_both_ops([](auto op) {
-    std::vector<double> out(kX.size());
-    expect_invalid([&] { op(kX, 5, 2, out, stk_test::options(0.1, std::nan(""))); }, {"p"}, "");
-  });
-}
+TEST(SoftTopkArguments, PBelowOneThrowsNamingPAndValue) { expect_invalid_l_p(0.1, 0.5, "p", "0.5"); }
+
+TEST(SoftTopkArguments, NanPThrowsNamingP) { expect_invalid_l_p(0.1, std::nan(""), "p", ""); }
 
 TEST(SoftTopkArguments, SizeNotMultipleOfNThrowsNamingXOrN) {
   for_both_ops([](auto op) {

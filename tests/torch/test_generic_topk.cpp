@@ -31,12 +31,16 @@
 #include <vector>
 
 #include "../../src/torch/generic/topk_generic.hpp"
+#include "../../src/torch/spans.hpp"
 
 namespace {
 
 namespace generic = sparsetopk::torch::generic;
 using Operator = sparsetopk::Form;
 using sparsetopk::RowState;
+using sparsetopk::torch::detail::in_span;
+using sparsetopk::torch::detail::out_span;
+using sparsetopk::torch::detail::state_span;
 constexpr int64_t S = static_cast<int64_t>(RowState::size);  // doubles per row of a state
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -48,25 +52,9 @@ const char* name_of(Operator op) { return op == Operator::mask ? "mask" : "mag";
 
 // ---- the core on a [R, n] tensor ----
 
-template <class T>
-std::span<const T> in_span(const at::Tensor& t) {
-  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
-}
-template <class T>
-std::span<T> out_span(at::Tensor& t) {
-  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
-}
-
 struct CoreForward {
   at::Tensor out, c, state;  // c: dense_c of the state
 };
-
-std::span<RowState> state_span(at::Tensor& t) {
-  return {reinterpret_cast<RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.size(0))};
-}
-std::span<const RowState> state_span(const at::Tensor& t) {
-  return {reinterpret_cast<const RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.size(0))};
-}
 
 // The band's c_i at a [R, RowState::size] state, as the core recomputes them
 // from x: c_i >= 0 on the band, -1 elsewhere, NaN on a row with gamma NaN.

@@ -111,11 +111,17 @@ def _soft_rows(rows, operator, k, l, p, solver, num_iter):
     return _ffi.soft(rows, operator, k, l, p, solver, num_iter)
 
 
-@_soft_rows.defjvp
-def _soft_rows_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
+def _forward_and_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
+    """(out, state, J d_rows): the forward pass with its state, and the tangent."""
     (rows,), (d_rows,) = primals, tangents
     out, state = _soft_state(rows, operator, k, l, p, solver, num_iter)
-    return out, _ffi.jacobian_product(rows, state, d_rows, operator, "jvp", l, p)
+    return out, state, _ffi.jacobian_product(rows, state, d_rows, operator, "jvp", l, p)
+
+
+@_soft_rows.defjvp
+def _soft_rows_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
+    out, _, d_out = _forward_and_jvp(operator, k, l, p, solver, num_iter, primals, tangents)
+    return out, d_out
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
@@ -126,12 +132,10 @@ def _soft_state(rows, operator, k, l, p, solver, num_iter):
 @_soft_state.defjvp
 def _soft_state_jvp(operator, k, l, p, solver, num_iter, primals, tangents):
     """Reached only by second derivatives (differentiating the tangent rule)."""
-    (rows,), (d_rows,) = primals, tangents
     if p != 2.0:
         raise _ffi.second_derivatives_error(operator, p)
-    out, state = _soft_state(rows, operator, k, l, p, solver, num_iter)
+    out, state, d_out = _forward_and_jvp(operator, k, l, p, solver, num_iter, primals, tangents)
     # the state is an integer array (the RowStates' bytes): its tangent is float0
-    d_out = _ffi.jacobian_product(rows, state, d_rows, operator, "jvp", l, p)
     return (out, state), (d_out, np.zeros(state.shape, jax.dtypes.float0))
 
 

@@ -39,6 +39,8 @@ void refuse_forward_ad(const char* op, const at::Tensor& x) {
 template <class Derived, Form form>
 class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
  public:
+  static constexpr Form kForm = form;
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                             const std::string& solver, std::optional<int64_t> num_iter) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -86,20 +88,14 @@ class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFuncti
   }
 };
 
-at::Tensor soft_topk_mask_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                   c10::string_view solver, std::optional<int64_t> num_iter) {
-  refuse_forward_ad("soft_topk_mask", x);
-  if (needs_grad(x)) return SoftTopkMaskFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
+// The Autograd kernel of soft_topk_mask (Function = SoftTopkMaskFunction) or soft_topk_mag.
+template <class Function>
+at::Tensor soft_topk_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                              c10::string_view solver, std::optional<int64_t> num_iter) {
+  refuse_forward_ad(op_name(Function::kForm, /*soft=*/true), x);
+  if (needs_grad(x)) return Function::apply(x, k, l, p, dim, std::string(solver), num_iter);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter);
-}
-
-at::Tensor soft_topk_mag_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                  c10::string_view solver, std::optional<int64_t> num_iter) {
-  refuse_forward_ad("soft_topk_mag", x);
-  if (needs_grad(x)) return SoftTopkMagFunction::apply(x, k, l, p, dim, std::string(solver), num_iter);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return call_soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter);
+  return call_soft_topk(Function::kForm, x, k, l, p, dim, solver, num_iter);
 }
 
 // Piecewise constant: the result never requires grad (like torch.argmax).
@@ -120,8 +116,8 @@ at::Tensor hard_topk_mag_autograd(const at::Tensor& x, int64_t k, int64_t dim) {
 
 TORCH_LIBRARY_IMPL(sparsetopk, Autograd, m) {
   using namespace sparsetopk::torch::detail;
-  m.impl("soft_topk_mask", TORCH_FN(soft_topk_mask_autograd));
-  m.impl("soft_topk_mag", TORCH_FN(soft_topk_mag_autograd));
+  m.impl("soft_topk_mask", TORCH_FN(soft_topk_autograd<SoftTopkMaskFunction>));
+  m.impl("soft_topk_mag", TORCH_FN(soft_topk_autograd<SoftTopkMagFunction>));
   m.impl("hard_topk_mask", TORCH_FN(hard_topk_mask_autograd));
   m.impl("hard_topk_mag", TORCH_FN(hard_topk_mag_autograd));
 }

@@ -28,12 +28,11 @@
 #include "../checks.hpp"
 #include "../generic/generic_kernel.hpp"
 #include "../ops.hpp"
+#include "../register_kernels.hpp"
+#include "../spans.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {
-
-// The core computes in float or double; float16 and bfloat16 go through float.
-at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
 // A new contiguous CPU tensor. at::detail::empty_cpu, not at::empty: this
 // runs inside the CPU kernel already, and each trip through the dispatcher
@@ -73,25 +72,6 @@ at::Tensor row_state_from_rows(const at::Tensor& rows, const at::Tensor& x, int6
   return x.dim() == 0 ? rows.reshape({kRowStateSize}) : contiguous_as(rows.movedim(-1, dim), at::kDouble);
 }
 
-// The RowStates of a [..., RowState::size] float64 tensor (contiguous) as a span.
-std::span<RowState> state_span(at::Tensor& t) {
-  return {reinterpret_cast<RowState*>(t.data_ptr<double>()), static_cast<std::size_t>(t.numel()) / RowState::size};
-}
-std::span<const RowState> state_span(const at::Tensor& t) {
-  return {reinterpret_cast<const RowState*>(t.data_ptr<double>()),
-          static_cast<std::size_t>(t.numel()) / RowState::size};
-}
-
-template <class T>
-std::span<const T> in_span(const at::Tensor& t) {
-  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
-}
-
-template <class T>
-std::span<T> out_span(at::Tensor& t) {
-  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
-}
-
 // Calls body(T{}) with T the C++ type of a float or double tensor; forwards the
 // core's InvalidArgument (its message starts with "sparsetopk: ") as c10::Error.
 template <class Body>
@@ -112,10 +92,6 @@ CoreScratch& scratch() {
   thread_local CoreScratch instance;
   return instance;
 }
-
-struct SoftResult {
-  at::Tensor out, row_state;
-};
 
 // The core's threads for a call: at most torch's intra-op thread count
 // (torch.set_num_threads applies; a call inside one of torch's parallel regions
@@ -188,8 +164,8 @@ void core_soft_topk(Form form, std::span<const T> rows, std::size_t n, std::size
   else sparsetopk::soft_topk_mag<T>(rows, n, k, out, options, state, workspace);
 }
 
-// The soft operator; with `save`, also row_state for the derivatives.
-SoftResult soft_topk(Form form, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+// The soft operator: (out, row_state), row_state only with `save` (else undefined).
+std::tuple<at::Tensor, at::Tensor> soft_topk(Form form, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
                      c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
   const char* op = op_name(form, /*soft=*/true);
   check_input(op, x);
@@ -198,10 +174,7 @@ SoftResult soft_topk(Form form, const at::Tensor& x, int64_t k, double l, double
   check_k(op, k, n, dim);
   check_l_p(op, l, p);
   const SolverChoice choice = choose_solver(op, solver, p, num_iter);
-  if (choice.solver == Solver::generic) {
-    auto [out, row_state] = soft_topk_by_rows(generic_rows, form, x, k, l, p, dim, choice, save);
-    return {out, row_state};
-  }
+  if (choice.solver == Solver::generic) return soft_topk_by_rows(generic_rows, form, x, k, l, p, dim, choice, save);
 
   const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
   at::Tensor out = new_tensor(rows.sizes(), rows.scalar_type());
@@ -223,15 +196,14 @@ SoftResult soft_topk(Form form, const at::Tensor& x, int64_t k, double l, double
                         row_range(out_span<T>(out), begin, end, row_n), l, p, choice, part_state, &core.workspace);
     });
   });
-  SoftResult result{from_rows(out, x, dim, x.scalar_type()), {}};
-  if (!save) return result;
+  at::Tensor result = from_rows(out, x, dim, x.scalar_type());
+  if (!save) return {result, at::Tensor()};
   if (rows.numel() == 0 && state_rows.numel() > 0) {  // slices of 0 entries: no block, no threshold, no band
     const RowState none{.gamma = -std::numeric_limits<double>::infinity(), .block_weight = 0.0,
                         .unchanged_from = std::numeric_limits<double>::infinity()};
     std::fill(state_span(state_rows).begin(), state_span(state_rows).end(), none);
   }
-  result.row_state = row_state_from_rows(state_rows, x, dim);
-  return result;
+  return {result, row_state_from_rows(state_rows, x, dim)};
 }
 
 at::Tensor hard_topk(Form form, const at::Tensor& x, int64_t k, int64_t dim) {
@@ -260,15 +232,7 @@ at::Tensor hard_topk(Form form, const at::Tensor& x, int64_t k, int64_t dim) {
 // left row_state, with its l and p. The result has v's shape and dtype.
 at::Tensor jacobian_product(Form form, bool transpose, const at::Tensor& v, const at::Tensor& x,
                             const at::Tensor& row_state, double l, double p, int64_t dim) {
-  const char* op = product_name(form, transpose);
-  const char* v_name = transpose ? "grad" : "tangent";
-  check_input(op, v, v_name);
-  dim = wrap_dim(op, v, dim);
-  check_input(op, x, "x");
-  TORCH_CHECK(x.sizes() == v.sizes(), "sparsetopk.", op, ": x has shape ", x.sizes(), " but ", v_name,
-              " has shape ", v.sizes());
-  check_saved(op, row_state, "row_state", v, v_name, sizes_along(v, dim, kRowStateSize));
-  check_l_p(op, l, p);
+  dim = check_product(form, transpose, /*cpu=*/true, v, x, row_state, l, p, dim);
   const at::ScalarType type = compute_type(at::promote_types(v.scalar_type(), x.scalar_type()));
   if (v.numel() == 0) return at::zeros_like(v, at::MemoryFormat::Contiguous);
 
@@ -302,42 +266,5 @@ at::Tensor jacobian_product(Form form, bool transpose, const at::Tensor& v, cons
 
 TORCH_LIBRARY_IMPL(sparsetopk, CPU, m) {
   using namespace sparsetopk::torch::detail;
-  using sparsetopk::Form;
-  m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
-  });
-  m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                             c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/false).out;
-  });
-  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Form::mask, x, k, dim); });
-  m.impl("hard_topk_mag",
-         [](const at::Tensor& x, int64_t k, int64_t dim) { return hard_topk(Form::magnitude, x, k, dim); });
-  m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                       c10::string_view solver, std::optional<int64_t> num_iter) {
-    SoftResult r = soft_topk(Form::mask, x, k, l, p, dim, solver, num_iter, /*save=*/true);
-    return std::make_tuple(r.out, r.row_state);
-  });
-  m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                      c10::string_view solver, std::optional<int64_t> num_iter) {
-    SoftResult r = soft_topk(Form::magnitude, x, k, l, p, dim, solver, num_iter, /*save=*/true);
-    return std::make_tuple(r.out, r.row_state);
-  });
-  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
-                                        double l, double p, int64_t dim) {
-    return jacobian_product(Form::mask, /*transpose=*/true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
-                                   double l, double p, int64_t dim) {
-    return jacobian_product(Form::mask, /*transpose=*/false, tangent, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
-                                       double l, double p, int64_t dim) {
-    return jacobian_product(Form::magnitude, /*transpose=*/true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
-                                  double l, double p, int64_t dim) {
-    return jacobian_product(Form::magnitude, /*transpose=*/false, tangent, x, row_state, l, p, dim);
-  });
+  register_kernels<soft_topk, hard_topk, jacobian_product>(m);
 }

@@ -31,6 +31,7 @@
 #include <tuple>
 
 #include "../generic/generic_kernel.hpp"
+#include "../register_kernels.hpp"
 #include "../../cuda/topk_kernels.hpp"
 
 namespace sparsetopk::torch::detail {
@@ -178,40 +179,5 @@ TORCH_LIBRARY_FRAGMENT(sparsetopk, m) {
 
 TORCH_LIBRARY_IMPL(sparsetopk, CUDA, m) {
   using namespace sparsetopk::torch::detail;
-  using sparsetopk::Form;
-  using Tensor = at::Tensor;
-  m.impl("soft_topk_mask", [](const Tensor& x, int64_t k, double l, double p, int64_t dim, c10::string_view solver,
-                              std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_op(Form::mask, x, k, l, p, dim, solver, num_iter, false));
-  });
-  m.impl("soft_topk_mag", [](const Tensor& x, int64_t k, double l, double p, int64_t dim, c10::string_view solver,
-                              std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_op(Form::magnitude, x, k, l, p, dim, solver, num_iter, false));
-  });
-  m.impl("hard_topk_mask", [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Form::mask, x, k, dim); });
-  m.impl("hard_topk_mag", [](const Tensor& x, int64_t k, int64_t dim) { return hard_op(Form::magnitude, x, k, dim); });
-  m.impl("_soft_topk_mask_forward", [](const Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                       c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_op(Form::mask, x, k, l, p, dim, solver, num_iter, true);
-  });
-  m.impl("_soft_topk_mag_forward", [](const Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                      c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_op(Form::magnitude, x, k, l, p, dim, solver, num_iter, true);
-  });
-  m.impl("_soft_topk_mask_backward", [](const Tensor& grad, const Tensor& x, const Tensor& row_state, double l,
-                                        double p, int64_t dim) {
-    return product_op(Form::mask, /*transpose=*/true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mask_jvp", [](const Tensor& tangent, const Tensor& x, const Tensor& row_state, double l,
-                                   double p, int64_t dim) {
-    return product_op(Form::mask, /*transpose=*/false, tangent, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_backward", [](const Tensor& grad, const Tensor& x, const Tensor& row_state, double l,
-                                       double p, int64_t dim) {
-    return product_op(Form::magnitude, /*transpose=*/true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_jvp", [](const Tensor& tangent, const Tensor& x, const Tensor& row_state, double l,
-                                  double p, int64_t dim) {
-    return product_op(Form::magnitude, /*transpose=*/false, tangent, x, row_state, l, p, dim);
-  });
+  register_kernels<soft_op, hard_op, product_op>(m);
 }

@@ -14,6 +14,8 @@
 
 #include "../checks.hpp"
 #include "../ops.hpp"
+#include "../register_kernels.hpp"
+#include "../spans.hpp"
 #include "generic_kernel.hpp"
 #include "topk_generic.hpp"
 
@@ -52,8 +54,6 @@ at::Tensor row_state_from_rows(const at::Tensor& state, const at::Tensor& x, int
   moved.back() = kRowStateSize;
   return state.reshape(moved).movedim(-1, dim).contiguous();
 }
-
-at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace
 
@@ -96,17 +96,7 @@ at::Tensor hard_topk_on_rows(const RowsImplementation& rows, Form form, const at
 at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, bool transpose, const at::Tensor& v,
                                     const at::Tensor& x, const at::Tensor& row_state, double l, double p,
                                     int64_t dim) {
-  const char* name = product_name(form, transpose);
-  const char* v_name = transpose ? "grad" : "tangent";
-  check_dense_float(name, v, v_name);
-  dim = wrap_dim(name, v, dim);
-  check_dense_float(name, x, "x");
-  TORCH_CHECK(x.sizes() == v.sizes(), "sparsetopk.", name, ": x has shape ", x.sizes(), " but ", v_name,
-              " has shape ", v.sizes());
-  TORCH_CHECK(x.device() == v.device(), "sparsetopk.", name, ": x is on ", x.device(), " but ", v_name, " is on ",
-              v.device());
-  check_saved(name, row_state, "row_state", v, v_name, sizes_along(v, dim, kRowStateSize));
-  check_l_p(name, l, p);
+  dim = check_product(form, transpose, /*cpu=*/false, v, x, row_state, l, p, dim);
   const at::ScalarType type = compute_type(at::promote_types(v.scalar_type(), x.scalar_type()));
   const at::Tensor state_rows = v.dim() == 0 ? row_state.reshape({1, kRowStateSize})
                                              : row_state.movedim(dim, -1).reshape({-1, kRowStateSize}).contiguous();
@@ -115,47 +105,25 @@ at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, b
   return from_rows(product, v, dim, v.scalar_type());
 }
 
+namespace {
+
+// The ops' entry points over generic_rows (register_kernels.hpp).
+Tensors2 generic_soft(Form form, const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
+                      c10::string_view solver, std::optional<int64_t> num_iter, bool save) {
+  return soft_topk_on_rows(generic_rows, form, x, k, l, p, dim, solver, num_iter, save);
+}
+at::Tensor generic_hard(Form form, const at::Tensor& x, int64_t k, int64_t dim) {
+  return hard_topk_on_rows(generic_rows, form, x, k, dim);
+}
+at::Tensor generic_product(Form form, bool transpose, const at::Tensor& v, const at::Tensor& x,
+                           const at::Tensor& row_state, double l, double p, int64_t dim) {
+  return jacobian_product_on_rows(generic_rows, form, transpose, v, x, row_state, l, p, dim);
+}
+
+}  // namespace
 }  // namespace sparsetopk::torch::detail
 
 TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
   using namespace sparsetopk::torch::detail;
-  using sparsetopk::Form;
-  m.impl("soft_topk_mask", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                              c10::string_view solver, std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_topk_on_rows(generic_rows, Form::mask, x, k, l, p, dim, solver, num_iter, false));
-  });
-  m.impl("soft_topk_mag", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                             c10::string_view solver, std::optional<int64_t> num_iter) {
-    return std::get<0>(soft_topk_on_rows(generic_rows, Form::magnitude, x, k, l, p, dim, solver, num_iter, false));
-  });
-  m.impl("hard_topk_mask", [](const at::Tensor& x, int64_t k, int64_t dim) {
-    return hard_topk_on_rows(generic_rows, Form::mask, x, k, dim);
-  });
-  m.impl("hard_topk_mag", [](const at::Tensor& x, int64_t k, int64_t dim) {
-    return hard_topk_on_rows(generic_rows, Form::magnitude, x, k, dim);
-  });
-  m.impl("_soft_topk_mask_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                       c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk_on_rows(generic_rows, Form::mask, x, k, l, p, dim, solver, num_iter, true);
-  });
-  m.impl("_soft_topk_mag_forward", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
-                                      c10::string_view solver, std::optional<int64_t> num_iter) {
-    return soft_topk_on_rows(generic_rows, Form::magnitude, x, k, l, p, dim, solver, num_iter, true);
-  });
-  m.impl("_soft_topk_mask_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
-                                        double l, double p, int64_t dim) {
-    return jacobian_product_on_rows(generic_rows, Form::mask, true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mask_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
-                                   double l, double p, int64_t dim) {
-    return jacobian_product_on_rows(generic_rows, Form::mask, false, tangent, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_backward", [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& row_state,
-                                       double l, double p, int64_t dim) {
-    return jacobian_product_on_rows(generic_rows, Form::magnitude, true, grad, x, row_state, l, p, dim);
-  });
-  m.impl("_soft_topk_mag_jvp", [](const at::Tensor& tangent, const at::Tensor& x, const at::Tensor& row_state,
-                                  double l, double p, int64_t dim) {
-    return jacobian_product_on_rows(generic_rows, Form::magnitude, false, tangent, x, row_state, l, p, dim);
-  });
+  register_kernels<generic_soft, generic_hard, generic_product>(m);
 }
