@@ -15,6 +15,7 @@
 //   recompute the band's c_i from x and the state.
 
 #include <sparsetopk/dykstra.hpp>
+#include <sparsetopk/form.hpp>
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/row_state.hpp>
 #include <sparsetopk/topk.hpp>
@@ -36,8 +37,6 @@ namespace ffi = xla::ffi;
 
 namespace sparsetopk::jax {
 namespace {
-
-enum class Operator { mask, magnitude };
 
 // How a soft forward pass is solved: the exact solvers of topk.hpp, or
 // `num_iter` iterations of Dykstra's algorithm (p = 2).
@@ -122,20 +121,20 @@ void write_states(ffi::AnyBuffer& state, Write&& write) {
 }
 
 template <class T>
-void solve(Operator op, std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const Method& method,
+void solve(Form op, std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out, const Method& method,
            std::span<RowState> state) {
   if (method.dykstra) {
-    if (op == Operator::mask) soft_topk_mask_dykstra(x, n, k, out, method.approximate, state);
+    if (op == Form::mask) soft_topk_mask_dykstra(x, n, k, out, method.approximate, state);
     else soft_topk_mag_dykstra(x, n, k, out, method.approximate, state);
   } else {
     Workspace* workspace = &scratch().workspace;
-    if (op == Operator::mask) soft_topk_mask(x, n, k, out, method.exact, state, workspace);
+    if (op == Form::mask) soft_topk_mask(x, n, k, out, method.exact, state, workspace);
     else soft_topk_mag(x, n, k, out, method.exact, state, workspace);
   }
 }
 
 template <class T>
-void soft_forward_typed(Operator op, const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& out,
+void soft_forward_typed(Form op, const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& out,
                         const Method& method, ffi::AnyBuffer* state) {
   if (!state) return solve<T>(op, in_span<T>(x), n, k, out_span<T>(out), method, {});
   write_states(*state, [&](std::span<RowState> states) {
@@ -145,7 +144,7 @@ void soft_forward_typed(Operator op, const ffi::AnyBuffer& x, std::size_t n, std
 }
 
 // The soft forward pass; with `state`, also the state of the derivatives.
-ffi::Error soft_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k,
+ffi::Error soft_forward(Form op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k,
                         double l, double p, std::string_view solver, int64_t num_iter) {
   return guarded([&] {
     check_types(x, {&out});
@@ -158,12 +157,12 @@ ffi::Error soft_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& ou
 }
 
 template <class T>
-void hard_forward_typed(Operator op, const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& out) {
-  if (op == Operator::mask) hard_topk_mask(in_span<T>(x), n, k, out_span<T>(out));
+void hard_forward_typed(Form op, const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& out) {
+  if (op == Form::mask) hard_topk_mask(in_span<T>(x), n, k, out_span<T>(out));
   else hard_topk_mag(in_span<T>(x), n, k, out_span<T>(out));
 }
 
-ffi::Error hard_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, int64_t k) {
+ffi::Error hard_forward(Form op, const ffi::AnyBuffer& x, ffi::AnyBuffer& out, int64_t k) {
   return guarded([&] {
     check_types(x, {&out});
     const std::size_t n = row_length(x), top = checked_k(k, n);
@@ -176,12 +175,12 @@ ffi::Error hard_forward(Operator op, const ffi::AnyBuffer& x, ffi::AnyBuffer& ou
 enum class Product { jvp, vjp };
 
 template <class T>
-void derivative_typed(Operator op, Product product, const ffi::AnyBuffer& x, std::span<const RowState> states,
+void derivative_typed(Form op, Product product, const ffi::AnyBuffer& x, std::span<const RowState> states,
                       const SoftTopkOptions& options, const ffi::AnyBuffer& v, ffi::AnyBuffer& out) {
   const std::size_t n = row_length(x);
   const std::span<const T> xs = in_span<T>(x), vs = in_span<T>(v);
   const std::span<T> result = out_span<T>(out);
-  if (op == Operator::mask) {
+  if (op == Form::mask) {
     if (product == Product::jvp) soft_topk_mask_jvp(xs, n, states, options, vs, result);
     else soft_topk_mask_vjp(xs, n, states, options, vs, result);
   } else {
@@ -190,7 +189,7 @@ void derivative_typed(Operator op, Product product, const ffi::AnyBuffer& x, std
   }
 }
 
-ffi::Error derivative(Operator op, Product product, std::string_view target, const ffi::AnyBuffer& x,
+ffi::Error derivative(Form op, Product product, std::string_view target, const ffi::AnyBuffer& x,
                       const ffi::AnyBuffer& state, const ffi::AnyBuffer& v, ffi::AnyBuffer& out, double l, double p) {
   return guarded([&] {
     check_float(x);
@@ -207,30 +206,30 @@ ffi::Error derivative(Operator op, Product product, std::string_view target, con
 
 // ---- the handler entry points ----
 
-template <Operator op>
+template <Form op>
 ffi::Error soft(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t k, double l, double p,
                 std::string_view solver, int64_t num_iter) {
   return soft_forward(op, x, *out, nullptr, k, l, p, solver, num_iter);
 }
 
-template <Operator op>
+template <Form op>
 ffi::Error soft_with_state(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> state,
                            int64_t k, double l, double p, std::string_view solver, int64_t num_iter) {
   return soft_forward(op, x, *out, &*state, k, l, p, solver, num_iter);
 }
 
-template <Operator op>
+template <Form op>
 ffi::Error hard(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return hard_forward(op, x, *out, k);
 }
 
-template <Operator op, Product product>
+template <Form op, Product product>
 ffi::Error soft_derivative(ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                            double l, double p) {
   constexpr std::string_view names[2][2] = {
       {"sparsetopk_soft_topk_mask_jvp", "sparsetopk_soft_topk_mask_vjp"},
       {"sparsetopk_soft_topk_mag_jvp", "sparsetopk_soft_topk_mag_vjp"}};
-  const std::string_view target = names[op == Operator::mask ? 0 : 1][product == Product::jvp ? 0 : 1];
+  const std::string_view target = names[op == Form::mask ? 0 : 1][product == Product::jvp ? 0 : 1];
   return derivative(op, product, target, x, state, v, *out, l, p);
 }
 
@@ -238,7 +237,7 @@ ffi::Error soft_derivative(ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffe
 }  // namespace sparsetopk::jax
 
 namespace {
-using sparsetopk::jax::Operator;
+using sparsetopk::Form;
 using sparsetopk::jax::Product;
 
 auto soft_binding() {
@@ -248,26 +247,26 @@ auto soft_binding() {
 auto derivative_binding() { return sparsetopk::jax::derivative_arguments(ffi::Ffi::Bind()); }
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask, sparsetopk::jax::soft<Operator::mask>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask, sparsetopk::jax::soft<Form::mask>,
                               soft_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag, sparsetopk::jax::soft<Operator::magnitude>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag, sparsetopk::jax::soft<Form::magnitude>,
                               soft_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_with_state, sparsetopk::jax::soft_with_state<Operator::mask>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_with_state, sparsetopk::jax::soft_with_state<Form::mask>,
                               soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_with_state,
-                              sparsetopk::jax::soft_with_state<Operator::magnitude>,
+                              sparsetopk::jax::soft_with_state<Form::magnitude>,
                               soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mask, sparsetopk::jax::hard<Operator::mask>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mask, sparsetopk::jax::hard<Form::mask>,
                               soft_binding().Attr<int64_t>("k"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mag, sparsetopk::jax::hard<Operator::magnitude>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mag, sparsetopk::jax::hard<Form::magnitude>,
                               soft_binding().Attr<int64_t>("k"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_jvp,
-                              (sparsetopk::jax::soft_derivative<Operator::mask, Product::jvp>), derivative_binding());
+                              (sparsetopk::jax::soft_derivative<Form::mask, Product::jvp>), derivative_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_vjp,
-                              (sparsetopk::jax::soft_derivative<Operator::mask, Product::vjp>), derivative_binding());
+                              (sparsetopk::jax::soft_derivative<Form::mask, Product::vjp>), derivative_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_jvp,
-                              (sparsetopk::jax::soft_derivative<Operator::magnitude, Product::jvp>),
+                              (sparsetopk::jax::soft_derivative<Form::magnitude, Product::jvp>),
                               derivative_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_vjp,
-                              (sparsetopk::jax::soft_derivative<Operator::magnitude, Product::vjp>),
+                              (sparsetopk::jax::soft_derivative<Form::magnitude, Product::vjp>),
                               derivative_binding());
