@@ -285,8 +285,8 @@ TEST(Robustness, WindowSelectionUnderFlushToZeroFallsBackToTheSortedRow) {
   const std::vector<double> x{0, -1, 0, 0, 0, 0};
   std::vector<double> out(x.size());
   sparsetopk::Workspace workspace;
-  workspace.slots().prepare(1);
-  RowWorkspace& ws = workspace.slots().rows[0];
+  WorkspaceAccess::slots(workspace).prepare(1);
+  RowWorkspace& ws = WorkspaceAccess::slots(workspace).rows[0];
   const BlockEquation equation(sparsetopk::Form::magnitude, 1e-3, 4.0 / 3.0);
   const unsigned caller = _mm_getcsr();
   _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ
