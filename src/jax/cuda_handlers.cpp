@@ -28,7 +28,7 @@
 #include <string_view>
 #include <type_traits>
 
-#include "../cuda/topk_kernels.hpp"
+#include "topk_kernels.hpp"
 #include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 

@@ -27,9 +27,9 @@
 #include <xmmintrin.h>
 #endif
 
-#if __has_include("../../src/core/root_finding.hpp")
-#include "../../src/core/root_finding.hpp"
-#include "../../src/core/row_window.hpp"
+#if __has_include("root_finding.hpp")
+#include "root_finding.hpp"
+#include "row_window.hpp"
 #define STK_HAVE_ROOT_FINDING 1
 #else
 #define STK_HAVE_ROOT_FINDING 0

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "../../src/torch/generic/topk_generic.hpp"
+#include "generic/topk_generic.hpp"
 
 namespace {
 

@@ -25,9 +25,9 @@
 #include <span>
 #include <tuple>
 
-#include "../checks.hpp"
-#include "../generic/generic_kernel.hpp"
-#include "../ops.hpp"
+#include "checks.hpp"
+#include "generic/generic_kernel.hpp"
+#include "ops.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {

@@ -30,8 +30,8 @@
 #include <string>
 #include <tuple>
 
-#include "../generic/generic_kernel.hpp"
-#include "../../cuda/topk_kernels.hpp"
+#include "generic/generic_kernel.hpp"
+#include "topk_kernels.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {

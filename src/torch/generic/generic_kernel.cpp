@@ -12,8 +12,8 @@
 #include <tuple>
 #include <vector>
 
-#include "../checks.hpp"
-#include "../ops.hpp"
+#include "checks.hpp"
+#include "ops.hpp"
 #include "generic_kernel.hpp"
 #include "topk_generic.hpp"
 
