@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "../src/cli/parse.hpp"
+#include "parse.hpp"
 #include "fuzz_common.hpp"
 
 namespace {

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (fuzzer + ASan + UBSan) from the core
-# sources directly, then runs each for a bounded time.
+# Builds the libFuzzer targets with clang (fuzzer + ASan + UBSan) through CMake
+# (the `fuzz` preset: fuzz/CMakeLists.txt, linking the core library like any
+# other user), then runs each for a bounded time.
 #
 #   fuzz/run.sh [seconds_per_target]      default 60
 #
 # Environment: FUZZ_TARGETS (default "solvers isotonic cli_parser"),
-# FUZZ_BUILD_DIR (default fuzz/build), CXX_FUZZ (default clang++),
-# FUZZ_BUILD_ONLY=1 to build and stop, FUZZ_SEED and FUZZ_RUNS to fix libFuzzer's
-# seed and cap its executions (a reproducible run: the same inputs in the same
-# order, whatever the machine's speed).
+# FUZZ_BUILD_DIR (default fuzz/build, the preset's), CXX_FUZZ (default clang++),
+# FUZZ_JOBS (build jobs, default 2), FUZZ_BUILD_ONLY=1 to build and stop,
+# FUZZ_SEED and FUZZ_RUNS to fix libFuzzer's seed and cap its executions (a
+# reproducible run: the same inputs in the same order, whatever the machine's speed).
 #
 # Inputs found while fuzzing go to $FUZZ_BUILD_DIR/corpus/<target> (the seed
 # corpus in fuzz/corpus/<target> is only read); a crashing input is saved as
@@ -25,39 +26,22 @@ out=${FUZZ_BUILD_DIR:-$here/build}
 cxx=${CXX_FUZZ:-clang++}
 targets=${FUZZ_TARGETS:-"solvers isotonic cli_parser"}
 
-common=(-std=c++20 -O1 -gline-tables-only -fno-omit-frame-pointer -I"$root/include"
-        -fsanitize=address,undefined -fno-sanitize-recover=all)
-
-mkdir -p "$out/obj" "$out/crashes"
-# Objects are rebuilt when the flags change or any source or header is newer.
-if [[ "$(cat "$out/obj/flags" 2>/dev/null)" != "$cxx ${common[*]}" ]]; then
-  rm -f "$out"/obj/*.o
-  printf '%s' "$cxx ${common[*]}" >"$out/obj/flags"
+mkdir -p "$out/crashes"
+out=$(cd "$out" && pwd)
+rm -rf "$out/obj"  # the objects of the script's former build, before CMake
+# Configured once (again when the compiler changes), then built incrementally.
+cached=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$out/CMakeCache.txt" 2>/dev/null)
+if [[ -z "$cached" || "$cached" != "$(command -v "$cxx" || echo "$cxx")" ]]; then
+  rm -rf "$out/CMakeCache.txt" "$out/CMakeFiles"
+  (cd "$root" && cmake --preset fuzz -B "$out" -DCMAKE_CXX_COMPILER="$cxx") \
+    >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; echo "configure failed" >&2; exit 2; }
 fi
-
-# The core and the CLI parser, instrumented for coverage but without libFuzzer's main.
-sources=("$root"/src/core/*.cpp "$root/src/cli/parse.cpp")
-objects=()
-pids=()
-for src in "${sources[@]}"; do
-  obj="$out/obj/$(basename "$(dirname "$src")")_$(basename "${src%.cpp}").o"
-  objects+=("$obj")
-  if [[ -f "$obj" && -z "$(find "$root/include" "$root/src/core" "$root/src/cli" -name '*.[hc]pp' -newer "$obj" | head -1)" ]]; then
-    continue
-  fi
-  "$cxx" "${common[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj" &
-  pids+=($!)
-  if (( ${#pids[@]} >= 2 )); then
-    wait "${pids[0]}" || { echo "build failed" >&2; exit 2; }
-    pids=("${pids[@]:1}")
-  fi
-done
-for pid in "${pids[@]}"; do wait "$pid" || { echo "build failed" >&2; exit 2; }; done
-
-for target in $targets; do
-  "$cxx" "${common[@]}" -fsanitize=fuzzer "$here/fuzz_$target.cpp" "${objects[@]}" -pthread \
-    -o "$out/fuzz_$target" || { echo "build failed: fuzz_$target" >&2; exit 2; }
-done
+if ! cmake --build "$out" -j "${FUZZ_JOBS:-2}" --target $(for t in $targets; do printf 'fuzz_%s ' "$t"; done) \
+     >"$out/build.log" 2>&1; then
+  tail -40 "$out/build.log"
+  echo "build failed" >&2
+  exit 2
+fi
 echo "built: $(for t in $targets; do printf '%s ' "$out/fuzz_$t"; done)"
 [[ "${FUZZ_BUILD_ONLY:-0}" == 1 ]] && exit 0
 

@@ -32,18 +32,23 @@ struct SoftTopkOptions {
   Solver solver = Solver::automatic;
 };
 
+namespace detail {
+struct WorkspaceAccess;  // the core's way in (src/core/workspace.hpp)
+}  // namespace detail
+
 // Scratch memory for the per-row solvers (one slot per worker thread). Pass
 // the same Workspace to repeated calls to avoid all allocation after the first.
+// Opaque: only the core reads or writes its slots.
 class Workspace {
  public:
   Workspace();
   ~Workspace();
   Workspace(Workspace&&) noexcept;
   Workspace& operator=(Workspace&&) noexcept;
-  struct Slots;
-  Slots& slots() { return *slots_; }
 
  private:
+  friend struct detail::WorkspaceAccess;
+  struct Slots;
   std::unique_ptr<Slots> slots_;
 };
 

@@ -43,7 +43,7 @@ inline constexpr Descending descending;
 
 // Threads that may share the work of one row (team_size 1: none).
 struct RowTeam {
-  Workspace::Slots* slots = nullptr;
+  WorkspaceSlots* slots = nullptr;
   std::size_t size = 1;
 };
 

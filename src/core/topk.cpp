@@ -65,7 +65,7 @@ void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
   std::optional<Workspace> local;
-  Workspace::Slots& slots = (workspace ? *workspace : local.emplace()).slots();
+  detail::WorkspaceSlots& slots = detail::WorkspaceAccess::slots(workspace ? *workspace : local.emplace());
   if (n >= kTeamRowSize && rows < available) {
     slots.prepare(available);
     const RowTeam team{&slots, available};

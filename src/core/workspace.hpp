@@ -66,4 +66,15 @@ struct Workspace::Slots {
   }
 };
 
+namespace detail {
+
+// The slots of a Workspace, which its public interface keeps opaque.
+struct WorkspaceAccess {
+  using Slots = Workspace::Slots;
+  static Slots& slots(Workspace& workspace) { return *workspace.slots_; }
+};
+using WorkspaceSlots = WorkspaceAccess::Slots;
+
+}  // namespace detail
+
 }  // namespace sparsetopk

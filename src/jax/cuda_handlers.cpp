@@ -28,8 +28,8 @@
 #include <string_view>
 #include <type_traits>
 
-#include "../cuda/topk_kernels.hpp"
 #include "ffi_bindings.hpp"
+#include "topk_kernels.hpp"
 #include "ffi_checks.hpp"
 #include "xla/ffi/api/ffi.h"
 

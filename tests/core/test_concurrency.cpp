@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "../../src/core/parallel.hpp"
+#include "parallel.hpp"
 
 namespace {
 

@@ -15,8 +15,8 @@
 #include <random>
 #include <vector>
 
-#include "../../src/core/band_solve.hpp"
-#include "../../src/core/jacobian.hpp"
+#include "band_solve.hpp"
+#include "jacobian.hpp"
 #include "test_support.hpp"
 
 namespace sparsetopk::detail {

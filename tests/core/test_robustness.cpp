@@ -27,9 +27,9 @@
 #include <xmmintrin.h>
 #endif
 
-#if __has_include("../../src/core/root_finding.hpp")
-#include "../../src/core/root_finding.hpp"
-#include "../../src/core/row_window.hpp"
+#if __has_include("root_finding.hpp")
+#include "root_finding.hpp"
+#include "row_window.hpp"
 #define STK_HAVE_ROOT_FINDING 1
 #else
 #define STK_HAVE_ROOT_FINDING 0
@@ -285,8 +285,8 @@ TEST(Robustness, WindowSelectionUnderFlushToZeroFallsBackToTheSortedRow) {
   const std::vector<double> x{0, -1, 0, 0, 0, 0};
   std::vector<double> out(x.size());
   sparsetopk::Workspace workspace;
-  workspace.slots().prepare(1);
-  RowWorkspace& ws = workspace.slots().rows[0];
+  WorkspaceAccess::slots(workspace).prepare(1);
+  RowWorkspace& ws = WorkspaceAccess::slots(workspace).rows[0];
   const BlockEquation equation(sparsetopk::Form::magnitude, 1e-3, 4.0 / 3.0);
   const unsigned caller = _mm_getcsr();
   _mm_setcsr(caller | (1u << 15) | (1u << 6));  // FTZ | DAZ

@@ -18,8 +18,8 @@
 #include "reference.hpp"
 #include "test_support.hpp"
 
-#if __has_include("../../src/core/row_window.hpp")
-#include "../../src/core/row_window.hpp"
+#if __has_include("row_window.hpp")
+#include "row_window.hpp"
 #define STK_HAVE_ROW_WINDOW 1
 #else
 #define STK_HAVE_ROW_WINDOW 0

@@ -30,8 +30,8 @@
 #include <string>
 #include <vector>
 
-#include "../../src/torch/generic/topk_generic.hpp"
-#include "../../src/torch/spans.hpp"
+#include "generic/topk_generic.hpp"
+#include "spans.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 
 #include <torch/library.h>
 
-#include "../ops.hpp"
+#include "ops.hpp"
 #include "second_derivative.hpp"
 
 namespace sparsetopk::torch::detail {

@@ -15,7 +15,7 @@
 #include <optional>
 #include <string>
 
-#include "../ops.hpp"
+#include "ops.hpp"
 #include "second_derivative.hpp"
 
 namespace sparsetopk::torch::detail {

@@ -25,11 +25,11 @@
 #include <span>
 #include <tuple>
 
-#include "../checks.hpp"
-#include "../generic/generic_kernel.hpp"
-#include "../ops.hpp"
-#include "../register_kernels.hpp"
-#include "../spans.hpp"
+#include "checks.hpp"
+#include "generic/generic_kernel.hpp"
+#include "ops.hpp"
+#include "register_kernels.hpp"
+#include "spans.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {

@@ -30,9 +30,9 @@
 #include <string>
 #include <tuple>
 
-#include "../generic/generic_kernel.hpp"
-#include "../register_kernels.hpp"
-#include "../../cuda/topk_kernels.hpp"
+#include "generic/generic_kernel.hpp"
+#include "register_kernels.hpp"
+#include "topk_kernels.hpp"
 
 namespace sparsetopk::torch::detail {
 namespace {

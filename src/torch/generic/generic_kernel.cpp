@@ -12,10 +12,10 @@
 #include <tuple>
 #include <vector>
 
-#include "../checks.hpp"
-#include "../ops.hpp"
-#include "../register_kernels.hpp"
-#include "../spans.hpp"
+#include "checks.hpp"
+#include "ops.hpp"
+#include "register_kernels.hpp"
+#include "spans.hpp"
 #include "generic_kernel.hpp"
 #include "topk_generic.hpp"
 

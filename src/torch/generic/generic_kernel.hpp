@@ -12,7 +12,7 @@
 #include <optional>
 #include <tuple>
 
-#include "../checks.hpp"
+#include "checks.hpp"
 #include "topk_generic.hpp"
 
 namespace sparsetopk::torch::detail {

@@ -21,8 +21,8 @@
 
 #include "band.hpp"        // src/core, through the sparsetopk_row target
 #include "band_solve.hpp"
-#include "../../src/cuda/radix_select.hpp"
-#include "../../src/cuda/saved_band.hpp"
+#include "radix_select.hpp"  // src/cuda, through the sparsetopk_cuda_row target
+#include "saved_band.hpp"
 
 namespace sparsetopk::cuda {
 namespace {
