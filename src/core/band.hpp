@@ -28,8 +28,12 @@ SPARSETOPK_HOST_DEVICE inline bool in_band(const RowState& state, double key, st
 }
 
 // Keys within this distance of gamma are "near" it: a double gamma does not
-// resolve their u_i = s_i - gamma (band_solve.hpp, NearThreshold).
-SPARSETOPK_HOST_DEVICE inline double near_tolerance(double gamma) { return 1e-6 * std::fabs(gamma) + DBL_MIN; }
+// resolve their u_i = s_i - gamma (band_solve.hpp, NearThreshold). The ATen
+// path uses the same rule (kNearRelative).
+inline constexpr double kNearRelative = 1e-6;
+SPARSETOPK_HOST_DEVICE inline double near_tolerance(double gamma) {
+  return kNearRelative * std::fabs(gamma) + DBL_MIN;
+}
 
 // u_i = s_i - gamma of a band entry with key s_i, as the forward pass had it
 // (in offset form near gamma, where it solved those entries again).

@@ -93,9 +93,11 @@ SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
 // cbrt(x) for normal x > 0 within 3.2% (0.969 to 1.033 times it): the bits
 // of x divided by 3, which divides the exponent by 3; the bias re-adds 2/3 of
 // the exponent's, less 0.033 to centre the error.
+inline constexpr std::uint64_t kCbrtSeedBias = static_cast<std::uint64_t>((1023.0 - 341.0 - 0.0330624) * 0x1p52);
+// The factor that makes the seed an upper bound (1.04 * 0.969 > 1).
+inline constexpr double kCbrtUpperFactor = 1.04;
 SPARSETOPK_HOST_DEVICE inline double cbrt_seed(double x) {
-  constexpr std::uint64_t kSeedBias = static_cast<std::uint64_t>((1023.0 - 341.0 - 0.0330624) * 0x1p52);
-  return std::bit_cast<double>(std::bit_cast<std::uint64_t>(x) / 3 + kSeedBias);
+  return std::bit_cast<double>(std::bit_cast<std::uint64_t>(x) / 3 + kCbrtSeedBias);
 }
 
 // A bound on cbrt(x) from above, at most 7.4% above it, for x >= 0 (libm's
@@ -103,7 +105,7 @@ SPARSETOPK_HOST_DEVICE inline double cbrt_seed(double x) {
 // little, the seed is cheaper than cbrt's ~130 instructions.
 SPARSETOPK_HOST_DEVICE inline double cbrt_upper_bound(double x) {
   if (!(x >= DBL_MIN && x <= DBL_MAX)) return std::cbrt(x);
-  return 1.04 * cbrt_seed(x);  // 1.04 * 0.969 > 1
+  return kCbrtUpperFactor * cbrt_seed(x);
 }
 
 // cbrt(x) for normal x > 0 to about 1e-15 relative, without libm: the seed

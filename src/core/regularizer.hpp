@@ -66,13 +66,16 @@ class Regularizer {
   Kind kind_;
 };
 
+// The cap on a Jacobian weight c_i (p near 1 makes c span hundreds of orders
+// of magnitude; the products stay finite below it). Shared with the ATen path.
+inline constexpr double kMaxJacobianWeight = 1e280;
+
 // c_i = ((q-1)/l) (u_i/l)^(q-2) of SPEC.md's derivatives, u_over_l = u_i/l.
 // Capped so that sums over a block stay finite: for p near 1 (or large p near
 // u = 0) c overflows where the Jacobian does not, and the derivatives pivot on
 // the largest c, so a capped c acts as an infinitely stiff entry.
 SPARSETOPK_HOST_DEVICE inline double jacobian_weight(const Regularizer& regularizer, double u_over_l, double l) {
-  constexpr double kMaxWeight = 1e280;
-  return std::min(regularizer.slope(u_over_l) / l, kMaxWeight);
+  return std::min(regularizer.slope(u_over_l) / l, kMaxJacobianWeight);
 }
 
 }  // namespace sparsetopk::detail

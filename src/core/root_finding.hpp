@@ -10,6 +10,10 @@
 
 namespace sparsetopk::detail {
 
+// The most evaluations of find_decreasing_root (it stops at machine precision
+// well before on any bracket of doubles). Shared with the ATen path.
+inline constexpr int kMaxRootIterations = 200;
+
 // The point that splits [lo, hi]: the midpoint, or the geometric mean when
 // the bracket lies on one side of 0 (an end may be 0) and spans orders of magnitude, so that a
 // root many decades closer to 0 than the bracket's far end (large p: tau at
@@ -43,7 +47,7 @@ SPARSETOPK_HOST_DEVICE double find_decreasing_root(Residual&& residual, double l
   };
   double x = std::clamp(start, lo, hi), last_width = hi - lo;
   double f_lo = kInfinity, f_hi = -kInfinity;  // residuals at lo and hi, where evaluated
-  for (int iteration = 0; iteration < 200 && open(lo, hi); ++iteration) {
+  for (int iteration = 0; iteration < kMaxRootIterations && open(lo, hi); ++iteration) {
     double slope = 0.0;
     const double f = residual(x, &slope);
     if (f == 0.0) return x;

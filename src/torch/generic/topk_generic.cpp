@@ -22,9 +22,10 @@
 #include <cstdint>
 #include <limits>
 #include <utility>
-#include <cstdio>
-#include <iostream>
-#include <cstdlib>
+
+#include "band.hpp"
+#include "block_equation.hpp"
+#include "root_finding.hpp"
 
 namespace sparsetopk::torch::generic {
 namespace {
@@ -33,9 +34,10 @@ using at::Tensor;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kMaxWeight = 1e280;     // the core's cap on c (jacobian_weight, src/core/regularizer.hpp)
-constexpr double kNearRelative = 1e-6;   // the core's near_tolerance (band.hpp): |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
-constexpr int kMaxRootIterations = 200;  // the core's find_decreasing_root
+// The core's constants (the per-row headers of src/core, target sparsetopk_row):
+using sparsetopk::detail::kMaxJacobianWeight;  // the cap on c (jacobian_weight)
+using sparsetopk::detail::kMaxRootIterations;  // find_decreasing_root's evaluations
+using sparsetopk::detail::kNearRelative;       // near_tolerance: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
 constexpr int kIterationsPerCheck = 4;   // root finder: host syncs to stop early, off the CPU
 
 // ---- ATen ops without a C++ Meta kernel ----
@@ -133,7 +135,7 @@ class Power {
     return at::pow(y, p_ - 1.0);
   }
   // c = ((q-1)/l) (u/l)^(q-2) of SPEC.md's derivatives, capped like the core's jacobian_weight
-  Tensor jacobian_weight(const Tensor& z, double l) const { return (slope(z) / l).clamp_max(kMaxWeight); }
+  Tensor jacobian_weight(const Tensor& z, double l) const { return (slope(z) / l).clamp_max(kMaxJacobianWeight); }
 
  private:
   double p_, a_;
@@ -491,9 +493,9 @@ struct SortedRows {
 // The core's cbrt_upper_bound (block_equation.hpp), for y >= 0: 1.04 times the
 // seed that divides y's bits by 3, where y is normal; cube_root(y) elsewhere.
 Tensor cbrt_upper_bound(const Tensor& y) {
-  constexpr int64_t kSeedBias = static_cast<int64_t>((1023.0 - 341.0 - 0.0330624) * 0x1p52);
+  constexpr auto kSeedBias = static_cast<int64_t>(sparsetopk::detail::kCbrtSeedBias);
   const Tensor seed = (at::div(y.contiguous().view(at::kLong), 3, "floor") + kSeedBias).view(at::kDouble);
-  return select((y >= DBL_MIN) & (y <= DBL_MAX), 1.04 * seed, cube_root(y));
+  return select((y >= DBL_MIN) & (y <= DBL_MAX), sparsetopk::detail::kCbrtUpperFactor * seed, cube_root(y));
 }
 
 // The core's window bound `above` (band_solve.hpp, window_bounds): keys at or
