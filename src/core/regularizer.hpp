@@ -75,7 +75,9 @@ inline constexpr double kMaxJacobianWeight = 1e280;
 // u = 0) c overflows where the Jacobian does not, and the derivatives pivot on
 // the largest c, so a capped c acts as an infinitely stiff entry.
 SPARSETOPK_HOST_DEVICE inline double jacobian_weight(const Regularizer& regularizer, double u_over_l, double l) {
-  return std::min(regularizer.slope(u_over_l) / l, kMaxJacobianWeight);
+  constexpr double cap = kMaxJacobianWeight;  // (a local: std::min binds a reference, which device code cannot take
+                                              // to a namespace-scope constant)
+  return std::min(regularizer.slope(u_over_l) / l, cap);
 }
 
 }  // namespace sparsetopk::detail
