@@ -170,9 +170,10 @@ def compare(before_path: str, after_path: str) -> int:
             entry = worst.setdefault(kind, (0.0, 0.0, "", 0))
             changed = int(np.count_nonzero(ulps))
             largest = float(ulps.max()) if ulps.size else 0.0
-            absolute = float(np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if ulps.size else 0.0
-            if not math.isfinite(absolute):
-                absolute = math.inf
+            moved = ulps > 0  # (equal values, infinities and NaNs included, did not move)
+            absolute = float(np.abs(a.astype(np.float64) - b.astype(np.float64))[moved].max()) if moved.any() else 0.0
+            if math.isnan(absolute):
+                absolute = math.inf  # a NaN on one side only
             worst[kind] = (max(entry[0], largest), max(entry[1], absolute),
                            key if largest > entry[0] else entry[2], entry[3] + changed)
         elif a.tobytes() != b.tobytes():
