@@ -48,7 +48,7 @@ void for_each_saved_row(std::span<const T> x, std::size_t n, std::span<const Row
   check_l(options.l);
   check_p(options.p);
   const std::size_t rows = check_batch(x.size(), n, "x");
-  check_same_size(state.size(), rows, "state", "the rows of x");
+  check_state_rows(state.size(), rows);
   check_same_size(v_size, x.size(), "the cotangent or tangent", "x");
   check_same_size(out_size, x.size(), "the output", "x");
   const Regularizer regularizer(options.p);

@@ -267,7 +267,7 @@ void soft_topk_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);
   const std::size_t threads = plan_threads(rows, n);
-  if (!state.empty()) check_same_size(state.size(), rows, "state", "the rows of x");
+  if (!state.empty()) check_state_rows(state.size(), rows);
   // The widest reachable window: 2 (2T + 2) + 3 positions, or the whole row.
   const std::size_t window = options.iterations >= n ? n : std::min(n, 4 * options.iterations + 7);
   std::vector<RowScratch> scratch(threads);  // all allocation happens here, before the threads start

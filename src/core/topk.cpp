@@ -168,7 +168,7 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
   const BlockEquation equation(form, options.l, options.p);
   const Solver solver = options.solver == Solver::pav ? Solver::pav : Solver::threshold;
   const bool save = !state.empty();
-  if (save) check_same_size(state.size(), check_batch(x.size(), n, "x"), "state", "the rows of x");
+  if (save) check_state_rows(state.size(), check_batch(x.size(), n, "x"));
   for_each_row(x, n, k, out, workspace, available_threads(),
                [&](std::size_t r, std::span<const T> row, std::span<T> out_row, RowWorkspace& ws,
                    const RowTeam& team) {

@@ -49,4 +49,11 @@ inline void check_same_size(std::size_t size, std::size_t expected, const char* 
                           ".size() = " + std::to_string(expected));
 }
 
+// One RowState per row of x (row_state.hpp).
+inline void check_state_rows(std::size_t states, std::size_t rows) {
+  if (states != rows)
+    throw InvalidArgument("state holds " + std::to_string(states) + " RowState(s), but x has " +
+                          std::to_string(rows) + " row(s): one RowState per row");
+}
+
 }  // namespace sparsetopk::detail
