@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "host_device.hpp"  // src/core, through the sparsetopk_row target
+#include "host_device.hpp"  // src/core/row, through the sparsetopk_row target
 
 namespace sparsetopk::cuda {
 

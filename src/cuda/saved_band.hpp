@@ -6,7 +6,7 @@
 // recomputed from x (band.hpp); the pivot d; and each entry of J v or J^T v
 // (SPEC.md, "Derivatives"; jacobian.hpp). UNVERIFIED on a GPU (docs/gpu.md).
 //
-// The core headers come by name from src/core (the sparsetopk_row target).
+// The per-row functions come by name from src/core/row (the sparsetopk_row target).
 
 #include <cmath>
 #include <cstddef>

@@ -5,7 +5,7 @@
 // Per-row math is the core's, compiled for the device (SPARSETOPK_HOST_DEVICE):
 // window_bounds, solve_mask_band / solve_mag_band, band_state (band_solve.hpp),
 // the band's bounds and c_i (band.hpp) and the Jacobian entries (jacobian.hpp),
-// reached by name through the sparsetopk_row CMake target (src/core). Built
+// reached by name through the sparsetopk_row CMake target (src/core/row). Built
 // with -fmad=false so that the device evaluates them with the core's roundings
 // (no contracted a * b + c); device pow/cbrt may still differ from the host's
 // libm in the last ulp.

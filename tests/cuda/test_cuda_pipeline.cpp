@@ -19,7 +19,7 @@
 #include <span>
 #include <vector>
 
-#include "band.hpp"        // src/core, through the sparsetopk_row target
+#include "band.hpp"        // src/core/row, through the sparsetopk_row target
 #include "band_solve.hpp"
 #include "radix_select.hpp"  // src/cuda, through the sparsetopk_cuda_row target
 #include "saved_band.hpp"

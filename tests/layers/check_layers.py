@@ -6,15 +6,22 @@ layer above or beside the file's own.
 
 The layers (CMakeLists.txt), each allowed the ones listed under DEPENDS:
 
-    core        src/core, include/sparsetopk (but torch.hpp), python/sparsetopk/_paths.py
-    cuda        src/cuda                                     -> core
+    api         include/sparsetopk (but torch.hpp)
+    row         src/core/row (the per-row functions)         -> api
+    core        src/core (but row/), python/sparsetopk/_paths.py
+                                                             -> row, api
+    cuda        src/cuda                                     -> row, api
     torch       src/torch (but cuda/), include/sparsetopk/torch.hpp,
-                python/sparsetopk/*.py                       -> core
-    torch-cuda  src/torch/cuda                               -> torch, cuda, core
-    jax         src/jax (but cuda_*), python/sparsetopk/jax  -> core
-    jax-cuda    src/jax/cuda_*                               -> jax, cuda, core
-    cli         src/cli                                      -> core
+                python/sparsetopk/*.py                       -> core, row, api
+    torch-cuda  src/torch/cuda                               -> torch, cuda, core, row, api
+    jax         src/jax (but cuda_*), python/sparsetopk/jax  -> core, row, api
+    jax-cuda    src/jax/cuda_*                               -> jax, cuda, core, row, api
+    cli         src/cli                                      -> core, api
     top         apps, bench, examples, fuzz                  -> everything above
+
+So the per-row functions reach nothing of the core's CPU loops (threads,
+workspaces, exceptions), and the CUDA kernels see the per-row functions and
+the public headers, not the core's CPU internals.
 
 torch and jax are siblings: neither may use the other. Frameworks count as
 layers too: <torch/...>, <ATen/...>, <c10/...> and `import torch` are the torch
@@ -38,22 +45,25 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Set
 
 DEPENDS: Dict[str, Set[str]] = {
-    "core": set(),
-    "cuda": {"core"},
-    "torch": {"core"},
-    "torch-cuda": {"torch", "cuda", "core"},
-    "jax": {"core"},
-    "jax-cuda": {"jax", "cuda", "core"},
-    "cli": {"core"},
-    "top": {"core", "cuda", "torch", "torch-cuda", "jax", "jax-cuda", "cli"},
+    "api": set(),
+    "row": {"api"},
+    "core": {"row", "api"},
+    "cuda": {"row", "api"},
+    "torch": {"core", "row", "api"},
+    "torch-cuda": {"torch", "cuda", "core", "row", "api"},
+    "jax": {"core", "row", "api"},
+    "jax-cuda": {"jax", "cuda", "core", "row", "api"},
+    "cli": {"core", "api"},
+    "top": {"api", "row", "core", "cuda", "torch", "torch-cuda", "jax", "jax-cuda", "cli"},
 }
 
 # Where a quoted or bracketed include is looked for after the including file's
 # folder: the include directories of the CMake targets (sparsetopk: include;
-# sparsetopk_row: src/core; sparsetopk_cuda_row: src/cuda;
+# sparsetopk_row: src/core/row; sparsetopk_core_internal: src/core (the core's
+# own tests); sparsetopk_cuda_row: src/cuda;
 # sparsetopk_torch_internal: src/torch; sparsetopk_cli_parse: src/cli; the
 # tests' support folder; apps' own root).
-INCLUDE_ROOTS = ["include", "src/core", "src/cuda", "src/torch", "src/cli", "tests/support", "apps"]
+INCLUDE_ROOTS = ["include", "src/core/row", "src/core", "src/cuda", "src/torch", "src/cli", "tests/support", "apps"]
 
 # External headers and modules, by their first path component, and the layer that owns them.
 FRAMEWORK_HEADERS = {
@@ -87,7 +97,11 @@ def layer_of(path: str) -> Optional[str]:
     parts = p.parts
     if path == "include/sparsetopk/torch.hpp":
         return "torch"
-    if parts[:2] == ("include", "sparsetopk") or parts[:2] == ("src", "core"):
+    if parts[:2] == ("include", "sparsetopk"):
+        return "api"
+    if parts[:3] == ("src", "core", "row"):
+        return "row"
+    if parts[:2] == ("src", "core"):
         return "core"
     if parts[:2] == ("src", "cuda"):
         return "cuda"
@@ -106,7 +120,7 @@ def layer_of(path: str) -> Optional[str]:
             return "core"
         return "torch"
     if parts[:1] == ("tests",) and len(parts) > 2:
-        return {"core": "core", "support": "core", "consumer": "core", "cuda": "cuda", "torch": "torch",
+        return {"core": "core", "support": "core", "consumer": "api", "cuda": "cuda", "torch": "torch",
                 "cli": "cli"}.get(parts[1])
     if parts[:1] in {("apps",), ("bench",), ("examples",), ("fuzz",)}:
         return "top"

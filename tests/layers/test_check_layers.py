@@ -13,7 +13,7 @@ import check_layers  # noqa: E402
 
 def make_tree(root: Path, files: dict) -> None:
     base = {
-        "src/core/band.hpp": "#pragma once\n#include <cmath>\n",
+        "src/core/row/band.hpp": "#pragma once\n#include <cmath>\n",
         "src/core/topk.cpp": '#include "sparsetopk/topk.hpp"\n#include "band.hpp"\n',
         "include/sparsetopk/topk.hpp": "#pragma once\n#include <sparsetopk/row_state.hpp>\n",
         "include/sparsetopk/row_state.hpp": "#pragma once\n",
@@ -77,11 +77,22 @@ class CheckLayers(unittest.TestCase):
         self.assert_one({"src/torch/ops.cpp": '#include "xla/ffi/api/ffi.h"\n'}, "torch may not depend on jax")
 
     def test_the_core_may_include_nothing_outside_the_core(self):
-        self.assert_one({"src/core/band.hpp": "#pragma once\n#include <torch/types.h>\n"},
-                        'src/core/band.hpp includes <torch/types.h> (torch): core may not depend on torch')
+        self.assert_one({"src/core/row/band.hpp": "#pragma once\n#include <torch/types.h>\n"},
+                        'src/core/row/band.hpp includes <torch/types.h> (torch): row may not depend on torch')
         self.assert_one({"include/sparsetopk/row_state.hpp": '#pragma once\n#include "../../src/cuda/topk_kernels.hpp"\n'},
-                        "include/sparsetopk/row_state.hpp includes src/cuda/topk_kernels.hpp: core may not depend on cuda")
+                        "include/sparsetopk/row_state.hpp includes src/cuda/topk_kernels.hpp: api may not depend on cuda")
         self.assert_one({"src/core/topk.cpp": '#include "parse.hpp"\n'}, "core may not depend on cli")
+
+    def test_the_row_functions_reach_nothing_of_the_cpu_loops(self):
+        self.assert_one({"src/core/parallel.hpp": "#pragma once\n",
+                         "src/core/row/band.hpp": '#pragma once\n#include "parallel.hpp"\n'},
+                        "src/core/row/band.hpp includes src/core/parallel.hpp: row may not depend on core")
+        self.assertEqual(self.violations({"src/core/row/pav.hpp": '#pragma once\n#include "band.hpp"\n'}), [])
+
+    def test_the_cuda_layer_sees_row_functions_not_core_internals(self):
+        self.assert_one({"src/core/workspace.hpp": "#pragma once\n",
+                         "src/cuda/topk_kernels.cu": '#include "band.hpp"\n#include "workspace.hpp"\n'},
+                        "src/cuda/topk_kernels.cu includes src/core/workspace.hpp: cuda may not depend on core")
 
     def test_the_cuda_layer_may_not_include_an_adapter(self):
         self.assert_one({"src/cuda/topk_kernels.cu": '#include "checks.hpp"\n'},

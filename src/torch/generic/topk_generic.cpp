@@ -34,7 +34,7 @@ using at::Tensor;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-// The core's constants (the per-row headers of src/core, target sparsetopk_row):
+// The core's constants (the per-row functions of src/core/row, target sparsetopk_row):
 using sparsetopk::detail::kMaxJacobianWeight;  // the cap on c (jacobian_weight)
 using sparsetopk::detail::kMaxRootIterations;  // find_decreasing_root's evaluations
 using sparsetopk::detail::kNearRelative;       // near_tolerance: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
