@@ -1,6 +1,7 @@
 #pragma once
 // Fast, differentiable and sparse top-k operators.
 
+#include <sparsetopk/arguments.hpp>
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/isotonic.hpp>

@@ -66,8 +66,8 @@ def _slice_size(t: torch.Tensor, dim: int):
 
 
 def _check_k(op: str, k: int, n, dim: int) -> None:
-    torch._check(0 <= k, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, {n}] (x.size({dim}) = {n})")
-    torch._check(k <= n, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, {n}] (x.size({dim}) = {n})")
+    torch._check(0 <= k, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, n = {n}] (n = x.size({dim}))")
+    torch._check(k <= n, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, n = {n}] (n = x.size({dim}))")
 
 
 def _check_l_p(op: str, l: float, p: float) -> None:

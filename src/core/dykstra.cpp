@@ -262,7 +262,7 @@ template <class T, bool Magnitude>
 void soft_topk_dykstra(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out,
                        const DykstraOptions& options, std::span<RowState> state) {
   check_l(options.l);
-  if (options.iterations == 0) throw InvalidArgument("iterations must be >= 1, got 0");
+  check_iterations(static_cast<long long>(options.iterations));
   const std::size_t rows = check_batch(x.size(), n, "x");
   check_same_size(out.size(), x.size(), "out", "x");
   check_k(k, n);

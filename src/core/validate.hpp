@@ -2,34 +2,19 @@
 // Argument checks shared by every entry point; each error names the argument
 // and its value.
 
-#include <charconv>
-#include <cmath>
 #include <cstddef>
 #include <string>
 
+#include "sparsetopk/arguments.hpp"
 #include "sparsetopk/errors.hpp"
 
 namespace sparsetopk::detail {
 
-// Shortest text that reads back as the same double.
-inline std::string to_text(double value) {
-  char buffer[32];
-  auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
-  return std::string(buffer, end);
-}
-
-inline void check_l(double l) {
-  if (!(l > 0.0) || !std::isfinite(l)) throw InvalidArgument("l must be finite and > 0, got " + to_text(l));
-}
-
-inline void check_p(double p) {
-  if (!(p > 1.0) || !std::isfinite(p)) throw InvalidArgument("p must be finite and > 1, got " + to_text(p));
-}
-
-inline void check_k(std::size_t k, std::size_t n) {
-  if (k > n)
-    throw InvalidArgument("k = " + std::to_string(k) + " is out of range [0, n = " + std::to_string(n) + "]");
-}
+// The scalar rules are the public ones (sparsetopk/arguments.hpp).
+using sparsetopk::check_k;
+using sparsetopk::check_l;
+using sparsetopk::check_p;
+inline std::string to_text(double value) { return number_text(value); }
 
 // A row-major batch of rows of n entries; returns the number of rows.
 inline std::size_t check_batch(std::size_t size, std::size_t n, const char* name) {

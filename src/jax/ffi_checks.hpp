@@ -10,6 +10,7 @@
 // without x64 has no 64-bit arrays; the bytes are the core's doubles, exact
 // whatever x's dtype.
 
+#include <sparsetopk/arguments.hpp>
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/row_state.hpp>
 
@@ -84,9 +85,9 @@ inline void check_state(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer&
                           std::to_string(kStateWords) + " uint32 words per row), got " + shape_text(dims));
 }
 
+// k, checked by the core's rule (sparsetopk/arguments.hpp), as the core's size_t.
 inline std::size_t checked_k(int64_t k, std::size_t n) {
-  if (k < 0 || static_cast<std::size_t>(k) > n)
-    throw InvalidArgument("k = " + std::to_string(k) + " is out of range [0, n = " + std::to_string(n) + "]");
+  check_k(k, n);
   return static_cast<std::size_t>(k);
 }
 

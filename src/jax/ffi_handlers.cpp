@@ -54,7 +54,7 @@ Method method_of(double l, double p, std::string_view solver, int64_t num_iter) 
   } else if (solver == "threshold") {
     method.exact.solver = Solver::threshold;
   } else if (solver == "dykstra") {
-    if (num_iter < 1) throw InvalidArgument("num_iter = " + std::to_string(num_iter) + " must be >= 1");
+    check_iterations(num_iter, "num_iter");
     method.dykstra = true;
     method.approximate = DykstraOptions{l, static_cast<std::size_t>(num_iter)};
   } else if (solver != "auto") {

@@ -2,6 +2,8 @@
 // Argument checks of the torch operators. Every message starts with
 // "sparsetopk.<op>: " and names the argument and its value.
 
+#include <sparsetopk/arguments.hpp>
+#include <sparsetopk/errors.hpp>
 #include <sparsetopk/topk.hpp>
 #include <sparsetopk/torch.hpp>
 
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ops.hpp"
@@ -65,14 +68,34 @@ inline int64_t wrap_dim(const char* op, const at::Tensor& x, int64_t dim) {
 // The number of entries of every slice along the wrapped dim.
 inline int64_t slice_size(const at::Tensor& x, int64_t dim) { return x.dim() == 0 ? 1 : x.size(dim); }
 
+// The core's message without its "sparsetopk: " (the torch messages name the op instead).
+inline const char* core_message(const InvalidArgument& error) {
+  constexpr std::string_view prefix = "sparsetopk: ";
+  const std::string_view what = error.what();
+  return what.starts_with(prefix) ? error.what() + prefix.size() : error.what();
+}
+
+// Applies the core's rules on scalar arguments (sparsetopk/arguments.hpp),
+// reporting a broken one as "sparsetopk.<op>: <the core's message><where>",
+// where `where` (called only then) says where the value came from.
+template <class Rules, class Where>
+void apply_rules(const char* op, Rules&& rules, Where&& where) {
+  try {
+    rules();
+  } catch (const InvalidArgument& error) {
+    TORCH_CHECK(false, "sparsetopk.", op, ": ", core_message(error), where());
+  }
+}
+
 inline void check_k(const char* op, int64_t k, int64_t n, int64_t dim) {
-  TORCH_CHECK(k >= 0 && k <= n, "sparsetopk.", op, ": k = ", k, " is out of range [0, ", n, "] (x.size(", dim,
-              ") = ", n, ")");
+  apply_rules(
+      op, [&] { sparsetopk::check_k(k, static_cast<std::size_t>(n)); },
+      [&] { return " (n = x.size(" + std::to_string(dim) + "))"; });
 }
 
 inline void check_l_p(const char* op, double l, double p) {
-  TORCH_CHECK(std::isfinite(l) && l > 0.0, "sparsetopk.", op, ": l must be finite and > 0, got l = ", l);
-  TORCH_CHECK(std::isfinite(p) && p > 1.0, "sparsetopk.", op, ": p must be finite and > 1, got p = ", p);
+  apply_rules(
+      op, [&] { sparsetopk::check_l(l), sparsetopk::check_p(p); }, [] { return std::string(); });
 }
 
 // The sizes of x with size `size` along the wrapped dim (a 0-d x: {size}).
@@ -171,8 +194,7 @@ inline SolverChoice choose_solver(const char* op, c10::string_view name, double 
     return {solver, 0};
   }
   TORCH_CHECK(p == 2.0, "sparsetopk.", op, ": solver = \"dykstra\" needs p = 2, got p = ", p);
-  TORCH_CHECK(num_iter.value_or(1) >= 1, "sparsetopk.", op, ": num_iter must be >= 1, got num_iter = ",
-              num_iter.value_or(0));
+  apply_rules(op, [&] { sparsetopk::check_iterations(num_iter.value_or(1), "num_iter"); }, [] { return std::string(); });
   return {solver, num_iter.value_or(kDykstraDefaultIterations)};
 }
 

@@ -40,7 +40,7 @@ def test_module_argument_errors():
         sparsetopk.SoftTopKMask(2, l=0.0)
     with pytest.raises(ValueError, match="p must be finite and > 1, got p = 1"):
         sparsetopk.SoftTopKMagnitude(2, p=1.0)
-    with pytest.raises(RuntimeError, match=r"k = 5 is out of range \[0, 4\]"):
+    with pytest.raises(RuntimeError, match=r"k = 5 is out of range \[0, n = 4\]"):
         sparsetopk.SoftTopKMask(5)(torch.zeros(4))
 
 
