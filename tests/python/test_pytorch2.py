@@ -142,6 +142,37 @@ def test_compile_matches_eager_without_graph_breaks(fn, backend, dynamic):
         torch.testing.assert_close(g, g_eager, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", ["soft_topk_mask", "soft_topk_mag", "hard_topk_mask", "hard_topk_mag"])
+def test_compiled_call_with_a_bad_k_raises_the_kernels_error(name, backend):
+    # The fake kernels check shapes and dtypes only: the graph compiles whole,
+    # and the C++ kernel refuses k when the compiled function runs.
+    torch._dynamo.reset()
+    op = getattr(sparsetopk, name)
+    fn = lambda t: op(t, 9) * 2.0  # noqa: E731
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    with pytest.raises(RuntimeError, match=rf"sparsetopk\.{name}: k = 9 is out of range \[0, 8\] "
+                                           r"\(x\.size\(1\) = 8\)") as error:
+        compiled(x)
+    assert type(error.value) is RuntimeError  # the kernel's error, not one of tracing (torch._dynamo.exc)
+
+
+def test_compiled_call_with_a_bad_l_or_solver_raises_the_kernels_error():
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    bad_l = torch.compile(lambda t: sparsetopk.soft_topk_mask(t, 2, -1.0), backend="aot_eager", fullgraph=True)
+    message = r"sparsetopk\.soft_topk_mask: l must be finite and > 0, got l = -1"
+    with pytest.raises(RuntimeError, match=message) as error:
+        bad_l(x)
+    assert type(error.value) is RuntimeError
+    bad_solver = torch.compile(lambda t: sparsetopk.soft_topk_mag(t, 2, solver="fast"), backend="aot_eager",
+                               fullgraph=True)
+    with pytest.raises(RuntimeError, match=r'sparsetopk\.soft_topk_mag: solver = "fast" is not one of "auto"') as error:
+        bad_solver(x)
+    assert type(error.value) is RuntimeError
+
+
 class Router(torch.nn.Module):
     """A small model using both soft operators: a pruned layer and a soft top-k gate."""
 
@@ -302,6 +333,16 @@ def test_export_with_a_dynamic_batch():
     exported = torch.export.export(Mask(), (x,), dynamic_shapes={"x": {0: batch}})
     x2 = torch.randn(9, 6)
     torch.testing.assert_close(exported.module()(x2), Mask()(x2), rtol=0, atol=0)
+
+
+def test_export_with_a_bad_k_raises_when_run():
+    class Mask(torch.nn.Module):
+        def forward(self, x):
+            return sparsetopk.soft_topk_mask(x, 7, 0.5)
+
+    exported = torch.export.export(Mask(), (torch.randn(4, 6),))
+    with pytest.raises(RuntimeError, match=r"sparsetopk\.soft_topk_mask: k = 7 is out of range \[0, 6\]"):
+        exported.module()(torch.randn(4, 6))
 
 
 # ---- autocast: float16 / bfloat16 computed in float32, returned in the input dtype ----
