@@ -29,12 +29,12 @@ import torch
 from torch.autograd import forward_ad
 
 from ._library import load_library
+from ._ops import DIM, L, NUM_ITER, OPERATORS, P, PRODUCTS, SOLVER, Operator
 
 load_library()
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 11
 COMPILE_USES_PYTHON_AUTOGRAD = False
-SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto", None)  # l, p, dim, solver, num_iter of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -71,7 +71,7 @@ def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
 # ---- fake kernels ----
 
 def _soft_fake(op: str):
-    def fake(x, k, l=0.1, p=4.0 / 3.0, dim=-1, solver="auto", num_iter=None):
+    def fake(x, k, l=L, p=P, dim=DIM, solver=SOLVER, num_iter=NUM_ITER):
         _check_input(op, x, "x")
         _wrap_dim(op, x, dim)
         return x.new_empty(x.shape)
@@ -79,7 +79,7 @@ def _soft_fake(op: str):
 
 
 def _soft_forward_fake(op: str):
-    def fake(x, k, l, p, dim, solver, num_iter=None):
+    def fake(x, k, l, p, dim, solver, num_iter=NUM_ITER):
         _check_input(op, x, "x")
         dim = _wrap_dim(op, x, dim)
         return x.new_empty(x.shape), x.new_empty(_sizes_along(x, dim, ROW_STATE_SIZE), dtype=torch.float64)
@@ -87,7 +87,7 @@ def _soft_forward_fake(op: str):
 
 
 def _hard_fake(op: str):
-    def fake(x, k, dim=-1):
+    def fake(x, k, dim=DIM):
         _check_input(op, x, "x")
         _wrap_dim(op, x, dim)
         return x.new_empty(x.shape)
@@ -164,26 +164,23 @@ def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_st
     return rule
 
 
+def _register_op(name: str, fake, x_shaped: Sequence[int], dim_index: int, **rule) -> None:
+    torch.library.register_fake(f"sparsetopk::{name}", fake)
+    torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, x_shaped, dim_index, **rule))
+
+
 def _register() -> None:
-    for name in ("soft_topk_mask", "soft_topk_mag"):
-        torch.library.register_fake(f"sparsetopk::{name}", _soft_fake(name))
-        torch.library.register_fake(f"sparsetopk::_{name}_forward", _soft_forward_fake(name))
-        torch.library.register_vmap(f"sparsetopk::{name}",
-                                    _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS,
-                                               first_default=2))
-        torch.library.register_vmap(f"sparsetopk::_{name}_forward",
-                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=2,
-                                               defaults=SOFT_DEFAULTS[-1:], first_default=6))
-    for name in ("hard_topk_mask", "hard_topk_mag"):
-        torch.library.register_fake(f"sparsetopk::{name}", _hard_fake(name))
-        torch.library.register_vmap(f"sparsetopk::{name}",
-                                    _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,), first_default=2))
-    for kind in ("mask", "mag"):
-        for product, v_name in (("backward", "grad"), ("jvp", "tangent")):
-            name = f"_soft_topk_{kind}_{product}"
-            torch.library.register_fake(f"sparsetopk::{name}", _product_fake(f"soft_topk_{kind} {product}", v_name))
-            # arguments: v, x, row_state, l, p, dim
-            torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0, 1), 5))
+    """The fake kernel and the vmap rule of every op the table implies (sparsetopk/_ops.py)."""
+    for op in OPERATORS:
+        if not op.soft:  # (x, k, dim)
+            _register_op(op.name, _hard_fake(op.name), (0,), 2, defaults=op.defaults, first_default=2)
+            continue
+        # (x, k, l, p, dim, solver, num_iter), the forward op without defaults but num_iter's
+        _register_op(op.name, _soft_fake(op.name), (0,), 4, defaults=op.defaults, first_default=2)
+        _register_op(op.forward, _soft_forward_fake(op.name), (0,), 4, outputs=2, defaults=op.defaults[-1:],
+                     first_default=6)
+        for product, v_name in PRODUCTS:  # (v, x, row_state, l, p, dim)
+            _register_op(op.product(product), _product_fake(f"{op.name} {product}", v_name), (0, 1), 5)
 
 
 # torch.library.register_vmap is new in torch 2.5. On torch 2.4 the ops get no
@@ -209,7 +206,8 @@ _register_for_this_torch()
 # ---- the autograd.Functions of the torch.func path ----
 
 class DerivativeProduct(torch.autograd.Function):
-    """``apply(name, *args)`` calls the derivative op ``torch.ops.sparsetopk.<name>``;
+    """``apply(operator, product, *args)`` calls the derivative op ``operator.product(product)``
+    (an :class:`~sparsetopk._ops.Operator`; ``product``: "backward" or "jvp");
     differentiating its result again raises an error naming the op, in both AD modes.
 
     (The ops' C++ Autograd kernels do the same outside torch.func; this class
@@ -219,14 +217,13 @@ class DerivativeProduct(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(name, *args):
-        return getattr(ops, name)(*args)
+    def forward(operator: Operator, product: str, *args):
+        return getattr(ops, operator.product(product))(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        name = inputs[0]
-        kind, product = name[len("_soft_topk_"):].split("_")
-        ctx.label = f"soft_topk_{kind} {product}"
+        operator, product = inputs[:2]
+        ctx.label = f"{operator.name} {product}"
 
     @staticmethod
     def _refuse(ctx):
@@ -245,8 +242,9 @@ class DerivativeProduct(torch.autograd.Function):
 class SoftTopkFunction(torch.autograd.Function):
     """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
 
-    ``apply(x, k, l, p, dim, solver, num_iter, magnitude)`` returns ``(out, row_state)``;
-    only ``out`` is differentiable. ``generate_vmap_rule``: under ``vmap`` the
+    ``apply(x, k, l, p, dim, solver, num_iter, operator)`` (``operator``: a soft
+    :class:`~sparsetopk._ops.Operator`) returns ``(out, row_state)``; only ``out``
+    is differentiable. ``generate_vmap_rule``: under ``vmap`` the
     forward, backward and JVP ops run once for the batch, through their vmap
     rules.
     """
@@ -254,30 +252,29 @@ class SoftTopkFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, k, l, p, dim, solver, num_iter, magnitude):
-        forward_op = ops._soft_topk_mag_forward if magnitude else ops._soft_topk_mask_forward
-        return forward_op(x, k, l, p, dim, solver, num_iter)
+    def forward(x, k, l, p, dim, solver, num_iter, operator: Operator):
+        return getattr(ops, operator.forward)(x, k, l, p, dim, solver, num_iter)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, l, p, dim, _, _, magnitude = inputs
+        x, _, l, p, dim, _, _, operator = inputs
         _, row_state = output
         ctx.mark_non_differentiable(row_state)
         ctx.save_for_backward(x, row_state)
         ctx.save_for_forward(x, row_state)
         ctx.arguments = (l, p, dim)
-        ctx.kind = "mag" if magnitude else "mask"
+        ctx.operator = operator
 
     @staticmethod
     def backward(ctx, grad_out, grad_row_state):
         x, row_state = ctx.saved_tensors
-        grad_x = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_backward", grad_out, x, row_state, *ctx.arguments)
+        grad_x = DerivativeProduct.apply(ctx.operator, "backward", grad_out, x, row_state, *ctx.arguments)
         return grad_x, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *unused_tangents):
         x, row_state = ctx.saved_tensors
-        out_tangent = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_jvp", x_tangent, x, row_state, *ctx.arguments)
+        out_tangent = DerivativeProduct.apply(ctx.operator, "jvp", x_tangent, x, row_state, *ctx.arguments)
         return out_tangent, None
 
 

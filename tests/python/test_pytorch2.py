@@ -8,6 +8,7 @@ from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sparsetopk
+from sparsetopk._ops import OPERATORS
 from sparsetopk._registration import HAS_VMAP_RULES
 
 from conftest import separated
@@ -101,6 +102,21 @@ def test_every_op_is_covered_by_opcheck():
     names = {name for name, _ in opcheck_cases()}
     defined = {name for name in dir(ops) if name.startswith(("soft_", "hard_", "_soft_"))}
     assert defined == names
+
+
+def test_the_table_of_operators_implies_every_op_and_its_schema_defaults():
+    # sparsetopk/_ops.py: the entries and the ops they imply are the library's ops, and nothing else is.
+    implied = set()
+    for op in OPERATORS:
+        implied.add(op.name)
+        if op.soft:
+            implied |= {op.forward, op.product("backward"), op.product("jvp")}
+        schema = getattr(ops, op.name).default._schema
+        assert [a.name for a in schema.arguments[:2]] == ["x", "k"]
+        assert tuple(a.default_value for a in schema.arguments[2:]) == op.defaults, schema
+        assert getattr(sparsetopk, op.name) is getattr(sparsetopk.functional, op.name)
+    assert implied == {name for name in dir(ops) if name.startswith(("soft_", "hard_", "_soft_"))}
+    assert [op.name for op in OPERATORS] == sparsetopk.__all__[:len(OPERATORS)]
 
 
 # ---- torch.compile ----
