@@ -26,14 +26,13 @@ import importlib
 import sys
 from typing import Any
 
+from ._ops import OPERATORS as _OPERATORS
+
 __version__ = "0.1.0"
 
-# The PyTorch API: name -> the submodule defining it.
+# The PyTorch API: name -> the submodule defining it (the operators' functions: the table of _ops.py).
 _TORCH_API = {
-    "soft_topk_mask": "functional",
-    "soft_topk_mag": "functional",
-    "hard_topk_mask": "functional",
-    "hard_topk_mag": "functional",
+    **{op.name: "functional" for op in _OPERATORS},
     "SoftTopKMask": "nn",
     "SoftTopKMagnitude": "nn",
     "SparseLinear": "nn",

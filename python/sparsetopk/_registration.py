@@ -4,9 +4,11 @@ The C++ library (``src/torch/``) defines the ops, their CPU kernels and the
 Autograd kernels of the dispatcher (a ``torch::autograd::Function`` whose state
 is plain tensors). This module adds, once per process:
 
-- a fake (meta) kernel for every op (``torch.library.register_fake``): shapes,
-  dtypes and argument checks, for ``torch.compile``, ``torch.export`` and meta
-  tensors;
+- a fake (meta) kernel for every op (``torch.library.register_fake``), for
+  ``torch.compile``, ``torch.export`` and meta tensors. It checks shapes and
+  dtypes only, what it needs to compute the outputs' (x's layout and dtype,
+  ``dim``, the shapes of x, v and row_state); the C++ kernels check every
+  argument (k, l, p, solver, num_iter) when the op runs, eager or compiled;
 - a vmap rule for every op (``torch.library.register_vmap``): ``torch.func.vmap``
   makes one call of the op for the whole batch;
 - :class:`SoftTopkFunction`, a ``torch.autograd.Function`` over the forward,
@@ -21,25 +23,22 @@ and ends in sorted order). The backward and JVP ops recompute the band's
 Jacobian weights c_i from x, l and p.
 """
 
-import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd import forward_ad
 
 from ._library import load_library
+from ._ops import DIM, L, NUM_ITER, OPERATORS, P, PRODUCTS, SOLVER, Operator
 
 load_library()
 ops = torch.ops.sparsetopk
 ROW_STATE_SIZE = 11
 COMPILE_USES_PYTHON_AUTOGRAD = False
-SOLVERS = ("auto", "pav", "threshold", "generic", "dykstra", "cuda_kernel")  # cuda_kernel: CUDA, UNVERIFIED (docs/gpu.md)
-CPU_ONLY_SOLVERS = ("pav", "threshold")
-SOFT_DEFAULTS = (0.1, 4.0 / 3.0, -1, "auto", None)  # l, p, dim, solver, num_iter of the public ops' schemas
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-# ---- argument checks (the same messages as the C++ kernels, src/torch/checks.hpp) ----
+# ---- the checks the output shapes and dtypes need (the messages of the C++ kernels, src/torch/checks.hpp) ----
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
@@ -61,36 +60,6 @@ def _wrap_dim(op: str, t: torch.Tensor, dim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
 
-def _slice_size(t: torch.Tensor, dim: int):
-    return 1 if t.dim() == 0 else t.shape[dim]
-
-
-def _check_k(op: str, k: int, n, dim: int) -> None:
-    torch._check(0 <= k, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, n = {n}] (n = x.size({dim}))")
-    torch._check(k <= n, lambda: f"sparsetopk.{op}: k = {k} is out of range [0, n = {n}] (n = x.size({dim}))")
-
-
-def _check_l_p(op: str, l: float, p: float) -> None:
-    torch._check(math.isfinite(l) and l > 0, lambda: f"sparsetopk.{op}: l must be finite and > 0, got l = {l}")
-    torch._check(math.isfinite(p) and p > 1, lambda: f"sparsetopk.{op}: p must be finite and > 1, got p = {p}")
-
-
-def _check_solver(op: str, solver: str, p: float, num_iter: Optional[int], device: torch.device) -> None:
-    """As choose_solver and the generic kernels' check in C++ (src/torch/checks.hpp, generic_kernel.cpp)."""
-    names = ", ".join(f'"{name}"' for name in SOLVERS)
-    torch._check(solver in SOLVERS, lambda: f'sparsetopk.{op}: solver = "{solver}" is not one of {names}')
-    if solver != "dykstra":
-        torch._check(num_iter is None, lambda: f'sparsetopk.{op}: num_iter = {num_iter} is for solver = "dykstra" '
-                                               f'only, got solver = "{solver}"')
-    else:
-        torch._check(p == 2.0, lambda: f'sparsetopk.{op}: solver = "dykstra" needs p = 2, got p = {p}')
-        torch._check(num_iter is None or num_iter >= 1,
-                     lambda: f"sparsetopk.{op}: num_iter must be >= 1, got num_iter = {num_iter}")
-    torch._check(device.type == "cpu" or solver not in CPU_ONLY_SOLVERS,
-                 lambda: f'sparsetopk.{op}: solver = "{solver}" runs on CPU tensors only; x is on {device} '
-                         '(use "auto", "generic" or "dykstra")')
-
-
 def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
     if t.dim() == 0:
         return [size]
@@ -102,32 +71,25 @@ def _sizes_along(t: torch.Tensor, dim: int, size: int) -> List:
 # ---- fake kernels ----
 
 def _soft_fake(op: str):
-    def fake(x, k, l=0.1, p=4.0 / 3.0, dim=-1, solver="auto", num_iter=None):
+    def fake(x, k, l=L, p=P, dim=DIM, solver=SOLVER, num_iter=NUM_ITER):
         _check_input(op, x, "x")
-        dim = _wrap_dim(op, x, dim)
-        _check_k(op, k, _slice_size(x, dim), dim)
-        _check_l_p(op, l, p)
-        _check_solver(op, solver, p, num_iter, x.device)
+        _wrap_dim(op, x, dim)
         return x.new_empty(x.shape)
     return fake
 
 
 def _soft_forward_fake(op: str):
-    soft = _soft_fake(op)
-
-    def fake(x, k, l, p, dim, solver, num_iter=None):
-        out = soft(x, k, l, p, dim, solver, num_iter)
-        wrapped = _wrap_dim(op, x, dim)
-        row_state = x.new_empty(_sizes_along(x, wrapped, ROW_STATE_SIZE), dtype=torch.float64)
-        return out, row_state
+    def fake(x, k, l, p, dim, solver, num_iter=NUM_ITER):
+        _check_input(op, x, "x")
+        dim = _wrap_dim(op, x, dim)
+        return x.new_empty(x.shape), x.new_empty(_sizes_along(x, dim, ROW_STATE_SIZE), dtype=torch.float64)
     return fake
 
 
 def _hard_fake(op: str):
-    def fake(x, k, dim=-1):
+    def fake(x, k, dim=DIM):
         _check_input(op, x, "x")
-        dim = _wrap_dim(op, x, dim)
-        _check_k(op, k, _slice_size(x, dim), dim)
+        _wrap_dim(op, x, dim)
         return x.new_empty(x.shape)
     return fake
 
@@ -147,7 +109,6 @@ def _product_fake(op: str, v_name: str):
         torch._check(list(row_state.shape) == list(sizes),
                      lambda: f"sparsetopk.{op}: row_state has shape {list(row_state.shape)} but {v_name} needs "
                              f"{list(sizes)}")
-        _check_l_p(op, l, p)
         return v.new_empty(v.shape)
     return fake
 
@@ -203,26 +164,23 @@ def _vmap_rule(op, primary: int, x_shaped: Sequence[int], dim_index: int, row_st
     return rule
 
 
+def _register_op(name: str, fake, x_shaped: Sequence[int], dim_index: int, **rule) -> None:
+    torch.library.register_fake(f"sparsetopk::{name}", fake)
+    torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, x_shaped, dim_index, **rule))
+
+
 def _register() -> None:
-    for name in ("soft_topk_mask", "soft_topk_mag"):
-        torch.library.register_fake(f"sparsetopk::{name}", _soft_fake(name))
-        torch.library.register_fake(f"sparsetopk::_{name}_forward", _soft_forward_fake(name))
-        torch.library.register_vmap(f"sparsetopk::{name}",
-                                    _vmap_rule(getattr(ops, name), 0, (0,), 4, defaults=SOFT_DEFAULTS,
-                                               first_default=2))
-        torch.library.register_vmap(f"sparsetopk::_{name}_forward",
-                                    _vmap_rule(getattr(ops, f"_{name}_forward"), 0, (0,), 4, outputs=2,
-                                               defaults=SOFT_DEFAULTS[-1:], first_default=6))
-    for name in ("hard_topk_mask", "hard_topk_mag"):
-        torch.library.register_fake(f"sparsetopk::{name}", _hard_fake(name))
-        torch.library.register_vmap(f"sparsetopk::{name}",
-                                    _vmap_rule(getattr(ops, name), 0, (0,), 2, defaults=(-1,), first_default=2))
-    for kind in ("mask", "mag"):
-        for product, v_name in (("backward", "grad"), ("jvp", "tangent")):
-            name = f"_soft_topk_{kind}_{product}"
-            torch.library.register_fake(f"sparsetopk::{name}", _product_fake(f"soft_topk_{kind} {product}", v_name))
-            # arguments: v, x, row_state, l, p, dim
-            torch.library.register_vmap(f"sparsetopk::{name}", _vmap_rule(getattr(ops, name), 0, (0, 1), 5))
+    """The fake kernel and the vmap rule of every op the table implies (sparsetopk/_ops.py)."""
+    for op in OPERATORS:
+        if not op.soft:  # (x, k, dim)
+            _register_op(op.name, _hard_fake(op.name), (0,), 2, defaults=op.defaults, first_default=2)
+            continue
+        # (x, k, l, p, dim, solver, num_iter), the forward op without defaults but num_iter's
+        _register_op(op.name, _soft_fake(op.name), (0,), 4, defaults=op.defaults, first_default=2)
+        _register_op(op.forward, _soft_forward_fake(op.name), (0,), 4, outputs=2, defaults=op.defaults[-1:],
+                     first_default=6)
+        for product, v_name in PRODUCTS:  # (v, x, row_state, l, p, dim)
+            _register_op(op.product(product), _product_fake(f"{op.name} {product}", v_name), (0, 1), 5)
 
 
 # torch.library.register_vmap is new in torch 2.5. On torch 2.4 the ops get no
@@ -248,7 +206,8 @@ _register_for_this_torch()
 # ---- the autograd.Functions of the torch.func path ----
 
 class DerivativeProduct(torch.autograd.Function):
-    """``apply(name, *args)`` calls the derivative op ``torch.ops.sparsetopk.<name>``;
+    """``apply(operator, product, *args)`` calls the derivative op ``operator.product(product)``
+    (an :class:`~sparsetopk._ops.Operator`; ``product``: "backward" or "jvp");
     differentiating its result again raises an error naming the op, in both AD modes.
 
     (The ops' C++ Autograd kernels do the same outside torch.func; this class
@@ -258,14 +217,13 @@ class DerivativeProduct(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(name, *args):
-        return getattr(ops, name)(*args)
+    def forward(operator: Operator, product: str, *args):
+        return getattr(ops, operator.product(product))(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        name = inputs[0]
-        kind, product = name[len("_soft_topk_"):].split("_")
-        ctx.label = f"soft_topk_{kind} {product}"
+        operator, product = inputs[:2]
+        ctx.label = f"{operator.name} {product}"
 
     @staticmethod
     def _refuse(ctx):
@@ -284,8 +242,9 @@ class DerivativeProduct(torch.autograd.Function):
 class SoftTopkFunction(torch.autograd.Function):
     """A soft operator with its exact VJP and JVP as ops; used under torch.func and forward AD.
 
-    ``apply(x, k, l, p, dim, solver, num_iter, magnitude)`` returns ``(out, row_state)``;
-    only ``out`` is differentiable. ``generate_vmap_rule``: under ``vmap`` the
+    ``apply(x, k, l, p, dim, solver, num_iter, operator)`` (``operator``: a soft
+    :class:`~sparsetopk._ops.Operator`) returns ``(out, row_state)``; only ``out``
+    is differentiable. ``generate_vmap_rule``: under ``vmap`` the
     forward, backward and JVP ops run once for the batch, through their vmap
     rules.
     """
@@ -293,30 +252,29 @@ class SoftTopkFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, k, l, p, dim, solver, num_iter, magnitude):
-        forward_op = ops._soft_topk_mag_forward if magnitude else ops._soft_topk_mask_forward
-        return forward_op(x, k, l, p, dim, solver, num_iter)
+    def forward(x, k, l, p, dim, solver, num_iter, operator: Operator):
+        return getattr(ops, operator.forward)(x, k, l, p, dim, solver, num_iter)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, l, p, dim, _, _, magnitude = inputs
+        x, _, l, p, dim, _, _, operator = inputs
         _, row_state = output
         ctx.mark_non_differentiable(row_state)
         ctx.save_for_backward(x, row_state)
         ctx.save_for_forward(x, row_state)
         ctx.arguments = (l, p, dim)
-        ctx.kind = "mag" if magnitude else "mask"
+        ctx.operator = operator
 
     @staticmethod
     def backward(ctx, grad_out, grad_row_state):
         x, row_state = ctx.saved_tensors
-        grad_x = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_backward", grad_out, x, row_state, *ctx.arguments)
+        grad_x = DerivativeProduct.apply(ctx.operator, "backward", grad_out, x, row_state, *ctx.arguments)
         return grad_x, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *unused_tangents):
         x, row_state = ctx.saved_tensors
-        out_tangent = DerivativeProduct.apply(f"_soft_topk_{ctx.kind}_jvp", x_tangent, x, row_state, *ctx.arguments)
+        out_tangent = DerivativeProduct.apply(ctx.operator, "jvp", x_tangent, x, row_state, *ctx.arguments)
         return out_tangent, None
 
 

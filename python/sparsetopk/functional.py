@@ -26,26 +26,32 @@ from typing import Optional
 
 import torch
 
+from ._ops import DIM as _DIM, L as _L, OPERATORS, P as _P, SOLVER as _SOLVER, Operator
 from ._registration import Route, SoftTopkFunction, needs_python_autograd, route
 
-# The schema defaults of the soft ops (src/torch/ops.cpp), as the defaults of
+# The schema defaults of the soft ops (sparsetopk/_ops.py), as the defaults of
 # the functions below, and the ops' overloads, looked up once. A call on a small
 # input takes a few microseconds in all, of which the lookup through torch.ops,
 # OpOverload.__call__ (0.2-0.3 us; eager calls take the C++ function it calls,
 # ``_op``, directly) and the conversion of every argument passed are a
 # noticeable part: arguments left at their defaults are not passed again.
-_L, _P, _DIM, _SOLVER = 0.1, 4.0 / 3.0, -1, "auto"
-# Per operator: (the op's C++ function, its OpOverload, magnitude).
-_MASK = (torch.ops.sparsetopk.soft_topk_mask.default._op, torch.ops.sparsetopk.soft_topk_mask.default, False)
-_MAG = (torch.ops.sparsetopk.soft_topk_mag.default._op, torch.ops.sparsetopk.soft_topk_mag.default, True)
+
+
+def _calls(op: Operator):
+    """How a function calls its op: (the op's C++ function, its OpOverload, its Operator)."""
+    overload = getattr(torch.ops.sparsetopk, op.name).default
+    return overload._op, overload, op
+
+
+_SOFT = {op.name: _calls(op) for op in OPERATORS if op.soft}  # the soft operators of the table, by name
 
 
 def _soft_topk(ops, x, k, l, p, dim, solver, num_iter):
-    """The body of soft_topk_mask (ops = _MASK) and soft_topk_mag (_MAG) outside TorchScript."""
-    eager, traced, magnitude = ops
+    """The body of a soft operator's function outside TorchScript (``ops``: its entry of _SOFT)."""
+    eager, traced, operator = ops
     how = route(x)
     if how == Route.PYTHON_AUTOGRAD:
-        return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, magnitude)[0]
+        return SoftTopkFunction.apply(x, k, l, p, dim, solver, num_iter, operator)[0]
     op = eager if how == Route.EAGER else traced
     if num_iter is not None:
         return op(x, k, l, p, dim, solver, num_iter)
@@ -88,7 +94,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: i
         tensor([0., 0., 1., 1.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        return _soft_topk(_MASK, x, k, l, p, dim, solver, num_iter)
+        return _soft_topk(_SOFT["soft_topk_mask"], x, k, l, p, dim, solver, num_iter)
     return torch.ops.sparsetopk.soft_topk_mask(x, k, l, p, dim, solver, num_iter)
 
 
@@ -116,7 +122,7 @@ def soft_topk_mag(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: in
         tensor([-5.,  0.,  3.,  0.])
     """
     if not torch.jit.is_scripting():  # (TorchScript takes the C++ autograd kernel)
-        return _soft_topk(_MAG, x, k, l, p, dim, solver, num_iter)
+        return _soft_topk(_SOFT["soft_topk_mag"], x, k, l, p, dim, solver, num_iter)
     return torch.ops.sparsetopk.soft_topk_mag(x, k, l, p, dim, solver, num_iter)
 
 

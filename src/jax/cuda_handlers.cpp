@@ -1,6 +1,7 @@
 // XLA FFI handlers of sparsetopk.jax for the CUDA platform, over the kernels
 // of src/cuda. UNVERIFIED: compiled and linked, never run on a GPU (no
-// session has had one); python/sparsetopk/jax/_ffi.py registers them only on
+// session has had one); python/sparsetopk/jax/_ffi.py registers the rows of
+// the table at the end (sparsetopk_ffi_targets, ffi_bindings.hpp) only on
 // opt-in (SPARSETOPK_JAX_CUDA_KERNELS=1), see docs/jax.md.
 //
 // The same targets, attributes and layouts as the CPU handlers
@@ -23,6 +24,7 @@
 #include <cstdint>
 #include <exception>
 #include <initializer_list>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -178,20 +180,27 @@ auto cuda_binding() {
 
 auto product_binding() { return derivative_arguments(ffi::Ffi::Bind().Ctx<Stream>()); }
 
+// The targets of the CUDA platform: the names of the CPU's (ffi_handlers.cpp);
+// _ffi.py registers every row on opt-in.
+const Target targets[] = {
+    {"sparsetopk_soft_topk_mask", SPARSETOPK_FFI_HANDLER(soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mag", SPARSETOPK_FFI_HANDLER(soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mask_with_state",
+     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<false>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mag_with_state",
+     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<true>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mask_jvp", SPARSETOPK_FFI_HANDLER((product_entry<false, false>), product_binding())},
+    {"sparsetopk_soft_topk_mask_vjp", SPARSETOPK_FFI_HANDLER((product_entry<false, true>), product_binding())},
+    {"sparsetopk_soft_topk_mag_jvp", SPARSETOPK_FFI_HANDLER((product_entry<true, false>), product_binding())},
+    {"sparsetopk_soft_topk_mag_vjp", SPARSETOPK_FFI_HANDLER((product_entry<true, true>), product_binding())},
+    {"sparsetopk_hard_topk_mask", SPARSETOPK_FFI_HANDLER(hard_entry<false>, cuda_binding().Attr<int64_t>("k"))},
+    {"sparsetopk_hard_topk_mag", SPARSETOPK_FFI_HANDLER(hard_entry<true>, cuda_binding().Attr<int64_t>("k"))},
+};
+
 }  // namespace
 }  // namespace sparsetopk::jax::cuda_platform
 
-using namespace sparsetopk::jax::cuda_platform;  // NOLINT: the handler symbols below
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask, soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag, soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_with_state, soft_with_state_entry<false>,
-                              cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_with_state, soft_with_state_entry<true>,
-                              cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_jvp, (product_entry<false, false>), product_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mask_vjp, (product_entry<false, true>), product_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_jvp, (product_entry<true, false>), product_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_soft_topk_mag_vjp, (product_entry<true, true>), product_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mask, hard_entry<false>, cuda_binding().Attr<int64_t>("k"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_cuda_hard_topk_mag, hard_entry<true>, cuda_binding().Attr<int64_t>("k"));
+extern "C" std::size_t sparsetopk_ffi_targets(const sparsetopk::jax::Target** rows) {
+  *rows = sparsetopk::jax::cuda_platform::targets;
+  return std::size(sparsetopk::jax::cuda_platform::targets);
+}

@@ -1,6 +1,8 @@
 // XLA FFI handlers (the typed API of xla/ffi/api/ffi.h) of the operators, for
-// the CPU platform of sparsetopk.jax (python/sparsetopk/jax/_ffi.py registers
-// them with jax.ffi.register_ffi_target).
+// the CPU platform of sparsetopk.jax, and the table of its targets (at the
+// end): python/sparsetopk/jax/_ffi.py reads the table through
+// sparsetopk_ffi_targets (ffi_bindings.hpp) and registers every row with
+// jax.ffi.register_ffi_target, so a target's name is written here only.
 //
 // Each call hands every row of x to the core at once: rows run along the last
 // axis (the Python side moves the operator's axis there) and all leading axes,
@@ -24,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <span>
 #include <string>
 #include <string_view>
@@ -223,50 +226,52 @@ ffi::Error hard(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return hard_forward(op, x, *out, k);
 }
 
+// The name of a derivative's target: its row of the table below, and its errors.
+constexpr const char* derivative_target(Form op, Product product) {
+  if (op == Form::mask)
+    return product == Product::jvp ? "sparsetopk_soft_topk_mask_jvp" : "sparsetopk_soft_topk_mask_vjp";
+  return product == Product::jvp ? "sparsetopk_soft_topk_mag_jvp" : "sparsetopk_soft_topk_mag_vjp";
+}
+
 template <Form op, Product product>
 ffi::Error soft_derivative(ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
                            double l, double p) {
-  constexpr std::string_view names[2][2] = {
-      {"sparsetopk_soft_topk_mask_jvp", "sparsetopk_soft_topk_mask_vjp"},
-      {"sparsetopk_soft_topk_mag_jvp", "sparsetopk_soft_topk_mag_vjp"}};
-  const std::string_view target = names[op == Form::mask ? 0 : 1][product == Product::jvp ? 0 : 1];
-  return derivative(op, product, target, x, state, v, *out, l, p);
+  return derivative(op, product, derivative_target(op, product), x, state, v, *out, l, p);
 }
+
+// ---- the table of targets ----
+
+auto forward_binding() { return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(); }
+
+template <Form op, Product product>
+Target derivative_row() {
+  return {derivative_target(op, product),
+          SPARSETOPK_FFI_HANDLER((soft_derivative<op, product>), derivative_arguments(ffi::Ffi::Bind()))};
+}
+
+// The targets of the CPU platform; _ffi.py registers every row.
+const Target targets[] = {
+    {"sparsetopk_soft_topk_mask", SPARSETOPK_FFI_HANDLER(soft<Form::mask>, forward_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mag",
+     SPARSETOPK_FFI_HANDLER(soft<Form::magnitude>, forward_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mask_with_state",
+     SPARSETOPK_FFI_HANDLER(soft_with_state<Form::mask>,
+                            forward_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mag_with_state",
+     SPARSETOPK_FFI_HANDLER(soft_with_state<Form::magnitude>,
+                            forward_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_hard_topk_mask", SPARSETOPK_FFI_HANDLER(hard<Form::mask>, forward_binding().Attr<int64_t>("k"))},
+    {"sparsetopk_hard_topk_mag", SPARSETOPK_FFI_HANDLER(hard<Form::magnitude>, forward_binding().Attr<int64_t>("k"))},
+    derivative_row<Form::mask, Product::jvp>(),
+    derivative_row<Form::mask, Product::vjp>(),
+    derivative_row<Form::magnitude, Product::jvp>(),
+    derivative_row<Form::magnitude, Product::vjp>(),
+};
 
 }  // namespace
 }  // namespace sparsetopk::jax
 
-namespace {
-using sparsetopk::Form;
-using sparsetopk::jax::Product;
-
-auto soft_binding() {
-  return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
+extern "C" std::size_t sparsetopk_ffi_targets(const sparsetopk::jax::Target** rows) {
+  *rows = sparsetopk::jax::targets;
+  return std::size(sparsetopk::jax::targets);
 }
-
-auto derivative_binding() { return sparsetopk::jax::derivative_arguments(ffi::Ffi::Bind()); }
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask, sparsetopk::jax::soft<Form::mask>,
-                              soft_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag, sparsetopk::jax::soft<Form::magnitude>,
-                              soft_binding().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_with_state, sparsetopk::jax::soft_with_state<Form::mask>,
-                              soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_with_state,
-                              sparsetopk::jax::soft_with_state<Form::magnitude>,
-                              soft_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mask, sparsetopk::jax::hard<Form::mask>,
-                              soft_binding().Attr<int64_t>("k"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_hard_topk_mag, sparsetopk::jax::hard<Form::magnitude>,
-                              soft_binding().Attr<int64_t>("k"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_jvp,
-                              (sparsetopk::jax::soft_derivative<Form::mask, Product::jvp>), derivative_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mask_vjp,
-                              (sparsetopk::jax::soft_derivative<Form::mask, Product::vjp>), derivative_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_jvp,
-                              (sparsetopk::jax::soft_derivative<Form::magnitude, Product::jvp>),
-                              derivative_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(sparsetopk_soft_topk_mag_vjp,
-                              (sparsetopk::jax::soft_derivative<Form::magnitude, Product::vjp>),
-                              derivative_binding());

@@ -465,6 +465,42 @@ def test_cuda_handlers_register_on_opt_in_only():
         del os.environ["SPARSETOPK_JAX_CUDA_KERNELS"]
 
 
+def test_the_registered_targets_are_the_rows_of_the_librarys_table():
+    """_ffi.py registers what libsparsetopk_jax.so's table holds (ffi_handlers.cpp): per
+    operator its forward, forward with state, and for the soft ones the JVP and VJP;
+    each row a handler of its own. The CUDA library's table (where built) has the same names."""
+    path = next(p for p in stj._ffi.library_paths() if p.is_file())
+    rows = stj._ffi.library_targets(path)
+    names = [name for name, _ in rows]
+    expected = [f"sparsetopk_soft_topk_{op}{suffix}" for op in ("mask", "mag")
+                for suffix in ("", "_with_state", "_jvp", "_vjp")]
+    expected += ["sparsetopk_hard_topk_mask", "sparsetopk_hard_topk_mag"]
+    assert sorted(names) == sorted(expected)
+    handlers = [handler for _, handler in rows]
+    assert all(handlers) and len(set(handlers)) == len(handlers)
+    cuda_library = REPO / "build" / "lib" / "libsparsetopk_jax_cuda.so"
+    if cuda_library.is_file():
+        assert sorted(name for name, _ in stj._ffi.library_targets(cuda_library)) == sorted(expected)
+
+
+def test_a_missing_or_foreign_library_is_a_clear_import_error():
+    body = """
+        import os
+        os.environ["SPARSETOPK_JAX_LIBRARY"] = {library!r}
+        try:
+            import sparsetopk.jax
+        except ImportError as e:
+            print("ImportError:", e)
+    """
+    out = run_isolated("torch", body.format(library="/nonexistent/libsparsetopk_jax.so"))
+    assert "ImportError: sparsetopk.jax: cannot find libsparsetopk_jax.so (looked in: " \
+           "/nonexistent/libsparsetopk_jax.so)" in out, out
+    import _ctypes  # a loadable shared library that is not ours
+
+    out = run_isolated("torch", body.format(library=_ctypes.__file__))
+    assert f"ImportError: sparsetopk.jax: {_ctypes.__file__} does not export sparsetopk_ffi_targets" in out, out
+
+
 def test_jax_part_works_without_torch():
     out = run_isolated("torch", """
         import sys, jax.numpy as jnp

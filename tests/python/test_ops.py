@@ -275,8 +275,22 @@ def test_meta_tensors_give_meta_results_of_the_right_shape(op):
     x = torch.zeros(3, 5, device="meta", dtype=torch.float16)
     out = call(op, x, 2)
     assert out.device.type == "meta" and out.shape == x.shape and out.dtype == torch.float16
+    with pytest.raises(RuntimeError, match=rf"sparsetopk.{op.__name__}: x must be float32, float64, float16 or "
+                                           "bfloat16, got int64"):
+        call(op, torch.zeros(3, 5, device="meta", dtype=torch.int64), 2)
+    with pytest.raises(IndexError, match=rf"sparsetopk.{op.__name__}: dim = 2 is out of range for x with 2 "
+                                         r"dimension\(s\)"):
+        call(op, x, 2, dim=2)
+
+
+@pytest.mark.parametrize("op", ALL)
+def test_meta_tensors_leave_k_to_the_kernels(op):
+    # The fake kernels check shapes and dtypes only: the argument checks are the C++
+    # kernels', which meta tensors never reach (the real tensors of the same call do).
+    out = call(op, torch.zeros(3, 5, device="meta"), 6)
+    assert out.device.type == "meta" and out.shape == (3, 5)
     with pytest.raises(RuntimeError, match=rf"sparsetopk.{op.__name__}: k = 6 is out of range \[0, n = 5\]"):
-        call(op, x, 6)
+        call(op, torch.zeros(3, 5), 6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")

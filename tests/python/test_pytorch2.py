@@ -8,6 +8,7 @@ from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sparsetopk
+from sparsetopk._ops import OPERATORS
 from sparsetopk._registration import HAS_VMAP_RULES
 
 from conftest import separated
@@ -103,6 +104,21 @@ def test_every_op_is_covered_by_opcheck():
     assert defined == names
 
 
+def test_the_table_of_operators_implies_every_op_and_its_schema_defaults():
+    # sparsetopk/_ops.py: the entries and the ops they imply are the library's ops, and nothing else is.
+    implied = set()
+    for op in OPERATORS:
+        implied.add(op.name)
+        if op.soft:
+            implied |= {op.forward, op.product("backward"), op.product("jvp")}
+        schema = getattr(ops, op.name).default._schema
+        assert [a.name for a in schema.arguments[:2]] == ["x", "k"]
+        assert tuple(a.default_value for a in schema.arguments[2:]) == op.defaults, schema
+        assert getattr(sparsetopk, op.name) is getattr(sparsetopk.functional, op.name)
+    assert implied == {name for name in dir(ops) if name.startswith(("soft_", "hard_", "_soft_"))}
+    assert [op.name for op in OPERATORS] == sparsetopk.__all__[:len(OPERATORS)]
+
+
 # ---- torch.compile ----
 
 def compiled_cases():
@@ -140,6 +156,37 @@ def test_compile_matches_eager_without_graph_breaks(fn, backend, dynamic):
         (g_eager,) = torch.autograd.grad(y_eager.sum(), x) if y_eager.requires_grad else (torch.zeros_like(x),)
         torch.testing.assert_close(y, y_eager, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g, g_eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", ["soft_topk_mask", "soft_topk_mag", "hard_topk_mask", "hard_topk_mag"])
+def test_compiled_call_with_a_bad_k_raises_the_kernels_error(name, backend):
+    # The fake kernels check shapes and dtypes only: the graph compiles whole,
+    # and the C++ kernel refuses k when the compiled function runs.
+    torch._dynamo.reset()
+    op = getattr(sparsetopk, name)
+    fn = lambda t: op(t, 9) * 2.0  # noqa: E731
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    with pytest.raises(RuntimeError, match=rf"sparsetopk\.{name}: k = 9 is out of range \[0, n = 8\] "
+                                           r"\(n = x\.size\(1\)\)") as error:
+        compiled(x)
+    assert type(error.value) is RuntimeError  # the kernel's error, not one of tracing (torch._dynamo.exc)
+
+
+def test_compiled_call_with_a_bad_l_or_solver_raises_the_kernels_error():
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    bad_l = torch.compile(lambda t: sparsetopk.soft_topk_mask(t, 2, -1.0), backend="aot_eager", fullgraph=True)
+    message = r"sparsetopk\.soft_topk_mask: l must be finite and > 0, got l = -1"
+    with pytest.raises(RuntimeError, match=message) as error:
+        bad_l(x)
+    assert type(error.value) is RuntimeError
+    bad_solver = torch.compile(lambda t: sparsetopk.soft_topk_mag(t, 2, solver="fast"), backend="aot_eager",
+                               fullgraph=True)
+    with pytest.raises(RuntimeError, match=r'sparsetopk\.soft_topk_mag: solver = "fast" is not one of "auto"') as error:
+        bad_solver(x)
+    assert type(error.value) is RuntimeError
 
 
 class Router(torch.nn.Module):
@@ -302,6 +349,16 @@ def test_export_with_a_dynamic_batch():
     exported = torch.export.export(Mask(), (x,), dynamic_shapes={"x": {0: batch}})
     x2 = torch.randn(9, 6)
     torch.testing.assert_close(exported.module()(x2), Mask()(x2), rtol=0, atol=0)
+
+
+def test_export_with_a_bad_k_raises_when_run():
+    class Mask(torch.nn.Module):
+        def forward(self, x):
+            return sparsetopk.soft_topk_mask(x, 7, 0.5)
+
+    exported = torch.export.export(Mask(), (torch.randn(4, 6),))
+    with pytest.raises(RuntimeError, match=r"sparsetopk\.soft_topk_mask: k = 7 is out of range \[0, n = 6\]"):
+        exported.module()(torch.randn(4, 6))
 
 
 # ---- autocast: float16 / bfloat16 computed in float32, returned in the input dtype ----

@@ -1,6 +1,10 @@
 """The XLA FFI custom calls of sparsetopk.jax: loads libsparsetopk_jax.so, registers
 its handlers (src/jax/ffi_handlers.cpp) for the CPU platform and calls them.
 
+The targets are the library's: its table of (name, handler), which its
+function ``sparsetopk_ffi_targets`` hands over (src/jax/ffi_bindings.hpp), is
+registered row by row; no target is listed here.
+
 Every call takes rows along the last axis of ``x`` (float32 or float64) and
 treats all leading axes as the batch: one custom call for the whole array, and
 under ``jax.vmap`` still one (the vmapped axis becomes one more leading axis).
@@ -18,7 +22,8 @@ transpose is the VJP and the reverse) and its own JVP (second derivatives).
 import ctypes
 import functools
 import os
-from typing import Tuple
+from pathlib import Path
+from typing import List, Tuple
 
 import jax
 import numpy as np
@@ -31,18 +36,7 @@ LIBRARY_NAME = "libsparsetopk_jax.so"
 CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
 CUDA_OPT_IN = "SPARSETOPK_JAX_CUDA_KERNELS"
 STATE_WORDS = 22  # uint32 words of one row's state: a RowState, 11 doubles (RowState::size)
-_TARGETS = (
-    "sparsetopk_soft_topk_mask",
-    "sparsetopk_soft_topk_mag",
-    "sparsetopk_soft_topk_mask_with_state",
-    "sparsetopk_soft_topk_mag_with_state",
-    "sparsetopk_hard_topk_mask",
-    "sparsetopk_hard_topk_mag",
-    "sparsetopk_soft_topk_mask_jvp",
-    "sparsetopk_soft_topk_mask_vjp",
-    "sparsetopk_soft_topk_mag_jvp",
-    "sparsetopk_soft_topk_mag_vjp",
-)
+TABLE_FUNCTION = "sparsetopk_ffi_targets"  # exported by both libraries (src/jax/ffi_bindings.hpp)
 _loaded = False
 cuda_registered = False  # whether the CUDA handlers were registered (opt-in)
 
@@ -51,6 +45,33 @@ def library_paths():
     """Where libsparsetopk_jax.so is looked for: ``$SPARSETOPK_JAX_LIBRARY`` if set,
     else next to the package, then in a source checkout's build trees."""
     return candidate_paths(LIBRARY_NAME, "SPARSETOPK_JAX_LIBRARY")
+
+
+class _Target(ctypes.Structure):
+    """A row of a library's table: sparsetopk::jax::Target (src/jax/ffi_bindings.hpp)."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("handler", ctypes.c_void_p)]
+
+
+def library_targets(path: Path) -> List[Tuple[str, int]]:
+    """The FFI targets of the library at ``path``: (name, handler address) for every
+    row of its table, read through its ``sparsetopk_ffi_targets``."""
+    library = ctypes.cdll.LoadLibrary(str(path))
+    try:
+        table = getattr(library, TABLE_FUNCTION)
+    except AttributeError as error:
+        raise ImportError(f"sparsetopk.jax: {path} does not export {TABLE_FUNCTION} (a library built from an "
+                          "older source?); rebuild it with `cmake --build build`") from error
+    table.restype = ctypes.c_size_t
+    table.argtypes = [ctypes.POINTER(ctypes.POINTER(_Target))]
+    rows = ctypes.POINTER(_Target)()
+    count = table(ctypes.byref(rows))
+    return [(rows[i].name.decode(), rows[i].handler) for i in range(count)]
+
+
+def _register(path: Path, platform: str) -> None:
+    for name, handler in library_targets(path):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.c_void_p(handler)), platform=platform)
 
 
 def register_targets() -> None:
@@ -65,16 +86,14 @@ def register_targets() -> None:
         raise ImportError(f"sparsetopk.jax: cannot find {LIBRARY_NAME} (looked in: {looked}). Build it with "
                           "`cmake --preset release && cmake --build build` (with jax installed in the "
                           "build's Python) or point SPARSETOPK_JAX_LIBRARY at it.")
-    library = ctypes.cdll.LoadLibrary(str(path))
-    for target in _TARGETS:
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+    _register(path, "cpu")
     _loaded = True
     if os.environ.get(CUDA_OPT_IN) == "1":
         _register_cuda_targets()
 
 
 def _register_cuda_targets() -> None:
-    """The same targets for the CUDA platform, from libsparsetopk_jax_cuda.so. UNVERIFIED:
+    """The same targets for the CUDA platform, from the table of libsparsetopk_jax_cuda.so. UNVERIFIED:
     these handlers have never run on a GPU, so they are registered only when
     $SPARSETOPK_JAX_CUDA_KERNELS is 1 (before sparsetopk.jax is imported)."""
     global cuda_registered
@@ -84,10 +103,7 @@ def _register_cuda_targets() -> None:
         looked = ", ".join(str(p) for p in paths)
         raise ImportError(f"sparsetopk.jax: {CUDA_OPT_IN}=1 but {CUDA_LIBRARY_NAME} is not found (looked in: "
                           f"{looked}); it is built where CMake finds nvcc, a CUDA torch and jax")
-    library = ctypes.cdll.LoadLibrary(str(path))
-    for target in _TARGETS:
-        handler = getattr(library, "sparsetopk_cuda_" + target[len("sparsetopk_"):])
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="CUDA")
+    _register(path, "CUDA")
     cuda_registered = True
 
 
