@@ -32,15 +32,25 @@ inline void check_p(double p) {
   if (!(p > 1.0) || !std::isfinite(p)) throw InvalidArgument("p must be finite and > 1, got p = " + number_text(p));
 }
 
-// The number of entries kept in a row of n: 0 <= k <= n (any integer type, so
-// that an adapter's negative k is reported as given).
+// The number of entries kept in a row of n: least <= k <= n (least = 1 for the
+// top-k loss). Any integer type, so that an adapter's negative k is reported
+// as given.
 template <class Integer>
-void check_k(Integer k, std::size_t n) {
+void check_k(Integer k, std::size_t n, unsigned least = 0) {
   static_assert(std::is_integral_v<Integer>, "k is an integer");
-  bool negative = false;
-  if constexpr (std::is_signed_v<Integer>) negative = k < 0;
-  if (negative || static_cast<unsigned long long>(k) > n)
-    throw InvalidArgument("k = " + std::to_string(k) + " is out of range [0, n = " + std::to_string(n) + "]");
+  bool below = false;
+  if constexpr (std::is_signed_v<Integer>) below = k < static_cast<long long>(least);
+  else below = k < least;
+  if (below || static_cast<unsigned long long>(k) > n)
+    throw InvalidArgument("k = " + std::to_string(k) + " is out of range [" + std::to_string(least) +
+                          ", n = " + std::to_string(n) + "]");
+}
+
+// The label of a row of n scores: 0 <= target < n (`name`: "target[r]").
+inline void check_target(long long target, std::size_t n, const std::string& name) {
+  if (target < 0 || static_cast<unsigned long long>(target) >= n)
+    throw InvalidArgument(name + " = " + std::to_string(target) + " is out of range [0, n = " + std::to_string(n) +
+                          ")");
 }
 
 // Dykstra's iteration count: at least 1 (`name`: what the caller's API calls it).

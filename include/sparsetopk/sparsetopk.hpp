@@ -7,3 +7,4 @@
 #include <sparsetopk/isotonic.hpp>
 #include <sparsetopk/parallel.hpp>
 #include <sparsetopk/topk.hpp>
+#include <sparsetopk/topk_loss.hpp>
