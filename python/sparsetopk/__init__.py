@@ -1,7 +1,8 @@
 """sparsetopk: fast, differentiable and sparse top-k operators for PyTorch and JAX.
 
 PyTorch: the functions :func:`soft_topk_mask`, :func:`soft_topk_mag`,
-:func:`hard_topk_mask`, :func:`hard_topk_mag` and the modules
+:func:`hard_topk_mask`, :func:`hard_topk_mag`, the top-k sum and loss
+:func:`topk_sum`, :func:`topk_loss` and the modules :class:`TopKLoss`,
 :class:`SoftTopKMask`, :class:`SoftTopKMagnitude`, :class:`SparseLinear`,
 :class:`SoftTopKRouter`, over ``torch.ops.sparsetopk.*``. They load the
 compiled operator library (libsparsetopk_torch.so; see
@@ -33,6 +34,9 @@ __version__ = "0.1.0"
 # The PyTorch API: name -> the submodule defining it (the operators' functions: the table of _ops.py).
 _TORCH_API = {
     **{op.name: "functional" for op in _OPERATORS},
+    "topk_sum": "functional",
+    "topk_loss": "functional",
+    "TopKLoss": "nn",
     "SoftTopKMask": "nn",
     "SoftTopKMagnitude": "nn",
     "SparseLinear": "nn",

@@ -183,6 +183,92 @@ def _register() -> None:
             _register_op(op.product(product), _product_fake(f"{op.name} {product}", v_name), (0, 1), 5)
 
 
+# ---- the top-k sum and loss: x (scores) with dim reduced ----
+
+def _sizes_without(t: torch.Tensor, dim: int) -> List:
+    return [size for d, size in enumerate(t.shape) if d != dim]
+
+
+def _topk_sum_fake(x, k, l=L, p=P, dim=DIM):
+    _check_input("topk_sum", x, "x")
+    return x.new_empty(_sizes_without(x, _wrap_dim("topk_sum", x, dim)))
+
+
+def _topk_sum_forward_fake(x, k, l, p, dim):
+    value = _topk_sum_fake(x, k, l, p, dim)
+    row_state = x.new_empty(_sizes_along(x, _wrap_dim("topk_sum", x, dim), ROW_STATE_SIZE), dtype=torch.float64)
+    return value, x.new_empty(x.shape), row_state
+
+
+def _topk_loss_fake(scores, target, k, l=L, p=P, dim=DIM):
+    op = "topk_loss"
+    _check_input(op, scores, "scores")
+    torch._check(scores.dim() >= 1,
+                 lambda: f"sparsetopk.{op}: scores must have at least one dimension (the classes), got a 0-d tensor")
+    dim = _wrap_dim(op, scores, dim)
+    torch._check(target.dtype == torch.int64,
+                 lambda: f"sparsetopk.{op}: target must be int64 (class indices), got {_dtype_name(target.dtype)}")
+    sizes = _sizes_without(scores, dim)
+    torch._check(list(target.shape) == sizes,
+                 lambda: f"sparsetopk.{op}: target has shape {list(target.shape)} but scores of shape "
+                         f"{list(scores.shape)} needs one label per slice along dim = {dim}: {sizes}")
+    return scores.new_empty(target.shape)
+
+
+def _topk_loss_forward_fake(scores, target, k, l, p, dim):
+    return _topk_loss_fake(scores, target, k, l, p, dim), scores.new_empty(scores.shape)
+
+
+def _reduction_vmap_rule(op, tensors: int, dim_index: int, outputs: int, defaults: Sequence[Any] = ()):
+    """The vmap rule of an op whose first ``tensors`` arguments are batched
+    (x or scores, then target) and whose slice along ``dim`` reduces to one value:
+    the batch moves to dim 0 of each, ``dim`` past it. A logical 0-d x (topk_sum)
+    becomes [B, 1]; the mask it gives back is squeezed again."""
+    def rule(info, in_dims, *args):
+        first_default = dim_index + 1 - len(defaults)
+        if defaults and len(args) < dim_index + 1:
+            args = (*args, *defaults[len(args) - first_default:])
+        args = list(args)
+        for i in range(tensors):
+            bdim = in_dims[i] if i < len(in_dims) else None
+            args[i] = args[i].unsqueeze(0).expand(info.batch_size, *args[i].shape) if bdim is None \
+                else args[i].movedim(bdim, 0)
+        logical_rank = args[0].dim() - 1
+        scalar = logical_rank == 0
+        if scalar and tensors > 1:
+            raise RuntimeError("sparsetopk.topk_loss: scores must have at least one dimension (the classes), "
+                               "got a 0-d tensor")
+        ndim = max(logical_rank, 1)
+        dim = args[dim_index]
+        if not -ndim <= dim < ndim:
+            raise IndexError(f"sparsetopk: dim = {dim} is out of range for x with {logical_rank} dimension(s) "
+                             f"(expected a value in [{-ndim}, {ndim - 1}])")
+        if scalar:
+            args[0], args[dim_index] = args[0].unsqueeze(-1), -1
+        else:
+            args[dim_index] = dim % ndim + 1
+        result = op(*args)
+        if outputs == 1:
+            return result, 0
+        result = list(result)
+        if scalar:
+            result[1] = result[1].squeeze(-1)  # topk_sum's mask
+        return tuple(result), (0,) * outputs
+    return rule
+
+
+def _register_reductions() -> None:
+    """topk_sum and topk_loss: (x, k, l, p, dim) and (scores, target, k, l, p, dim)."""
+    for name, fake, tensors, dim_index, outputs, defaults in (
+            ("topk_sum", _topk_sum_fake, 1, 4, 1, (L, P, DIM)),
+            ("_topk_sum_forward", _topk_sum_forward_fake, 1, 4, 3, ()),
+            ("topk_loss", _topk_loss_fake, 2, 5, 1, (L, P, DIM)),
+            ("_topk_loss_forward", _topk_loss_forward_fake, 2, 5, 2, ())):
+        torch.library.register_fake(f"sparsetopk::{name}", fake)
+        torch.library.register_vmap(f"sparsetopk::{name}",
+                                    _reduction_vmap_rule(getattr(ops, name), tensors, dim_index, outputs, defaults))
+
+
 # torch.library.register_vmap is new in torch 2.5. On torch 2.4 the ops get no
 # vmap rules: torch.func.vmap then runs them through functorch's fallback (one
 # call per batch element, with a performance warning), not one call per batch.
@@ -192,10 +278,12 @@ HAS_VMAP_RULES = hasattr(torch.library, "register_vmap")
 def _register_for_this_torch() -> None:
     if HAS_VMAP_RULES:
         _register()
+        _register_reductions()
         return
     torch.library.register_vmap = lambda *args, **kwargs: None  # for _register only: no vmap rules
     try:
         _register()
+        _register_reductions()
     finally:
         del torch.library.register_vmap
 
@@ -276,6 +364,110 @@ class SoftTopkFunction(torch.autograd.Function):
         x, row_state = ctx.saved_tensors
         out_tangent = DerivativeProduct.apply(ctx.operator, "jvp", x_tangent, x, row_state, *ctx.arguments)
         return out_tangent, None
+
+
+MASK = next(op for op in OPERATORS if op.name == "soft_topk_mask")
+
+
+def _along(g: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A value per slice (x with dim reduced) broadcast back along dim."""
+    return g if x.dim() == 0 else g.unsqueeze(dim % x.dim())
+
+
+def _reduce(t: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sum of t (x's shape) along dim."""
+    return t if x.dim() == 0 else t.sum(dim)
+
+
+class TopkSumFunction(torch.autograd.Function):
+    """``apply(x, k, l, p, dim)`` returns ``(value, mask, row_state)`` of topk_sum;
+    used under torch.func and forward AD. Only the value is differentiable: d value
+    / dx = mask (SPEC.md), which the backward takes from the mask's own
+    autograd.Function, so that its derivative (topk_sum's Hessian, the mask's
+    Jacobian) is exact under torch.func's nested transforms too."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, k, l, p, dim):
+        return ops._topk_sum_forward(x, k, l, p, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.k, l, p, dim = inputs
+        _, mask, row_state = output
+        ctx.mark_non_differentiable(mask, row_state)
+        ctx.save_for_backward(x, mask, row_state)
+        ctx.save_for_forward(x, mask, row_state)
+        ctx.arguments = (l, p, dim)
+
+    @staticmethod
+    def backward(ctx, grad_value, grad_mask, grad_row_state):
+        x, mask, row_state = ctx.saved_tensors
+        dim = ctx.arguments[2]
+        # The mask as a function of x (its derivative, the Hessian of topk_sum, through the mask's own
+        # autograd.Function): recomputed, as torch.func's nested levels need a function of x here.
+        mask = SoftTopkFunction.apply(x, ctx.k, *ctx.arguments, "auto", None, MASK)[0] \
+            if torch.is_grad_enabled() else mask
+        return _along(grad_value, x, dim) * mask, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *unused_tangents):
+        x, mask, row_state = ctx.saved_tensors
+        return _reduce(mask * x_tangent, x, ctx.arguments[2]), None, None
+
+
+class TopkLossFunction(torch.autograd.Function):
+    """``apply(scores, target, k, l, p, dim)`` returns ``(loss, grad)`` of topk_loss;
+    used under torch.func and forward AD. Differentiable once: d loss / d scores = grad."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(scores, target, k, l, p, dim):
+        return ops._topk_loss_forward(scores, target, k, l, p, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        scores, _, _, _, _, dim = inputs
+        _, grad = output
+        ctx.mark_non_differentiable(grad)
+        ctx.save_for_backward(scores, grad)
+        ctx.save_for_forward(scores, grad)
+        ctx.dim = dim
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_grad):
+        scores, grad = ctx.saved_tensors
+        return OnceDifferentiable.apply("topk_loss", _along(grad_loss, scores, ctx.dim) * grad), None, None, None, \
+            None, None
+
+    @staticmethod
+    def jvp(ctx, scores_tangent, *unused_tangents):
+        scores, grad = ctx.saved_tensors
+        return OnceDifferentiable.apply("topk_loss", _reduce(grad * scores_tangent, scores, ctx.dim)), None
+
+
+class OnceDifferentiable(torch.autograd.Function):
+    """``apply(label, t)``: t, whose derivative raises an error naming ``label``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(label, t):
+        return t.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.label = inputs[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(f"sparsetopk.{ctx.label}: second derivatives are not implemented")
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(f"sparsetopk.{ctx.label}: second derivatives are not implemented")
 
 
 class Route:

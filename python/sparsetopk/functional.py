@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ._ops import DIM as _DIM, L as _L, OPERATORS, P as _P, SOLVER as _SOLVER, Operator
-from ._registration import Route, SoftTopkFunction, needs_python_autograd, route
+from ._registration import Route, SoftTopkFunction, TopkLossFunction, TopkSumFunction, needs_python_autograd, route
 
 # The schema defaults of the soft ops (sparsetopk/_ops.py), as the defaults of
 # the functions below, and the ops' overloads, looked up once. A call on a small
@@ -153,3 +153,80 @@ def hard_topk_mag(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
         if needs_python_autograd(x):  # x * mask: differentiable by every transform
             return x * torch.ops.sparsetopk.hard_topk_mask(x.abs(), k, dim)
     return torch.ops.sparsetopk.hard_topk_mag(x, k, dim)
+
+
+_TOPK_SUM = torch.ops.sparsetopk.topk_sum.default
+_TOPK_LOSS = torch.ops.sparsetopk.topk_loss.default
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def topk_sum(x: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM) -> torch.Tensor:
+    """Smoothed sum of the ``k`` largest entries of each slice (SPEC.md, "Smoothed top-k sum").
+
+    ``topk_sum(x, k) = max_{y in [0,1]^n, sum(y) = k} <y, x> - (l/p) sum_i y_i^p
+    = <m, x> - (l/p) sum_i m_i^p`` with ``m = soft_topk_mask(x, k, l, p, dim)``:
+    between ``hard_sum_k(x) - (l/p) k`` and ``hard_sum_k(x)``, the sum of the
+    ``k`` largest entries, which it tends to as ``l -> 0``.
+
+    Args:
+        x: input tensor (float32, float64, float16 or bfloat16), on the CPU.
+        k: number of entries, ``0 <= k <= x.size(dim)``.
+        l: regularization strength, ``l > 0``.
+        p: norm of the regularizer, ``p > 1`` (default 4/3).
+        dim: the dimension to reduce.
+
+    Returns:
+        ``x`` with ``dim`` reduced. Its gradient is the soft mask ``m``, and its
+        second derivative (the mask's Jacobian) is exact too.
+
+    Example:
+        >>> topk_sum(torch.tensor([-5., -2., 3., 1.]), k=2, l=0.01)
+        tensor(3.9850)
+    """
+    if not torch.jit.is_scripting():
+        how = route(x)
+        if how == Route.PYTHON_AUTOGRAD:
+            return TopkSumFunction.apply(x, k, l, p, dim)[0]
+        return (_TOPK_SUM._op if how == Route.EAGER else _TOPK_SUM)(x, k, l, p, dim)
+    return torch.ops.sparsetopk.topk_sum(x, k, l, p, dim)
+
+
+def topk_loss(scores: torch.Tensor, target: torch.Tensor, k: int, l: float = _L, p: float = _P, dim: int = _DIM,
+              reduction: str = "mean") -> torch.Tensor:
+    """Top-k loss (SPEC.md, "Top-k loss"): 0 where the label is safely among the ``k`` best scores.
+
+    Per slice ``x`` of ``scores`` along ``dim`` with label ``t``:
+    ``topk_sum(x, k) - x_t - topk_sum(x without t, k - 1) + l/p``, which is >= 0,
+    and 0 exactly when ``soft_topk_mask(x, k)_t = 1``. Its gradient,
+    ``soft_topk_mask(x, k) - e_t - soft_topk_mask(x without t, k - 1)`` (0 at t),
+    is sparse: only the label and the scores near the k-th rank get one. For
+    ``k = 1, p = 2`` it is the sparsemax loss with temperature ``l``.
+
+    Args:
+        scores: scores (logits) over the classes along ``dim``, float, on the CPU.
+        target: int64 class indices, the shape of ``scores`` without ``dim``, each
+            in ``[0, scores.size(dim))``.
+        k: ``1 <= k <= scores.size(dim)``.
+        l, p: as in :func:`topk_sum`.
+        dim: the classes' dimension.
+        reduction: ``"mean"`` (default) or ``"sum"`` over the slices, or ``"none"``.
+
+    Returns:
+        The mean or sum of the losses (0-d), or one loss per slice (``target``'s shape).
+        Differentiable in ``scores`` (first derivatives).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"sparsetopk.topk_loss: reduction = {reduction!r} is not one of 'mean', 'sum', 'none'")
+    if not torch.jit.is_scripting():
+        how = route(scores)
+        if how == Route.PYTHON_AUTOGRAD:
+            losses = TopkLossFunction.apply(scores, target, k, l, p, dim)[0]
+        else:
+            losses = (_TOPK_LOSS._op if how == Route.EAGER else _TOPK_LOSS)(scores, target, k, l, p, dim)
+    else:
+        losses = torch.ops.sparsetopk.topk_loss(scores, target, k, l, p, dim)
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses

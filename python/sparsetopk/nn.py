@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .functional import hard_topk_mag, soft_topk_mag, soft_topk_mask
+from .functional import REDUCTIONS, hard_topk_mag, soft_topk_mag, soft_topk_mask, topk_loss
 
 
 def _check_l_p(owner: str, l: float, p: float) -> None:
@@ -54,6 +54,33 @@ class SoftTopKMagnitude(_SoftTopKModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_topk_mag(x, self.k, self.l, self.p, self.dim, self.solver, self.num_iter)
+
+
+class TopKLoss(nn.Module):
+    """``loss = topk_loss(scores, target, k, l, p, dim, reduction)``: a loss for top-k accuracy.
+
+    0 where the label is safely among the ``k`` best scores; see
+    :func:`sparsetopk.topk_loss`. No parameters.
+    """
+
+    def __init__(self, k: int, l: float = 0.1, p: float = 4.0 / 3.0, reduction: str = "mean", dim: int = -1):
+        super().__init__()
+        _check_l_p("TopKLoss", l, p)
+        if int(k) < 1:
+            raise ValueError(f"sparsetopk.TopKLoss: k must be >= 1, got k = {k}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"sparsetopk.TopKLoss: reduction = {reduction!r} is not one of 'mean', 'sum', 'none'")
+        self.k = int(k)
+        self.l = float(l)
+        self.p = float(p)
+        self.reduction = reduction
+        self.dim = int(dim)
+
+    def forward(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return topk_loss(scores, target, self.k, self.l, self.p, self.dim, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, l={self.l}, p={self.p}, reduction={self.reduction!r}, dim={self.dim}"
 
 
 class SparseLinear(nn.Module):

@@ -87,9 +87,10 @@ void apply_rules(const char* op, Rules&& rules, Where&& where) {
   }
 }
 
-inline void check_k(const char* op, int64_t k, int64_t n, int64_t dim) {
+// least: 1 for the top-k loss, else 0.
+inline void check_k(const char* op, int64_t k, int64_t n, int64_t dim, unsigned least = 0) {
   apply_rules(
-      op, [&] { sparsetopk::check_k(k, static_cast<std::size_t>(n)); },
+      op, [&] { sparsetopk::check_k(k, static_cast<std::size_t>(n), least); },
       [&] { return " (n = x.size(" + std::to_string(dim) + "))"; });
 }
 

@@ -80,6 +80,30 @@ at::Tensor call_jacobian_product(Form form, bool transpose, const at::Tensor& v,
   return (transpose ? backward : jvp)[form].call(v, x, row_state, l, p, dim);
 }
 
+at::Tensor call_topk_sum(const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t)>("sparsetopk::topk_sum");
+  return op.call(x, k, l, p, dim);
+}
+
+at::Tensor call_topk_loss(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p,
+                          int64_t dim) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double, int64_t)>("sparsetopk::topk_loss");
+  return op.call(scores, target, k, l, p, dim);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_topk_sum_forward(const at::Tensor& x, int64_t k, double l,
+                                                                      double p, int64_t dim) {
+  static const auto op = find_op<TopkSumForwardSignature>("sparsetopk::_topk_sum_forward");
+  return op.call(x, k, l, p, dim);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_topk_loss_forward(const at::Tensor& scores, const at::Tensor& target,
+                                                          int64_t k, double l, double p, int64_t dim) {
+  static const auto op = find_op<TopkLossForwardSignature>("sparsetopk::_topk_loss_forward");
+  return op.call(scores, target, k, l, p, dim);
+}
+
 }  // namespace detail
 
 at::Tensor soft_topk_mask(const at::Tensor& x, int64_t k, double l, double p, int64_t dim, Solver solver,
@@ -118,6 +142,15 @@ TORCH_LIBRARY(sparsetopk, m) {
         "-> (Tensor out, Tensor row_state)");
   m.def("_soft_topk_mag_forward(Tensor x, int k, float l, float p, int dim, str solver, int? num_iter=None) "
         "-> (Tensor out, Tensor row_state)");
+  // The smoothed top-k sum and the top-k loss (SPEC.md): x (scores) with dim reduced. Their forward ops
+  // also return the gradient (topk_sum: the soft mask, with its row_state for the Hessian).
+  m.def("topk_sum(Tensor x, int k, float l=0.1, float p=1.3333333333333333, int dim=-1) -> Tensor");
+  m.def("_topk_sum_forward(Tensor x, int k, float l, float p, int dim) -> (Tensor value, Tensor mask, "
+        "Tensor row_state)");
+  m.def("topk_loss(Tensor scores, Tensor target, int k, float l=0.1, float p=1.3333333333333333, int dim=-1) "
+        "-> Tensor");
+  m.def("_topk_loss_forward(Tensor scores, Tensor target, int k, float l, float p, int dim) -> (Tensor loss, "
+        "Tensor grad)");
   m.def("_soft_topk_mask_backward(Tensor grad, Tensor x, Tensor row_state, float l, float p, int dim) -> Tensor");
   m.def("_soft_topk_mask_jvp(Tensor tangent, Tensor x, Tensor row_state, float l, float p, int dim) -> Tensor");
   m.def("_soft_topk_mag_backward(Tensor grad, Tensor x, Tensor row_state, float l, float p, int dim) -> Tensor");

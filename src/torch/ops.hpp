@@ -38,6 +38,24 @@ using SoftForwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor
 using ProductSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
                                     int64_t);
 
+// _topk_sum_forward(Tensor x, int k, float l, float p, int dim) -> (Tensor value, Tensor mask, Tensor row_state):
+// the value (x's shape without dim), its gradient (the soft mask) and the mask's row_state (its Jacobian, the
+// Hessian of topk_sum).
+using TopkSumForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double,
+                                                                                double, int64_t);
+// _topk_loss_forward(Tensor scores, Tensor target, int k, float l, float p, int dim) -> (Tensor loss, Tensor grad):
+// one loss per row (target's shape) and its gradient (scores' shape).
+using TopkLossForwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                     double, double, int64_t);
+
+at::Tensor call_topk_sum(const at::Tensor& x, int64_t k, double l, double p, int64_t dim);
+at::Tensor call_topk_loss(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p,
+                          int64_t dim);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_topk_sum_forward(const at::Tensor& x, int64_t k, double l,
+                                                                      double p, int64_t dim);
+std::tuple<at::Tensor, at::Tensor> call_topk_loss_forward(const at::Tensor& scores, const at::Tensor& target,
+                                                          int64_t k, double l, double p, int64_t dim);
+
 // The op names, for messages: "soft_topk_mask", "hard_topk_mag", "soft_topk_mag backward", ...
 const char* op_name(Form form, bool soft);
 const char* product_name(Form form, bool transpose);

@@ -88,6 +88,102 @@ class HardTopkMagFunction : public ::torch::autograd::Function<HardTopkMagFuncti
   }
 };
 
+// g as a slice value broadcast back along dim (a 0-d x: g itself).
+at::Tensor along(const at::Tensor& g, const at::Tensor& x, int64_t dim) {
+  if (x.dim() == 0) return g;
+  return g.unsqueeze(dim < 0 ? dim + x.dim() : dim);
+}
+
+// The soft mask topk_sum saved, as a function of x: its backward is the mask's
+// VJP at the saved row_state (SPEC.md: the Hessian of topk_sum is the mask's
+// Jacobian), so a second derivative of topk_sum is exact.
+class SavedMaskFunction : public ::torch::autograd::Function<SavedMaskFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask,
+                            const at::Tensor& row_state, double l, double p, int64_t dim) {
+    ctx->save_for_backward({x, row_state});
+    ctx->saved_data["l"] = l;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["dim"] = dim;
+    return mask.clone();
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    at::Tensor grad_x;
+    {
+      at::NoGradGuard no_grad;
+      grad_x = call_jacobian_product(Form::mask, /*transpose=*/true, grad_outputs[0], saved[0], saved[1],
+                                     ctx->saved_data["l"].toDouble(), ctx->saved_data["p"].toDouble(),
+                                     ctx->saved_data["dim"].toInt());
+    }
+    return {refuse_second_derivative("topk_sum second derivative", grad_x, {saved[0], grad_outputs[0]}),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// topk_sum: d value / dx = the soft mask (SPEC.md, Danskin), whose own
+// derivative (a second derivative of topk_sum) goes through SavedMaskFunction.
+class TopkSumFunction : public ::torch::autograd::Function<TopkSumFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [value, mask, row_state] = call_topk_sum_forward(x, k, l, p, dim);
+    ctx->save_for_backward({x, mask, row_state});
+    ctx->saved_data["l"] = l;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["dim"] = dim;
+    return value;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &row_state = saved[2];
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    // With create_graph (grad mode on here), the mask is a function of x; otherwise a constant.
+    const at::Tensor mask = at::GradMode::is_enabled() && x.requires_grad()
+                                ? SavedMaskFunction::apply(x, saved[1], row_state, ctx->saved_data["l"].toDouble(),
+                                                           ctx->saved_data["p"].toDouble(), dim)
+                                : saved[1];
+    return {along(grad_outputs[0], x, dim).mul(mask), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// topk_loss: d loss / d scores = the gradient its forward op returned; differentiable once.
+class TopkLossFunction : public ::torch::autograd::Function<TopkLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& scores, const at::Tensor& target, int64_t k,
+                            double l, double p, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, grad] = call_topk_loss_forward(scores, target, k, l, p, dim);
+    ctx->save_for_backward({scores, grad});
+    ctx->saved_data["dim"] = dim;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor grad_scores = along(grad_outputs[0], saved[0], ctx->saved_data["dim"].toInt()).mul(saved[1]);
+    return {refuse_second_derivative("topk_loss", grad_scores, {saved[0], grad_outputs[0]}), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor topk_sum_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+  refuse_forward_ad("topk_sum", x);
+  if (needs_grad(x)) return TopkSumFunction::apply(x, k, l, p, dim);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_topk_sum(x, k, l, p, dim);
+}
+
+at::Tensor topk_loss_autograd(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p,
+                              int64_t dim) {
+  refuse_forward_ad("topk_loss", scores);
+  if (needs_grad(scores)) return TopkLossFunction::apply(scores, target, k, l, p, dim);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_topk_loss(scores, target, k, l, p, dim);
+}
+
 // The Autograd kernel of soft_topk_mask (Function = SoftTopkMaskFunction) or soft_topk_mag.
 template <class Function>
 at::Tensor soft_topk_autograd(const at::Tensor& x, int64_t k, double l, double p, int64_t dim,
@@ -120,4 +216,6 @@ TORCH_LIBRARY_IMPL(sparsetopk, Autograd, m) {
   m.impl("soft_topk_mag", TORCH_FN(soft_topk_autograd<SoftTopkMagFunction>));
   m.impl("hard_topk_mask", TORCH_FN(hard_topk_mask_autograd));
   m.impl("hard_topk_mag", TORCH_FN(hard_topk_mag_autograd));
+  m.impl("topk_sum", TORCH_FN(topk_sum_autograd));
+  m.impl("topk_loss", TORCH_FN(topk_loss_autograd));
 }

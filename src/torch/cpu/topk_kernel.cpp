@@ -12,6 +12,7 @@
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/parallel.hpp>
 #include <sparsetopk/topk.hpp>
+#include <sparsetopk/topk_loss.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
@@ -23,7 +24,9 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "checks.hpp"
 #include "generic/generic_kernel.hpp"
@@ -261,10 +264,137 @@ at::Tensor jacobian_product(Form form, bool transpose, const at::Tensor& v, cons
   return from_rows(result, v, dim, v.scalar_type());
 }
 
+// The sizes of x without the wrapped dim (a 0-d x: none): the shape of a value per slice.
+std::vector<int64_t> sizes_without(const at::Tensor& x, int64_t dim) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  if (x.dim() > 0) sizes.erase(sizes.begin() + dim);
+  return sizes;
+}
+
+// topk_sum: (value, mask, row_state); mask and row_state only with `save`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_sum(const at::Tensor& x, int64_t k, double l, double p,
+                                                        int64_t dim, bool save) {
+  const char* op = "topk_sum";
+  check_input(op, x);
+  dim = wrap_dim(op, x, dim);
+  const int64_t n = slice_size(x, dim);
+  check_k(op, k, n, dim);
+  check_l_p(op, l, p);
+  const at::Tensor rows = to_rows(x, dim, compute_type(x.scalar_type()));
+  at::Tensor value = at::zeros(sizes_without(x, dim), rows.options());  // a slice of 0 entries sums to 0
+  at::Tensor mask = new_tensor(rows.sizes(), rows.scalar_type());
+  at::DimVector state_sizes(rows.sizes().begin(), rows.sizes().end() - 1);
+  state_sizes.push_back(kRowStateSize);
+  at::Tensor state_rows = save ? new_tensor(state_sizes, at::kDouble) : at::Tensor();
+  const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
+  const SoftTopkOptions options{l, p};
+  with_core(rows, [&](auto zero) {
+    using T = decltype(zero);
+    for_row_parts(n > 0 ? rows.numel() / n : 0, n, [&](int64_t begin, int64_t end, CoreScratch& core) {
+      sparsetopk::topk_sum<T>(row_range(in_span<T>(rows), begin, end, row_n), row_n, kept,
+                              row_range(out_span<T>(value), begin, end, 1), options,
+                              row_range(out_span<T>(mask), begin, end, row_n),
+                              save ? row_range(state_span(state_rows), begin, end, 1) : std::span<RowState>(),
+                              &core.workspace);
+    });
+  });
+  value = value.to(x.scalar_type());
+  if (!save) return {value, at::Tensor(), at::Tensor()};
+  if (n == 0 && state_rows.numel() > 0) {  // as soft_topk: slices of 0 entries have no block
+    const RowState none{.gamma = -std::numeric_limits<double>::infinity(), .block_weight = 0.0,
+                        .unchanged_from = std::numeric_limits<double>::infinity()};
+    std::fill(state_span(state_rows).begin(), state_span(state_rows).end(), none);
+  }
+  return {value, from_rows(mask, x, dim, x.scalar_type()), row_state_from_rows(state_rows, x, dim)};
+}
+
+at::Tensor topk_sum_kernel(const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+  return std::get<0>(topk_sum(x, k, l, p, dim, /*save=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_sum_forward_kernel(const at::Tensor& x, int64_t k, double l,
+                                                                       double p, int64_t dim) {
+  return topk_sum(x, k, l, p, dim, /*save=*/true);
+}
+
+// "[1, 2]": the position of flat index `flat` in a tensor of `sizes`.
+std::string index_text(int64_t flat, c10::IntArrayRef sizes) {
+  std::vector<int64_t> index(sizes.size());
+  for (std::size_t d = sizes.size(); d-- > 0;) index[d] = flat % sizes[d], flat /= sizes[d];
+  std::string text = "[";
+  for (std::size_t d = 0; d < index.size(); ++d) text += (d ? ", " : "") + std::to_string(index[d]);
+  return text + "]";
+}
+
+// The labels of a top-k loss: int64 on the device of scores, the shape of scores without dim, each in [0, n).
+void check_target(const char* op, const at::Tensor& target, const at::Tensor& scores, int64_t dim, int64_t n) {
+  TORCH_CHECK(target.scalar_type() == at::kLong, "sparsetopk.", op, ": target must be int64 (class indices), got ",
+              dtype_name(target.scalar_type()));
+  TORCH_CHECK(target.device() == scores.device(), "sparsetopk.", op, ": target is on ", target.device(),
+              " but scores is on ", scores.device());
+  const std::vector<int64_t> sizes = sizes_without(scores, dim);
+  TORCH_CHECK(target.sizes() == c10::IntArrayRef(sizes), "sparsetopk.", op, ": target has shape ", target.sizes(),
+              " but scores of shape ", scores.sizes(), " needs one label per slice along dim = ", dim, ": ",
+              c10::IntArrayRef(sizes));
+  const at::Tensor labels = target.contiguous();
+  const int64_t* label = labels.data_ptr<int64_t>();
+  for (int64_t r = 0; r < labels.numel(); ++r)
+    apply_rules(
+        op, [&] { sparsetopk::check_target(label[r], static_cast<std::size_t>(n), "target"); },
+        [&] { return " (at target" + index_text(r, labels.sizes()) + ")"; });
+}
+
+// topk_loss: (loss, grad); grad only with `save`.
+std::tuple<at::Tensor, at::Tensor> topk_loss(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l,
+                                             double p, int64_t dim, bool save) {
+  const char* op = "topk_loss";
+  check_input(op, scores, "scores");
+  TORCH_CHECK(scores.dim() >= 1, "sparsetopk.", op, ": scores must have at least one dimension (the classes), got "
+              "a 0-d tensor");
+  dim = wrap_dim(op, scores, dim);
+  const int64_t n = slice_size(scores, dim);
+  check_k(op, k, n, dim, /*least=*/1);
+  check_l_p(op, l, p);
+  check_target(op, target, scores, dim, n);
+  const at::Tensor rows = to_rows(scores, dim, compute_type(scores.scalar_type()));
+  const at::Tensor labels = target.contiguous();
+  at::Tensor loss = new_tensor(labels.sizes(), rows.scalar_type());
+  at::Tensor grad = save ? new_tensor(rows.sizes(), rows.scalar_type()) : at::Tensor();
+  const auto row_n = static_cast<std::size_t>(n), kept = static_cast<std::size_t>(k);
+  const SoftTopkOptions options{l, p};
+  const std::span<const int64_t> all_labels(labels.data_ptr<int64_t>(), static_cast<std::size_t>(labels.numel()));
+  with_core(rows, [&](auto zero) {
+    using T = decltype(zero);
+    for_row_parts(labels.numel(), n, [&](int64_t begin, int64_t end, CoreScratch& core) {
+      sparsetopk::topk_loss<T>(row_range(in_span<T>(rows), begin, end, row_n), row_n,
+                               row_range(all_labels, begin, end, 1), kept, row_range(out_span<T>(loss), begin, end, 1),
+                               options, save ? row_range(out_span<T>(grad), begin, end, row_n) : std::span<T>(),
+                               &core.workspace);
+    });
+  });
+  loss = loss.to(scores.scalar_type());
+  if (!save) return {loss, at::Tensor()};
+  return {loss, from_rows(grad, scores, dim, scores.scalar_type())};
+}
+
+at::Tensor topk_loss_kernel(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p,
+                            int64_t dim) {
+  return std::get<0>(topk_loss(scores, target, k, l, p, dim, /*save=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_loss_forward_kernel(const at::Tensor& scores, const at::Tensor& target,
+                                                            int64_t k, double l, double p, int64_t dim) {
+  return topk_loss(scores, target, k, l, p, dim, /*save=*/true);
+}
+
 }  // namespace
 }  // namespace sparsetopk::torch::detail
 
 TORCH_LIBRARY_IMPL(sparsetopk, CPU, m) {
   using namespace sparsetopk::torch::detail;
   register_kernels<soft_topk, hard_topk, jacobian_product>(m);
+  m.impl("topk_sum", TORCH_FN(topk_sum_kernel));
+  m.impl("_topk_sum_forward", TORCH_FN(topk_sum_forward_kernel));
+  m.impl("topk_loss", TORCH_FN(topk_loss_kernel));
+  m.impl("_topk_loss_forward", TORCH_FN(topk_loss_forward_kernel));
 }
