@@ -21,6 +21,7 @@
 #include <sparsetopk/errors.hpp>
 #include <sparsetopk/row_state.hpp>
 #include <sparsetopk/topk.hpp>
+#include <sparsetopk/topk_loss.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -71,6 +72,7 @@ Method method_of(double l, double p, std::string_view solver, int64_t num_iter) 
 struct Scratch {
   Workspace workspace;
   std::vector<RowState> states;  // only for a state buffer not aligned for double
+  std::vector<int64_t> labels;   // int32 labels of the top-k loss, widened
 };
 
 Scratch& scratch() {
@@ -239,6 +241,79 @@ ffi::Error soft_derivative(ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffe
   return derivative(op, product, derivative_target(op, product), x, state, v, *out, l, p);
 }
 
+// ---- the top-k sum and loss (<sparsetopk/topk_loss.hpp>): one value per row ----
+
+// A buffer of one value per row of x (x's leading axes), of x's dtype.
+void check_per_row(const ffi::AnyBuffer& x, const ffi::AnyBuffer& buffer, std::string_view name) {
+  const auto dims = buffer.dimensions(), x_dims = x.dimensions();
+  bool same = buffer.element_type() == x.element_type() && dims.size() + 1 == x_dims.size();
+  for (std::size_t i = 0; same && i < dims.size(); ++i) same = dims[i] == x_dims[i];
+  if (!same) throw InvalidArgument(std::string(name) + " must have x's dtype and its leading axes, got " +
+                                   shape_text(dims));
+}
+
+template <class T>
+void topk_sum_typed(const ffi::AnyBuffer& x, std::size_t n, std::size_t k, ffi::AnyBuffer& value,
+                    ffi::AnyBuffer& mask, ffi::AnyBuffer& state, const SoftTopkOptions& options) {
+  write_states(state, [&](std::span<RowState> states) {
+    if (n == 0) {  // rows of no entries: a sum of 0, no band
+      std::fill(states.begin(), states.end(), RowState{});
+      return std::fill(out_span<T>(value).begin(), out_span<T>(value).end(), T(0));
+    }
+    topk_sum<T>(in_span<T>(x), n, k, out_span<T>(value), options, out_span<T>(mask), states, &scratch().workspace);
+  });
+}
+
+// (x) -> (value, mask, state): the value, its gradient and the mask's state (its Jacobian: the Hessian).
+ffi::Error topk_sum_handler(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> value, ffi::Result<ffi::AnyBuffer> mask,
+                            ffi::Result<ffi::AnyBuffer> state, int64_t k, double l, double p) {
+  return guarded([&] {
+    check_types(x, {&*mask});
+    check_per_row(x, *value, "value");
+    check_state(x, *state);
+    const std::size_t n = row_length(x), top = checked_k(k, n);
+    const SoftTopkOptions options{l, p, Solver::automatic};
+    check_l(l), check_p(p);
+    if (x.element_type() == ffi::DataType::F64) topk_sum_typed<double>(x, n, top, *value, *mask, *state, options);
+    else topk_sum_typed<float>(x, n, top, *value, *mask, *state, options);
+  }, "sparsetopk_topk_sum");
+}
+
+// The labels as int64 (int32 ones widened into scratch), one per row of x.
+std::span<const int64_t> labels_of(const ffi::AnyBuffer& x, const ffi::AnyBuffer& target) {
+  const auto type = target.element_type();
+  if (type != ffi::DataType::S32 && type != ffi::DataType::S64)
+    throw InvalidArgument("target must be int32 or int64 (class indices)");
+  const auto dims = target.dimensions(), x_dims = x.dimensions();
+  bool same = dims.size() + 1 == x_dims.size();
+  for (std::size_t i = 0; same && i < dims.size(); ++i) same = dims[i] == x_dims[i];
+  if (!same) throw InvalidArgument("target must have x's leading axes (one label per row), got " + shape_text(dims));
+  if (type == ffi::DataType::S64) return in_span<int64_t>(target);
+  const std::span<const int32_t> narrow = in_span<int32_t>(target);
+  std::vector<int64_t>& wide = scratch().labels;
+  wide.assign(narrow.begin(), narrow.end());
+  return wide;
+}
+
+// (x, target) -> (loss, grad).
+ffi::Error topk_loss_handler(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::Result<ffi::AnyBuffer> loss,
+                             ffi::Result<ffi::AnyBuffer> grad, int64_t k, double l, double p) {
+  return guarded([&] {
+    check_types(x, {&*grad});
+    check_per_row(x, *loss, "loss");
+    const std::span<const int64_t> labels = labels_of(x, target);
+    const std::size_t n = row_length(x);
+    check_k(k, n, /*least=*/1);
+    const SoftTopkOptions options{l, p, Solver::automatic};
+    if (x.element_type() == ffi::DataType::F64)
+      topk_loss<double>(in_span<double>(x), n, labels, static_cast<std::size_t>(k),
+                        out_span<double>(*loss), options, out_span<double>(*grad), &scratch().workspace);
+    else
+      topk_loss<float>(in_span<float>(x), n, labels, static_cast<std::size_t>(k),
+                       out_span<float>(*loss), options, out_span<float>(*grad), &scratch().workspace);
+  }, "sparsetopk_topk_loss");
+}
+
 // ---- the table of targets ----
 
 auto forward_binding() { return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(); }
@@ -266,6 +341,13 @@ const Target targets[] = {
     derivative_row<Form::mask, Product::vjp>(),
     derivative_row<Form::magnitude, Product::jvp>(),
     derivative_row<Form::magnitude, Product::vjp>(),
+    {"sparsetopk_topk_sum",
+     SPARSETOPK_FFI_HANDLER(topk_sum_handler, forward_binding().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                                  .Attr<int64_t>("k").Attr<double>("l").Attr<double>("p"))},
+    {"sparsetopk_topk_loss",
+     SPARSETOPK_FFI_HANDLER(topk_loss_handler, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                                   .Attr<int64_t>("k").Attr<double>("l").Attr<double>("p"))},
 };
 
 }  // namespace

@@ -2,7 +2,8 @@
 
 Functions: :func:`soft_topk_mask`, :func:`soft_topk_mag` ``(x, k, l=0.1,
 p=4/3, axis=-1)``, :func:`hard_topk_mask`, :func:`hard_topk_mag` ``(x, k,
-axis=-1)``, and the names of the paper's JAX reference implementation:
+axis=-1)``, the top-k sum and loss :func:`topk_sum` ``(x, k, l, p, axis)`` and
+:func:`topk_loss` ``(scores, target, k, l, p, axis)``, and the names of the paper's JAX reference implementation:
 :func:`sparse_soft_topk_mask_pav`, :func:`sparse_soft_topk_mag_pav`,
 :func:`sparse_soft_topk_mask_dykstra`, :func:`sparse_soft_topk_mag_dykstra`
 (``hard_topk_mask``/``hard_topk_mag`` are shared).
@@ -25,7 +26,7 @@ from . import _ffi
 
 _ffi.register_targets()
 
-from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask  # noqa: E402
+from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask, topk_loss, topk_sum  # noqa: E402
 from ._reference import (  # noqa: E402
     sparse_soft_topk_mag_dykstra,
     sparse_soft_topk_mag_pav,
@@ -38,6 +39,8 @@ __all__ = [
     "soft_topk_mag",
     "hard_topk_mask",
     "hard_topk_mag",
+    "topk_sum",
+    "topk_loss",
     "sparse_soft_topk_mask_pav",
     "sparse_soft_topk_mag_pav",
     "sparse_soft_topk_mask_dykstra",

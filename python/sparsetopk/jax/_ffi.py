@@ -205,3 +205,21 @@ mlir.register_lowering(jacobian_product_p, _lowering)
 batching.primitive_batchers[jacobian_product_p] = _batching
 ad.primitive_transposes[jacobian_product_p] = _transpose
 ad.primitive_jvps[jacobian_product_p] = _jvp
+
+
+# ---- the top-k sum and loss: one value per row ----
+
+def topk_sum(x: jax.Array, k: int, l: float, p: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """``(value, mask, state)`` on the rows of x: topk_sum, its gradient (the soft mask)
+    and the mask's state (for its Jacobian, the Hessian of topk_sum)."""
+    shapes = (jax.ShapeDtypeStruct(x.shape[:-1], x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype),
+              jax.ShapeDtypeStruct(x.shape[:-1] + (STATE_WORDS,), np.uint32))
+    call = jax.ffi.ffi_call("sparsetopk_topk_sum", shapes, vmap_method="broadcast_all")
+    return tuple(call(x, k=np.int64(k), l=np.float64(l), p=np.float64(p)))
+
+
+def topk_loss(x: jax.Array, target: jax.Array, k: int, l: float, p: float) -> Tuple[jax.Array, jax.Array]:
+    """``(loss, grad)`` on the rows of x with one label per row (int32 or int64)."""
+    shapes = (jax.ShapeDtypeStruct(x.shape[:-1], x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    call = jax.ffi.ffi_call("sparsetopk_topk_loss", shapes, vmap_method="broadcast_all")
+    return tuple(call(x, target, k=np.int64(k), l=np.float64(l), p=np.float64(p)))

@@ -219,3 +219,103 @@ def hard_topk_mag(x, k: int, axis: int = -1) -> jax.Array:
     """``x * hard_topk_mask(|x|, k)``: the ``k`` entries of largest magnitude kept,
     the rest 0. Derivative: 1 on the kept entries, 0 elsewhere."""
     return _hard("hard_topk_mag", "mag", x, k, axis)
+
+
+# ---- the top-k sum and loss (SPEC.md): one value per slice ----
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _saved_mask(rows, mask, state, l, p):
+    """The soft mask topk_sum computed, as a function of the rows: its derivative
+    is the mask's Jacobian at ``state`` (one call of the core's JVP), which makes
+    topk_sum's second derivatives exact for every p."""
+    return mask
+
+
+@_saved_mask.defjvp
+def _saved_mask_jvp(l, p, primals, tangents):
+    rows, mask, state = primals
+    return mask, _ffi.jacobian_product(rows, state, tangents[0], "mask", "jvp", l, p)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _topk_sum_rows(rows, k, l, p):
+    return _ffi.topk_sum(rows, k, l, p)[0]
+
+
+@_topk_sum_rows.defjvp
+def _topk_sum_rows_jvp(k, l, p, primals, tangents):
+    (rows,), (d_rows,) = primals, tangents
+    value, mask, state = _ffi.topk_sum(jax.lax.stop_gradient(rows), k, l, p)
+    mask = _saved_mask(rows, mask, state, l, p)
+    return value, jnp.sum(mask * d_rows, axis=-1)
+
+
+@jax.custom_jvp
+def _once(value, rows):
+    """``value``, a derivative of the rows' loss: differentiating it again raises."""
+    return value
+
+
+@_once.defjvp
+def _once_jvp(primals, tangents):
+    raise NotImplementedError("sparsetopk.jax.topk_loss: second derivatives are not implemented")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _topk_loss_rows(rows, target, k, l, p):
+    return _ffi.topk_loss(rows, target, k, l, p)[0]
+
+
+@_topk_loss_rows.defjvp
+def _topk_loss_rows_jvp(k, l, p, primals, tangents):
+    (rows, target), (d_rows, _) = primals, tangents
+    loss, grad = _ffi.topk_loss(jax.lax.stop_gradient(rows), target, k, l, p)
+    return loss, jnp.sum(_once(grad, rows) * d_rows, axis=-1)
+
+
+def topk_sum(x, k: int, l: float = 0.1, p: float = 4.0 / 3.0, axis: int = -1) -> jax.Array:
+    """Smoothed sum of the ``k`` largest entries of each slice along ``axis`` (SPEC.md):
+    ``<m, x> - (l/p) sum_i m_i^p`` with ``m = soft_topk_mask(x, k, l, p, axis)``,
+    between the hard top-k sum minus ``(l/p) k`` and the hard top-k sum.
+
+    Returns ``x`` with ``axis`` reduced, in x's dtype. Its gradient is the mask
+    and its Hessian the mask's Jacobian (exact, every p); jit, vmap, jvp, grad
+    and jax.hessian work.
+    """
+    name = "topk_sum"
+    rows, _ = _rows(name, x, axis)
+    k = _check_k(name, k, rows.shape[-1])
+    l = _check_number(name, "l", l, 0.0, "> 0")
+    p = _check_number(name, "p", p, 1.0, "> 1")
+    return _topk_sum_rows(rows, k, l, p).astype(jnp.asarray(x).dtype)
+
+
+def topk_loss(scores, target, k: int, l: float = 0.1, p: float = 4.0 / 3.0, axis: int = -1) -> jax.Array:
+    """Top-k loss of SPEC.md, one per slice of ``scores`` along ``axis`` (the classes),
+    with ``target`` the label of each (an integer array of the other axes):
+    ``topk_sum(x, k) - x_t - topk_sum(x without t, k - 1) + l/p``, >= 0, and 0
+    exactly where ``soft_topk_mask(x, k)_t = 1``.
+
+    Returns an array of ``target``'s shape in scores' dtype. Differentiable once
+    in ``scores`` (jit, vmap, jvp, grad).
+    """
+    name = "topk_loss"
+    scores = jnp.asarray(scores)
+    if scores.ndim == 0:
+        _fail(name, "scores must have at least one axis (the classes), got a 0-d array")
+    rows, _ = _rows(name, scores, axis)
+    target = jnp.asarray(target)
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        _fail(name, f"target must be an integer array (class indices), got {target.dtype}", TypeError)
+    if target.shape != rows.shape[:-1]:
+        _fail(name, f"target has shape {target.shape} but scores of shape {scores.shape} needs one label per "
+                    f"slice along axis {axis}: {rows.shape[:-1]}")
+    n = rows.shape[-1]
+    k = _check_k(name, k, n)
+    if k < 1:
+        _fail(name, f"k = {k} is out of range [1, n = {n}]")
+    l = _check_number(name, "l", l, 0.0, "> 0")
+    p = _check_number(name, "p", p, 1.0, "> 1")
+    if target.dtype not in (jnp.int32, jnp.int64):
+        target = target.astype(jnp.int32)
+    return _topk_loss_rows(rows, target, k, l, p).astype(scores.dtype)
