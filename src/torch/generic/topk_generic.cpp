@@ -71,6 +71,27 @@ bool can_read(const Tensor& t) { return !t.is_meta(); }
 
 // ---- the threshold equation of a batch of sorted rows ----
 
+// A residual f(x) and its Newton step as the root finder is given them (its
+// iteration is the core's, unchanged):
+// - f is 0 where it lies within its rounding error, 4 eps `magnitude` (the
+//   sum of its terms' magnitudes): its sign says nothing there, and 0 is what
+//   stops the core's iteration at a root;
+// - a step shorter than one ulp of x is one ulp (toward the root, against f's
+//   sign), the least that moves x: from there the core's rule for a step below
+//   its tolerance (go past the root by the tolerance) closes the bracket.
+//   Without it x - step rounds to x, an end of the bracket, the Newton step is
+//   refused and the iteration bisects the rest of the bracket (once Newton
+//   has reached the double nearest the root from one side; or, in offsets, on
+//   the ulps of d, far below the keys'): up to 50 iterations more.
+// The core needs neither: its iteration runs on one row, and where it solves
+// a threshold it does so in plain coordinates, whose tolerance (4 eps |tau|)
+// is above the residual's rounding.
+Tensor residual_to_resolution(const Tensor& f, const Tensor& magnitude, const Tensor& x, Tensor& step) {
+  const Tensor x_size = magnitude_of(x), ulp = at::nextafter(x_size, at::full_like(x_size, kInf)) - x_size;
+  step = select(magnitude_of(step) < ulp, at::copysign(ulp, -f), step);
+  return select(magnitude_of(f) <= 4.0 * DBL_EPSILON * magnitude, 0.0, f);
+}
+
 // SPEC.md, "Top-k structure", with the threshold tau (gamma for the magnitude)
 // in offset form tau = ref - d ([R, 1] each): u_j = s_j - tau is computed as
 // (s_j - ref) + d, exact for keys near ref. Plain coordinates are ref = 0, d = -tau.
@@ -86,46 +107,52 @@ class ThresholdEquation {
   const Regularizer& regularizer() const { return regularizer_; }
   Tensor offsets(const Tensor& ref, const Tensor& d) const { return (s_ - ref) + d; }
 
-  // Phi(d), non-decreasing in d ([R, 1]):
-  //   mask       sum_j clip(u_j / l, 0, 1)^(q-1) - k
-  //   magnitude  sum_{j<k} min(pow(u_j/l, q-1) - gamma, 0) + sum_{j>=k} pow((u_j)_+ / l, q-1)
-  // With `step`, also the Newton step for d (below) and `noise`, the rounding
-  // error of Phi: 4 eps times the sum of its terms' magnitudes.
-  Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr, Tensor* noise = nullptr) const {
+  // F(d), non-increasing in d ([R, 1]), as the core writes the equation in
+  // offsets (BlockEquation::solve_offset: the left side less the right side at
+  // gamma = ref - d, negated):
+  //   mask       k - sum_j clip(u_j / l, 0, 1)^(q-1)
+  //   magnitude  -(sum_{j<k} min(pow(u_j/l, q-1) - gamma, 0) + sum_{j>=k} pow((u_j)_+ / l, q-1))
+  // With `step` (the root finder's call), also the Newton step for d (below),
+  // both to the resolution of doubles (residual_to_resolution).
+  Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr) const {
     const Tensor u = offsets(ref, d);
-    return op_ == Form::mask ? mask_residual(u, step, noise) : magnitude_residual(u, ref - d, step, noise);
+    Tensor magnitude;
+    const Tensor f = op_ == Form::mask ? mask_residual(u, step, &magnitude)
+                                       : magnitude_residual(u, ref - d, step, &magnitude);
+    return step ? residual_to_resolution(f, magnitude, d, *step) : f;
   }
 
  private:
-  // Where Phi is smooth it reads sum_B pow(u_j/l, q-1) = target over the entries
-  // B that move (mask: 0 < u_j < l, target k less the saturated count;
-  // magnitude: the block, target gamma W_B). Newton's step for d is taken on
-  // the (q-1)-th root of both sides, nearly linear in d for every p (pow(u, q-1)
-  // itself is steep or flat at u = 0 when p is far from 2); for p = 2 it is the
-  // plain step Phi / Phi'.
-  Tensor mask_residual(const Tensor& u, Tensor* step, Tensor* noise) const {
+  // Where F is smooth, F = 0 reads sum_B pow(u_j/l, q-1) = target over the
+  // entries B that move (mask: 0 < u_j < l, target k less the saturated count;
+  // magnitude: the block, target gamma W_B). For p other than 2 and 4/3 the
+  // Newton step for d is taken on the (q-1)-th root of both sides, an equation
+  // with the same root and the same sign as F but nearly linear in d
+  // (pow(u, q-1) itself is steep or flat at u = 0 when p is far from 2, and the
+  // core's plain F / F' crawls there); for p = 2 and 4/3 it is F / F'.
+  // (`magnitude`: the sum of F's terms' magnitudes, with the step.)
+  Tensor mask_residual(const Tensor& u, Tensor* step, Tensor* magnitude) const {
     const Tensor z = (u / l_).clamp(0.0, 1.0), y = regularizer_.power(z), sum = row_sum(y);
-    const Tensor f = sum - static_cast<double>(k_);
-    if (step) {
-      const Tensor moving = (z > 0) & (z < 1);
-      const Tensor powers = row_sum(select(moving, y, 0.0)), target = powers - f;
-      const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
-      *step = root_step(powers, slope, target, at::zeros_like(f));
-      *noise = 4.0 * DBL_EPSILON * (sum + static_cast<double>(k_));
-    }
+    const Tensor f = at::rsub(sum, static_cast<double>(k_));  // k - sum
+    if (!step) return f;
+    const Tensor moving = (z > 0) & (z < 1);
+    const Tensor powers = row_sum(select(moving, y, 0.0)), target = powers + f;
+    const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
+    *step = root_step(powers, slope, target, at::zeros_like(f));
+    *magnitude = sum + static_cast<double>(k_);
     return f;
   }
 
-  Tensor magnitude_residual(const Tensor& u, const Tensor& gamma, Tensor* step, Tensor* noise) const {
+  Tensor magnitude_residual(const Tensor& u, const Tensor& gamma, Tensor* step, Tensor* magnitude) const {
     const Tensor z = u.clamp_min(0.0) / l_, y = regularizer_.power(z), excess = y - gamma;
-    const Tensor f = row_sum(select(is_top_, excess.clamp_max(0.0), y));
-    if (step) {
-      const Tensor top_in_block = is_top_ & (excess < 0), moving = top_in_block | (~is_top_ & (z > 0));
-      const Tensor powers = row_sum(select(moving, y, 0.0)), weight = row_sum(top_in_block).to(at::kDouble);
-      const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
-      *step = root_step(powers, slope, gamma * weight, weight);
-      *noise = 4.0 * DBL_EPSILON * (powers + magnitude_of(gamma) * weight);
-    }
+    const Tensor f = -row_sum(select(is_top_, excess.clamp_max(0.0), y));
+    if (!step) return f;
+    const Tensor top_in_block = is_top_ & (excess < 0), moving = top_in_block | (~is_top_ & (z > 0));
+    const Tensor powers = row_sum(select(moving, y, 0.0)), weight = row_sum(top_in_block).to(at::kDouble);
+    const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
+    const Tensor owed = gamma * weight;
+    *step = root_step(powers, slope, owed, weight);
+    *magnitude = powers + magnitude_of(owed);
     return f;
   }
 
@@ -150,97 +177,54 @@ class ThresholdEquation {
 
 // ---- vectorized root finding ----
 
-// The core's bisect: the midpoint, 0 across a sign change, or the geometric
-// mean of a one-signed bracket spanning orders of magnitude.
-Tensor split_point(const Tensor& lo, const Tensor& hi) {
-  const Tensor lo_safe = lo.clamp_min(DBL_MIN), hi_safe = hi.clamp_max(-DBL_MIN);
-  const Tensor geometric_up = at::sqrt(lo_safe) * at::sqrt(hi);
-  const Tensor geometric_down = -at::sqrt(-hi_safe) * at::sqrt(-lo);
-  const Tensor middle = lo + 0.5 * (hi - lo);
-  return select((lo < 0) & (hi > 0), 0.0,
-                select((lo >= 0) & (hi > 16.0 * lo_safe), geometric_up,
-                       select((hi <= 0) & (lo < 16.0 * hi_safe), geometric_down, middle)));
-}
-
-// Root of a non-decreasing f on [lo, hi] (f(lo) <= 0 <= f(hi)), elementwise
-// over any shape, from `start`: the core's safeguarded Newton iteration
-// (find_decreasing_root), batched, with a secant fallback. residual(x, &step,
-// &noise) returns f(x) and sets step, the Newton step (x - step is the next
-// point), and noise, the rounding error of f(x): |f| within it counts as a
-// root (the core stops at f == 0; steps at the noise of f would not close the
-// bracket). A Newton step is taken if it stays inside the bracket and is less
-// than half the last step; otherwise the end on the root's side is evaluated
-// (once, where it was not), then the secant of the bracket's ends (Illinois:
-// the residual of an end kept twice in a row is halved), or, where the bracket
-// did not halve over the last two iterations, the core's split point. The
-// bracket thus halves at least every three iterations after the first two; it
-// stops when narrower than 4 eps max(|lo|, |hi|) + 4.9e-324 or after 200
-// evaluations.
-// Elements that converged are frozen, so a row's result does not depend on the
+// Root of a non-increasing f on [lo, hi] (f(lo) >= 0 >= f(hi)), elementwise
+// over any shape, from `start`: the core's find_decreasing_root
+// (root_finding.hpp, without closest_end), batched. residual(x, &step) returns
+// f(x) and sets Newton's step f(x) / f'(x) (or that of an equivalent equation
+// with the same root and sign: ThresholdEquation::root_step).
+// Line by line:
+//   core                                          here
+//   x = clamp(start, lo, hi)                      the same
+//   while iteration < 200 && bracket_open(lo, hi) per element: done once the bracket closes;
+//                                                 the loop ends when every element is done
+//   f = residual(x, &slope); step = f / slope     f = residual(x, &step), both to the resolution
+//                                                 of doubles (residual_to_resolution)
+//   if f == 0 or NaN: return x                    found: x frozen, and returned
+//   x = next_root_estimate(x, f, step, ...)       the same template, on every element; f = 0
+//                                                 where done leaves those brackets as they are
+//   return lo + 0.5 (hi - lo)                     the same where no root was found
+// Elements that are done are frozen, so a row's result does not depend on the
 // others. Host syncs: one per kIterationsPerCheck iterations (every iteration
 // on the CPU, where it costs nothing), only to stop early; none on meta
 // tensors, which run a single iteration (their values are never read).
 template <class Residual>
-Tensor find_increasing_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
-  const auto tolerance_at = [](const Tensor& a, const Tensor& b) {
-    return 4.0 * DBL_EPSILON * at::maximum(magnitude_of(a), magnitude_of(b)) + DBL_TRUE_MIN;
-  };
-  const auto is_open = [&](const Tensor& a, const Tensor& b) {
-    return (at::nextafter(a, at::full_like(a, kInf)) < b) & (b - a > tolerance_at(a, b));
-  };
-  const auto inside = [&](const Tensor& v) { return (v > lo) & (v < hi); };
-  Tensor x = at::minimum(at::maximum(start, lo), hi), last_step = hi - lo, last_f = at::zeros_like(x);
-  Tensor f_lo = at::full_like(x, kNaN), f_hi = at::full_like(x, kNaN), last_end = at::zeros_like(x);
-  Tensor width_1 = hi - lo, width_2 = hi - lo;  // the bracket's width one and two iterations ago
-  Tensor found = at::zeros_like(x, x.options().dtype(at::kBool)), root = x;
-  Tensor done = ~is_open(lo, hi);
+Tensor find_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
+  using sparsetopk::detail::bracket_open;
+  Tensor x = at::minimum(at::maximum(start, lo), hi), last_width = hi - lo;
+  Tensor found = at::zeros_like(x, x.options().dtype(at::kBool));
+  Tensor done = ~bracket_open(lo, hi);
   const bool readable = can_read(x);
   const int per_check = x.device().is_cpu() ? 1 : kIterationsPerCheck;
   const int iterations = readable ? kMaxRootIterations : 1;
   for (int iteration = 0; iteration < iterations; ++iteration) {
     if (readable && iteration % per_check == 0 && done.all().item<bool>()) break;
-    Tensor step, noise;
-    const Tensor f = residual(x, &step, &noise), active = ~done;
-    const Tensor hit = active & ((magnitude_of(f) <= noise) | is_nan(f));  // a root to rounding, or NaN: stop at x
-    found = found | hit;
-    root = select(hit, x, root);
-    const Tensor moves_lo = active & (f < 0), moves_hi = active & (f > 0);
-    f_hi = select(moves_lo & (last_end < 0), 0.5 * f_hi, f_hi);  // Illinois
-    f_lo = select(moves_hi & (last_end > 0), 0.5 * f_lo, f_lo);
-    lo = select(moves_lo, x, lo), f_lo = select(moves_lo, f, f_lo);
-    hi = select(moves_hi, x, hi), f_hi = select(moves_hi, f, f_hi);
-    last_end = select(moves_lo, -1.0, select(moves_hi, 1.0, last_end));
-    // Past the root, where that stays in the bracket: a step below the
-    // tolerance goes on by the tolerance (less than an ulp would land back on
-    // x, an end of the bracket), and a step from the same side as the last goes
-    // on by itself (Newton from one side would never close the bracket).
-    const Tensor tolerance = tolerance_at(lo, hi);
-    const Tensor past = select(magnitude_of(step) <= tolerance, tolerance,
-                               select(f * last_f > 0, magnitude_of(step), at::zeros_like(step)));
-    const Tensor beyond = x - step - at::copysign(past, step);
-    const Tensor newton = select(inside(beyond), beyond, x - step);
-    const Tensor use_newton = is_finite(step) & inside(newton) & (magnitude_of(step) < 0.5 * last_step);
-    // the end on the root's side, once, where its residual is not known yet
-    const Tensor probe = ~use_newton & select(f > 0, is_nan(f_lo), is_nan(f_hi));
-    const Tensor secant = lo - f_lo * ((hi - lo) / (f_hi - f_lo));
-    const Tensor use_secant = is_finite(secant) & inside(secant) & (hi - lo <= 0.5 * width_2);
-    Tensor next = select(use_newton, newton, select(use_secant, secant, split_point(lo, hi)));
-    next = select(inside(next), next, lo + 0.5 * (hi - lo));  // never an end twice
-    next = select(probe, select(f > 0, lo, hi), next);
-    last_step = select(active, select(use_newton, magnitude_of(step), hi - lo), last_step);
-    last_f = select(active, f, last_f);
-    width_2 = select(active, width_1, width_2), width_1 = select(active, hi - lo, width_1);
-    done = done | hit | ~is_open(lo, hi);
+    Tensor step;
+    const Tensor f = residual(x, &step);
+    const Tensor root = ~done & ((f == 0) | is_nan(f));  // a root, or NaN: the core returns x
+    found = found | root;
+    done = done | root;
+    const Tensor next = sparsetopk::detail::next_root_estimate(x, select(done, 0.0, f), step, lo, hi, last_width);
+    done = done | ~bracket_open(lo, hi);
     x = select(done, x, next);
   }
-  return select(found, root, lo + 0.5 * (hi - lo));
+  return select(found, x, lo + 0.5 * (hi - lo));
 }
 
 // For breakpoints [R, m] of each row in descending order and the equation's
-// residual at a threshold t (Phi at ref = 0, d = -t: non-decreasing along the
-// breakpoints), the first column j with residual >= 0 (m if none). A binary
+// residual at a threshold t (F at ref = 0, d = -t: non-increasing along the
+// breakpoints), the first column j with residual <= 0 (m if none). A binary
 // search: ceil(log2(m + 1)) evaluations, no host sync.
-Tensor first_nonnegative(const ThresholdEquation& equation, const Tensor& breakpoints) {
+Tensor first_nonpositive(const ThresholdEquation& equation, const Tensor& breakpoints) {
   const int64_t m = breakpoints.size(1);
   Tensor first = at::zeros({breakpoints.size(0), 1}, breakpoints.options().dtype(at::kLong));
   Tensor last = at::full_like(first, m);
@@ -248,9 +232,9 @@ Tensor first_nonnegative(const ThresholdEquation& equation, const Tensor& breakp
   for (int64_t width = m; width > 0; width /= 2) {
     const Tensor mid = at::div(first + last, 2, "floor");
     const Tensor t = key_at(breakpoints, mid, 0.0);
-    const Tensor nonnegative = equation.residual(zero, -t) >= 0, active = first < last;
-    last = select(active & nonnegative, mid, last);
-    first = select(active & ~nonnegative, mid + 1, first);
+    const Tensor nonpositive = equation.residual(zero, -t) <= 0, active = first < last;
+    last = select(active & nonpositive, mid, last);
+    first = select(active & ~nonpositive, mid + 1, first);
   }
   return first;
 }
@@ -304,10 +288,8 @@ Tensor first_solution(const ThresholdEquation& equation, Form op, const Tensor& 
     return into_bracket(closed_form_value(op, kind, equation.l(), m), lo, hi);
   }
   const Tensor zero = at::zeros_like(lo);
-  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
-    return equation.residual(zero, d, step, noise);
-  };
-  return -find_increasing_root(residual, -hi, -lo, -(lo + 0.5 * (hi - lo)));
+  const auto residual = [&](const Tensor& d, Tensor* step) { return equation.residual(zero, d, step); };
+  return -find_root(residual, -hi, -lo, -(lo + 0.5 * (hi - lo)));
 }
 
 // The root again in offset form from the key `ref`, starting at d = start.
@@ -316,10 +298,8 @@ Tensor solve_from(const ThresholdEquation& equation, const Tensor& ref, const Te
   // the piece in offsets, widened by the rounding of the differences (none for nearby keys)
   const Tensor d_lo = (ref - hi) - DBL_EPSILON * magnitude_of(ref - hi);
   const Tensor d_hi = (ref - lo) + DBL_EPSILON * magnitude_of(ref - lo);
-  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
-    return equation.residual(ref, d, step, noise);
-  };
-  return find_increasing_root(residual, d_lo, d_hi, into_bracket(start, d_lo, d_hi));
+  const auto residual = [&](const Tensor& d, Tensor* step) { return equation.residual(ref, d, step); };
+  return find_root(residual, d_lo, d_hi, into_bracket(start, d_lo, d_hi));
 }
 
 // Steps 3 and 4 of the file comment: tau0 on the piece, then the root again
@@ -343,8 +323,8 @@ Threshold mask_threshold(const ThresholdEquation& equation) {
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
   const double l = equation.l();
-  const Tensor entering = first_nonnegative(equation, s);       // b: s_j > tau for j < b
-  const Tensor saturating = first_nonnegative(equation, s - l);  // a: s_j - tau >= l for j < a
+  const Tensor entering = first_nonpositive(equation, s);       // b: s_j > tau for j < b
+  const Tensor saturating = first_nonpositive(equation, s - l);  // a: s_j - tau >= l for j < a
   const Tensor lo = at::maximum(at::maximum(s.narrow(1, k, 1) - l, key_at(s, entering, -kInf)),
                                 key_at(s, saturating, -kInf) - l);
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
@@ -359,13 +339,12 @@ Tensor singleton_values(const Regularizer& regularizer, const Tensor& s, double 
     const Tensor one = at::ones_like(s), zero = at::zeros_like(s);
     return closed_form_value(Form::magnitude, regularizer.kind(), l, BlockMoments{one, one, s, unit_of(s), zero, zero});
   }
-  const auto residual = [&](const Tensor& g, Tensor* step, Tensor* noise) {  // g - pow((s - g)/l, q-1), increasing
-    const Tensor z = (s - g).clamp_min(0.0) / l, y = regularizer.power(z);
-    *step = (g - y) / (1.0 + regularizer.slope(z) / l);
-    *noise = 4.0 * DBL_EPSILON * (magnitude_of(g) + y);
-    return g - y;
+  const auto residual = [&](const Tensor& g, Tensor* step) {  // pow((s - g)/l, q-1) - g, decreasing
+    const Tensor z = (s - g).clamp_min(0.0) / l, y = regularizer.power(z), f = y - g;
+    *step = f / -(1.0 + regularizer.slope(z) / l);
+    return residual_to_resolution(f, y + magnitude_of(g), g, *step);
   };
-  return find_increasing_root(residual, at::zeros_like(s), s, 0.5 * s);
+  return find_root(residual, at::zeros_like(s), s, 0.5 * s);
 }
 
 // Magnitude: sum_{j<k} min(pow((s_j - g)/l, q-1) - g, 0) + sum_{j>=k} pow((s_j - g)_+/l, q-1) = 0
@@ -376,8 +355,8 @@ Threshold magnitude_threshold(const ThresholdEquation& equation) {
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
   const Tensor singleton = singleton_values(equation.regularizer(), s.narrow(1, 0, k), equation.l());
-  const Tensor entering = k + first_nonnegative(equation, s.narrow(1, k, s.size(1) - k));
-  const Tensor leaving = first_nonnegative(equation, singleton).clamp_max(k - 1);
+  const Tensor entering = k + first_nonpositive(equation, s.narrow(1, k, s.size(1) - k));
+  const Tensor leaving = first_nonpositive(equation, singleton).clamp_max(k - 1);
   const Tensor lo = at::maximum(at::maximum(singleton.narrow(1, k - 1, 1), key_at(s, entering, -kInf)),
                                 key_at(singleton, leaving, -kInf));
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
@@ -529,7 +508,7 @@ Tensor has_block(const ThresholdEquation& equation, Form op) {
   const int64_t k = equation.k();
   const double l = equation.l();
   const Tensor s_k = s.narrow(1, k - 1, 1), s_next = s.narrow(1, k, 1);
-  const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) < 0);
+  const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) > 0);
   if (equation.regularizer().kind() == Regularizer::Kind::general) return straddles;
   const Tensor pooled = op == Form::mask ? s_k - s_next == l : equation.regularizer().power((s_k - s_next) / l) == s_next;
   return straddles | pooled;
