@@ -39,10 +39,11 @@ inline at::Tensor is_finite(const at::Tensor& t) {
   return t.is_meta() ? at::empty_like(t, t.options().dtype(at::kBool)) : at::isfinite(t);
 }
 
-// y^(1/3) for y >= 0, to the last ulp or so: pow(y, 1/3) then one Newton step.
+// y^(1/3) for y >= 0, to the last ulp or so: pow(y, 1/3) then one Newton
+// step (not at 0 and infinity, where pow is exact).
 inline at::Tensor cube_root(const at::Tensor& y) {
   const at::Tensor c = at::pow(y, 1.0 / 3.0);
-  return select(c > 0, c - (c - y / (c * c)) / 3.0, c);
+  return select((c > 0) & (c < std::numeric_limits<double>::infinity()), c - (c - y / (c * c)) / 3.0, c);
 }
 
 }  // namespace sparsetopk::torch::generic
