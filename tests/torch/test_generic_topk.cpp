@@ -2,7 +2,9 @@
 // the exact CPU core of <sparsetopk/topk.hpp>, on CPU tensors: outputs, the
 // saved state (c, row_state), VJP and JVP, for random, tied and hostile rows
 // and every p the docs name; then meta tensors (shapes and dtypes only); then
-// the batched Dykstra (generic::dykstra_rows) against the core's.
+// the batched Dykstra (generic::dykstra_rows) against the core's; and the
+// per-row templates of src/core/row instantiated with tensors against the
+// same templates with doubles.
 //
 // Tolerances (docs/generic.md, "Exactness"): the two solve the same equations
 // with different roundings, so each output may differ by 1e-12 of its scale
@@ -30,7 +32,11 @@
 #include <string>
 #include <vector>
 
+#include "block_equation.hpp"
+#include "generic/tensor_elementwise.hpp"
 #include "generic/topk_generic.hpp"
+#include "regularizer.hpp"
+#include "root_finding.hpp"
 #include "spans.hpp"
 
 namespace {
@@ -731,3 +737,128 @@ TEST(GenericTopk, EmptyBatches) {
 }
 
 }  // namespace
+
+// ---- the per-row templates with T = at::Tensor against T = double ----
+// (src/core/row/elementwise.hpp; the ATen path's specialization in
+// src/torch/generic/tensor_elementwise.hpp). Entry by entry, within a few
+// ulps: ATen's pow, hypot and cube root stand for libm's, and even its sqrt
+// is not always correctly rounded (1 ulp off on 4.4872818348131878); the
+// count of bitwise equal entries is printed.
+
+namespace {
+
+// |a - b| in ulps of the larger (0 for equal values or two NaNs).
+double ulps_apart(double a, double b) {
+  if (a == b || (std::isnan(a) && std::isnan(b))) return 0.0;
+  const double larger = std::max(std::abs(a), std::abs(b));
+  return std::abs(a - b) / (std::nextafter(larger, kInf) - larger);
+}
+
+at::Tensor tensor_of(const std::vector<double>& v) { return doubles(v, 1).reshape({-1}); }
+
+// A struct of tensors with BlockMoments' fields, as the ATen path keeps them.
+struct TensorMoments {
+  at::Tensor count, weight, mean, unit, m2, m3;
+};
+
+}  // namespace
+
+TEST(SharedTemplates, TheRegularizerOnTensorsIsTheCoresEntryByEntry) {
+  using sparsetopk::detail::Regularizer;
+  const std::vector<double> u = {0.0, 1e-300, 3e-7, 0.3, 1.0, 2.5, 1e5, 1e100};
+  const at::Tensor ut = tensor_of(u);
+  for (double p : kPs) {
+    const Regularizer regularizer(p);
+    const bool general = regularizer.kind() == Regularizer::Kind::general;
+    const std::vector<double> power = values(regularizer.power(ut)), slope = values(regularizer.slope(ut));
+    const std::vector<double> inverse = values(regularizer.inverse_power(ut));
+    const std::vector<double> c = values(sparsetopk::detail::jacobian_weight(regularizer, ut, 0.01));
+    for (std::size_t i = 0; i < u.size(); ++i) {
+      const std::string at_u = "p = " + std::to_string(p) + ", u = " + std::to_string(u[i]);
+      // q = 2 and 4: products only, bitwise; other p: at::pow for std::pow
+      EXPECT_LE(ulps_apart(power[i], regularizer.power(u[i])), general ? 2.0 : 0.0) << at_u;
+      EXPECT_LE(ulps_apart(slope[i], regularizer.slope(u[i])), general ? 2.0 : 0.0) << at_u;
+      EXPECT_LE(ulps_apart(c[i], sparsetopk::detail::jacobian_weight(regularizer, u[i], 0.01)), general ? 2.0 : 0.0)
+          << at_u;
+      EXPECT_LE(ulps_apart(inverse[i], regularizer.inverse_power(u[i])),
+                regularizer.kind() == Regularizer::Kind::quadratic ? 0.0 : 2.0)
+          << at_u;
+    }
+  }
+  // the sign-preserving power of SPEC.md, and c's cap
+  const Regularizer p3(1.5);
+  EXPECT_EQ(values(p3.power(tensor_of({-4.0})))[0], -16.0);
+  EXPECT_EQ(values(sparsetopk::detail::jacobian_weight(Regularizer(1.01), tensor_of({1e10}), 1.0))[0], 1e280);
+}
+
+TEST(SharedTemplates, TheClosedFormsOnTensorsAreTheCoresEntryByEntry) {
+  using sparsetopk::detail::solve_depressed_cubic;
+  std::vector<double> P, Q;
+  for (double p : {0.0, 1e-300, 1e-12, 0.5, 3.0, 1e10, 1e120, 1e300})
+    for (double q : {0.0, 1e-310, 1e-200, 1e-5, 1.0, 7.0, 1e100, 1e250})
+      for (double sign : {1.0, -1.0}) P.push_back(p), Q.push_back(sign * q);
+  const std::vector<double> t = values(solve_depressed_cubic(tensor_of(P), tensor_of(Q)));
+  int exact = 0;
+  for (std::size_t i = 0; i < P.size(); ++i) {
+    const double expected = solve_depressed_cubic(P[i], Q[i]);
+    EXPECT_LE(ulps_apart(t[i], expected), 4.0) << "P = " << P[i] << ", Q = " << Q[i];
+    exact += t[i] == expected;
+  }
+  std::printf("depressed cubic: %d of %zu entries bitwise the core's\n", exact, P.size());
+  // a block's value from its moments (mask and magnitude, q = 2 and 4): the
+  // moments of {3, 1, 0.5} with W = 2, of {1e-3} with W = 1 (a singleton), of
+  // {2e7, 1e7} with W = 1 and l = 1e8 (kappa huge: the first-order value)
+  struct Case {
+    std::vector<double> s;
+    double weight, l;
+  };
+  for (const Case& block : {Case{{3.0, 1.0, 0.5}, 2.0, 0.1}, Case{{1e-3}, 1.0, 0.1}, Case{{2e7, 1e7}, 1.0, 1e8}}) {
+    sparsetopk::detail::BlockMoments m = sparsetopk::detail::BlockMoments::single(block.s[0], 1.0);
+    for (std::size_t j = 1; j < block.s.size(); ++j)
+      m.merge(sparsetopk::detail::BlockMoments::single(block.s[j], 1.0));
+    m.weight = block.weight;
+    const auto scalar = [](double v) { return doubles({v}, 1).reshape({-1}); };
+    const TensorMoments mt{scalar(m.count), scalar(m.weight), scalar(m.mean), scalar(m.unit), scalar(m.m2), scalar(m.m3)};
+    for (Operator op : {Operator::mask, Operator::magnitude}) {
+      for (auto kind : {sparsetopk::detail::Regularizer::Kind::quadratic, sparsetopk::detail::Regularizer::Kind::quartic}) {
+        const double expected = sparsetopk::detail::closed_form_value(op, kind, block.l, m);
+        const double got = values(sparsetopk::detail::closed_form_value(op, kind, block.l, mt))[0];
+        EXPECT_LE(ulps_apart(got, expected), 4.0) << name_of(op) << " block of " << block.s.size();
+      }
+    }
+  }
+}
+
+// One step of find_decreasing_root's iteration (next_root_estimate) on a
+// batch of brackets, against the same step on each bracket alone: the same
+// bracket ends and last widths after it, bitwise, and the same next point (to
+// 2 ulps: a split point is a product of ATen's square roots).
+TEST(SharedTemplates, TheRootFindersStepOnTensorsIsTheCoresEntryByEntry) {
+  at::manual_seed(11);
+  const int64_t count = 4096;
+  const at::Tensor a = at::randn({count}, torch::kDouble) * at::exp2(at::randint(-40, 40, {count}, torch::kDouble));
+  const at::Tensor width = at::rand({count}, torch::kDouble) * at::exp2(at::randint(-60, 20, {count}, torch::kDouble));
+  at::Tensor lo = a, hi = a + width;
+  const at::Tensor x = lo + at::rand({count}, torch::kDouble) * (hi - lo);
+  // residuals of both signs and 1 in 8 zero (the core stops there first; the
+  // batch hands 0 for elements that are done, which must move nothing)
+  const at::Tensor f = at::randn({count}, torch::kDouble) * (at::rand({count}, torch::kDouble) > 0.125);
+  // steps: small and large, within and beyond the bracket, 1 in 16 not finite
+  at::Tensor step = -at::sign(f) * width * at::exp2(at::randint(-70, 3, {count}, torch::kDouble));
+  step = at::where(at::rand({count}, torch::kDouble) < 1.0 / 16, at::full_like(step, kNaN), step);
+  at::Tensor last_width = width * at::exp2(at::randint(-70, 2, {count}, torch::kDouble));
+  const std::vector<double> x0 = values(x), f0 = values(f), step0 = values(step), lo0 = values(lo), hi0 = values(hi),
+                            last0 = values(last_width);
+  const std::vector<double> next = values(sparsetopk::detail::next_root_estimate(x, f, step, lo, hi, last_width));
+  const std::vector<double> lo1 = values(lo), hi1 = values(hi), last1 = values(last_width);
+  int exact = 0;
+  for (std::size_t i = 0; i < x0.size(); ++i) {
+    double lo_i = lo0[i], hi_i = hi0[i], last_i = last0[i];
+    const double next_i = sparsetopk::detail::next_root_estimate(x0[i], f0[i], step0[i], lo_i, hi_i, last_i);
+    ASSERT_TRUE(ulps_apart(next[i], next_i) <= 2.0 && lo1[i] == lo_i && hi1[i] == hi_i && last1[i] == last_i)
+        << "x = " << x0[i] << ", f = " << f0[i] << ", step = " << step0[i] << " in [" << lo0[i] << ", " << hi0[i]
+        << "]: " << next[i] << " vs " << next_i;
+    exact += next[i] == next_i;
+  }
+  std::printf("root finder's step: %d of %zu next points bitwise the core's\n", exact, x0.size());
+}

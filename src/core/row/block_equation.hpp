@@ -11,11 +11,12 @@
 #include <cstdint>
 #include <cmath>
 #include <span>
+#include <type_traits>
 
+#include "elementwise.hpp"
 #include "host_device.hpp"
-#include "root_finding.hpp"
-
 #include "regularizer.hpp"
+#include "root_finding.hpp"
 #include "sparsetopk/isotonic.hpp"
 
 namespace sparsetopk::detail {
@@ -33,9 +34,6 @@ struct BlockMoments {
   SPARSETOPK_HOST_DEVICE static double unit_of(double s);
   SPARSETOPK_HOST_DEVICE void merge(const BlockMoments& b);
 };
-
-// Unique real root of t^3 + P t = Q for P >= 0, without cancellation.
-SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q);
 
 class BlockEquation {
  public:
@@ -96,51 +94,96 @@ SPARSETOPK_HOST_DEVICE inline void BlockMoments::merge(const BlockMoments& b) {
 inline constexpr std::uint64_t kCbrtSeedBias = static_cast<std::uint64_t>((1023.0 - 341.0 - 0.0330624) * 0x1p52);
 // The factor that makes the seed an upper bound (1.04 * 0.969 > 1).
 inline constexpr double kCbrtUpperFactor = 1.04;
-SPARSETOPK_HOST_DEVICE inline double cbrt_seed(double x) {
-  return std::bit_cast<double>(std::bit_cast<std::uint64_t>(x) / 3 + kCbrtSeedBias);
+template <class T>
+SPARSETOPK_HOST_DEVICE T cbrt_seed(const T& x) {
+  return Elementwise<T>::bits_over_3_plus(x, kCbrtSeedBias);
 }
 
 // A bound on cbrt(x) from above, at most 7.4% above it, for x >= 0 (libm's
 // cbrt for zero, subnormal and infinite x): where a wider bound only costs a
 // little, the seed is cheaper than cbrt's ~130 instructions.
-SPARSETOPK_HOST_DEVICE inline double cbrt_upper_bound(double x) {
-  if (!(x >= DBL_MIN && x <= DBL_MAX)) return std::cbrt(x);
-  return kCbrtUpperFactor * cbrt_seed(x);
+template <class T>
+SPARSETOPK_HOST_DEVICE T cbrt_upper_bound(const T& x) {
+  using E = Elementwise<T>;
+  return E::branch((x >= DBL_MIN) & (x <= DBL_MAX), [&] { return T(kCbrtUpperFactor * cbrt_seed(x)); },
+                   [&] { return E::cbrt(x); });
 }
 
 // cbrt(x) for normal x > 0 to about 1e-15 relative, without libm: the seed
 // (within 3.2%), then two Halley steps (each cubes the relative error).
-SPARSETOPK_HOST_DEVICE inline double approximate_cbrt(double x) {
-  double y = cbrt_seed(x);
+template <class T>
+SPARSETOPK_HOST_DEVICE T approximate_cbrt(const T& x) {
+  T y = cbrt_seed(x);
   for (int step = 0; step < 2; ++step) {
-    const double y3 = y * y * y;
-    y *= (y3 + 2.0 * x) / (2.0 * y3 + x);
+    const T y3 = y * y * y;
+    y = y * ((y3 + 2.0 * x) / (2.0 * y3 + x));
   }
   return y;
 }
 
-SPARSETOPK_HOST_DEVICE inline double solve_depressed_cubic(double P, double Q) {
-  if (Q == 0.0) return 0.0;
+// Unique real root of t^3 + P t = Q for P >= 0, without cancellation.
+template <class T>
+SPARSETOPK_HOST_DEVICE T solve_depressed_cubic(const T& P, const T& Q) {
+  using E = Elementwise<T>;
   // Cardano with u^3 = |Q|/2 + sqrt(Q^2/4 + P^3/27) and t = u - P/(3u), rewritten as
   // t = |Q| / (u^2 + P/3 + (P/(3u))^2): a sum of positive terms.
-  const double half_q = 0.5 * std::abs(Q), third_p = P / 3.0;
+  const T abs_q = E::abs(Q), half_q = 0.5 * abs_q, third_p = P / 3.0;
   // whether the larger of |Q|/2 and (P/3)^(3/2) lies in (2^-500, 2^500), read off P/3 itself
-  const bool in_range = (half_q > 0x1p-500 || third_p > 0x1p-333) && half_q < 0x1p500 && third_p < 0x1p333;
-  if (!in_range) {  // squares would under- or overflow: hypot and pow
-    if (P == 0.0) return std::cbrt(Q);                // (u = 0 where |Q|/2 underflows)
-    const double r = std::hypot(0.5 * Q, std::pow(P / 3.0, 1.5));
-    const double u = std::cbrt(0.5 * std::abs(Q) + r);
-    const double v = P / (3.0 * u);
-    return std::copysign(std::abs(Q) / (u * u + P / 3.0 + v * v), Q);
+  const auto in_range = ((half_q > 0x1p-500) | (third_p > 0x1p-333)) & (half_q < 0x1p500) & (third_p < 0x1p333);
+  const auto within = [&] {
+    // (the same t with one division: v = P/(3u) = third_p/u, so t = |Q| u^2 / (u^4 + third_p u^2 + third_p^2))
+    const T u = approximate_cbrt(half_q + E::sqrt(half_q * half_q + third_p * third_p * third_p)), u2 = u * u;
+    const T t = abs_q * u2 / (u2 * (u2 + third_p) + third_p * third_p);
+    // one Newton step on t^3 + P t = |Q| takes the error of the steps above (it
+    // squares it) to the rounding of the residual: within 2 ulps, its terms are positive
+    const T t2 = t * t;
+    return E::copysign(t - ((t2 + P) * t - abs_q) / (3.0 * t2 + P), Q);
+  };
+  const auto beyond = [&] {  // squares would under- or overflow: hypot and pow
+    const T r = E::hypot(0.5 * Q, E::pow(P / 3.0, 1.5));
+    const T u = E::cbrt(0.5 * abs_q + r);
+    const T v = P / (3.0 * u);
+    // (u = 0 where |Q|/2 underflows and P = 0: then t = cbrt(Q))
+    return E::select(P == 0.0, E::cbrt(Q), E::copysign(abs_q / (u * u + P / 3.0 + v * v), Q));
+  };
+  return E::select(Q == 0.0, 0.0, E::branch(in_range, within, beyond));
+}
+
+// gamma of a block from its moments `m` (count, weight W, mean, unit, m2, m3
+// as BlockMoments holds them), for q = 2 (linear) and q = 4 (a cubic):
+// SPEC.md, "Reduction". For one block (BlockMoments: T = double) or a batch
+// (a struct of tensors with the same fields: T = at::Tensor).
+template <class Moments>
+SPARSETOPK_HOST_DEVICE auto closed_form_value(Form form, Regularizer::Kind kind, double l, const Moments& m) {
+  using T = std::decay_t<decltype(m.mean)>;
+  using E = Elementwise<T>;
+  const T &n = m.count, &W = m.weight;
+  const bool mask = form == Form::mask;
+  if (kind == Regularizer::Kind::quadratic) {
+    return mask ? T(m.mean - l * W / n)          // sum (s_i - gamma) / l = W
+                : T(n * m.mean / (n + l * W));   // sum (s_i - gamma) / l = gamma W
   }
-  // (the same t with one division: v = P/(3u) = third_p/u, so t = |Q| u^2 / (u^4 + third_p u^2 + third_p^2))
-  const double u = approximate_cbrt(half_q + std::sqrt(half_q * half_q + third_p * third_p * third_p)), u2 = u * u;
-  double t = std::abs(Q) * u2 / (u2 * (u2 + third_p) + third_p * third_p);
-  // one Newton step on t^3 + P t = |Q| takes the error of the steps above (it
-  // squares it) to the rounding of the residual: within 2 ulps, its terms are positive
-  const double t2 = t * t;
-  t -= ((t2 + P) * t - std::abs(Q)) / (3.0 * t2 + P);
-  return std::copysign(t, Q);
+  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3 (raw
+  // moments); solved for t in units where every coefficient is at most O(1).
+  if (mask) {
+    // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
+    const T V = E::maximum(m.unit, l), r = m.unit / V, lambda = l / V;
+    const T P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
+    return T(m.mean + V * solve_depressed_cubic(P, Q));
+  }
+  // n t^3 + (3 m2 + W l^3) t = m3 - W l^3 mean, in units of `unit`, where
+  // kappa = W l^3 / unit^2 and mu = mean / unit
+  const T lambda = l / m.unit, mu = m.mean / m.unit;
+  const T kappa = E::select(W == 0.0, 0.0, W * lambda * lambda * l);
+  return E::branch(
+      kappa > 0x1p300,
+      // gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys:
+      // to first order the sum of the cubes of s_i / unit over kappa
+      [&] { return T(m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa)); },
+      [&] {
+        const T P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
+        return T(m.mean + m.unit * solve_depressed_cubic(P, Q));
+      });
 }
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double> s, const BlockMoments& m) const {
@@ -155,31 +198,7 @@ SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve(std::span<const double
 }
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::solve_closed_form(const BlockMoments& m) const {
-  const double n = m.count, W = m.weight, l = l_;
-  const bool mask = form_ == Form::mask;
-  if (regularizer_.kind() == Regularizer::Kind::quadratic) {
-    return mask ? m.mean - l * W / n          // sum (s_i - gamma) / l = W
-                : n * m.mean / (n + l * W);   // sum (s_i - gamma) / l = gamma W
-  }
-  // q = 4: with gamma = mean + t, sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3 (raw
-  // moments); solved for t in units where every coefficient is at most O(1).
-  if (mask) {
-    // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
-    const double V = std::max(m.unit, l), r = m.unit / V, lambda = l / V;
-    const double P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
-    return m.mean + V * solve_depressed_cubic(P, Q);
-  }
-  // n t^3 + (3 m2 + W l^3) t = m3 - W l^3 mean, in units of `unit`, where
-  // kappa = W l^3 / unit^2 and mu = mean / unit
-  const double lambda = l / m.unit, mu = m.mean / m.unit;
-  const double kappa = W == 0.0 ? 0.0 : W * lambda * lambda * l;
-  if (kappa > 0x1p300) {
-    // gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys:
-    // to first order the sum of the cubes of s_i / unit over kappa
-    return m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa);
-  }
-  const double P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
-  return m.mean + m.unit * solve_depressed_cubic(P, Q);
+  return closed_form_value(form_, regularizer_.kind(), l_, m);
 }
 
 SPARSETOPK_HOST_DEVICE inline double BlockEquation::residual(std::span<const double> s, double weight, double gamma,

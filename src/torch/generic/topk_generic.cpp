@@ -25,7 +25,9 @@
 
 #include "band.hpp"
 #include "block_equation.hpp"
+#include "regularizer.hpp"
 #include "root_finding.hpp"
+#include "tensor_elementwise.hpp"
 
 namespace sparsetopk::torch::generic {
 namespace {
@@ -34,35 +36,15 @@ using at::Tensor;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-// The core's constants (the per-row functions of src/core/row, target sparsetopk_row):
-using sparsetopk::detail::kMaxJacobianWeight;  // the cap on c (jacobian_weight)
+// The per-row functions of src/core/row (target sparsetopk_row), written once
+// for a double or a tensor (elementwise.hpp; tensor_elementwise.hpp here):
+using sparsetopk::detail::Regularizer;         // pow(u, q-1), its slope and inverse
+using sparsetopk::detail::closed_form_value;   // a block's value from its moments, q = 2 and 4
+using sparsetopk::detail::jacobian_weight;     // c, capped
+// and constants:
 using sparsetopk::detail::kMaxRootIterations;  // find_decreasing_root's evaluations
 using sparsetopk::detail::kNearRelative;       // near_tolerance: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
 constexpr int kIterationsPerCheck = 4;   // root finder: host syncs to stop early, off the CPU
-
-// ---- ATen ops without a C++ Meta kernel ----
-// at::where, abs, isnan and isfinite have their Meta implementations in Python
-// only (torch._meta_registrations). On meta tensors these wrappers give the
-// result's shape and dtype, so that every other step runs there as it is.
-
-Tensor select(const Tensor& condition, const Tensor& a, const Tensor& b) {
-  if (!condition.is_meta()) return at::where(condition, a, b);
-  return at::empty(at::infer_size(at::infer_size(condition.sizes(), a.sizes()), b.sizes()),
-                   a.options().dtype(at::result_type(a, b)));
-}
-Tensor select(const Tensor& condition, const Tensor& a, const at::Scalar& b) {
-  if (!condition.is_meta()) return at::where(condition, a, b);
-  return at::empty(at::infer_size(condition.sizes(), a.sizes()), a.options().dtype(at::result_type(a, b)));
-}
-Tensor select(const Tensor& condition, const at::Scalar& a, const Tensor& b) {
-  if (!condition.is_meta()) return at::where(condition, a, b);
-  return at::empty(at::infer_size(condition.sizes(), b.sizes()), b.options().dtype(at::result_type(a, b)));
-}
-Tensor magnitude_of(const Tensor& t) { return t.is_meta() ? at::empty_like(t) : at::abs(t); }
-Tensor is_nan(const Tensor& t) { return t.is_meta() ? at::empty_like(t, t.options().dtype(at::kBool)) : at::isnan(t); }
-Tensor is_finite(const Tensor& t) {
-  return t.is_meta() ? at::empty_like(t, t.options().dtype(at::kBool)) : at::isfinite(t);
-}
 
 // ---- small tensor helpers ----
 
@@ -87,62 +69,28 @@ Tensor first_true(const Tensor& flags) {
 // Whether this device lets the host read values (no meta tensors).
 bool can_read(const Tensor& t) { return !t.is_meta(); }
 
-// x^(1/3) for x >= 0, to the last ulp or so: pow(x, 1/3) then one Newton step.
-Tensor cube_root(const Tensor& y) {
-  const Tensor c = at::pow(y, 1.0 / 3.0);
-  return select(c > 0, c - (c - y / (c * c)) / 3.0, c);
-}
-
-// A power of two near |v| (at least DBL_MIN), so that (s / unit)^3 neither overflows nor underflows.
-Tensor unit_of(const Tensor& v) { return at::exp2(at::floor(at::log2(magnitude_of(v))).clamp_min(DBL_MIN_EXP - 1)); }
-
-// ---- the regularizer through q - 1 (the core's Regularizer) ----
-
-class Power {
- public:
-  enum class Kind { quadratic, quartic, general };  // q = 2 (p = 2), q = 4 (p = 4/3), other
-
-  explicit Power(double p) : p_(p) {
-    if (p == 2.0) kind_ = Kind::quadratic, a_ = 1.0;
-    else if (std::abs(p - 4.0 / 3.0) <= 1e-12) kind_ = Kind::quartic, a_ = 3.0;
-    else kind_ = Kind::general, a_ = 1.0 / (p - 1.0);
-  }
-  Kind kind() const { return kind_; }
-  double q_minus_1() const { return a_; }
-
-  // pow(z, q - 1), for z >= 0
-  Tensor power(const Tensor& z) const {
-    if (kind_ == Kind::quadratic) return z;
-    if (kind_ == Kind::quartic) return z * z * z;
-    return at::pow(z, a_);
-  }
-  // its derivative (q - 1) z^(q - 2), for z > 0
-  Tensor slope(const Tensor& z) const {
-    if (kind_ == Kind::quadratic) return at::ones_like(z);
-    if (kind_ == Kind::quartic) return 3.0 * z * z;
-    return a_ * at::pow(z, a_ - 1.0);
-  }
-  // the same from power(z) = y, z > 0, one pow less (for the root finder)
-  Tensor slope_from_power(const Tensor& z, const Tensor& y) const {
-    if (kind_ == Kind::quadratic) return at::ones_like(z);
-    if (kind_ == Kind::quartic) return 3.0 * z * z;
-    return select(z > 0, a_ * y / z, a_ > 1.0 ? 0.0 : kInf);
-  }
-  // pow(y, p - 1), the inverse of power, for y >= 0
-  Tensor inverse(const Tensor& y) const {
-    if (kind_ == Kind::quadratic) return y;
-    if (kind_ == Kind::quartic) return cube_root(y);
-    return at::pow(y, p_ - 1.0);
-  }
-  // c = ((q-1)/l) (u/l)^(q-2) of SPEC.md's derivatives, capped like the core's jacobian_weight
-  Tensor jacobian_weight(const Tensor& z, double l) const { return (slope(z) / l).clamp_max(kMaxJacobianWeight); }
-
- private:
-  double p_, a_;
-  Kind kind_;
-};
-
 // ---- the threshold equation of a batch of sorted rows ----
+
+// A residual f(x) and its Newton step as the root finder is given them (its
+// iteration is the core's, unchanged):
+// - f is 0 where it lies within its rounding error, 4 eps `magnitude` (the
+//   sum of its terms' magnitudes): its sign says nothing there, and 0 is what
+//   stops the core's iteration at a root;
+// - a step shorter than one ulp of x is one ulp (toward the root, against f's
+//   sign), the least that moves x: from there the core's rule for a step below
+//   its tolerance (go past the root by the tolerance) closes the bracket.
+//   Without it x - step rounds to x, an end of the bracket, the Newton step is
+//   refused and the iteration bisects the rest of the bracket (once Newton
+//   has reached the double nearest the root from one side; or, in offsets, on
+//   the ulps of d, far below the keys'): up to 50 iterations more.
+// The core needs neither: its iteration runs on one row, and where it solves
+// a threshold it does so in plain coordinates, whose tolerance (4 eps |tau|)
+// is above the residual's rounding.
+Tensor residual_to_resolution(const Tensor& f, const Tensor& magnitude, const Tensor& x, Tensor& step) {
+  const Tensor x_size = magnitude_of(x), ulp = at::nextafter(x_size, at::full_like(x_size, kInf)) - x_size;
+  step = select(magnitude_of(step) < ulp, at::copysign(ulp, -f), step);
+  return select(magnitude_of(f) <= 4.0 * DBL_EPSILON * magnitude, 0.0, f);
+}
 
 // SPEC.md, "Top-k structure", with the threshold tau (gamma for the magnitude)
 // in offset form tau = ref - d ([R, 1] each): u_j = s_j - tau is computed as
@@ -150,55 +98,61 @@ class Power {
 class ThresholdEquation {
  public:
   ThresholdEquation(Form op, Tensor s, int64_t k, double l, double p)
-      : op_(op), s_(std::move(s)), is_top_(columns(s_.size(1), s_) < k), k_(k), l_(l), power_(p) {}
+      : op_(op), s_(std::move(s)), is_top_(columns(s_.size(1), s_) < k), k_(k), l_(l), regularizer_(p) {}
 
   const Tensor& keys() const { return s_; }
   const Tensor& is_top() const { return is_top_; }
   int64_t k() const { return k_; }
   double l() const { return l_; }
-  const Power& power() const { return power_; }
+  const Regularizer& regularizer() const { return regularizer_; }
   Tensor offsets(const Tensor& ref, const Tensor& d) const { return (s_ - ref) + d; }
 
-  // Phi(d), non-decreasing in d ([R, 1]):
-  //   mask       sum_j clip(u_j / l, 0, 1)^(q-1) - k
-  //   magnitude  sum_{j<k} min(pow(u_j/l, q-1) - gamma, 0) + sum_{j>=k} pow((u_j)_+ / l, q-1)
-  // With `step`, also the Newton step for d (below) and `noise`, the rounding
-  // error of Phi: 4 eps times the sum of its terms' magnitudes.
-  Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr, Tensor* noise = nullptr) const {
+  // F(d), non-increasing in d ([R, 1]), as the core writes the equation in
+  // offsets (BlockEquation::solve_offset: the left side less the right side at
+  // gamma = ref - d, negated):
+  //   mask       k - sum_j clip(u_j / l, 0, 1)^(q-1)
+  //   magnitude  -(sum_{j<k} min(pow(u_j/l, q-1) - gamma, 0) + sum_{j>=k} pow((u_j)_+ / l, q-1))
+  // With `step` (the root finder's call), also the Newton step for d (below),
+  // both to the resolution of doubles (residual_to_resolution).
+  Tensor residual(const Tensor& ref, const Tensor& d, Tensor* step = nullptr) const {
     const Tensor u = offsets(ref, d);
-    return op_ == Form::mask ? mask_residual(u, step, noise) : magnitude_residual(u, ref - d, step, noise);
+    Tensor magnitude;
+    const Tensor f = op_ == Form::mask ? mask_residual(u, step, &magnitude)
+                                       : magnitude_residual(u, ref - d, step, &magnitude);
+    return step ? residual_to_resolution(f, magnitude, d, *step) : f;
   }
 
  private:
-  // Where Phi is smooth it reads sum_B pow(u_j/l, q-1) = target over the entries
-  // B that move (mask: 0 < u_j < l, target k less the saturated count;
-  // magnitude: the block, target gamma W_B). Newton's step for d is taken on
-  // the (q-1)-th root of both sides, nearly linear in d for every p (pow(u, q-1)
-  // itself is steep or flat at u = 0 when p is far from 2); for p = 2 it is the
-  // plain step Phi / Phi'.
-  Tensor mask_residual(const Tensor& u, Tensor* step, Tensor* noise) const {
-    const Tensor z = (u / l_).clamp(0.0, 1.0), y = power_.power(z), sum = row_sum(y);
-    const Tensor f = sum - static_cast<double>(k_);
-    if (step) {
-      const Tensor moving = (z > 0) & (z < 1);
-      const Tensor powers = row_sum(select(moving, y, 0.0)), target = powers - f;
-      const Tensor slope = row_sum(select(moving, power_.slope_from_power(z, y), 0.0)) / l_;
-      *step = root_step(powers, slope, target, at::zeros_like(f));
-      *noise = 4.0 * DBL_EPSILON * (sum + static_cast<double>(k_));
-    }
+  // Where F is smooth, F = 0 reads sum_B pow(u_j/l, q-1) = target over the
+  // entries B that move (mask: 0 < u_j < l, target k less the saturated count;
+  // magnitude: the block, target gamma W_B). For p other than 2 and 4/3 the
+  // Newton step for d is taken on the (q-1)-th root of both sides, an equation
+  // with the same root and the same sign as F but nearly linear in d
+  // (pow(u, q-1) itself is steep or flat at u = 0 when p is far from 2, and the
+  // core's plain F / F' crawls there); for p = 2 and 4/3 it is F / F'.
+  // (`magnitude`: the sum of F's terms' magnitudes, with the step.)
+  Tensor mask_residual(const Tensor& u, Tensor* step, Tensor* magnitude) const {
+    const Tensor z = (u / l_).clamp(0.0, 1.0), y = regularizer_.power(z), sum = row_sum(y);
+    const Tensor f = at::rsub(sum, static_cast<double>(k_));  // k - sum
+    if (!step) return f;
+    const Tensor moving = (z > 0) & (z < 1);
+    const Tensor powers = row_sum(select(moving, y, 0.0)), target = powers + f;
+    const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
+    *step = root_step(powers, slope, target, at::zeros_like(f));
+    *magnitude = sum + static_cast<double>(k_);
     return f;
   }
 
-  Tensor magnitude_residual(const Tensor& u, const Tensor& gamma, Tensor* step, Tensor* noise) const {
-    const Tensor z = u.clamp_min(0.0) / l_, y = power_.power(z), excess = y - gamma;
-    const Tensor f = row_sum(select(is_top_, excess.clamp_max(0.0), y));
-    if (step) {
-      const Tensor top_in_block = is_top_ & (excess < 0), moving = top_in_block | (~is_top_ & (z > 0));
-      const Tensor powers = row_sum(select(moving, y, 0.0)), weight = row_sum(top_in_block).to(at::kDouble);
-      const Tensor slope = row_sum(select(moving, power_.slope_from_power(z, y), 0.0)) / l_;
-      *step = root_step(powers, slope, gamma * weight, weight);
-      *noise = 4.0 * DBL_EPSILON * (powers + magnitude_of(gamma) * weight);
-    }
+  Tensor magnitude_residual(const Tensor& u, const Tensor& gamma, Tensor* step, Tensor* magnitude) const {
+    const Tensor z = u.clamp_min(0.0) / l_, y = regularizer_.power(z), excess = y - gamma;
+    const Tensor f = -row_sum(select(is_top_, excess.clamp_max(0.0), y));
+    if (!step) return f;
+    const Tensor top_in_block = is_top_ & (excess < 0), moving = top_in_block | (~is_top_ & (z > 0));
+    const Tensor powers = row_sum(select(moving, y, 0.0)), weight = row_sum(top_in_block).to(at::kDouble);
+    const Tensor slope = row_sum(select(moving, regularizer_.slope(z), 0.0)) / l_;
+    const Tensor owed = gamma * weight;
+    *step = root_step(powers, slope, owed, weight);
+    *magnitude = powers + magnitude_of(owed);
     return f;
   }
 
@@ -208,8 +162,8 @@ class ThresholdEquation {
   //   a (S - T rho) / (S' + W rho),  rho = (T/S)^(1/a - 1),  a = q - 1.
   // A step that is not finite is refused by the root finder (it bisects).
   Tensor root_step(const Tensor& powers, const Tensor& slope, const Tensor& target, const Tensor& weight) const {
-    if (power_.kind() != Power::Kind::general) return (powers - target) / (slope + weight);
-    const double a = power_.q_minus_1();
+    if (regularizer_.kind() != Regularizer::Kind::general) return (powers - target) / (slope + weight);
+    const double a = regularizer_.q_minus_1();
     const Tensor rho = at::pow(target / powers, 1.0 / a - 1.0);
     return a * (powers - target * rho) / (slope + weight * rho);
   }
@@ -218,102 +172,59 @@ class ThresholdEquation {
   Tensor s_, is_top_;
   int64_t k_;
   double l_;
-  Power power_;
+  Regularizer regularizer_;
 };
 
 // ---- vectorized root finding ----
 
-// The core's bisect: the midpoint, 0 across a sign change, or the geometric
-// mean of a one-signed bracket spanning orders of magnitude.
-Tensor split_point(const Tensor& lo, const Tensor& hi) {
-  const Tensor lo_safe = lo.clamp_min(DBL_MIN), hi_safe = hi.clamp_max(-DBL_MIN);
-  const Tensor geometric_up = at::sqrt(lo_safe) * at::sqrt(hi);
-  const Tensor geometric_down = -at::sqrt(-hi_safe) * at::sqrt(-lo);
-  const Tensor middle = lo + 0.5 * (hi - lo);
-  return select((lo < 0) & (hi > 0), 0.0,
-                select((lo >= 0) & (hi > 16.0 * lo_safe), geometric_up,
-                       select((hi <= 0) & (lo < 16.0 * hi_safe), geometric_down, middle)));
-}
-
-// Root of a non-decreasing f on [lo, hi] (f(lo) <= 0 <= f(hi)), elementwise
-// over any shape, from `start`: the core's safeguarded Newton iteration
-// (find_decreasing_root), batched, with a secant fallback. residual(x, &step,
-// &noise) returns f(x) and sets step, the Newton step (x - step is the next
-// point), and noise, the rounding error of f(x): |f| within it counts as a
-// root (the core stops at f == 0; steps at the noise of f would not close the
-// bracket). A Newton step is taken if it stays inside the bracket and is less
-// than half the last step; otherwise the end on the root's side is evaluated
-// (once, where it was not), then the secant of the bracket's ends (Illinois:
-// the residual of an end kept twice in a row is halved), or, where the bracket
-// did not halve over the last two iterations, the core's split point. The
-// bracket thus halves at least every three iterations after the first two; it
-// stops when narrower than 4 eps max(|lo|, |hi|) + 4.9e-324 or after 200
-// evaluations.
-// Elements that converged are frozen, so a row's result does not depend on the
+// Root of a non-increasing f on [lo, hi] (f(lo) >= 0 >= f(hi)), elementwise
+// over any shape, from `start`: the core's find_decreasing_root
+// (root_finding.hpp, without closest_end), batched. residual(x, &step) returns
+// f(x) and sets Newton's step f(x) / f'(x) (or that of an equivalent equation
+// with the same root and sign: ThresholdEquation::root_step).
+// Line by line:
+//   core                                          here
+//   x = clamp(start, lo, hi)                      the same
+//   while iteration < 200 && bracket_open(lo, hi) per element: done once the bracket closes;
+//                                                 the loop ends when every element is done
+//   f = residual(x, &slope); step = f / slope     f = residual(x, &step), both to the resolution
+//                                                 of doubles (residual_to_resolution)
+//   if f == 0 or NaN: return x                    found: x frozen, and returned
+//   x = next_root_estimate(x, f, step, ...)       the same template, on every element; f = 0
+//                                                 where done leaves those brackets as they are
+//   return lo + 0.5 (hi - lo)                     the same where no root was found
+// Elements that are done are frozen, so a row's result does not depend on the
 // others. Host syncs: one per kIterationsPerCheck iterations (every iteration
 // on the CPU, where it costs nothing), only to stop early; none on meta
 // tensors, which run a single iteration (their values are never read).
 template <class Residual>
-Tensor find_increasing_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
-  const auto tolerance_at = [](const Tensor& a, const Tensor& b) {
-    return 4.0 * DBL_EPSILON * at::maximum(magnitude_of(a), magnitude_of(b)) + DBL_TRUE_MIN;
-  };
-  const auto is_open = [&](const Tensor& a, const Tensor& b) {
-    return (at::nextafter(a, at::full_like(a, kInf)) < b) & (b - a > tolerance_at(a, b));
-  };
-  const auto inside = [&](const Tensor& v) { return (v > lo) & (v < hi); };
-  Tensor x = at::minimum(at::maximum(start, lo), hi), last_step = hi - lo, last_f = at::zeros_like(x);
-  Tensor f_lo = at::full_like(x, kNaN), f_hi = at::full_like(x, kNaN), last_end = at::zeros_like(x);
-  Tensor width_1 = hi - lo, width_2 = hi - lo;  // the bracket's width one and two iterations ago
-  Tensor found = at::zeros_like(x, x.options().dtype(at::kBool)), root = x;
-  Tensor done = ~is_open(lo, hi);
+Tensor find_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
+  using sparsetopk::detail::bracket_open;
+  Tensor x = at::minimum(at::maximum(start, lo), hi), last_width = hi - lo;
+  Tensor found = at::zeros_like(x, x.options().dtype(at::kBool));
+  Tensor done = ~bracket_open(lo, hi);
   const bool readable = can_read(x);
   const int per_check = x.device().is_cpu() ? 1 : kIterationsPerCheck;
   const int iterations = readable ? kMaxRootIterations : 1;
   for (int iteration = 0; iteration < iterations; ++iteration) {
     if (readable && iteration % per_check == 0 && done.all().item<bool>()) break;
-    Tensor step, noise;
-    const Tensor f = residual(x, &step, &noise), active = ~done;
-    const Tensor hit = active & ((magnitude_of(f) <= noise) | is_nan(f));  // a root to rounding, or NaN: stop at x
-    found = found | hit;
-    root = select(hit, x, root);
-    const Tensor moves_lo = active & (f < 0), moves_hi = active & (f > 0);
-    f_hi = select(moves_lo & (last_end < 0), 0.5 * f_hi, f_hi);  // Illinois
-    f_lo = select(moves_hi & (last_end > 0), 0.5 * f_lo, f_lo);
-    lo = select(moves_lo, x, lo), f_lo = select(moves_lo, f, f_lo);
-    hi = select(moves_hi, x, hi), f_hi = select(moves_hi, f, f_hi);
-    last_end = select(moves_lo, -1.0, select(moves_hi, 1.0, last_end));
-    // Past the root, where that stays in the bracket: a step below the
-    // tolerance goes on by the tolerance (less than an ulp would land back on
-    // x, an end of the bracket), and a step from the same side as the last goes
-    // on by itself (Newton from one side would never close the bracket).
-    const Tensor tolerance = tolerance_at(lo, hi);
-    const Tensor past = select(magnitude_of(step) <= tolerance, tolerance,
-                               select(f * last_f > 0, magnitude_of(step), at::zeros_like(step)));
-    const Tensor beyond = x - step - at::copysign(past, step);
-    const Tensor newton = select(inside(beyond), beyond, x - step);
-    const Tensor use_newton = is_finite(step) & inside(newton) & (magnitude_of(step) < 0.5 * last_step);
-    // the end on the root's side, once, where its residual is not known yet
-    const Tensor probe = ~use_newton & select(f > 0, is_nan(f_lo), is_nan(f_hi));
-    const Tensor secant = lo - f_lo * ((hi - lo) / (f_hi - f_lo));
-    const Tensor use_secant = is_finite(secant) & inside(secant) & (hi - lo <= 0.5 * width_2);
-    Tensor next = select(use_newton, newton, select(use_secant, secant, split_point(lo, hi)));
-    next = select(inside(next), next, lo + 0.5 * (hi - lo));  // never an end twice
-    next = select(probe, select(f > 0, lo, hi), next);
-    last_step = select(active, select(use_newton, magnitude_of(step), hi - lo), last_step);
-    last_f = select(active, f, last_f);
-    width_2 = select(active, width_1, width_2), width_1 = select(active, hi - lo, width_1);
-    done = done | hit | ~is_open(lo, hi);
+    Tensor step;
+    const Tensor f = residual(x, &step);
+    const Tensor root = ~done & ((f == 0) | is_nan(f));  // a root, or NaN: the core returns x
+    found = found | root;
+    done = done | root;
+    const Tensor next = sparsetopk::detail::next_root_estimate(x, select(done, 0.0, f), step, lo, hi, last_width);
+    done = done | ~bracket_open(lo, hi);
     x = select(done, x, next);
   }
-  return select(found, root, lo + 0.5 * (hi - lo));
+  return select(found, x, lo + 0.5 * (hi - lo));
 }
 
 // For breakpoints [R, m] of each row in descending order and the equation's
-// residual at a threshold t (Phi at ref = 0, d = -t: non-decreasing along the
-// breakpoints), the first column j with residual >= 0 (m if none). A binary
+// residual at a threshold t (F at ref = 0, d = -t: non-increasing along the
+// breakpoints), the first column j with residual <= 0 (m if none). A binary
 // search: ceil(log2(m + 1)) evaluations, no host sync.
-Tensor first_nonnegative(const ThresholdEquation& equation, const Tensor& breakpoints) {
+Tensor first_nonpositive(const ThresholdEquation& equation, const Tensor& breakpoints) {
   const int64_t m = breakpoints.size(1);
   Tensor first = at::zeros({breakpoints.size(0), 1}, breakpoints.options().dtype(at::kLong));
   Tensor last = at::full_like(first, m);
@@ -321,58 +232,35 @@ Tensor first_nonnegative(const ThresholdEquation& equation, const Tensor& breakp
   for (int64_t width = m; width > 0; width /= 2) {
     const Tensor mid = at::div(first + last, 2, "floor");
     const Tensor t = key_at(breakpoints, mid, 0.0);
-    const Tensor nonnegative = equation.residual(zero, -t) >= 0, active = first < last;
-    last = select(active & nonnegative, mid, last);
-    first = select(active & ~nonnegative, mid + 1, first);
+    const Tensor nonpositive = equation.residual(zero, -t) <= 0, active = first < last;
+    last = select(active & nonpositive, mid, last);
+    first = select(active & ~nonpositive, mid + 1, first);
   }
   return first;
 }
 
-// ---- closed forms (the core's BlockEquation::solve_closed_form) ----
+// ---- closed forms (the core's closed_form_value) ----
 
-// Unique real root of t^3 + P t = Q, P >= 0, without cancellation.
-Tensor solve_depressed_cubic(const Tensor& P, const Tensor& Q) {
-  const Tensor r = at::hypot(0.5 * Q, at::pow(P / 3.0, 1.5));
-  const Tensor u = cube_root(0.5 * magnitude_of(Q) + r), v = P / (3.0 * u);
-  return select(Q == 0, 0.0, at::copysign(magnitude_of(Q) / (u * u + P / 3.0 + v * v), Q));
-}
+// A power of two near |v| (at least DBL_MIN), so that (s / unit)^3 neither overflows nor underflows.
+Tensor unit_of(const Tensor& v) { return at::exp2(at::floor(at::log2(magnitude_of(v))).clamp_min(DBL_MIN_EXP - 1)); }
 
-// Count, mean, unit and central moments (in units of `unit`) of the keys of a block.
+// Count, weight W, mean, unit and central moments (in units of `unit`) of the
+// keys of a block: the fields of the core's BlockMoments, summed over the
+// block of each row here (the core merges them as PAV pools).
 struct BlockMoments {
-  Tensor count, mean, unit, m2, m3;
+  Tensor count, weight, mean, unit, m2, m3;
 };
 
-BlockMoments moments_of(const Tensor& s, const Tensor& in_block) {
+BlockMoments moments_of(const Tensor& s, const Tensor& in_block, const Tensor& weight) {
   BlockMoments m;
   m.count = row_sum(in_block).to(at::kDouble);
+  m.weight = weight;
   m.mean = row_sum(select(in_block, s, 0.0)) / m.count;
   m.unit = unit_of(select(in_block, magnitude_of(s), 0.0).amax({-1}, /*keepdim=*/true));
   const Tensor deviation = select(in_block, (s - m.mean) / m.unit, 0.0);
   m.m2 = row_sum(deviation * deviation);
   m.m3 = row_sum(deviation * deviation * deviation);
   return m;
-}
-
-// The block's value gamma, W its weight (SPEC.md, "Reduction"): q = 2 or q = 4.
-Tensor closed_form_value(Form op, const BlockMoments& m, const Tensor& W, double l, Power::Kind kind) {
-  const Tensor& n = m.count;
-  if (kind == Power::Kind::quadratic) {
-    return op == Form::mask ? m.mean - l * W / n     // sum (s_i - gamma) / l = W
-                                : n * m.mean / (n + l * W);  // sum (s_i - gamma) / l = gamma W
-  }
-  // gamma = mean + t: sum (s_i - gamma)^3 = m3 - 3 t m2 - n t^3, solved in units where the coefficients are O(1)
-  if (op == Form::mask) {  // n t^3 + 3 m2 t = m3 - W l^3, in units V = max(unit, l)
-    const Tensor V = m.unit.clamp_min(l), r = m.unit / V, lambda = l / V;
-    const Tensor P = 3.0 * m.m2 * r * r / n, Q = (m.m3 * r * r * r - W * lambda * lambda * lambda) / n;
-    return m.mean + V * solve_depressed_cubic(P, Q);
-  }
-  // n t^3 + (3 m2 + kappa) t = m3 - kappa mu, kappa = W l^3 / unit^2, mu = mean / unit
-  const Tensor lambda = l / m.unit, mu = m.mean / m.unit;
-  const Tensor kappa = select(W == 0, 0.0, W * lambda * lambda * l);
-  const Tensor P = (3.0 * m.m2 + kappa) / n, Q = (m.m3 - kappa * mu) / n;
-  // kappa huge: gamma = sum (s_i - gamma)^3 / (W l^3) is negligible against the keys
-  const Tensor negligible = m.unit * ((n * mu * mu * mu + 3.0 * mu * m.m2 + m.m3) / kappa);
-  return select(kappa > 0x1p300, negligible, m.mean + m.unit * solve_depressed_cubic(P, Q));
 }
 
 // ---- the threshold of each row ----
@@ -391,19 +279,17 @@ Tensor into_bracket(const Tensor& value, const Tensor& lo, const Tensor& hi) {
 // q = 2 and q = 4, else Newton in plain coordinates.
 Tensor first_solution(const ThresholdEquation& equation, Form op, const Tensor& block_begin,
                       const Tensor& block_end, const Tensor& lo, const Tensor& hi) {
-  const Power::Kind kind = equation.power().kind();
-  if (kind != Power::Kind::general) {
+  const Regularizer::Kind kind = equation.regularizer().kind();
+  if (kind != Regularizer::Kind::general) {
     const Tensor& s = equation.keys();
     const Tensor column = columns(s.size(1), s);
-    const BlockMoments m = moments_of(s, (column >= block_begin) & (column < block_end));
     const Tensor W = (equation.k() - block_begin).to(at::kDouble);
-    return into_bracket(closed_form_value(op, m, W, equation.l(), kind), lo, hi);
+    const BlockMoments m = moments_of(s, (column >= block_begin) & (column < block_end), W);
+    return into_bracket(closed_form_value(op, kind, equation.l(), m), lo, hi);
   }
   const Tensor zero = at::zeros_like(lo);
-  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
-    return equation.residual(zero, d, step, noise);
-  };
-  return -find_increasing_root(residual, -hi, -lo, -(lo + 0.5 * (hi - lo)));
+  const auto residual = [&](const Tensor& d, Tensor* step) { return equation.residual(zero, d, step); };
+  return -find_root(residual, -hi, -lo, -(lo + 0.5 * (hi - lo)));
 }
 
 // The root again in offset form from the key `ref`, starting at d = start.
@@ -412,10 +298,8 @@ Tensor solve_from(const ThresholdEquation& equation, const Tensor& ref, const Te
   // the piece in offsets, widened by the rounding of the differences (none for nearby keys)
   const Tensor d_lo = (ref - hi) - DBL_EPSILON * magnitude_of(ref - hi);
   const Tensor d_hi = (ref - lo) + DBL_EPSILON * magnitude_of(ref - lo);
-  const auto residual = [&](const Tensor& d, Tensor* step, Tensor* noise) {
-    return equation.residual(ref, d, step, noise);
-  };
-  return find_increasing_root(residual, d_lo, d_hi, into_bracket(start, d_lo, d_hi));
+  const auto residual = [&](const Tensor& d, Tensor* step) { return equation.residual(ref, d, step); };
+  return find_root(residual, d_lo, d_hi, into_bracket(start, d_lo, d_hi));
 }
 
 // Steps 3 and 4 of the file comment: tau0 on the piece, then the root again
@@ -439,8 +323,8 @@ Threshold mask_threshold(const ThresholdEquation& equation) {
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
   const double l = equation.l();
-  const Tensor entering = first_nonnegative(equation, s);       // b: s_j > tau for j < b
-  const Tensor saturating = first_nonnegative(equation, s - l);  // a: s_j - tau >= l for j < a
+  const Tensor entering = first_nonpositive(equation, s);       // b: s_j > tau for j < b
+  const Tensor saturating = first_nonpositive(equation, s - l);  // a: s_j - tau >= l for j < a
   const Tensor lo = at::maximum(at::maximum(s.narrow(1, k, 1) - l, key_at(s, entering, -kInf)),
                                 key_at(s, saturating, -kInf) - l);
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
@@ -450,18 +334,17 @@ Threshold mask_threshold(const ThresholdEquation& equation) {
 
 // The singleton value of each key of the magnitude, pow((s - g)/l, q-1) = g:
 // where a top entry starts to move (a breakpoint of the magnitude's equation).
-Tensor singleton_values(const Power& power, const Tensor& s, double l) {
-  if (power.kind() != Power::Kind::general) {
+Tensor singleton_values(const Regularizer& regularizer, const Tensor& s, double l) {
+  if (regularizer.kind() != Regularizer::Kind::general) {  // the core's BlockMoments::single(s, 1)
     const Tensor one = at::ones_like(s), zero = at::zeros_like(s);
-    return closed_form_value(Form::magnitude, {one, s, unit_of(s), zero, zero}, one, l, power.kind());
+    return closed_form_value(Form::magnitude, regularizer.kind(), l, BlockMoments{one, one, s, unit_of(s), zero, zero});
   }
-  const auto residual = [&](const Tensor& g, Tensor* step, Tensor* noise) {  // g - pow((s - g)/l, q-1), increasing
-    const Tensor z = (s - g).clamp_min(0.0) / l, y = power.power(z);
-    *step = (g - y) / (1.0 + power.slope_from_power(z, y) / l);
-    *noise = 4.0 * DBL_EPSILON * (magnitude_of(g) + y);
-    return g - y;
+  const auto residual = [&](const Tensor& g, Tensor* step) {  // pow((s - g)/l, q-1) - g, decreasing
+    const Tensor z = (s - g).clamp_min(0.0) / l, y = regularizer.power(z), f = y - g;
+    *step = f / -(1.0 + regularizer.slope(z) / l);
+    return residual_to_resolution(f, y + magnitude_of(g), g, *step);
   };
-  return find_increasing_root(residual, at::zeros_like(s), s, 0.5 * s);
+  return find_root(residual, at::zeros_like(s), s, 0.5 * s);
 }
 
 // Magnitude: sum_{j<k} min(pow((s_j - g)/l, q-1) - g, 0) + sum_{j>=k} pow((s_j - g)_+/l, q-1) = 0
@@ -471,9 +354,9 @@ Tensor singleton_values(const Power& power, const Tensor& s, double l) {
 Threshold magnitude_threshold(const ThresholdEquation& equation) {
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
-  const Tensor singleton = singleton_values(equation.power(), s.narrow(1, 0, k), equation.l());
-  const Tensor entering = k + first_nonnegative(equation, s.narrow(1, k, s.size(1) - k));
-  const Tensor leaving = first_nonnegative(equation, singleton).clamp_max(k - 1);
+  const Tensor singleton = singleton_values(equation.regularizer(), s.narrow(1, 0, k), equation.l());
+  const Tensor entering = k + first_nonpositive(equation, s.narrow(1, k, s.size(1) - k));
+  const Tensor leaving = first_nonpositive(equation, singleton).clamp_max(k - 1);
   const Tensor lo = at::maximum(at::maximum(singleton.narrow(1, k - 1, 1), key_at(s, entering, -kInf)),
                                 key_at(singleton, leaving, -kInf));
   const Tensor hi = at::minimum(at::minimum(s.narrow(1, k - 1, 1), key_at(s, entering - 1, kInf)),
@@ -490,24 +373,17 @@ struct SortedRows {
   Tensor out, c, state;
 };
 
-// The core's cbrt_upper_bound (block_equation.hpp), for y >= 0: 1.04 times the
-// seed that divides y's bits by 3, where y is normal; cube_root(y) elsewhere.
-Tensor cbrt_upper_bound(const Tensor& y) {
-  constexpr auto kSeedBias = static_cast<int64_t>(sparsetopk::detail::kCbrtSeedBias);
-  const Tensor seed = (at::div(y.contiguous().view(at::kLong), 3, "floor") + kSeedBias).view(at::kDouble);
-  return select((y >= DBL_MIN) & (y <= DBL_MAX), sparsetopk::detail::kCbrtUpperFactor * seed, cube_root(y));
-}
-
 // The core's window bound `above` (band_solve.hpp, window_bounds): keys at or
 // above it are outside the window, and it is unchanged_from when no window
 // entry lies above the block.
-Tensor window_above(Form op, const Power& power, const Tensor& s_k, const Tensor& s_next, double l) {
+Tensor window_above(Form op, const Regularizer& regularizer, const Tensor& s_k, const Tensor& s_next, double l) {
   Tensor above, scale;
   if (op == Form::mask) {
     above = s_k + l;
     scale = (magnitude_of(s_k) + magnitude_of(s_next)) + l;
   } else {
-    above = s_k + l * (power.kind() == Power::Kind::quartic ? cbrt_upper_bound(s_k) : power.inverse(s_k));
+    above = s_k + l * (regularizer.kind() == Regularizer::Kind::quartic ? sparsetopk::detail::cbrt_upper_bound(s_k)
+                                                                        : regularizer.inverse_power(s_k));
     scale = above;
   }
   above = above + 8.0 * DBL_EPSILON * scale;
@@ -544,11 +420,11 @@ Tensor block_state(const Tensor& s, int64_t k, const Tensor& gamma, const Tensor
 // error of u_j, which grows past eps where u_j is subnormal (or where the
 // condition is not met to 1e-12 at all: its root lies between two doubles).
 Tensor shares_the_rest(const Tensor& s, const Tensor& edge, const Tensor& u, const Tensor& y, const Tensor& gamma,
-                       const Tensor& sum, const Tensor& owed, const Power& power) {
+                       const Tensor& sum, const Tensor& owed, const Regularizer& regularizer) {
   const Tensor near_edge = (s == edge) & (magnitude_of(u) <= kNearRelative * magnitude_of(gamma) + DBL_MIN);
   const Tensor unresolved = magnitude_of(sum - owed) > 1e-12 * magnitude_of(owed);
   const Tensor share_error = DBL_EPSILON * magnitude_of(owed) / y;
-  const Tensor power_error = power.q_minus_1() * (DBL_TRUE_MIN / magnitude_of(u) + 4.0 * DBL_EPSILON);
+  const Tensor power_error = regularizer.q_minus_1() * (DBL_TRUE_MIN / magnitude_of(u) + 4.0 * DBL_EPSILON);
   return near_edge & (unresolved | (share_error <= power_error));
 }
 
@@ -559,21 +435,21 @@ SortedRows mask_block_rows(const ThresholdEquation& equation, const Threshold& t
   const Tensor& s = equation.keys();
   const int64_t k = equation.k();
   const double l = equation.l();
-  const Power& power = equation.power();
+  const Regularizer& regularizer = equation.regularizer();
   const Tensor u = equation.offsets(t.ref, t.d), gamma = t.ref - t.d, z = u / l, above = s >= t.edge;
-  Tensor y = select(above, power.power(z.clamp(0.0, 1.0)), 0.0);
-  const Tensor shared = shares_the_rest(s, t.edge, u, y, gamma, row_sum(y), at::full_like(gamma, k), power);
+  Tensor y = select(above, regularizer.power(z.clamp(0.0, 1.0)), 0.0);
+  const Tensor shared = shares_the_rest(s, t.edge, u, y, gamma, row_sum(y), at::full_like(gamma, k), regularizer);
   const Tensor rest = static_cast<double>(k) - row_sum(select(shared, 0.0, y));
   const Tensor share = (rest / row_sum(shared)).clamp(0.0, 1.0);
   y = select(shared, share, y);
-  const Tensor z_shared = power.inverse(y);  // u_j / l read back from y (u_j = d may underflow)
-  const Tensor c = select(shared, select((y > 0) & (y < 1), power.jacobian_weight(z_shared, l), -1.0),
-                             select(above & (z > 0) & (z < 1), power.jacobian_weight(z, l), -1.0));
+  const Tensor z_shared = regularizer.inverse_power(y);  // u_j / l read back from y (u_j = d may underflow)
+  const Tensor c = select(shared, select((y > 0) & (y < 1), jacobian_weight(regularizer, z_shared, l), -1.0),
+                             select(above & (z > 0) & (z < 1), jacobian_weight(regularizer, z, l), -1.0));
   // the block: from the first unsaturated entry (p = 2, 4/3: PAV also pools entries saturated exactly at it)
-  const Tensor unsaturated = power.kind() == Power::Kind::general ? ~(u >= l) : ~(u > l);
+  const Tensor unsaturated = regularizer.kind() == Regularizer::Kind::general ? ~(u >= l) : ~(u > l);
   const Tensor begin = first_true(unsaturated).clamp_max(k - 1);
-  const Tensor window_top = window_above(Form::mask, power, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
-  const Tensor near = near_state(t, shared, l * power.inverse(share));
+  const Tensor window_top = window_above(Form::mask, regularizer, s.narrow(1, k - 1, 1), s.narrow(1, k, 1), l);
+  const Tensor near = near_state(t, shared, l * regularizer.inverse_power(share));
   return {y, c, block_state(s, k, gamma, begin, window_top, near)};
 }
 
@@ -584,29 +460,29 @@ SortedRows magnitude_block_rows(const ThresholdEquation& equation, const Thresho
   const Tensor& is_top = equation.is_top();
   const int64_t k = equation.k();
   const double l = equation.l();
-  const Power& power = equation.power();
+  const Regularizer& regularizer = equation.regularizer();
   const Tensor u = equation.offsets(t.ref, t.d).clamp_min(0.0), gamma = t.ref - t.d;
-  const Tensor y = power.power(u / l), s_k = s.narrow(1, k - 1, 1);
+  const Tensor y = regularizer.power(u / l), s_k = s.narrow(1, k - 1, 1);
   // the block: the top entries from the first one that moves (ties of s_k always; p = 2, 4/3: PAV also
   // pools those that keep their value exactly at gamma), the others with u_j > 0
   const Tensor column = columns(s.size(1), s);
-  const Tensor moves = power.kind() == Power::Kind::general ? y < gamma : y <= gamma;
+  const Tensor moves = regularizer.kind() == Regularizer::Kind::general ? y < gamma : y <= gamma;
   const Tensor begin = first_true(is_top & ((s == s_k) | moves));
   const Tensor in_block = (is_top & (column >= begin)) | (~is_top & ((s >= t.edge) | (s == s_k)));
   const Tensor block_weight = (k - begin).to(at::kDouble);
   const Tensor owed = gamma * block_weight;  // the block's condition: sum_B pow(u_j/l, q-1) = gamma W_B
   const Tensor shared =
-      in_block & shares_the_rest(s, t.edge, u, y, gamma, row_sum(select(in_block, y, 0.0)), owed, power);
+      in_block & shares_the_rest(s, t.edge, u, y, gamma, row_sum(select(in_block, y, 0.0)), owed, regularizer);
   const Tensor others = row_sum(select(in_block & ~shared, y, 0.0));
   const Tensor share = ((owed - others) / row_sum(shared)).clamp_min(0.0);
   const Tensor power_j = select(shared, share, y);
-  const Tensor u_j = select(shared, l * power.inverse(share), u);
+  const Tensor u_j = select(shared, l * regularizer.inverse_power(share), u);
   const Tensor r = at::minimum(power_j + u_j, s);
   const Tensor out = select(in_block, at::copysign(r, x_sorted), select(is_top, x_sorted, 0.0));
-  const Tensor z_c = select(u_j > 0, u_j / l, power.inverse(power_j));  // (u_j underflowed: from the power)
-  const Tensor c = select(in_block & ((u_j > 0) | (power_j > 0)), power.jacobian_weight(z_c, l), -1.0);
-  const Tensor above = window_above(Form::magnitude, power, s_k, s.narrow(1, k, 1), l);
-  const Tensor near = near_state(t, shared, l * power.inverse(share));
+  const Tensor z_c = select(u_j > 0, u_j / l, regularizer.inverse_power(power_j));  // (u_j underflowed: from the power)
+  const Tensor c = select(in_block & ((u_j > 0) | (power_j > 0)), jacobian_weight(regularizer, z_c, l), -1.0);
+  const Tensor above = window_above(Form::magnitude, regularizer, s_k, s.narrow(1, k, 1), l);
+  const Tensor near = near_state(t, shared, l * regularizer.inverse_power(share));
   return {out, c, block_state(s, k, gamma, begin, above, near)};
 }
 
@@ -632,9 +508,9 @@ Tensor has_block(const ThresholdEquation& equation, Form op) {
   const int64_t k = equation.k();
   const double l = equation.l();
   const Tensor s_k = s.narrow(1, k - 1, 1), s_next = s.narrow(1, k, 1);
-  const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) < 0);
-  if (equation.power().kind() == Power::Kind::general) return straddles;
-  const Tensor pooled = op == Form::mask ? s_k - s_next == l : equation.power().power((s_k - s_next) / l) == s_next;
+  const Tensor straddles = (s_k == s_next) | (equation.residual(at::zeros_like(s_next), -s_next) > 0);
+  if (equation.regularizer().kind() == Regularizer::Kind::general) return straddles;
+  const Tensor pooled = op == Form::mask ? s_k - s_next == l : equation.regularizer().power((s_k - s_next) / l) == s_next;
   return straddles | pooled;
 }
 
@@ -899,7 +775,7 @@ Tensor band_weights(Form op, const Tensor& x, const Tensor& state, double l, dou
   const Tensor near = (near_key != kInf) & (magnitude_of(key - gamma) <= kNearRelative * magnitude_of(gamma) + DBL_MIN);
   const Tensor u_i = select(key == tied_key, tied_u, select(near, (key - near_key) + near_offset, key - gamma));
   const Tensor u = op == Form::mask ? u_i / l : u_i.clamp_min(0.0) / l;
-  return select(in_band, Power(p).jacobian_weight(u, l), -1.0);
+  return select(in_band, jacobian_weight(Regularizer(p), u, l), -1.0);
 }
 
 // SPEC.md, "Derivatives", with the core's pivoting (src/core/derivatives.cpp):
