@@ -29,6 +29,7 @@
 
 #include "band.hpp"
 #include "band_solve.hpp"
+#include "hard_topk.hpp"
 #include "jacobian.hpp"
 
 namespace sparsetopk::cuda {
@@ -82,7 +83,7 @@ __global__ void flag_kernel(bool soft, const T* x, long long rows, long long n, 
     bool bad = false;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
       const T v = x[r * n + i];
-      bad |= soft ? !isfinite(v) : isnan(v);  // soft: NaN or +-inf; hard: NaN only
+      bad |= soft ? !isfinite(v) : detail::hard_poisons_row(v);  // soft: NaN or +-inf; hard: NaN only
     }
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&flags[r], 1);
   }
@@ -180,35 +181,47 @@ __global__ void tie_count_kernel(bool magnitude, const T* x, long long rows, lon
   }
 }
 
-// out_i = 1 (mask) or x_i (magnitude) on keys above s_k and on the first
-// `remaining` keys equal to it in index order, else 0; NaN rows are NaN.
-// take: -1 none (k = 0), 1 all (k = n), 0 by the selection.
+// The column of each row's k-th entry in sorted order: the remaining-th key
+// equal to s_k in column order, found by the one block whose part of the row
+// holds it (a scan over its tiles).
 template <class T>
-__global__ void hard_write_kernel(bool magnitude, const T* x, long long rows, long long n, int take,
-                                  const BitsOf<T>* prefix, const long long* remaining, const long long* tie_counts,
-                                  const int* flags, T* out) {
+__global__ void kth_index_kernel(bool magnitude, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+                                 const long long* remaining, const long long* tie_counts, long long* kth_index) {
   using Scan = cub::BlockScan<long long, kThreads>;
   __shared__ typename Scan::TempStorage storage;
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
-    const Chunk part = chunk_of(n);
     long long ties_before = 0;  // in the row's earlier blocks
-    if (take == 0)
-      for (unsigned b = 0; b < blockIdx.x; ++b) ties_before += tie_counts[r * gridDim.x + b];
+    for (unsigned b = 0; b < blockIdx.x; ++b) ties_before += tie_counts[r * gridDim.x + b];
+    const long long wanted = remaining[r] - 1;  // its rank among the ties, from 0
+    if (wanted < ties_before || wanted >= ties_before + tie_counts[r * gridDim.x + blockIdx.x]) continue;
+    const Chunk part = chunk_of(n);
     for (long long tile = part.begin; tile < part.end; tile += blockDim.x) {
       const long long i = tile + threadIdx.x;
-      const bool inside = i < part.end;
-      const T v = inside ? x[r * n + i] : T(0);
-      const auto e = encode(key_of(magnitude, v));
-      const bool tie = inside && take == 0 && e == prefix[r];
+      const bool tie = i < part.end && encode(key_of(magnitude, x[r * n + i])) == prefix[r];
       long long rank = 0, tile_ties = 0;  // ties before this entry in the tile, ties in the tile
       Scan(storage).ExclusiveSum(static_cast<long long>(tie), rank, tile_ties);
       __syncthreads();
-      if (inside) {
-        const bool kept = take > 0 || (take == 0 && (e > prefix[r] || (tie && ties_before + rank < remaining[r])));
-        const T value = magnitude ? v : T(1);
-        out[r * n + i] = flags[r] ? T(kNaN) : (kept ? value : T(0));
-      }
+      if (tie && ties_before + rank == wanted) kth_index[r] = i;
       ties_before += tile_ties;
+    }
+  }
+}
+
+// out_i by the core's rule (hard_topk.hpp) at the row's k-th entry (s_k, its
+// column); NaN rows are NaN. take: -1 none kept (k = 0), 1 all (k = n), 0 by the rule.
+template <class T>
+__global__ void hard_write_kernel(bool magnitude, const T* x, long long rows, long long n, int take,
+                                  const BitsOf<T>* prefix, const long long* kth_index, const int* flags, T* out) {
+  const Form form = magnitude ? Form::magnitude : Form::mask;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    detail::SortedEntry kth{0.0, 0};
+    if (take == 0) kth = {static_cast<double>(decode<T>(prefix[r])), static_cast<std::size_t>(kth_index[r])};
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const T v = x[r * n + i];
+      const double key = static_cast<double>(detail::sort_key(form, v));
+      const bool kept = take > 0 || (take == 0 && detail::hard_kept(key, static_cast<std::size_t>(i), kth));
+      out[r * n + i] = flags[r] ? detail::hard_nan<T>() : detail::hard_value(form, v, kept);
     }
   }
 }
@@ -433,6 +446,14 @@ Selection carve_selection(Carver& carver, long long rows) {
   return s;
 }
 
+HardScratch carve_hard(Carver& carver, long long rows, long long n) {
+  HardScratch s;
+  s.selection = carve_selection(carver, rows);
+  s.tie_counts = carver.take<long long>(rows * blocks_per_row(n));
+  s.kth_index = carver.take<long long>(rows);
+  return s;
+}
+
 SoftScratch carve_soft(void* base, long long rows, long long n) {
   Carver carver(base);
   SoftScratch s;
@@ -466,17 +487,13 @@ SoftScratch soft_scratch(void* base, long long rows, long long n) { return carve
 
 std::size_t hard_scratch_bytes(long long rows, long long n) {
   Carver carver(nullptr);
-  carve_selection(carver, rows);
-  carver.take<long long>(rows * blocks_per_row(n));
+  carve_hard(carver, rows, n);
   return carver.used();
 }
 
 HardScratch hard_scratch(void* base, long long rows, long long n) {
   Carver carver(base);
-  HardScratch s;
-  s.selection = carve_selection(carver, rows);
-  s.tie_counts = carver.take<long long>(rows * blocks_per_row(n));
-  return s;
+  return carve_hard(carver, rows, n);
 }
 
 template <class T>
@@ -509,15 +526,19 @@ void select_keys(bool magnitude, bool soft, const T* x, long long rows, long lon
 }
 
 template <class T>
-void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
-                  long long* tie_counts, T* out, cudaStream_t stream) {
+void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
+                  T* out, cudaStream_t stream) {
   using U = BitsOf<T>;
+  const Selection& selection = scratch.selection;
   const U* prefix = static_cast<const U*>(selection.prefix);
   const int take = k == 0 ? -1 : (k == n ? 1 : 0);
-  if (take == 0) tie_count_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, tie_counts);
+  if (take == 0) {
+    tie_count_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, scratch.tie_counts);
+    kth_index_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, selection.remaining,
+                                                                      scratch.tie_counts, scratch.kth_index);
+  }
   hard_write_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, take, prefix,
-                                                                     selection.remaining, tie_counts, selection.flags,
-                                                                     out);
+                                                                     scratch.kth_index, selection.flags, out);
   check(cudaGetLastError());
 }
 
@@ -560,7 +581,7 @@ void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, co
   template void flag_rows<T>(bool, const T*, long long, long long, int*, cudaStream_t);                           \
   template void select_keys<T>(bool, bool, const T*, long long, long long, long long, const Selection&,             \
                                cudaStream_t);                                                                       \
-  template void hard_forward<T>(bool, const T*, long long, long long, long long, const Selection&, long long*, T*, \
+  template void hard_forward<T>(bool, const T*, long long, long long, long long, const HardScratch&, T*,          \
                                 cudaStream_t);                                                                      \
   template void soft_forward<T>(bool, const T*, long long, long long, long long, double, double, const Selection&, \
                                 const Window&, void*, std::size_t, T*, RowState*, cudaStream_t);                    \

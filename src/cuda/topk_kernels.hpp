@@ -15,7 +15,9 @@
 //      the windows are sorted (CUB segmented sort) and one thread per row runs
 //      the core's band solver (solve_mask_band / solve_mag_band) on its window
 //      and records the row's RowState as the core's topk.cpp does;
-//   3. hard ops: the k largest, ties by the lower index (a block scan).
+//   3. hard ops: the column of the k-th entry in sorted order (the
+//      remaining-th key equal to s_k, by a block scan), then each entry kept
+//      or not by the core's rule (hard_topk.hpp).
 // Derivatives: one block per row at the saved RowState, the band's c_i
 // recomputed from x (band.hpp), SPEC.md's pivoted block Jacobian (jacobian.hpp).
 
@@ -69,12 +71,19 @@ void select_keys(bool magnitude, bool soft, const T* x, long long rows, long lon
 template <class T>
 void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream);
 
-// hard_topk_mask / hard_topk_mag of SPEC.md; `selection` as select_keys left it
-// (or only its flags, for k = 0 and k = n). tie_counts: [rows * blocks_per_row(n)].
-template <class T>
-void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
-                  long long* tie_counts, T* out, cudaStream_t stream);
+// The scratch of the hard operators (one buffer, as SoftScratch below).
+struct HardScratch {
+  Selection selection;
+  long long* tie_counts;  // [rows * blocks_per_row(n)]
+  long long* kth_index;   // [rows]: the column of each row's k-th entry in sorted order
+};
 long long blocks_per_row(long long n);
+
+// hard_topk_mask / hard_topk_mag of SPEC.md; `scratch.selection` as
+// select_keys left it (or only its flags, for k = 0 and k = n).
+template <class T>
+void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
+                  T* out, cudaStream_t stream);
 
 // soft_topk_mask / soft_topk_mag of SPEC.md, and with state != nullptr each
 // row's RowState [rows] as the core's soft_topk_* writes it (topk.cpp): gamma,
@@ -87,7 +96,7 @@ void soft_forward(bool magnitude, const T* x, long long rows, long long n, long 
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
                   T* out, RowState* state, cudaStream_t stream);
 
-// The scratch of one call carved from a single device buffer of
+// The scratch of one soft call carved from a single device buffer of
 // *_scratch_bytes(...) bytes (256-byte aligned, as every CUDA allocator gives),
 // so that each adapter makes one allocation from its framework's allocator.
 struct SoftScratch {
@@ -95,10 +104,6 @@ struct SoftScratch {
   Window window;
   void* sort;
   std::size_t sort_bytes;
-};
-struct HardScratch {
-  Selection selection;
-  long long* tie_counts;  // [rows * blocks_per_row(n)]
 };
 std::size_t soft_scratch_bytes(long long rows, long long n);
 SoftScratch soft_scratch(void* base, long long rows, long long n);

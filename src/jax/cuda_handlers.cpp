@@ -100,8 +100,7 @@ void hard_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scra
   const cuda::HardScratch parts =
       cuda::hard_scratch(allocate(scratch, cuda::hard_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
   select_or_flag<T>(magnitude, /*soft=*/false, x_data, rows, k, parts.selection, stream);
-  cuda::hard_forward<T>(magnitude, x_data, rows.count, rows.n, k, parts.selection, parts.tie_counts,
-                        static_cast<T*>(out.untyped_data()), stream);
+  cuda::hard_forward<T>(magnitude, x_data, rows.count, rows.n, k, parts, static_cast<T*>(out.untyped_data()), stream);
 }
 
 ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,

@@ -1,9 +1,9 @@
 // The CUDA kernels' pipeline (src/cuda/topk_kernels.cu), run on the CPU
 // the way the kernels compose it: the radix selection (radix_select.hpp:
 // passes of digit counts over a row, then the (k+1)-th key) and the hard
-// operators' tie rule against sorting and the core's hard ops; then the soft
-// forward's window bounds, gather, sort and band solve, and the RowState it
-// records, against the core; the band the derivatives recompute from x and
+// operators' k-th entry and rule (hard_topk.hpp) against sorting and the
+// core's hard ops; then the soft forward's window bounds, gather, sort and
+// band solve, and the RowState it records, against the core; the band the derivatives recompute from x and
 // the state (saved_band.hpp) against the core's band; and the derivatives'
 // per-entry math at the kernels' state against the core's VJP and JVP.
 
@@ -21,6 +21,7 @@
 
 #include "band.hpp"        // src/core/row, through the sparsetopk_row target
 #include "band_solve.hpp"
+#include "hard_topk.hpp"
 #include "radix_select.hpp"  // src/cuda, through the sparsetopk_cuda_row target
 #include "saved_band.hpp"
 
@@ -125,32 +126,86 @@ TEST(CudaPipeline, FindsTheKthAndNextKeys) {
   expect_kth_and_next_keys<double>();
 }
 
-// hard_write_kernel's rule: keys above s_k, and the first `remaining` keys equal to it in index order
+// kth_index_kernel for one row: the column of the remaining-th key equal to s_k.
 template <class T>
-void expect_hard_rule_is_the_cores() {
+std::size_t kth_index(const std::vector<T>& row, const Selected<T>& s, bool magnitude) {
+  long long ties = 0;
+  for (std::size_t i = 0; i < row.size(); ++i)
+    if (encode(key_of(magnitude, row[i])) == s.prefix && ++ties == s.remaining) return i;
+  return row.size();
+}
+
+// hard_write_kernel for one row without NaN, 0 < k < n: the core's rule
+// (hard_topk.hpp) at the k-th entry the selection found.
+template <class T>
+std::vector<T> hard_pipeline(const std::vector<T>& row, std::size_t k, bool magnitude) {
+  const Form form = magnitude ? Form::magnitude : Form::mask;
+  const Selected<T> s = select(row, static_cast<long long>(k), magnitude);
+  const detail::SortedEntry kth{static_cast<double>(s.s_k), kth_index(row, s, magnitude)};
+  std::vector<T> out(row.size());
+  for (std::size_t i = 0; i < row.size(); ++i) {
+    const double key = static_cast<double>(detail::sort_key(form, row[i]));
+    out[i] = detail::hard_value(form, row[i], detail::hard_kept(key, i, kth));
+  }
+  return out;
+}
+
+template <class T>
+void expect_hard_pipeline_is_the_cores() {
   for (const auto& row : test_rows<T>())
     for (bool magnitude : {false, true})
       for (std::size_t k : {1u, 7u, 50u, 96u}) {
-        const Selected<T> s = select(row, static_cast<long long>(k), magnitude);
-        std::vector<T> out(row.size()), expected(row.size());
-        long long ties_before = 0;
-        for (std::size_t i = 0; i < row.size(); ++i) {
-          const auto e = encode(key_of(magnitude, row[i]));
-          const bool tie = e == s.prefix, kept = e > s.prefix || (tie && ties_before < s.remaining);
-          ties_before += tie;
-          out[i] = kept ? (magnitude ? row[i] : T(1)) : T(0);
-        }
+        std::vector<T> expected(row.size());
         if (magnitude) hard_topk_mag<T>(row, row.size(), k, expected);
         else hard_topk_mask<T>(row, row.size(), k, expected);
+        const std::vector<T> out = hard_pipeline(row, k, magnitude);
         for (std::size_t i = 0; i < row.size(); ++i) EXPECT_EQ(out[i], expected[i]) << "k = " << k << ", i = " << i;
       }
 }
 
-TEST(CudaPipeline, HardTieRuleIsTheCores) {
-  expect_hard_rule_is_the_cores<float>();
-  expect_hard_rule_is_the_cores<double>();
+TEST(CudaPipeline, HardForwardIsTheCores) {
+  expect_hard_pipeline_is_the_cores<float>();
+  expect_hard_pipeline_is_the_cores<double>();
 }
 
+// The rule itself: at the k-th entry of a full sort, exactly the first k
+// entries of the sorted order are kept, for every k.
+template <class T>
+void expect_hard_rule_keeps_the_first_k() {
+  for (const auto& row : test_rows<T>())
+    for (Form form : {Form::mask, Form::magnitude}) {
+      std::vector<detail::SortedEntry> sorted;
+      for (std::size_t i = 0; i < row.size(); ++i)
+        sorted.push_back({static_cast<double>(detail::sort_key(form, row[i])), i});
+      std::sort(sorted.begin(), sorted.end(), detail::descending);
+      for (std::size_t k = 1; k <= row.size(); ++k)
+        for (std::size_t j = 0; j < sorted.size(); ++j)
+          ASSERT_EQ(detail::hard_kept(sorted[j].key, sorted[j].index, sorted[k - 1]), j < k) << "k = " << k;
+    }
+}
+
+TEST(CudaPipeline, HardRuleKeepsTheFirstKInSortedOrder) {
+  expect_hard_rule_keeps_the_first_k<float>();
+  expect_hard_rule_keeps_the_first_k<double>();
+}
+
+// Only a NaN makes a row NaN (infinities are keys), as the core's hard ops do;
+// kept entries are 1 (mask) or x_i (magnitude, its sign and -0 included).
+TEST(CudaPipeline, HardNaNRuleAndValuesAreTheCores) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  EXPECT_TRUE(detail::hard_poisons_row(nan));
+  EXPECT_FALSE(detail::hard_poisons_row(inf));
+  EXPECT_FALSE(detail::hard_poisons_row(-inf));
+  EXPECT_TRUE(std::isnan(detail::hard_nan<float>()));
+  for (std::size_t k : {0u, 2u, 4u})
+    for (double value : hard_topk_mag(std::vector<double>{1.0, nan, -inf, 2.0}, k)) EXPECT_TRUE(std::isnan(value));
+  EXPECT_EQ(detail::hard_value(Form::mask, -3.0, true), 1.0);
+  EXPECT_EQ(detail::hard_value(Form::magnitude, -3.0, true), -3.0);
+  EXPECT_TRUE(std::signbit(detail::hard_value(Form::magnitude, -0.0, true)));
+  EXPECT_EQ(detail::hard_value(Form::magnitude, -3.0, false), 0.0);
+  EXPECT_EQ(hard_topk_mask(std::vector<double>{-inf, 1.0, inf}, 2), (std::vector<double>{0.0, 1.0, 1.0}));
+  EXPECT_EQ(hard_topk_mag(std::vector<double>{-inf, 1.0, inf}, 2), (std::vector<double>{-inf, 0.0, inf}));
+}
 
 // bounds_kernel, gather_kernel, the segmented sort and band_kernel for one
 // finite row: the outputs and the row's RowState.

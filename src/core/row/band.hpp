@@ -10,15 +10,10 @@
 
 #include "host_device.hpp"
 #include "regularizer.hpp"
+#include "sorted_order.hpp"
 #include "sparsetopk/row_state.hpp"
 
 namespace sparsetopk::detail {
-
-// Whether (key_a, a) comes before (key_b, b) in a row's sorted order: key
-// descending, ties by the lower index first.
-SPARSETOPK_HOST_DEVICE inline bool sorted_before(double key_a, double a, double key_b, double b) {
-  return key_a > key_b || (key_a == key_b && a < b);
-}
 
 // Whether the entry (key, index) lies in the band of `state`.
 SPARSETOPK_HOST_DEVICE inline bool in_band(const RowState& state, double key, std::size_t index) {

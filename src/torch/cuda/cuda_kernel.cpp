@@ -108,8 +108,7 @@ Tensor hard_rows_as(Form form, const Tensor& rows, int64_t k) {
   const cuda::HardScratch parts = cuda::hard_scratch(scratch.data_ptr(), r, n);
   select_or_flag<T>(magnitude, /*soft=*/false, rows, k, parts.selection, stream);
   Tensor out = at::empty_like(rows);
-  cuda::hard_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, parts.selection, parts.tie_counts,
-                        out.data_ptr<T>(), stream);
+  cuda::hard_forward<T>(magnitude, rows.data_ptr<T>(), r, n, k, parts, out.data_ptr<T>(), stream);
   return out;
 }
 
