@@ -26,6 +26,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <sparsetopk/form.hpp>
 #include <sparsetopk/row_state.hpp>
 
 namespace sparsetopk::cuda {
@@ -64,7 +65,7 @@ std::size_t sort_scratch_bytes(long long rows, long long n);
 
 // Fills the selection of the k-th and (k+1)-th keys (needs 0 < k < n) and the row flags.
 template <class T>
-void select_keys(bool magnitude, bool soft, const T* x, long long rows, long long n, long long k,
+void select_keys(Form form, bool soft, const T* x, long long rows, long long n, long long k,
                  const Selection& selection, cudaStream_t stream);
 
 // Only the row flags (k = 0 or k = n: no selection).
@@ -82,7 +83,7 @@ long long blocks_per_row(long long n);
 // hard_topk_mask / hard_topk_mag of SPEC.md; `scratch.selection` as
 // select_keys left it (or only its flags, for k = 0 and k = n).
 template <class T>
-void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
                   T* out, cudaStream_t stream);
 
 // soft_topk_mask / soft_topk_mag of SPEC.md, and with state != nullptr each
@@ -92,7 +93,7 @@ void hard_forward(bool magnitude, const T* x, long long rows, long long n, long 
 // n = 0 entries: gamma = -inf, unchanged_from = +inf, no band (as the torch
 // CPU kernels write them). `selection` as select_keys or flag_rows left it.
 template <class T>
-void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+void soft_forward(Form form, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
                   T* out, RowState* state, cudaStream_t stream);
 
@@ -114,7 +115,7 @@ HardScratch hard_scratch(void* base, long long rows, long long n);
 // [rows, n] left, with its l and p: each band entry's c_i is recomputed from x
 // (band.hpp), as the core's derivatives.cpp does. v, x and out are [rows, n].
 template <class T>
-void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const RowState* state, double l,
+void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l,
                       double p, long long rows, long long n, T* out, cudaStream_t stream);
 
 }  // namespace sparsetopk::cuda
