@@ -29,13 +29,13 @@ T least_at_or_above(double v) {
 // and c_i (SPEC.md, "Derivatives"), in column order, into `band` (reused).
 template <class T>
 void recompute_band(std::span<const T> x_row, const RowState& state, const Regularizer& regularizer, double l,
-                    bool magnitude, std::vector<BandEntry>& band) {
+                    Form form, std::vector<BandEntry>& band) {
   band.clear();
   if (state.first_key == -kInf) return;  // no band (and no key is -inf in a finite row)
   for (std::size_t i = 0; i < x_row.size(); ++i) {
-    const double x_i = static_cast<double>(x_row[i]), key = magnitude ? std::abs(x_i) : x_i;
+    const double key = sort_key(form, static_cast<double>(x_row[i]));
     if (key <= state.first_key && key >= state.last_key && in_band(state, key, i))
-      band.push_back({i, band_weight(regularizer, l, magnitude, state, key)});
+      band.push_back({i, band_weight(regularizer, l, form, state, key)});
   }
 }
 
@@ -43,7 +43,7 @@ void recompute_band(std::span<const T> x_row, const RowState& state, const Regul
 // row, with the row's band recomputed into `band`.
 template <class T, class Body>
 void for_each_saved_row(std::span<const T> x, std::size_t n, std::span<const RowState> state,
-                        const SoftTopkOptions& options, bool magnitude, std::size_t v_size, std::size_t out_size,
+                        const SoftTopkOptions& options, Form form, std::size_t v_size, std::size_t out_size,
                         Body&& body) {
   check_l(options.l);
   check_p(options.p);
@@ -58,7 +58,7 @@ void for_each_saved_row(std::span<const T> x, std::size_t n, std::span<const Row
   parallel_for(rows, threads, [&](std::size_t begin, std::size_t end, std::size_t slot) {
     for (std::size_t r = begin; r < end; ++r) {
       if (!std::isnan(state[r].gamma))
-        recompute_band(x.subspan(r * n, n), state[r], regularizer, options.l, magnitude, bands[slot]);
+        recompute_band(x.subspan(r * n, n), state[r], regularizer, options.l, form, bands[slot]);
       else
         bands[slot].clear();
       body(r, std::span<const BandEntry>(bands[slot]));
@@ -96,7 +96,7 @@ struct PivotedWeights {
 template <class T>
 void mask_jacobian_product(std::span<const T> x, std::size_t n, std::span<const RowState> state,
                            const SoftTopkOptions& options, std::span<const T> v, std::span<T> result) {
-  for_each_saved_row(x, n, state, options, /*magnitude=*/false, v.size(), result.size(),
+  for_each_saved_row(x, n, state, options, Form::mask, v.size(), result.size(),
                      [&](std::size_t r, std::span<const BandEntry> band) {
     const std::span<const T> v_row = v.subspan(r * n, n);
     const std::span<T> out = result.subspan(r * n, n);
@@ -121,7 +121,7 @@ template <class T>
 void magnitude_jacobian_product(std::span<const T> x, std::size_t n, std::span<const RowState> state,
                                 const SoftTopkOptions& options, std::span<const T> v, std::span<T> result,
                                 bool transpose) {
-  for_each_saved_row(x, n, state, options, /*magnitude=*/true, v.size(), result.size(),
+  for_each_saved_row(x, n, state, options, Form::magnitude, v.size(), result.size(),
                      [&](std::size_t r, std::span<const BandEntry> band) {
     const std::span<const T> x_row = x.subspan(r * n, n), v_row = v.subspan(r * n, n);
     const std::span<T> out = result.subspan(r * n, n);
@@ -180,12 +180,12 @@ void soft_topk_mag_jvp(std::span<const T> x, std::size_t n, std::span<const RowS
 namespace {
 template <class T>
 std::vector<BandEntry> band_of_row(std::span<const T> x_row, const RowState& state, const SoftTopkOptions& options,
-                                   bool magnitude) {
+                                   Form form) {
   detail::check_l(options.l);
   detail::check_p(options.p);
   std::vector<BandEntry> band;
   if (!std::isnan(state.gamma))
-    detail::recompute_band(x_row, state, detail::Regularizer(options.p), options.l, magnitude, band);
+    detail::recompute_band(x_row, state, detail::Regularizer(options.p), options.l, form, band);
   return band;
 }
 }  // namespace
@@ -193,12 +193,12 @@ std::vector<BandEntry> band_of_row(std::span<const T> x_row, const RowState& sta
 template <class T>
 std::vector<BandEntry> soft_topk_mask_band(std::span<const T> x_row, const RowState& state,
                                            const SoftTopkOptions& options) {
-  return band_of_row(x_row, state, options, /*magnitude=*/false);
+  return band_of_row(x_row, state, options, Form::mask);
 }
 template <class T>
 std::vector<BandEntry> soft_topk_mag_band(std::span<const T> x_row, const RowState& state,
                                           const SoftTopkOptions& options) {
-  return band_of_row(x_row, state, options, /*magnitude=*/true);
+  return band_of_row(x_row, state, options, Form::magnitude);
 }
 
 #define SPARSETOPK_INSTANTIATE(T)                                                                         \

@@ -31,15 +31,6 @@ struct Magnitude {
   V operator()(V v) const { return std::abs(v); }
 };
 
-// Sorted order of the window: key descending, ties by index (a function
-// object, so that std::sort inlines it).
-struct Descending {
-  bool operator()(const SortedEntry& a, const SortedEntry& b) const {
-    return a.key > b.key || (a.key == b.key && a.index < b.index);
-  }
-};
-inline constexpr Descending descending;
-
 
 // Threads that may share the work of one row (team_size 1: none).
 struct RowTeam {

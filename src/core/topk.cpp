@@ -15,6 +15,7 @@
 #include "band.hpp"
 #include "band_solve.hpp"
 #include "block_equation.hpp"
+#include "hard_topk.hpp"
 #include "parallel.hpp"
 #include "root_finding.hpp"
 #include "row_window.hpp"
@@ -48,11 +49,6 @@ bool all_finite(std::span<const T> row) {
   return (carries & kSign) == 0;
 }
 
-template <class T>
-bool any_nan(std::span<const T> row) {
-  return std::any_of(row.begin(), row.end(), [](T v) { return std::isnan(v); });
-}
-
 // Rows this long, fewer than the threads, are each split across the threads.
 constexpr std::size_t kTeamRowSize = std::size_t{1} << 18;
 
@@ -83,18 +79,24 @@ void for_each_row(std::span<const T> x, std::size_t n, std::size_t k, std::span<
 constexpr Identity identity;
 constexpr Magnitude magnitude;
 
-template <class T, class Key>
-void hard_topk_row(std::span<const T> row, std::size_t k, Key key, bool keep_value, RowWorkspace& ws,
-                   std::span<T> out) {
-  if (any_nan(row)) {
-    std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
+// SPEC.md's hard operators on one row: its k-th entry in sorted order by
+// selection, then hard_topk.hpp's rule for every entry.
+template <Form F, class T>
+void hard_topk_row(std::span<const T> row, std::size_t k, RowWorkspace& ws, std::span<T> out) {
+  if (std::any_of(row.begin(), row.end(), hard_poisons_row<T>)) {
+    std::fill(out.begin(), out.end(), hard_nan<T>());
     return;
   }
-  std::fill(out.begin(), out.end(), T(0));
-  load_entries(row, key, ws);
-  const auto first = ws.entries.begin(), kth = first + static_cast<std::ptrdiff_t>(k);
-  if (k < row.size()) std::nth_element(first, kth, ws.entries.end(), descending);
-  for (auto e = first; e != kth; ++e) out[e->index] = keep_value ? row[e->index] : T(1);
+  const std::size_t n = row.size();
+  if (k == 0 || k == n) {  // no k-th entry to compare with: none or all kept
+    for (std::size_t i = 0; i < n; ++i) out[i] = hard_value(F, row[i], k == n);
+    return;
+  }
+  load_entries(row, [](double v) { return sort_key(F, v); }, ws);
+  const auto kth = ws.entries.begin() + static_cast<std::ptrdiff_t>(k - 1);
+  std::nth_element(ws.entries.begin(), kth, ws.entries.end(), descending);
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = hard_value(F, row[i], hard_kept(static_cast<double>(sort_key(F, row[i])), i, *kth));
 }
 
 // Records the state of a solved row for the derivatives: gamma, W_B,
@@ -182,14 +184,14 @@ void soft_topk(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> 
 template <class T>
 void hard_topk_mask(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
   detail::for_each_row(x, n, k, out, nullptr, detail::available_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
-    detail::hard_topk_row(row, k, detail::identity, false, ws, out_row);
+    detail::hard_topk_row<Form::mask>(row, k, ws, out_row);
   });
 }
 
 template <class T>
 void hard_topk_mag(std::span<const T> x, std::size_t n, std::size_t k, std::span<T> out) {
   detail::for_each_row(x, n, k, out, nullptr, detail::available_threads(), [k](std::size_t, auto row, auto out_row, auto& ws, const auto&) {
-    detail::hard_topk_row(row, k, detail::magnitude, true, ws, out_row);
+    detail::hard_topk_row<Form::magnitude>(row, k, ws, out_row);
   });
 }
 

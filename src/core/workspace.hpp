@@ -9,15 +9,11 @@
 #include <vector>
 
 #include "pav.hpp"
+#include "sorted_order.hpp"
 #include "sparsetopk/topk.hpp"
 
 namespace sparsetopk {
 namespace detail {
-
-struct SortedEntry {
-  double key;         // x_i for the mask, |x_i| for the magnitude
-  std::size_t index;  // i
-};
 
 struct RowWorkspace {
   std::size_t slot = 0;              // which worker thread owns it

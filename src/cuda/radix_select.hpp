@@ -9,6 +9,8 @@
 #include <cstring>
 
 #include "host_device.hpp"  // src/core/row, through the sparsetopk_row target
+#include "sorted_order.hpp"
+#include "sparsetopk/form.hpp"
 
 namespace sparsetopk::cuda {
 
@@ -28,10 +30,10 @@ struct Bits<double> {
 template <class T>
 using BitsOf = typename Bits<T>::type;
 
-// key_i: x_i (mask) or |x_i| (magnitude), -0 made +0 (they are the same key)
+// key_i (sorted_order.hpp's sort_key), -0 made +0 (they are the same key)
 template <class T>
-SPARSETOPK_HOST_DEVICE T key_of(bool magnitude, T x) {
-  return magnitude ? std::abs(x) : x + T(0);
+SPARSETOPK_HOST_DEVICE T key_of(Form form, T x) {
+  return detail::sort_key(form, x) + T(0);
 }
 
 // Unsigned bits ordered as the keys: flip every bit of a negative key, the sign bit of the others.

@@ -29,6 +29,7 @@
 
 #include "band.hpp"
 #include "band_solve.hpp"
+#include "hard_topk.hpp"
 #include "jacobian.hpp"
 
 namespace sparsetopk::cuda {
@@ -82,7 +83,7 @@ __global__ void flag_kernel(bool soft, const T* x, long long rows, long long n, 
     bool bad = false;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
       const T v = x[r * n + i];
-      bad |= soft ? !isfinite(v) : isnan(v);  // soft: NaN or +-inf; hard: NaN only
+      bad |= soft ? !isfinite(v) : detail::hard_poisons_row(v);  // soft: NaN or +-inf; hard: NaN only
     }
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&flags[r], 1);
   }
@@ -92,7 +93,7 @@ __global__ void flag_kernel(bool soft, const T* x, long long rows, long long n, 
 
 // Counts the radix digit at `shift` of the keys whose higher bits equal the prefix.
 template <class T>
-__global__ void histogram_kernel(bool magnitude, const T* x, long long rows, long long n, int shift,
+__global__ void histogram_kernel(Form form, const T* x, long long rows, long long n, int shift,
                                  const BitsOf<T>* prefix, unsigned long long* histogram) {
   using U = BitsOf<T>;
   __shared__ unsigned int counts[kRadixSize];
@@ -101,7 +102,7 @@ __global__ void histogram_kernel(bool magnitude, const T* x, long long rows, lon
     __syncthreads();
     const Chunk part = chunk_of(n);
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
-      const U e = encode(key_of(magnitude, x[r * n + i]));
+      const U e = encode(key_of(form, x[r * n + i]));
       if (matches_prefix(e, prefix[r], shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
     }
     __syncthreads();
@@ -124,7 +125,7 @@ __global__ void choose_digit_kernel(long long rows, int shift, U* prefix, long l
 
 // The largest key below the k-th (the (k+1)-th) where no tie of the k-th is left for it.
 template <class T>
-__global__ void next_key_kernel(bool magnitude, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+__global__ void next_key_kernel(Form form, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
                                 const long long* remaining, const long long* ties, BitsOf<T>* next) {
   using U = BitsOf<T>;
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -132,7 +133,7 @@ __global__ void next_key_kernel(bool magnitude, const T* x, long long rows, long
     const Chunk part = chunk_of(n);
     U best = 0;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
-      const U e = encode(key_of(magnitude, x[r * n + i]));
+      const U e = encode(key_of(form, x[r * n + i]));
       if (e < prefix[r] && e > best) best = e;
     }
     using Reduce = cub::BlockReduce<U, kThreads>;
@@ -165,13 +166,13 @@ __global__ void copy_kernel(long long rows, const U* from, U* to, const long lon
 
 // How many keys equal s_k in each block's part of its row.
 template <class T>
-__global__ void tie_count_kernel(bool magnitude, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+__global__ void tie_count_kernel(Form form, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
                                  long long* tie_counts) {
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     const Chunk part = chunk_of(n);
     long long count = 0;
     for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x)
-      count += encode(key_of(magnitude, x[r * n + i])) == prefix[r];
+      count += encode(key_of(form, x[r * n + i])) == prefix[r];
     using Reduce = cub::BlockReduce<long long, kThreads>;
     __shared__ typename Reduce::TempStorage storage;
     count = Reduce(storage).Sum(count);
@@ -180,48 +181,55 @@ __global__ void tie_count_kernel(bool magnitude, const T* x, long long rows, lon
   }
 }
 
-// out_i = 1 (mask) or x_i (magnitude) on keys above s_k and on the first
-// `remaining` keys equal to it in index order, else 0; NaN rows are NaN.
-// take: -1 none (k = 0), 1 all (k = n), 0 by the selection.
+// The column of each row's k-th entry in sorted order: the remaining-th key
+// equal to s_k in column order, found by the one block whose part of the row
+// holds it (a scan over its tiles).
 template <class T>
-__global__ void hard_write_kernel(bool magnitude, const T* x, long long rows, long long n, int take,
-                                  const BitsOf<T>* prefix, const long long* remaining, const long long* tie_counts,
-                                  const int* flags, T* out) {
+__global__ void kth_index_kernel(Form form, const T* x, long long rows, long long n, const BitsOf<T>* prefix,
+                                 const long long* remaining, const long long* tie_counts, long long* kth_index) {
   using Scan = cub::BlockScan<long long, kThreads>;
   __shared__ typename Scan::TempStorage storage;
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
-    const Chunk part = chunk_of(n);
     long long ties_before = 0;  // in the row's earlier blocks
-    if (take == 0)
-      for (unsigned b = 0; b < blockIdx.x; ++b) ties_before += tie_counts[r * gridDim.x + b];
+    for (unsigned b = 0; b < blockIdx.x; ++b) ties_before += tie_counts[r * gridDim.x + b];
+    const long long wanted = remaining[r] - 1;  // its rank among the ties, from 0
+    if (wanted < ties_before || wanted >= ties_before + tie_counts[r * gridDim.x + blockIdx.x]) continue;
+    const Chunk part = chunk_of(n);
     for (long long tile = part.begin; tile < part.end; tile += blockDim.x) {
       const long long i = tile + threadIdx.x;
-      const bool inside = i < part.end;
-      const T v = inside ? x[r * n + i] : T(0);
-      const auto e = encode(key_of(magnitude, v));
-      const bool tie = inside && take == 0 && e == prefix[r];
+      const bool tie = i < part.end && encode(key_of(form, x[r * n + i])) == prefix[r];
       long long rank = 0, tile_ties = 0;  // ties before this entry in the tile, ties in the tile
       Scan(storage).ExclusiveSum(static_cast<long long>(tie), rank, tile_ties);
       __syncthreads();
-      if (inside) {
-        const bool kept = take > 0 || (take == 0 && (e > prefix[r] || (tie && ties_before + rank < remaining[r])));
-        const T value = magnitude ? v : T(1);
-        out[r * n + i] = flags[r] ? T(kNaN) : (kept ? value : T(0));
-      }
+      if (tie && ties_before + rank == wanted) kth_index[r] = i;
       ties_before += tile_ties;
+    }
+  }
+}
+
+// out_i by the core's rule (hard_topk.hpp) at the row's k-th entry (s_k, its
+// column); NaN rows are NaN. take: -1 none kept (k = 0), 1 all (k = n), 0 by the rule.
+template <class T>
+__global__ void hard_write_kernel(Form form, const T* x, long long rows, long long n, int take,
+                                  const BitsOf<T>* prefix, const long long* kth_index, const int* flags, T* out) {
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const Chunk part = chunk_of(n);
+    detail::SortedEntry kth{0.0, 0};
+    if (take == 0) kth = {static_cast<double>(decode<T>(prefix[r])), static_cast<std::size_t>(kth_index[r])};
+    for (long long i = part.begin + threadIdx.x; i < part.end; i += blockDim.x) {
+      const T v = x[r * n + i];
+      const double key = static_cast<double>(detail::sort_key(form, v));
+      const bool kept = take > 0 || (take == 0 && detail::hard_kept(key, static_cast<std::size_t>(i), kth));
+      out[r * n + i] = flags[r] ? detail::hard_nan<T>() : detail::hard_value(form, v, kept);
     }
   }
 }
 
 // ---- soft operators ----
 
-__device__ Form form_of(bool magnitude) {
-  return magnitude ? Form::magnitude : Form::mask;
-}
-
 // One thread per row: the core's window bounds around s_k and s_{k+1}.
 template <class T>
-__global__ void bounds_kernel(bool magnitude, long long rows, long long n, long long k, double l, double p,
+__global__ void bounds_kernel(Form form, long long rows, long long n, long long k, double l, double p,
                               const BitsOf<T>* prefix, const BitsOf<T>* next, Window window) {
   const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
@@ -233,7 +241,7 @@ __global__ void bounds_kernel(bool magnitude, long long rows, long long n, long 
     window.below[r] = -detail::kInf;
     return;
   }
-  const BlockEquation equation(form_of(magnitude), l, p);
+  const BlockEquation equation(form, l, p);
   const double s_k = static_cast<double>(decode<T>(prefix[r])), s_next = static_cast<double>(decode<T>(next[r]));
   detail::window_bounds(equation, s_k, s_next, window.above[r], window.below[r]);
 }
@@ -241,7 +249,7 @@ __global__ void bounds_kernel(bool magnitude, long long rows, long long n, long 
 // Entries outside the window get their output (1 or x_i above, 0 below); the
 // others go to the row's window buffer, in no particular order (sorted next).
 template <class T>
-__global__ void gather_kernel(bool magnitude, const T* x, long long rows, long long n, const int* flags, Window window,
+__global__ void gather_kernel(Form form, const T* x, long long rows, long long n, const int* flags, Window window,
                               T* out) {
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     const Chunk part = chunk_of(n);
@@ -253,10 +261,10 @@ __global__ void gather_kernel(bool magnitude, const T* x, long long rows, long l
         out[at] = T(kNaN);
         continue;
       }
-      const double key = static_cast<double>(key_of(magnitude, x[at]));
+      const double key = static_cast<double>(key_of(form, x[at]));
       if (key >= above) {
         ++count_above;
-        out[at] = magnitude ? x[at] : T(1);
+        out[at] = form == Form::magnitude ? x[at] : T(1);
       } else {
         out[at] = T(0);
         if (key > below) {
@@ -284,7 +292,7 @@ __global__ void segment_end_kernel(long long rows, Window window) {
 // and unchanged_from of band_state(), the band's bounds from the entries the
 // solver reports.
 template <class T>
-__global__ void band_kernel(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+__global__ void band_kernel(Form form, const T* x, long long rows, long long n, long long k, double l, double p,
                             const int* flags, Window window, T* out, RowState* states) {
   const long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
@@ -299,21 +307,21 @@ __global__ void band_kernel(bool magnitude, const T* x, long long rows, long lon
   const long long* index = (m >= 2 ? window.index_sorted : window.index) + r * n;
   const RowWindow row_window{static_cast<std::size_t>(m), static_cast<std::size_t>(k - window.count_above[r]),
                              window.above[r], window.below[r]};
-  const BlockEquation equation(form_of(magnitude), l, p);
+  const BlockEquation equation(form, l, p);
   detail::BlockStack blocks{window.blocks ? static_cast<PavBlock*>(window.blocks) + r * n : nullptr};
   const auto index_of = [index](std::size_t j) { return static_cast<std::size_t>(index[j]); };
   const T* row = x + r * n;
   detail::BandBounds band;
-  const auto append = [row, magnitude, &band](std::size_t i, double) {  // the key as the core's topk.cpp takes it
-    const double x_i = static_cast<double>(row[i]);
-    band.add(magnitude ? std::abs(x_i) : x_i, i);
+  const auto append = [row, form, &band](std::size_t i, double) {  // the key as the core's topk.cpp takes it
+    band.add(detail::sort_key(form, static_cast<double>(row[i])), i);
   };
   RowState near;  // the near entries' offsets, if the solver resolved them
   const StraddlingBlock block =
-      magnitude ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, row,
-                                         out + r * n, state != nullptr, append, near)
-                : detail::solve_mask_band(row_window, s, index_of, equation, Solver::threshold, blocks, out + r * n,
-                                          state != nullptr, append, near);
+      form == Form::magnitude
+          ? detail::solve_mag_band(row_window, s, index_of, equation, Solver::threshold, blocks, row, out + r * n,
+                                   state != nullptr, append, near)
+          : detail::solve_mask_band(row_window, s, index_of, equation, Solver::threshold, blocks, out + r * n,
+                                    state != nullptr, append, near);
   if (!state) return;
   const detail::BandState solved = detail::band_state(block, row_window, s);
   *state = near;
@@ -335,7 +343,7 @@ __global__ void empty_rows_kernel(long long rows, RowState* states) {
 // at each of the three passes (pivot, spread, output), never stored; the
 // per-entry math is saved_band.hpp's (tested on the CPU against the core).
 template <class T>
-__global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, const T* x, const RowState* states,
+__global__ void jacobian_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states,
                                 double l, double p, long long rows, long long n, T* out) {
   using PivotReduce = cub::BlockReduce<Pivot, kThreads>;
   using SumReduce = cub::BlockReduce<double, kThreads>;
@@ -353,12 +361,12 @@ __global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, cons
       for (long long i = threadIdx.x; i < n; i += blockDim.x) out_row[i] = T(kNaN);
       continue;
     }
-    const SavedBand band(state, regularizer, l, magnitude);
+    const SavedBand band(state, regularizer, l, form);
     const auto c_of = [&](long long i) {
       return band.weight(static_cast<double>(x_row[i]), static_cast<std::size_t>(i));
     };
     const auto t = [&](long long i) {
-      return tangent(magnitude, static_cast<double>(x_row[i]), static_cast<double>(v_row[i]));
+      return tangent(form, static_cast<double>(x_row[i]), static_cast<double>(v_row[i]));
     };
     Pivot mine = no_pivot(n);
     for (long long i = threadIdx.x; i < n; i += blockDim.x) {
@@ -372,13 +380,13 @@ __global__ void jacobian_kernel(bool magnitude, bool transpose, const T* v, cons
     double part = 0.0;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) {
       const double c_i = c_of(i);
-      if (c_i >= 0.0) part += spread_term(magnitude, transpose, c_i, t(i), t_d);
+      if (c_i >= 0.0) part += spread_term(form, transpose, c_i, t(i), t_d);
     }
     const double total = SumReduce(sum_storage).Sum(part);
     if (threadIdx.x == 0) spread = total;
     __syncthreads();
     for (long long i = threadIdx.x; i < n; i += blockDim.x)
-      out_row[i] = T(product_entry(magnitude, transpose, state, pivot, t_d, spread, c_of(i),
+      out_row[i] = T(product_entry(form, transpose, state, pivot, t_d, spread, c_of(i),
                                    static_cast<double>(x_row[i]), static_cast<double>(v_row[i])));
     __syncthreads();
   }
@@ -433,6 +441,14 @@ Selection carve_selection(Carver& carver, long long rows) {
   return s;
 }
 
+HardScratch carve_hard(Carver& carver, long long rows, long long n) {
+  HardScratch s;
+  s.selection = carve_selection(carver, rows);
+  s.tie_counts = carver.take<long long>(rows * blocks_per_row(n));
+  s.kth_index = carver.take<long long>(rows);
+  return s;
+}
+
 SoftScratch carve_soft(void* base, long long rows, long long n) {
   Carver carver(base);
   SoftScratch s;
@@ -466,17 +482,13 @@ SoftScratch soft_scratch(void* base, long long rows, long long n) { return carve
 
 std::size_t hard_scratch_bytes(long long rows, long long n) {
   Carver carver(nullptr);
-  carve_selection(carver, rows);
-  carver.take<long long>(rows * blocks_per_row(n));
+  carve_hard(carver, rows, n);
   return carver.used();
 }
 
 HardScratch hard_scratch(void* base, long long rows, long long n) {
   Carver carver(base);
-  HardScratch s;
-  s.selection = carve_selection(carver, rows);
-  s.tie_counts = carver.take<long long>(rows * blocks_per_row(n));
-  return s;
+  return carve_hard(carver, rows, n);
 }
 
 template <class T>
@@ -487,7 +499,7 @@ void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, c
 }
 
 template <class T>
-void select_keys(bool magnitude, bool soft, const T* x, long long rows, long long n, long long k,
+void select_keys(Form form, bool soft, const T* x, long long rows, long long n, long long k,
                  const Selection& selection, cudaStream_t stream) {
   using U = BitsOf<T>;
   U* prefix = static_cast<U*>(selection.prefix);
@@ -497,32 +509,36 @@ void select_keys(bool magnitude, bool soft, const T* x, long long rows, long lon
   check(cudaMemsetAsync(selection.histogram, 0, sizeof(unsigned long long) * kRadixSize * rows, stream));
   flag_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(soft, x, rows, n, selection.flags);
   for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits) {
-    histogram_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, shift, prefix,
+    histogram_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, shift, prefix,
                                                                       selection.histogram);
     choose_digit_kernel<U><<<per_row_grid(rows), kThreads, 0, stream>>>(rows, shift, prefix, selection.remaining,
                                                                          selection.ties, selection.histogram);
   }
   copy_kernel<U><<<per_row_grid(rows), kThreads, 0, stream>>>(rows, prefix, next, selection.remaining, selection.ties);
-  next_key_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, selection.remaining,
+  next_key_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, prefix, selection.remaining,
                                                                    selection.ties, next);
   check(cudaGetLastError());
 }
 
 template <class T>
-void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
-                  long long* tie_counts, T* out, cudaStream_t stream) {
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
+                  T* out, cudaStream_t stream) {
   using U = BitsOf<T>;
+  const Selection& selection = scratch.selection;
   const U* prefix = static_cast<const U*>(selection.prefix);
   const int take = k == 0 ? -1 : (k == n ? 1 : 0);
-  if (take == 0) tie_count_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, prefix, tie_counts);
-  hard_write_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, take, prefix,
-                                                                     selection.remaining, tie_counts, selection.flags,
-                                                                     out);
+  if (take == 0) {
+    tie_count_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, prefix, scratch.tie_counts);
+    kth_index_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, prefix, selection.remaining,
+                                                                      scratch.tie_counts, scratch.kth_index);
+  }
+  hard_write_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, take, prefix,
+                                                                     scratch.kth_index, selection.flags, out);
   check(cudaGetLastError());
 }
 
 template <class T>
-void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+void soft_forward(Form form, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
                   T* out, RowState* state, cudaStream_t stream) {
   using U = BitsOf<T>;
@@ -532,39 +548,39 @@ void soft_forward(bool magnitude, const T* x, long long rows, long long n, long 
     check(cudaGetLastError());
     return;
   }
-  bounds_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, rows, n, k, l, p,
+  bounds_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(form, rows, n, k, l, p,
                                                                   static_cast<const U*>(selection.prefix),
                                                                   static_cast<const U*>(selection.next), window);
-  gather_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(magnitude, x, rows, n, selection.flags, window, out);
+  gather_kernel<T><<<row_grid(rows, n), kThreads, 0, stream>>>(form, x, rows, n, selection.flags, window, out);
   segment_end_kernel<<<per_row_grid(rows), kThreads, 0, stream>>>(rows, window);
   check(cudaGetLastError());
   std::size_t bytes = sort_bytes;
   check(cub::DeviceSegmentedSort::SortPairsDescending(sort_scratch, bytes, window.keys, window.keys_sorted,
                                                       window.index, window.index_sorted, rows * n, rows,
                                                       window.begin, window.end, stream));
-  band_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(magnitude, x, rows, n, k, l, p, selection.flags, window,
+  band_kernel<T><<<per_row_grid(rows), kThreads, 0, stream>>>(form, x, rows, n, k, l, p, selection.flags, window,
                                                                 out, state);
   check(cudaGetLastError());
 }
 
 template <class T>
-void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const RowState* state, double l,
+void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l,
                       double p, long long rows, long long n, T* out, cudaStream_t stream) {
   if (rows == 0 || n == 0) return;
   const unsigned grid = static_cast<unsigned>(std::min<long long>(rows, 1LL << 20));
-  jacobian_kernel<T><<<grid, kThreads, 0, stream>>>(magnitude, transpose, v, x, state, l, p, rows, n, out);
+  jacobian_kernel<T><<<grid, kThreads, 0, stream>>>(form, transpose, v, x, state, l, p, rows, n, out);
   check(cudaGetLastError());
 }
 
 #define SPARSETOPK_INSTANTIATE(T)                                                                                   \
   template void flag_rows<T>(bool, const T*, long long, long long, int*, cudaStream_t);                           \
-  template void select_keys<T>(bool, bool, const T*, long long, long long, long long, const Selection&,             \
+  template void select_keys<T>(Form, bool, const T*, long long, long long, long long, const Selection&,             \
                                cudaStream_t);                                                                       \
-  template void hard_forward<T>(bool, const T*, long long, long long, long long, const Selection&, long long*, T*, \
+  template void hard_forward<T>(Form, const T*, long long, long long, long long, const HardScratch&, T*,          \
                                 cudaStream_t);                                                                      \
-  template void soft_forward<T>(bool, const T*, long long, long long, long long, double, double, const Selection&, \
+  template void soft_forward<T>(Form, const T*, long long, long long, long long, double, double, const Selection&, \
                                 const Window&, void*, std::size_t, T*, RowState*, cudaStream_t);                    \
-  template void jacobian_product<T>(bool, bool, const T*, const T*, const RowState*, double, double, long long,    \
+  template void jacobian_product<T>(Form, bool, const T*, const T*, const RowState*, double, double, long long,    \
                                     long long, T*, cudaStream_t);
 SPARSETOPK_INSTANTIATE(float)
 SPARSETOPK_INSTANTIATE(double)

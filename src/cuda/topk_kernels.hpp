@@ -15,7 +15,9 @@
 //      the windows are sorted (CUB segmented sort) and one thread per row runs
 //      the core's band solver (solve_mask_band / solve_mag_band) on its window
 //      and records the row's RowState as the core's topk.cpp does;
-//   3. hard ops: the k largest, ties by the lower index (a block scan).
+//   3. hard ops: the column of the k-th entry in sorted order (the
+//      remaining-th key equal to s_k, by a block scan), then each entry kept
+//      or not by the core's rule (hard_topk.hpp).
 // Derivatives: one block per row at the saved RowState, the band's c_i
 // recomputed from x (band.hpp), SPEC.md's pivoted block Jacobian (jacobian.hpp).
 
@@ -24,6 +26,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <sparsetopk/form.hpp>
 #include <sparsetopk/row_state.hpp>
 
 namespace sparsetopk::cuda {
@@ -62,19 +65,26 @@ std::size_t sort_scratch_bytes(long long rows, long long n);
 
 // Fills the selection of the k-th and (k+1)-th keys (needs 0 < k < n) and the row flags.
 template <class T>
-void select_keys(bool magnitude, bool soft, const T* x, long long rows, long long n, long long k,
+void select_keys(Form form, bool soft, const T* x, long long rows, long long n, long long k,
                  const Selection& selection, cudaStream_t stream);
 
 // Only the row flags (k = 0 or k = n: no selection).
 template <class T>
 void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream);
 
-// hard_topk_mask / hard_topk_mag of SPEC.md; `selection` as select_keys left it
-// (or only its flags, for k = 0 and k = n). tie_counts: [rows * blocks_per_row(n)].
-template <class T>
-void hard_forward(bool magnitude, const T* x, long long rows, long long n, long long k, const Selection& selection,
-                  long long* tie_counts, T* out, cudaStream_t stream);
+// The scratch of the hard operators (one buffer, as SoftScratch below).
+struct HardScratch {
+  Selection selection;
+  long long* tie_counts;  // [rows * blocks_per_row(n)]
+  long long* kth_index;   // [rows]: the column of each row's k-th entry in sorted order
+};
 long long blocks_per_row(long long n);
+
+// hard_topk_mask / hard_topk_mag of SPEC.md; `scratch.selection` as
+// select_keys left it (or only its flags, for k = 0 and k = n).
+template <class T>
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
+                  T* out, cudaStream_t stream);
 
 // soft_topk_mask / soft_topk_mag of SPEC.md, and with state != nullptr each
 // row's RowState [rows] as the core's soft_topk_* writes it (topk.cpp): gamma,
@@ -83,11 +93,11 @@ long long blocks_per_row(long long n);
 // n = 0 entries: gamma = -inf, unchanged_from = +inf, no band (as the torch
 // CPU kernels write them). `selection` as select_keys or flag_rows left it.
 template <class T>
-void soft_forward(bool magnitude, const T* x, long long rows, long long n, long long k, double l, double p,
+void soft_forward(Form form, const T* x, long long rows, long long n, long long k, double l, double p,
                   const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
                   T* out, RowState* state, cudaStream_t stream);
 
-// The scratch of one call carved from a single device buffer of
+// The scratch of one soft call carved from a single device buffer of
 // *_scratch_bytes(...) bytes (256-byte aligned, as every CUDA allocator gives),
 // so that each adapter makes one allocation from its framework's allocator.
 struct SoftScratch {
@@ -95,10 +105,6 @@ struct SoftScratch {
   Window window;
   void* sort;
   std::size_t sort_bytes;
-};
-struct HardScratch {
-  Selection selection;
-  long long* tie_counts;  // [rows * blocks_per_row(n)]
 };
 std::size_t soft_scratch_bytes(long long rows, long long n);
 SoftScratch soft_scratch(void* base, long long rows, long long n);
@@ -109,7 +115,7 @@ HardScratch hard_scratch(void* base, long long rows, long long n);
 // [rows, n] left, with its l and p: each band entry's c_i is recomputed from x
 // (band.hpp), as the core's derivatives.cpp does. v, x and out are [rows, n].
 template <class T>
-void jacobian_product(bool magnitude, bool transpose, const T* v, const T* x, const RowState* state, double l,
+void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l,
                       double p, long long rows, long long n, T* out, cudaStream_t stream);
 
 }  // namespace sparsetopk::cuda

@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include <sparsetopk/errors.hpp>
+#include <sparsetopk/form.hpp>
 #include <sparsetopk/row_state.hpp>
 
 #include <algorithm>
@@ -72,41 +73,40 @@ void* allocate(ffi::ScratchAllocator& scratch, std::size_t bytes) {
 }
 
 template <class T>
-void select_or_flag(bool magnitude, bool soft, const T* x, Rows rows, int64_t k, const cuda::Selection& selection,
+void select_or_flag(Form form, bool soft, const T* x, Rows rows, int64_t k, const cuda::Selection& selection,
                     cudaStream_t stream) {
-  if (k > 0 && k < rows.n) cuda::select_keys<T>(magnitude, soft, x, rows.count, rows.n, k, selection, stream);
+  if (k > 0 && k < rows.n) cuda::select_keys<T>(form, soft, x, rows.count, rows.n, k, selection, stream);
   else cuda::flag_rows<T>(soft, x, rows.count, rows.n, selection.flags, stream);
 }
 
 template <class T>
-void soft_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+void soft_typed(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
                 Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p) {
   const T* x_data = static_cast<const T*>(x.untyped_data());
   RowState* states = state ? static_cast<RowState*>(state->untyped_data()) : nullptr;
   if (rows.n == 0) {  // only the states of the empty rows (soft_forward reads no scratch then)
-    if (states) cuda::soft_forward<T>(magnitude, x_data, rows.count, 0, k, l, p, cuda::Selection{}, cuda::Window{},
+    if (states) cuda::soft_forward<T>(form, x_data, rows.count, 0, k, l, p, cuda::Selection{}, cuda::Window{},
                                       nullptr, 0, static_cast<T*>(out.untyped_data()), states, stream);
     return;
   }
   const cuda::SoftScratch parts =
       cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
-  select_or_flag<T>(magnitude, /*soft=*/true, x_data, rows, k, parts.selection, stream);
-  cuda::soft_forward<T>(magnitude, x_data, rows.count, rows.n, k, l, p, parts.selection, parts.window, parts.sort,
+  select_or_flag<T>(form, /*soft=*/true, x_data, rows, k, parts.selection, stream);
+  cuda::soft_forward<T>(form, x_data, rows.count, rows.n, k, l, p, parts.selection, parts.window, parts.sort,
                         parts.sort_bytes, static_cast<T*>(out.untyped_data()), states, stream);
 }
 
 template <class T>
-void hard_typed(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+void hard_typed(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
                 Rows rows, ffi::AnyBuffer& out, int64_t k) {
   const T* x_data = static_cast<const T*>(x.untyped_data());
   const cuda::HardScratch parts =
       cuda::hard_scratch(allocate(scratch, cuda::hard_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
-  select_or_flag<T>(magnitude, /*soft=*/false, x_data, rows, k, parts.selection, stream);
-  cuda::hard_forward<T>(magnitude, x_data, rows.count, rows.n, k, parts.selection, parts.tie_counts,
-                        static_cast<T*>(out.untyped_data()), stream);
+  select_or_flag<T>(form, /*soft=*/false, x_data, rows, k, parts.selection, stream);
+  cuda::hard_forward<T>(form, x_data, rows.count, rows.n, k, parts, static_cast<T*>(out.untyped_data()), stream);
 }
 
-ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
+ffi::Error soft(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
                 ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p, std::string_view solver) {
   return guarded([&] {
     check_types(x, {&out});
@@ -117,26 +117,26 @@ ffi::Error soft(bool magnitude, cudaStream_t stream, ffi::ScratchAllocator& scra
     check_solver(solver);
     if (rows.count == 0) return;
     if (x.element_type() == ffi::DataType::F64)
-      soft_typed<double>(magnitude, stream, scratch, x, rows, out, state, k, l, p);
-    else soft_typed<float>(magnitude, stream, scratch, x, rows, out, state, k, l, p);
+      soft_typed<double>(form, stream, scratch, x, rows, out, state, k, l, p);
+    else soft_typed<float>(form, stream, scratch, x, rows, out, state, k, l, p);
   });
 }
 
-template <bool magnitude>
+template <Form form>
 ffi::Error soft_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                       ffi::Result<ffi::AnyBuffer> out, int64_t k, double l, double p, std::string_view solver,
                       int64_t /*num_iter*/) {
-  return soft(magnitude, stream, scratch, x, *out, nullptr, k, l, p, solver);
+  return soft(form, stream, scratch, x, *out, nullptr, k, l, p, solver);
 }
 
-template <bool magnitude>
+template <Form form>
 ffi::Error soft_with_state_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                                  ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> state, int64_t k,
                                  double l, double p, std::string_view solver, int64_t /*num_iter*/) {
-  return soft(magnitude, stream, scratch, x, *out, &*state, k, l, p, solver);
+  return soft(form, stream, scratch, x, *out, &*state, k, l, p, solver);
 }
 
-template <bool magnitude>
+template <Form form>
 ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                       ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return guarded([&] {
@@ -144,14 +144,14 @@ ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
     const Rows rows = rows_of(x);
     checked_k(k, static_cast<std::size_t>(rows.n));
     if (rows.count * rows.n == 0) return;
-    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(magnitude, stream, scratch, x, rows, *out, k);
-    else hard_typed<float>(magnitude, stream, scratch, x, rows, *out, k);
+    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(form, stream, scratch, x, rows, *out, k);
+    else hard_typed<float>(form, stream, scratch, x, rows, *out, k);
   });
 }
 
 // J^T v (vjp: transpose) or J v (jvp) at the state the forward pass on x left,
 // with its l and p. The mask's J is symmetric: its jvp and vjp are one product.
-template <bool magnitude, bool transpose>
+template <Form form, bool transpose>
 ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v,
                          ffi::Result<ffi::AnyBuffer> out, double l, double p) {
   return guarded([&] {
@@ -164,11 +164,11 @@ ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer s
     if (rows.count * rows.n == 0) return;
     const RowState* states = static_cast<const RowState*>(state.untyped_data());
     if (x.element_type() == ffi::DataType::F64)
-      cuda::jacobian_product<double>(magnitude, transpose, static_cast<const double*>(v.untyped_data()),
+      cuda::jacobian_product<double>(form, transpose, static_cast<const double*>(v.untyped_data()),
                                      static_cast<const double*>(x.untyped_data()), states, l, p, rows.count, rows.n,
                                      static_cast<double*>(out->untyped_data()), stream);
     else
-      cuda::jacobian_product<float>(magnitude, transpose, static_cast<const float*>(v.untyped_data()),
+      cuda::jacobian_product<float>(form, transpose, static_cast<const float*>(v.untyped_data()),
                                     static_cast<const float*>(x.untyped_data()), states, l, p, rows.count, rows.n,
                                     static_cast<float*>(out->untyped_data()), stream);
   });
@@ -183,18 +183,18 @@ auto product_binding() { return derivative_arguments(ffi::Ffi::Bind().Ctx<Stream
 // The targets of the CUDA platform: the names of the CPU's (ffi_handlers.cpp);
 // _ffi.py registers every row on opt-in.
 const Target targets[] = {
-    {"sparsetopk_soft_topk_mask", SPARSETOPK_FFI_HANDLER(soft_entry<false>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
-    {"sparsetopk_soft_topk_mag", SPARSETOPK_FFI_HANDLER(soft_entry<true>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mask", SPARSETOPK_FFI_HANDLER(soft_entry<Form::mask>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mag", SPARSETOPK_FFI_HANDLER(soft_entry<Form::magnitude>, cuda_binding().SPARSETOPK_SOFT_ATTRS)},
     {"sparsetopk_soft_topk_mask_with_state",
-     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<false>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<Form::mask>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
     {"sparsetopk_soft_topk_mag_with_state",
-     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<true>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
-    {"sparsetopk_soft_topk_mask_jvp", SPARSETOPK_FFI_HANDLER((product_entry<false, false>), product_binding())},
-    {"sparsetopk_soft_topk_mask_vjp", SPARSETOPK_FFI_HANDLER((product_entry<false, true>), product_binding())},
-    {"sparsetopk_soft_topk_mag_jvp", SPARSETOPK_FFI_HANDLER((product_entry<true, false>), product_binding())},
-    {"sparsetopk_soft_topk_mag_vjp", SPARSETOPK_FFI_HANDLER((product_entry<true, true>), product_binding())},
-    {"sparsetopk_hard_topk_mask", SPARSETOPK_FFI_HANDLER(hard_entry<false>, cuda_binding().Attr<int64_t>("k"))},
-    {"sparsetopk_hard_topk_mag", SPARSETOPK_FFI_HANDLER(hard_entry<true>, cuda_binding().Attr<int64_t>("k"))},
+     SPARSETOPK_FFI_HANDLER(soft_with_state_entry<Form::magnitude>, cuda_binding().Ret<ffi::AnyBuffer>().SPARSETOPK_SOFT_ATTRS)},
+    {"sparsetopk_soft_topk_mask_jvp", SPARSETOPK_FFI_HANDLER((product_entry<Form::mask, false>), product_binding())},
+    {"sparsetopk_soft_topk_mask_vjp", SPARSETOPK_FFI_HANDLER((product_entry<Form::mask, true>), product_binding())},
+    {"sparsetopk_soft_topk_mag_jvp", SPARSETOPK_FFI_HANDLER((product_entry<Form::magnitude, false>), product_binding())},
+    {"sparsetopk_soft_topk_mag_vjp", SPARSETOPK_FFI_HANDLER((product_entry<Form::magnitude, true>), product_binding())},
+    {"sparsetopk_hard_topk_mask", SPARSETOPK_FFI_HANDLER(hard_entry<Form::mask>, cuda_binding().Attr<int64_t>("k"))},
+    {"sparsetopk_hard_topk_mag", SPARSETOPK_FFI_HANDLER(hard_entry<Form::magnitude>, cuda_binding().Attr<int64_t>("k"))},
 };
 
 }  // namespace

@@ -1,9 +1,11 @@
 // The per-row math the CUDA kernels share with the core (SPARSETOPK_HOST_DEVICE
-// functions of src/core: regularizer, block equation, root finder, band solver,
-// Jacobian entries), tested here on the CPU, where it is the core's own code.
+// functions of src/core/row: regularizer, block equation, root finder, band
+// solver, Jacobian entries, Dykstra's chain), tested here on the CPU, where it
+// is the core's own code.
 
 #include <gtest/gtest.h>
 
+#include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/topk.hpp>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "band_solve.hpp"
+#include "dykstra_chain.hpp"
 #include "jacobian.hpp"
 #include "test_support.hpp"
 
@@ -244,6 +247,37 @@ TEST(HostDeviceMath, BandSolverWithAFixedStackIsTheCoresPav) {
         EXPECT_EQ(run.state.gamma, saved.state[0].gamma);
         EXPECT_EQ(run.state.block_weight, saved.state[0].block_weight);
         EXPECT_EQ(run.state.unchanged_from, saved.state[0].unchanged_from);
+      }
+}
+
+// Dykstra's chain on one sorted row over fixed caller memory (no vector in
+// sight, as a device would run it): the core's outputs and state, bitwise.
+TEST(HostDeviceMath, DykstraRowOnCallerMemoryIsTheCores) {
+  constexpr std::size_t n = 29;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> normal;
+  for (Form form : {Form::mask, Form::magnitude})
+    for (std::size_t iterations : {std::size_t{1}, std::size_t{3}, std::size_t{40}})
+      for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{9}, n - 1, n}) {
+        std::array<double, n> x;
+        for (double& v : x) v = std::round(4.0 * normal(rng)) / 4.0;  // ties
+        std::array<SortedEntry, n> sorted;
+        for (std::size_t i = 0; i < n; ++i) sorted[i] = {sort_key(form, x[i]), i};
+        std::sort(sorted.begin(), sorted.end(), descending);
+        std::array<double, n> z, a, out;
+        std::array<double, dykstra_chain_doubles(n)> chain_memory;
+        DykstraScratch scratch{z, a, DykstraChain::over(chain_memory.data(), widest_window(n, iterations))};
+        RowState state;
+        dykstra_row<double>(form, sorted, x, k, 0.3, iterations, scratch, out, &state);
+
+        const std::vector<double> row(x.begin(), x.end());
+        std::vector<double> expected(n);
+        RowState core;
+        const DykstraOptions options{0.3, iterations};
+        if (form == Form::mask) soft_topk_mask_dykstra<double>(row, n, k, expected, options, {&core, 1});
+        else soft_topk_mag_dykstra<double>(row, n, k, expected, options, {&core, 1});
+        EXPECT_EQ(std::memcmp(out.data(), expected.data(), n * sizeof(double)), 0) << "k = " << k;
+        EXPECT_EQ(std::memcmp(&state, &core, sizeof(RowState)), 0) << "k = " << k;
       }
 }
 

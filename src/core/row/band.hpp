@@ -10,15 +10,11 @@
 
 #include "host_device.hpp"
 #include "regularizer.hpp"
+#include "sorted_order.hpp"
+#include "sparsetopk/form.hpp"
 #include "sparsetopk/row_state.hpp"
 
 namespace sparsetopk::detail {
-
-// Whether (key_a, a) comes before (key_b, b) in a row's sorted order: key
-// descending, ties by the lower index first.
-SPARSETOPK_HOST_DEVICE inline bool sorted_before(double key_a, double a, double key_b, double b) {
-  return key_a > key_b || (key_a == key_b && a < b);
-}
 
 // Whether the entry (key, index) lies in the band of `state`.
 SPARSETOPK_HOST_DEVICE inline bool in_band(const RowState& state, double key, std::size_t index) {
@@ -46,10 +42,10 @@ SPARSETOPK_HOST_DEVICE inline double band_offset(const RowState& state, double k
 
 // c_i of a band entry with key s_i: ((q-1)/l) (u_i/l)^(q-2) (for the
 // magnitude u_i >= 0), capped as the forward pass caps it.
-SPARSETOPK_HOST_DEVICE inline double band_weight(const Regularizer& regularizer, double l, bool magnitude,
+SPARSETOPK_HOST_DEVICE inline double band_weight(const Regularizer& regularizer, double l, Form form,
                                                  const RowState& state, double key) {
   const double u = band_offset(state, key);
-  return jacobian_weight(regularizer, (magnitude ? std::fmax(u, 0.0) : u) / l, l);
+  return jacobian_weight(regularizer, (form == Form::magnitude ? std::fmax(u, 0.0) : u) / l, l);
 }
 
 // The first and last entries of a band, from its entries in any order.
