@@ -26,6 +26,33 @@ using ::torch::autograd::variable_list;
 
 bool needs_grad(const at::Tensor& x) { return at::GradMode::is_enabled() && x.requires_grad(); }
 
+// The arguments a soft operator's derivatives need besides the tensors, kept in the context.
+struct SolveArguments {
+  double l, p;
+  int64_t dim;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["l"] = l;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["dim"] = dim;
+  }
+  static SolveArguments of(AutogradContext* ctx) {
+    return {ctx->saved_data["l"].toDouble(), ctx->saved_data["p"].toDouble(), ctx->saved_data["dim"].toInt()};
+  }
+};
+
+// J^T v of the soft operator of `form` at the state a forward pass saved, computed
+// without recording, routed through the refusal of a further derivative (named `op`).
+at::Tensor backward_product(const char* op, Form form, const at::Tensor& v, const at::Tensor& x,
+                            const at::Tensor& row_state, const SolveArguments& a) {
+  at::Tensor grad_x;
+  {
+    at::NoGradGuard no_grad;
+    grad_x = call_jacobian_product(form, /*transpose=*/true, v, x, row_state, a.l, a.p, a.dim);
+  }
+  return refuse_second_derivative(op, grad_x, {x, v});
+}
+
 // These kernels have reverse mode only (a C++ autograd Function has no JVP):
 // a tangent on x gets an error, not a silent zero. (Level 0 is the one that
 // ATen's own kernels read; torch.func.jvp and forward_ad both use it.)
@@ -46,24 +73,15 @@ class SoftTopkFunction : public ::torch::autograd::Function<Derived> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, row_state] = call_soft_topk_forward(form, x, k, l, p, dim, solver, num_iter);
     ctx->save_for_backward({x, row_state});  // x: the band's c_i, and the double-backward error's edges
-    ctx->saved_data["dim"] = dim;
-    ctx->saved_data["l"] = l;
-    ctx->saved_data["p"] = p;
+    SolveArguments{l, p, dim}.save(ctx);
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &row_state = saved[1];
-    at::Tensor grad_x;
-    {
-      at::NoGradGuard no_grad;
-      grad_x = call_jacobian_product(form, /*transpose=*/true, grad_outputs[0], x, row_state,
-                                     ctx->saved_data["l"].toDouble(), ctx->saved_data["p"].toDouble(),
-                                     ctx->saved_data["dim"].toInt());
-    }
-    return {refuse_second_derivative(op_name(form, /*soft=*/true), grad_x, {x, grad_outputs[0]}), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {backward_product(op_name(form, /*soft=*/true), form, grad_outputs[0], saved[0], saved[1],
+                             SolveArguments::of(ctx)),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -102,22 +120,14 @@ class SavedMaskFunction : public ::torch::autograd::Function<SavedMaskFunction> 
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mask,
                             const at::Tensor& row_state, double l, double p, int64_t dim) {
     ctx->save_for_backward({x, row_state});
-    ctx->saved_data["l"] = l;
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["dim"] = dim;
+    SolveArguments{l, p, dim}.save(ctx);
     return mask.clone();
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    at::Tensor grad_x;
-    {
-      at::NoGradGuard no_grad;
-      grad_x = call_jacobian_product(Form::mask, /*transpose=*/true, grad_outputs[0], saved[0], saved[1],
-                                     ctx->saved_data["l"].toDouble(), ctx->saved_data["p"].toDouble(),
-                                     ctx->saved_data["dim"].toInt());
-    }
-    return {refuse_second_derivative("topk_sum second derivative", grad_x, {saved[0], grad_outputs[0]}),
+    return {backward_product("topk_sum second derivative", Form::mask, grad_outputs[0], saved[0], saved[1],
+                             SolveArguments::of(ctx)),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -130,22 +140,18 @@ class TopkSumFunction : public ::torch::autograd::Function<TopkSumFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [value, mask, row_state] = call_topk_sum_forward(x, k, l, p, dim);
     ctx->save_for_backward({x, mask, row_state});
-    ctx->saved_data["l"] = l;
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["dim"] = dim;
+    SolveArguments{l, p, dim}.save(ctx);
     return value;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &row_state = saved[2];
-    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const at::Tensor& x = saved[0];
+    const SolveArguments a = SolveArguments::of(ctx);
     // With create_graph (grad mode on here), the mask is a function of x; otherwise a constant.
-    const at::Tensor mask = at::GradMode::is_enabled() && x.requires_grad()
-                                ? SavedMaskFunction::apply(x, saved[1], row_state, ctx->saved_data["l"].toDouble(),
-                                                           ctx->saved_data["p"].toDouble(), dim)
-                                : saved[1];
-    return {along(grad_outputs[0], x, dim).mul(mask), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor mask = needs_grad(x) ? SavedMaskFunction::apply(x, saved[1], saved[2], a.l, a.p, a.dim)
+                                          : saved[1];
+    return {along(grad_outputs[0], x, a.dim).mul(mask), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
