@@ -64,6 +64,21 @@ at::Tensor hard_topk_mask(const at::Tensor& x, int64_t k, int64_t dim = -1);
 // Its gradient is the hard mask (x_i kept: 1, else 0).
 at::Tensor hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim = -1);
 
+// The smoothed sum of the k largest entries along `dim` (SPEC.md, "Smoothed
+// top-k sum"): x with dim reduced. Its gradient is soft_topk_mask(x, k, l, p,
+// dim) and its second derivative (the mask's Jacobian) is exact. CPU tensors.
+at::Tensor topk_sum(const at::Tensor& x, int64_t k, double l = 0.1, double p = 4.0 / 3.0, int64_t dim = -1);
+
+// How topk_loss reduces its per-slice losses.
+enum class Reduction { mean, sum, none };
+
+// The top-k loss (SPEC.md, "Top-k loss") of the scores along `dim` (the
+// classes) against int64 labels `target` (scores' shape without dim): 0
+// exactly where the label is safely among the k best scores. 1 <= k <= n.
+// Differentiable once in scores. CPU tensors.
+at::Tensor topk_loss(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l = 0.1,
+                     double p = 4.0 / 3.0, int64_t dim = -1, Reduction reduction = Reduction::mean);
+
 // ---- modules ----
 
 struct SoftTopKMaskOptions {

@@ -124,6 +124,22 @@ at::Tensor hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim) {
   return detail::call_hard_topk(Form::magnitude, x, k, dim);
 }
 
+at::Tensor topk_sum(const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+  return detail::call_topk_sum(x, k, l, p, dim);
+}
+
+at::Tensor topk_loss(const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p, int64_t dim,
+                     Reduction reduction) {
+  const at::Tensor losses = detail::call_topk_loss(scores, target, k, l, p, dim);
+  switch (reduction) {
+    case Reduction::mean: return losses.mean();
+    case Reduction::sum: return losses.sum();
+    case Reduction::none: return losses;
+  }
+  TORCH_CHECK(false, "sparsetopk.topk_loss: reduction = ", static_cast<int>(reduction),
+              " is not a sparsetopk::torch::Reduction");
+}
+
 }  // namespace sparsetopk::torch
 
 TORCH_LIBRARY(sparsetopk, m) {

@@ -220,6 +220,30 @@ TEST(TorchOps, ErrorsNameTheArgument) {
   EXPECT_THROW(stt::soft_topk_mask(x, 1, 0.1, 4.0 / 3.0, -1, static_cast<stt::Solver>(9)), c10::Error);
 }
 
+TEST(TorchOps, TopkSumAndLossFromCpp) {
+  const auto x = torch::tensor({{2.0, 1.5, 0.2, -1.0}, {0.1, 0.3, 2.5, 1.0}}, torch::kFloat64).requires_grad_();
+  const auto target = torch::tensor({1, 0}, torch::kInt64);
+  // topk_sum = <m, x> - (l/p) sum m^p; here both rows have m = two ones (gaps > l).
+  const auto value = stt::topk_sum(x, 2, 0.5);
+  EXPECT_NEAR(value[0].item<double>(), 3.5 - 0.5 / (4.0 / 3.0) * 2, 1e-12);
+  auto grad = torch::autograd::grad({value.sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  EXPECT_TRUE(torch::equal(grad, stt::soft_topk_mask(x.detach(), 2, 0.5)));
+  // The second derivative is the mask's Jacobian: with l = 5 every entry is in the band.
+  const auto v = torch::tensor({{0.3, -1.0, 2.0, 0.5}, {1.0, 0.0, -0.5, 0.25}}, torch::kFloat64);
+  const auto soft_grad = torch::autograd::grad({stt::topk_sum(x, 2, 5.0).sum()}, {x}, {}, true, true)[0];
+  const auto hessian_v = torch::autograd::grad({(soft_grad * v).sum()}, {x})[0];
+  const auto jacobian_v = torch::autograd::grad({(stt::soft_topk_mask(x, 2, 5.0) * v).sum()}, {x})[0];
+  EXPECT_TRUE(torch::allclose(hessian_v, jacobian_v, 0.0, 1e-14));
+  EXPECT_GT(hessian_v.abs().sum().item<double>(), 0.1);
+  const auto losses = stt::topk_loss(x, target, 2, 0.5, 4.0 / 3.0, -1, stt::Reduction::none);
+  EXPECT_EQ(losses[0].item<double>(), 0.0);       // label 1 is selected fully
+  EXPECT_NEAR(losses[1].item<double>(), 0.9, 1e-12);  // f(m) - f(m''): x_3 - x_0
+  EXPECT_NEAR(stt::topk_loss(x, target, 2, 0.5).item<double>(), 0.45, 1e-12);
+  EXPECT_NE(error_message([&] { stt::topk_loss(x, torch::tensor({0, 4}, torch::kInt64), 2); })
+                .find("sparsetopk.topk_loss: target = 4 is out of range [0, n = 4) (at target[1])"),
+            std::string::npos);
+}
+
 TEST(TorchModules, SoftTopKMaskAndMagnitude) {
   stt::SoftTopKMask mask(stt::SoftTopKMaskOptions(2).l(0.01));
   stt::SoftTopKMagnitude magnitude(2);
