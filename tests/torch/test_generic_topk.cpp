@@ -17,6 +17,7 @@
 
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/topk.hpp>
+#include <sparsetopk/torch.hpp>
 
 #include <ATen/ATen.h>
 #include <torch/torch.h>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "block_equation.hpp"
+#include "generic/generic_kernel.hpp"
 #include "generic/tensor_elementwise.hpp"
 #include "generic/topk_generic.hpp"
 #include "regularizer.hpp"
@@ -861,4 +863,37 @@ TEST(SharedTemplates, TheRootFindersStepOnTensorsIsTheCoresEntryByEntry) {
     exact += next[i] == next_i;
   }
   std::printf("root finder's step: %d of %zu next points bitwise the core's\n", exact, x0.size());
+}
+
+// The top-k sum and loss of every device but the CPU (generic_kernel.cpp: from
+// the generic mask) against the CPU ops (the core's topk_sum and topk_loss).
+TEST(GenericTopk, TopkSumAndLossMatchTheCore) {
+  torch::manual_seed(11);
+  for (const double p : {4.0 / 3.0, 2.0, 1.5, 3.0}) {
+    const auto x = torch::randn({6, 3, 9}, torch::kFloat64);
+    const auto target = torch::randint(0, 9, {6, 3}, torch::kInt64);
+    for (const int64_t k : {1, 2, 5, 9}) {
+      SCOPED_TRACE("p = " + std::to_string(p) + ", k = " + std::to_string(k));
+      const auto [value, mask, row_state] = sparsetopk::torch::detail::generic_topk_sum_forward(x, k, 0.5, p, -1);
+      EXPECT_TRUE(torch::allclose(value, sparsetopk::torch::topk_sum(x, k, 0.5, p), 0.0, 1e-12));
+      EXPECT_TRUE(torch::allclose(mask, sparsetopk::torch::soft_topk_mask(x, k, 0.5, p), 0.0, 1e-12));
+      const auto [loss, grad] = sparsetopk::torch::detail::generic_topk_loss_forward(x.movedim(-1, 1), target, k, 0.5,
+                                                                                     p, 1);
+      const auto core_loss =
+          sparsetopk::torch::topk_loss(x, target, k, 0.5, p, -1, sparsetopk::torch::Reduction::none);
+      EXPECT_TRUE(torch::allclose(loss, core_loss, 0.0, 1e-11));
+      EXPECT_TRUE(torch::equal(loss == 0, core_loss == 0));  // 0 exactly at the same labels
+      const auto xg = x.clone().requires_grad_();
+      sparsetopk::torch::topk_loss(xg, target, k, 0.5, p, -1, sparsetopk::torch::Reduction::sum).backward();
+      EXPECT_TRUE(torch::allclose(grad.movedim(1, -1), xg.grad(), 0.0, 1e-12));
+    }
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const auto x = torch::tensor({{1.0, nan, 0.0}, {1.0, 2.0, 3.0}}, torch::kFloat64);
+  const auto [loss, grad] =
+      sparsetopk::torch::detail::generic_topk_loss_forward(x, torch::tensor({0, 0}, torch::kInt64), 1, 0.1, 2.0, -1);
+  EXPECT_TRUE(std::isnan(loss[0].item<double>()) && !std::isnan(loss[1].item<double>()));
+  EXPECT_THROW(sparsetopk::torch::detail::generic_topk_loss_forward(x, torch::tensor({0, 3}, torch::kInt64), 1, 0.1,
+                                                                    2.0, -1),
+               c10::Error);
 }

@@ -105,6 +105,78 @@ at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, b
   return from_rows(product, v, dim, v.scalar_type());
 }
 
+// ---- the top-k sum and loss from the generic mask ----
+
+namespace {
+
+// x's sizes without the wrapped dim: the shape of one value per slice.
+std::vector<int64_t> sizes_without(const at::Tensor& x, int64_t dim) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  if (x.dim() > 0) sizes.erase(sizes.begin() + dim);
+  return sizes;
+}
+
+// f(y) = <y, x> - (l/p) sum y^p per row of [R, n] rows (SPEC.md), in float64.
+at::Tensor regularized_value(const at::Tensor& y, const at::Tensor& x, double l, double p) {
+  const at::Tensor yd = y.to(at::kDouble);
+  return (yd * x.to(at::kDouble)).sum(-1) - (l / p) * yd.pow(p).sum(-1);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> generic_topk_sum_forward(const at::Tensor& x, int64_t k, double l,
+                                                                        double p, int64_t dim) {
+  const char* name = "topk_sum";
+  check_dense_float(name, x);
+  dim = wrap_dim(name, x, dim);
+  check_k(name, k, slice_size(x, dim), dim);
+  check_l_p(name, l, p);
+  const at::Tensor rows = as_rows(x, dim, compute_type(x.scalar_type()));
+  const generic::SoftResult mask = generic::soft_topk_rows(Form::mask, rows, k, l, p, /*save=*/true);
+  const at::Tensor value = regularized_value(mask.out, rows, l, p).reshape(sizes_without(x, dim));
+  return {value.to(x.scalar_type()), from_rows(mask.out, x, dim, x.scalar_type()),
+          row_state_from_rows(mask.row_state, x, dim)};
+}
+
+std::tuple<at::Tensor, at::Tensor> generic_topk_loss_forward(const at::Tensor& scores, const at::Tensor& target,
+                                                             int64_t k, double l, double p, int64_t dim) {
+  const char* name = "topk_loss";
+  check_dense_float(name, scores, "scores");
+  TORCH_CHECK(scores.dim() >= 1, "sparsetopk.", name, ": scores must have at least one dimension (the classes), "
+              "got a 0-d tensor");
+  dim = wrap_dim(name, scores, dim);
+  const int64_t n = scores.size(dim);
+  check_k(name, k, n, dim, /*least=*/1);
+  check_l_p(name, l, p);
+  TORCH_CHECK(target.scalar_type() == at::kLong, "sparsetopk.", name,
+              ": target must be int64 (class indices), got ", dtype_name(target.scalar_type()));
+  TORCH_CHECK(target.device() == scores.device(), "sparsetopk.", name, ": target is on ", target.device(),
+              " but scores is on ", scores.device());
+  const std::vector<int64_t> sizes = sizes_without(scores, dim);
+  TORCH_CHECK(target.sizes() == c10::IntArrayRef(sizes), "sparsetopk.", name, ": target has shape ",
+              target.sizes(), " but scores of shape ", scores.sizes(), " needs one label per slice along dim = ",
+              dim, ": ", c10::IntArrayRef(sizes));
+  const at::Tensor t = target.reshape({-1, 1});
+  if (t.numel() > 0 && !t.is_meta())  // (one host sync: the labels' range)
+    TORCH_CHECK(!((t < 0) | (t >= n)).any().item<bool>(), "sparsetopk.", name,
+                ": target holds a label out of range [0, n = ", n, ")");
+  const at::Tensor rows = as_rows(scores, dim, compute_type(scores.scalar_type()));
+  const at::Tensor m = generic::soft_topk_rows(Form::mask, rows, k, l, p, /*save=*/false).out;
+  // x without entry t: columns j + (j >= t) of each row; m'' = its mask (k - 1) with a 1 put back at t.
+  const at::Tensor columns = at::arange(n - 1, t.options()).unsqueeze(0);
+  const at::Tensor rest = columns + (columns >= t).to(at::kLong);
+  at::Tensor held = at::zeros_like(m);
+  if (n > 1) held.scatter_(1, rest, generic::soft_topk_rows(Form::mask, rows.gather(1, rest), k - 1, l, p, false).out);
+  held.scatter_(1, t, 1.0);
+  // f(m) - f(m''), over the entries where they differ (the rest cancel exactly); 0 where m_t = 1.
+  const at::Tensor difference = m - held, differs = difference != 0;
+  const at::Tensor loss = regularized_value(m * differs, rows, l, p) - regularized_value(held * differs, rows, l, p);
+  const at::Tensor selected = m.gather(1, t) == 1;
+  const at::Tensor grad = at::where(selected, at::zeros_like(difference), difference);
+  const at::Tensor losses = at::where(selected.squeeze(1), at::zeros_like(loss), loss.clamp_min(0.0));
+  return {losses.reshape(target.sizes()).to(scores.scalar_type()), from_rows(grad, scores, dim, scores.scalar_type())};
+}
+
 namespace {
 
 // The ops' entry points over generic_rows (register_kernels.hpp).
@@ -126,4 +198,11 @@ at::Tensor generic_product(Form form, bool transpose, const at::Tensor& v, const
 TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
   using namespace sparsetopk::torch::detail;
   register_kernels<generic_soft, generic_hard, generic_product>(m);
+  m.impl("_topk_sum_forward", TORCH_FN(generic_topk_sum_forward));
+  m.impl("topk_sum", [](const at::Tensor& x, int64_t k, double l, double p, int64_t dim) {
+    return std::get<0>(generic_topk_sum_forward(x, k, l, p, dim));
+  });
+  m.impl("_topk_loss_forward", TORCH_FN(generic_topk_loss_forward));
+  m.impl("topk_loss", [](const at::Tensor& scores, const at::Tensor& target, int64_t k, double l, double p,
+                         int64_t dim) { return std::get<0>(generic_topk_loss_forward(scores, target, k, l, p, dim)); });
 }

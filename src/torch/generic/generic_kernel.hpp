@@ -46,4 +46,12 @@ at::Tensor jacobian_product_on_rows(const RowsImplementation& rows, Form form, b
                                     const at::Tensor& x, const at::Tensor& row_state, double l, double p,
                                     int64_t dim);
 
+// The top-k sum and loss (SPEC.md) from the generic soft mask, for every
+// device: (value, mask, row_state) and (loss, grad) as the ops'
+// _topk_sum_forward and _topk_loss_forward. They check their arguments.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> generic_topk_sum_forward(const at::Tensor& x, int64_t k, double l,
+                                                                        double p, int64_t dim);
+std::tuple<at::Tensor, at::Tensor> generic_topk_loss_forward(const at::Tensor& scores, const at::Tensor& target,
+                                                             int64_t k, double l, double p, int64_t dim);
+
 }  // namespace sparsetopk::torch::detail
