@@ -207,7 +207,8 @@ def test_opcheck(name, args):
     assert all(v == "SUCCESS" for v in results.values()), results
 
 
-def test_compile_fullgraph_matches_eager(tmp_path):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_matches_eager(backend):
     torch.manual_seed(9)
     scores = torch.randn(6, 10, requires_grad=True)
     target = torch.randint(0, 10, (6,))
@@ -215,7 +216,7 @@ def test_compile_fullgraph_matches_eager(tmp_path):
     def fn(s):
         return topk_loss(s * 2.0, target, 3) + topk_sum(s, 2).mean()
 
-    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
     eager_value = fn(scores)
     eager_grad, = torch.autograd.grad(eager_value, scores)
     value = compiled(scores)
