@@ -242,17 +242,22 @@ Batcher::Batch Batcher::next() {
   return {to_float(data_.images.index_select(0, index)), data_.labels.index_select(0, index)};
 }
 
-at::Tensor patchify(const at::Tensor& images, int64_t side, int64_t patch) {
-  if (patch <= 0 || side % patch != 0)
+at::Tensor patchify(const at::Tensor& images, int64_t rows, int64_t cols, int64_t patch) {
+  if (patch <= 0 || rows % patch != 0 || cols % patch != 0)
     throw std::invalid_argument("patchify: patch side " + std::to_string(patch) + " does not divide image side " +
-                                std::to_string(side));
-  if (images.dim() != 2 || images.size(1) != side * side)
-    throw std::invalid_argument("patchify: expected [B, " + std::to_string(side * side) + "] images");
-  const int64_t b = images.size(0), n = side / patch;
+                                (rows == cols ? std::to_string(rows)
+                                              : std::to_string(rows) + "x" + std::to_string(cols)));
+  if (images.dim() != 2 || images.size(1) != rows * cols)
+    throw std::invalid_argument("patchify: expected [B, " + std::to_string(rows * cols) + "] images");
+  const int64_t b = images.size(0), n = rows / patch, m = cols / patch;
   // [B, row block, row in patch, col block, col in patch] -> [B, row block, col block, row, col]
-  return images.reshape({b, n, patch, n, patch})
+  return images.reshape({b, n, patch, m, patch})
       .permute({0, 1, 3, 2, 4})
-      .reshape({b, n * n, patch * patch});
+      .reshape({b, n * m, patch * patch});
+}
+
+at::Tensor patchify(const at::Tensor& images, int64_t side, int64_t patch) {
+  return patchify(images, side, side, patch);
 }
 
 }  // namespace sparsetopk::apps

@@ -64,6 +64,10 @@ at::Tensor to_float(const at::Tensor& images_u8);
 // non-overlapping patch x patch tiles in row-major order, each row-major.
 // Throws std::invalid_argument when patch does not divide side or the shape is wrong.
 at::Tensor patchify(const at::Tensor& images, int64_t side, int64_t patch);
+// The same for rows x cols images [B, rows * cols]: [B, (rows / patch) *
+// (cols / patch), patch^2], patches row-major over the (rows / patch) x
+// (cols / patch) grid.
+at::Tensor patchify(const at::Tensor& images, int64_t rows, int64_t cols, int64_t patch);
 
 // Seeded shuffling batcher: every epoch visits each example once, in an order
 // drawn from a std::mt19937_64 seeded with (seed, epoch), so runs are

@@ -17,6 +17,8 @@ void VitConfig::validate() const {
   if (image <= 0) fail("image size must be > 0, got " + std::to_string(image));
   if (patch <= 0 || image % patch != 0)
     fail("--patch must divide the image size " + std::to_string(image) + ", got " + std::to_string(patch));
+  if (width < 0 || cols() % patch != 0)
+    fail("--patch must divide the image width " + std::to_string(cols()) + ", got " + std::to_string(patch));
   if (dim <= 0) fail("--dim must be > 0, got " + std::to_string(dim));
   if (depth <= 0) fail("--depth must be > 0, got " + std::to_string(depth));
   if (heads <= 0 || dim % heads != 0)
@@ -73,7 +75,7 @@ at::Tensor VitImpl::forward(const at::Tensor& images, const std::vector<at::Tens
                                 " substitute weights, got " + std::to_string(weights.size()));
   // Fashion-MNIST pixel mean and standard deviation.
   const auto x = (images - 0.2860) / 0.3530;
-  auto h = embed(patchify(x, config.image, config.patch));
+  auto h = embed(patchify(x, config.image, config.cols(), config.patch));
   h = ::torch::cat({cls.expand({h.size(0), 1, config.dim}), h}, 1) + pos;
   for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward(h, weights.empty() ? nullptr : &weights[4 * i]);
   return head(norm(h.select(1, 0)));
@@ -146,6 +148,26 @@ std::vector<at::Tensor> hard_pruned_weights(const Vit& model, double sparsity_pe
   for (const auto& w : model->prunable_weights())
     pruned.push_back(hard_prune(w.detach(), kept(w.numel(), sparsity_percent)));
   return pruned;
+}
+
+std::vector<double> topk_accuracies(Vit& model, const at::Tensor& images_u8, const at::Tensor& labels,
+                                    const std::vector<int64_t>& ks) {
+  ::torch::NoGradGuard no_grad;
+  const int64_t n = labels.size(0);
+  std::vector<int64_t> hits(ks.size(), 0);
+  for (int64_t start = 0; start < n; start += 1000) {
+    const int64_t end = std::min(start + 1000, n);
+    const auto logits = model->forward(to_float(images_u8.slice(0, start, end)));
+    const auto y = labels.slice(0, start, end);
+    // The label's rank: the number of classes scoring higher, or equal with a lower index.
+    const auto label_score = logits.gather(1, y.unsqueeze(1));
+    const auto index = ::torch::arange(logits.size(1), y.options()).unsqueeze(0);
+    const auto rank = (logits.gt(label_score) | (logits.eq(label_score) & index.lt(y.unsqueeze(1)))).sum(1);
+    for (size_t i = 0; i < ks.size(); ++i) hits[i] += rank.lt(ks[i]).sum().item<int64_t>();
+  }
+  std::vector<double> fractions;
+  for (const auto h : hits) fractions.push_back(n == 0 ? 0.0 : static_cast<double>(h) / static_cast<double>(n));
+  return fractions;
 }
 
 double accuracy(Vit& model, const at::Tensor& images_u8, const at::Tensor& labels,

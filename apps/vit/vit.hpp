@@ -4,7 +4,8 @@
 // versions of the Linear weights inside the transformer blocks, and the
 // per-layer top-k pruning helpers used by apps/vit/vit_finetune.cpp.
 //
-// Model: the image is cut into (28/patch)^2 non-overlapping patches, each
+// Model: the image is cut into (28/patch)^2 non-overlapping patches (a
+// (28/patch) x (width/patch) grid for images of another width), each
 // patch is embedded by a Linear(patch^2, dim), a learned CLS token is
 // prepended and learned position embeddings are added; then `depth` pre-LN
 // blocks  x += Attn(LN(x)),  x += MLP(LN(x))  (multi-head self-attention with
@@ -27,7 +28,8 @@
 namespace sparsetopk::apps::vit {
 
 struct VitConfig {
-  int64_t image = 28;   // images are image x image pixels
+  int64_t image = 28;   // images are image x image pixels (image x width if width > 0)
+  int64_t width = 0;    // > 0: image columns, for non-square images (the pairs of vit_topk)
   int64_t patch = 7;    // patch side; must divide image
   int64_t dim = 64;     // token width
   int64_t depth = 4;    // transformer blocks
@@ -35,7 +37,8 @@ struct VitConfig {
   int64_t mlp = 128;    // MLP hidden width
   int64_t classes = 10;
 
-  int64_t patches() const { return (image / patch) * (image / patch); }
+  int64_t cols() const { return width > 0 ? width : image; }
+  int64_t patches() const { return (image / patch) * (cols() / patch); }
   // Throws std::invalid_argument naming the bad field.
   void validate() const;
 };
@@ -125,6 +128,12 @@ double band_to_l(double band, double p, double tau);
 
 // Hard-pruned copies (detached) of every prunable weight of `model`.
 std::vector<at::Tensor> hard_pruned_weights(const Vit& model, double sparsity_percent);
+
+// For each k of `ks`, the fraction of `images` [N, features] uint8 whose
+// label (`labels` [N]) is among the k highest logits (ties broken by index),
+// in batches of 1000.
+std::vector<double> topk_accuracies(Vit& model, const at::Tensor& images_u8, const at::Tensor& labels,
+                                    const std::vector<int64_t>& ks);
 
 // Fraction of correct predictions over `images` [N, 784] uint8 / `labels` [N],
 // in batches of 1000, with `weights` substituted as in forward.

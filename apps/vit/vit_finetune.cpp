@@ -61,6 +61,7 @@
 #include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
+#include "vit/training.hpp"
 #include "vit/vit.hpp"
 
 #include <sparsetopk/torch.hpp>
@@ -71,7 +72,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
-#include <numbers>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -249,16 +249,9 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// Cosine decay from lr to 0 over `steps`, after a linear warm-up of `warmup` steps.
-double scheduled_lr(double lr, int64_t step, int64_t steps, int64_t warmup) {
-  if (step <= warmup) return lr * static_cast<double>(step) / static_cast<double>(warmup);
-  const double t = static_cast<double>(step - 1 - warmup) / static_cast<double>(std::max<int64_t>(steps - warmup, 1));
-  return lr * 0.5 * (1.0 + std::cos(std::numbers::pi * t));
-}
-
-void set_lr(torch::optim::Adam& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-}
+using vit::correct;
+using vit::scheduled_lr;
+using vit::set_lr;
 
 // The band of a soft method (0 for the others).
 double band_of(const Options& o, Method m) {
@@ -270,29 +263,6 @@ struct Data {
   apps::Dataset train, eval;
   std::string eval_split;  // "test" or "val"
 };
-
-int64_t correct(const at::Tensor& logits, const at::Tensor& y) { return logits.argmax(1).eq(y).sum().item<int64_t>(); }
-
-// Dense training from scratch; returns the seconds it took.
-double pretrain(const Options& o, vit::Vit& model, const apps::Dataset& train, int64_t steps, apps::Progress& progress) {
-  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(o.pretrain_lr));
-  apps::Batcher batcher(train, o.batch_size, o.pretrain_seed);
-  const int64_t warmup = std::max<int64_t>(1, steps / 20);
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t step = 1; step <= steps; ++step) {
-    set_lr(optimizer, scheduled_lr(o.pretrain_lr, step, steps, warmup));
-    const auto batch = batcher.next();
-    const auto logits = model->forward(batch.x);
-    const auto loss = torch::nn::functional::cross_entropy(logits, batch.y);
-    optimizer.zero_grad();
-    loss.backward();
-    optimizer.step();
-    progress.step(loss.item<double>(), static_cast<double>(correct(logits, batch.y)),
-                  static_cast<double>(batch.y.size(0)));
-    if (step % o.log_every == 0 || step == steps) progress.report("pretrain", step, steps);
-  }
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 struct Row {
   std::string method;
@@ -486,26 +456,10 @@ int main(int argc, char** argv) {
 
     torch::manual_seed(o.pretrain_seed);
     vit::Vit model(o.model);
-    double pretrain_seconds = 0;
     bool loaded = false;
-    if (!o.retrain && std::filesystem::exists(o.checkpoint)) {
-      std::vector<int64_t> found;
-      if (!vit::load_checkpoint(model, tag, o.checkpoint, &found)) {
-        std::string expected, got;
-        for (const auto x : tag) expected += std::to_string(x) + " ";
-        for (const auto x : found) got += std::to_string(x) + " ";
-        throw std::invalid_argument("--checkpoint " + o.checkpoint +
-                                    " was made with other model or pre-training settings (tag " + got +
-                                    "; expected " + expected + "): pass --retrain or another --checkpoint");
-      }
-      loaded = true;
-      std::printf("loaded checkpoint %s\n", o.checkpoint.c_str());
-    } else {
-      progress.add_total(pretrain_steps);
-      pretrain_seconds = pretrain(o, model, data.train, pretrain_steps, progress);
-      vit::save_checkpoint(model, tag, o.checkpoint);
-      std::printf("saved checkpoint %s (pre-training %.1fs)\n", o.checkpoint.c_str(), pretrain_seconds);
-    }
+    const double pretrain_seconds =
+        vit::load_or_pretrain(model, tag, o.checkpoint, o.retrain, data.train, pretrain_steps,
+                              {o.pretrain_lr, o.batch_size, o.pretrain_seed, o.log_every}, progress, &loaded);
     int64_t total_params = 0, prunable = 0;
     for (const auto& p : model->parameters()) total_params += p.numel();
     for (const auto& w : model->prunable_weights()) prunable += w.numel();
