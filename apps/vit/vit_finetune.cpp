@@ -61,6 +61,7 @@
 #include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
+#include "vit/options.hpp"
 #include "vit/training.hpp"
 #include "vit/vit.hpp"
 
@@ -93,20 +94,8 @@ std::string name(Method m) { return apps::name_in(kMethods, m); }
 
 bool is_soft(Method m) { return m == Method::soft2 || m == Method::soft43; }
 
-struct Options {
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+struct Options : vit::SharedOptions {
   std::string out = "vit_finetune.csv";
-  std::string checkpoint;  // default: --out with the extension replaced by .pt
-  bool retrain = false;
-  vit::VitConfig model = [] {
-    vit::VitConfig c;
-    c.depth = 2;  // 4 blocks train about half as fast on a shared 2-core machine
-    return c;
-  }();
-  int64_t pretrain_epochs = 5;
-  int64_t pretrain_steps = 0;  // > 0 overrides pretrain_epochs
-  double pretrain_lr = 1e-3;
-  uint64_t pretrain_seed = 0;
   int64_t finetune_epochs = 2;
   int64_t finetune_steps = 0;  // > 0 overrides finetune_epochs
   std::vector<uint64_t> seeds{1};
@@ -117,12 +106,6 @@ struct Options {
   double band = 1.0;
   double band2 = 0;  // > 0: the band of soft2 (default: --band)
   bool anneal = true;
-  int64_t train_limit = -1;
-  int64_t test_limit = -1;
-  int64_t val_size = 0;
-  std::string eval = "test";  // or "val"
-  int64_t log_every = 100;
-  int threads = 1;
 };
 
 const char* kUsage = R"(usage: vit_finetune [options]
@@ -189,16 +172,8 @@ Options parse(int argc, char** argv) {
   };
   const auto handle_flag = [&](const std::string& flag, const std::string& value) {
     if (apps::parse_shared_flag(o, flag, value)) return true;
-    if (flag == "--checkpoint") o.checkpoint = value;
-    else if (flag == "--retrain") o.retrain = true;
-    else if (flag == "--pretrain-epochs") o.pretrain_epochs = apps::parse_int(flag, value);
-    else if (flag == "--pretrain-steps") o.pretrain_steps = apps::parse_int(flag, value);
-    else if (flag == "--pretrain-lr") o.pretrain_lr = apps::parse_double(flag, value);
-    else if (flag == "--pretrain-seed") {
-      const int64_t s = apps::parse_int(flag, value);
-      if (s < 0) throw std::invalid_argument("--pretrain-seed must be >= 0, got " + value);
-      o.pretrain_seed = static_cast<uint64_t>(s);
-    } else if (flag == "--finetune-epochs") o.finetune_epochs = apps::parse_int(flag, value);
+    if (vit::parse_vit_flag(o, flag, value)) return true;
+    if (flag == "--finetune-epochs") o.finetune_epochs = apps::parse_int(flag, value);
     else if (flag == "--finetune-steps") o.finetune_steps = apps::parse_int(flag, value);
     else if (flag == "--batch-size") o.batch_size = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--band") o.band = apps::parse_double(flag, value);
@@ -207,19 +182,6 @@ Options parse(int argc, char** argv) {
       if (!(o.band2 > 0)) throw std::invalid_argument("--band2 must be > 0, got " + value);
     }
     else if (flag == "--anneal") o.anneal = apps::parse_int(flag, value) != 0;
-    else if (flag == "--patch") o.model.patch = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--dim") o.model.dim = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--depth") o.model.depth = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--heads") o.model.heads = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--mlp") o.model.mlp = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--val-size") {
-      o.val_size = apps::parse_int(flag, value);
-      if (o.val_size < 0) throw std::invalid_argument("--val-size must be >= 0, got " + value);
-    } else if (flag == "--eval") {
-      if (value != "test" && value != "val")
-        throw std::invalid_argument("--eval: expected test or val, got '" + value + "'");
-      o.eval = value;
-    } else if (flag == "--threads") o.threads = static_cast<int>(positive(flag, apps::parse_int(flag, value)));
     else if (flag == "--methods") o.methods = apps::parse_names(flag, value, kMethods, "method");
     else if (flag == "--sparsities") o.sparsities = apps::parse_percentages(flag, value, /*zero_allowed=*/false);
     else return false;
@@ -229,18 +191,12 @@ Options parse(int argc, char** argv) {
   if (o.seeds.empty()) throw std::invalid_argument("--seeds must not be empty");
   if (o.methods.empty()) throw std::invalid_argument("--methods must not be empty");
   if (o.sparsities.empty()) throw std::invalid_argument("--sparsities must not be empty");
-  if (o.pretrain_steps <= 0 && o.pretrain_epochs <= 0)
-    throw std::invalid_argument("--pretrain-epochs (or --pretrain-steps) must be > 0, got " +
-                                std::to_string(o.pretrain_epochs));
   if (o.finetune_steps <= 0 && o.finetune_epochs <= 0)
     throw std::invalid_argument("--finetune-epochs (or --finetune-steps) must be > 0, got " +
                                 std::to_string(o.finetune_epochs));
   if (!(o.band > 0)) throw std::invalid_argument("--band must be > 0, got " + std::to_string(o.band));
   if (!(o.lr > 0)) throw std::invalid_argument("--lr must be > 0, got " + std::to_string(o.lr));
-  if (!(o.pretrain_lr > 0))
-    throw std::invalid_argument("--pretrain-lr must be > 0, got " + std::to_string(o.pretrain_lr));
-  o.model.validate();
-  if (o.eval == "val" && o.val_size <= 0) throw std::invalid_argument("--eval val needs --val-size > 0");
+  vit::check_vit_options(o);
   if (o.log_every <= 0) o.log_every = 1;
   if (o.checkpoint.empty()) {
     std::filesystem::path p(o.out);
@@ -407,16 +363,8 @@ Data load(const Options& o) {
   auto train = apps::load_mnist_split(o.data_dir, "train", o.train_limit);
   if (train.features() != o.model.image * o.model.image)
     throw std::invalid_argument("expected 28x28 images, got " + std::to_string(train.features()) + " features");
-  d.train = train;
-  if (o.val_size > 0) {
-    const int64_t n = train.size();
-    if (o.val_size >= n)
-      throw std::invalid_argument("--val-size " + std::to_string(o.val_size) + " must be < the " +
-                                  std::to_string(n) + " training images");
-    d.train = {train.images.slice(0, 0, n - o.val_size), train.labels.slice(0, 0, n - o.val_size)};
-    d.eval = {train.images.slice(0, n - o.val_size, n), train.labels.slice(0, n - o.val_size, n)};
-    d.eval_split = "val";
-  }
+  d.train = vit::hold_out(train, o.val_size, &d.eval);
+  if (o.val_size > 0) d.eval_split = "val";
   if (o.eval == "test") {
     d.eval = apps::load_mnist_split(o.data_dir, "t10k", o.test_limit);
     if (d.eval.features() != train.features())

@@ -45,6 +45,7 @@
 #include "common/csv.hpp"
 #include "common/progress.hpp"
 #include "data/idx.hpp"
+#include "vit/options.hpp"
 #include "vit/pairs.hpp"
 #include "vit/smooth_svm.hpp"
 #include "vit/training.hpp"
@@ -86,28 +87,16 @@ std::string name(const Method& m) { return apps::name_in(kMethods, m); }
 
 constexpr int64_t kClasses = 100;
 
-struct Options {
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+struct Options : vit::SharedOptions {
   std::string out = "vit_topk.csv";
-  std::string checkpoint;  // default: --out with the extension replaced by .pt
-  bool retrain = false;
-  vit::VitConfig model = [] {
-    vit::VitConfig c;
-    c.depth = 2;
-    return c;
-  }();
-  int64_t pretrain_epochs = 5;
-  int64_t pretrain_steps = 0;  // > 0 overrides pretrain_epochs
-  double pretrain_lr = 1e-3;
-  uint64_t pretrain_seed = 0;
-  int64_t finetune_steps = 1000;
+  int64_t finetune_steps = 300;
   std::vector<uint64_t> seeds{1, 2, 3};
   std::vector<Method> methods =
       apps::parse_names("--methods", "ce,topk1_p43,topk3_p43,topk5_p43,topk1_p2,topk3_p2,topk5_p2,svm5", kMethods,
                         "method");
   std::vector<double> noises{0, 20};
   int64_t batch_size = 128;
-  double lr = 1e-3;
+  double lr = 1e-2;  // chosen by the pilot (docs/applications.md)
   double l = 1.0;
   double svm_tau = 1.0;
   double svm_alpha = 1.0;
@@ -115,12 +104,6 @@ struct Options {
   int64_t test_pairs = 10000;
   int64_t val_pairs = 5000;
   uint64_t pair_seed = 0;
-  int64_t train_limit = -1;
-  int64_t test_limit = -1;
-  int64_t val_size = 0;
-  std::string eval = "test";  // or "val"
-  int64_t log_every = 100;
-  int threads = 1;
 };
 
 const char* kUsage = R"(usage: vit_topk [options]
@@ -140,7 +123,7 @@ top-5 accuracy; writes one CSV row per (method, noise, seed).
   --pretrain-steps N    > 0 overrides --pretrain-epochs (default 0)
   --pretrain-lr X       Adam lr of pre-training (default 1e-3)
   --pretrain-seed N     seed of the initialization and batch order (default 0)
-  --finetune-steps N    fine-tuning steps per run (default 1000)
+  --finetune-steps N    fine-tuning steps per run (default 300)
   --seeds LIST          fine-tuning seeds (head noise, batch order, label
                         noise), comma-separated (default 1,2,3)
   --methods LIST        from ce, topk1_p43, topk3_p43, topk5_p43, topk1_p2,
@@ -148,7 +131,7 @@ top-5 accuracy; writes one CSV row per (method, noise, seed).
                         all but svm1 and svm3)
   --noise LIST          percent of training labels replaced at random (default 0,20)
   --batch-size N        (default 128)
-  --lr X                Adam lr of fine-tuning, cosine-decayed (default 1e-3)
+  --lr X                Adam lr of fine-tuning, cosine-decayed (default 1e-2)
   --l X                 regularization l of topk_loss (default 1)
   --svm-tau X           temperature tau of the smooth top-k SVM (default 1)
   --svm-alpha X         margin alpha of the smooth top-k SVM (default 1)
@@ -205,13 +188,8 @@ Options parse(int argc, char** argv) {
   };
   const auto handle_flag = [&](const std::string& flag, const std::string& value) {
     if (apps::parse_shared_flag(o, flag, value)) return true;
-    if (flag == "--checkpoint") o.checkpoint = value;
-    else if (flag == "--retrain") o.retrain = true;
-    else if (flag == "--pretrain-epochs") o.pretrain_epochs = apps::parse_int(flag, value);
-    else if (flag == "--pretrain-steps") o.pretrain_steps = apps::parse_int(flag, value);
-    else if (flag == "--pretrain-lr") o.pretrain_lr = positive_real(flag, value);
-    else if (flag == "--pretrain-seed") o.pretrain_seed = seed(flag, value);
-    else if (flag == "--finetune-steps") o.finetune_steps = positive(flag, apps::parse_int(flag, value));
+    if (vit::parse_vit_flag(o, flag, value)) return true;
+    if (flag == "--finetune-steps") o.finetune_steps = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--methods") {
       if (value == "all") {
         o.methods.clear();
@@ -230,19 +208,6 @@ Options parse(int argc, char** argv) {
     else if (flag == "--test-pairs") o.test_pairs = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--val-pairs") o.val_pairs = positive(flag, apps::parse_int(flag, value));
     else if (flag == "--pair-seed") o.pair_seed = seed(flag, value);
-    else if (flag == "--patch") o.model.patch = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--dim") o.model.dim = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--depth") o.model.depth = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--heads") o.model.heads = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--mlp") o.model.mlp = positive(flag, apps::parse_int(flag, value));
-    else if (flag == "--val-size") {
-      o.val_size = apps::parse_int(flag, value);
-      if (o.val_size < 0) throw std::invalid_argument("--val-size must be >= 0, got " + value);
-    } else if (flag == "--eval") {
-      if (value != "test" && value != "val")
-        throw std::invalid_argument("--eval: expected test or val, got '" + value + "'");
-      o.eval = value;
-    } else if (flag == "--threads") o.threads = static_cast<int>(positive(flag, apps::parse_int(flag, value)));
     else return false;
     return true;
   };
@@ -250,12 +215,8 @@ Options parse(int argc, char** argv) {
   if (o.seeds.empty()) throw std::invalid_argument("--seeds must not be empty");
   if (o.methods.empty()) throw std::invalid_argument("--methods must not be empty");
   if (o.noises.empty()) throw std::invalid_argument("--noise must not be empty");
-  if (o.pretrain_steps <= 0 && o.pretrain_epochs <= 0)
-    throw std::invalid_argument("--pretrain-epochs (or --pretrain-steps) must be > 0, got " +
-                                std::to_string(o.pretrain_epochs));
   if (!(o.lr > 0)) throw std::invalid_argument("--lr must be > 0, got " + std::to_string(o.lr));
-  o.model.validate();
-  if (o.eval == "val" && o.val_size <= 0) throw std::invalid_argument("--eval val needs --val-size > 0");
+  vit::check_vit_options(o);
   if (o.log_every <= 0) o.log_every = 1;
   if (o.checkpoint.empty()) o.checkpoint = std::filesystem::path(o.out).replace_extension(".pt").string();
   return o;
@@ -273,16 +234,8 @@ Data load(const Options& o) {
   const auto train = apps::load_mnist_split(o.data_dir, "train", o.train_limit);
   if (train.features() != o.model.image * o.model.image)
     throw std::invalid_argument("expected 28x28 images, got " + std::to_string(train.features()) + " features");
-  d.singles = train;
   apps::Dataset held_out;
-  if (o.val_size > 0) {
-    const int64_t n = train.size();
-    if (o.val_size >= n)
-      throw std::invalid_argument("--val-size " + std::to_string(o.val_size) + " must be < the " +
-                                  std::to_string(n) + " training images");
-    d.singles = {train.images.slice(0, 0, n - o.val_size), train.labels.slice(0, 0, n - o.val_size)};
-    held_out = {train.images.slice(0, n - o.val_size, n), train.labels.slice(0, n - o.val_size, n)};
-  }
+  d.singles = vit::hold_out(train, o.val_size, &held_out);
   const int64_t side = o.model.image;
   d.train = vit::make_pairs(d.singles, vit::draw_pairs(d.singles.size(), o.train_pairs, o.pair_seed), side);
   if (o.eval == "val") {

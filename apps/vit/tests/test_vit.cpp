@@ -1,5 +1,6 @@
 // Tests of the small ViT (apps/vit/vit.hpp) and a smoke run of vit_finetune
 // on a tiny synthetic IDX dataset written here.
+#include "tests/run_program.hpp"
 #include "tests/synthetic_mnist.hpp"
 #include "data/idx.hpp"
 #include "vit/vit.hpp"
@@ -221,16 +222,10 @@ TEST(Checkpoint, RoundTripRestoresTheOutputs) {
 
 using sparsetopk::apps::testing::write_synthetic_split;
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using sparsetopk::apps::testing::read_text;
 
-// Runs a shell command with output to `log`; returns the exit status.
 int run(const std::string& args, const fs::path& log) {
-  const std::string command = std::string(VIT_FINETUNE_PATH) + " " + args + " > " + log.string() + " 2>&1";
-  const int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return sparsetopk::apps::testing::run_program(VIT_FINETUNE_PATH, args, log);
 }
 
 TEST(VitFinetuneSmoke, AllMethodsRunWriteCsvAndReuseTheCheckpoint) {

@@ -2,6 +2,7 @@
 // SVM of Berrada et al. against its definition over all k-subsets, top-k
 // accuracy, non-square ViT inputs) and a smoke run of the program on a tiny
 // synthetic IDX dataset written here.
+#include "tests/run_program.hpp"
 #include "tests/synthetic_mnist.hpp"
 #include "data/idx.hpp"
 #include "vit/pairs.hpp"
@@ -173,15 +174,10 @@ TEST(TopkAccuracies, CountLabelsAmongTheKBestAndNonSquareInputs) {
 
 using apps::testing::write_synthetic_split;
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using sparsetopk::apps::testing::read_text;
 
 int run(const std::string& args, const fs::path& log) {
-  const std::string command = std::string(VIT_TOPK_PATH) + " " + args + " > " + log.string() + " 2>&1";
-  const int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return sparsetopk::apps::testing::run_program(VIT_TOPK_PATH, args, log);
 }
 
 TEST(VitTopkSmoke, MethodsRunAndWriteSaneAccuracies) {
@@ -216,8 +212,11 @@ TEST(VitTopkSmoke, MethodsRunAndWriteSaneAccuracies) {
     EXPECT_EQ(cells[6], "test");
     EXPECT_EQ(cells[12], "50");
     // 20% of 64 = 13 labels redrawn, each kept with probability 1/100.
-    if (cells[4] == "20") EXPECT_TRUE(std::stoi(cells[10]) > 0 && std::stoi(cells[10]) <= 13) << line;
-    if (cells[4] == "0") EXPECT_EQ(cells[10], "0") << line;
+    if (cells[4] == "20") {
+      EXPECT_TRUE(std::stoi(cells[10]) > 0 && std::stoi(cells[10]) <= 13) << line;
+    } else {
+      EXPECT_EQ(cells[10], "0") << line;
+    }
   }
   EXPECT_EQ(rows.size(), 6u);  // 3 methods x 2 noise levels
   for (const auto& [key, count] : rows) EXPECT_EQ(count, 2) << key;  // 2 seeds
