@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The applications of docs/applications.md on Fashion-MNIST, end to end:
-# pruning during training (prune_mlp), mixture-of-experts routing (moe_router)
-# and sparse fine-tuning of a small ViT (vit_finetune), then the report.
+# pruning during training (prune_mlp), mixture-of-experts routing (moe_router),
+# sparse fine-tuning of a small ViT (vit_finetune) and fine-tuning it for
+# top-k accuracy (vit_topk, whose table is not in the report yet), then the
+# report.
 #
 #   scripts/applications.sh short [DIR]   a few minutes on 2 cores: every program
 #                                         with its --quick settings, results in DIR
@@ -30,6 +32,9 @@ case "$mode" in
     echo "== vit_finetune --quick =="
     "$bin/vit_finetune" --quick --methods oneshot,soft43 --retrain --checkpoint "$out/vit_quick.pt" --out "$out/vit_finetune.csv" |
       grep -vE "\] step "
+    echo "== vit_topk --quick =="
+    "$bin/vit_topk" --quick --retrain --checkpoint "$out/vit_topk_quick.pt" --out "$out/vit_topk.csv" |
+      grep -vE "\] step "
     echo
     "$python" apps/make_report.py --results "$out" --print
     ;;
@@ -47,6 +52,9 @@ case "$mode" in
     "$bin/vit_finetune" --val-size 5000 --pretrain-epochs 5 --checkpoint "$out/vit_dense.pt" --retrain \
       --finetune-steps 150 --seeds 1,2,3 --sparsities 90,95 --methods oneshot,gradual,ste,soft2,soft43 \
       --lr 3e-3 --band 1 --log-every 50 --threads 1 --out "$out/vit_finetune.csv" | tee "$out/vit_finetune.log"
+    "$bin/vit_topk" --val-size 5000 --pretrain-epochs 5 --checkpoint "$out/vit_topk_pairs.pt" --retrain \
+      --finetune-steps 300 --seeds 1,2,3 --noise 0,20 --lr 1e-2 --threads 1 --out "$out/vit_topk.csv" |
+      tee "$out/vit_topk.log"
     "$python" apps/make_report.py --results "$out" --docs docs/applications.md --figures docs/figures
     ;;
   *)
