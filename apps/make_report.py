@@ -32,6 +32,7 @@ MODULES = (
     ("prune_mlp", "prune_mlp.csv", "Pruning during training (prune_mlp)"),
     ("moe", "moe_router.csv", "Mixture-of-experts routing (moe_router)"),
     ("vit", "vit_finetune.csv", "ViT fine-tuning (vit_finetune)"),
+    ("vit_topk", "vit_topk.csv", "ViT fine-tuning for top-k accuracy (vit_topk)"),
 )
 
 

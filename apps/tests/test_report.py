@@ -10,7 +10,7 @@ APPS = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(APPS))
 
 import make_report  # noqa: E402
-from report import common, prune_mlp  # noqa: E402
+from report import common, prune_mlp, vit_topk  # noqa: E402
 
 REPO = APPS.parent
 
@@ -216,3 +216,25 @@ def test_main_print_only_prints_and_does_not_edit(tmp_path, capsys):
 def test_main_missing_results_dir(tmp_path, capsys):
     assert make_report.main(["--results", str(tmp_path / "nope"), "--print"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_vit_topk_tables_per_noise_level_and_the_plot(tmp_path):
+    base = {c: 0 for c in vit_topk.COLUMNS}
+    records = []
+    for noise, (ce, topk) in ((0, ((0.5, 0.9), (0.6, 0.8))), (20, ((0.4, 0.7), (0.3, 0.9)))):
+        for seed, shift in ((1, 0.01), (2, -0.01)):
+            for method, (top1, top5) in (("ce", ce), ("topk1_p43", topk)):
+                records.append({**base, "method": method, "noise": noise, "seed": seed, "eval_split": "test",
+                                "top1": top1 + shift, "top3": (top1 + top5) / 2, "top5": top5 + shift,
+                                "steps": 300, "batch_size": 128, "lr": 0.01})
+    with open(tmp_path / "vit_topk.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=vit_topk.COLUMNS)
+        writer.writeheader()
+        writer.writerows(records)
+    body = vit_topk.render(tmp_path, tmp_path / "figures")
+    clean, noisy = body.split("**20% of the training labels replaced at random**")
+    assert "| `topk1_p43` | 2 | **0.600 ± 0.014** | **0.700 ± 0.000** | 0.800 ± 0.014 |" in clean
+    assert "| `ce` | 2 | 0.500 ± 0.014 | **0.700 ± 0.000** | **0.900 ± 0.014** |" in clean  # a tie: both bold
+    assert "| `ce` | 2 | **0.400 ± 0.014** | 0.550 ± 0.000 | 0.700 ± 0.014 |" in noisy
+    assert (tmp_path / "figures" / "vit_topk_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert vit_topk.render(tmp_path / "absent", tmp_path / "figures") is None
