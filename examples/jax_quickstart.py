@@ -27,5 +27,11 @@ logits = jax.random.normal(jax.random.key(0), (3, 8))
 gates = jax.vmap(lambda row: stj.soft_topk_mag(row, k=2, l=0.1, p=2.0))(logits)
 print("nonzeros/row", (gates != 0).sum(axis=-1))
 
+# The top-k loss: 0 where the label is safely among the top k, with a sparse gradient.
+scores = jnp.array([[2.0, 1.5, 0.2, -1.0], [0.1, 0.3, 2.5, 1.0]])
+labels = jnp.array([1, 0])
+print("topk_loss   ", stj.topk_loss(scores, labels, k=2, l=0.5))
+print("its grad    \n", jax.grad(lambda s: stj.topk_loss(s, labels, k=2, l=0.5).sum())(scores))
+
 # The reference implementation's names work unchanged.
 print("reference   ", stj.sparse_soft_topk_mask_pav(x, k=2, l=1e-2))
