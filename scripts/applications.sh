@@ -2,7 +2,7 @@
 # The applications of docs/applications.md on Fashion-MNIST, end to end:
 # pruning during training (prune_mlp), mixture-of-experts routing (moe_router),
 # sparse fine-tuning of a small ViT (vit_finetune) and fine-tuning it for
-# top-k accuracy (vit_topk, whose table is not in the report yet), then the
+# top-k accuracy (vit_topk), then the
 # report.
 #
 #   scripts/applications.sh short [DIR]   a few minutes on 2 cores: every program
