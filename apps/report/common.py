@@ -76,6 +76,13 @@ def read_results(results_dir: pathlib.Path, csv_name: str, columns: Iterable[str
     return rows
 
 
+def rows_of_one_split(rows: Sequence[dict]) -> tuple[str, list[dict]]:
+    """(split, its rows): the rows evaluated on "test" if any, else on the first split named."""
+    splits = distinct(rows, "eval_split")
+    split = "test" if "test" in splits else splits[0]
+    return split, [r for r in rows if r["eval_split"] == split]
+
+
 def group_by(rows: Iterable[dict], *keys: str) -> dict:
     """{(row[k1], row[k2], ...): [rows]} (a 1-tuple key for one column), in first-seen order."""
     groups: dict = {}

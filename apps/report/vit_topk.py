@@ -67,9 +67,7 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
     rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
     if rows is None:
         return None
-    splits = common.distinct(rows, "eval_split")
-    split = "test" if "test" in splits else splits[0]
-    rows = [r for r in rows if r["eval_split"] == split]
+    split, rows = common.rows_of_one_split(rows)
     methods = common.ordered((r["method"] for r in rows), METHODS)
     noises = common.distinct(rows, "noise")
     stats = _stats(rows, methods, noises)
