@@ -10,7 +10,10 @@ sparsetopk.use_cuda_kernels); the kernels' saved state (one RowState per row)
 against the core's, their derivatives at the core's state, and their edge
 cases (k = 0, k = n, empty and non-contiguous tensors, dim != -1, half types,
 long rows); that a non-default device and the current stream are respected;
-and a torch.compile of a CUDA training step against eager.
+that each op's forward and backward capture in a CUDA graph and replay like
+eager, and make no host sync (torch.cuda.set_sync_debug_mode("error")); and a
+torch.compile of a CUDA training step against eager. Soft results are compared
+in ulps at the row's scale, with a maximum per p and dtype (MAX_ULPS below).
 """
 
 import contextlib
@@ -20,7 +23,19 @@ import torch
 
 import sparsetopk
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+
+
+def runs_without_cuda(test):
+    """Marks a test of this file's helpers, which runs on any machine."""
+    test.runs_without_cuda = True
+    return test
+
+
+@pytest.fixture(autouse=True)
+def needs_cuda(request):
+    if not torch.cuda.is_available() and not getattr(request.function, "runs_without_cuda", False):
+        pytest.skip("needs a CUDA device (none here)")
+
 
 SOFT = [sparsetopk.soft_topk_mask, sparsetopk.soft_topk_mag]
 HARD = [sparsetopk.hard_topk_mask, sparsetopk.hard_topk_mag]
@@ -60,8 +75,82 @@ def cuda_path(path: str):
         sparsetopk.use_cuda_kernels(previous)
 
 
-def tolerance(dtype):
-    return {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+# ---- tolerances in ulps ----
+# The device's pow and cbrt are not glibc's: they differ in the last digits,
+# and the root finders (p other than 2 and 4/3) and the cubic's closed form
+# (p = 4/3) can amplify that near the threshold, where an output is a
+# difference of nearly equal numbers. So a result is compared with the CPU
+# core's in ulps of its dtype at the scale of its row: the error of each entry
+# over the spacing of the floating-point numbers at the row's largest finite
+# |expected| (ulps_of_row below). The allowed maximum per p and dtype, forward,
+# VJP and JVP alike, on both CUDA paths (docs/gpu.md repeats this table):
+#
+#   p      float32  float64
+#   2         16        128
+#   4/3       64    500 000
+#   1.5       64    300 000
+#   3         64    800 000
+#
+# The float64 column is set by the device-generic path, whose batched root
+# finder stops at a tolerance rather than at the core's last bit: measured on
+# the CPU (solver="generic" against the core, this file's cases, 2026-12-07),
+# its largest differences were 7 (mask) and 18 (mag) ulps at p = 2, and up to
+# 115, 62 and 1.2e4 (mask) and 1.1e5, 7.0e4 and 1.9e5 (mag) ulps at p = 4/3,
+# 1.5 and 3 (1.9e5 ulps of float64 is 4e-11 of the row's scale); float32 was
+# within 1 ulp. The table is that times about 4, plus room for the device's
+# pow and cbrt. The hand-written kernels run the core's own per-row code and
+# should be far closer (kernel_selftest --check reports their ulps case by
+# case). These are estimates until a GPU run: a failure message states the
+# measured maximum; tighten the table to the measured values once the suite
+# has run on a GPU.
+MAX_ULPS = {2.0: {torch.float32: 16, torch.float64: 128},
+            4.0 / 3.0: {torch.float32: 64, torch.float64: 500_000},
+            1.5: {torch.float32: 64, torch.float64: 300_000},
+            3.0: {torch.float32: 64, torch.float64: 800_000}}
+
+
+def ulp(values: torch.Tensor) -> torch.Tensor:
+    """The spacing of the floating-point numbers of values' dtype at |values| (at least the smallest normal)."""
+    magnitude = values.abs().clamp_min(torch.finfo(values.dtype).tiny)
+    return torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude
+
+
+def ulps_of_row(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |got - expected| in ulps of expected's dtype at its row's largest finite magnitude
+    (rows along the last dim). Equal entries (inf = inf, NaN = NaN) count 0; NaN or inf against a
+    different value counts inf."""
+    got, expected = got.detach().cpu(), expected.detach().cpu()
+    assert got.shape == expected.shape and got.dtype == expected.dtype, (got.shape, expected.shape)
+    if expected.numel() == 0:
+        return 0.0
+    rows_e = expected.reshape(-1, expected.shape[-1] if expected.dim() else 1)
+    rows_g = got.reshape(rows_e.shape)
+    finite = torch.isfinite(rows_e)
+    scale = torch.where(finite, rows_e.abs(), torch.zeros_like(rows_e)).amax(dim=-1, keepdim=True)
+    spacing = ulp(scale).double()
+    same = (rows_g == rows_e) | (torch.isnan(rows_g) & torch.isnan(rows_e))
+    error = (rows_g.double() - rows_e.double()).abs() / spacing
+    error = torch.where(same, torch.zeros_like(error), torch.nan_to_num(error, nan=float("inf")))
+    return float(error.max())
+
+
+def assert_ulps(got: torch.Tensor, expected: torch.Tensor, p: float, what: str = "") -> None:
+    """got within MAX_ULPS[p][dtype] ulps (ulps_of_row) of expected, NaNs on the same positions."""
+    measured = ulps_of_row(got, expected)
+    allowed = MAX_ULPS[min(MAX_ULPS, key=lambda q: abs(q - p))][expected.dtype]
+    assert measured <= allowed, f"{what}: {measured:.4g} ulps (allowed {allowed} for p = {p:.4g}, {got.dtype})"
+
+
+@runs_without_cuda
+def test_ulps_of_row_counts_spacings_at_the_row_scale():
+    one = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float32)
+    eps = torch.finfo(torch.float32).eps
+    assert ulps_of_row(one, one) == 0.0
+    assert ulps_of_row(one + torch.tensor([[eps, 0, 0]]), one) == 1.0
+    assert ulps_of_row(one + torch.tensor([[0, 0, 3 * eps]]), one) == 3.0  # at the row's scale, not at 0
+    nan = torch.tensor([[float("nan"), float("inf"), 1.0]], dtype=torch.float64)
+    assert ulps_of_row(nan, nan) == 0.0
+    assert ulps_of_row(torch.tensor([[0.0, float("inf"), 1.0]], dtype=torch.float64), nan) == float("inf")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -85,11 +174,11 @@ def soft_ops_match_the_cpu_core(op, p, dtype, kind):
         out_gpu = op(xg, k, 0.3, p)
         (vjp_gpu,) = torch.autograd.grad(out_gpu, xg, g.cuda())
         assert out_gpu.device == xg.device and out_gpu.dtype == dtype
-        torch.testing.assert_close(out_gpu.cpu(), out_cpu.detach(), equal_nan=True, **tolerance(dtype))
-        torch.testing.assert_close(vjp_gpu.cpu(), vjp_cpu, equal_nan=True, **tolerance(dtype))
+        assert_ulps(out_gpu, out_cpu, p, f"forward {shape}")
+        assert_ulps(vjp_gpu, vjp_cpu, p, f"VJP {shape}")
         _, jvp_cpu = torch.func.jvp(lambda t: op(t, k, 0.3, p), (x,), (g,))
         _, jvp_gpu = torch.func.jvp(lambda t: op(t, k, 0.3, p), (x.cuda(),), (g.cuda(),))
-        torch.testing.assert_close(jvp_gpu.cpu(), jvp_cpu, equal_nan=True, **tolerance(dtype))
+        assert_ulps(jvp_gpu, jvp_cpu, p, f"JVP {shape}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -161,7 +250,7 @@ def test_kernel_derivatives_at_the_cpu_state(op, p, kind):
                     product = getattr(torch.ops.sparsetopk, name)
                     expected = product(v, x, state, 0.3, p, -1)
                     got = product(v.cuda(), x.cuda(), state.cuda(), 0.3, p, -1)
-                    torch.testing.assert_close(got.cpu(), expected, equal_nan=True, **tolerance(dtype))
+                    assert_ulps(got, expected, p, f"{name} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("op", SOFT + HARD, ids=lambda f: f.__name__)
@@ -217,7 +306,7 @@ def test_a_non_default_device_is_respected(op, path):
         x = rows("random", (8, 20), torch.float64)
         out = op(x.to("cuda:1"), 3, 0.5)
         assert out.device == torch.device("cuda:1")
-        torch.testing.assert_close(out.cpu(), op(x, 3, 0.5), **tolerance(torch.float64))
+        assert_ulps(out, op(x, 3, 0.5), 4.0 / 3.0, "cuda:1")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -232,6 +321,67 @@ def test_the_current_stream_is_used(op, path):
             out = op(x, 4, 0.3)
         torch.cuda.current_stream().wait_stream(stream)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+# ---- CUDA graphs and host syncs ----
+# The generic path may synchronize (its root finder stops early: docs/generic.md), which a
+# capture and the sync debug mode refuse: expected to fail there, not strictly. The opt-in
+# kernels claim no host synchronization at all (docs/gpu.md): there both must pass.
+SYNC_FREE = [pytest.param("generic", marks=pytest.mark.xfail(
+    reason="the generic path may synchronize the host (root finder's early stop)", strict=False)), "cuda_kernel"]
+
+
+def forward_and_backward(op, x, g, k=5):
+    """op's output and, for the soft ops, its VJP with g (the hard ops have no backward of interest)."""
+    if op in HARD:
+        return (op(x, k),)
+    xr = x.detach().requires_grad_()
+    out = op(xr, k, 0.3, 4.0 / 3.0)
+    (vjp,) = torch.autograd.grad(out, xr, g)
+    return out, vjp
+
+
+@pytest.mark.parametrize("path", SYNC_FREE)
+@pytest.mark.parametrize("op", SOFT + HARD, ids=lambda f: f.__name__)
+def test_cuda_graph_capture_replays_like_eager(op, path):
+    """Forward (and backward) captured in torch.cuda.graph after a side-stream warm-up, replayed on
+    the captured input and on new values copied into it, equal eager calls bitwise."""
+    with cuda_path(path):
+        x = rows("random", (64, 200), torch.float32).cuda()
+        g = torch.randn(64, 200, device="cuda")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                forward_and_backward(op, x, g)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = forward_and_backward(op, x, g)
+        for seed in [0, 1]:
+            x.copy_(rows("tied" if seed else "random", (64, 200), torch.float32, seed=seed).cuda())
+            graph.replay()
+            torch.cuda.synchronize()
+            for got, expected in zip(captured, forward_and_backward(op, x, g)):
+                torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("path", SYNC_FREE)
+@pytest.mark.parametrize("op", SOFT + HARD, ids=lambda f: f.__name__)
+def test_no_host_sync_in_an_eager_call(op, path):
+    """torch.cuda.set_sync_debug_mode("error") around an eager forward (and backward): any
+    synchronizing call inside raises."""
+    with cuda_path(path):
+        x = rows("random", (64, 200), torch.float32).cuda()
+        g = torch.randn(64, 200, device="cuda")
+        forward_and_backward(op, x, g)  # first calls (library loads, allocator growth) outside
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            forward_and_backward(op, x, g)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
 
 
 def test_compiled_cuda_training_step_matches_eager():
