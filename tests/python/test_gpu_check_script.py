@@ -71,3 +71,10 @@ def test_the_dry_run_writes_nothing_in_the_tree():
     before = set(os.listdir(REPO))
     dry_run("--dry-run")
     assert set(os.listdir(REPO)) == before
+
+
+def test_docs_gpu_md_lists_the_same_steps_and_budgets():
+    text = (REPO / "docs" / "gpu.md").read_text()
+    documented = re.findall(r"^\| (\d+) \| (\w+) \| (\d+) s \|", text, flags=re.MULTILINE)
+    assert [(name, budget) for _, name, budget in documented] == \
+        [(name, budget) for name, budget, *_ in plan(dry_run("--dry-run"))]
