@@ -180,7 +180,7 @@ def _warn_once(target: str, platform: str) -> None:
     elif CUDA_KERNELS_VERIFIED:
         why = f"{CUDA_LIBRARY_NAME} was not found or {CUDA_OPT_IN}=0 is set"
     else:
-        why = (f"its CUDA kernels are UNVERIFIED, never run on a GPU; to use them anyway, set {CUDA_OPT_IN}=1 "
+        why = (f"sparsetopk's CUDA kernels are UNVERIFIED, never run on a GPU; to use them anyway, set {CUDA_OPT_IN}=1 "
                f"before importing sparsetopk.jax (needs {CUDA_LIBRARY_NAME})")
     warnings.warn(f"sparsetopk.jax: {target} on a {platform} array runs the verified CPU target on the host "
                   "CPU, through jax.pure_callback: every call copies its operands from the device to the host "
