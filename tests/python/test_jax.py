@@ -259,11 +259,11 @@ def test_second_derivatives_exact_for_p2_and_an_error_otherwise(op):
 
 # ---- transformations ----
 
-CUSTOM_CALL_PRIMITIVES = ("ffi_call", "sparsetopk_jacobian_product")  # the second: _ffi.jacobian_product
+CUSTOM_CALL_PRIMITIVES = ("sparsetopk_ffi", "sparsetopk_jacobian_product")  # _ffi.call and _ffi.jacobian_product
 
 
 def ffi_calls(jaxpr) -> int:
-    """The custom calls in a jaxpr: forward ffi_calls and the derivatives' primitive."""
+    """The custom calls in a jaxpr: the forward calls and the derivatives' primitive."""
     count = 0
     for eqn in jaxpr.eqns:
         count += eqn.primitive.name in CUSTOM_CALL_PRIMITIVES

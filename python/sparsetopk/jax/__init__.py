@@ -11,9 +11,12 @@ axis=-1)``, the top-k sum and loss :func:`topk_sum` ``(x, k, l, p, axis)`` and
 Each function is one custom call for the whole array (all leading axes), also
 under ``jax.vmap``; it works under ``jax.jit`` with ``k``, ``l``, ``p`` and
 ``axis`` static, and with ``jax.jvp``/``grad``/``vjp``/``jacfwd``/``jacrev``.
-float32, float64 (``jax_enable_x64``); float16 and bfloat16 in float32. CPU.
-This module does not import torch. Details and differences from the reference:
-docs/jax.md.
+float32, float64 (``jax_enable_x64``); float16 and bfloat16 in float32. The
+verified target is the CPU: on a GPU array (CUDA, ROCm) each call runs the CPU
+target on the host, with copies both ways, and the first one gives a
+:class:`HostFallbackWarning`; ``SPARSETOPK_JAX_CUDA_KERNELS=1`` opts into the
+UNVERIFIED CUDA kernels instead. This module does not import torch. Details
+and differences from the reference: docs/jax.md.
 
 Example:
     >>> import jax.numpy as jnp
@@ -26,6 +29,7 @@ from . import _ffi
 
 _ffi.register_targets()
 
+from ._ffi import HostFallbackWarning  # noqa: E402
 from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask, topk_loss, topk_sum  # noqa: E402
 from ._reference import (  # noqa: E402
     sparse_soft_topk_mag_dykstra,
@@ -45,4 +49,5 @@ __all__ = [
     "sparse_soft_topk_mag_pav",
     "sparse_soft_topk_mask_dykstra",
     "sparse_soft_topk_mag_dykstra",
+    "HostFallbackWarning",
 ]

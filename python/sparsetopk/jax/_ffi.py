@@ -17,11 +17,23 @@ core's derivatives (``soft_topk_{mask,mag}_{jvp,vjp}``) through a JAX primitive
 of its own, linear in its last operand, with the rules JAX needs: abstract
 evaluation, lowering to the custom call, batching, transposition (the JVP's
 transpose is the VJP and the reverse) and its own JVP (second derivatives).
+The forward calls go through a primitive of the package too, ``sparsetopk_ffi``
+(:func:`call`), for one reason: its lowering depends on the platform.
+
+GPU arrays (platforms "cuda" and "rocm"): until the CUDA kernels are verified on
+a GPU (:data:`CUDA_KERNELS_VERIFIED`), every call lowered for a GPU runs the
+verified CPU target on the host, through ``jax.pure_callback`` (the operands are
+copied to the host and the results back), with a warning once per process;
+``SPARSETOPK_JAX_CUDA_KERNELS=1`` opts into the UNVERIFIED CUDA targets instead.
+Batching and differentiation are rules of the primitives, above the lowering, so
+jit, vmap, grad and jvp work the same on every platform (docs/jax.md, "GPU arrays").
 """
 
+import contextlib
 import ctypes
 import functools
 import os
+import warnings
 from pathlib import Path
 from typing import List, Tuple
 
@@ -39,6 +51,13 @@ STATE_WORDS = 22  # uint32 words of one row's state: a RowState, 11 doubles (Row
 TABLE_FUNCTION = "sparsetopk_ffi_targets"  # exported by both libraries (src/jax/ffi_bindings.hpp)
 _loaded = False
 cuda_registered = False  # whether the CUDA handlers were registered (opt-in)
+
+# The one switch to flip once the CUDA handlers (src/jax/cuda_handlers.cpp) have run and passed the JAX
+# suite on a real GPU (scripts/gpu-check.sh): True registers them whenever libsparsetopk_jax_cuda.so is
+# found, without the opt-in, and CUDA arrays use them ($SPARSETOPK_JAX_CUDA_KERNELS=0 then keeps the host
+# fallback). While False, CUDA arrays run the verified CPU target on the host unless the opt-in is set.
+CUDA_KERNELS_VERIFIED = False
+GPU_PLATFORMS = ("cuda", "rocm")  # lowered to the host fallback unless CUDA handlers are registered (cuda)
 
 
 def library_paths():
@@ -88,17 +107,24 @@ def register_targets() -> None:
                           "build's Python) or point SPARSETOPK_JAX_LIBRARY at it.")
     _register(path, "cpu")
     _loaded = True
-    if os.environ.get(CUDA_OPT_IN) == "1":
-        _register_cuda_targets()
+    opt_in = os.environ.get(CUDA_OPT_IN)
+    if opt_in == "1":
+        _register_cuda_targets(required=True)
+    elif CUDA_KERNELS_VERIFIED and opt_in != "0":
+        _register_cuda_targets(required=False)
 
 
-def _register_cuda_targets() -> None:
+def _register_cuda_targets(required: bool) -> None:
     """The same targets for the CUDA platform, from the table of libsparsetopk_jax_cuda.so. UNVERIFIED:
     these handlers have never run on a GPU, so they are registered only when
-    $SPARSETOPK_JAX_CUDA_KERNELS is 1 (before sparsetopk.jax is imported)."""
+    $SPARSETOPK_JAX_CUDA_KERNELS is 1 (before sparsetopk.jax is imported), or, once
+    CUDA_KERNELS_VERIFIED is True, wherever the library is found (``required=False``:
+    without it, CUDA arrays keep the host fallback)."""
     global cuda_registered
     paths = candidate_paths(CUDA_LIBRARY_NAME, "SPARSETOPK_JAX_CUDA_LIBRARY")
     path = next((p for p in paths if p.is_file()), None)
+    if path is None and not required:
+        return
     if path is None:
         looked = ", ".join(str(p) for p in paths)
         raise ImportError(f"sparsetopk.jax: {CUDA_OPT_IN}=1 but {CUDA_LIBRARY_NAME} is not found (looked in: "
@@ -107,13 +133,145 @@ def _register_cuda_targets() -> None:
     cuda_registered = True
 
 
-# ---- the forward calls ----
+# ---- where a call runs: the lowering of every platform ----
+
+class HostFallbackWarning(UserWarning):
+    """Given once per process, when a sparsetopk.jax call is first lowered for a GPU
+    platform to the host fallback (the CPU target through jax.pure_callback)."""
+
+
+_host_platforms = set()  # platforms forced to the host fallback: the test hook host_fallback_on
+_warned = False  # whether HostFallbackWarning was given in this process
+
+
+def runs_on_host(platform: str) -> bool:
+    """Whether a call lowered for ``platform`` ("cpu", "cuda", "rocm", ...) runs the CPU
+    target on the host through a callback: on a GPU platform without registered GPU
+    handlers (ROCm never has them, CUDA has them on opt-in only until they are verified)."""
+    if platform in _host_platforms:
+        return True
+    if platform == "cuda":
+        return not cuda_registered
+    return platform in GPU_PLATFORMS
+
+
+@contextlib.contextmanager
+def host_fallback_on(platform: str):
+    """Test hook (tests/python/test_jax_gpu_fallback.py): within the block, calls lowered for
+    ``platform`` (e.g. "cpu", where no GPU is) take the GPU platforms' host fallback. The
+    compilation caches are cleared on entry and exit, so that nothing compiled with one
+    lowering is reused under the other."""
+    _host_platforms.add(platform)
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        _host_platforms.discard(platform)
+        jax.clear_caches()
+
+
+def _warn_once(target: str, platform: str) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    if platform == "rocm":
+        why = "sparsetopk has no ROCm kernels"
+    elif CUDA_KERNELS_VERIFIED:
+        why = f"{CUDA_LIBRARY_NAME} was not found or {CUDA_OPT_IN}=0 is set"
+    else:
+        why = (f"sparsetopk's CUDA kernels are UNVERIFIED, never run on a GPU; to use them anyway, set {CUDA_OPT_IN}=1 "
+               f"before importing sparsetopk.jax (needs {CUDA_LIBRARY_NAME})")
+    warnings.warn(f"sparsetopk.jax: {target} on a {platform} array runs the verified CPU target on the host "
+                  "CPU, through jax.pure_callback: every call copies its operands from the device to the host "
+                  f"and its results back ({why}). Given once per process; see docs/jax.md, 'GPU arrays'.",
+                  HostFallbackWarning, stacklevel=2)
+
+
+def _on_host(target: str, results: Tuple[jax.ShapeDtypeStruct, ...], attributes: tuple, *arrays):
+    """The host side of the fallback: jax.pure_callback hands over the operands on the
+    CPU device (and makes it the default device); the CPU target computes the results."""
+    return _host_function(target, results, attributes)(*arrays)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_function(target: str, results: Tuple[jax.ShapeDtypeStruct, ...], attributes: tuple):
+    """The CPU target as one jitted function per call signature (cheaper per call than an
+    eager ffi_call); compiled for the CPU device its operands are on."""
+    call = jax.ffi.ffi_call(target, results, vmap_method="broadcast_all")
+    return jax.jit(lambda *arrays: call(*arrays, **dict(attributes)))
+
+
+def lower_target(ctx, operands, target: str, attributes: tuple, platform: str):
+    """The lowering of a call of ``target`` for ``platform``: the custom call itself, or,
+    where :func:`runs_on_host`, a jax.pure_callback into the CPU target (the same
+    handler, so the same numbers) with the results of ``ctx.avals_out``."""
+    if not runs_on_host(platform):
+        return jax.ffi.ffi_lowering(target)(ctx, *operands, **dict(attributes))
+    _warn_once(target, platform)
+    results = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.avals_out)
+    host = functools.partial(_on_host, target, results, attributes)
+
+    def fallback(*arrays):
+        return jax.pure_callback(host, results, *arrays, vmap_method="broadcast_all")
+
+    return mlir.lower_fun(fallback, multiple_results=True)(ctx, *operands)
+
+
+def _register_lowering(primitive: Primitive, rule) -> None:
+    """``rule(ctx, *operands, platform=..., **params)`` for the CPU and GPU platforms by
+    name (platform-specific rules take precedence), and as the rule of any other."""
+    mlir.register_lowering(primitive, functools.partial(rule, platform=None))
+    for platform in ("cpu",) + GPU_PLATFORMS:
+        mlir.register_lowering(primitive, functools.partial(rule, platform=platform), platform=platform)
+
+
+# ---- the forward calls: one primitive for every target ----
+
+ffi_p = Primitive("sparsetopk_ffi")
+ffi_p.multiple_results = True
+
+
+def call(target: str, results: Tuple[jax.ShapeDtypeStruct, ...], *operands, **attributes) -> tuple:
+    """The custom call ``target`` on ``operands`` with ``attributes`` (the handler's), returning
+    arrays of ``results``; all leading axes are rows (one call under vmap too)."""
+    results = tuple(jax.core.ShapedArray(r.shape, r.dtype) for r in results)
+    return tuple(ffi_p.bind(*operands, target=target, results=results, attributes=tuple(sorted(attributes.items()))))
+
+
+@functools.partial(jax.jit, static_argnames=("target", "results", "attributes"))
+def _apply_call(*operands, target, results, attributes):
+    """Outside of jit: the primitive compiled alone, once per parameters and shapes."""
+    return ffi_p.bind(*operands, target=target, results=results, attributes=attributes)
+
+
+def _call_abstract_eval(*operands, target, results, attributes):
+    return results
+
+
+def _call_lowering(ctx, *operands, target, results, attributes, platform):
+    return lower_target(ctx, operands, target, attributes, platform)
+
+
+def _call_batching(operands, axes, *, target, results, attributes):
+    """As ffi_call's vmap_method="broadcast_all": the vmapped axis becomes the first of
+    every operand (broadcast where absent) and of every result."""
+    size = next(a.shape[axis] for a, axis in zip(operands, axes) if axis is not None)
+    operands = [batching.bdim_at_front(a, axis, size) for a, axis in zip(operands, axes)]
+    results = tuple(jax.core.ShapedArray((size,) + r.shape, r.dtype) for r in results)
+    return ffi_p.bind(*operands, target=target, results=results, attributes=attributes), (0,) * len(results)
+
+
+ffi_p.def_impl(_apply_call)
+ffi_p.def_abstract_eval(_call_abstract_eval)
+_register_lowering(ffi_p, _call_lowering)
+batching.primitive_batchers[ffi_p] = _call_batching
+
 
 def soft(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str, num_iter: int) -> jax.Array:
     """The soft operator (``operator``: "mask" or "mag") on the rows of x."""
-    call = jax.ffi.ffi_call(f"sparsetopk_soft_topk_{operator}", jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            vmap_method="broadcast_all")
-    return call(x, **_soft_attributes(k, l, p, solver, num_iter))
+    return call(f"sparsetopk_soft_topk_{operator}", (jax.ShapeDtypeStruct(x.shape, x.dtype),), x,
+                **_soft_attributes(k, l, p, solver, num_iter))[0]
 
 
 def soft_with_state(x: jax.Array, operator: str, k: int, l: float, p: float, solver: str,
@@ -121,15 +279,12 @@ def soft_with_state(x: jax.Array, operator: str, k: int, l: float, p: float, sol
     """``(out, state)``: the soft operator and the state of its derivatives, uint32 of
     shape ``x.shape[:-1] + (STATE_WORDS,)`` (opaque: the rows' RowStates)."""
     shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape[:-1] + (STATE_WORDS,), np.uint32))
-    call = jax.ffi.ffi_call(f"sparsetopk_soft_topk_{operator}_with_state", shapes, vmap_method="broadcast_all")
-    return tuple(call(x, **_soft_attributes(k, l, p, solver, num_iter)))
+    return call(f"sparsetopk_soft_topk_{operator}_with_state", shapes, x, **_soft_attributes(k, l, p, solver, num_iter))
 
 
 def hard(x: jax.Array, operator: str, k: int) -> jax.Array:
     """The hard operator on the rows of x."""
-    call = jax.ffi.ffi_call(f"sparsetopk_hard_topk_{operator}", jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            vmap_method="broadcast_all")
-    return call(x, k=np.int64(k))
+    return call(f"sparsetopk_hard_topk_{operator}", (jax.ShapeDtypeStruct(x.shape, x.dtype),), x, k=np.int64(k))[0]
 
 
 def _soft_attributes(k: int, l: float, p: float, solver: str, num_iter: int) -> dict:
@@ -164,9 +319,9 @@ def _abstract_eval(x, state, v, *, operator, product, l, p):
     return jax.core.ShapedArray(v.shape, v.dtype)
 
 
-def _lowering(ctx, x, state, v, *, operator, product, l, p):
-    call = jax.ffi.ffi_lowering(f"sparsetopk_soft_topk_{operator}_{product}")
-    return call(ctx, x, state, v, l=np.float64(l), p=np.float64(p))
+def _lowering(ctx, x, state, v, *, operator, product, l, p, platform):
+    attributes = (("l", np.float64(l)), ("p", np.float64(p)))
+    return lower_target(ctx, (x, state, v), f"sparsetopk_soft_topk_{operator}_{product}", attributes, platform)
 
 
 def _batching(arguments, axes, **params):
@@ -201,7 +356,7 @@ def _jvp(primals, tangents, *, operator, product, l, p):
 
 jacobian_product_p.def_impl(_apply)
 jacobian_product_p.def_abstract_eval(_abstract_eval)
-mlir.register_lowering(jacobian_product_p, _lowering)
+_register_lowering(jacobian_product_p, _lowering)
 batching.primitive_batchers[jacobian_product_p] = _batching
 ad.primitive_transposes[jacobian_product_p] = _transpose
 ad.primitive_jvps[jacobian_product_p] = _jvp
@@ -214,12 +369,10 @@ def topk_sum(x: jax.Array, k: int, l: float, p: float) -> Tuple[jax.Array, jax.A
     and the mask's state (for its Jacobian, the Hessian of topk_sum)."""
     shapes = (jax.ShapeDtypeStruct(x.shape[:-1], x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype),
               jax.ShapeDtypeStruct(x.shape[:-1] + (STATE_WORDS,), np.uint32))
-    call = jax.ffi.ffi_call("sparsetopk_topk_sum", shapes, vmap_method="broadcast_all")
-    return tuple(call(x, k=np.int64(k), l=np.float64(l), p=np.float64(p)))
+    return call("sparsetopk_topk_sum", shapes, x, k=np.int64(k), l=np.float64(l), p=np.float64(p))
 
 
 def topk_loss(x: jax.Array, target: jax.Array, k: int, l: float, p: float) -> Tuple[jax.Array, jax.Array]:
     """``(loss, grad)`` on the rows of x with one label per row (int32 or int64)."""
     shapes = (jax.ShapeDtypeStruct(x.shape[:-1], x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype))
-    call = jax.ffi.ffi_call("sparsetopk_topk_loss", shapes, vmap_method="broadcast_all")
-    return tuple(call(x, target, k=np.int64(k), l=np.float64(l), p=np.float64(p)))
+    return call("sparsetopk_topk_loss", shapes, x, target, k=np.int64(k), l=np.float64(l), p=np.float64(p))
