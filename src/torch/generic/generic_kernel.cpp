@@ -163,10 +163,10 @@ std::tuple<at::Tensor, at::Tensor> generic_topk_loss_forward(const at::Tensor& s
     if (generic::reads_to_host(labels)) {
       TORCH_CHECK(in_range.item<bool>(), message);  // the CPU: an eager error, a read costs nothing there
     } else {
-      // elsewhere no host sync: a device-side assertion, queued on the stream
-      // (CUDA-graph capturable); it fails the stream at the next sync (on a
-      // GPU as "device-side assert triggered"; on the CPU in device mode it
-      // raises this message at once)
+      // elsewhere no host sync: a device-side assertion, a kernel queued on
+      // the stream that fails it; the error surfaces at the device's next
+      // synchronization (on a GPU as a device-side assertion; on the CPU in
+      // device mode its kernel raises this message at once)
       at::_assert_async(in_range, message);
     }
   }
