@@ -156,10 +156,22 @@ std::tuple<at::Tensor, at::Tensor> generic_topk_loss_forward(const at::Tensor& s
   TORCH_CHECK(target.sizes() == c10::IntArrayRef(sizes), "sparsetopk.", name, ": target has shape ",
               target.sizes(), " but scores of shape ", scores.sizes(), " needs one label per slice along dim = ",
               dim, ": ", c10::IntArrayRef(sizes));
-  const at::Tensor t = target.reshape({-1, 1});
-  if (t.numel() > 0 && !t.is_meta())  // (one host sync: the labels' range)
-    TORCH_CHECK(!((t < 0) | (t >= n)).any().item<bool>(), "sparsetopk.", name,
-                ": target holds a label out of range [0, n = ", n, ")");
+  const at::Tensor labels = target.reshape({-1, 1});
+  if (labels.numel() > 0 && !labels.is_meta()) {  // the labels' range
+    const at::Tensor in_range = ((labels >= 0) & (labels < n)).all();
+    const std::string message = c10::str("sparsetopk.", name, ": target holds a label out of range [0, n = ", n, ")");
+    if (generic::reads_to_host(labels)) {
+      TORCH_CHECK(in_range.item<bool>(), message);  // the CPU: an eager error, a read costs nothing there
+    } else {
+      // elsewhere no host sync: a device-side assertion, a kernel queued on
+      // the stream that fails it; the error surfaces at the device's next
+      // synchronization (on a GPU as a device-side assertion; on the CPU in
+      // device mode its kernel raises this message at once)
+      at::_assert_async(in_range, message);
+    }
+  }
+  // clamped, so that where the assertion fails asynchronously no gather or scatter below reads out of bounds
+  const at::Tensor t = labels.clamp(0, n - 1);
   const at::Tensor rows = as_rows(scores, dim, compute_type(scores.scalar_type()));
   const at::Tensor m = generic::soft_topk_rows(Form::mask, rows, k, l, p, /*save=*/false).out;
   // x without entry t: columns j + (j >= t) of each row; m'' = its mask (k - 1) with a 1 put back at t.
@@ -194,6 +206,14 @@ at::Tensor generic_product(Form form, bool transpose, const at::Tensor& v, const
 
 }  // namespace
 }  // namespace sparsetopk::torch::detail
+
+// The test switch of topk_generic.hpp (set_device_mode): the ATen path treats
+// CPU tensors as a device's, reading nothing back to the host. Private.
+TORCH_LIBRARY_FRAGMENT(sparsetopk, m) {
+  m.def("_generic_device_mode(bool enabled) -> bool", [](bool enabled) {
+    return sparsetopk::torch::generic::set_device_mode(enabled);
+  });
+}
 
 TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
   using namespace sparsetopk::torch::detail;

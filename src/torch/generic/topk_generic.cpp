@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -44,7 +45,6 @@ using sparsetopk::detail::jacobian_weight;     // c, capped
 // and constants:
 using sparsetopk::detail::kMaxRootIterations;  // find_decreasing_root's evaluations
 using sparsetopk::detail::kNearRelative;       // near_tolerance: |s_j - gamma| <= 1e-6 |gamma| + DBL_MIN
-constexpr int kIterationsPerCheck = 4;   // root finder: host syncs to stop early, off the CPU
 
 // ---- small tensor helpers ----
 
@@ -66,8 +66,7 @@ Tensor first_true(const Tensor& flags) {
   return select(any, flags.to(at::kByte).argmax(-1, /*keepdim=*/true), flags.size(1));
 }
 
-// Whether this device lets the host read values (no meta tensors).
-bool can_read(const Tensor& t) { return !t.is_meta(); }
+std::atomic<bool> device_mode{false};  // set_device_mode
 
 // ---- the threshold equation of a batch of sorted rows ----
 
@@ -193,21 +192,30 @@ class ThresholdEquation {
 //   x = next_root_estimate(x, f, step, ...)       the same template, on every element; f = 0
 //                                                 where done leaves those brackets as they are
 //   return lo + 0.5 (hi - lo)                     the same where no root was found
-// Elements that are done are frozen, so a row's result does not depend on the
-// others. Host syncs: one per kIterationsPerCheck iterations (every iteration
-// on the CPU, where it costs nothing), only to stop early; none on meta
-// tensors, which run a single iteration (their values are never read).
+// Elements that are done are frozen: f is handed to the step as 0 there,
+// which moves neither end of their bracket (next_root_estimate moves lo only
+// where f > 0, hi only where f < 0), x keeps its value and `found` is only
+// ever set on elements not yet done. So an iteration after an element is done
+// changes nothing it returns, and a row's result depends neither on the other
+// rows nor on when the loop ends once every element is done.
+// Hence, with no host sync off the CPU: on the CPU (reads_to_host) the loop
+// reads `done` back before each iteration and leaves once every element is
+// done, where a read costs nothing; on any other device it runs all
+// kMaxRootIterations, the core's cap, and reads nothing. Both give the same
+// result bit for bit (the extra iterations only recompute frozen elements).
+// A smaller fixed count would not: the test corpora need up to 113
+// iterations in one pass (docs/generic.md), and no bound below the cap holds
+// for every row. Meta tensors run a single iteration (values are never read).
 template <class Residual>
 Tensor find_root(Residual&& residual, Tensor lo, Tensor hi, const Tensor& start) {
   using sparsetopk::detail::bracket_open;
   Tensor x = at::minimum(at::maximum(start, lo), hi), last_width = hi - lo;
   Tensor found = at::zeros_like(x, x.options().dtype(at::kBool));
   Tensor done = ~bracket_open(lo, hi);
-  const bool readable = can_read(x);
-  const int per_check = x.device().is_cpu() ? 1 : kIterationsPerCheck;
-  const int iterations = readable ? kMaxRootIterations : 1;
+  const bool early_exit = reads_to_host(x);
+  const int iterations = x.is_meta() ? 1 : kMaxRootIterations;
   for (int iteration = 0; iteration < iterations; ++iteration) {
-    if (readable && iteration % per_check == 0 && done.all().item<bool>()) break;
+    if (early_exit && done.all().item<bool>()) break;
     Tensor step;
     const Tensor f = residual(x, &step);
     const Tensor root = ~done & ((f == 0) | is_nan(f));  // a root, or NaN: the core returns x
@@ -597,7 +605,7 @@ SoftResult solve_sorted(Form op, const Tensor& rows, bool save, SortedSolver&& s
 // and qo, qe are the two sets' correction terms. The whole row iterates
 // (entries the iterations do not reach stay exactly where they start).
 
-constexpr int64_t kDykstraCheckEvery = 64;  // iterations between the fixed-point checks (host syncs)
+constexpr int64_t kDykstraCheckEvery = 64;  // iterations between the fixed-point checks (CPU only)
 
 struct DykstraChain {
   Tensor e, o, pe, po, qe, qo;
@@ -625,13 +633,15 @@ void iterate_once(DykstraChain& chain) {
                 chain.qe.narrow(1, 1, second), chain.beta_second);
 }
 
-// `iterations` iterations, stopping early at a fixed point (an iteration that
-// changes nothing changes nothing after: the result is the same). Meta
+// `iterations` iterations, on the CPU stopping early at a fixed point (an
+// iteration that changes nothing changes nothing after: the result is the
+// same, bit for bit). Off the CPU all of them, with no host sync. Meta
 // tensors run one (their values are never read).
 void iterate(DykstraChain& chain, int64_t iterations) {
-  if (!can_read(chain.e)) iterations = 1;
+  if (chain.e.is_meta()) iterations = 1;
+  const bool early_exit = reads_to_host(chain.e);
   for (int64_t it = 1; it <= iterations; ++it) {
-    if (it % kDykstraCheckEvery != 0) {
+    if (!early_exit || it % kDykstraCheckEvery != 0) {
       iterate_once(chain);
       continue;
     }
@@ -733,6 +743,10 @@ SortedRows dykstra_sorted_rows(Form op, const Tensor& s, int64_t k, double l, in
 }
 
 }  // namespace
+
+bool reads_to_host(const Tensor& t) { return t.device().is_cpu() && !device_mode.load(std::memory_order_relaxed); }
+
+bool set_device_mode(bool enabled) { return device_mode.exchange(enabled); }
 
 SoftResult soft_topk_rows(Form op, const Tensor& rows, int64_t k, double l, double p, bool save) {
   return solve_sorted(op, rows, save, [&](const Tensor& s, const Tensor& x_sorted) {

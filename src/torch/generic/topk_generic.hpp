@@ -45,4 +45,18 @@ at::Tensor hard_topk_rows(Form form, const at::Tensor& rows, int64_t k);
 at::Tensor jacobian_product_rows(Form form, bool transpose, const at::Tensor& v_rows, const at::Tensor& x_rows,
                                  const at::Tensor& state_rows, double l, double p);
 
+// Whether the ATen path may read values of `t` back to the host: on the CPU
+// only, where a read costs nothing (the root finder's early exit, topk_loss's
+// eager label check). On every other device it reads nothing (no host sync:
+// the root finder runs its full count, checks are device-side assertions),
+// and neither does it on the CPU in device mode (below). Meta tensors: false.
+bool reads_to_host(const at::Tensor& t);
+
+// Device mode, a switch for tests (the private op
+// torch.ops.sparsetopk._generic_device_mode(bool)): while on, the ATen path
+// treats CPU tensors as it treats a device's (reads_to_host is false), so that
+// a CPU test can check that it calls no synchronizing op. Process-wide;
+// returns the previous setting.
+bool set_device_mode(bool enabled);
+
 }  // namespace sparsetopk::torch::generic
