@@ -1,15 +1,12 @@
 // The harness of cuda_on_cpu.hpp: launches, lanes (fibers or threads), block
 // barriers, warp operations and their checks.
 
-// The fibers switch with _setjmp/_longjmp between stacks, which the fortified
-// longjmp (__longjmp_chk) would take for stack smashing.
-#undef _FORTIFY_SOURCE
-
 #include "cuda_on_cpu.hpp"
 
-#include <setjmp.h>
 #include <sys/mman.h>
+#if !defined(__x86_64__) || defined(SPARSETOPK_HARNESS_UCONTEXT)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 #include <condition_variable>
@@ -45,11 +42,43 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
-// Under a sanitizer the fibers switch with swapcontext (the documented way for
-// the sanitizers' fiber annotations); otherwise with _setjmp/_longjmp, which
-// saves no signal mask (no system call per switch).
-#if defined(SPARSETOPK_HARNESS_ASAN) || defined(SPARSETOPK_HARNESS_TSAN)
-#define SPARSETOPK_HARNESS_SWAPCONTEXT 1
+// The fibers switch stacks with the few instructions below on x86-64 (save the
+// callee-saved registers and the floating-point control words on the old
+// stack, load them from the new one): no system call, no setjmp/longjmp (which
+// the sanitizers intercept as stack unwinding). Elsewhere: swapcontext.
+#if defined(__x86_64__) && !defined(SPARSETOPK_HARNESS_UCONTEXT)
+#define SPARSETOPK_HARNESS_ASM_SWITCH 1
+extern "C" void sparsetopk_harness_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl sparsetopk_harness_switch_stack
+    .hidden sparsetopk_harness_switch_stack
+    .type sparsetopk_harness_switch_stack, @function
+sparsetopk_harness_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size sparsetopk_harness_switch_stack, .-sparsetopk_harness_switch_stack
+)");
 #endif
 
 const char* cudaGetErrorString(cudaError_t error) {
@@ -86,11 +115,10 @@ constexpr std::size_t kStackBytes = std::size_t{256} << 10;
 
 // A context to switch to: a lane's fiber or the launching thread (the scheduler).
 struct Context {
-#if defined(SPARSETOPK_HARNESS_SWAPCONTEXT)
-  ucontext_t uc;
+#if defined(SPARSETOPK_HARNESS_ASM_SWITCH)
+  void* sp = nullptr;  // the saved stack pointer (sparsetopk_harness_switch_stack's frame)
 #else
-  jmp_buf jb;
-  ucontext_t uc;  // (the lane's first entry only)
+  ucontext_t uc;
 #endif
   const void* stack_bottom = nullptr;
   std::size_t stack_size = 0;
@@ -272,17 +300,13 @@ void switch_context(Context& from, Context& to, Lane* to_lane) {
 #if defined(SPARSETOPK_HARNESS_TSAN)
   __tsan_switch_to_fiber(to.tsan_fiber, 0);
 #endif
-#if defined(SPARSETOPK_HARNESS_SWAPCONTEXT)
   start_switch(&fake_stack, to);
-  swapcontext(&from.uc, &to.uc);
-  finish_switch(fake_stack);
+#if defined(SPARSETOPK_HARNESS_ASM_SWITCH)
+  sparsetopk_harness_switch_stack(&from.sp, to.sp);
 #else
-  if (_setjmp(from.jb) == 0) {
-    start_switch(&fake_stack, to);
-    _longjmp(to.jb, 1);
-  }
-  finish_switch(fake_stack);
+  swapcontext(&from.uc, &to.uc);
 #endif
+  finish_switch(fake_stack);
 }
 
 // The lane's last switch (its fiber ends).
@@ -294,11 +318,10 @@ void switch_context(Context& from, Context& to, Lane* to_lane) {
 #if defined(SPARSETOPK_HARNESS_ASAN)
   __sanitizer_start_switch_fiber(nullptr, to.stack_bottom, to.stack_size);
 #endif
-#if defined(SPARSETOPK_HARNESS_SWAPCONTEXT)
-  swapcontext(&from.uc, &to.uc);
+#if defined(SPARSETOPK_HARNESS_ASM_SWITCH)
+  sparsetopk_harness_switch_stack(&from.sp, to.sp);
 #else
-  (void)from;
-  _longjmp(to.jb, 1);
+  swapcontext(&from.uc, &to.uc);
 #endif
   std::abort();  // (never resumed)
 }
@@ -327,7 +350,7 @@ void run_lane_body(Launch& launch, Lane& lane) {
 void on_exit(Launch& launch, Lane& lane);
 
 // A lane's fiber: the kernel once per block, until the launch ends.
-void fiber_main() {
+[[noreturn]] void fiber_main() {
   Lane& lane = *self;
   Launch& launch = *active;
   finish_switch(nullptr, &launch.scheduler);  // (learns the launching thread's stack)
@@ -467,6 +490,33 @@ void for_each_block(dim3 grid, Each&& each) {
       for (unsigned x = 0; x < grid.x; ++x) each(uint3{x, y, z});
 }
 
+// A fresh fiber on the stack [bottom, bottom + size) that starts in fiber_main.
+void prepare(Context& context, void* bottom, std::size_t size) {
+#if defined(SPARSETOPK_HARNESS_ASM_SWITCH)
+  // The frame sparsetopk_harness_switch_stack pops, from the 16-byte aligned top down:
+  // a null return address (fiber_main never returns; the unwinders stop there),
+  // fiber_main (the `ret`), rbp = 0, rbx, r12..r15, then the control words.
+  auto* top = reinterpret_cast<std::uint64_t*>(
+      (reinterpret_cast<std::uintptr_t>(bottom) + size) & ~static_cast<std::uintptr_t>(15));
+  std::uint64_t* sp = top - 9;
+  std::memset(sp, 0, 9 * sizeof(std::uint64_t));
+  top[-2] = reinterpret_cast<std::uint64_t>(&fiber_main);
+  std::uint32_t mxcsr = 0;
+  std::uint16_t fpu = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpu));
+  std::memcpy(reinterpret_cast<char*>(sp), &mxcsr, sizeof mxcsr);
+  std::memcpy(reinterpret_cast<char*>(sp) + 4, &fpu, sizeof fpu);
+  context.sp = sp;
+#else
+  getcontext(&context.uc);
+  context.uc.uc_stack.ss_sp = bottom;
+  context.uc.uc_stack.ss_size = size;
+  context.uc.uc_link = nullptr;
+  makecontext(&context.uc, fiber_main, 0);
+#endif
+}
+
 void run_fibers(Launch& launch) {
   const std::size_t page = Stack::page_size();
   while (stack_cache.size() < launch.threads) {
@@ -492,19 +542,9 @@ void run_fibers(Launch& launch) {
 #if defined(SPARSETOPK_HARNESS_TSAN)
     context.tsan_fiber = __tsan_create_fiber(0);
 #endif
-    getcontext(&context.uc);
-    context.uc.uc_stack.ss_sp = stack_cache[id].bottom();
-    context.uc.uc_stack.ss_size = kStackBytes;
-    context.uc.uc_link = nullptr;
-    makecontext(&context.uc, fiber_main, 0);
+    prepare(context, stack_cache[id].bottom(), kStackBytes);
     // Prime the fiber: it learns the launching thread's stack, saves its own context and comes back at once.
-#if defined(SPARSETOPK_HARNESS_SWAPCONTEXT)
     switch_context(launch.scheduler, context, &lane);
-#else
-    set_self(&lane);
-    ++switches;
-    if (_setjmp(launch.scheduler.jb) == 0) setcontext(&context.uc);  // (no sanitizer here: nothing to annotate)
-#endif
   }
   set_self(nullptr);
   for_each_block(launch.grid, [&](uint3 index) {
