@@ -419,7 +419,8 @@ __global__ void atomics_kernel(Counters* c) {
   atomicOr(&c->bits_or, 1u << (i % 32));
   atomicAnd(&c->bits_and, ~(1u << (i % 16)));
   atomicXor(&c->bits_xor, i);
-  unsigned long long old = c->cas_sum, assumed;
+  // (the first read atomic too: a plain read racing with the atomics is a data race to ThreadSanitizer)
+  unsigned long long old = atomicAdd(&c->cas_sum, 0ULL), assumed;
   do {  // an add by compare-and-swap
     assumed = old;
     old = atomicCAS(&c->cas_sum, assumed, assumed + i);

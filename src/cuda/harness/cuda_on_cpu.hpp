@@ -370,6 +370,26 @@ inline unsigned int atomicDec(unsigned int* address, unsigned int limit) {
   return old;
 }
 
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+namespace sparsetopk::cuda::harness::detail {
+inline void fence() {
+#if defined(__SANITIZE_THREAD__)
+#define SPARSETOPK_HARNESS_TSAN_FENCE_ 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SPARSETOPK_HARNESS_TSAN_FENCE_ 1
+#endif
+#endif
+#if defined(SPARSETOPK_HARNESS_TSAN_FENCE_)
+  // (ThreadSanitizer does not model fences: a sequentially consistent read-modify-write instead)
+  static std::atomic<int> fence_word{0};
+  fence_word.fetch_add(0, std::memory_order_seq_cst);
+#undef SPARSETOPK_HARNESS_TSAN_FENCE_
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+}  // namespace sparsetopk::cuda::harness::detail
+
+inline void __threadfence() { ::sparsetopk::cuda::harness::detail::fence(); }
+inline void __threadfence_block() { ::sparsetopk::cuda::harness::detail::fence(); }
+inline void __threadfence_system() { ::sparsetopk::cuda::harness::detail::fence(); }
