@@ -233,18 +233,29 @@ T value_of(unsigned lane) {
   }
 }
 
+constexpr Kind kKinds[] = {Kind::idx, Kind::up, Kind::down, Kind::bfly};
+constexpr int kWidths[] = {32, 16, 8, 4, 2, 1};
+constexpr int kArgs[] = {0, 1, 3, 5, 16};
+constexpr int kCases = 4 * 6 * 5;
+
+// Every kind x width x argument, one after another: out[case * blockDim.x + thread]
 template <class T>
-__global__ void shuffle_kernel(T* out, Kind kind, int arg, int width) {
+__global__ void shuffle_kernel(T* out) {
   const unsigned lane = threadIdx.x % warpSize;
   const T mine = value_of<T>(lane);
-  T got{};
-  switch (kind) {
-    case Kind::idx: got = __shfl_sync(kFull, mine, static_cast<int>(lane) * 7 + arg, width); break;
-    case Kind::up: got = __shfl_up_sync(kFull, mine, static_cast<unsigned>(arg), width); break;
-    case Kind::down: got = __shfl_down_sync(kFull, mine, static_cast<unsigned>(arg), width); break;
-    case Kind::bfly: got = __shfl_xor_sync(kFull, mine, arg, width); break;
-  }
-  out[threadIdx.x] = got;
+  int c = 0;
+  for (Kind kind : kKinds)
+    for (int width : kWidths)
+      for (int arg : kArgs) {
+        T got{};
+        switch (kind) {
+          case Kind::idx: got = __shfl_sync(kFull, mine, static_cast<int>(lane) * 7 + arg, width); break;
+          case Kind::up: got = __shfl_up_sync(kFull, mine, static_cast<unsigned>(arg), width); break;
+          case Kind::down: got = __shfl_down_sync(kFull, mine, static_cast<unsigned>(arg), width); break;
+          case Kind::bfly: got = __shfl_xor_sync(kFull, mine, arg, width); break;
+        }
+        out[c++ * blockDim.x + threadIdx.x] = got;
+      }
 }
 
 // The lane whose value `lane` gets, by the CUDA programming guide's rules.
@@ -264,19 +275,19 @@ unsigned expected_source(Kind kind, unsigned lane, int arg, int width) {
 
 template <class T>
 void check_shuffles() {
-  for (Kind kind : {Kind::idx, Kind::up, Kind::down, Kind::bfly}) {
-    for (int width : {32, 16, 8, 4, 2, 1}) {
-      for (int arg : {0, 1, 3, 5, 16}) {
-        std::vector<T> out(64);
-        launch(shuffle_kernel<T>, 1, 64, 0, nullptr, out.data(), kind, arg, width);
+  std::vector<T> out(kCases * 64);
+  launch(shuffle_kernel<T>, 1, 64, 0, nullptr, out.data());
+  int c = 0;
+  for (Kind kind : kKinds)
+    for (int width : kWidths)
+      for (int arg : kArgs) {
         for (unsigned t = 0; t < 64; ++t) {
           const unsigned lane = t % 32;
-          EXPECT_EQ(out[t], value_of<T>(expected_source(kind, lane, arg, width)))
+          EXPECT_EQ(out[c * 64 + t], value_of<T>(expected_source(kind, lane, arg, width)))
               << "kind " << static_cast<int>(kind) << " width " << width << " arg " << arg << " lane " << lane;
         }
+        ++c;
       }
-    }
-  }
 }
 
 TEST_P(Harness, ShufflesInt) { check_shuffles<int>(); }

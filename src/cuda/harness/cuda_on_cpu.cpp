@@ -142,6 +142,13 @@ struct Lane : LaneContext {
   std::uint64_t result = 0;
   Context context;           // fibers
   std::condition_variable cv;  // threads
+  // ThreadSanitizer's happens-before at warp operations (threads mode): the
+  // lane releases arrive_token[parity] when it arrives, the lane completing the
+  // operation acquires those of the mask's lanes and releases each one's wake_token.
+  unsigned warp_ops = 0;
+  unsigned parity = 0;
+  char arrive_token[2] = {};
+  char wake_token[2] = {};
 };
 
 struct Warp {
@@ -182,6 +189,10 @@ struct Launch {
   std::mutex mutex;
   std::condition_variable start_cv, done_cv;
   unsigned long long generation = 0;
+  // ThreadSanitizer's happens-before (threads mode): block start and end, __syncthreads
+  unsigned long long barriers = 0;
+  char start_token = 0, end_token = 0;
+  char barrier_token[2] = {};
   // fibers
   Context scheduler;
 };
@@ -204,6 +215,65 @@ void set_self(Lane* lane) {
   self = lane;
   detail::current_lane = lane;
 }
+
+// ---- ThreadSanitizer in threads mode ----
+// The harness's own locking would order the lanes at random for ThreadSanitizer
+// (each lock hands happens-before from one lane to the next), hiding the
+// kernels' races. So in threads mode the harness's bookkeeping is invisible to
+// it (Quiet: no reads, writes or synchronization recorded), and happens-before
+// is stated where CUDA gives it: __syncthreads, warp operations, the block's
+// start and end (the blocks run one after another; __shared__ variables are
+// reused by the next block).
+#if defined(SPARSETOPK_HARNESS_TSAN)
+extern "C" {
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+}
+class Quiet {
+ public:
+  explicit Quiet(bool on) : on_(on) {
+    if (!on_) return;
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+  }
+  ~Quiet() {
+    if (!on_) return;
+    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+  Quiet(const Quiet&) = delete;
+  Quiet& operator=(const Quiet&) = delete;
+
+ private:
+  bool on_;
+};
+// (inside a Quiet, threads mode only)
+void happens_before_release(const Launch& launch, void* token) {
+  if (launch.mode != Mode::threads) return;
+  AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+  __tsan_release(token);
+  AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+}
+void happens_before_acquire(const Launch& launch, void* token) {
+  if (launch.mode != Mode::threads) return;
+  AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+  __tsan_acquire(token);
+  AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+}
+#else
+class Quiet {
+ public:
+  explicit Quiet(bool) {}
+};
+void happens_before_release(const Launch&, void*) {}
+void happens_before_acquire(const Launch&, void*) {}
+#endif
 
 // ---- errors in kernels: a message, then abort ----
 
@@ -393,6 +463,7 @@ std::unique_lock<std::mutex> lock_of(Launch& launch) {
 }
 
 void complete_barrier(Launch& launch) {
+  ++launch.barriers;
   launch.barrier_result = {launch.barrier_count, static_cast<int>(launch.barrier_arrived)};
   launch.barrier_arrived = 0;
   launch.barrier_count = 0;
@@ -406,7 +477,9 @@ void complete_barrier(Launch& launch) {
 }
 
 void on_exit(Launch& launch, Lane& lane) {
+  Quiet quiet(launch.mode == Mode::threads);
   auto lock = lock_of(launch);
+  happens_before_release(launch, &launch.end_token);
   lane.exited = true;
   --launch.live;
   Warp& warp = launch.warps[lane.id / kWarp];
@@ -569,25 +642,30 @@ void run_threads(Launch& launch) {
       set_self(&lane);
       in_kernel = true;
       unsigned long long seen = 0;
-      std::unique_lock<std::mutex> lock(launch.mutex);
       for (;;) {
-        launch.start_cv.wait(lock, [&] { return launch.quit || launch.generation != seen; });
-        if (launch.quit) break;
-        seen = launch.generation;
-        lock.unlock();
+        {
+          Quiet quiet(true);
+          std::unique_lock<std::mutex> lock(launch.mutex);
+          launch.start_cv.wait(lock, [&] { return launch.quit || launch.generation != seen; });
+          if (launch.quit) break;
+          seen = launch.generation;
+          happens_before_acquire(launch, &launch.start_token);
+        }
         run_lane_body(launch, lane);
-        on_exit(launch, lane);  // (locks)
-        lock.lock();
+        on_exit(launch, lane);
       }
     });
   }
   {
+    Quiet quiet(true);
     std::unique_lock<std::mutex> lock(launch.mutex);
     for_each_block(launch.grid, [&](uint3 index) {
       start_block(launch, index);
+      happens_before_release(launch, &launch.start_token);
       ++launch.generation;
       launch.start_cv.notify_all();
       launch.done_cv.wait(lock, [&] { return launch.live == 0; });
+      happens_before_acquire(launch, &launch.end_token);
     });
     launch.quit = true;
     launch.start_cv.notify_all();
@@ -688,7 +766,10 @@ void run_erased(void (*body)(void*), void* data, dim3 grid, dim3 block, std::siz
 BarrierResult block_barrier(int predicate) {
   Lane& lane = me();
   Launch& launch = *active;
+  Quiet quiet(launch.mode == Mode::threads);
   auto lock = lock_of(launch);
+  void* token = &launch.barrier_token[launch.barriers & 1];
+  happens_before_release(launch, token);
   lane.at_barrier = true;
   lane.blocked = true;
   ++launch.blocked;
@@ -700,12 +781,14 @@ BarrierResult block_barrier(int predicate) {
     if (launch.blocked == launch.live) deadlock(launch, lane);
     wait_released(launch, lane, lock);
   }
+  happens_before_acquire(launch, token);
   return launch.barrier_result;
 }
 
 unsigned active_mask() {
   Lane& lane = me();
   Launch& launch = *active;
+  Quiet quiet(launch.mode == Mode::threads);
   auto lock = lock_of(launch);
   const Warp& warp = launch.warps[lane.id / kWarp];
   return warp.existing & ~warp.exited;
@@ -714,6 +797,7 @@ unsigned active_mask() {
 std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width, int size) {
   Lane& lane = me();
   Launch& launch = *active;
+  Quiet quiet(launch.mode == Mode::threads);
   auto lock = lock_of(launch);
   const unsigned index = lane.id % kWarp;
   const unsigned base = lane.id - index;
@@ -737,12 +821,15 @@ std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, in
   lane.width = width;
   lane.size = size;
   lane.value = value;
+  lane.parity = lane.warp_ops++ & 1u;
+  happens_before_release(launch, &lane.arrive_token[lane.parity]);
   lane.blocked = true;
   ++launch.blocked;
   warp.waiting |= bit;
   if (group & ~warp.waiting) {  // others of the mask still to come
     if (launch.blocked == launch.live) deadlock(launch, lane);
     wait_released(launch, lane, lock);
+    happens_before_acquire(launch, &lane.wake_token[lane.parity]);
     return lane.result;
   }
   // The whole mask is here: check that all wait on the same operation, then give each its result.
@@ -757,6 +844,8 @@ std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, in
                std::to_string(other.width) + ", " + std::to_string(other.size) + "-byte value)",
            true);
   }
+  for (unsigned l = 0; l < kWarp; ++l)
+    if (group >> l & 1u) happens_before_acquire(launch, &launch.lanes[base + l].arrive_token[launch.lanes[base + l].parity]);
   std::uint64_t ballot = 0;
   if (op == WarpOp::vote) {
     for (unsigned l = 0; l < kWarp; ++l)
@@ -793,6 +882,7 @@ std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, in
       lane.blocked = false;
       --launch.blocked;
     } else {
+      happens_before_release(launch, &other.wake_token[other.parity]);
       release(launch, other);
     }
   }
