@@ -19,11 +19,20 @@
 #include "dialect.hpp"  // src/cuda, through the sparsetopk_cuda_harness target
 
 #if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
+#if __has_feature(address_sanitizer)
+#define ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
 #endif
 #endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#endif
+#if defined(ASAN) || defined(TSAN)
 #define SANITIZED 1
 #endif
 
@@ -623,6 +632,55 @@ TEST_F(HarnessDeathTest, MismatchedMasks) {
   std::vector<int> out(32);
   EXPECT_DEATH(launch(mismatched_masks_kernel, 1, 32, 0, nullptr, out.data()), "mismatched warp operations");
 }
+
+// ---- the sanitizers see into the lanes ----
+
+#if defined(ASAN)
+__global__ void stack_overflow_kernel(int* out, int k) {
+  int local[8];
+  for (int i = 0; i < 8; ++i) local[i] = i + static_cast<int>(threadIdx.x);
+  __syncwarp();  // (the lanes switch here)
+  const int* p = local;  // (through a pointer: for ASan, not UBSan's bounds check)
+  out[threadIdx.x] = p[k];
+  __syncwarp();
+}
+
+TEST_F(HarnessDeathTest, AddressSanitizerInFibers) {
+  std::vector<int> out(4);
+  launch(stack_overflow_kernel, 1, 4, 0, nullptr, out.data(), 7);
+  EXPECT_EQ(out[3], 10);
+  EXPECT_DEATH(launch(stack_overflow_kernel, 1, 4, 0, nullptr, out.data(), 8), "stack-buffer-overflow");
+}
+#endif
+
+#if defined(TSAN)
+__global__ void racy_kernel(int* out) {
+  __shared__ int value;
+  if (threadIdx.x == 1) value = 5;  // no __syncthreads between the write and the read
+  if (threadIdx.x == 0) *out = value;
+}
+
+__global__ void synchronized_kernel(int* out) {
+  __shared__ int value;
+  if (threadIdx.x == 1) value = 5;
+  __syncthreads();
+  if (threadIdx.x == 0) *out = value;
+}
+
+TEST_F(HarnessDeathTest, ThreadSanitizerInThreads) {
+  harness::set_mode(Mode::threads);
+  int out = 0;
+  for (int i = 0; i < 5; ++i) launch(synchronized_kernel, 1, 2, 0, nullptr, &out);
+  EXPECT_EQ(out, 5);
+  // (TSan exits with 66 once it has reported, at the race with halt_on_error=1, else at exit)
+  EXPECT_EXIT(
+      {
+        for (int i = 0; i < 5; ++i) launch(racy_kernel, 1, 2, 0, nullptr, &out);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(66), "data race");
+}
+#endif
 
 }  // namespace
 }  // namespace sparsetopk::cuda
