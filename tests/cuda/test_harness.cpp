@@ -640,7 +640,7 @@ __global__ void stack_overflow_kernel(int* out, int k) {
   int local[8];
   for (int i = 0; i < 8; ++i) local[i] = i + static_cast<int>(threadIdx.x);
   __syncwarp();  // (the lanes switch here)
-  const int* p = local;  // (through a pointer: for ASan, not UBSan's bounds check)
+  int* volatile p = local;  // (through an opaque pointer: for ASan, not UBSan's bounds checks)
   out[threadIdx.x] = p[k];
   __syncwarp();
 }
