@@ -609,6 +609,17 @@ TEST_F(HarnessDeathTest, ShuffleNamingAnExitedLane) {
   EXPECT_DEATH(launch(exited_lane_kernel, 1, 32, 0, nullptr, out.data()), "exited.*\n.*block \\(0, 0, 0\\), warp 0");
 }
 
+__global__ void exits_while_named_kernel(int* out) {
+  if (threadIdx.x == 1) return;  // lane 0 (first to run) already waits on it
+  out[threadIdx.x] = __shfl_sync(kFull, static_cast<int>(threadIdx.x), 1);
+}
+
+TEST_F(HarnessDeathTest, LaneExitsWhileAShuffleNamesIt) {
+  std::vector<int> out(32);
+  EXPECT_DEATH(launch(exits_while_named_kernel, 1, 32, 0, nullptr, out.data()),
+               "exited while lane 0 of its warp waits on __shfl_sync");
+}
+
 __global__ void divergent_barrier_kernel(int* out) {
   if (threadIdx.x == 0) {
     __syncthreads();  // lane 0 at the block barrier, the others at a warp sync that needs lane 0
