@@ -6,8 +6,10 @@
 #   then the wheel: `pip wheel .` against .venv's torch, installed alone into a fresh
 #   environment next to that torch (tests/python/test_wheel.py);
 #   2. the libFuzzer targets of fuzz/ (clang), FUZZ_SECONDS each (default 30);
-#   3. the core and CLI suites under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   4. the threaded tests under ThreadSanitizer.
+#   3. the core and CLI suites, and the CUDA kernels on the CPU harness (kernel_selftest_cpu),
+#      under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   4. the threaded tests under ThreadSanitizer, with the CUDA kernels on the CPU harness's
+#      real threads (src/cuda/harness, kernel_selftest_cpu --check --smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -42,5 +44,7 @@ ctest --preset asan -j "$jobs"
 
 echo "== ThreadSanitizer: threaded paths =="
 cmake --preset tsan > /dev/null
-cmake --build --preset tsan -j "$jobs" --target test_concurrency test_soft_topk > build-tsan.log 2>&1 || { tail -50 build-tsan.log; exit 1; }
-ctest --preset tsan -j "$jobs" -R "ThreadCount|Thread|Bitwise"
+cmake --build --preset tsan -j "$jobs" --target test_concurrency test_soft_topk test_harness kernel_selftest_cpu \
+  > build-tsan.log 2>&1 || { tail -50 build-tsan.log; exit 1; }
+# (the CUDA harness runs each CUDA thread on a real thread under TSan: its tests and the kernels' smoke cases)
+ctest --preset tsan -j "$jobs" -R "ThreadCount|Thread|Bitwise|Harness"

@@ -1,115 +1,66 @@
 #pragma once
-// The hand-written CUDA kernels (UNVERIFIED: compiled and linked, never run on
-// a GPU; opt-in only, see docs/gpu.md). Plain C++ interface, no torch: the
-// callers (the torch adapter src/torch/cuda/cuda_kernel.cpp, the JAX adapter
-// src/jax/cuda_handlers.cpp) own every buffer, pass device pointers and the
-// stream, and nothing here allocates or synchronizes with the host.
+// The hand-written CUDA kernels (UNVERIFIED on a GPU: compiled and linked,
+// run on the CPU harness (harness/cuda_on_cpu.hpp) in CI, never on a device;
+// opt-in only, see docs/gpu.md). Plain C++ interface, no torch: the callers
+// (the torch adapter src/torch/cuda/cuda_kernel.cpp, the JAX adapter
+// src/jax/cuda_handlers.cpp, src/cuda/kernel_selftest.cpp) own every
+// buffer, pass device pointers and the stream, and nothing here allocates or
+// synchronizes with the host.
 //
 // Rows are [rows, n] contiguous, float or double (half types are converted to
-// float by the caller). Per row:
-//   1. select the k-th largest key (x for the mask, |x| for the magnitude) by
-//      radix passes over its order-preserving bits, grid-wide (several blocks
-//      per row for long rows, one for short ones), then the (k+1)-th;
-//   2. soft ops: the core's window bounds around them (band_solve.hpp); the
-//      entries inside go to a per-row buffer, the others get their output;
-//      the windows are sorted (CUB segmented sort) and one thread per row runs
-//      the core's band solver (solve_mask_band / solve_mag_band) on its window
-//      and records the row's RowState as the core's topk.cpp does;
-//   3. hard ops: the column of the k-th entry in sorted order (the
-//      remaining-th key equal to s_k, by a block scan), then each entry kept
-//      or not by the core's rule (hard_topk.hpp).
-// Derivatives: one block per row at the saved RowState, the band's c_i
-// recomputed from x (band.hpp), SPEC.md's pivoted block Jacobian (jacobian.hpp).
+// float by the caller). Each op is ONE launch: a team of threads per row
+// (team.hpp) — a warp for rows of up to kWarpRowSize entries, a block for
+// longer ones — runs the whole row (team_rows.hpp): radix selection of the
+// k-th and (k+1)-th keys, the core's window bounds, the split, a bitonic sort
+// of the window, and the core's band solver (solve_mask_band /
+// solve_mag_band) on one thread, which records the row's RowState as the
+// core's topk.cpp does. The derivatives: the same teams, the band's c_i
+// recomputed from x at the saved RowState (saved_band.hpp).
+//
+// Built twice from topk_kernels_impl.hpp: by nvcc (topk_kernels.cu, the
+// library sparsetopk_cuda_kernels) and as host C++ on the harness
+// (topk_kernels_cpu.cpp, sparsetopk_cuda_kernels_cpu, for the tests).
 
 #include <cstddef>
-#include <cstdint>
-
-#include <cuda_runtime_api.h>
 
 #include <sparsetopk/form.hpp>
 #include <sparsetopk/row_state.hpp>
+#include <sparsetopk/topk.hpp>
+
+// cudaStream_t: the CUDA runtime's, or the CPU harness's where the kernels are
+// built for it (sparsetopk_cuda_kernels_cpu defines SPARSETOPK_CUDA_HARNESS).
+#if defined(SPARSETOPK_CUDA_HARNESS)
+#include "harness/cuda_on_cpu.hpp"
+#else
+#include <cuda_runtime_api.h>
+#endif
 
 namespace sparsetopk::cuda {
 
-// Per-row selection state, each array [rows] (histogram [rows, 256]); `prefix`
-// and `next` hold keys' order-preserving bits, 4 bytes (float) or 8 (double).
-struct Selection {
-  void* prefix;                   // the k-th key's bits, built digit by digit
-  void* next;                     // the (k+1)-th key's bits
-  long long* remaining;           // the k-th key's rank among the keys equal to it (1-based)
-  long long* ties;                // how many keys equal the k-th
-  unsigned long long* histogram;  // the current radix digit's counts
-  int* flags;                     // 1: the row holds a NaN (hard) or a non-finite value (soft)
-};
+// Rows of up to this many entries get a warp each; longer rows a block.
+constexpr long long kWarpRowSize = 1024;
 
-// Scratch of the soft forward pass: per row [rows] (begin, end: [rows] int64
-// offsets into the [rows, n] buffers), per entry [rows * n].
-struct Window {
-  double* above;            // keys >= above: among the k largest, outside the window
-  double* below;            // keys <= below: zero, outside the window
-  long long* count_above;
-  long long* size;          // entries in the window
-  long long* begin;         // r * n
-  long long* end;           // r * n + size
-  double* keys;             // gathered window keys, then sorted into keys_sorted
-  long long* index;         // their columns, sorted into index_sorted
-  double* keys_sorted;
-  long long* index_sorted;
-  void* blocks;             // PAV's stack: rows * n PavBlocks (general p too: its near-ties go to PAV)
-};
-
-// Bytes of one PavBlock (the PAV stack entry), for sizing Window::blocks.
-std::size_t pav_block_bytes();
-// Bytes of CUB scratch the segmented sort of rows * n entries needs.
-std::size_t sort_scratch_bytes(long long rows, long long n);
-
-// Fills the selection of the k-th and (k+1)-th keys (needs 0 < k < n) and the row flags.
-template <class T>
-void select_keys(Form form, bool soft, const T* x, long long rows, long long n, long long k,
-                 const Selection& selection, cudaStream_t stream);
-
-// Only the row flags (k = 0 or k = n: no selection).
-template <class T>
-void flag_rows(bool soft, const T* x, long long rows, long long n, int* flags, cudaStream_t stream);
-
-// The scratch of the hard operators (one buffer, as SoftScratch below).
-struct HardScratch {
-  Selection selection;
-  long long* tie_counts;  // [rows * blocks_per_row(n)]
-  long long* kth_index;   // [rows]: the column of each row's k-th entry in sorted order
-};
-long long blocks_per_row(long long n);
-
-// hard_topk_mask / hard_topk_mag of SPEC.md; `scratch.selection` as
-// select_keys left it (or only its flags, for k = 0 and k = n).
-template <class T>
-void hard_forward(Form form, const T* x, long long rows, long long n, long long k, const HardScratch& scratch,
-                  T* out, cudaStream_t stream);
-
-// soft_topk_mask / soft_topk_mag of SPEC.md, and with state != nullptr each
-// row's RowState [rows] as the core's soft_topk_* writes it (topk.cpp): gamma,
-// W_B and unchanged_from of band_state(), the band's first and last entries;
-// a row holding a non-finite value: gamma = unchanged_from = NaN; rows of
-// n = 0 entries: gamma = -inf, unchanged_from = +inf, no band (as the torch
-// CPU kernels write them). `selection` as select_keys or flag_rows left it.
-template <class T>
-void soft_forward(Form form, const T* x, long long rows, long long n, long long k, double l, double p,
-                  const Selection& selection, const Window& window, void* sort_scratch, std::size_t sort_bytes,
-                  T* out, RowState* state, cudaStream_t stream);
-
-// The scratch of one soft call carved from a single device buffer of
-// *_scratch_bytes(...) bytes (256-byte aligned, as every CUDA allocator gives),
-// so that each adapter makes one allocation from its framework's allocator.
-struct SoftScratch {
-  Selection selection;
-  Window window;
-  void* sort;
-  std::size_t sort_bytes;
-};
+// Bytes of device scratch a soft forward over [rows, n] needs: per entry
+// its window key and column and a PAV stack entry (used by the rows whose
+// window holds them). Pass a buffer of at least this size, 256-byte aligned
+// (every CUDA allocator's alignment).
 std::size_t soft_scratch_bytes(long long rows, long long n);
-SoftScratch soft_scratch(void* base, long long rows, long long n);
-std::size_t hard_scratch_bytes(long long rows, long long n);
-HardScratch hard_scratch(void* base, long long rows, long long n);
+
+// soft_topk_mask / soft_topk_mag of SPEC.md on every row, and with state !=
+// nullptr each row's RowState [rows] as the core's soft_topk_* writes it
+// (topk.cpp): gamma, W_B and unchanged_from of band_state(), the band's
+// first and last entries; a row holding a non-finite value: NaN outputs,
+// gamma = unchanged_from = NaN; rows of n = 0 entries: gamma = -inf,
+// unchanged_from = +inf, no band (as the torch CPU kernels write them).
+// solver: automatic or threshold (select, then the window), or pav (the
+// whole row sorted), as the core.
+template <class T>
+void soft_forward(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
+                  double p, void* scratch, T* out, RowState* state, cudaStream_t stream);
+
+// hard_topk_mask / hard_topk_mag of SPEC.md on every row. No scratch.
+template <class T>
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, T* out, cudaStream_t stream);
 
 // J^T v (transpose) or J v at the state [rows] that the soft forward pass on x
 // [rows, n] left, with its l and p: each band entry's c_i is recomputed from x

@@ -72,38 +72,24 @@ void* allocate(ffi::ScratchAllocator& scratch, std::size_t bytes) {
   return *pointer;
 }
 
-template <class T>
-void select_or_flag(Form form, bool soft, const T* x, Rows rows, int64_t k, const cuda::Selection& selection,
-                    cudaStream_t stream) {
-  if (k > 0 && k < rows.n) cuda::select_keys<T>(form, soft, x, rows.count, rows.n, k, selection, stream);
-  else cuda::flag_rows<T>(soft, x, rows.count, rows.n, selection.flags, stream);
-}
+// The kernels' solver for the handler's solver argument: "pav" sorts the whole
+// row; "auto" and "threshold" select the window first (as the core).
+Solver kernel_solver(std::string_view solver) { return solver == "pav" ? Solver::pav : Solver::threshold; }
 
 template <class T>
-void soft_typed(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
-                Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l, double p) {
-  const T* x_data = static_cast<const T*>(x.untyped_data());
+void soft_typed(Form form, Solver solver, cudaStream_t stream, ffi::ScratchAllocator& scratch,
+                const ffi::AnyBuffer& x, Rows rows, ffi::AnyBuffer& out, ffi::AnyBuffer* state, int64_t k, double l,
+                double p) {
   RowState* states = state ? static_cast<RowState*>(state->untyped_data()) : nullptr;
-  if (rows.n == 0) {  // only the states of the empty rows (soft_forward reads no scratch then)
-    if (states) cuda::soft_forward<T>(form, x_data, rows.count, 0, k, l, p, cuda::Selection{}, cuda::Window{},
-                                      nullptr, 0, static_cast<T*>(out.untyped_data()), states, stream);
-    return;
-  }
-  const cuda::SoftScratch parts =
-      cuda::soft_scratch(allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
-  select_or_flag<T>(form, /*soft=*/true, x_data, rows, k, parts.selection, stream);
-  cuda::soft_forward<T>(form, x_data, rows.count, rows.n, k, l, p, parts.selection, parts.window, parts.sort,
-                        parts.sort_bytes, static_cast<T*>(out.untyped_data()), states, stream);
+  cuda::soft_forward<T>(form, solver, static_cast<const T*>(x.untyped_data()), rows.count, rows.n, k, l, p,
+                        allocate(scratch, cuda::soft_scratch_bytes(rows.count, rows.n)),
+                        static_cast<T*>(out.untyped_data()), states, stream);
 }
 
 template <class T>
-void hard_typed(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
-                Rows rows, ffi::AnyBuffer& out, int64_t k) {
-  const T* x_data = static_cast<const T*>(x.untyped_data());
-  const cuda::HardScratch parts =
-      cuda::hard_scratch(allocate(scratch, cuda::hard_scratch_bytes(rows.count, rows.n)), rows.count, rows.n);
-  select_or_flag<T>(form, /*soft=*/false, x_data, rows, k, parts.selection, stream);
-  cuda::hard_forward<T>(form, x_data, rows.count, rows.n, k, parts, static_cast<T*>(out.untyped_data()), stream);
+void hard_typed(Form form, cudaStream_t stream, const ffi::AnyBuffer& x, Rows rows, ffi::AnyBuffer& out, int64_t k) {
+  cuda::hard_forward<T>(form, static_cast<const T*>(x.untyped_data()), rows.count, rows.n, k,
+                        static_cast<T*>(out.untyped_data()), stream);
 }
 
 ffi::Error soft(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x,
@@ -117,8 +103,8 @@ ffi::Error soft(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, 
     check_solver(solver);
     if (rows.count == 0) return;
     if (x.element_type() == ffi::DataType::F64)
-      soft_typed<double>(form, stream, scratch, x, rows, out, state, k, l, p);
-    else soft_typed<float>(form, stream, scratch, x, rows, out, state, k, l, p);
+      soft_typed<double>(form, kernel_solver(solver), stream, scratch, x, rows, out, state, k, l, p);
+    else soft_typed<float>(form, kernel_solver(solver), stream, scratch, x, rows, out, state, k, l, p);
   });
 }
 
@@ -137,15 +123,15 @@ ffi::Error soft_with_state_entry(cudaStream_t stream, ffi::ScratchAllocator scra
 }
 
 template <Form form>
-ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator /*scratch*/, ffi::AnyBuffer x,
                       ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return guarded([&] {
     check_types(x, {&*out});
     const Rows rows = rows_of(x);
     checked_k(k, static_cast<std::size_t>(rows.n));
     if (rows.count * rows.n == 0) return;
-    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(form, stream, scratch, x, rows, *out, k);
-    else hard_typed<float>(form, stream, scratch, x, rows, *out, k);
+    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(form, stream, x, rows, *out, k);
+    else hard_typed<float>(form, stream, x, rows, *out, k);
   });
 }
 

@@ -68,26 +68,14 @@ const RowState* states_of(const Tensor& state_rows) {
 }
 
 template <class T>
-void select_or_flag(Form form, bool soft, const Tensor& rows, int64_t k, const cuda::Selection& selection,
-                    cudaStream_t stream) {
-  const int64_t r = rows.size(0), n = rows.size(1);
-  const T* x = rows.data_ptr<T>();
-  if (k > 0 && k < n) cuda::select_keys<T>(form, soft, x, r, n, k, selection, stream);
-  else cuda::flag_rows<T>(soft, x, r, n, selection.flags, stream);
-}
-
-template <class T>
 generic::SoftResult soft_rows_as(Form form, const Tensor& rows, int64_t k, double l, double p, bool save) {
   const int64_t r = rows.size(0), n = rows.size(1);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Tensor scratch = scratch_bytes(rows, cuda::soft_scratch_bytes(r, n));
-  const cuda::SoftScratch parts = cuda::soft_scratch(scratch.data_ptr(), r, n);
-  select_or_flag<T>(form, /*soft=*/true, rows, k, parts.selection, stream);
   generic::SoftResult result{at::empty_like(rows), {}};
   if (save) result.row_state = at::empty({r, kStateSize}, rows.options().dtype(at::kDouble));
-  cuda::soft_forward<T>(form, rows.data_ptr<T>(), r, n, k, l, p, parts.selection, parts.window, parts.sort,
-                        parts.sort_bytes, result.out.data_ptr<T>(), save ? states_of(result.row_state) : nullptr,
-                        stream);
+  cuda::soft_forward<T>(form, sparsetopk::Solver::automatic, rows.data_ptr<T>(), r, n, k, l, p, scratch.data_ptr(),
+                        result.out.data_ptr<T>(), save ? states_of(result.row_state) : nullptr,
+                        at::cuda::getCurrentCUDAStream());
   return result;
 }
 
@@ -100,13 +88,9 @@ generic::SoftResult soft_rows(Form form, const Tensor& rows, int64_t k, double l
 
 template <class T>
 Tensor hard_rows_as(Form form, const Tensor& rows, int64_t k) {
-  const int64_t r = rows.size(0), n = rows.size(1);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Tensor scratch = scratch_bytes(rows, cuda::hard_scratch_bytes(r, n));
-  const cuda::HardScratch parts = cuda::hard_scratch(scratch.data_ptr(), r, n);
-  select_or_flag<T>(form, /*soft=*/false, rows, k, parts.selection, stream);
   Tensor out = at::empty_like(rows);
-  cuda::hard_forward<T>(form, rows.data_ptr<T>(), r, n, k, parts, out.data_ptr<T>(), stream);
+  cuda::hard_forward<T>(form, rows.data_ptr<T>(), rows.size(0), rows.size(1), k, out.data_ptr<T>(),
+                        at::cuda::getCurrentCUDAStream());
   return out;
 }
 

@@ -1,0 +1,339 @@
+#pragma once
+// One row of each operator, computed by a team (team.hpp): the pieces a team
+// does together (selection of the k-th key, the split at the window, the sort
+// of the window, reductions over the row), around the core's per-row
+// functions (src/core/row: window_bounds, separated_keys, solve_mask_band /
+// solve_mag_band, band_state, hard_kept, the band's c_i and the Jacobian
+// entries), which one thread runs where they are sequential. The CUDA kernels
+// and the CPU harness run this same code. UNVERIFIED on a GPU (docs/gpu.md).
+
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include "band.hpp"
+#include "band_solve.hpp"
+#include "block_equation.hpp"
+#include "hard_topk.hpp"
+#include "radix_select.hpp"
+#include "saved_band.hpp"
+#include "sorted_order.hpp"
+#include "sparsetopk/row_state.hpp"
+#include "sparsetopk/topk.hpp"
+#include "team.hpp"
+
+namespace sparsetopk::cuda {
+
+// A row's scratch in device memory: the window's keys and columns (n each),
+// PAV's stack (n blocks).
+struct RowScratch {
+  double* keys;
+  long long* index;
+  detail::PavBlock* blocks;
+};
+
+// The k-th largest key (its bits, value, and rank among its ties) and the (k+1)-th.
+template <class T>
+struct KthKeys {
+  BitsOf<T> kth;
+  long long remaining;  // the k-th entry's rank among the keys equal to s_k (1-based)
+  double s_k, s_next;
+};
+
+// Radix selection over the keys' order-preserving bits (radix_select.hpp):
+// one pass per 8-bit digit, the team counting the digits of the keys that
+// match the prefix so far into shared memory; then the (k+1)-th key: a tie
+// of s_k, or the largest key below it. Needs 0 < k < n.
+template <class T, class Team>
+__device__ KthKeys<T> select_kth_keys(const Team& team, Form form, const T* row, long long n, long long k,
+                                      bool with_next) {
+  using U = BitsOf<T>;
+  unsigned* counts = team.counts();
+  U prefix = 0;
+  long long remaining = k, ties = 0;
+  for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    for (unsigned d = team.rank(); d < static_cast<unsigned>(kRadixSize); d += team.size()) counts[d] = 0;
+    team.sync();
+    for (long long i = team.rank(); i < n; i += team.size()) {
+      const U e = encode(key_of(form, row[i]));
+      if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+    }
+    team.sync();
+    choose_digit(counts, shift, prefix, remaining, ties);  // every thread: the same digit
+    team.sync();
+  }
+  U next = prefix;
+  if (with_next && ties <= remaining) {  // no tie of s_k is left for position k + 1
+    U best = 0;
+    for (long long i = team.rank(); i < n; i += team.size()) {
+      const U e = encode(key_of(form, row[i]));
+      if (e < prefix && e > best) best = e;
+    }
+    next = team.all_reduce(best, Max{});
+  }
+  return {prefix, remaining, static_cast<double>(decode<T>(prefix)), static_cast<double>(decode<T>(next))};
+}
+
+// The first (first = true) or last entry in sorted order among the keys equal
+// to `key`, as (key with its sign of zero, column): the lowest or highest column.
+template <class T, class Team>
+__device__ double tied_key_at_end(const Team& team, Form form, const T* row, long long n, double key, bool first) {
+  long long found = first ? LLONG_MAX : -1;
+  for (long long i = team.rank(); i < n; i += team.size())
+    if (static_cast<double>(detail::sort_key(form, row[i])) == key) found = first ? (i < found ? i : found) : i;
+  found = first ? team.all_reduce(found, Min{}) : team.all_reduce(found, Max{});
+  return static_cast<double>(detail::sort_key(form, static_cast<double>(row[found])));
+}
+
+// The entry of the row first (largest key, lowest column) or last in sorted order.
+struct SortedEnd {
+  double key;
+  long long index;
+};
+struct FirstInOrder {
+  __device__ SortedEnd operator()(SortedEnd a, SortedEnd b) const {
+    return detail::sorted_before(a.key, a.index, b.key, b.index) ? a : b;
+  }
+};
+struct LastInOrder {
+  __device__ SortedEnd operator()(SortedEnd a, SortedEnd b) const {
+    return detail::sorted_before(a.key, a.index, b.key, b.index) ? b : a;
+  }
+};
+
+template <class T>
+__device__ T top_value(Form form, T x) {
+  return form == Form::magnitude ? x : T(1);
+}
+
+// Splits the row at the window (above, below): entries with key >= above get
+// their top value, those with key <= below 0, and the others go to the
+// window buffer in column order. Returns the window's size; count_above the
+// entries above it.
+template <class T, class Team>
+__device__ long long split_at_window(const Team& team, Form form, const T* row, long long n, double above,
+                                     double below, RowScratch scratch, T* out, long long& count_above) {
+  long long m = 0, mine_above = 0;
+  for (long long base = 0; base < n; base += team.size()) {
+    const long long i = base + team.rank();
+    const double key = i < n ? static_cast<double>(detail::sort_key(form, row[i])) : 0.0;
+    const bool inside = i < n && key > below && key < above;
+    unsigned total = 0;
+    const unsigned slot = team.exclusive_count(inside, total);
+    if (inside) {
+      scratch.keys[m + slot] = key;
+      scratch.index[m + slot] = i;
+    } else if (i < n) {
+      const bool top = key >= above;
+      mine_above += top;
+      out[i] = top ? top_value(form, row[i]) : T(0);
+    }
+    m += total;
+  }
+  count_above = team.all_reduce(mine_above, Sum{});
+  return m;
+}
+
+// Sorts the window's m entries (key descending, ties by the lower column:
+// sorted_order.hpp) in place, by a bitonic network whose comparators all put
+// the earlier entry first, so that missing entries past m (as if -inf) never
+// move and their comparators are skipped.
+template <class Team>
+__device__ void sort_window(const Team& team, RowScratch scratch, long long m) {
+  long long width = 1;
+  while (width < m) width *= 2;
+  const auto exchange = [&](long long a, long long b) {
+    if (b >= m) return;
+    const double key_a = scratch.keys[a], key_b = scratch.keys[b];
+    const long long index_a = scratch.index[a], index_b = scratch.index[b];
+    if (detail::sorted_before(key_b, index_b, key_a, index_a)) {
+      scratch.keys[a] = key_b, scratch.index[a] = index_b;
+      scratch.keys[b] = key_a, scratch.index[b] = index_a;
+    }
+  };
+  for (long long size = 2; size <= width; size *= 2) {
+    const long long half = size / 2;
+    for (long long c = team.rank(); c < width / 2; c += team.size()) {  // the mirror step
+      const long long start = (c / half) * size, offset = c % half;
+      exchange(start + offset, start + size - 1 - offset);
+    }
+    team.sync();
+    for (long long stride = half / 2; stride > 0; stride /= 2) {
+      for (long long c = team.rank(); c < width / 2; c += team.size()) {
+        const long long a = (c / stride) * 2 * stride + c % stride;
+        exchange(a, a + stride);
+      }
+      team.sync();
+    }
+  }
+}
+
+// A row of singleton blocks only, for k = 0 or k = n: every output is its
+// w_i (0, or the top value), and the state is what band_state gives the
+// core's sorted row (topk.cpp): gamma the key at sorted position k (-inf for
+// k = n), unchanged_from the key at position k - 1 (+inf for k = 0).
+template <class T, class Team>
+__device__ void soft_singleton_row(const Team& team, Form form, const T* row, long long n, long long k, T* out,
+                                   RowState* state) {
+  const bool all = k == n;
+  SortedEnd mine{-detail::kInf, LLONG_MAX};
+  if (all) mine = {detail::kInf, -1};
+  for (long long i = team.rank(); i < n; i += team.size()) {
+    out[i] = all ? top_value(form, row[i]) : T(0);
+    const SortedEnd entry{static_cast<double>(detail::sort_key(form, row[i])), i};
+    mine = all ? LastInOrder{}(mine, entry) : FirstInOrder{}(mine, entry);
+  }
+  const SortedEnd end = all ? team.all_reduce(mine, LastInOrder{}) : team.all_reduce(mine, FirstInOrder{});
+  if (state && team.rank() == 0)
+    *state = all ? RowState{.gamma = -detail::kInf, .block_weight = 0.0, .unchanged_from = end.key}
+                 : RowState{.gamma = end.key, .block_weight = 0.0, .unchanged_from = detail::kInf};
+}
+
+// A row whose s_k and s_{k+1} are separated (separated_keys): the k entries
+// with key >= s_k keep their top value, and the state is the core's
+// save_separated_row (topk.cpp) with separated_window's keys.
+template <class T, class Team>
+__device__ void soft_separated_row(const Team& team, Form form, const T* row, long long n,
+                                   const KthKeys<T>& keys, T* out, RowState* state) {
+  for (long long i = team.rank(); i < n; i += team.size())
+    out[i] = static_cast<double>(detail::sort_key(form, row[i])) >= keys.s_k ? top_value(form, row[i]) : T(0);
+  if (!state) return;
+  // the keys of the last entry tied at s_k and the first tied at s_{k+1} (their sign of zero)
+  const double last_kept = keys.s_k == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, false) : keys.s_k;
+  const double first_dropped = keys.s_next == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, true) : keys.s_next;
+  if (team.rank() == 0)
+    *state = RowState{.gamma = first_dropped, .block_weight = 0.0, .unchanged_from = last_kept};
+}
+
+// soft_topk_mask / soft_topk_mag of SPEC.md on one row, as the core's
+// soft_topk_*_row (topk.cpp): out and, with state, the row's RowState.
+template <class T, class Team>
+__device__ void soft_row(const Team& team, Form form, Solver solver, const detail::BlockEquation& equation,
+                         const T* row, long long n, long long k, RowScratch scratch, T* out, RowState* state) {
+  if (n == 0) {  // no block, no threshold, no band (as the torch CPU kernels write such rows)
+    if (state && team.rank() == 0)
+      *state = RowState{.gamma = -detail::kInf, .block_weight = 0.0, .unchanged_from = detail::kInf};
+    return;
+  }
+  bool non_finite = false;
+  for (long long i = team.rank(); i < n; i += team.size()) non_finite |= !std::isfinite(row[i]);
+  if (team.any(non_finite)) {  // the core's fill_non_finite_row
+    for (long long i = team.rank(); i < n; i += team.size()) out[i] = T(std::numeric_limits<double>::quiet_NaN());
+    if (state && team.rank() == 0)
+      *state = RowState{.gamma = std::numeric_limits<double>::quiet_NaN(), .block_weight = 0.0,
+                        .unchanged_from = std::numeric_limits<double>::quiet_NaN()};
+    return;
+  }
+  if (k == 0 || k == n) return soft_singleton_row(team, form, row, n, k, out, state);
+  double above = detail::kInf, below = -detail::kInf;
+  bool whole = solver == Solver::pav;  // the core's sorted_row: the whole row is the window
+  if (!whole) {
+    const KthKeys<T> keys = select_kth_keys(team, form, row, n, k, true);
+    if (detail::separated_keys(equation, keys.s_k, keys.s_next))
+      return soft_separated_row(team, form, row, n, keys, out, state);
+    detail::window_bounds(equation, keys.s_k, keys.s_next, above, below);
+  }
+  long long count_above = 0;
+  long long m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
+  if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)
+    above = detail::kInf, below = -detail::kInf;
+    team.sync();
+    m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
+  }
+  team.sync();
+  sort_window(team, scratch, m);
+  if (team.rank() == 0) {
+    const detail::RowWindow window{static_cast<std::size_t>(m), static_cast<std::size_t>(k - count_above), above,
+                                   below};
+    const auto index_of = [&](std::size_t j) { return static_cast<std::size_t>(scratch.index[j]); };
+    detail::BlockStack blocks{scratch.blocks};
+    detail::BandBounds band;
+    const auto append = [&](std::size_t i, double) {  // the key as topk.cpp takes it
+      band.add(detail::sort_key(form, static_cast<double>(row[i])), i);
+    };
+    RowState near;
+    const detail::StraddlingBlock block =
+        form == Form::magnitude
+            ? detail::solve_mag_band(window, scratch.keys, index_of, equation, solver, blocks, row, out,
+                                     state != nullptr, append, near)
+            : detail::solve_mask_band(window, scratch.keys, index_of, equation, solver, blocks, out, state != nullptr,
+                                      append, near);
+    if (state) {  // topk.cpp's save_row
+      const detail::BandState solved = detail::band_state(block, window, scratch.keys);
+      *state = near;
+      state->gamma = solved.gamma;
+      state->block_weight = solved.block_weight;
+      state->unchanged_from = solved.unchanged_from;
+      band.write(*state);
+    }
+  }
+  team.sync();
+}
+
+// hard_topk_mask / hard_topk_mag of SPEC.md on one row: the k-th entry in
+// sorted order (its key by selection, its column the remaining-th column
+// holding that key), then hard_topk.hpp's rule for every entry.
+template <class T, class Team>
+__device__ void hard_row(const Team& team, Form form, const T* row, long long n, long long k, T* out) {
+  bool poisoned = false;
+  for (long long i = team.rank(); i < n; i += team.size()) poisoned |= detail::hard_poisons_row(row[i]);
+  if (team.any(poisoned)) {
+    for (long long i = team.rank(); i < n; i += team.size()) out[i] = detail::hard_nan<T>();
+    return;
+  }
+  if (k == 0 || k == n) {  // no k-th entry to compare with: none or all kept
+    for (long long i = team.rank(); i < n; i += team.size()) out[i] = detail::hard_value(form, row[i], k == n);
+    return;
+  }
+  const KthKeys<T> keys = select_kth_keys(team, form, row, n, k, false);
+  long long seen = 0, column = LLONG_MAX;  // ties of s_k before this tile; the k-th entry's column
+  for (long long base = 0; base < n; base += team.size()) {
+    const long long i = base + team.rank();
+    const bool tie = i < n && encode(key_of(form, row[i])) == keys.kth;
+    unsigned total = 0;
+    const unsigned rank = team.exclusive_count(tie, total);
+    if (tie && seen + rank + 1 == keys.remaining) column = i;
+    seen += total;
+  }
+  column = team.all_reduce(column, Min{});
+  const detail::SortedEntry kth{keys.s_k, static_cast<std::size_t>(column)};
+  for (long long i = team.rank(); i < n; i += team.size()) {
+    const double key = static_cast<double>(detail::sort_key(form, row[i]));
+    out[i] = detail::hard_value(form, row[i], detail::hard_kept(key, static_cast<std::size_t>(i), kth));
+  }
+}
+
+// J^T v (transpose) or J v of one row at its saved state (SPEC.md,
+// "Derivatives"): the band's c_i recomputed from x in each of the three
+// passes (pivot and sum(c); the spread; the output), never stored; the
+// per-entry math is saved_band.hpp's.
+template <class T, class Team>
+__device__ void jacobian_row(const Team& team, Form form, bool transpose, const detail::Regularizer& regularizer,
+                             double l, const T* v, const T* x, const RowState& state, long long n, T* out) {
+  if (std::isnan(state.gamma)) {  // the row held a non-finite value
+    for (long long i = team.rank(); i < n; i += team.size()) out[i] = T(std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
+  const SavedBand band(state, regularizer, l, form);
+  const auto c_of = [&](long long i) { return band.weight(static_cast<double>(x[i]), static_cast<std::size_t>(i)); };
+  const auto t = [&](long long i) { return tangent(form, static_cast<double>(x[i]), static_cast<double>(v[i])); };
+  Pivot mine = no_pivot(n);
+  for (long long i = team.rank(); i < n; i += team.size()) {
+    const double c_i = c_of(i);
+    if (c_i >= 0.0) mine = MergePivots{}(mine, entry_pivot(c_i, i));
+  }
+  const Pivot pivot = team.all_reduce(mine, MergePivots{});
+  const double t_d = pivot.count > 0 ? t(pivot.index) : 0.0;
+  double part = 0.0;
+  for (long long i = team.rank(); i < n; i += team.size()) {
+    const double c_i = c_of(i);
+    if (c_i >= 0.0) part += spread_term(form, transpose, c_i, t(i), t_d);
+  }
+  const double spread = team.all_reduce(part, Sum{});
+  for (long long i = team.rank(); i < n; i += team.size())
+    out[i] = T(product_entry(form, transpose, state, pivot, t_d, spread, c_of(i), static_cast<double>(x[i]),
+                             static_cast<double>(v[i])));
+}
+
+}  // namespace sparsetopk::cuda

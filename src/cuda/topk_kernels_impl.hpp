@@ -1,0 +1,188 @@
+#pragma once
+// The kernels of topk_kernels.hpp and their launches, written once: included
+// by topk_kernels.cu (nvcc, for the GPU: UNVERIFIED, never run on one) and by
+// topk_kernels_cpu.cpp (host C++ on the CPU harness, harness/cuda_on_cpu.hpp,
+// run by CI). Each op is one launch; each row is a team's (team_rows.hpp).
+//
+// Per-row math is the core's, compiled for the device (SPARSETOPK_HOST_DEVICE)
+// through the sparsetopk_row target (src/core/row). nvcc builds it with
+// -fmad=false so that the device rounds as the core does (no contracted
+// a * b + c); device pow/cbrt may still differ from glibc in the last ulp.
+
+#include <algorithm>
+#include <cstddef>
+
+#include "block_equation.hpp"
+#include "pav.hpp"
+#include "regularizer.hpp"
+#include "team.hpp"
+#include "team_rows.hpp"
+#include "topk_kernels.hpp"
+
+namespace sparsetopk::cuda {
+namespace {
+
+constexpr unsigned kWarpsPerBlock = 4;     // warp rows: 4 rows per block of 128 threads
+constexpr unsigned kBlockThreads = 256;    // block rows
+constexpr long long kMaxBlocks = 8192;     // grid.x; rows beyond are looped (grid-stride)
+
+// ---- the team of the calling thread and its rows ----
+
+// Warp teams: warp w of block b takes rows b * kWarpsPerBlock + w, then every
+// gridDim.x * kWarpsPerBlock-th row after it. Block teams: block b takes rows
+// b, b + gridDim.x, ...
+template <class Team>
+struct TeamRows;
+
+template <>
+struct TeamRows<WarpTeam> {
+  __device__ static WarpTeam team(unsigned* counts) {
+    return WarpTeam(counts + (threadIdx.x / kWarpSize) * kRadixSize);
+  }
+  __device__ static long long first() {
+    return static_cast<long long>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  }
+  __device__ static long long stride() { return static_cast<long long>(gridDim.x) * kWarpsPerBlock; }
+};
+
+template <>
+struct TeamRows<BlockTeam> {
+  __device__ static BlockTeam team(unsigned* counts) { return BlockTeam(counts); }
+  __device__ static long long first() { return blockIdx.x; }
+  __device__ static long long stride() { return gridDim.x; }
+};
+
+// ---- kernels ----
+
+template <class T, class Team>
+__global__ void soft_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
+                            double p, RowScratch scratch, T* out, RowState* state) {
+  SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
+  const Team team = TeamRows<Team>::team(counts);
+  const detail::BlockEquation equation(form, l, p);
+  for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride()) {
+    const RowScratch row_scratch{scratch.keys + r * n, scratch.index + r * n, scratch.blocks + r * n};
+    soft_row(team, form, solver, equation, x + r * n, n, k, row_scratch, out + r * n, state ? state + r : nullptr);
+  }
+}
+
+template <class T, class Team>
+__global__ void hard_kernel(Form form, const T* x, long long rows, long long n, long long k, T* out) {
+  SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
+  const Team team = TeamRows<Team>::team(counts);
+  for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
+    hard_row(team, form, x + r * n, n, k, out + r * n);
+}
+
+template <class T, class Team>
+__global__ void jacobian_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states, double l,
+                                double p, long long rows, long long n, T* out) {
+  SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
+  const Team team = TeamRows<Team>::team(counts);
+  const detail::Regularizer regularizer(p);
+  for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
+    jacobian_row(team, form, transpose, regularizer, l, v + r * n, x + r * n, states[r], n, out + r * n);
+}
+
+// ---- launch shapes ----
+
+struct Shape {
+  dim3 grid, block;
+  std::size_t shared_bytes;  // the radix counters: 256 per team
+};
+
+bool warp_rows(long long n) { return n <= kWarpRowSize; }
+
+Shape shape_of(long long rows, long long n) {
+  if (warp_rows(n)) {
+    const long long blocks = std::min((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
+    return {dim3(static_cast<unsigned>(blocks)), dim3(kWarpsPerBlock * kWarpSize),
+            kWarpsPerBlock * kRadixSize * sizeof(unsigned)};
+  }
+  return {dim3(static_cast<unsigned>(std::min(rows, kMaxBlocks))), dim3(kBlockThreads), kRadixSize * sizeof(unsigned)};
+}
+
+// Hands out consecutive 256-byte aligned pieces of one buffer (base nullptr: only counts).
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
+  template <class U>
+  U* take(long long count) {
+    U* piece = base_ ? reinterpret_cast<U*>(base_ + used_) : nullptr;
+    used_ += (static_cast<std::size_t>(count) * sizeof(U) + 255) / 256 * 256;
+    return piece;
+  }
+  std::size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  std::size_t used_ = 0;
+};
+
+RowScratch carve_soft(Carver& carver, long long rows, long long n) {
+  RowScratch scratch;
+  scratch.keys = carver.take<double>(rows * n);
+  scratch.index = carver.take<long long>(rows * n);
+  scratch.blocks = carver.take<detail::PavBlock>(rows * n);
+  return scratch;
+}
+
+}  // namespace
+
+#if !defined(SPARSETOPK_KERNELS_SECOND_FILE)  // (defined once, in the file that builds float)
+std::size_t soft_scratch_bytes(long long rows, long long n) {
+  Carver carver(nullptr);
+  carve_soft(carver, rows, n);
+  return std::max<std::size_t>(carver.used(), 256);
+}
+#endif
+
+template <class T>
+void soft_forward(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l, double p,
+                  void* scratch, T* out, RowState* state, cudaStream_t stream) {
+  if (rows == 0) return;
+  Carver carver(scratch);
+  const RowScratch parts = carve_soft(carver, rows, n);
+  const Solver row_solver = solver == Solver::pav ? Solver::pav : Solver::threshold;  // as the core's soft_topk
+  const Shape shape = shape_of(rows, n);
+  if (warp_rows(n))
+    launch(soft_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
+           n, k, l, p, parts, out, state);
+  else
+    launch(soft_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
+           n, k, l, p, parts, out, state);
+}
+
+template <class T>
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, T* out, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
+  const Shape shape = shape_of(rows, n);
+  if (warp_rows(n))
+    launch(hard_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
+  else
+    launch(hard_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
+}
+
+template <class T>
+void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l, double p,
+                      long long rows, long long n, T* out, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
+  const Shape shape = shape_of(rows, n);
+  if (warp_rows(n))
+    launch(jacobian_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
+           state, l, p, rows, n, out);
+  else
+    launch(jacobian_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
+           state, l, p, rows, n, out);
+}
+
+// Each including file instantiates the types it builds (SPARSETOPK_INSTANTIATE_KERNELS):
+// nvcc builds float and double in two files, so that they compile in parallel.
+#define SPARSETOPK_INSTANTIATE_KERNELS(T)                                                                          \
+  template void soft_forward<T>(Form, Solver, const T*, long long, long long, long long, double, double, void*, T*, \
+                                RowState*, cudaStream_t);                                                          \
+  template void hard_forward<T>(Form, const T*, long long, long long, long long, T*, cudaStream_t);                 \
+  template void jacobian_product<T>(Form, bool, const T*, const T*, const RowState*, double, double, long long,    \
+                                    long long, T*, cudaStream_t);
+
+}  // namespace sparsetopk::cuda
