@@ -246,3 +246,61 @@ def test_one_row_and_eager():
     out = stj.soft_topk_mag(sharded, K)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(stj.soft_topk_mag(jnp.asarray(x), K)))
     assert out.sharding.is_equivalent_to(NamedSharding(mesh, spec), out.ndim)
+
+
+@in_child
+def test_shardy_rule_builders_are_there():
+    """The sharding rule is built with JAX's own builders (a private module): a JAX without them
+    lowers unpartitioned calls under Shardy, which this makes a failure rather than a slowdown."""
+    assert _ffi.str_to_sdy_sharding_rule is not None and _ffi.sdy_sharding_rule_to_mlir is not None
+
+
+@in_child
+def test_gspmd_partitioner():
+    """The same without Shardy (GSPMD, deprecated but still selectable): num_batch_dims alone."""
+    mesh, shape, spec, rows = _setup("1d", "auto")
+    x, w, _ = _data(shape)
+    sharded, plain = (_put(mesh, x, spec), _put(mesh, w, spec)), (jnp.asarray(x), jnp.asarray(w))
+    previous = jax.config.jax_use_shardy_partitioner
+    jax.config.update("jax_use_shardy_partitioner", False)
+    try:
+        _check(lambda x, w: stj.soft_topk_mag(x, K), sharded, plain, mesh, shape, spec, [spec])
+        _check(jax.grad(lambda x, w: jnp.sum(stj.soft_topk_mask(x, K) * w)), sharded, plain, mesh, shape, spec,
+               [spec])
+    finally:
+        jax.config.update("jax_use_shardy_partitioner", previous)
+
+
+@in_child
+def test_inside_shard_map():
+    """Within shard_map each device's block is an array of its own: the call runs on it, and grad too."""
+    mesh, shape, spec, rows = _setup("1d", "explicit")
+    x, w, _ = _data(shape)
+    local = jax.shard_map(lambda u: stj.soft_topk_mask(u, K), mesh=mesh, in_specs=spec, out_specs=spec)
+    sharded, plain = (_put(mesh, x, spec), _put(mesh, w, spec)), (jnp.asarray(x), jnp.asarray(w))
+    with jax.set_mesh(mesh):
+        hlo = jax.jit(local).lower(sharded[0]).compile().as_text()
+        assert _collectives(hlo) == []
+        np.testing.assert_array_equal(np.asarray(jax.jit(local)(sharded[0])),
+                                      np.asarray(stj.soft_topk_mask(plain[0], K)))
+        grad = jax.jit(jax.grad(lambda u, v: jnp.sum(local(u) * v)))(*sharded)
+    want = jax.grad(lambda u, v: jnp.sum(stj.soft_topk_mask(u, K) * v))(*plain)
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
+
+
+@in_child
+@pytest.mark.filterwarnings("ignore::sparsetopk.jax.HostFallbackWarning")
+def test_host_fallback_is_not_partitioned():
+    """The host fallback of GPU arrays (forced onto the CPU, as in test_jax_gpu_fallback.py) has no
+    partitioning rule: XLA runs its callback on one device and gathers the batch there. Still right,
+    and with explicit sharding the result is typed, and placed, as the rows."""
+    mesh, shape, spec, rows = _setup("1d", "explicit")
+    x, _, _ = _data(shape)
+    f = jax.jit(lambda u: stj.soft_topk_mask(u, K))
+    want = np.asarray(f(jnp.asarray(x)))
+    with _ffi.host_fallback_on("cpu"), jax.set_mesh(mesh):
+        sharded = _put(mesh, x, spec)
+        assert "all-gather" in f.lower(sharded).compile().as_text()
+        out = f(sharded)
+    np.testing.assert_array_equal(np.asarray(out), want)
+    assert out.sharding.is_equivalent_to(NamedSharding(mesh, spec), out.ndim)

@@ -45,6 +45,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .._paths import candidate_paths
 
+try:  # the Shardy rule's builders: JAX's own (jax.experimental.custom_partitioning takes the same strings)
+    from jax._src.custom_partitioning_sharding_rule import sdy_sharding_rule_to_mlir, str_to_sdy_sharding_rule
+except ImportError:  # a JAX that moved them: calls are not partitioned under Shardy (tests/python/test_jax_sharding.py fails)
+    sdy_sharding_rule_to_mlir = str_to_sdy_sharding_rule = None
+
 LIBRARY_NAME = "libsparsetopk_jax.so"
 CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
 CUDA_OPT_IN = "SPARSETOPK_JAX_CUDA_KERNELS"
@@ -242,8 +247,10 @@ def _register_lowering(primitive: Primitive, rule) -> None:
 #   which XLA's batch partitioner (the targets are registered with it) reads, and, under Shardy, a
 #   sharding rule "..., ... a -> ... b" whose "..." (the rows) is one factor shared by all operands and
 #   results and whose within-row factors need replication;
-# - an operand sharded along its last axis (the top-k axis) is gathered along that axis only, by the
-#   partitioner: the rows stay sharded.
+# - an operand sharded along its last axis (the top-k axis) is gathered along that axis only (by the
+#   partitioner; with explicit sharding by whole_rows, where the operators make their rows): the rows
+#   stay sharded.
+# The host fallback of GPU arrays (a jax.pure_callback) has no such rule: XLA runs it on one device.
 # TODO(issue 23, item 4, second half): a top-k axis sharded across devices should run the global solve
 # (the thresholds' sums added by jax.lax.psum inside shard_map) instead of being gathered.
 
@@ -266,37 +273,33 @@ def batch_partitioning_off():
         jax.clear_caches()
 
 
-def _row_spec(aval):
-    """The mesh axes of ``aval``'s leading axes (its rows), or None where its sharding names no mesh
-    (automatic sharding: XLA's propagation and the partitioner decide)."""
+def _mesh_spec(aval):
+    """``aval``'s mesh axes, one entry per axis, or None where its sharding names no mesh (automatic
+    sharding outside a mesh's type: XLA's propagation and partitioner decide)."""
     sharding = getattr(aval, "sharding", None)
-    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty or aval.ndim == 0:
+    if aval.ndim == 0 or not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
         return None
-    spec = tuple(sharding.spec) + (None,) * (aval.ndim - len(sharding.spec))
-    return spec[:-1]
+    return tuple(sharding.spec) + (None,) * (aval.ndim - len(sharding.spec))
 
 
 def whole_rows(x: jax.Array) -> jax.Array:
-    """``x`` with its last axis (the top-k axis) on every device that holds its rows: resharded,
-    gathering that axis only, where explicit sharding splits it across devices; otherwise ``x``
-    itself (under automatic sharding the partitioner makes the same gather). TODO(issue 23, item 4,
-    second half): the global solve over a sharded top-k axis instead of this gather."""
-    aval = jax.typeof(x)
-    sharding = aval.sharding
-    if aval.ndim == 0 or not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+    """``x`` with its last axis (the top-k axis) whole on every device that holds its rows: where
+    explicit sharding splits that axis across devices, resharded, which gathers that axis only;
+    otherwise ``x`` itself (under automatic sharding the partitioner makes the same gather).
+    TODO(issue 23, item 4, second half): the global solve over a sharded top-k axis instead."""
+    spec = _mesh_spec(jax.typeof(x))
+    if spec is None or spec[-1] is None:
         return x
-    spec = tuple(sharding.spec) + (None,) * (aval.ndim - len(sharding.spec))
-    if spec[-1] is None:
-        return x
-    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*spec[:-1], None)))
+    return jax.sharding.reshard(x, NamedSharding(jax.typeof(x).sharding.mesh, PartitionSpec(*spec[:-1], None)))
 
 
 def result_aval(result: jax.core.ShapedArray, x) -> jax.core.ShapedArray:
     """``result`` sharded as the rows of ``x``: its leading axes (x's rows) as x's, its own axes
     replicated; ``result`` itself where x's sharding names no mesh."""
-    rows = _row_spec(x)
-    if rows is None:
+    spec = _mesh_spec(x)
+    if spec is None:
         return result
+    rows = spec[:-1]
     spec = PartitionSpec(*rows, *(None,) * (result.ndim - len(rows)))
     return jax.core.ShapedArray(result.shape, result.dtype, sharding=NamedSharding(x.sharding.mesh, spec),
                                 manual_axis_type=x.manual_axis_type)
@@ -315,6 +318,8 @@ def partitioning_attributes(ctx) -> dict:
         return {}  # operands of unlike rows: the handler rejects them, naming the buffer
     attributes = {"mhlo.frontend_attributes": mlir.ir_attribute({"num_batch_dims": str(rows)})}
     if jax.config.jax_use_shardy_partitioner:
+        if str_to_sdy_sharding_rule is None:
+            return {}  # without the rule Shardy replicates the call anyway; say nothing it would misread
         attributes["sdy.sharding_rule"] = _sharding_rule(ctx, rows)
     return attributes
 
@@ -322,8 +327,6 @@ def partitioning_attributes(ctx) -> dict:
 def _sharding_rule(ctx, rows: int):
     """The Shardy rule of a row-wise call: "..." the rows, one letter per axis within a row (distinct
     letters: x's entries and the output's are not the same axis to the solver), all replicated."""
-    from jax._src.custom_partitioning_sharding_rule import sdy_sharding_rule_to_mlir, str_to_sdy_sharding_rule
-
     letters = iter("abcdefghijklmnopqrstuvwxyz")
     within = []
 
