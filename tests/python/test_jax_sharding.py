@@ -191,19 +191,24 @@ def test_jvp_and_vmap_stay_sharded(name, axis_type):
 @in_child
 @pytest.mark.parametrize("name", OPS)
 def test_control_without_rules_gathers(name):
-    """The assertion above fires without the rules: the same call, lowered as a plain custom call,
-    is replicated, and every device gathers the batch (the results are still right)."""
+    """The assertions above fire without the rules: the same calls, lowered as plain custom calls,
+    are replicated, and every device gathers the batch (the results are still right)."""
     mesh, shape, spec, rows = _setup("1d", "auto")
     op = OPS[name]
-    x, _, t = _data(shape)
-    sharded = (_put(mesh, x, spec), _put(mesh, t, rows))
-    with _ffi.batch_partitioning_off():
-        compiled = jax.jit(op).lower(*sharded).compile()
-        hlo = compiled.as_text()
-        result = jax.jit(op)(*sharded)
-    assert "all-gather" in hlo
-    assert all(call[0] == shape[0] for call in _custom_call_shapes(hlo))  # the whole batch on each device
-    np.testing.assert_array_equal(np.asarray(result), np.asarray(jax.jit(op)(jnp.asarray(x), jnp.asarray(t))))
+    x, w, t = _data(shape)
+    weights = w[..., 0] if name in VALUE_OPS else w
+    sharded = (_put(mesh, x, spec), _put(mesh, weights, rows if name in VALUE_OPS else spec), _put(mesh, t, rows))
+    plain = tuple(jnp.asarray(a) for a in (x, weights, t))
+    forward = lambda x, w, t: op(x, t)  # noqa: E731
+    grad = jax.grad(lambda x, w, t: jnp.sum(op(x, t) * w))
+    for f in (forward, grad) if name != "hard_topk_mask" else (forward,):  # its gradient: a constant zero
+        with _ffi.batch_partitioning_off():
+            hlo = jax.jit(f).lower(*sharded).compile().as_text()
+            result = jax.jit(f)(*sharded)
+        assert "all-gather" in hlo
+        calls = _custom_call_shapes(hlo)
+        assert calls and all(call[0] == shape[0] for call in calls)  # the whole batch on each device
+        np.testing.assert_array_equal(np.asarray(result), np.asarray(jax.jit(f)(*plain)))
 
 
 @in_child

@@ -47,7 +47,7 @@ from .._paths import candidate_paths
 
 try:  # the Shardy rule's builders: JAX's own (jax.experimental.custom_partitioning takes the same strings)
     from jax._src.custom_partitioning_sharding_rule import sdy_sharding_rule_to_mlir, str_to_sdy_sharding_rule
-except ImportError:  # a JAX that moved them: calls are not partitioned under Shardy (tests/python/test_jax_sharding.py fails)
+except ImportError:  # a JAX that moved them: no partitioning under Shardy (and test_jax_sharding.py fails)
     sdy_sharding_rule_to_mlir = str_to_sdy_sharding_rule = None
 
 LIBRARY_NAME = "libsparsetopk_jax.so"
