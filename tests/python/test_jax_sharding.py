@@ -44,7 +44,9 @@ def test_sharding_in_8_device_process():
     if os.environ.get(CHILD) == "1":
         pytest.skip("this is the subprocess")
     flags = os.environ.get("XLA_FLAGS", "")
-    env = dict(os.environ, **{CHILD: "1", "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={DEVICES}"})
+    # the CPU's 8 devices, also where a GPU is the default backend
+    env = dict(os.environ, **{CHILD: "1", "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={DEVICES}",
+                              "JAX_PLATFORMS": "cpu"})
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__]
     result = subprocess.run(command, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True,
                             text=True, timeout=600)

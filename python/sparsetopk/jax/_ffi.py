@@ -301,8 +301,9 @@ def result_aval(result: jax.core.ShapedArray, x) -> jax.core.ShapedArray:
         return result
     rows = spec[:-1]
     spec = PartitionSpec(*rows, *(None,) * (result.ndim - len(rows)))
-    return jax.core.ShapedArray(result.shape, result.dtype, sharding=NamedSharding(x.sharding.mesh, spec),
-                                manual_axis_type=x.manual_axis_type)
+    # x's type otherwise (manual axes under shard_map, memory space): its update keeps what it does not set
+    return x.update(shape=result.shape, dtype=result.dtype, weak_type=False,
+                    sharding=NamedSharding(x.sharding.mesh, spec))
 
 
 def partitioning_attributes(ctx) -> dict:
