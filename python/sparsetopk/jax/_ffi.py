@@ -27,6 +27,11 @@ copied to the host and the results back), with a warning once per process;
 ``SPARSETOPK_JAX_CUDA_KERNELS=1`` opts into the UNVERIFIED CUDA targets instead.
 Batching and differentiation are rules of the primitives, above the lowering, so
 jit, vmap, grad and jvp work the same on every platform (docs/jax.md, "GPU arrays").
+
+Sharding: every call is row-wise, so its lowering marks it batch-partitionable (XLA's
+batch partitioner, and a Shardy sharding rule): under jax.jit, a batch sharded across
+devices stays sharded and each device's call has its own rows; a sharded top-k axis is
+gathered along that axis only (section "sharding" below; docs/jax.md, "Sharding").
 """
 
 import contextlib
@@ -99,7 +104,8 @@ def _register(path: Path, platform: str) -> None:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.c_void_p(handler)), platform=platform)
         # XLA's batch partitioner (see "sharding" below): a call whose frontend attribute num_batch_dims
         # is N runs, on each device, on that device's part of the N leading axes of every operand
-        jax.ffi.register_ffi_target_as_batch_partitionable(name)
+        if hasattr(jax.ffi, "register_ffi_target_as_batch_partitionable"):  # absent from older JAX: no partitioning
+            jax.ffi.register_ffi_target_as_batch_partitionable(name)
 
 
 def register_targets() -> None:
