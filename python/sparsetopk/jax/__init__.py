@@ -11,6 +11,9 @@ axis=-1)``, the top-k sum and loss :func:`topk_sum` ``(x, k, l, p, axis)`` and
 Each function is one custom call for the whole array (all leading axes), also
 under ``jax.vmap``; it works under ``jax.jit`` with ``k``, ``l``, ``p`` and
 ``axis`` static, and with ``jax.jvp``/``grad``/``vjp``/``jacfwd``/``jacrev``.
+Under ``jax.jit``, an input sharded along its batch (the axes other than
+``axis``) stays sharded: each device runs the call on its own rows; a sharded
+top-k ``axis`` is gathered along that axis only (docs/jax.md, "Sharding").
 float32, float64 (``jax_enable_x64``); float16 and bfloat16 in float32. The
 verified target is the CPU: on a GPU array (CUDA, ROCm) each call runs the CPU
 target on the host, with copies both ways, and the first one gives a

@@ -27,6 +27,11 @@ copied to the host and the results back), with a warning once per process;
 ``SPARSETOPK_JAX_CUDA_KERNELS=1`` opts into the UNVERIFIED CUDA targets instead.
 Batching and differentiation are rules of the primitives, above the lowering, so
 jit, vmap, grad and jvp work the same on every platform (docs/jax.md, "GPU arrays").
+
+Sharding: every call is row-wise, so its lowering marks it batch-partitionable (XLA's
+batch partitioner, and a Shardy sharding rule): under jax.jit, a batch sharded across
+devices stays sharded and each device's call has its own rows; a sharded top-k axis is
+gathered along that axis only (section "sharding" below; docs/jax.md, "Sharding").
 """
 
 import contextlib
@@ -41,8 +46,14 @@ import jax
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .._paths import candidate_paths
+
+try:  # the Shardy rule's builders: JAX's own (jax.experimental.custom_partitioning takes the same strings)
+    from jax._src.custom_partitioning_sharding_rule import sdy_sharding_rule_to_mlir, str_to_sdy_sharding_rule
+except ImportError:  # a JAX that moved them: no partitioning under Shardy (and test_jax_sharding.py fails)
+    sdy_sharding_rule_to_mlir = str_to_sdy_sharding_rule = None
 
 LIBRARY_NAME = "libsparsetopk_jax.so"
 CUDA_LIBRARY_NAME = "libsparsetopk_jax_cuda.so"  # UNVERIFIED CUDA handlers, opt-in (docs/jax.md)
@@ -91,6 +102,10 @@ def library_targets(path: Path) -> List[Tuple[str, int]]:
 def _register(path: Path, platform: str) -> None:
     for name, handler in library_targets(path):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.c_void_p(handler)), platform=platform)
+        # XLA's batch partitioner (see "sharding" below): a call whose frontend attribute num_batch_dims
+        # is N runs, on each device, on that device's part of the N leading axes of every operand
+        if hasattr(jax.ffi, "register_ffi_target_as_batch_partitionable"):  # absent from older JAX: no partitioning
+            jax.ffi.register_ffi_target_as_batch_partitionable(name)
 
 
 def register_targets() -> None:
@@ -207,7 +222,8 @@ def lower_target(ctx, operands, target: str, attributes: tuple, platform: str):
     where :func:`runs_on_host`, a jax.pure_callback into the CPU target (the same
     handler, so the same numbers) with the results of ``ctx.avals_out``."""
     if not runs_on_host(platform):
-        return jax.ffi.ffi_lowering(target)(ctx, *operands, **dict(attributes))
+        lowering = jax.ffi.ffi_lowering(target, extra_attributes=partitioning_attributes(ctx) or None)
+        return lowering(ctx, *operands, **dict(attributes))
     _warn_once(target, platform)
     results = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ctx.avals_out)
     host = functools.partial(_on_host, target, results, attributes)
@@ -224,6 +240,112 @@ def _register_lowering(primitive: Primitive, rule) -> None:
     mlir.register_lowering(primitive, functools.partial(rule, platform=None))
     for platform in ("cpu",) + GPU_PLATFORMS:
         mlir.register_lowering(primitive, functools.partial(rule, platform=platform), platform=platform)
+
+
+# ---- sharding: the rows stay where they are ----
+#
+# Every call is row-wise: the leading axes of every operand and result are the rows (all of x's
+# leading axes; under vmap one more), and the last axis (x's entries, the state's words) lies within
+# a row. So a call partitions along the rows, and each device runs the handler on the rows it holds:
+# - the abstract evaluation gives every result the rows' sharding of x (with explicit sharding, the
+#   results' type: x's leading axes as x's, the rest replicated);
+# - the lowering makes the custom call batch-partitionable: the frontend attribute num_batch_dims,
+#   which XLA's batch partitioner (the targets are registered with it) reads, and, under Shardy, a
+#   sharding rule "..., ... a -> ... b" whose "..." (the rows) is one factor shared by all operands and
+#   results and whose within-row factors need replication;
+# - an operand sharded along its last axis (the top-k axis) is gathered along that axis only (by the
+#   partitioner; with explicit sharding by whole_rows, where the operators make their rows): the rows
+#   stay sharded.
+# The host fallback of GPU arrays (a jax.pure_callback) has no such rule: XLA runs it on one device.
+# TODO(issue 23, item 4, second half): a top-k axis sharded across devices should run the global solve
+# (the thresholds' sums added by jax.lax.psum inside shard_map) instead of being gathered.
+
+_batch_partitioning = True  # off inside the test hook batch_partitioning_off
+
+
+@contextlib.contextmanager
+def batch_partitioning_off():
+    """Test hook (tests/python/test_jax_sharding.py): within the block, calls are lowered without
+    the partitioning rules (no num_batch_dims, no sharding rule), as a plain custom call, which XLA
+    replicates: every device gathers every operand. The compilation caches are cleared on entry and
+    exit, so that nothing compiled one way is reused the other."""
+    global _batch_partitioning
+    _batch_partitioning = False
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        _batch_partitioning = True
+        jax.clear_caches()
+
+
+def _mesh_spec(aval):
+    """``aval``'s mesh axes, one entry per axis, or None where its sharding names no mesh (automatic
+    sharding outside a mesh's type: XLA's propagation and partitioner decide)."""
+    sharding = getattr(aval, "sharding", None)
+    if aval.ndim == 0 or not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None
+    return tuple(sharding.spec) + (None,) * (aval.ndim - len(sharding.spec))
+
+
+def whole_rows(x: jax.Array) -> jax.Array:
+    """``x`` with its last axis (the top-k axis) whole on every device that holds its rows: where
+    explicit sharding splits that axis across devices, resharded, which gathers that axis only;
+    otherwise ``x`` itself (under automatic sharding the partitioner makes the same gather).
+    TODO(issue 23, item 4, second half): the global solve over a sharded top-k axis instead."""
+    spec = _mesh_spec(jax.typeof(x))
+    if spec is None or spec[-1] is None:
+        return x
+    return jax.sharding.reshard(x, NamedSharding(jax.typeof(x).sharding.mesh, PartitionSpec(*spec[:-1], None)))
+
+
+def result_aval(result: jax.core.ShapedArray, x) -> jax.core.ShapedArray:
+    """``result`` sharded as the rows of ``x``: its leading axes (x's rows) as x's, its own axes
+    replicated; ``result`` itself where x's sharding names no mesh."""
+    spec = _mesh_spec(x)
+    if spec is None:
+        return result
+    rows = spec[:-1]
+    spec = PartitionSpec(*rows, *(None,) * (result.ndim - len(rows)))
+    # x's type otherwise (manual axes under shard_map, memory space): its update keeps what it does not set
+    return x.update(shape=result.shape, dtype=result.dtype, weak_type=False,
+                    sharding=NamedSharding(x.sharding.mesh, spec))
+
+
+def partitioning_attributes(ctx) -> dict:
+    """The custom call's partitioning rules, as attributes of the op: the number of row axes (x's
+    leading axes; every operand and result has them first) and, under Shardy, the sharding rule.
+    None with a single row (a 1-d x: nothing to partition), inside batch_partitioning_off, and for
+    operands whose rows differ (an error of the caller, which the handler reports)."""
+    rows = ctx.avals_in[0].ndim - 1
+    if not _batch_partitioning or rows < 1:
+        return {}
+    batch = ctx.avals_in[0].shape[:rows]
+    if any(a.ndim < rows or a.shape[:rows] != batch for a in (*ctx.avals_in, *ctx.avals_out)):
+        return {}  # operands of unlike rows: the handler rejects them, naming the buffer
+    attributes = {"mhlo.frontend_attributes": mlir.ir_attribute({"num_batch_dims": str(rows)})}
+    if jax.config.jax_use_shardy_partitioner:
+        if str_to_sdy_sharding_rule is None:
+            return {}  # without the rule Shardy replicates the call anyway; say nothing it would misread
+        attributes["sdy.sharding_rule"] = _sharding_rule(ctx, rows)
+    return attributes
+
+
+def _sharding_rule(ctx, rows: int):
+    """The Shardy rule of a row-wise call: "..." the rows, one letter per axis within a row (distinct
+    letters: x's entries and the output's are not the same axis to the solver), all replicated."""
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    within = []
+
+    def mapping(aval) -> str:
+        own = [next(letters) for _ in range(aval.ndim - rows)]
+        within.extend(own)
+        return " ".join(["..."] + own)
+
+    rule = ", ".join(map(mapping, ctx.avals_in)) + " -> " + ", ".join(map(mapping, ctx.avals_out))
+    rule = str_to_sdy_sharding_rule(rule, need_replication_factors=tuple(within))
+    types = [[mlir.aval_to_ir_type(ctx.module_context, a) for a in avals] for avals in (ctx.avals_in, ctx.avals_out)]
+    return sdy_sharding_rule_to_mlir(rule, *types)
 
 
 # ---- the forward calls: one primitive for every target ----
@@ -246,7 +368,7 @@ def _apply_call(*operands, target, results, attributes):
 
 
 def _call_abstract_eval(*operands, target, results, attributes):
-    return results
+    return tuple(result_aval(r, operands[0]) for r in results)
 
 
 def _call_lowering(ctx, *operands, target, results, attributes, platform):
@@ -316,7 +438,7 @@ def _apply(x, state, v, *, operator, product, l, p):
 
 
 def _abstract_eval(x, state, v, *, operator, product, l, p):
-    return jax.core.ShapedArray(v.shape, v.dtype)
+    return result_aval(jax.core.ShapedArray(v.shape, v.dtype), x)
 
 
 def _lowering(ctx, x, state, v, *, operator, product, l, p, platform):

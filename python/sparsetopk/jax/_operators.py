@@ -83,7 +83,8 @@ def _check_solver(name: str, solver: str, num_iter: Optional[int], p: float) -> 
 
 def _rows(name: str, x, axis) -> Tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
     """x as rows along its last axis in the dtype of computation (float64 for
-    float64, else float32), and the map of a result back to x's layout and dtype."""
+    float64, else float32), that axis whole on every device that holds a row, and
+    the map of a result back to x's layout and dtype."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         _fail(name, f"x must be a floating-point array (float16, bfloat16, float32 or float64), got {x.dtype}",
@@ -101,7 +102,8 @@ def _rows(name: str, x, axis) -> Tuple[jax.Array, Callable[[jax.Array], jax.Arra
     compute = jnp.float64 if dtype == jnp.float64 else jnp.float32
     if x.ndim == 0:
         return x.reshape(1).astype(compute), lambda r: r.reshape(()).astype(dtype)
-    return jnp.moveaxis(x, axis, -1).astype(compute), lambda r: jnp.moveaxis(r, -1, axis).astype(dtype)
+    rows = _ffi.whole_rows(jnp.moveaxis(x, axis, -1))  # the top-k axis whole on each device (docs/jax.md, "Sharding")
+    return rows.astype(compute), lambda r: jnp.moveaxis(r, -1, axis).astype(dtype)
 
 
 # ---- the soft operators ----
