@@ -12,7 +12,8 @@
 #    3 build_selftest  the torch-free kernel_selftest target alone (quick)
 #    4 selftest        kernel_selftest --check: the kernels against the CPU core, case by case
 #    5-8 memcheck, racecheck, synccheck, initcheck
-#                      compute-sanitizer on kernel_selftest --check --small (a non-zero error count fails)
+#                      compute-sanitizer on kernel_selftest --check --small (memcheck) or --smoke
+#                      (racecheck, synccheck, initcheck); a non-zero error count fails
 #    9 build_libs      the torch and JAX libraries (and their CUDA ones), -j$(nproc)
 #   10 pytest          tests/python/test_gpu.py and test_cuda_build.py (not the compile test), JUnit XML
 #   11 bench           bench/bench_gpu.py: CSV and Markdown, time-capped
@@ -73,14 +74,14 @@ plan=(
   "env 15 required summary.txt"
   "configure 40 required build.log"
   "build_selftest 65 required build.log"
-  "selftest 20 required selftest.txt"
+  "selftest 40 required selftest.txt"
   "memcheck 20 required sanitizer.txt"
   "racecheck 20 required sanitizer.txt"
   "synccheck 12 required sanitizer.txt"
   "initcheck 12 required sanitizer.txt"
   "build_libs 90 required build.log"
-  "pytest 70 required pytest.xml"
-  "bench 50 required bench.csv"
+  "pytest 60 required pytest.xml"
+  "bench 40 required bench.csv"
   "jax 20 required jax.txt"
   "jax_kernels 15 optional jax.txt"
   "compile 25 optional summary.txt"
@@ -225,9 +226,11 @@ build_libraries() {  # the default targets (tests, CLI, apps off), then the kern
 export -f build_libraries
 
 sanitize() {  # sanitize TOOL SANITIZER SELFTEST: fails on a non-zero error count too
-  local log rc
+  local log rc cases=--smoke
   log=$(mktemp)
-  "$2" --tool "$1" --error-exitcode 99 --print-limit 30 "$3" --check --small 2>&1 | tee "$log"
+  # memcheck on the small cases (128 runs); the slower race, sync and init checks on the smoke cases (18)
+  [ "$1" = memcheck ] && cases=--small
+  "$2" --tool "$1" --error-exitcode 99 --print-limit 30 "$3" --check "$cases" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   if [ "$rc" -eq 0 ] && grep -Eq 'ERROR SUMMARY: [1-9]|[(][1-9][0-9]* errors' "$log"; then rc=98; fi
   if [ "$rc" -eq 0 ] && ! grep -q 'ERROR SUMMARY' "$log"; then

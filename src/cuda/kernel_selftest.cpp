@@ -201,10 +201,14 @@ double state_ulps(const std::vector<RowState>& a, const std::vector<RowState>& b
 struct Tolerance {
   double forward, derivative;
 };
-Tolerance tolerance_for(double p) {
-  if (p == 2.0) return {4.0, 64.0};
-  if (std::abs(p - 4.0 / 3.0) < 1e-12) return {64.0, 1024.0};
-  return {256.0, 4096.0};
+// The derivatives' sums over the band run in another order than the core's,
+// so their rounding grows with the band: the derivative tolerance is for rows of
+// up to 1024 entries and grows in proportion beyond.
+Tolerance tolerance_for(double p, long long n) {
+  const double terms = std::max(1.0, static_cast<double>(n) / 1024.0);
+  if (p == 2.0) return {4.0, 64.0 * terms};
+  if (std::abs(p - 4.0 / 3.0) < 1e-12) return {64.0, 1024.0 * terms};
+  return {256.0, 4096.0 * terms};
 }
 
 // ---- one case ----
@@ -245,6 +249,8 @@ Result run_case(const Case& c, Form form, unsigned seed) {
   DeviceArray<T> d_x(size), d_v(size), d_out(size), d_vjp(size), d_jvp(size), d_hard(size);
   DeviceArray<RowState> d_state(rows);
   DeviceArray<unsigned char> d_scratch(sparsetopk::cuda::soft_scratch_bytes(c.rows, c.n));
+  DeviceArray<unsigned char> d_hard_scratch(sparsetopk::cuda::hard_scratch_bytes(c.rows, c.n));
+  DeviceArray<unsigned char> d_product_scratch(sparsetopk::cuda::jacobian_scratch_bytes(c.rows, c.n));
   d_x.upload(x);
   d_v.upload(v);
   const std::vector<T> poison(size, std::numeric_limits<T>::max());
@@ -257,10 +263,10 @@ Result run_case(const Case& c, Form form, unsigned seed) {
   sparsetopk::cuda::soft_forward<T>(form, c.solver, d_x.get(), c.rows, c.n, c.k, c.l, c.p, d_scratch.get(),
                                     d_out.get(), d_state.get(), nullptr);
   sparsetopk::cuda::jacobian_product<T>(form, true, d_v.get(), d_x.get(), d_state.get(), c.l, c.p, c.rows, c.n,
-                                        d_vjp.get(), nullptr);
+                                        d_product_scratch.get(), d_vjp.get(), nullptr);
   sparsetopk::cuda::jacobian_product<T>(form, false, d_v.get(), d_x.get(), d_state.get(), c.l, c.p, c.rows, c.n,
-                                        d_jvp.get(), nullptr);
-  sparsetopk::cuda::hard_forward<T>(form, d_x.get(), c.rows, c.n, c.k, d_hard.get(), nullptr);
+                                        d_product_scratch.get(), d_jvp.get(), nullptr);
+  sparsetopk::cuda::hard_forward<T>(form, d_x.get(), c.rows, c.n, c.k, d_hard_scratch.get(), d_hard.get(), nullptr);
   synchronize();
   Result result;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -301,7 +307,8 @@ std::vector<Case> cases(Cases which) {
                                           : std::vector<Shape>{{500, 100, 10},  {501, 100, 1},   {64, 64, 0},
                                                                {64, 64, 1},     {64, 64, 63},    {64, 64, 64},
                                                                {6, 3000, 0},    {6, 3000, 1},    {6, 3000, 2999},
-                                                               {6, 3000, 3000}, {40, 1024, 100}, {7, 1025, 100}};
+                                                               {6, 3000, 3000}, {40, 1024, 100}, {7, 1025, 100},
+                                                               {3, 16385, 100}};
   for (const Shape& s : shapes)
     for (Data data : {Data::normal, Data::ties, Data::hostile})
       for (bool dbl : {false, true})
@@ -322,6 +329,17 @@ std::vector<Case> cases(Cases which) {
     all.push_back({1, 1000000, 10000, Data::normal, false, p, 0.1, Solver::automatic});
   }
   all.push_back({70000, 16, 4, Data::hostile, true, 1.5, 0.1, Solver::automatic});
+  // long rows (a block per chunk of 16384): hostile rows, ties across chunks, k at the
+  // chunks' border, k = 0 and k = n (a block per row), pav. (Hostile long rows at p = 4/3 only:
+  // the core's magnitude solve for general p is quadratic in the window, and a row at scale
+  // 1e-30 is all window: 23 x 40000 at p = 1.5 takes the core ~110 s per such row.)
+  all.push_back({23, 40000, 7, Data::hostile, true, 4.0 / 3.0, 0.1, Solver::automatic});
+  all.push_back({4, 33000, 16500, Data::ties, false, 3.0, 0.1, Solver::automatic});
+  all.push_back({4, 33000, 16500, Data::ties, true, 4.0 / 3.0, 0.5, Solver::automatic});
+  all.push_back({2, 16385, 16384, Data::normal, true, 2.0, 0.1, Solver::automatic});
+  all.push_back({3, 20000, 0, Data::normal, false, 4.0 / 3.0, 0.1, Solver::automatic});
+  all.push_back({3, 20000, 20000, Data::ties, true, 4.0 / 3.0, 0.1, Solver::automatic});
+  all.push_back({2, 20000, 500, Data::normal, true, 3.0, 0.1, Solver::pav});
   all.push_back({1, 1000000, 10000, Data::normal, true, 3.0, 0.1, Solver::automatic});
   return all;
 }
@@ -356,7 +374,7 @@ int main(int argc, char** argv) {
       if (!filter.empty() && name.find(filter) == std::string::npos) continue;
       try {
         const Result r = c.dbl ? run_case<double>(c, form, seed) : run_case<float>(c, form, seed);
-        const Tolerance tolerance = tolerance_for(c.p);
+        const Tolerance tolerance = tolerance_for(c.p, c.n);
         const bool ok = r.out <= tolerance.forward && r.state <= tolerance.forward && r.hard == 0.0 &&
                         r.vjp <= tolerance.derivative && r.jvp <= tolerance.derivative;
         worst_forward = std::max({worst_forward, r.out, r.state});

@@ -169,6 +169,61 @@ __device__ void sort_window(const Team& team, RowScratch scratch, long long m) {
   }
 }
 
+// A row split at its window: the window's size, the entries above it, the bounds.
+struct WindowSplit {
+  long long size, count_above;
+  double above, below;
+};
+
+// The window's entries (in scratch, in any order) sorted, then the core's band
+// solver on one thread: the window's outputs and, with state, the row's
+// RowState as topk.cpp's save_row records it.
+template <class T, class Team>
+__device__ void solve_band(const Team& team, Form form, Solver solver, const detail::BlockEquation& equation,
+                           const T* row, long long k, const WindowSplit& split, RowScratch scratch, T* out,
+                           RowState* state) {
+  team.sync();
+  sort_window(team, scratch, split.size);
+  if (team.rank() == 0) {
+    const detail::RowWindow window{static_cast<std::size_t>(split.size), static_cast<std::size_t>(k - split.count_above),
+                                   split.above, split.below};
+    const auto index_of = [&](std::size_t j) { return static_cast<std::size_t>(scratch.index[j]); };
+    detail::BlockStack blocks{scratch.blocks};
+    detail::BandBounds band;
+    const auto append = [&](std::size_t i, double) {  // the key as topk.cpp takes it
+      band.add(detail::sort_key(form, static_cast<double>(row[i])), i);
+    };
+    RowState near;
+    const detail::StraddlingBlock block =
+        form == Form::magnitude
+            ? detail::solve_mag_band(window, scratch.keys, index_of, equation, solver, blocks, row, out,
+                                     state != nullptr, append, near)
+            : detail::solve_mask_band(window, scratch.keys, index_of, equation, solver, blocks, out, state != nullptr,
+                                      append, near);
+    if (state) {  // topk.cpp's save_row
+      const detail::BandState solved = detail::band_state(block, window, scratch.keys);
+      *state = near;
+      state->gamma = solved.gamma;
+      state->block_weight = solved.block_weight;
+      state->unchanged_from = solved.unchanged_from;
+      band.write(*state);
+    }
+  }
+  team.sync();
+}
+
+// The state of a row that held a non-finite value (the core's fill_non_finite_row).
+__device__ inline RowState non_finite_state() {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  return RowState{.gamma = nan, .block_weight = 0.0, .unchanged_from = nan};
+}
+
+// The state of a separated row (topk.cpp's save_separated_row): the keys of the
+// last entry tied at s_k and of the first tied at s_{k+1}.
+__device__ inline RowState separated_state(double last_kept, double first_dropped) {
+  return RowState{.gamma = first_dropped, .block_weight = 0.0, .unchanged_from = last_kept};
+}
+
 // A row of singleton blocks only, for k = 0 or k = n: every output is its
 // w_i (0, or the top value), and the state is what band_state gives the
 // core's sorted row (topk.cpp): gamma the key at sorted position k (-inf for
@@ -202,8 +257,7 @@ __device__ void soft_separated_row(const Team& team, Form form, const T* row, lo
   // the keys of the last entry tied at s_k and the first tied at s_{k+1} (their sign of zero)
   const double last_kept = keys.s_k == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, false) : keys.s_k;
   const double first_dropped = keys.s_next == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, true) : keys.s_next;
-  if (team.rank() == 0)
-    *state = RowState{.gamma = first_dropped, .block_weight = 0.0, .unchanged_from = last_kept};
+  if (team.rank() == 0) *state = separated_state(last_kept, first_dropped);
 }
 
 // soft_topk_mask / soft_topk_mag of SPEC.md on one row, as the core's
@@ -220,9 +274,7 @@ __device__ void soft_row(const Team& team, Form form, Solver solver, const detai
   for (long long i = team.rank(); i < n; i += team.size()) non_finite |= !std::isfinite(row[i]);
   if (team.any(non_finite)) {  // the core's fill_non_finite_row
     for (long long i = team.rank(); i < n; i += team.size()) out[i] = T(std::numeric_limits<double>::quiet_NaN());
-    if (state && team.rank() == 0)
-      *state = RowState{.gamma = std::numeric_limits<double>::quiet_NaN(), .block_weight = 0.0,
-                        .unchanged_from = std::numeric_limits<double>::quiet_NaN()};
+    if (state && team.rank() == 0) *state = non_finite_state();
     return;
   }
   if (k == 0 || k == n) return soft_singleton_row(team, form, row, n, k, out, state);
@@ -241,34 +293,7 @@ __device__ void soft_row(const Team& team, Form form, Solver solver, const detai
     team.sync();
     m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
   }
-  team.sync();
-  sort_window(team, scratch, m);
-  if (team.rank() == 0) {
-    const detail::RowWindow window{static_cast<std::size_t>(m), static_cast<std::size_t>(k - count_above), above,
-                                   below};
-    const auto index_of = [&](std::size_t j) { return static_cast<std::size_t>(scratch.index[j]); };
-    detail::BlockStack blocks{scratch.blocks};
-    detail::BandBounds band;
-    const auto append = [&](std::size_t i, double) {  // the key as topk.cpp takes it
-      band.add(detail::sort_key(form, static_cast<double>(row[i])), i);
-    };
-    RowState near;
-    const detail::StraddlingBlock block =
-        form == Form::magnitude
-            ? detail::solve_mag_band(window, scratch.keys, index_of, equation, solver, blocks, row, out,
-                                     state != nullptr, append, near)
-            : detail::solve_mask_band(window, scratch.keys, index_of, equation, solver, blocks, out, state != nullptr,
-                                      append, near);
-    if (state) {  // topk.cpp's save_row
-      const detail::BandState solved = detail::band_state(block, window, scratch.keys);
-      *state = near;
-      state->gamma = solved.gamma;
-      state->block_weight = solved.block_weight;
-      state->unchanged_from = solved.unchanged_from;
-      band.write(*state);
-    }
-  }
-  team.sync();
+  solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below}, scratch, out, state);
 }
 
 // hard_topk_mask / hard_topk_mag of SPEC.md on one row: the k-th entry in

@@ -8,14 +8,16 @@
 // synchronizes with the host.
 //
 // Rows are [rows, n] contiguous, float or double (half types are converted to
-// float by the caller). Each op is ONE launch: a team of threads per row
-// (team.hpp) — a warp for rows of up to kWarpRowSize entries, a block for
-// longer ones — runs the whole row (team_rows.hpp): radix selection of the
+// float by the caller). Each op is ONE launch for rows of up to 16384 entries:
+// a team of threads per row (team.hpp) — a warp for rows of up to
+// kWarpRowSize entries, a block for longer ones — runs the whole row
+// (team_rows.hpp): radix selection of the
 // k-th and (k+1)-th keys, the core's window bounds, the split, a bitonic sort
 // of the window, and the core's band solver (solve_mask_band /
 // solve_mag_band) on one thread, which records the row's RowState as the
 // core's topk.cpp does. The derivatives: the same teams, the band's c_i
-// recomputed from x at the saved RowState (saved_band.hpp).
+// recomputed from x at the saved RowState (saved_band.hpp). Longer rows get a
+// block per chunk of 16384 entries and a fixed few launches (long_rows.hpp).
 //
 // Built twice from topk_kernels_impl.hpp: by nvcc (topk_kernels.cu, the
 // library sparsetopk_cuda_kernels) and as host C++ on the harness
@@ -58,15 +60,20 @@ template <class T>
 void soft_forward(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
                   double p, void* scratch, T* out, RowState* state, cudaStream_t stream);
 
-// hard_topk_mask / hard_topk_mag of SPEC.md on every row. No scratch.
+// hard_topk_mask / hard_topk_mag of SPEC.md on every row, with a scratch
+// buffer of hard_scratch_bytes(rows, n) bytes (used by long rows only).
+std::size_t hard_scratch_bytes(long long rows, long long n);
 template <class T>
-void hard_forward(Form form, const T* x, long long rows, long long n, long long k, T* out, cudaStream_t stream);
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, void* scratch, T* out,
+                  cudaStream_t stream);
 
 // J^T v (transpose) or J v at the state [rows] that the soft forward pass on x
 // [rows, n] left, with its l and p: each band entry's c_i is recomputed from x
-// (band.hpp), as the core's derivatives.cpp does. v, x and out are [rows, n].
+// (band.hpp), as the core's derivatives.cpp does. v, x and out are [rows, n];
+// scratch: jacobian_scratch_bytes(rows, n) bytes (long rows' partial sums).
+std::size_t jacobian_scratch_bytes(long long rows, long long n);
 template <class T>
 void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l,
-                      double p, long long rows, long long n, T* out, cudaStream_t stream);
+                      double p, long long rows, long long n, void* scratch, T* out, cudaStream_t stream);
 
 }  // namespace sparsetopk::cuda

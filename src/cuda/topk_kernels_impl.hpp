@@ -13,6 +13,7 @@
 #include <cstddef>
 
 #include "block_equation.hpp"
+#include "long_rows.hpp"
 #include "pav.hpp"
 #include "regularizer.hpp"
 #include "team.hpp"
@@ -92,6 +93,15 @@ struct Shape {
 };
 
 bool warp_rows(long long n) { return n <= kWarpRowSize; }
+bool long_row_chunks(long long n) { return n > long_rows::kChunkSize; }  // long rows: a block per chunk
+
+// Long rows: grid (chunks, rows up to 65535: the rest looped); per row scalars: blocks of 256.
+dim3 chunk_grid(long long rows, long long n) {
+  return dim3(static_cast<unsigned>(long_rows::chunks_of(n)), static_cast<unsigned>(std::min<long long>(rows, 65535)));
+}
+dim3 per_row_grid(long long rows) {
+  return dim3(static_cast<unsigned>(std::min<long long>((rows + long_rows::kThreads - 1) / long_rows::kThreads, kMaxBlocks)));
+}
 
 Shape shape_of(long long rows, long long n) {
   if (warp_rows(n)) {
@@ -127,12 +137,63 @@ RowScratch carve_soft(Carver& carver, long long rows, long long n) {
   return scratch;
 }
 
+// The selections of long rows (none for shorter ones).
+long_rows::RowSelection* carve_selections(Carver& carver, long long rows, long long n) {
+  return long_row_chunks(n) ? carver.take<long_rows::RowSelection>(rows) : nullptr;
+}
+
+struct HardScratch {
+  long_rows::RowSelection* selections;
+  long long* tie_counts;  // [rows, chunks]
+};
+HardScratch carve_hard(Carver& carver, long long rows, long long n) {
+  if (!long_row_chunks(n)) return {nullptr, nullptr};
+  return {carver.take<long_rows::RowSelection>(rows), carver.take<long long>(rows * long_rows::chunks_of(n))};
+}
+
+struct ProductScratch {
+  Pivot* pivots;    // [rows, chunks]
+  double* spreads;  // [rows, chunks]
+};
+ProductScratch carve_product(Carver& carver, long long rows, long long n) {
+  if (!long_row_chunks(n)) return {nullptr, nullptr};
+  const long long parts = rows * long_rows::chunks_of(n);
+  return {carver.take<Pivot>(parts), carver.take<double>(parts)};
+}
+
+// The k-th key of every long row (and with `next` the (k+1)-th): radix digits
+// over the chunks, then the largest key below; flags the rows as `soft` asks.
+template <class T>
+void select_long_rows(Form form, bool soft, bool next, const T* x, long long rows, long long n, long long k,
+                      long_rows::RowSelection* selections, cudaStream_t stream) {
+  using U = BitsOf<T>;
+  launch(long_rows::start_kernel<T>, per_row_grid(rows), dim3(long_rows::kThreads), 0, stream, rows, k, selections);
+  const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
+  for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits)
+    launch(long_rows::digit_kernel<T>, grid, block, 0, stream, form, soft, x, rows, n, shift,
+           shift == 8 * static_cast<int>(sizeof(U)) - kRadixBits, selections);
+  if (next) launch(long_rows::next_key_kernel<T>, grid, block, 0, stream, form, x, rows, n, selections);
+}
+
 }  // namespace
 
 #if !defined(SPARSETOPK_KERNELS_SECOND_FILE)  // (defined once, in the file that builds float)
 std::size_t soft_scratch_bytes(long long rows, long long n) {
   Carver carver(nullptr);
   carve_soft(carver, rows, n);
+  carve_selections(carver, rows, n);
+  return std::max<std::size_t>(carver.used(), 256);
+}
+
+std::size_t hard_scratch_bytes(long long rows, long long n) {
+  Carver carver(nullptr);
+  carve_hard(carver, rows, n);
+  return std::max<std::size_t>(carver.used(), 256);
+}
+
+std::size_t jacobian_scratch_bytes(long long rows, long long n) {
+  Carver carver(nullptr);
+  carve_product(carver, rows, n);
   return std::max<std::size_t>(carver.used(), 256);
 }
 #endif
@@ -143,37 +204,67 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
   if (rows == 0) return;
   Carver carver(scratch);
   const RowScratch parts = carve_soft(carver, rows, n);
+  long_rows::RowSelection* selections = carve_selections(carver, rows, n);
   const Solver row_solver = solver == Solver::pav ? Solver::pav : Solver::threshold;  // as the core's soft_topk
   const Shape shape = shape_of(rows, n);
-  if (warp_rows(n))
+  if (long_row_chunks(n) && row_solver == Solver::threshold && k > 0 && k < n) {  // a block per chunk
+    select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, stream);
+    launch(long_rows::split_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x, rows, n,
+           l, p, selections, parts, out);
+    launch(long_rows::band_kernel<T>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
+           n, k, l, p, selections, parts, out, state);
+  } else if (warp_rows(n)) {
     launch(soft_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
            n, k, l, p, parts, out, state);
-  else
+  } else {
     launch(soft_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
            n, k, l, p, parts, out, state);
+  }
 }
 
 template <class T>
-void hard_forward(Form form, const T* x, long long rows, long long n, long long k, T* out, cudaStream_t stream) {
+void hard_forward(Form form, const T* x, long long rows, long long n, long long k, void* scratch, T* out,
+                  cudaStream_t stream) {
   if (rows == 0 || n == 0) return;
+  Carver carver(scratch);
+  const HardScratch parts = carve_hard(carver, rows, n);
   const Shape shape = shape_of(rows, n);
-  if (warp_rows(n))
+  if (long_row_chunks(n) && k > 0 && k < n) {
+    select_long_rows(form, /*soft=*/false, /*next=*/false, x, rows, n, k, parts.selections, stream);
+    const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
+    launch(long_rows::tie_count_kernel<T>, grid, block, 0, stream, form, x, rows, n,
+           static_cast<const long_rows::RowSelection*>(parts.selections), parts.tie_counts);
+    launch(long_rows::hard_write_kernel<T>, grid, block, 0, stream, form, x, rows, n,
+           static_cast<const long_rows::RowSelection*>(parts.selections),
+           static_cast<const long long*>(parts.tie_counts), out);
+  } else if (warp_rows(n)) {
     launch(hard_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
-  else
+  } else {
     launch(hard_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
+  }
 }
 
 template <class T>
 void jacobian_product(Form form, bool transpose, const T* v, const T* x, const RowState* state, double l, double p,
-                      long long rows, long long n, T* out, cudaStream_t stream) {
+                      long long rows, long long n, void* scratch, T* out, cudaStream_t stream) {
   if (rows == 0 || n == 0) return;
+  Carver carver(scratch);
+  const ProductScratch parts = carve_product(carver, rows, n);
   const Shape shape = shape_of(rows, n);
-  if (warp_rows(n))
+  if (long_row_chunks(n)) {  // partial pivots, partial spreads, then the outputs
+    const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
+    launch(long_rows::pivot_kernel<T>, grid, block, 0, stream, form, x, state, l, p, rows, n, parts.pivots);
+    launch(long_rows::spread_kernel<T>, grid, block, 0, stream, form, transpose, v, x, state, l, p, rows, n,
+           static_cast<const Pivot*>(parts.pivots), parts.spreads);
+    launch(long_rows::product_kernel<T>, grid, block, 0, stream, form, transpose, v, x, state, l, p, rows, n,
+           static_cast<const Pivot*>(parts.pivots), static_cast<const double*>(parts.spreads), out);
+  } else if (warp_rows(n)) {
     launch(jacobian_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
            state, l, p, rows, n, out);
-  else
+  } else {
     launch(jacobian_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
            state, l, p, rows, n, out);
+  }
 }
 
 // Each including file instantiates the types it builds (SPARSETOPK_INSTANTIATE_KERNELS):
@@ -181,8 +272,8 @@ void jacobian_product(Form form, bool transpose, const T* v, const T* x, const R
 #define SPARSETOPK_INSTANTIATE_KERNELS(T)                                                                          \
   template void soft_forward<T>(Form, Solver, const T*, long long, long long, long long, double, double, void*, T*, \
                                 RowState*, cudaStream_t);                                                          \
-  template void hard_forward<T>(Form, const T*, long long, long long, long long, T*, cudaStream_t);                 \
+  template void hard_forward<T>(Form, const T*, long long, long long, long long, void*, T*, cudaStream_t);          \
   template void jacobian_product<T>(Form, bool, const T*, const T*, const RowState*, double, double, long long,    \
-                                    long long, T*, cudaStream_t);
+                                    long long, void*, T*, cudaStream_t);
 
 }  // namespace sparsetopk::cuda

@@ -87,8 +87,10 @@ void soft_typed(Form form, Solver solver, cudaStream_t stream, ffi::ScratchAlloc
 }
 
 template <class T>
-void hard_typed(Form form, cudaStream_t stream, const ffi::AnyBuffer& x, Rows rows, ffi::AnyBuffer& out, int64_t k) {
+void hard_typed(Form form, cudaStream_t stream, ffi::ScratchAllocator& scratch, const ffi::AnyBuffer& x, Rows rows,
+                ffi::AnyBuffer& out, int64_t k) {
   cuda::hard_forward<T>(form, static_cast<const T*>(x.untyped_data()), rows.count, rows.n, k,
+                        allocate(scratch, cuda::hard_scratch_bytes(rows.count, rows.n)),
                         static_cast<T*>(out.untyped_data()), stream);
 }
 
@@ -123,23 +125,23 @@ ffi::Error soft_with_state_entry(cudaStream_t stream, ffi::ScratchAllocator scra
 }
 
 template <Form form>
-ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator /*scratch*/, ffi::AnyBuffer x,
+ffi::Error hard_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                       ffi::Result<ffi::AnyBuffer> out, int64_t k) {
   return guarded([&] {
     check_types(x, {&*out});
     const Rows rows = rows_of(x);
     checked_k(k, static_cast<std::size_t>(rows.n));
     if (rows.count * rows.n == 0) return;
-    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(form, stream, x, rows, *out, k);
-    else hard_typed<float>(form, stream, x, rows, *out, k);
+    if (x.element_type() == ffi::DataType::F64) hard_typed<double>(form, stream, scratch, x, rows, *out, k);
+    else hard_typed<float>(form, stream, scratch, x, rows, *out, k);
   });
 }
 
 // J^T v (vjp: transpose) or J v (jvp) at the state the forward pass on x left,
 // with its l and p. The mask's J is symmetric: its jvp and vjp are one product.
 template <Form form, bool transpose>
-ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer state, ffi::AnyBuffer v,
-                         ffi::Result<ffi::AnyBuffer> out, double l, double p) {
+ffi::Error product_entry(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer state,
+                         ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out, double l, double p) {
   return guarded([&] {
     check_types(x, {&v, &*out});
     check_like_x(x, v, "v");  // (the dtypes: check_types)
@@ -149,14 +151,15 @@ ffi::Error product_entry(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer s
     const Rows rows = rows_of(x);
     if (rows.count * rows.n == 0) return;
     const RowState* states = static_cast<const RowState*>(state.untyped_data());
+    void* buffer = allocate(scratch, cuda::jacobian_scratch_bytes(rows.count, rows.n));
     if (x.element_type() == ffi::DataType::F64)
       cuda::jacobian_product<double>(form, transpose, static_cast<const double*>(v.untyped_data()),
                                      static_cast<const double*>(x.untyped_data()), states, l, p, rows.count, rows.n,
-                                     static_cast<double*>(out->untyped_data()), stream);
+                                     buffer, static_cast<double*>(out->untyped_data()), stream);
     else
       cuda::jacobian_product<float>(form, transpose, static_cast<const float*>(v.untyped_data()),
                                     static_cast<const float*>(x.untyped_data()), states, l, p, rows.count, rows.n,
-                                    static_cast<float*>(out->untyped_data()), stream);
+                                    buffer, static_cast<float*>(out->untyped_data()), stream);
   });
 }
 
@@ -164,7 +167,7 @@ auto cuda_binding() {
   return ffi::Ffi::Bind().Ctx<Stream>().Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>();
 }
 
-auto product_binding() { return derivative_arguments(ffi::Ffi::Bind().Ctx<Stream>()); }
+auto product_binding() { return derivative_arguments(ffi::Ffi::Bind().Ctx<Stream>().Ctx<ffi::ScratchAllocator>()); }
 
 // The targets of the CUDA platform: the names of the CPU's (ffi_handlers.cpp);
 // _ffi.py registers every row on opt-in.

@@ -1,5 +1,5 @@
-// The CUDA kernels' pipeline (src/cuda/topk_kernels.cu), run on the CPU
-// the way the kernels compose it: the radix selection (radix_select.hpp:
+// The pieces of the CUDA kernels' pipeline, composed in plain sequential C++
+// (the kernels themselves run on the CPU harness: src/cuda/kernel_selftest.cpp): the radix selection (radix_select.hpp:
 // passes of digit counts over a row, then the (k+1)-th key) and the hard
 // operators' k-th entry and rule (hard_topk.hpp) against sorting and the
 // core's hard ops; then the soft forward's window bounds, gather, sort and
@@ -37,7 +37,7 @@ struct Selected {
   BitsOf<T> prefix;
 };
 
-// select_keys of topk_kernels.cu for one row, 0 < k < n
+// the radix selection of the kernels (select_kth_keys, team_rows.hpp) for one row, 0 < k < n
 template <class T>
 Selected<T> select(const std::vector<T>& row, long long k, Form form) {
   using U = BitsOf<T>;
@@ -209,8 +209,8 @@ TEST(CudaPipeline, HardNaNRuleAndValuesAreTheCores) {
   EXPECT_EQ(hard_topk_mag(std::vector<double>{-inf, 1.0, inf}, 2), (std::vector<double>{-inf, 0.0, inf}));
 }
 
-// bounds_kernel, gather_kernel, the segmented sort and band_kernel for one
-// finite row: the outputs and the row's RowState.
+// the soft forward's window bounds, split, sort and band solve (soft_row,
+// team_rows.hpp) for one finite row: the outputs and the row's RowState.
 template <class T>
 void soft_pipeline(const std::vector<T>& row, std::size_t k, double l, double p, Form form, std::vector<T>& out,
                    RowState& state) {
@@ -426,7 +426,7 @@ TEST(CudaPipeline, NonFiniteRowsGiveNaNDerivatives) {
     RowState core;
     core_forward(form, row, 2, 4.0 / 3.0, out, core);
     const RowState flagged{.gamma = std::numeric_limits<double>::quiet_NaN(), .block_weight = 0.0,
-                           .unchanged_from = std::numeric_limits<double>::quiet_NaN()};  // band_kernel's
+                           .unchanged_from = std::numeric_limits<double>::quiet_NaN()};  // non_finite_state()
     expect_same_state(flagged, core);
     for (double value : jacobian_pipeline(form, true, row, row, flagged, 0.3, 4.0 / 3.0))
       EXPECT_TRUE(std::isnan(value));

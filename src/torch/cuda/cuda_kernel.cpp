@@ -89,8 +89,9 @@ generic::SoftResult soft_rows(Form form, const Tensor& rows, int64_t k, double l
 template <class T>
 Tensor hard_rows_as(Form form, const Tensor& rows, int64_t k) {
   Tensor out = at::empty_like(rows);
-  cuda::hard_forward<T>(form, rows.data_ptr<T>(), rows.size(0), rows.size(1), k, out.data_ptr<T>(),
-                        at::cuda::getCurrentCUDAStream());
+  const Tensor scratch = scratch_bytes(rows, cuda::hard_scratch_bytes(rows.size(0), rows.size(1)));
+  cuda::hard_forward<T>(form, rows.data_ptr<T>(), rows.size(0), rows.size(1), k, scratch.data_ptr(),
+                        out.data_ptr<T>(), at::cuda::getCurrentCUDAStream());
   return out;
 }
 
@@ -105,8 +106,9 @@ template <class T>
 Tensor product_rows_as(Form form, bool transpose, const Tensor& v, const Tensor& x, const Tensor& state, double l,
                        double p) {
   Tensor out = at::empty_like(v);
-  cuda::jacobian_product<T>(form, transpose, v.data_ptr<T>(), x.data_ptr<T>(), states_of(state),
-                            l, p, v.size(0), v.size(1), out.data_ptr<T>(), at::cuda::getCurrentCUDAStream());
+  const Tensor scratch = scratch_bytes(v, cuda::jacobian_scratch_bytes(v.size(0), v.size(1)));
+  cuda::jacobian_product<T>(form, transpose, v.data_ptr<T>(), x.data_ptr<T>(), states_of(state), l, p, v.size(0),
+                            v.size(1), scratch.data_ptr(), out.data_ptr<T>(), at::cuda::getCurrentCUDAStream());
   return out;
 }
 

@@ -1,0 +1,373 @@
+#pragma once
+// Long rows (more than kLongRowSize entries): each row is split into chunks of
+// kChunkSize entries, one block per chunk, so that a few long rows still fill
+// the GPU. A fixed number of launches, none reading anything back:
+//   - selection: one launch per radix digit (4 for float, 8 for double); each
+//     block counts its chunk's digits into the row's counts, and the last
+//     block of the row to finish (a ticket after a fence) picks the digit;
+//     then the (k+1)-th key (one launch, a max);
+//   - soft forward: the split (one launch: outputs outside the window, the
+//     window's entries gathered), then one block per row sorts the window and
+//     runs the core's band solver (solve_band, team_rows.hpp);
+//   - hard forward: the ties of s_k counted per chunk, then the outputs, each
+//     block ranking its own ties after those of the chunks before it;
+//   - derivatives: per chunk partial pivots, then partial spreads (each block
+//     combining the partials of its row in chunk order: deterministic), then
+//     the outputs.
+// UNVERIFIED on a GPU; run on the CPU harness by kernel_selftest (docs/gpu.md).
+
+#include <climits>
+#include <cstddef>
+
+#include "radix_select.hpp"
+#include "team.hpp"
+#include "team_rows.hpp"
+
+namespace sparsetopk::cuda::long_rows {
+
+constexpr long long kChunkSize = 16384;  // entries per block
+constexpr unsigned kThreads = 256;
+
+__host__ __device__ inline long long chunks_of(long long n) { return (n + kChunkSize - 1) / kChunkSize; }
+
+// The selection of one row, in device memory, carried from launch to launch.
+struct RowSelection {
+  unsigned long long counts[kRadixSize];  // the current digit's counts over the row
+  unsigned long long prefix;              // s_k's order-preserving bits, digit by digit
+  unsigned long long next;                // the largest key's bits below s_k (0: none)
+  long long remaining;                    // the k-th entry's rank among the keys equal to s_k
+  long long ties;                         // how many keys equal s_k (after the last digit)
+  long long count_above, size;            // the split: entries above the window, in it
+  long long zero_first, zero_last;        // the first and last column of a key equal to 0
+  unsigned ticket;                        // blocks of the row done with the current launch
+  int flags;                              // 1: the row holds a non-finite value (soft) or a NaN (hard)
+};
+
+// [begin, end) of the chunk blockIdx.x of a row.
+struct Chunk {
+  long long begin, end;
+};
+__device__ inline Chunk chunk_of(long long n) {
+  const long long begin = static_cast<long long>(blockIdx.x) * kChunkSize;
+  return {begin, begin + kChunkSize < n ? begin + kChunkSize : n};
+}
+
+// Whether this block is the last of its row's blocks to finish the launch:
+// its writes before, and every other block's, are visible to it then.
+__device__ inline bool last_block_of_row(RowSelection& selection) {
+  __shared__ unsigned last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&selection.ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+  __syncthreads();
+  return last != 0;
+}
+
+template <class T>
+__global__ void start_kernel(long long rows, long long k, RowSelection* selections) {
+  for (long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+       r += static_cast<long long>(gridDim.x) * blockDim.x) {
+    RowSelection& s = selections[r];
+    for (int d = 0; d < kRadixSize; ++d) s.counts[d] = 0;
+    s.prefix = 0, s.next = 0, s.remaining = k, s.ties = 0, s.count_above = 0, s.size = 0;
+    s.zero_first = LLONG_MAX, s.zero_last = -1, s.ticket = 0, s.flags = 0;
+  }
+}
+
+// One radix digit (at `shift`) of the k-th key; the first pass also flags the row.
+template <class T>
+__global__ void digit_kernel(Form form, bool soft, const T* x, long long rows, long long n, int shift, bool first,
+                             RowSelection* selections) {
+  using U = BitsOf<T>;
+  __shared__ unsigned counts[kRadixSize];
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    RowSelection& selection = selections[r];
+    const U prefix = static_cast<U>(selection.prefix);
+    for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x) counts[d] = 0;
+    __syncthreads();
+    const Chunk chunk = chunk_of(n);
+    bool bad = false;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const T v = x[r * n + i];
+      bad |= soft ? !std::isfinite(v) : detail::hard_poisons_row(v);
+      const U e = encode(key_of(form, v));
+      if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+    }
+    if (__syncthreads_or(first && bad) && threadIdx.x == 0) atomicOr(&selection.flags, 1);
+    for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x)
+      if (counts[d] != 0) atomicAdd(&selection.counts[d], static_cast<unsigned long long>(counts[d]));
+    if (last_block_of_row(selection)) {  // (the same answer on every thread of the block)
+      __shared__ unsigned long long totals[kRadixSize];
+      for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x)
+        totals[d] = atomicExch(&selection.counts[d], 0ull);  // read, and cleared for the next digit
+      __syncthreads();
+      if (threadIdx.x == 0) {  // the digit holding the remaining-th key (radix_select.hpp)
+        U chosen = prefix;
+        choose_digit(totals, shift, chosen, selection.remaining, selection.ties);
+        selection.prefix = chosen;
+        selection.ticket = 0;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The largest key below s_k, where no tie of s_k is left for position k + 1.
+template <class T>
+__global__ void next_key_kernel(Form form, const T* x, long long rows, long long n, RowSelection* selections) {
+  using U = BitsOf<T>;
+  const BlockTeam team(nullptr);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    RowSelection& selection = selections[r];
+    if (selection.ties > selection.remaining) continue;  // (the same for every block of the row)
+    const U prefix = static_cast<U>(selection.prefix);
+    const Chunk chunk = chunk_of(n);
+    U best = 0;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const U e = encode(key_of(form, x[r * n + i]));
+      if (e < prefix && e > best) best = e;
+    }
+    best = team.all_reduce(best, Max{});
+    if (threadIdx.x == 0 && best != 0) atomicMax(&selection.next, static_cast<unsigned long long>(best));
+  }
+}
+
+// s_k, s_{k+1} and what the row's soft forward does with them (every block of
+// the row computes the same from the selection).
+template <class T>
+struct SoftPlan {
+  double s_k, s_next;
+  bool separated;
+  double above, below;
+};
+
+template <class T>
+__device__ SoftPlan<T> soft_plan(const RowSelection& selection, const detail::BlockEquation& equation) {
+  using U = BitsOf<T>;
+  SoftPlan<T> plan;
+  plan.s_k = static_cast<double>(decode<T>(static_cast<U>(selection.prefix)));
+  plan.s_next = selection.ties > selection.remaining ? plan.s_k
+                                                     : static_cast<double>(decode<T>(static_cast<U>(selection.next)));
+  plan.separated = detail::separated_keys(equation, plan.s_k, plan.s_next);
+  plan.above = plan.s_k, plan.below = plan.s_k;  // separated: key >= s_k is kept, no window
+  if (!plan.separated) detail::window_bounds(equation, plan.s_k, plan.s_next, plan.above, plan.below);
+  return plan;
+}
+
+// Outputs outside the window (their top value, or 0; NaN for a non-finite
+// row), the window's entries gathered into the row's scratch in any order
+// (the band kernel sorts them), and for a separated row the first and last
+// column of a zero key.
+template <class T>
+__global__ void split_kernel(Form form, const T* x, long long rows, long long n, double l, double p,
+                             RowSelection* selections, RowScratch scratch, T* out) {
+  const BlockTeam team(nullptr);
+  const detail::BlockEquation equation(form, l, p);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    RowSelection& selection = selections[r];
+    const Chunk chunk = chunk_of(n);
+    const T* row = x + r * n;
+    T* out_row = out + r * n;
+    if (selection.flags) {
+      for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x)
+        out_row[i] = T(std::numeric_limits<double>::quiet_NaN());
+      continue;
+    }
+    const SoftPlan<T> plan = soft_plan<T>(selection, equation);
+    long long above = 0, first_zero = LLONG_MAX, last_zero = -1;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const double key = static_cast<double>(detail::sort_key(form, row[i]));
+      if (key == 0.0) {
+        if (i < first_zero) first_zero = i;
+        last_zero = i;
+      }
+      if (plan.separated) {
+        out_row[i] = key >= plan.s_k ? top_value(form, row[i]) : T(0);
+      } else if (key >= plan.above) {
+        ++above;
+        out_row[i] = top_value(form, row[i]);
+      } else {
+        out_row[i] = T(0);
+        if (key > plan.below) {
+          const long long slot = static_cast<long long>(
+              atomicAdd(reinterpret_cast<unsigned long long*>(&selection.size), 1ull));
+          scratch.keys[r * n + slot] = key;
+          scratch.index[r * n + slot] = i;
+        }
+      }
+    }
+    above = team.all_reduce(above, Sum{});
+    first_zero = team.all_reduce(first_zero, Min{});
+    last_zero = team.all_reduce(last_zero, Max{});
+    if (threadIdx.x == 0) {
+      if (above != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&selection.count_above),
+                                static_cast<unsigned long long>(above));
+      if (first_zero != LLONG_MAX) atomicMin(&selection.zero_first, first_zero);
+      if (last_zero >= 0) atomicMax(&selection.zero_last, last_zero);
+    }
+  }
+}
+
+// One block per row: the window sorted and the core's band solver, the state.
+template <class T>
+__global__ void band_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
+                            double p, RowSelection* selections, RowScratch scratch, T* out, RowState* state) {
+  SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
+  const BlockTeam team(counts);
+  const detail::BlockEquation equation(form, l, p);
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const RowSelection& selection = selections[r];
+    const T* row = x + r * n;
+    RowState* row_state = state ? state + r : nullptr;
+    const RowScratch row_scratch{scratch.keys + r * n, scratch.index + r * n, scratch.blocks + r * n};
+    if (selection.flags) {
+      if (row_state && threadIdx.x == 0) *row_state = non_finite_state();
+      continue;
+    }
+    const SoftPlan<T> plan = soft_plan<T>(selection, equation);
+    if (plan.separated) {
+      if (row_state && threadIdx.x == 0) {  // (the zero columns' keys: their sign of zero)
+        const auto key_at = [&](long long i) { return static_cast<double>(detail::sort_key(form, row[i])); };
+        *row_state = separated_state(plan.s_k == 0.0 ? key_at(selection.zero_last) : plan.s_k,
+                                     plan.s_next == 0.0 ? key_at(selection.zero_first) : plan.s_next);
+      }
+      continue;
+    }
+    long long m = selection.size, count_above = selection.count_above;
+    double above = plan.above, below = plan.below;
+    if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)
+      above = detail::kInf, below = -detail::kInf;
+      m = split_at_window(team, form, row, n, above, below, row_scratch, out + r * n, count_above);
+    }
+    solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below}, row_scratch,
+               out + r * n, row_state);
+  }
+}
+
+// ---- hard ----
+
+// How many keys of each chunk equal s_k: [rows, chunks].
+template <class T>
+__global__ void tie_count_kernel(Form form, const T* x, long long rows, long long n,
+                                 const RowSelection* selections, long long* tie_counts) {
+  const BlockTeam team(nullptr);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const BitsOf<T> kth = static_cast<BitsOf<T>>(selections[r].prefix);
+    const Chunk chunk = chunk_of(n);
+    long long ties = 0;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x)
+      ties += encode(key_of(form, x[r * n + i])) == kth;
+    ties = team.all_reduce(ties, Sum{});
+    if (threadIdx.x == 0) tie_counts[r * gridDim.x + blockIdx.x] = ties;
+  }
+}
+
+// hard_topk.hpp's rule: keys above s_k kept, and of the keys equal to it the
+// first `remaining` in column order (the ties of the earlier chunks, then this
+// chunk's in column order).
+template <class T>
+__global__ void hard_write_kernel(Form form, const T* x, long long rows, long long n,
+                                  const RowSelection* selections, const long long* tie_counts, T* out) {
+  const BlockTeam team(nullptr);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const RowSelection& selection = selections[r];
+    const Chunk chunk = chunk_of(n);
+    const T* row = x + r * n;
+    T* out_row = out + r * n;
+    if (selection.flags) {
+      for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) out_row[i] = detail::hard_nan<T>();
+      continue;
+    }
+    const BitsOf<T> kth = static_cast<BitsOf<T>>(selection.prefix);
+    long long seen = 0;  // ties before this tile
+    for (unsigned c = 0; c < blockIdx.x; ++c) seen += tie_counts[r * gridDim.x + c];
+    for (long long base = chunk.begin; base < chunk.end; base += blockDim.x) {
+      const long long i = base + threadIdx.x;
+      const BitsOf<T> e = i < chunk.end ? encode(key_of(form, row[i])) : 0;
+      const bool tie = i < chunk.end && e == kth;
+      unsigned total = 0;
+      const unsigned rank = team.exclusive_count(tie, total);
+      if (i < chunk.end) out_row[i] = detail::hard_value(form, row[i], e > kth || (tie && seen + rank < selection.remaining));
+      seen += total;
+    }
+  }
+}
+
+// ---- derivatives ----
+
+template <class T>
+__global__ void pivot_kernel(Form form, const T* x, const RowState* states, double l, double p, long long rows,
+                             long long n, Pivot* pivots) {
+  const BlockTeam team(nullptr);
+  const detail::Regularizer regularizer(p);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const SavedBand band(states[r], regularizer, l, form);
+    const Chunk chunk = chunk_of(n);
+    Pivot mine = no_pivot(n);
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const double c_i = band.weight(static_cast<double>(x[r * n + i]), static_cast<std::size_t>(i));
+      if (c_i >= 0.0) mine = MergePivots{}(mine, entry_pivot(c_i, i));
+    }
+    mine = team.all_reduce(mine, MergePivots{});
+    if (threadIdx.x == 0) pivots[r * gridDim.x + blockIdx.x] = mine;
+  }
+}
+
+// The row's pivot from its chunks' partial pivots, in chunk order.
+__device__ inline Pivot row_pivot(const Pivot* pivots, long long n) {
+  Pivot pivot = no_pivot(n);
+  for (unsigned c = 0; c < gridDim.x; ++c) pivot = MergePivots{}(pivot, pivots[c]);
+  return pivot;
+}
+
+template <class T>
+__global__ void spread_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states, double l,
+                              double p, long long rows, long long n, const Pivot* pivots, double* spreads) {
+  const BlockTeam team(nullptr);
+  const detail::Regularizer regularizer(p);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const SavedBand band(states[r], regularizer, l, form);
+    const Pivot pivot = row_pivot(pivots + r * gridDim.x, n);
+    const auto t = [&](long long i) { return tangent(form, static_cast<double>(x[r * n + i]), static_cast<double>(v[r * n + i])); };
+    const double t_d = pivot.count > 0 ? t(pivot.index) : 0.0;
+    const Chunk chunk = chunk_of(n);
+    double part = 0.0;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const double c_i = band.weight(static_cast<double>(x[r * n + i]), static_cast<std::size_t>(i));
+      if (c_i >= 0.0) part += spread_term(form, transpose, c_i, t(i), t_d);
+    }
+    part = team.all_reduce(part, Sum{});
+    if (threadIdx.x == 0) spreads[r * gridDim.x + blockIdx.x] = part;
+  }
+}
+
+template <class T>
+__global__ void product_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states, double l,
+                               double p, long long rows, long long n, const Pivot* pivots, const double* spreads,
+                               T* out) {
+  const detail::Regularizer regularizer(p);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    const RowState state = states[r];
+    const Chunk chunk = chunk_of(n);
+    if (std::isnan(state.gamma)) {  // the row held a non-finite value
+      for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x)
+        out[r * n + i] = T(std::numeric_limits<double>::quiet_NaN());
+      continue;
+    }
+    const SavedBand band(state, regularizer, l, form);
+    const Pivot pivot = row_pivot(pivots + r * gridDim.x, n);
+    double spread = 0.0;
+    for (unsigned c = 0; c < gridDim.x; ++c) spread += spreads[r * gridDim.x + c];
+    const double t_d = pivot.count > 0 ? tangent(form, static_cast<double>(x[r * n + pivot.index]),
+                                                 static_cast<double>(v[r * n + pivot.index]))
+                                       : 0.0;
+    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+      const double x_i = static_cast<double>(x[r * n + i]);
+      const double c_i = band.weight(x_i, static_cast<std::size_t>(i));
+      out[r * n + i] = T(product_entry(form, transpose, state, pivot, t_d, spread, c_i, x_i,
+                                       static_cast<double>(v[r * n + i])));
+    }
+  }
+}
+
+}  // namespace sparsetopk::cuda::long_rows
