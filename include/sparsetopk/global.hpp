@@ -55,6 +55,13 @@ class Reduction {
   virtual void max(std::span<double> values) = 0;
   // Every process's `values` (the same count on each), concatenated in rank order.
   virtual std::vector<double> gather(std::span<const double> values) = 0;
+  // The most window entries per process that a solve gathers to every process
+  // (then solved exactly as the row operator solves them: bitwise the same
+  // result); a wider window is solved by reductions instead: a search for the
+  // threshold equation's smooth piece (kBins = 64 sums per round), then its
+  // closed form (p = 2, 4/3) or Newton's steps (2 sums per round), to the
+  // solvers' tolerance.
+  virtual std::size_t gather_limit() const { return 64; }
 };
 
 // One process: the sums and maxima are the values themselves.
@@ -67,6 +74,7 @@ class LocalReduction final : public Reduction {
   std::vector<double> gather(std::span<const double> values) override {
     return std::vector<double>(values.begin(), values.end());
   }
+  std::size_t gather_limit() const override { return static_cast<std::size_t>(-1); }  // always: bitwise
 };
 
 // The operators. `out` has the parts of `x`, with the same sizes; k is global

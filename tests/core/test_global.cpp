@@ -206,7 +206,9 @@ class ThreadReduction final : public sparsetopk::Reduction {
     std::barrier<> barrier;
     std::vector<std::vector<double>> values;
   };
-  ThreadReduction(Board& board, std::size_t rank) : board_(board), rank_(rank) {}
+  ThreadReduction(Board& board, std::size_t rank, std::size_t gather_limit)
+      : board_(board), rank_(rank), gather_limit_(gather_limit) {}
+  std::size_t gather_limit() const override { return gather_limit_; }
   std::size_t rank() const override { return rank_; }
   std::size_t ranks() const override { return board_.values.size(); }
   void sum(std::span<double> values) override {
@@ -235,23 +237,30 @@ class ThreadReduction final : public sparsetopk::Reduction {
     }
   }
   Board& board_;
-  std::size_t rank_;
+  std::size_t rank_, gather_limit_;
 };
 
 // The same row over 2-4 simulated processes: each holds some of the parts.
-TEST(GlobalProcesses, EqualsOneProcessResult) {
-  std::mt19937 rng(4);
-  for (int trial = 0; trial < 60; ++trial) {
+// `gather_limit`: 0 solves every band by reductions, SIZE_MAX gathers every
+// window (then the result is bitwise the one-process result).
+void check_processes(std::size_t gather_limit, unsigned seed) {
+  const bool exact = gather_limit == static_cast<std::size_t>(-1);
+  std::mt19937 rng(seed);
+  double worst_out = 0.0, worst_vjp = 0.0, worst_gamma = 0.0;
+  for (int trial = 0; trial < 90; ++trial) {
     const std::size_t ranks = 2 + trial % 3;
-    const std::size_t n = std::uniform_int_distribution<std::size_t>(0, 200)(rng);
-    const std::vector<double> x = random_row<double>(n, trial % 3, rng);
+    const std::size_t n = std::uniform_int_distribution<std::size_t>(0, trial % 5 == 0 ? 3000 : 200)(rng);
+    const int kind = trial % 3;
+    const std::vector<double> x = random_row<double>(n, kind, rng);
     const std::size_t k = std::uniform_int_distribution<std::size_t>(0, n)(rng);
     std::vector<double> v(n);
     std::normal_distribution<double> normal;
     for (auto& e : v) e = normal(rng);
     const Split<double> by_rank = split(x, ranks, rng);  // then each rank's share split again
     for (const Form form : {Form::mask, Form::magnitude}) {
-      const SoftTopkOptions o{.l = 0.3, .p = kPs[trial % 4]};
+      const SoftTopkOptions o{.l = kind == 2 ? 0.02 : 0.3, .p = kPs[trial % 4]};
+      SCOPED_TRACE(testing::Message() << "trial " << trial << " n " << n << " k " << k << " ranks " << ranks << " p "
+                                      << o.p << " mag " << (form == Form::magnitude));
       const Split<double> whole{{x}};
       std::vector<std::vector<double>> expected, expected_vjp;
       RowState expected_state;
@@ -272,7 +281,7 @@ TEST(GlobalProcesses, EqualsOneProcessResult) {
       std::vector<std::thread> threads;
       for (std::size_t r = 0; r < ranks; ++r)
         threads.emplace_back([&, r] {
-          ThreadReduction reduction(board, r);
+          ThreadReduction reduction(board, r, gather_limit);
           soft_global(form, shares[r], k, out[r], o, states[r], &reduction);
           global_product(form, true, shares[r], states[r], o, v_shares[r], vjp[r], &reduction);
         });
@@ -282,15 +291,30 @@ TEST(GlobalProcesses, EqualsOneProcessResult) {
         const auto a = shares[r].concat(out[r]), b = shares[r].concat(vjp[r]);
         joined.insert(joined.end(), a.begin(), a.end());
         joined_vjp.insert(joined_vjp.end(), b.begin(), b.end());
-        expect_same_state(states[r], expected_state);
+        if (exact) expect_same_state(states[r], expected_state);
+        else expect_same_state(states[r], states[0]);  // every process holds the same state
       }
+      if (!exact && std::isfinite(expected_state.gamma))
+        worst_gamma = std::max(worst_gamma, std::abs(states[0].gamma - expected_state.gamma) / (1.0 + std::abs(expected_state.gamma)));
       for (std::size_t i = 0; i < n; ++i) {
-        ASSERT_TRUE(same_bits(joined[i], expected[0][i])) << "trial " << trial << " entry " << i;
-        ASSERT_NEAR(joined_vjp[i], expected_vjp[0][i], 1e-12 * (1.0 + std::abs(expected_vjp[0][i]))) << "trial " << trial << " entry " << i;
+        if (exact) {
+          ASSERT_TRUE(same_bits(joined[i], expected[0][i])) << "entry " << i;
+        }
+        worst_out = std::max(worst_out, std::abs(joined[i] - expected[0][i]));
+        worst_vjp = std::max(worst_vjp, std::abs(joined_vjp[i] - expected_vjp[0][i]) / (1.0 + std::abs(expected_vjp[0][i])));
       }
     }
   }
+  // (gamma is not unique where no entry is strictly inside the band: the outputs are)
+  std::printf("gather limit %zu: max |out - row| %.3g, max relative VJP difference %.3g, gamma %.3g\n", gather_limit,
+              worst_out, worst_vjp, worst_gamma);
+  EXPECT_LE(worst_out, 1e-12);
+  EXPECT_LE(worst_vjp, 1e-9);
 }
+
+TEST(GlobalProcesses, GatheredWindowsGiveTheOneProcessResultBitwise) { check_processes(static_cast<std::size_t>(-1), 4); }
+TEST(GlobalProcesses, BandsByReductionsAgreeToTolerance) { check_processes(0, 5); }
+TEST(GlobalProcesses, DefaultLimitAgreesToTolerance) { check_processes(64, 6); }
 
 TEST(GlobalErrors, NameTheArgumentAndValue) {
   const std::vector<double> a{1, 2}, b{3};

@@ -32,6 +32,7 @@ import sparsetopk.prune
 
 P_VALUES = [4.0 / 3.0, 2.0, 3.0]
 SIZES = [1000, 100_000, 1_000_000]
+FORWARD_RTOL = 1e-12   # the band solved by reductions (windows wider than 64 entries per rank)
 BACKWARD_RTOL = 1e-12
 
 
@@ -195,11 +196,15 @@ def test_uneven_shards_with_an_empty_rank(world):
     full = _uneven_tensor().requires_grad_()
     expected = sparsetopk.soft_topk_mag(full, 100, l=0.2)
     (expected_grad,) = torch.autograd.grad(expected, full, torch.ones_like(expected))
+    expected = expected.detach()
     assert results[1]["uneven"][2] == 0  # rank 1 held nothing
     out = torch.cat([results[r]["uneven"][0] for r in range(size)])
     grad = torch.cat([results[r]["uneven"][1] for r in range(size)])
-    assert torch.equal(out, expected.detach())
+    # a wide window (hundreds of entries): the band is solved by reductions, to the solvers' tolerance
+    torch.testing.assert_close(out, expected, rtol=FORWARD_RTOL, atol=FORWARD_RTOL)
     torch.testing.assert_close(grad, expected_grad, rtol=BACKWARD_RTOL, atol=BACKWARD_RTOL)
+    print(f"\n{size} ranks, uneven shards: max |difference| forward {float((out - expected).abs().max()):.3g}, "
+          f"backward {float((grad - expected_grad).abs().max()):.3g}")
 
 
 def test_hard_operators_and_pruning_budget(world):
@@ -227,16 +232,21 @@ def test_fsdp2_step_with_one_global_budget(world):
 def test_bytes_per_call(world):
     size, results = world
     print(f"\n| n | ranks | forward: collectives, bytes sent per rank | backward: collectives, bytes | seconds per forward |")
+    rows = []
     for n in SIZES:
         (fwd_calls, fwd_bytes), (bwd_calls, bwd_bytes) = results[0]["traffic"][n]
-        for r in range(size):  # every rank sends the same payload
-            assert results[r]["traffic"][n] == results[0]["traffic"][n]
         seconds = results[0]["seconds"][n]
         print(f"| {n} | {size} | {fwd_calls}, {fwd_bytes} | {bwd_calls}, {bwd_bytes} | {seconds:.4f} |")
-        # float32: 1 gather of sizes, 4 radix passes of 256 counts, 1 max (none when s_k is tied),
-        # 2 gathers for the window (1 when it is empty everywhere; none when no block straddles s_k)
+        rows.append((n, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes))
+    for n, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes in rows:
+        for r in range(size):  # every rank sends the same payload
+            assert results[r]["traffic"][n] == results[0]["traffic"][n]
+        # float32, p = 4/3: 1 gather of the sizes, 4 radix passes of 256 counts, at most 1 max; then
+        # either nothing (no block), or 1 gather of the window's sizes and then a window of at most
+        # 64 entries per rank gathered, or the band by reductions: at most 12 rounds of 129 sums,
+        # 1 gather of the active set's moments, 1 gather of the band's ends
+        radix = 16 + 4 * 256 * 8 + 8
+        assert fwd_bytes <= radix + 16 + max(64 * 24, 12 * 129 * 8 + 7 * 8 + 6 * 8)
+        assert fwd_calls <= 6 + 1 + 12 + 2
         # the backward: 1 gather of sizes, then (with a band) 1 gather of the pivot and sum c, 1 sum
-        assert 5 <= fwd_calls <= 8 and bwd_calls in (1, 3)
-        radix = 4 * 256 * 8
-        assert fwd_bytes - radix < 64 + 24 * n * 1e-2  # the window: entries within about l of the k-th key
-        assert bwd_bytes == (16 + 32 + 8 if bwd_calls == 3 else 16)
+        assert bwd_calls in (1, 3) and bwd_bytes == (16 + 32 + 8 if bwd_calls == 3 else 16)
