@@ -147,6 +147,13 @@ def soft_topk_mag_global(tensors: Sequence[torch.Tensor], k: int, l: float = _L,
     Entries well inside the global top k come back unchanged, entries well
     outside are 0, and a band around the k-th largest ``|x|`` of all tensors
     is shrunk (SPEC.md). The same contract as :func:`soft_topk_mask_global`.
+
+    Example:
+        >>> import torch, sparsetopk
+        >>> a, b = torch.tensor([[0.9, -0.1], [0.3, 2.0]]), torch.tensor([-1.5, 0.05, 0.6])
+        >>> sparsetopk.soft_topk_mag_global([a, b], k=3, l=0.5)
+        [tensor([[0.8929, 0.0000],
+                [0.0000, 2.0000]]), tensor([-1.5000,  0.0000,  0.1031])]
     """
     return _soft("mag", "soft_topk_mag_global", tensors, k, l, p, group)
 
