@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -66,8 +67,16 @@ struct Layout {
   }
 };
 
+// The scalar arguments every process must pass alike (k, l, p): their names and values.
+struct Agreed {
+  const char* name;
+  double value;
+};
+
+// One gather: the layout, and a check that every process passed the same
+// arguments (each process throws the same error, so none waits in a collective).
 template <class T, class Flag>
-Layout make_layout(ConstParts<T> x, Reduction& reduction, Flag flag) {
+Layout make_layout(ConstParts<T> x, Reduction& reduction, Flag flag, std::initializer_list<Agreed> agreed = {}) {
   Layout layout;
   layout.offsets.assign(1, 0);
   bool flagged = false;
@@ -75,12 +84,23 @@ Layout make_layout(ConstParts<T> x, Reduction& reduction, Flag flag) {
     layout.offsets.push_back(layout.offsets.back() + part.size());
     flagged = flagged || flag(part);
   }
-  const double mine[2] = {static_cast<double>(layout.local_size()), flagged ? 1.0 : 0.0};
+  std::vector<double> mine = {static_cast<double>(layout.local_size()), flagged ? 1.0 : 0.0};
+  for (const Agreed& a : agreed) mine.push_back(a.value);
+  const std::size_t fields = mine.size();
   const std::vector<double> all = reduction.gather(mine);
   for (std::size_t r = 0; r < reduction.ranks(); ++r) {
-    if (r < reduction.rank()) layout.first += static_cast<std::size_t>(all[2 * r]);
-    layout.n += static_cast<std::size_t>(all[2 * r]);
-    layout.flagged = layout.flagged || all[2 * r + 1] != 0.0;
+    const double* f = all.data() + fields * r;
+    if (r < reduction.rank()) layout.first += static_cast<std::size_t>(f[0]);
+    layout.n += static_cast<std::size_t>(f[0]);
+    layout.flagged = layout.flagged || f[1] != 0.0;
+    for (std::size_t j = 0; j < agreed.size(); ++j) {
+      const Agreed& a = agreed.begin()[j];
+      const double theirs = f[2 + j], first = all[2 + j];  // process r's value, process 0's
+      if (!(theirs == first) && !(std::isnan(theirs) && std::isnan(first)))
+        throw InvalidArgument(std::string("every process must pass the same ") + a.name + ": process 0 passed " +
+                              a.name + " = " + number_text(first) + ", process " + std::to_string(r) + " " + a.name +
+                              " = " + number_text(theirs));
+    }
   }
   return layout;
 }
@@ -186,9 +206,9 @@ void hard_global(ConstParts<T> x, std::size_t k, Parts<T> out, Reduction* given)
   check_same_parts(x, out, "out");
   LocalReduction local;
   Reduction& reduction = given ? *given : local;
-  const Layout layout = make_layout(x, reduction, [](std::span<const T> part) {
-    return std::any_of(part.begin(), part.end(), hard_poisons_row<T>);
-  });
+  const Layout layout = make_layout(
+      x, reduction, [](std::span<const T> part) { return std::any_of(part.begin(), part.end(), hard_poisons_row<T>); },
+      {{"k", static_cast<double>(k)}});
   check_k(k, layout.n);
   if (layout.flagged) {
     for (const std::span<T> part : out) std::fill(part.begin(), part.end(), hard_nan<T>());
@@ -560,11 +580,14 @@ void fill_parts(Parts<T> out, T value) {
 template <class T>
 void soft_global(ConstParts<T> x, std::size_t k, Parts<T> out, const SoftTopkOptions& options, RowState* state,
                  Reduction* given, Form form) {
-  check_global_options(options);
   check_same_parts(x, out, "out");
   LocalReduction local;
   Reduction& reduction = given ? *given : local;
-  const Layout layout = make_layout(x, reduction, [](std::span<const T> part) { return !all_finite(part); });
+  // (the arguments are checked after the layout's gather, which checks that
+  // every process passed the same: then every process throws alike)
+  const Layout layout = make_layout(x, reduction, [](std::span<const T> part) { return !all_finite(part); },
+                                    {{"k", static_cast<double>(k)}, {"l", options.l}, {"p", options.p}});
+  check_global_options(options);
   check_k(k, layout.n);
   const std::size_t n = layout.n;
   if (layout.flagged) {
@@ -655,13 +678,14 @@ void for_each_band_entry(ConstParts<T> x, const Layout& layout, const RowState& 
 template <class T>
 void jacobian_product(ConstParts<T> x, const RowState& state, const SoftTopkOptions& options, ConstParts<T> v,
                       Parts<T> result, Form form, bool transpose, Reduction* given) {
-  check_l(options.l);
-  check_p(options.p);
   check_same_parts(x, v, "the cotangent or tangent");
   check_same_parts(x, result, "the output");
   LocalReduction local;
   Reduction& reduction = given ? *given : local;
-  const Layout layout = make_layout(x, reduction, [](std::span<const T>) { return false; });
+  const Layout layout = make_layout(x, reduction, [](std::span<const T>) { return false; },
+                                    {{"l", options.l}, {"p", options.p}, {"the state's gamma", state.gamma}});
+  check_l(options.l);
+  check_p(options.p);
   if (std::isnan(state.gamma)) return fill_parts(result, static_cast<T>(kNaN));
   // outside the band: 0, or (magnitude) v on the entries returned unchanged
   const T unchanged_from = least_at_or_above<T>(state.unchanged_from);

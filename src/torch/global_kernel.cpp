@@ -134,6 +134,8 @@ std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& tensors) {
 }
 
 // Runs a core call, reporting its InvalidArgument as "sparsetopk.<op>: ...".
+// The core checks k, l and p after a first gather that checks every process
+// passed the same, so that a bad argument fails on every process alike.
 template <class Call>
 void run_core(const char* op, Call&& call) {
   apply_rules(op, call, [] { return std::string(" (n: the entries of every tensor in x, over every process)"); });
@@ -153,7 +155,6 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> soft_forward(Form form, at::Tens
   const char* op = soft_name(form);
   const std::vector<at::Tensor> x = check_list(op, x_list, "x");
   TORCH_CHECK(k >= 0, "sparsetopk.", op, ": k = ", k, " must be >= 0");
-  check_l_p(op, l, p);
   GroupChoice reduction = choose_group(op, group);
   std::vector<at::Tensor> out = empty_like_all(x);
   at::Tensor state = at::zeros({static_cast<int64_t>(RowState::size)}, at::kDouble);
@@ -187,7 +188,6 @@ std::vector<at::Tensor> soft_product(Form form, bool transpose, at::TensorList v
     TORCH_CHECK(v[i].sizes() == x[i].sizes(), "sparsetopk.", op, ": ", v_name, "[", i, "] has shape ", v[i].sizes(),
                 " but x[", i, "] has shape ", x[i].sizes());
   check_saved(op, state, "state", x[0], "x[0]", {static_cast<int64_t>(RowState::size)});
-  check_l_p(op, l, p);
   GroupChoice reduction = choose_group(op, group);
   const at::Tensor saved_tensor = state.contiguous();
   const RowState& saved = *reinterpret_cast<const RowState*>(saved_tensor.data_ptr<double>());

@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <sparsetopk/sparsetopk.hpp>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -315,6 +316,28 @@ void check_processes(std::size_t gather_limit, unsigned seed) {
 TEST(GlobalProcesses, GatheredWindowsGiveTheOneProcessResultBitwise) { check_processes(static_cast<std::size_t>(-1), 4); }
 TEST(GlobalProcesses, BandsByReductionsAgreeToTolerance) { check_processes(0, 5); }
 TEST(GlobalProcesses, DefaultLimitAgreesToTolerance) { check_processes(64, 6); }
+
+TEST(GlobalErrors, ProcessesPassingDifferentArgumentsAllFail) {
+  ThreadReduction::Board board(2);
+  std::vector<std::string> messages(2);
+  std::vector<std::thread> threads;
+  for (std::size_t r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      ThreadReduction reduction(board, r, 64);
+      const std::vector<double> a{1, 2, 3};
+      std::vector<double> o(3);
+      const std::vector<std::span<const double>> in{a};
+      const std::vector<std::span<double>> out{o};
+      try {
+        sparsetopk::soft_topk_mag_global<double>(in, 3 + r, out, {.l = r == 0 ? 0.1 : -1.0}, nullptr, &reduction);
+      } catch (const sparsetopk::InvalidArgument& e) {
+        messages[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const std::string& m : messages)
+    EXPECT_EQ(m, "sparsetopk: every process must pass the same k: process 0 passed k = 3, process 1 k = 4");
+}
 
 TEST(GlobalErrors, NameTheArgumentAndValue) {
   const std::vector<double> a{1, 2}, b{3};

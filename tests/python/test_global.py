@@ -87,10 +87,16 @@ def test_hard_mag_gradient_is_the_kept_entries():
     assert torch.equal(_flat(grads), kept)
 
 
-def test_torch_compile():
-    x = _tensors(6)
-    compiled = torch.compile(lambda t: sparsetopk.soft_topk_mag_global(t, 5, l=0.2), backend="eager", fullgraph=True)
-    assert torch.equal(_flat(compiled(x)), _flat(sparsetopk.soft_topk_mag_global(x, 5, l=0.2)))
+def test_torch_compile_forward_and_backward():
+    x = [t.requires_grad_() for t in _tensors(6)]
+
+    def loss(tensors):
+        return sum((o * o).sum() for o in sparsetopk.soft_topk_mag_global(tensors, 5, l=0.2))
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), loss(x))
+    for a, b in zip(torch.autograd.grad(compiled(x), x), torch.autograd.grad(loss(x), x)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("call, message", [
