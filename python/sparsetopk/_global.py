@@ -13,7 +13,8 @@ return the outputs and the solve's state (float64[11], one ``RowState``);
 ``hard_topk_{mask,mag}_global``. This module registers their fake kernels
 (``torch.compile``) and their autograd formulas (``torch.library.register_autograd``),
 and defines the public functions. CPU tensors, float32 or float64, all of one
-dtype; another device is refused with an error naming it.
+dtype; another device is refused with an error naming it (meta tensors run
+the fake kernels).
 """
 
 import ctypes
@@ -27,6 +28,9 @@ from ._ops import L as _L, P as _P
 load_library()
 _ops = torch.ops.sparsetopk
 STATE_SIZE = 11
+# Every op of the family (src/torch/global_kernel.cpp), for the tests that check each op is covered.
+GLOBAL_OPS = tuple(f"_soft_topk_{form}_global_{what}" for form in ("mask", "mag")
+                   for what in ("forward", "backward", "jvp")) + ("hard_topk_mask_global", "hard_topk_mag_global")
 
 
 def _group_name(group) -> str:
@@ -49,6 +53,9 @@ def _tensor_list(op: str, tensors) -> List[torch.Tensor]:
     for i, t in enumerate(result):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"sparsetopk.{op}: tensors[{i}] must be a tensor, got {type(t).__name__}")
+        if t.device.type not in ("cpu", "meta"):  # (meta: the fake kernels)
+            raise RuntimeError(f"sparsetopk.{op}: tensors[{i}] is on {t.device}; the global operators run on "
+                               "the CPU only (move the tensors to the CPU)")
     return result
 
 

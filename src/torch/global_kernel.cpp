@@ -1,5 +1,5 @@
 // The global operators over a list of tensors (sparsetopk/global.hpp): their
-// schemas, one kernel for every device (it refuses all but the CPU by name),
+// schemas, their CPU kernels,
 // and the core's Reduction over a c10d ProcessGroup for `group` (the group's
 // name; "" for one process). The fake kernels and the autograd formulas are
 // registered by the Python package (python/sparsetopk/_global.py).
@@ -260,9 +260,9 @@ TORCH_LIBRARY_FRAGMENT(sparsetopk, m) {
   m.def("hard_topk_mag_global(Tensor[] x, int k, str group=\"\") -> Tensor[]");
 }
 
-// One kernel for every backend: it names the device it refuses (the fake
-// kernels cover Meta; autograd is registered from Python).
-TORCH_LIBRARY_IMPL(sparsetopk, CompositeExplicitAutograd, m) {
+// The CPU kernels (the fake kernels cover Meta and torch.compile; autograd is
+// registered from Python, which also refuses other devices by name first).
+TORCH_LIBRARY_IMPL(sparsetopk, CPU, m) {
   using namespace sparsetopk::torch::detail;
   using sparsetopk::Form;
   m.impl("_soft_topk_mask_global_forward",

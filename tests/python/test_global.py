@@ -116,7 +116,7 @@ def test_errors_name_the_argument(call, message):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_other_devices_are_refused_by_name():
-    with pytest.raises(RuntimeError, match=r"x\[0\] is on cuda:0; the global operators run on the CPU only"):
+    with pytest.raises(RuntimeError, match=r"tensors\[0\] is on cuda:0; the global operators run on the CPU only"):
         sparsetopk.soft_topk_mag_global([torch.ones(3, device="cuda")], 1)
 
 

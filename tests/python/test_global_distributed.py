@@ -94,6 +94,12 @@ def _worker(rank, world, port, out_dir):
     out = sparsetopk.soft_topk_mag_global([shard], 100, l=0.2, group=group)[0]
     (grad,) = torch.autograd.grad(out, shard, torch.ones_like(out))
     results["uneven"] = (out.detach(), grad, shard.numel())
+    # arguments that differ between ranks: every rank fails alike
+    try:
+        sparsetopk.soft_topk_mag_global(_rank_tensors(rank, seed=1), 5 + rank, group=group)
+        results["mismatch"] = None
+    except RuntimeError as error:
+        results["mismatch"] = str(error)
     # the hard operators
     x = _rank_tensors(rank, seed=2)
     results["hard"] = (sparsetopk.hard_topk_mask_global(x, 7, group=group),
@@ -207,6 +213,13 @@ def test_uneven_shards_with_an_empty_rank(world):
           f"backward {float((grad - expected_grad).abs().max()):.3g}")
 
 
+def test_ranks_passing_different_arguments_all_fail(world):
+    size, results = world
+    for r in range(size):
+        assert "sparsetopk.soft_topk_mag_global: every process must pass the same k: process 0 passed k = 5, " \
+               "process 1 k = 6" in results[r]["mismatch"]
+
+
 def test_hard_operators_and_pruning_budget(world):
     size, results = world
     x = _flat([_flat(_rank_tensors(r, seed=2)) for r in range(size)])
@@ -241,12 +254,14 @@ def test_bytes_per_call(world):
     for n, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes in rows:
         for r in range(size):  # every rank sends the same payload
             assert results[r]["traffic"][n] == results[0]["traffic"][n]
-        # float32, p = 4/3: 1 gather of the sizes, 4 radix passes of 256 counts, at most 1 max; then
+        # float32, p = 4/3: 1 gather of the sizes (and k, l, p, checked alike), 4 radix passes of
+        # 256 counts, at most 1 max; then
         # either nothing (no block), or 1 gather of the window's sizes and then a window of at most
         # 64 entries per rank gathered, or the band by reductions: at most 12 rounds of 129 sums,
         # 1 gather of the active set's moments, 1 gather of the band's ends
-        radix = 16 + 4 * 256 * 8 + 8
+        radix = 5 * 8 + 4 * 256 * 8 + 8
         assert fwd_bytes <= radix + 16 + max(64 * 24, 12 * 129 * 8 + 7 * 8 + 6 * 8)
         assert fwd_calls <= 6 + 1 + 12 + 2
-        # the backward: 1 gather of sizes, then (with a band) 1 gather of the pivot and sum c, 1 sum
-        assert bwd_calls in (1, 3) and bwd_bytes == (16 + 32 + 8 if bwd_calls == 3 else 16)
+        # the backward: 1 gather of sizes (and l, p, gamma), then (with a band) 1 gather of the pivot
+        # and sum c, 1 sum
+        assert bwd_calls in (1, 3) and bwd_bytes == (40 + 32 + 8 if bwd_calls == 3 else 40)
