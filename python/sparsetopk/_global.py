@@ -12,7 +12,8 @@ return the outputs and the solve's state (float64[11], one ``RowState``);
 ``_soft_topk_{mask,mag}_global_{backward,jvp}`` apply the exact Jacobian at it;
 ``hard_topk_{mask,mag}_global``. This module registers their fake kernels
 (``torch.compile``) and their autograd formulas (``torch.library.register_autograd``),
-and defines the public functions. CPU tensors, float32 or float64, all of one
+and defines the public functions (under ``torch.func`` transforms and
+forward-mode AD they go through :class:`GlobalSoftTopkFunction`). CPU tensors, float32 or float64, all of one
 dtype; another device is refused with an error naming it (meta tensors run
 the fake kernels).
 """
@@ -125,12 +126,56 @@ torch.library.register_autograd("sparsetopk::hard_topk_mask_global", _hard_mask_
                                 setup_context=_hard_setup_context)
 
 
+# ---- torch.func and forward-mode AD ----
+
+class GlobalSoftTopkFunction(torch.autograd.Function):
+    """A global soft operator with its exact VJP and JVP ops; used under
+    ``torch.func`` transforms (``grad``, ``vjp``, ``jvp``) and forward-mode AD,
+    where the ops' registered autograd cannot run. ``apply(form, k, l, p,
+    group, *x)`` returns the outputs and then the state (not differentiable).
+    No vmap rule: ``vmap`` over a global operator is not supported."""
+
+    @staticmethod
+    def forward(form, k, l, p, group, *x):
+        out, state = getattr(_ops, f"_soft_topk_{form}_global_forward")(list(x), k, l, p, group)
+        return (*out, state)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        form, _, l, p, group, *x = inputs
+        state = output[-1]
+        ctx.mark_non_differentiable(state)
+        ctx.save_for_backward(state, *x)
+        ctx.save_for_forward(state, *x)
+        ctx.arguments = (form, l, p, group)
+
+    @staticmethod
+    def _product(ctx, what, vectors):
+        state, *x = ctx.saved_tensors
+        form, l, p, group = ctx.arguments
+        v = [torch.zeros_like(t) if vi is None else vi for vi, t in zip(vectors, x)]
+        return list(getattr(_ops, f"_soft_topk_{form}_global_{what}")(v, x, state, l, p, group))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None,) * 5 + tuple(GlobalSoftTopkFunction._product(ctx, "backward", grads[:-1]))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return (*GlobalSoftTopkFunction._product(ctx, "jvp", tangents[5:]), None)
+
+
 # ---- the public functions ----
 
 def _soft(form: str, op: str, tensors, k: int, l: float, p: float, group) -> List[torch.Tensor]:
+    from ._registration import needs_python_autograd
+
     x = _tensor_list(op, tensors)
+    name = _group_name(group)
+    if any(needs_python_autograd(t) for t in x):
+        return list(GlobalSoftTopkFunction.apply(form, k, l, p, name, *x)[:-1])
     forward = getattr(_ops, f"_soft_topk_{form}_global_forward")
-    out, _state = forward(x, k, l, p, _group_name(group))
+    out, _state = forward(x, k, l, p, name)
     return list(out)
 
 

@@ -79,6 +79,25 @@ def test_gradcheck(global_op, row_op, p):
     assert torch.autograd.gradcheck(lambda *a: global_op(list(a), 5, l=0.7, p=p), x)
 
 
+@pytest.mark.parametrize("global_op, row_op", SOFT)
+def test_forward_mode_and_torch_func_equal_the_row_operator(global_op, row_op):
+    x = _tensors(8, shapes=[(2, 3), (0,), (5,)])
+    t = [torch.randn(v.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(x)]
+    row = lambda flat: row_op(flat, 4, l=0.6, p=1.5)  # noqa: E731
+    _, expected = torch.func.jvp(row, (_flat(x),), (_flat(t),))
+    with torch.autograd.forward_ad.dual_level():
+        duals = [torch.autograd.forward_ad.make_dual(v, d) for v, d in zip(x, t)]
+        out = global_op(duals, 4, l=0.6, p=1.5)
+        tangent = _flat([torch.autograd.forward_ad.unpack_dual(o).tangent for o in out])
+    torch.testing.assert_close(tangent, expected, rtol=1e-12, atol=1e-14)
+    _, func_tangent = torch.func.jvp(lambda *a: tuple(global_op(list(a), 4, l=0.6, p=1.5)), tuple(x), tuple(t))
+    torch.testing.assert_close(_flat(func_tangent), expected, rtol=1e-12, atol=1e-14)
+    grads = torch.func.grad(lambda *a: sum((o * o).sum() for o in global_op(list(a), 4, l=0.6, p=1.5)),
+                            argnums=(0, 1, 2))(*x)
+    expected_grad = torch.func.grad(lambda flat: (row(flat) ** 2).sum())(_flat(x))
+    torch.testing.assert_close(_flat(grads), expected_grad, rtol=1e-12, atol=1e-14)
+
+
 def test_hard_mag_gradient_is_the_kept_entries():
     x = [t.requires_grad_() for t in _tensors(5)]
     out = sparsetopk.hard_topk_mag_global(x, 6)
