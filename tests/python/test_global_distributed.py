@@ -7,7 +7,8 @@ rank's tensors in rank order, which it rebuilds from the same seeds:
 - forward (bitwise: the window's entries are gathered exactly) and backward
   (to 1e-12 relative: the band's sums are added in another order);
 - one tensor sharded unevenly, with a rank that holds nothing;
-- the hard operators and prune.global_magnitude(hard=True) across ranks;
+- the hard operators, and prune.global_magnitude across ranks (soft after a
+  training step, and the hard budget);
 - a training step of an FSDP2 model (fully_shard, CPU, gloo) whose ranks
   project their shards onto one global budget;
 - the bytes each rank sends per call (sparsetopk._global.traffic), printed as
@@ -111,6 +112,16 @@ def _worker(rank, world, port, out_dir):
     kept = torch.tensor([float(sum(int((m.weight != 0).sum()) for m in layers))])
     dist.all_reduce(kept)
     results["prune"] = (pruning.k, pruning.total, int(kept.item()))
+    # soft pruning across ranks during training: a step, then the weights read again
+    torch.manual_seed(10 + rank)
+    model = nn.Sequential(nn.Linear(5, 4 + rank, dtype=torch.float64), nn.Tanh(), nn.Linear(4 + rank, 1, dtype=torch.float64))
+    soft = sparsetopk.prune.global_magnitude([(model[0], "weight"), (model[2], "weight")], sparsity=0.5, l=0.05,
+                                             group=group)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(6, 5, dtype=torch.float64)).pow(2).mean().backward()
+    optimizer.step()
+    dense = [t.detach().clone() for t in soft.originals()]
+    results["prune_soft"] = (soft.k, dense, [model[0].weight.detach(), model[2].weight.detach()])
     # FSDP2: a training step, then every rank projects its shards onto one global budget
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -230,6 +241,14 @@ def test_hard_operators_and_pruning_budget(world):
     k, total, kept = results[0]["prune"]
     assert total == sum((5 * (3 + r) + (3 + r) * 2) for r in range(size))
     assert k == round(0.2 * total) and kept == k
+
+
+def test_soft_pruning_across_ranks(world):
+    size, results = world
+    k = results[0]["prune_soft"][0]
+    dense = _flat([_flat(results[r]["prune_soft"][1]) for r in range(size)])
+    weights = _flat([_flat(results[r]["prune_soft"][2]) for r in range(size)])
+    torch.testing.assert_close(weights, sparsetopk.soft_topk_mag(dense, k, l=0.05), rtol=FORWARD_RTOL, atol=FORWARD_RTOL)
 
 
 def test_fsdp2_step_with_one_global_budget(world):
