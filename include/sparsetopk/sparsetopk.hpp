@@ -4,6 +4,7 @@
 #include <sparsetopk/arguments.hpp>
 #include <sparsetopk/dykstra.hpp>
 #include <sparsetopk/errors.hpp>
+#include <sparsetopk/global.hpp>
 #include <sparsetopk/isotonic.hpp>
 #include <sparsetopk/parallel.hpp>
 #include <sparsetopk/topk.hpp>

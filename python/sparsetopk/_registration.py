@@ -498,3 +498,7 @@ def needs_python_autograd(x: torch.Tensor) -> bool:
     """Whether ``x`` is under a torch.func transform or forward-mode AD, where the
     C++ autograd kernel of the dispatcher cannot run and :class:`SoftTopkFunction` must."""
     return route(x) == Route.PYTHON_AUTOGRAD
+
+# The global operators' fake kernels and autograd formulas (their own module:
+# a list of tensors is a signature of its own), registered with the others.
+from . import _global  # noqa: E402,F401

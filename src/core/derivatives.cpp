@@ -7,6 +7,7 @@
 #include "band.hpp"
 #include "jacobian.hpp"
 #include "parallel.hpp"
+#include "row_steps.hpp"
 #include "sparsetopk/topk.hpp"
 #include "validate.hpp"
 
@@ -16,14 +17,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// The least T at or above v (v itself for double; for float, v rounded up).
-template <class T>
-T least_at_or_above(double v) {
-  T t = static_cast<T>(v);
-  if (static_cast<double>(t) < v) t = std::nextafter(t, std::numeric_limits<T>::infinity());
-  return t;
-}
 
 // The band of row r recomputed from x and its RowState: each entry's column
 // and c_i (SPEC.md, "Derivatives"), in column order, into `band` (reused).

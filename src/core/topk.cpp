@@ -18,6 +18,7 @@
 #include "hard_topk.hpp"
 #include "parallel.hpp"
 #include "root_finding.hpp"
+#include "row_steps.hpp"
 #include "row_window.hpp"
 #include "sparsetopk/parallel.hpp"
 #include "validate.hpp"
@@ -34,20 +35,6 @@ namespace detail {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// Whether no entry is NaN or +-inf (all exponent bits set): adding one unit of
-// the exponent field to the exponent bits carries into the sign bit exactly
-// then. Integer operations and no early exit, so it vectorizes.
-template <class T>
-bool all_finite(std::span<const T> row) {
-  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  constexpr int kMantissaBits = std::numeric_limits<T>::digits - 1;
-  constexpr Bits kExponent = ((Bits{1} << (sizeof(T) * 8 - 1)) - 1) & ~((Bits{1} << kMantissaBits) - 1);
-  constexpr Bits kExponentUnit = Bits{1} << kMantissaBits, kSign = Bits{1} << (sizeof(T) * 8 - 1);
-  Bits carries = 0;
-  for (T v : row) carries |= (std::bit_cast<Bits>(v) & kExponent) + kExponentUnit;
-  return (carries & kSign) == 0;
-}
 
 // Rows this long, fewer than the threads, are each split across the threads.
 constexpr std::size_t kTeamRowSize = std::size_t{1} << 18;
@@ -99,26 +86,6 @@ void hard_topk_row(std::span<const T> row, std::size_t k, RowWorkspace& ws, std:
     out[i] = hard_value(F, row[i], hard_kept(static_cast<double>(sort_key(F, row[i])), i, *kth));
 }
 
-// Records the state of a solved row for the derivatives: gamma, W_B,
-// unchanged_from, and the band (the entries given a c_i).
-// `near` holds the near entries' offsets the band solver recorded.
-void save_row(RowState* state, const StraddlingBlock& block, const RowWindow& window, const RowWorkspace& ws,
-              const BandBounds& band, const RowState& near) {
-  if (!state) return;
-  const BandState solved = band_state(block, window, ws.s.data());
-  *state = near;
-  state->gamma = solved.gamma;
-  state->block_weight = solved.block_weight;
-  state->unchanged_from = solved.unchanged_from;
-  band.write(*state);
-}
-
-// The same for a row of singleton blocks only (a separated window): what
-// band_state gives for the empty block {top, top, s_{k+1}}.
-void save_separated_row(RowState* state, const RowWindow& window) {
-  if (state) *state = RowState{.gamma = window.below, .block_weight = 0.0, .unchanged_from = window.above};
-}
-
 template <class T>
 void fill_non_finite_row(std::span<T> out, RowState* state) {
   std::fill(out.begin(), out.end(), static_cast<T>(kNaN));
@@ -137,7 +104,7 @@ void soft_topk_mask_row(std::span<const T> row, std::size_t k, const BlockEquati
   const StraddlingBlock block = solve_mask_band(
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
       out.data(), state != nullptr, [&](std::size_t i, double) { band.add(static_cast<double>(row[i]), i); }, near);
-  save_row(state, block, window, ws, band, near);
+  save_row(state, block, window, ws.s.data(), band, near);
 }
 
 // out_i = sign(x_i) r_i with r_i = pow(u_i/l, q-1) + u_i, u_i = (|x_i| - gamma)_+.
@@ -153,7 +120,7 @@ void soft_topk_mag_row(std::span<const T> row, std::size_t k, const BlockEquatio
       window, ws.s.data(), [&](std::size_t j) { return ws.entries[j].index; }, equation, solver, ws.blocks,
       row.data(), out.data(), state != nullptr,
       [&](std::size_t i, double) { band.add(std::abs(static_cast<double>(row[i])), i); }, near);
-  save_row(state, block, window, ws, band, near);
+  save_row(state, block, window, ws.s.data(), band, near);
 }
 
 void check_soft_options(const SoftTopkOptions& options) {

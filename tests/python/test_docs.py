@@ -7,9 +7,12 @@ import pytest
 import sparsetopk
 import sparsetopk.functional
 import sparsetopk.nn
+import sparsetopk._global
+import sparsetopk.prune
 
 
-@pytest.mark.parametrize("module", [sparsetopk, sparsetopk.functional, sparsetopk.nn])
+@pytest.mark.parametrize("module", [sparsetopk, sparsetopk.functional, sparsetopk.nn, sparsetopk._global,
+                                    sparsetopk.prune])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

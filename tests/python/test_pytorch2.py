@@ -8,6 +8,7 @@ from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sparsetopk
+from sparsetopk._global import GLOBAL_OPS
 from sparsetopk._ops import OPERATORS
 from sparsetopk._registration import HAS_VMAP_RULES
 
@@ -86,6 +87,17 @@ def opcheck_cases():
     _, row_state = ops._soft_topk_mag_forward(x, 2, 0.5, 1.5, 0, "auto")
     cases += [("_soft_topk_mag_backward", (g, x, row_state, 0.5, 1.5, 0)),
               ("_soft_topk_mag_jvp", (g, x, row_state, 0.5, 1.5, 0))]
+    # The global operators (a list of tensors, an empty one included; sparsetopk/_global.py)
+    b = torch.randn(5, dtype=torch.float64)
+    parts32 = [torch.randn(2, 3), torch.randn(0), torch.randn(4)]
+    cases += [("_soft_topk_mask_global_forward", ([xg, b.clone().requires_grad_()], 4, 0.5, 4.0 / 3.0, "")),
+              ("_soft_topk_mag_global_forward", ([t.clone().requires_grad_() for t in parts32], 2, 0.3, 1.5, "")),
+              ("hard_topk_mask_global", ([x, b], 3, "")),
+              ("hard_topk_mag_global", ([xg, b.clone().requires_grad_()], 3, ""))]
+    for form, p in (("mask", 4.0 / 3.0), ("mag", 1.5)):
+        _, state = getattr(ops, f"_soft_topk_{form}_global_forward")([x, b], 4, 0.5, p, "")
+        for product in ("backward", "jvp"):
+            cases.append((f"_soft_topk_{form}_global_{product}", ([g, torch.randn_like(b)], [x, b], state, 0.5, p, "")))
     return cases
 
 
@@ -115,7 +127,8 @@ def test_the_table_of_operators_implies_every_op_and_its_schema_defaults():
         assert [a.name for a in schema.arguments[:2]] == ["x", "k"]
         assert tuple(a.default_value for a in schema.arguments[2:]) == op.defaults, schema
         assert getattr(sparsetopk, op.name) is getattr(sparsetopk.functional, op.name)
-    assert implied == {name for name in dir(ops) if name.startswith(("soft_", "hard_", "_soft_"))}
+    # (the global operators, over a list of tensors, are a family of their own: sparsetopk/_global.py)
+    assert implied | set(GLOBAL_OPS) == {name for name in dir(ops) if name.startswith(("soft_", "hard_", "_soft_"))}
     assert [op.name for op in OPERATORS] == sparsetopk.__all__[:len(OPERATORS)]
 
 
