@@ -502,3 +502,7 @@ def needs_python_autograd(x: torch.Tensor) -> bool:
 # The global operators' fake kernels and autograd formulas (their own module:
 # a list of tensors is a signature of its own), registered with the others.
 from . import _global  # noqa: E402,F401
+
+# DTensor inputs: the row operators' sharding rules and their handler (docs/global.md, "DTensor").
+if torch.distributed.is_available():
+    from . import _dtensor  # noqa: E402,F401
