@@ -23,6 +23,7 @@ and ends in sorted order). The backward and JVP ops recompute the band's
 Jacobian weights c_i from x, l and p.
 """
 
+import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -503,6 +504,44 @@ def needs_python_autograd(x: torch.Tensor) -> bool:
 # a list of tensors is a signature of its own), registered with the others.
 from . import _global  # noqa: E402,F401
 
+
 # DTensor inputs: the row operators' sharding rules and their handler (docs/global.md, "DTensor").
+# Importing torch.distributed.tensor takes seconds, so they are registered when it is imported:
+# now if it already is, else right after whoever imports it first (a one-shot import hook).
+class _AfterDTensorImport:
+    """A ``sys.meta_path`` finder that registers sparsetopk._dtensor once torch.distributed.tensor is loaded."""
+
+    NAME = "torch.distributed.tensor"
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.NAME:
+            return None
+        _remove_hook()
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            from . import _dtensor  # noqa: F401
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+_DTENSOR_HOOK = _AfterDTensorImport()
+
+
+def _remove_hook() -> None:
+    if _DTENSOR_HOOK in sys.meta_path:
+        sys.meta_path.remove(_DTENSOR_HOOK)
+
+
 if torch.distributed.is_available():
-    from . import _dtensor  # noqa: E402,F401
+    if _AfterDTensorImport.NAME in sys.modules:
+        from . import _dtensor  # noqa: E402,F401
+    else:
+        sys.meta_path.insert(0, _DTENSOR_HOOK)
