@@ -10,6 +10,8 @@ differences and the output placements, which the tests check:
 - Shard along dim (rows spread over the ranks, unevenly): the global solve per
   row, to the engine's tolerance (docs/global.md: 1e-12), placements kept and
   the row state replicated; the hard ops, topk_sum and topk_loss too;
+- on 4 processes, a 2 x 2 mesh with [Shard(0), Shard(1)] and dim = 1 (the
+  global solve over the mesh dimension's subgroup, per row);
 - Replicate stays replicated, Partial comes out replicated;
 - the register_sharding rules alone (the handler taken out): Shard(0) propagates.
 """
@@ -112,6 +114,17 @@ def _worker(rank, world, port, out_dir):
     _reduction_cases(results, mesh, [Shard(1)], (3, 5 * world + 2), 1, "along dim")
     # one long row along dim: a wide window, the band solved by reductions
     _soft_cases(results, mesh, [Shard(0)], (997,), 0, "one row")
+    if world == 4:  # a 2 x 2 mesh: rows over mesh dim 0, the top-k's dim over mesh dim 1 (a subgroup)
+        mesh2 = init_device_mesh("cpu", (2, 2))
+        full = _full((5, 9), seed=11).requires_grad_()
+        v = _full((5, 9), seed=12)
+        expected = sparsetopk.soft_topk_mag(full, 3, l=0.3, dim=1)
+        (expected_grad,) = torch.autograd.grad(expected, full, v)
+        x = distribute_tensor(full.detach(), mesh2, [Shard(0), Shard(1)]).requires_grad_()
+        out = sparsetopk.soft_topk_mag(x, 3, l=0.3, dim=1)
+        (grad,) = torch.autograd.grad(out, x, distribute_tensor(v, mesh2, [Shard(0), Shard(1)]))
+        _check(results, "2-D mesh", out, expected.detach())
+        _check(results, "2-D mesh grad", grad, expected_grad)
     # Replicate stays replicated; Partial is replicated first
     full = _full((3, 8), seed=9)
     out = sparsetopk.soft_topk_mag(distribute_tensor(full, mesh, [Replicate()]), 3)
@@ -204,3 +217,13 @@ def test_replicate_and_partial_come_out_replicated(world):
 def test_register_sharding_rule_alone(world):
     size, results = world
     assert results[0]["rule"] == (0.0, ("S(0)",))
+
+
+def test_two_dimensional_mesh(world):
+    size, results = world
+    if size != 4:
+        pytest.skip("a 2 x 2 mesh needs 4 processes")
+    for r in range(size):
+        for name in ("2-D mesh", "2-D mesh grad"):
+            difference, placements = results[r][name]
+            assert difference <= TOL and placements == ("S(0)", "S(1)"), (r, name, difference, placements)
