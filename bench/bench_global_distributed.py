@@ -115,8 +115,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes]
-    print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads for the row operator; "
-          f"float32, k = n/10, l = {L}, p = 4/3; median of {args.repeats} calls", file=sys.stderr)
+    print(f"# {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads for the row "
+          f"operator; float32, k = n/10, l = {L}, p = 4/3; median of {args.repeats} calls", file=sys.stderr)
     baseline = {n: _row_operator(n, args.repeats) for n in sizes}
     runs = {world: _distributed(world, sizes, args.repeats) for world in args.ranks}
     print("| n | ranks | forward (ms) | backward (ms) | forward / row op | backward / row op "
