@@ -34,6 +34,12 @@ _ffi.register_targets()
 
 from ._ffi import HostFallbackWarning  # noqa: E402
 from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask, topk_loss, topk_sum  # noqa: E402
+from ._global import (  # noqa: E402
+    hard_topk_mag_global,
+    hard_topk_mask_global,
+    soft_topk_mag_global,
+    soft_topk_mask_global,
+)
 from ._reference import (  # noqa: E402
     sparse_soft_topk_mag_dykstra,
     sparse_soft_topk_mag_pav,
@@ -52,5 +58,9 @@ __all__ = [
     "sparse_soft_topk_mag_pav",
     "sparse_soft_topk_mask_dykstra",
     "sparse_soft_topk_mag_dykstra",
+    "soft_topk_mag_global",
+    "soft_topk_mask_global",
+    "hard_topk_mag_global",
+    "hard_topk_mask_global",
     "HostFallbackWarning",
 ]

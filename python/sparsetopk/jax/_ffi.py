@@ -217,11 +217,11 @@ def _host_function(target: str, results: Tuple[jax.ShapeDtypeStruct, ...], attri
     return jax.jit(lambda *arrays: call(*arrays, **dict(attributes)))
 
 
-def lower_target(ctx, operands, target: str, attributes: tuple, platform: str):
+def lower_target(ctx, operands, target: str, attributes: tuple, platform: str, host: bool = False):
     """The lowering of a call of ``target`` for ``platform``: the custom call itself, or,
-    where :func:`runs_on_host`, a jax.pure_callback into the CPU target (the same
-    handler, so the same numbers) with the results of ``ctx.avals_out``."""
-    if not runs_on_host(platform):
+    where :func:`runs_on_host` (or ``host``: a target with no GPU handler), a jax.pure_callback
+    into the CPU target (the same handler, so the same numbers) with the results of ``ctx.avals_out``."""
+    if not (host or runs_on_host(platform)):
         lowering = jax.ffi.ffi_lowering(target, extra_attributes=partitioning_attributes(ctx) or None)
         return lowering(ctx, *operands, **dict(attributes))
     _warn_once(target, platform)
