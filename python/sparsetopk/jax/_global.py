@@ -166,7 +166,7 @@ def _call(target, before, flat, after, results, axis_name, k=0, l=1.0, p=2.0):
         reduced = jnp.where(kind == SUM, summed, largest)
         reduced = jnp.concatenate([reduced, jnp.zeros(((ranks - 1) * REQUEST_WIDTH,), jnp.float64)])
         row = jnp.where(kind == GATHER, gathered, reduced)
-        history = jax.lax.dynamic_update_slice(history, row[None, :].astype(jnp.float64), (count, 0))
+        history = jax.lax.dynamic_update_slice(history, row[None, :].astype(jnp.float64), (count, jnp.zeros((), jnp.int32)))
         outs = step(history, count + 1)
         return history, count + 1, outs, go(outs)
 
