@@ -121,3 +121,20 @@ def test_errors():
         stj.soft_topk_mask_global(xs, 1, l=0.0)
     with pytest.raises(NotImplementedError, match="second derivatives"):
         jax.hessian(lambda c: jnp.sum(cat(stj.soft_topk_mag_global(split(c, xs), 2))))(cat(xs))
+
+
+def test_host_fallback_of_gpu_platforms(monkeypatch):
+    """A GPU array runs the CPU target on the host (the row operators' fallback, docs/jax.md,
+    "GPU arrays"; the CUDA library has no global targets): forced here on the CPU platform."""
+    from sparsetopk.jax import _ffi
+
+    monkeypatch.setattr(_ffi, "_warned", False)
+    xs = arrays(8, np.float32, shapes=[(3, 4), (5,)])
+    ref = stj.soft_topk_mag_global(xs, 6)
+    grad_ref = jax.grad(lambda xs: sum(jnp.sum(o ** 2) for o in stj.soft_topk_mag_global(xs, 6)))(xs)
+    with pytest.warns(_ffi.HostFallbackWarning, match="sparsetopk_soft_topk_mag_global"):
+        with _ffi.host_fallback_on("cpu"):
+            out = jax.jit(lambda xs: stj.soft_topk_mag_global(xs, 6))(xs)
+            grad = jax.grad(lambda xs: sum(jnp.sum(o ** 2) for o in stj.soft_topk_mag_global(xs, 6)))(xs)
+    np.testing.assert_array_equal(cat(out), cat(ref))
+    np.testing.assert_array_equal(cat(grad), cat(grad_ref))
