@@ -147,3 +147,40 @@ def test_k_checked_globally():
     a, b = data(10)
     with pytest.raises(Exception, match="k"):
         jax.block_until_ready(jax.jit(mapped)(*put(a, b)))
+
+
+@in_child
+def test_two_axis_mesh():
+    """On a (4, 2) mesh: a global solve over "d" per slice of "e" (two independent problems,
+    forward and grad), and over the tuple ("d", "e") (all 8 devices, in their linear order)."""
+    mesh = jax.make_mesh((4, 2), ("d", "e"))
+    x = np.random.default_rng(11).normal(size=(2, 4 * 50))
+    spec = P("e", "d")
+    f = jax.shard_map(lambda a: stj.soft_topk_mag_global([a[0]], 40, 0.1, axis_name="d")[0][None], mesh=mesh,
+                      in_specs=spec, out_specs=spec)
+    xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, spec))
+    out = np.asarray(jax.jit(f)(xs))
+    grad = np.asarray(jax.jit(jax.grad(lambda a: jnp.sum(jnp.sin(3 * f(a)))))(xs))
+    for e in range(2):
+        row = jnp.asarray(x[e])
+        np.testing.assert_allclose(out[e], stj.soft_topk_mag(row, 40, 0.1), rtol=0, atol=TOLERANCE)
+        grad_ref = jax.grad(lambda c: jnp.sum(jnp.sin(3 * stj.soft_topk_mag(c, 40, 0.1))))(row)
+        np.testing.assert_allclose(grad[e], grad_ref, rtol=0, atol=TOLERANCE)
+    y = np.random.default_rng(12).normal(size=(8 * 30,))
+    both = P(("d", "e"))
+    g = jax.shard_map(lambda a: stj.soft_topk_mask_global([a], 50, 0.1, axis_name=("d", "e"))[0], mesh=mesh,
+                      in_specs=both, out_specs=both)
+    out = np.asarray(jax.jit(g)(jax.device_put(jnp.asarray(y), NamedSharding(mesh, both))))
+    np.testing.assert_allclose(out, stj.soft_topk_mask(jnp.asarray(y), 50, 0.1), rtol=0, atol=TOLERANCE)
+
+
+@in_child
+def test_needs_x64():
+    mapped, put = sharded(lambda parts: stj.soft_topk_mag_global(parts, 3, axis_name="d"))
+    a, b = data(13)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(RuntimeError, match="jax_enable_x64"):
+            jax.jit(mapped).lower(*put(a.astype(np.float32), b.astype(np.float32)))
+    finally:
+        jax.config.update("jax_enable_x64", True)

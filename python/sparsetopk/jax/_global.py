@@ -148,8 +148,13 @@ def _call(target, before, flat, after, results, axis_name, k=0, l=1.0, p=2.0):
     rank = jax.lax.axis_index(axis_name).astype(jnp.int32)
     attributes["ranks"] = np.int64(ranks)
     results = tuple(results) + (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((REQUEST_WIDTH,), np.float64))
-    # varying over axis_name like the rank (a while_loop's carry keeps its type)
-    history = jnp.zeros((MAX_COLLECTIVES, ranks * REQUEST_WIDTH), jnp.float64) + rank.astype(jnp.float64) * 0
+    # a zero varying over every manual axis the operands and the rank vary over (inside shard_map a
+    # while_loop's carry keeps its type, and the calls' results vary like their operands): the sum
+    # of an empty slice of each operand, exactly 0 whatever the operand holds
+    zero = rank.astype(jnp.float64) * 0
+    for operand in operands:
+        zero = zero + jnp.sum(operand.reshape(-1)[:0]).astype(jnp.float64)
+    history = jnp.zeros((MAX_COLLECTIVES, ranks * REQUEST_WIDTH), jnp.float64) + zero
 
     def step(history, count):
         return _bind(target, results, (rank, history, count) + operands, **attributes)
@@ -170,7 +175,7 @@ def _call(target, before, flat, after, results, axis_name, k=0, l=1.0, p=2.0):
         outs = step(history, count + 1)
         return history, count + 1, outs, go(outs)
 
-    count = jnp.zeros((), jnp.int32) + rank * 0
+    count = zero.astype(jnp.int32)
     outs = step(history, count)
     _, _, outs, _ = jax.lax.while_loop(lambda carry: carry[3], body, (history, count, outs, go(outs)))
     return outs[:-2]
