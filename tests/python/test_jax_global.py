@@ -138,3 +138,21 @@ def test_host_fallback_of_gpu_platforms(monkeypatch):
             grad = jax.grad(lambda xs: sum(jnp.sum(o ** 2) for o in stj.soft_topk_mag_global(xs, 6)))(xs)
     np.testing.assert_array_equal(cat(out), cat(ref))
     np.testing.assert_array_equal(cat(grad), cat(grad_ref))
+
+
+def test_custom_calls_of_the_lowered_module():
+    """The forward is one call; grad the forward (with its state) and one VJP call; jvp one JVP call."""
+    import re
+
+    xs = arrays(9, shapes=[(3, 2), (4,)])
+
+    def f(parts):
+        return sum(jnp.sum(jnp.sin(o)) for o in stj.soft_topk_mag_global(parts, 3))
+
+    def calls(function, *args):
+        return sorted(re.findall(r"custom_call @(sparsetopk_\w+)", jax.jit(function).lower(*args).as_text()))
+
+    assert calls(f, xs) == ["sparsetopk_soft_topk_mag_global"]
+    assert calls(jax.grad(f), xs) == ["sparsetopk_soft_topk_mag_global", "sparsetopk_soft_topk_mag_global_vjp"]
+    assert calls(lambda p, t: jax.jvp(f, (p,), (t,)), xs, xs) == ["sparsetopk_soft_topk_mag_global",
+                                                                  "sparsetopk_soft_topk_mag_global_jvp"]
