@@ -159,25 +159,33 @@ def _call(target, before, flat, after, results, axis_name, k=0, l=1.0, p=2.0):
     def step(history, count):
         return _bind(target, results, (rank, history, count) + operands, **attributes)
 
-    def go(outs):
-        return jax.lax.pmax(outs[-2], axis_name) != 0  # the same on every device (as the engine's requests are)
+    def agreed(outs):
+        # the request's kind, the same on every device (as the engine's requests are), as a value
+        # of the axis: the branch of the switch below, which makes the one collective it names
+        return jax.lax.pmax(outs[-2], axis_name)
+
+    padding = (ranks - 1) * REQUEST_WIDTH
+
+    def pad(values):
+        return jnp.concatenate([values, jnp.zeros((padding,), jnp.float64)])
+
+    # each branch's row + zero: typed alike (varying like the operands), whatever JAX types a collective's result
+    branches = [
+        lambda request: pad(jax.lax.psum(request, axis_name)) + zero,  # SUM (index 0: kind - 1)
+        lambda request: pad(jax.lax.pmax(request, axis_name)) + zero,  # MAX
+        lambda request: jax.lax.all_gather(request, axis_name).reshape(-1) + zero,  # GATHER
+    ]
 
     def body(carry):
-        history, count, outs, _ = carry
-        kind, request = outs[-2], outs[-1]
-        summed = jax.lax.psum(request, axis_name)
-        largest = jax.lax.pmax(request, axis_name)
-        gathered = jax.lax.all_gather(request, axis_name).reshape(-1)
-        reduced = jnp.where(kind == SUM, summed, largest)
-        reduced = jnp.concatenate([reduced, jnp.zeros(((ranks - 1) * REQUEST_WIDTH,), jnp.float64)])
-        row = jnp.where(kind == GATHER, gathered, reduced)
-        history = jax.lax.dynamic_update_slice(history, row[None, :].astype(jnp.float64), (count, jnp.zeros((), jnp.int32)))
+        history, count, outs, kind = carry
+        row = jax.lax.switch(kind - 1, branches, outs[-1])
+        history = jax.lax.dynamic_update_slice(history, row[None, :], (count, jnp.zeros((), jnp.int32)))
         outs = step(history, count + 1)
-        return history, count + 1, outs, go(outs)
+        return history, count + 1, outs, agreed(outs)
 
     count = zero.astype(jnp.int32)
     outs = step(history, count)
-    _, _, outs, _ = jax.lax.while_loop(lambda carry: carry[3], body, (history, count, outs, go(outs)))
+    _, _, outs, _ = jax.lax.while_loop(lambda carry: carry[3] != 0, body, (history, count, outs, agreed(outs)))
     return outs[:-2]
 
 
