@@ -186,3 +186,24 @@ def test_needs_x64():
             jax.jit(mapped).lower(*put(a.astype(np.float32), b.astype(np.float32)))
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+@in_child
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_sharded_arrays_without_axis_name(axis_type):
+    """Without axis_name, under jit, an array sharded over the mesh (explicit or automatic axes)
+    is gathered and solved by one call: the one-device result, forward and grad, bitwise."""
+    from jax.sharding import AxisType
+
+    kind = AxisType.Explicit if axis_type == "explicit" else AxisType.Auto
+    mesh = jax.make_mesh((DEVICES,), ("d",), axis_types=(kind,))
+    x = np.random.default_rng(14).normal(size=(DEVICES * 20,)).astype(np.float32)
+    extra = jnp.linspace(-1, 1, 5, dtype=jnp.float32)
+    ref = stj.soft_topk_mag(jnp.concatenate([jnp.asarray(x), extra]), 30)[:x.size]
+    grad_ref = jax.grad(lambda a: jnp.sum(stj.soft_topk_mag(a, 30) ** 2))(jnp.asarray(x))
+    with jax.sharding.set_mesh(mesh):
+        xs = jax.device_put(x, NamedSharding(mesh, P("d")))
+        out = jax.jit(lambda a: stj.soft_topk_mag_global([a, extra], 30)[0])(xs)
+        grad = jax.jit(jax.grad(lambda a: jnp.sum(stj.soft_topk_mag_global([a], 30)[0] ** 2)))(xs)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_ref))

@@ -212,6 +212,16 @@ def _number(name, argument, value, lower, relation):
     return value
 
 
+def _replicated(a):
+    """``a`` replicated where explicit sharding splits it (a reshard, whose transpose
+    shards the cotangent back); otherwise ``a`` (automatic sharding: the partitioner
+    gathers the operands of a call without a partitioning rule)."""
+    spec = _ffi._mesh_spec(jax.typeof(a))
+    if spec is None or all(s is None for s in spec):
+        return a
+    return jax.sharding.reshard(a, NamedSharding(jax.typeof(a).sharding.mesh, PartitionSpec()))
+
+
 def _flatten(name, arrays, k, axis_name):
     """The leaves of ``arrays`` flattened to 1-d in the dtype of computation (float64 where
     every leaf is float64, else float32), k checked, and the map of the outputs back."""
@@ -224,6 +234,8 @@ def _flatten(name, arrays, k, axis_name):
             _fail(name, f"arrays[{i}] must be a floating-point array, got {a.dtype}", TypeError)
     compute = jnp.float64 if all(a.dtype == jnp.float64 for a in leaves) else jnp.float32
     flat = tuple(a.reshape(-1).astype(compute) for a in leaves)
+    if axis_name is None:  # explicit sharding: whole on every device (one call solves all of it)
+        flat = tuple(_replicated(a) for a in flat)
     _check_static(name, "k", k)
     try:
         k = _operator.index(k)
