@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -45,6 +46,9 @@ auto derivative_arguments(Binding binding) {
       .template Attr<double>("l")
       .template Attr<double>("p");
 }
+
+// The global operators' targets (global_handlers.cpp), appended to the CPU table.
+std::vector<Target> global_targets();
 
 }  // namespace sparsetopk::jax
 

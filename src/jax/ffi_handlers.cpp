@@ -354,6 +354,13 @@ const Target targets[] = {
 }  // namespace sparsetopk::jax
 
 extern "C" std::size_t sparsetopk_ffi_targets(const sparsetopk::jax::Target** rows) {
-  *rows = sparsetopk::jax::targets;
-  return std::size(sparsetopk::jax::targets);
+  // the row operators' targets, then the global operators' (global_handlers.cpp)
+  static const std::vector<sparsetopk::jax::Target> all = [] {
+    std::vector<sparsetopk::jax::Target> table(std::begin(sparsetopk::jax::targets), std::end(sparsetopk::jax::targets));
+    const std::vector<sparsetopk::jax::Target> global = sparsetopk::jax::global_targets();
+    table.insert(table.end(), global.begin(), global.end());
+    return table;
+  }();
+  *rows = all.data();
+  return all.size();
 }

@@ -468,8 +468,9 @@ def test_cuda_handlers_register_on_opt_in_only():
 def test_the_registered_targets_are_the_rows_of_the_librarys_table():
     """_ffi.py registers what libsparsetopk_jax.so's table holds (ffi_handlers.cpp): per
     operator its forward, forward with state, and for the soft ones the JVP and VJP;
-    each row a handler of its own; the top-k sum and loss. The CUDA library's table (where
-    built) has the same names but the top-k sum and loss."""
+    each row a handler of its own; the top-k sum and loss; the global operators (global_handlers.cpp).
+    The CUDA library's table (where built) has the same names but the top-k sum and loss and the
+    global operators."""
     path = next(p for p in stj._ffi.library_paths() if p.is_file())
     rows = stj._ffi.library_targets(path)
     names = [name for name, _ in rows]
@@ -477,7 +478,10 @@ def test_the_registered_targets_are_the_rows_of_the_librarys_table():
                 for suffix in ("", "_with_state", "_jvp", "_vjp")]
     expected += ["sparsetopk_hard_topk_mask", "sparsetopk_hard_topk_mag"]
     losses = ["sparsetopk_topk_sum", "sparsetopk_topk_loss"]  # CPU only so far (docs/losses.md)
-    assert sorted(names) == sorted(expected + losses)
+    global_ops = [f"sparsetopk_soft_topk_{op}_global{suffix}" for op in ("mask", "mag")
+                  for suffix in ("", "_jvp", "_vjp")]
+    global_ops += ["sparsetopk_hard_topk_mask_global", "sparsetopk_hard_topk_mag_global"]  # CPU only (docs/jax.md)
+    assert sorted(names) == sorted(expected + losses + global_ops)
     handlers = [handler for _, handler in rows]
     assert all(handlers) and len(set(handlers)) == len(handlers)
     cuda_library = REPO / "build" / "lib" / "libsparsetopk_jax_cuda.so"

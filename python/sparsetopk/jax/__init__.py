@@ -3,7 +3,11 @@
 Functions: :func:`soft_topk_mask`, :func:`soft_topk_mag` ``(x, k, l=0.1,
 p=4/3, axis=-1)``, :func:`hard_topk_mask`, :func:`hard_topk_mag` ``(x, k,
 axis=-1)``, the top-k sum and loss :func:`topk_sum` ``(x, k, l, p, axis)`` and
-:func:`topk_loss` ``(scores, target, k, l, p, axis)``, and the names of the paper's JAX reference implementation:
+:func:`topk_loss` ``(scores, target, k, l, p, axis)``, the global operators
+:func:`soft_topk_mag_global`, :func:`soft_topk_mask_global` ``(arrays, k, l=0.1, p=4/3, *,
+axis_name=None)``, :func:`hard_topk_mag_global`, :func:`hard_topk_mask_global` ``(arrays, k, *,
+axis_name=None)`` (one top-k over a list of arrays; with ``axis_name`` inside ``jax.shard_map``,
+over every device's shards), and the names of the paper's JAX reference implementation:
 :func:`sparse_soft_topk_mask_pav`, :func:`sparse_soft_topk_mag_pav`,
 :func:`sparse_soft_topk_mask_dykstra`, :func:`sparse_soft_topk_mag_dykstra`
 (``hard_topk_mask``/``hard_topk_mag`` are shared).
@@ -34,6 +38,12 @@ _ffi.register_targets()
 
 from ._ffi import HostFallbackWarning  # noqa: E402
 from ._operators import hard_topk_mag, hard_topk_mask, soft_topk_mag, soft_topk_mask, topk_loss, topk_sum  # noqa: E402
+from ._global import (  # noqa: E402
+    hard_topk_mag_global,
+    hard_topk_mask_global,
+    soft_topk_mag_global,
+    soft_topk_mask_global,
+)
 from ._reference import (  # noqa: E402
     sparse_soft_topk_mag_dykstra,
     sparse_soft_topk_mag_pav,
@@ -52,5 +62,9 @@ __all__ = [
     "sparse_soft_topk_mag_pav",
     "sparse_soft_topk_mask_dykstra",
     "sparse_soft_topk_mag_dykstra",
+    "soft_topk_mag_global",
+    "soft_topk_mask_global",
+    "hard_topk_mag_global",
+    "hard_topk_mask_global",
     "HostFallbackWarning",
 ]

@@ -217,11 +217,11 @@ def _host_function(target: str, results: Tuple[jax.ShapeDtypeStruct, ...], attri
     return jax.jit(lambda *arrays: call(*arrays, **dict(attributes)))
 
 
-def lower_target(ctx, operands, target: str, attributes: tuple, platform: str):
+def lower_target(ctx, operands, target: str, attributes: tuple, platform: str, host: bool = False):
     """The lowering of a call of ``target`` for ``platform``: the custom call itself, or,
-    where :func:`runs_on_host`, a jax.pure_callback into the CPU target (the same
-    handler, so the same numbers) with the results of ``ctx.avals_out``."""
-    if not runs_on_host(platform):
+    where :func:`runs_on_host` (or ``host``: a target with no GPU handler), a jax.pure_callback
+    into the CPU target (the same handler, so the same numbers) with the results of ``ctx.avals_out``."""
+    if not (host or runs_on_host(platform)):
         lowering = jax.ffi.ffi_lowering(target, extra_attributes=partitioning_attributes(ctx) or None)
         return lowering(ctx, *operands, **dict(attributes))
     _warn_once(target, platform)
@@ -257,8 +257,8 @@ def _register_lowering(primitive: Primitive, rule) -> None:
 #   partitioner; with explicit sharding by whole_rows, where the operators make their rows): the rows
 #   stay sharded.
 # The host fallback of GPU arrays (a jax.pure_callback) has no such rule: XLA runs it on one device.
-# TODO(issue 23, item 4, second half): a top-k axis sharded across devices should run the global solve
-# (the thresholds' sums added by jax.lax.psum inside shard_map) instead of being gathered.
+# A top-k axis solved where it lies, sharded, is the global operators' axis_name= inside shard_map
+# (_global.py): the thresholds' sums cross the devices, not x.
 
 _batch_partitioning = True  # off inside the test hook batch_partitioning_off
 
@@ -292,7 +292,7 @@ def whole_rows(x: jax.Array) -> jax.Array:
     """``x`` with its last axis (the top-k axis) whole on every device that holds its rows: where
     explicit sharding splits that axis across devices, resharded, which gathers that axis only;
     otherwise ``x`` itself (under automatic sharding the partitioner makes the same gather).
-    TODO(issue 23, item 4, second half): the global solve over a sharded top-k axis instead."""
+    (The global operators with axis_name= inside shard_map solve a sharded axis where it lies.)"""
     spec = _mesh_spec(jax.typeof(x))
     if spec is None or spec[-1] is None:
         return x
