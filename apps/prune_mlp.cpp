@@ -7,8 +7,15 @@
 //   ste     hard top-k forward, straight-through (identity) gradient backward
 //   soft2   soft_topk_mag(W, k, l, p = 2)
 //   soft43  soft_topk_mag(W, k, l, p = 4/3)
+// and the global-budget variants, one k = sum of the layers' k over all three
+// weight matrices together (sparsetopk::torch::*_global, docs/global.md):
+//   dense_global   no top-k during training; one-shot global magnitude pruning
+//                  after training (torch.nn.utils.prune.global_unstructured style)
+//   hard_global    hard_topk_mag_global({W1, W2, W3}, K)
+//   global43       soft_topk_mag_global({W1, W2, W3}, K, l, p = 4/3)
 // Every variant is evaluated on the test set with the HARD mask applied
-// (W -> hard_topk_mag(W, k) per layer, biases kept): the truly sparse network.
+// (W -> hard_topk_mag(W, k) per layer, or hard_topk_mag_global for the global
+// variants; biases kept): the truly sparse network.
 //
 // Choice of l (see docs/applications.md): l sets the relative width of the
 // band of magnitudes around the k-th one, tau, that the soft operator shrinks
@@ -16,7 +23,8 @@
 // weight pools with a pruned one when tau_pruned > tau_kept / (1 + l), so
 // l = band. For p = 4/3 (q = 4) the onset is at a relative gap of
 // l / tau^(2/3), so l = band * tau^(2/3). tau is re-measured every step
-// (detached) for each layer. The band is annealed linearly during training,
+// (detached) for each layer; for global43, tau is the K-th largest |w| over all
+// three layers and one l serves them all. The band is annealed linearly during training,
 // band_t = band * max(1 - t / steps, 0.01) (off with --anneal 0), so that the
 // weights the network ends up trained with are close to the hard-pruned ones
 // it is evaluated with. Default band = 1.
@@ -41,15 +49,24 @@ namespace {
 namespace stt = sparsetopk::torch;
 namespace apps = sparsetopk::apps;
 
-enum class Variant { dense, hard, ste, soft2, soft43 };
+enum class Variant { dense, hard, ste, soft2, soft43, dense_global, hard_global, global43 };
 
 const apps::NameTable<Variant> kVariants{{"dense", Variant::dense},
                                          {"hard", Variant::hard},
                                          {"ste", Variant::ste},
                                          {"soft2", Variant::soft2},
-                                         {"soft43", Variant::soft43}};
+                                         {"soft43", Variant::soft43},
+                                         {"dense_global", Variant::dense_global},
+                                         {"hard_global", Variant::hard_global},
+                                         {"global43", Variant::global43}};
 
 std::string name(Variant v) { return apps::name_in(kVariants, v); }
+
+// One budget over all layers (evaluated with the global hard top-k).
+bool is_global(Variant v) { return v == Variant::dense_global || v == Variant::hard_global || v == Variant::global43; }
+// Trained without a top-k, pruned once afterwards.
+bool is_dense(Variant v) { return v == Variant::dense || v == Variant::dense_global; }
+bool is_soft(Variant v) { return v == Variant::soft2 || v == Variant::soft43 || v == Variant::global43; }
 
 struct Options {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
@@ -80,13 +97,16 @@ magnitude, evaluates the hard-pruned network on the test set, writes a CSV.
   --epochs N          training epochs (default 1)
   --steps N           training steps; > 0 overrides --epochs (default 0)
   --seeds LIST        comma-separated seeds (default 1)
-  --variants LIST     from dense,hard,ste,soft2,soft43 (default all)
+  --variants LIST     from dense,hard,ste,soft2,soft43 (per-layer budgets) and
+                      dense_global,hard_global,global43 (one budget over the
+                      three layers) (default: the per-layer ones)
   --sparsities LIST   percent of weights removed, e.g. 90,95,98,99 (default)
   --batch-size N      (default 128)
   --lr X              Adam learning rate (default 1e-3)
   --band X            relative band width that sets l for the soft variants:
                       p = 2: l = X; p = 4/3: l = X * tau^(2/3), tau the k-th
-                      largest |w| of the layer (default 1)
+                      largest |w| of the layer (global43: of all layers)
+                      (default 1)
   --anneal 0|1        anneal the band linearly to 1% of --band over training
                       (default 1)
   --train-limit N     use the first N training examples (default all)
@@ -95,8 +115,8 @@ magnitude, evaluates the hard-pruned network on the test set, writes a CSV.
   --threads N         torch intra-op threads (default 1: on a shared machine
                       more threads can be several times slower)
   --quick             100 steps of batch 64 on 5000 training / 1000 test
-                      examples, sparsity 90 (all variants: about 20 s on an
-                      idle 2-core machine)
+                      examples, sparsity 90 (the per-layer variants: about 20 s
+                      on an idle 2-core machine)
   -h, --help
 )";
 
@@ -162,6 +182,9 @@ at::Tensor training_weight(const at::Tensor& w, Variant v, int64_t k, double ban
   const auto flat = w.flatten();
   switch (v) {
     case Variant::dense:
+    case Variant::dense_global:  // the global variants: training_weights()
+    case Variant::hard_global:
+    case Variant::global43:
       return w;
     case Variant::hard:
       return stt::hard_topk_mag(flat, k).view_as(w);
@@ -177,6 +200,34 @@ at::Tensor training_weight(const at::Tensor& w, Variant v, int64_t k, double ban
     }
   }
   return w;
+}
+
+// The weights the forward pass uses during training, for every layer; *l receives the l used per layer.
+std::vector<at::Tensor> training_weights(const std::vector<at::Tensor>& w, Variant v, const std::vector<int64_t>& ks,
+                                         double band, double* l) {
+  if (!is_global(v)) {
+    std::vector<at::Tensor> out;
+    for (size_t i = 0; i < w.size(); ++i) out.push_back(training_weight(w[i], v, ks[i], band, &l[i]));
+    return out;
+  }
+  int64_t k = 0;
+  for (const int64_t ki : ks) k += ki;
+  for (size_t i = 0; i < w.size(); ++i) l[i] = 0;
+  switch (v) {
+    case Variant::hard_global:
+      return stt::hard_topk_mag_global(w, k);
+    case Variant::global43: {
+      std::vector<at::Tensor> magnitudes;
+      for (const auto& wi : w) magnitudes.push_back(wi.detach().abs().flatten());
+      const auto all = torch::cat(magnitudes);  // detached, for tau only
+      const double tau = std::get<0>(torch::kthvalue(all, all.numel() - k + 1)).item<double>();
+      const double l_global = band * std::pow(tau, 2.0 / 3.0);
+      for (size_t i = 0; i < w.size(); ++i) l[i] = l_global;
+      return stt::soft_topk_mag_global(w, k, l_global, 4.0 / 3.0);
+    }
+    default:
+      return w;
+  }
 }
 
 at::Tensor forward(const Mlp& net, const std::vector<at::Tensor>& weights, const at::Tensor& x) {
@@ -222,19 +273,21 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
   apps::Batcher batcher(train, o.batch_size, seed);
   const auto layers = net.layers();
   std::vector<int64_t> ks;
-  for (const auto& layer : layers) ks.push_back(kept(layer->weight, sparsity));
+  std::vector<at::Tensor> params;
+  for (const auto& layer : layers) {
+    ks.push_back(kept(layer->weight, sparsity));
+    params.push_back(layer->weight);
+  }
 
   const auto t0 = std::chrono::steady_clock::now();
   double last_loss = 0, last_acc = 0, l_used[3] = {0, 0, 0}, soft_ratio = 0;
-  const std::string tag = name(v) + (v == Variant::dense ? std::string("") : " s=" + std::to_string(static_cast<int>(sparsity)) + "%") +
+  const std::string tag = name(v) + (is_dense(v) ? std::string("") : " s=" + std::to_string(static_cast<int>(sparsity)) + "%") +
                           " seed=" + std::to_string(seed);
   for (int64_t step = 1; step <= steps; ++step) {
     const auto batch = batcher.next();
     const double band =
         o.anneal ? o.band * std::max(1.0 - static_cast<double>(step - 1) / static_cast<double>(steps), 0.01) : o.band;
-    std::vector<at::Tensor> weights;
-    for (size_t i = 0; i < layers.size(); ++i)
-      weights.push_back(training_weight(layers[i]->weight, v, ks[i], band, &l_used[i]));
+    const std::vector<at::Tensor> weights = training_weights(params, v, ks, band, l_used);
     const auto logits = forward(net, weights, batch.x);
     const auto loss = torch::nn::functional::cross_entropy(logits, batch.y);
     optimizer.zero_grad();
@@ -244,7 +297,7 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
     progress.step(loss.item<double>(), static_cast<double>(logits.argmax(1).eq(batch.y).sum().item<int64_t>()),
                   static_cast<double>(batch.y.size(0)));
     if (step % o.log_every == 0 || step == steps) {
-      const bool soft = v == Variant::soft2 || v == Variant::soft43;
+      const bool soft = is_soft(v);
       if (soft) {
         int64_t nnz = 0, k_total = 0;
         for (size_t i = 0; i < weights.size(); ++i) {
@@ -268,15 +321,25 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
     int64_t nnz = 0, total = 0;
     {
       torch::NoGradGuard no_grad;
+      std::vector<at::Tensor> w;
+      std::vector<int64_t> k;
       for (const auto& layer : layers) {
-        const auto w = layer->weight.detach();
-        const int64_t k = kept(w, s);
-        hard.push_back(stt::hard_topk_mag(w.flatten(), k).view_as(w));
-        nnz += hard.back().ne(0).sum().item<int64_t>();
-        total += w.numel();
-        double unused = 0;
-        as_trained.push_back(training_weight(w, v, k, final_band, &unused).detach());
+        w.push_back(layer->weight.detach());
+        k.push_back(kept(w.back(), s));
       }
+      int64_t k_total = 0;
+      for (const int64_t ki : k) k_total += ki;
+      if (is_global(v)) {
+        hard = stt::hard_topk_mag_global(w, k_total);
+      } else {
+        for (size_t i = 0; i < w.size(); ++i) hard.push_back(stt::hard_topk_mag(w[i].flatten(), k[i]).view_as(w[i]));
+      }
+      for (size_t i = 0; i < w.size(); ++i) {
+        nnz += hard[i].ne(0).sum().item<int64_t>();
+        total += w[i].numel();
+      }
+      double unused[3] = {0, 0, 0};
+      for (auto& t : training_weights(w, v, k, final_band, unused)) as_trained.push_back(t.detach());
     }
     Row row{name(v), s, seed, steps, static_cast<double>(steps) / static_cast<double>(batcher.batches_per_epoch()),
             {l_used[0], l_used[1], l_used[2]}, last_loss, last_acc, accuracy(net, hard, test),
@@ -313,7 +376,7 @@ int main(int argc, char** argv) {
     apps::Progress progress;
     for (const auto v : o.variants)
       progress.add_total(steps * static_cast<int64_t>(o.seeds.size()) *
-                         (v == Variant::dense ? 1 : static_cast<int64_t>(o.sparsities.size())));
+                         (is_dense(v) ? 1 : static_cast<int64_t>(o.sparsities.size())));
 
     const auto write = [&](const std::vector<Row>& rows) {
       for (const auto& r : rows)
@@ -323,7 +386,7 @@ int main(int argc, char** argv) {
     };
     for (const auto seed : o.seeds) {
       for (const auto v : o.variants) {
-        if (v == Variant::dense) {
+        if (is_dense(v)) {
           // One dense training run, magnitude-pruned afterwards at every sparsity.
           write(run(o, v, 0, o.sparsities, seed, train, test, progress, steps));
         } else {

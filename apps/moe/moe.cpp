@@ -45,7 +45,9 @@ MoeLayerImpl::MoeLayerImpl(const MoeConfig& config_) : config(config_) {
   router = register_module(
       "router", stt::SoftTopKRouter(stt::SoftTopKRouterOptions(config.d_model, config.num_experts, config.k)
                                         .p(config.p)
-                                        .normalize(true)));
+                                        .normalize(true)
+                                        .choice(config.router == RouterKind::expert ? stt::RoutingChoice::expert
+                                                                                    : stt::RoutingChoice::token)));
   for (int64_t e = 0; e < config.num_experts; ++e)
     experts.push_back(register_module("expert" + std::to_string(e), Expert(config.d_model, config.d_hidden)));
   running_scale = register_buffer("running_scale", ::torch::zeros({}, ::torch::kFloat64));
@@ -71,7 +73,8 @@ at::Tensor MoeLayerImpl::gates_for(const at::Tensor& x, const at::Tensor& logits
       return logits.softmax(-1);
     case RouterKind::topk:
       return topk_gates(logits, config.k);
-    case RouterKind::soft: {
+    case RouterKind::soft:
+    case RouterKind::expert: {
       *l = soft_l(logits);
       router->options.l(*l);  // the module's l follows the logit scale
       return router->forward(x).gates;
@@ -137,6 +140,7 @@ void RoutingStats::add(const at::Tensor& gates) {
   const auto per_token = active.sum(1);
   tokens += active.size(0);
   assignments += per_token.sum().item<int64_t>();
+  zero_tokens += per_token.eq(0).sum().item<int64_t>();
   if (active.size(0) > 0) max_experts = std::max(max_experts, per_token.max().item<int64_t>());
   const auto counts = active.sum(0).to(::torch::kInt64).contiguous();
   const auto* c = counts.data_ptr<int64_t>();

@@ -17,6 +17,12 @@
 //          g = m * softmax(z) / sum(m * softmax(z)). A token evaluates the
 //          experts with m != 0: k of them, or more when logits fall in the
 //          band of width ~l around its k-th largest logit.
+//   expert SoftTopKRouter with choice = expert (expert choice, Zhou et al.
+//          2022): each expert takes m = soft_topk_mask(z[:, e], c, l, p) over
+//          the batch's tokens, capacity c = round(k * tokens / num_experts),
+//          g = m * softmax(z) (not renormalized). A token may get any number
+//          of experts, none included, and its routing depends on the other
+//          tokens of the batch (at evaluation too: the evaluation batch).
 //
 // Dispatch is sparse for every router: each expert runs only on the tokens
 // whose gate for it is non-zero (nonzero + index_select), and its output,
@@ -40,7 +46,7 @@
 
 namespace sparsetopk::apps::moe {
 
-enum class RouterKind { dense, topk, soft };
+enum class RouterKind { dense, topk, soft, expert };
 
 struct MoeConfig {
   int64_t image_side = 28;
@@ -154,10 +160,15 @@ struct RoutingStats {
   double load_min() const;
   double load_max() const;
   double load_cv() const;  // coefficient of variation std/mean of load() (population std)
+  // The fraction of tokens that no expert evaluates (gates all 0).
+  double zero_expert_fraction() const {
+    return tokens == 0 ? 0 : static_cast<double>(zero_tokens) / static_cast<double>(tokens);
+  }
 
   int64_t tokens = 0;
   int64_t assignments = 0;
   int64_t max_experts = 0;
+  int64_t zero_tokens = 0;
   std::vector<int64_t> per_expert;
 };
 

@@ -10,6 +10,9 @@
 //          router's cost)
 //   soft   SoftTopKRouter, p = 4/3: soft top-k mask times softmax, renormalized
 //   soft2  the same with p = 2
+//   expert SoftTopKRouter with choice = expert, p = 4/3: each expert takes a
+//          soft top-k of the batch's tokens, capacity k * tokens / experts
+//          (expert choice; --k is then the mean experts per token)
 //   dense  softmax over all experts, every expert evaluated (cost reference)
 // Every router dispatches sparsely: an expert runs only on the tokens whose
 // gate for it is non-zero. Per (router, seed) one CSV row: accuracy, experts
@@ -55,6 +58,7 @@ struct RouterChoice {
 const std::vector<RouterChoice> kRouters{{"topk", moe::RouterKind::topk, 0},
                                          {"soft", moe::RouterKind::soft, 4.0 / 3.0},
                                          {"soft2", moe::RouterKind::soft, 2.0},
+                                         {"expert", moe::RouterKind::expert, 4.0 / 3.0},
                                          {"dense", moe::RouterKind::dense, 0}};
 
 struct Options {
@@ -92,11 +96,15 @@ load across experts, time per step.
   --epochs N          training epochs (default 3)
   --steps N           training steps; > 0 overrides --epochs (default 0)
   --seeds LIST        comma-separated seeds (default 1)
-  --routers LIST      from topk,topkN,soft,soft2,dense (default topk,soft,dense):
+  --routers LIST      from topk,topkN,soft,soft2,expert,dense (default topk,soft,dense):
                       topk = softmax + hard top-k, gates renormalized;
                       topkN = the same with k = N (e.g. topk3: a baseline
                       of about the cost of the soft router);
                       soft = SoftTopKRouter p = 4/3; soft2 = the same, p = 2;
+                      expert = SoftTopKRouter, choice = expert, p = 4/3:
+                      each expert takes a soft top-k of the batch's tokens,
+                      capacity k * tokens / experts (at evaluation too, over
+                      the evaluation batch);
                       dense = softmax over all experts, all evaluated
   --batch-size N      images per step (16 tokens each; default 128)
   --lr X              Adam learning rate (default 1e-3)
@@ -134,7 +142,7 @@ std::vector<RouterChoice> parse_routers(const std::string& value) {
       if (n < 1) throw std::invalid_argument("--routers: " + s + " needs N >= 1");
       routers.push_back({s, moe::RouterKind::topk, 0, n});
     } else {
-      throw std::invalid_argument("--routers: unknown router '" + s + "' (topk, topkN, soft, soft2, dense)");
+      throw std::invalid_argument("--routers: unknown router '" + s + "' (topk, topkN, soft, soft2, expert, dense)");
     }
   }
   return routers;
@@ -246,11 +254,11 @@ Row run(const Options& o, const RouterChoice& choice, uint64_t seed, const apps:
   config.k = choice.k > 0 ? choice.k : o.k;
   config.router = choice.kind;
   config.l_rel = o.soft_l;
-  if (choice.kind == moe::RouterKind::soft) config.p = choice.p;
+  if (choice.kind == moe::RouterKind::soft || choice.kind == moe::RouterKind::expert) config.p = choice.p;
   moe::MoeClassifier net(config);
   torch::optim::Adam optimizer(net->parameters(), torch::optim::AdamOptions(o.lr));
   apps::Batcher batcher(train, o.batch_size, seed);
-  const bool soft = choice.kind == moe::RouterKind::soft;
+  const bool soft = choice.kind == moe::RouterKind::soft || choice.kind == moe::RouterKind::expert;
 
   Row row;
   row.router = choice.name;
@@ -299,10 +307,10 @@ Row run(const Options& o, const RouterChoice& choice, uint64_t seed, const apps:
   row.ms_per_eval_batch = ev.ms_per_batch;
   row.l_final = ev.l;
   row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("[%s] %s accuracy %.4f  experts/token %.3f (max %lld)  load min %.3f max %.3f cv %.3f  "
+  std::printf("[%s] %s accuracy %.4f  experts/token %.3f (max %lld, none %.4f)  load min %.3f max %.3f cv %.3f  "
               "%.2f ms/step  %.2f ms/eval batch%s\n",
               tag.c_str(), o.validation > 0 ? "validation" : "test", row.eval_acc, ev.routing.mean_experts(),
-              static_cast<long long>(ev.routing.max_experts), ev.routing.load_min(), ev.routing.load_max(),
+              static_cast<long long>(ev.routing.max_experts), ev.routing.zero_expert_fraction(), ev.routing.load_min(), ev.routing.load_max(),
               ev.routing.load_cv(), row.ms_per_step, row.ms_per_eval_batch,
               soft ? (" (l at evaluation " + fixed(row.l_final, 4) + ")").c_str() : "");
   std::fflush(stdout);
@@ -352,7 +360,8 @@ int main(int argc, char** argv) {
                       "router,p,l_rel,seed,steps,epochs,batch_size,lr,aux_loss,k,experts,train_examples,eval_set,"
                       "eval_examples,train_loss,train_acc,eval_acc,experts_per_token_mean,experts_per_token_max,"
                       "train_experts_per_token_mean,train_experts_per_token_max,load_min,load_max,load_cv,load,"
-                      "train_load_cv,l_final,ms_per_step,ms_per_eval_batch,eval_batch,seconds,threads");
+                      "train_load_cv,l_final,ms_per_step,ms_per_eval_batch,eval_batch,seconds,threads,zero_expert_fraction,"
+                      "train_zero_expert_fraction");
 
     apps::Progress progress;
     progress.add_total(steps * static_cast<int64_t>(o.seeds.size() * o.routers.size()));
@@ -364,7 +373,8 @@ int main(int argc, char** argv) {
                 r.eval_routing.mean_experts(), r.eval_routing.max_experts, r.train_routing.mean_experts(),
                 r.train_routing.max_experts, r.eval_routing.load_min(), r.eval_routing.load_max(),
                 r.eval_routing.load_cv(), join_load(r.eval_routing.load()), r.train_routing.load_cv(), r.l_final,
-                r.ms_per_step, r.ms_per_eval_batch, o.eval_batch, r.seconds, o.threads);
+                r.ms_per_step, r.ms_per_eval_batch, o.eval_batch, r.seconds, o.threads,
+                r.eval_routing.zero_expert_fraction(), r.train_routing.zero_expert_fraction());
       }
     }
     std::printf("wrote %s (%.1fs)\n", o.out.c_str(), progress.seconds());

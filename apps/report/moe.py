@@ -31,8 +31,9 @@ COLUMNS = (
     "train_load_cv,l_final,ms_per_step,ms_per_eval_batch,eval_batch,seconds,threads"
 ).split(",")
 
-ROUTERS = ("topk", "topk3", "soft", "soft2", "dense")
-COLORS = {"topk": "black", "topk3": "tab:purple", "soft": "tab:orange", "soft2": "tab:blue", "dense": "gray"}
+ROUTERS = ("topk", "topk3", "soft", "soft2", "expert", "dense")
+COLORS = {"topk": "black", "topk3": "tab:purple", "soft": "tab:orange", "soft2": "tab:blue", "expert": "tab:red",
+          "dense": "gray"}
 
 
 def _topk_n(router) -> str | None:
@@ -53,6 +54,7 @@ def _label(key, several_l: bool, k=None) -> str:
         "topk": f"softmax + hard top-{k if k is not None else 'k'}, renormalized",
         "soft": "soft top-k, p = 4/3",
         "soft2": "soft top-k, p = 2",
+        "expert": "expert choice: soft top-k of the tokens per expert, p = 4/3",
         "dense": "dense softmax (all experts)",
     }.get(router, str(router))
     if _topk_n(router):
@@ -64,7 +66,8 @@ def _label(key, several_l: bool, k=None) -> str:
 
 def _short(key, several_l: bool, k=None) -> str:
     router, l_rel = key
-    name = {"topk": f"top-{k if k is not None else 'k'}", "soft": "soft 4/3", "soft2": "soft p=2", "dense": "dense"}.get(router, str(router))
+    name = {"topk": f"top-{k if k is not None else 'k'}", "soft": "soft 4/3", "soft2": "soft p=2", "expert": "expert",
+            "dense": "dense"}.get(router, str(router))
     if _topk_n(router):
         name = f"top-{_topk_n(router)}"
     if str(router).startswith("soft") and several_l:

@@ -20,19 +20,27 @@ COLUMNS = (
     "test_acc_hard,test_acc_as_trained,nnz,total_weights,soft_nnz_over_k,seconds,anneal"
 ).split(",")
 
-VARIANTS = ("dense", "hard", "ste", "soft2", "soft43")
+VARIANTS = ("dense", "hard", "ste", "soft2", "soft43", "dense_global", "hard_global", "global43")
 LABELS = {
     "dense": "dense, then pruned once (no fine-tuning)",
     "hard": "hard top-k",
     "ste": "hard top-k, straight-through",
     "soft2": "soft, p = 2",
     "soft43": "soft, p = 4/3",
+    "dense_global": "dense, then pruned once with one global threshold (global_unstructured)",
+    "hard_global": "global hard top-k (one budget over the layers)",
+    "global43": "global soft, p = 4/3 (one budget over the layers)",
 }
-SHORT_LABELS = {"dense": "dense, pruned after", "hard": "hard", **common.PRUNING_SHORT_LABELS}
+SHORT_LABELS = {"dense": "dense, pruned after", "hard": "hard", **common.PRUNING_SHORT_LABELS,
+                "dense_global": "dense, global prune after", "hard_global": "global hard",
+                "global43": "global soft p=4/3"}
 STYLES = {
     "dense": dict(color="gray", marker="x", linestyle=":"),
     "hard": dict(color="black", marker="s", linestyle="--"),
     **common.PRUNING_STYLES,
+    "dense_global": dict(color="tab:gray", marker="+", linestyle="-."),
+    "hard_global": dict(color="tab:brown", marker="D", linestyle="--"),
+    "global43": dict(color="tab:red", marker="o", linestyle="-"),
 }
 
 
@@ -50,7 +58,7 @@ def _settings(rows) -> str:
     return "Settings (from the CSV): " + ", ".join(parts) + "."
 
 
-def _plot(stats, variants, sparsities, dense_unpruned, figures_dir) -> str:
+def _plot(stats, variants, sparsities, dense_unpruned, figures_dir, figure=FIGURE) -> str:
     fig, ax = common.new_figure(7.5, 4.0)
     common.plot_mean_std_lines(ax, stats, variants, sparsities, SHORT_LABELS, STYLES)
     if dense_unpruned is not None:
@@ -61,11 +69,13 @@ def _plot(stats, variants, sparsities, dense_unpruned, figures_dir) -> str:
     ax.set_ylim(0, 1)
     ax.set_title(f"MLP 784-300-100-10 on Fashion-MNIST ({common.seeds_in_title(stats)})", fontsize=10)
     common.legend_right(ax)
-    return common.save_figure(fig, figures_dir, FIGURE)
+    return common.save_figure(fig, figures_dir, figure)
 
 
-def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
-    rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
+def render(results_dir: pathlib.Path, figures_dir: pathlib.Path, csv_name: str = CSV_NAME,
+           figure: str = FIGURE) -> str | None:
+    """The section of `csv_name` in results_dir (prune_mlp_global.py passes its own CSV and figure)."""
+    rows = common.read_results(results_dir, csv_name, COLUMNS)
     if rows is None:
         return None
 
@@ -95,7 +105,7 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
     paragraphs.append(f"Non-zero weights of the evaluated network (out of "
                       f"{'/'.join(common.fmt_int(t) for t in totals)}): " + "; ".join(kept) + ".")
 
-    dense_rows = [r for r in rows if r["variant"] == "dense"]
+    dense_rows = [r for r in rows if r["variant"] in ("dense", "dense_global")]
     dense_unpruned = None
     if dense_rows:
         # One dense run per seed: the same test_acc_as_trained is repeated for each sparsity.
@@ -105,6 +115,6 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
         paragraphs.append(f"The dense network before pruning scores {common.fmt_mean_std(m, sd, n)} "
                           f"({n} seed{'s' if n != 1 else ''}).")
     paragraphs.append(_settings(rows))
-    link = _plot(stats, variants, sparsities, dense_unpruned, figures_dir)
+    link = _plot(stats, variants, sparsities, dense_unpruned, figures_dir, figure)
     paragraphs.append(common.image("Test accuracy against sparsity, per variant", link))
     return "\n\n".join(paragraphs)

@@ -10,7 +10,7 @@ APPS = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(APPS))
 
 import make_report  # noqa: E402
-from report import common, prune_mlp, vit_topk  # noqa: E402
+from report import common, moe_expert, prune_mlp, prune_mlp_global, vit_topk  # noqa: E402
 
 REPO = APPS.parent
 
@@ -122,6 +122,46 @@ def test_prune_mlp_missing_column_is_an_error(tmp_path):
     (tmp_path / "prune_mlp.csv").write_text("variant,sparsity,seed\nhard,90,1\n")
     with pytest.raises(ValueError, match="test_acc_hard"):
         prune_mlp.render(tmp_path, tmp_path)
+
+
+def test_prune_mlp_global_reads_its_own_csv_and_labels_the_global_variants(tmp_path):
+    write_prune_csv(tmp_path / "prune_mlp_global.csv", [
+        ("soft43", 90, 1, 0.80), ("global43", 90, 1, 0.83), ("hard_global", 90, 1, 0.78),
+        ("dense_global", 90, 1, 0.30, 0.86), ("dense", 90, 1, 0.20, 0.86)])
+    assert prune_mlp_global.render(tmp_path / "nothing", tmp_path) is None
+    body = prune_mlp_global.render(tmp_path, tmp_path / "figures")
+    rows = table_rows(body)
+    assert rows[prune_mlp.LABELS["global43"]] == ["**0.8300**"]
+    assert rows[prune_mlp.LABELS["dense_global"]] == ["0.3000"]
+    assert list(rows)[1:] == [prune_mlp.LABELS[v] for v in ("dense", "soft43", "dense_global", "hard_global",
+                                                            "global43")]
+    assert "0.8600" in body  # the dense network before pruning
+    assert (tmp_path / "figures" / prune_mlp_global.FIGURE).is_file()
+
+
+def test_moe_expert_table_load_and_zero_expert_tokens(tmp_path):
+    header = moe_expert.COLUMNS
+    def row(router, seed, acc, load_max, cv, zero):
+        values = {c: 0 for c in header}
+        values.update(router=router, p=1.3333, l_rel=0.5, seed=seed, steps=100, epochs=1, batch_size=128,
+                      lr=0.001, aux_loss=0.01, k=2, experts=8, train_examples=60000, eval_set="test",
+                      eval_examples=10000, eval_acc=acc, experts_per_token_mean=2.0, experts_per_token_max=4,
+                      load_max=load_max, load_cv=cv, load="0.125;0.125", eval_batch=1000, threads=1,
+                      zero_expert_fraction=zero)
+        return [values[c] for c in header]
+    with open(tmp_path / "moe_router_expert.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerow(row("topk", 1, 0.80, 0.25, 0.5, 0.0))
+        writer.writerow(row("topk", 2, 0.82, 0.25, 0.5, 0.0))
+        writer.writerow(row("expert", 1, 0.84, 0.125, 0.0, 0.1))
+        writer.writerow(row("expert", 2, 0.84, 0.125, 0.0, 0.3))
+    rows = table_rows(moe_expert.render(tmp_path, tmp_path))
+    topk = rows["softmax + hard top-2, renormalized"]
+    expert = rows["expert choice: soft top-k of the tokens per expert, p = 4/3"]
+    assert topk[0] == "—" and topk[1] == "0.8100 ± 0.0141" and topk[4] == "2.000 ± 0.000"
+    assert expert[0] == "0.5·s" and expert[1] == "**0.8400 ± 0.0000**"
+    assert expert[3] == "0.2000 ± 0.1414" and expert[4] == "1.000 ± 0.000"
 
 
 # --- make_report: markers -----------------------------------------------------------------------

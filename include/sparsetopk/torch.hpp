@@ -27,6 +27,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace sparsetopk::torch {
 
@@ -68,6 +69,25 @@ at::Tensor hard_topk_mag(const at::Tensor& x, int64_t k, int64_t dim = -1);
 // top-k sum"): x with dim reduced. Its gradient is soft_topk_mask(x, k, l, p,
 // dim) and its second derivative (the mask's Jacobian) is exact. CPU tensors.
 at::Tensor topk_sum(const at::Tensor& x, int64_t k, double l = 0.1, double p = 4.0 / 3.0, int64_t dim = -1);
+
+// ---- one top-k over several tensors (SPEC.md, "One top-k over many tensors";
+// docs/global.md), in this process: the row operator on the concatenation of
+// the flattened tensors, returned in their shapes, nothing concatenated.
+// Non-empty lists of CPU tensors, all float32 or all float64;
+// 0 <= k <= total entries.
+
+// Soft top-k in magnitude over all entries of x with one k. Differentiable
+// (first derivatives, every tensor).
+std::vector<at::Tensor> soft_topk_mag_global(const std::vector<at::Tensor>& x, int64_t k, double l = 0.1,
+                                             double p = 4.0 / 3.0);
+
+// Hard top-k mask over all entries of x (ties: the lower position in the
+// concatenation first). Never requires grad.
+std::vector<at::Tensor> hard_topk_mask_global(const std::vector<at::Tensor>& x, int64_t k);
+
+// Hard top-k in magnitude: x_j * hard_topk_mask_global(|x|, k)_j, whose
+// gradient is that mask.
+std::vector<at::Tensor> hard_topk_mag_global(const std::vector<at::Tensor>& x, int64_t k);
 
 // How topk_loss reduces its per-slice losses.
 enum class Reduction { mean, sum, none };
@@ -186,6 +206,12 @@ class SparseLinear : public ::torch::nn::ModuleHolder<SparseLinearImpl> {
   using Impl = SparseLinearImpl;
 };
 
+// Who chooses in a SoftTopKRouter.
+enum class RoutingChoice {
+  token,   // each token takes a soft top-k of the experts (k experts per token)
+  expert,  // each expert takes a soft top-k of the tokens (expert choice)
+};
+
 struct SoftTopKRouterOptions {
   SoftTopKRouterOptions(int64_t d_model, int64_t num_experts, int64_t k)
       : d_model_(d_model), num_experts_(num_experts), k_(k) {}
@@ -197,7 +223,16 @@ struct SoftTopKRouterOptions {
   // true: gates = m * softmax(z) / sum(m * softmax(z)), rows sum to 1.
   // false: gates = m, the soft mask itself, rows sum to k.
   TORCH_ARG(bool, normalize) = true;
+  // token: the above. expert: m = soft_topk_mask(z, c, l, p) along the tokens
+  // (every leading dim of x flattened), one soft top-k per expert, with
+  // capacity c = clamp(round(k * tokens / num_experts), 1, tokens): k experts
+  // per token on average. Gates: normalize, m * softmax(z) (not renormalized:
+  // a token may get no expert); else m.
+  TORCH_ARG(RoutingChoice, choice) = RoutingChoice::token;
 };
+
+// Expert choice: the capacity, tokens per expert, of a batch of `tokens` tokens.
+int64_t expert_capacity(int64_t k, int64_t num_experts, int64_t tokens);
 
 struct RouterOutput {
   at::Tensor gates;           // [..., num_experts], >= 0, exactly 0 for unused experts
@@ -210,7 +245,9 @@ struct RouterOutput {
 // gates. A token uses exactly k experts unless logits sit in the band of
 // width ~l around its k-th largest logit, where the mask is fractional and a
 // few more experts share the load. m is the number of experts used by the
-// busiest token.
+// busiest token. With choice = expert, each expert takes a soft top-k of the
+// tokens instead (see SoftTopKRouterOptions::choice): a token's routing then
+// depends on the other tokens of the batch.
 class SoftTopKRouterImpl : public ::torch::nn::Cloneable<SoftTopKRouterImpl> {
  public:
   explicit SoftTopKRouterImpl(const SoftTopKRouterOptions& options);

@@ -194,6 +194,14 @@ class RouterOutput(NamedTuple):
     expert_mask: torch.Tensor
 
 
+def expert_capacity(k: int, num_experts: int, tokens: int) -> int:
+    """Expert choice: tokens per expert, ``clamp(round(k * tokens / num_experts), 1, tokens)``
+    (0 for no tokens), so that a token gets ``k`` experts on average."""
+    if tokens == 0:
+        return 0
+    return min(max(int(math.floor(k * tokens / num_experts + 0.5)), 1), tokens)
+
+
 class SoftTopKRouter(nn.Module):
     """Mixture-of-experts router with sparse, differentiable top-k gates.
 
@@ -209,12 +217,26 @@ class SoftTopKRouter(nn.Module):
     of its k-th largest logit; there the mask is fractional and a few more
     experts share the load, which is what makes the selection differentiable.
 
+    With ``choice="expert"`` (expert choice) each expert picks tokens instead:
+    ``m[:, e] = soft_topk_mask(z[:, e], c, l, p)`` along the tokens (every leading
+    dim of ``x`` flattened), with capacity ``c = expert_capacity(k, num_experts,
+    tokens)``, so ``k`` is the mean number of experts per token. The gates are
+    ``m * softmax(z)`` with ``normalize=True`` (not renormalized: a token may get
+    no expert), else ``m``. A token's routing depends on the other tokens. With
+    ``group`` (a ``torch.distributed`` process group) the tokens are those of
+    every process together, in rank order: ``tokens`` counts all of them and each
+    expert's top-k is :func:`sparsetopk.soft_topk_mask_global` over the group, so
+    each process gets the gates of its own tokens, equal to one process routing
+    the concatenated tokens.
+
     Args:
         d_model: size of the token features (last dim of the input).
         num_experts: number of experts.
         k: experts per token, ``1 <= k <= num_experts``.
         l, p: as :func:`sparsetopk.soft_topk_mask`.
         normalize: see above.
+        choice: ``"token"`` (default) or ``"expert"``, see above.
+        group: expert choice only: a process group whose tokens compete together.
 
     Returns:
         :class:`RouterOutput` ``(gates, expert_indices, expert_mask)``.
@@ -222,13 +244,19 @@ class SoftTopKRouter(nn.Module):
 
     def __init__(self, d_model: int, num_experts: int, k: int, l: float = 0.1, p: float = 4.0 / 3.0,
                  normalize: bool = True, device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None):
+                 dtype: Optional[torch.dtype] = None, choice: str = "token", group: Optional[object] = None):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"sparsetopk.SoftTopKRouter: num_experts must be >= 1, got num_experts = {num_experts}")
         if not 1 <= k <= num_experts:
             raise ValueError(f"sparsetopk.SoftTopKRouter: k = {k} is out of range [1, num_experts = {num_experts}]")
         _check_l_p("SoftTopKRouter", l, p)
+        if choice not in ("token", "expert"):
+            raise ValueError(f"sparsetopk.SoftTopKRouter: choice = {choice!r} is neither 'token' nor 'expert'")
+        if group is not None and choice != "expert":
+            raise ValueError("sparsetopk.SoftTopKRouter: group= needs choice='expert' (token choice is per token)")
+        self.choice = choice
+        self.group = group
         self.d_model = int(d_model)
         self.num_experts = int(num_experts)
         self.k = int(k)
@@ -239,12 +267,36 @@ class SoftTopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         logits = self.gate(x)
+        if self.choice == "expert":
+            mask = self._expert_choice_mask(logits)
+            gates = mask * torch.softmax(logits, dim=-1) if self.normalize else mask
+            return self._output(gates)
         mask = soft_topk_mask(logits, self.k, self.l, self.p)
         if self.normalize:
             weighted = mask * torch.softmax(logits, dim=-1)
             gates = weighted / weighted.sum(dim=-1, keepdim=True)
         else:
             gates = mask
+        return self._output(gates)
+
+    def _expert_choice_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        flat = logits.reshape(-1, self.num_experts)
+        tokens = flat.shape[0]
+        if self.group is None:
+            capacity = expert_capacity(self.k, self.num_experts, tokens)
+            return soft_topk_mask(flat, capacity, self.l, self.p, dim=0).reshape(logits.shape)
+        import torch.distributed as dist
+
+        from ._global import soft_topk_mask_global
+
+        count = torch.tensor([tokens], dtype=torch.int64)
+        dist.all_reduce(count, group=self.group)
+        capacity = expert_capacity(self.k, self.num_experts, int(count.item()))
+        columns = [soft_topk_mask_global([flat[:, e].contiguous()], capacity, self.l, self.p, group=self.group)[0]
+                   for e in range(self.num_experts)]
+        return torch.stack(columns, dim=1).reshape(logits.shape)
+
+    def _output(self, gates: torch.Tensor) -> RouterOutput:
         expert_mask = gates != 0
         if torch.compiler.is_compiling():  # torch.compile / torch.export: a static width, no graph break
             used = self.num_experts
@@ -256,4 +308,4 @@ class SoftTopKRouter(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_experts={self.num_experts}, k={self.k}, l={self.l}, "
-                f"p={self.p}, normalize={self.normalize}")
+                f"p={self.p}, normalize={self.normalize}, choice={self.choice!r}")

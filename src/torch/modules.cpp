@@ -6,6 +6,7 @@
 #include <torch/nn/init.h>
 #include <torch/nn/functional/linear.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "checks.hpp"
@@ -126,8 +127,29 @@ void SoftTopKRouterImpl::reset() {
       "gate", ::torch::nn::Linear(::torch::nn::LinearOptions(options.d_model(), options.num_experts()).bias(false)));
 }
 
+int64_t expert_capacity(int64_t k, int64_t num_experts, int64_t tokens) {
+  TORCH_CHECK(num_experts >= 1 && k >= 0 && tokens >= 0, "sparsetopk.expert_capacity: got k = ", k,
+              ", num_experts = ", num_experts, ", tokens = ", tokens);
+  if (tokens == 0) return 0;
+  const double c = static_cast<double>(k) * static_cast<double>(tokens) / static_cast<double>(num_experts);
+  return std::clamp<int64_t>(static_cast<int64_t>(std::llround(c)), 1, tokens);
+}
+
 RouterOutput SoftTopKRouterImpl::forward(const at::Tensor& x) {
   const at::Tensor logits = gate->forward(x);
+  if (options.choice() == RoutingChoice::expert) {
+    // One soft top-k per expert along the tokens (all leading dims).
+    const at::Tensor flat = logits.reshape({-1, options.num_experts()});
+    const int64_t capacity = expert_capacity(options.k(), options.num_experts(), flat.size(0));
+    const at::Tensor mask = soft_topk_mask(flat, capacity, options.l(), options.p(), /*dim=*/0).view_as(logits);
+    const at::Tensor gates = options.normalize() ? mask * logits.softmax(-1) : mask;
+    const at::Tensor expert_mask = gates.ne(0);
+    const int64_t used = expert_mask.numel() == 0 ? 0 : expert_mask.sum(-1).max().item<int64_t>();
+    const auto sorted = gates.detach().sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
+    const at::Tensor top_gates = std::get<0>(sorted).narrow(-1, 0, used);
+    const at::Tensor expert_indices = std::get<1>(sorted).narrow(-1, 0, used).masked_fill(top_gates.eq(0), -1);
+    return {gates, expert_indices, expert_mask};
+  }
   const at::Tensor mask = soft_topk_mask(logits, options.k(), options.l(), options.p());
   at::Tensor gates = mask;
   if (options.normalize()) {
@@ -145,7 +167,8 @@ RouterOutput SoftTopKRouterImpl::forward(const at::Tensor& x) {
 void SoftTopKRouterImpl::pretty_print(std::ostream& stream) const {
   stream << "sparsetopk::torch::SoftTopKRouter(d_model=" << options.d_model()
          << ", num_experts=" << options.num_experts() << ", k=" << options.k() << ", l=" << options.l()
-         << ", p=" << options.p() << ", normalize=" << (options.normalize() ? "true" : "false") << ")";
+         << ", p=" << options.p() << ", normalize=" << (options.normalize() ? "true" : "false")
+         << ", choice=" << (options.choice() == RoutingChoice::expert ? "expert" : "token") << ")";
 }
 
 }  // namespace sparsetopk::torch

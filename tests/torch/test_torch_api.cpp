@@ -291,3 +291,54 @@ TEST(TorchModules, SoftTopKRouterGivesSparseGates) {
   out.gates.pow(2).sum().backward();
   EXPECT_TRUE(router->gate->weight.grad().defined());
 }
+
+TEST(TorchModules, SoftTopKRouterExpertChoiceTakesTokensPerExpert) {
+  torch::manual_seed(0);
+  stt::SoftTopKRouter router(stt::SoftTopKRouterOptions(8, 4, 2).l(0.3).normalize(false).choice(
+      stt::RoutingChoice::expert));
+  const auto x = torch::randn({3, 10, 8});  // 30 tokens: capacity round(2 * 30 / 4) = 15
+  EXPECT_EQ(stt::expert_capacity(2, 4, 30), 15);
+  EXPECT_EQ(stt::expert_capacity(2, 8, 3), 1);
+  EXPECT_EQ(stt::expert_capacity(8, 8, 5), 5);
+  const stt::RouterOutput out = router(x);
+  EXPECT_EQ(out.gates.sizes(), (std::vector<int64_t>{3, 10, 4}));
+  EXPECT_TRUE(torch::allclose(out.gates.reshape({-1, 4}).sum(0), torch::full({4}, 15.0)));
+  const auto logits = router->gate->forward(x).reshape({-1, 4});
+  EXPECT_TRUE(torch::allclose(out.gates.reshape({-1, 4}), stt::soft_topk_mask(logits, 15, 0.3, 4.0 / 3.0, 0)));
+  EXPECT_TRUE(torch::equal(out.expert_mask, out.gates.ne(0)));
+  out.gates.pow(2).sum().backward();
+  EXPECT_TRUE(router->gate->weight.grad().defined());
+}
+
+// The LibTorch global operators equal the row operators on the concatenation,
+// forward and backward.
+TEST(TorchGlobal, SoftMagnitudeEqualsTheRowOperatorOnTheConcatenation) {
+  torch::manual_seed(1);
+  std::vector<torch::Tensor> x{torch::randn({5, 7}, torch::kFloat64).requires_grad_(),
+                               torch::randn({0}, torch::kFloat64).requires_grad_(),
+                               torch::randn({13}, torch::kFloat64).requires_grad_()};
+  const auto out = stt::soft_topk_mag_global(x, 11, 0.2, 4.0 / 3.0);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].sizes(), x[0].sizes());
+  const auto cat = torch::cat({x[0].detach().flatten(), x[1].detach(), x[2].detach()}).requires_grad_();
+  const auto expected = stt::soft_topk_mag(cat, 11, 0.2, 4.0 / 3.0);
+  EXPECT_TRUE(torch::equal(torch::cat({out[0].flatten(), out[1], out[2]}).detach(), expected.detach()));
+  const auto v = torch::linspace(-1, 1, cat.numel(), torch::kFloat64);
+  (torch::cat({out[0].flatten(), out[1], out[2]}) * v).sum().backward();
+  (expected * v).sum().backward();
+  const auto grad = torch::cat({x[0].grad().flatten(), x[1].grad(), x[2].grad()});
+  EXPECT_TRUE(torch::allclose(grad, cat.grad(), 1e-12, 1e-12));
+}
+
+TEST(TorchGlobal, HardMagnitudeKeepsOneBudgetAndPassesTheMaskAsGradient) {
+  torch::manual_seed(2);
+  std::vector<torch::Tensor> x{torch::randn({4, 6}).requires_grad_(), torch::randn({9}).requires_grad_()};
+  const auto out = stt::hard_topk_mag_global(x, 10);
+  const auto cat = torch::cat({x[0].detach().flatten(), x[1].detach()});
+  EXPECT_TRUE(torch::equal(torch::cat({out[0].flatten(), out[1]}).detach(), stt::hard_topk_mag(cat, 10)));
+  const auto mask = stt::hard_topk_mask_global({x[0], x[1]}, 33);  // every entry
+  EXPECT_FALSE(mask[0].requires_grad());
+  EXPECT_EQ(mask[0].sum().item<double>() + mask[1].sum().item<double>(), 33);
+  (out[0].sum() + out[1].sum()).backward();
+  EXPECT_EQ(x[0].grad().sum().item<double>() + x[1].grad().sum().item<double>(), 10);
+}

@@ -201,7 +201,8 @@ TEST(MoeLayer, RunningScaleIsUpdatedInTrainingAndFrozenInEvaluation) {
 }
 
 TEST(MoeClassifier, ForwardShapesAndBackward) {
-  for (const auto kind : {moe::RouterKind::topk, moe::RouterKind::soft, moe::RouterKind::dense}) {
+  for (const auto kind : {moe::RouterKind::topk, moe::RouterKind::soft, moe::RouterKind::expert,
+                          moe::RouterKind::dense}) {
     torch::manual_seed(7);
     moe::MoeConfig config;
     config.router = kind;
@@ -215,6 +216,30 @@ TEST(MoeClassifier, ForwardShapesAndBackward) {
     EXPECT_TRUE(router_grad.isfinite().all().item<bool>());
     EXPECT_GT(router_grad.abs().sum().item<double>(), 0);
   }
+}
+
+// Expert choice: each expert's soft mask over the tokens sums to its capacity,
+// round(k * tokens / experts), and the gates are that mask times the softmax.
+TEST(MoeLayer, ExpertChoiceGivesEveryExpertItsCapacity) {
+  torch::manual_seed(5);
+  moe::MoeLayer layer(small_config(moe::RouterKind::expert));
+  const auto x = torch::randn({30, 12});
+  const auto out = layer->forward(x);
+  ASSERT_GT(out.l, 0);
+  const auto mask = out.gates / out.logits.softmax(-1);
+  EXPECT_TRUE(torch::allclose(mask.sum(0), torch::full({6}, 10.0), 1e-4, 1e-4));  // 2 * 30 / 6
+  moe::RoutingStats stats(6);
+  stats.add(out.gates);
+  EXPECT_EQ(stats.tokens, 30);
+  EXPECT_GE(stats.zero_expert_fraction(), 0.0);
+  EXPECT_LE(stats.zero_expert_fraction(), 1.0);
+}
+
+TEST(RoutingStats, CountsTokensWithNoExpert) {
+  moe::RoutingStats stats(3);
+  stats.add(torch::tensor({{0.5, 0.5, 0.0}, {0.0, 0.0, 0.0}, {0.0, 1.0, 0.0}, {0.0, 0.0, 0.0}}));
+  EXPECT_EQ(stats.zero_tokens, 2);
+  EXPECT_DOUBLE_EQ(stats.zero_expert_fraction(), 0.5);
 }
 
 // ---- smoke run of the program ----
@@ -256,20 +281,21 @@ class MoeRouterSmoke : public ::testing::Test {
 TEST_F(MoeRouterSmoke, AllRoutersRunAndWriteCsv) {
   const fs::path csv = dir / "out.csv";
   const std::string cmd = command("--out " + csv.string() +
-                                      " --steps 4 --batch-size 16 --log-every 2 --seeds 3 --routers topk,soft,soft2,dense,topk3"
+                                      " --steps 4 --batch-size 16 --log-every 2 --seeds 3 --routers topk,soft,soft2,dense,topk3,expert"
                                       " --eval-batch 16 --threads 1",
                                   "log.txt");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd << '\n' << read_text(dir / "log.txt");
   const auto lines = read_lines(csv);
-  ASSERT_EQ(lines.size(), 1u + 5u);
+  ASSERT_EQ(lines.size(), 1u + 6u);
   EXPECT_EQ(lines[0].rfind("router,p,l_rel,seed,", 0), 0u) << lines[0];
-  const std::vector<std::string> routers{"topk", "soft", "soft2", "dense", "topk3"};
+  const std::vector<std::string> routers{"topk", "soft", "soft2", "dense", "topk3", "expert"};
   for (size_t i = 1; i < lines.size(); ++i) {
     EXPECT_EQ(lines[i].rfind(routers[i - 1] + ",", 0), 0u) << lines[i];
     EXPECT_EQ(lines[i].find("nan"), std::string::npos) << lines[i];
     EXPECT_NE(lines[i].find(",test,40,"), std::string::npos) << lines[i];
   }
   EXPECT_NE(lines[5].find(",3,8,"), std::string::npos) << "topk3 has k = 3: " << lines[5];
+  EXPECT_NE(lines[0].find(",zero_expert_fraction,"), std::string::npos) << lines[0];
   const std::string text = read_text(dir / "log.txt");
   EXPECT_NE(text.find("ETA"), std::string::npos) << text;
   EXPECT_NE(text.find("experts/token"), std::string::npos) << text;
