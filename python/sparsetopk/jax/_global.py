@@ -23,7 +23,6 @@ finishes. Derivatives: ``jax.custom_vjp`` (reverse mode), the VJP target by the 
 """
 
 import functools
-import math
 import operator as _operator
 from typing import Optional
 
@@ -35,6 +34,8 @@ from jax.interpreters import ad, batching, mlir
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ffi
+from ._operators import _check_number as _number
+from ._operators import _check_static, _fail
 
 REQUEST_WIDTH = 256  # doubles per collective of a sharded call (kRequestWidth, global_handlers.cpp)
 MAX_COLLECTIVES = 64  # collectives one sharded call may make (kMaxCollectives)
@@ -191,25 +192,7 @@ def _call(target, before, flat, after, results, axis_name, k=0, l=1.0, p=2.0):
 
 # ---- arguments ----
 
-def _fail(name: str, message: str, error=ValueError):
-    raise error(f"sparsetopk.jax.{name}: {message}")
-
-
-def _check_static(name, argument, value):
-    if isinstance(value, jax.core.Tracer):
-        _fail(name, f"{argument} must be a Python number, not a traced array: pass it as a static argument",
-              TypeError)
-
-
-def _number(name, argument, value, lower, relation):
-    _check_static(name, argument, value)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        _fail(name, f"{argument} must be a number, got {value!r}", TypeError)
-    if not (value > lower and math.isfinite(value)):
-        _fail(name, f"{argument} must be finite and {relation}, got {value!r}")
-    return value
+# (the argument checks are the row operators' own: _operators.py)
 
 
 def _replicated(a):
