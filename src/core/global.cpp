@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "band.hpp"
+#include "band_reductions.hpp"
 #include "band_solve.hpp"
 #include "block_equation.hpp"
 #include "hard_topk.hpp"
@@ -136,14 +137,9 @@ T key_of_bits(KeyBits<T> ordered) {
   return std::bit_cast<T>((ordered & kSign) ? Bits(ordered & ~kSign) : Bits(~ordered));
 }
 
-struct Selected {
-  double s_k, s_next;
-  std::size_t greater, ties;  // keys > s_k, keys == s_k (over every process)
-};
-
 // The k-th and (k+1)-th largest keys (1 <= k <= n; s_next = -inf when k = n).
 template <class T>
-Selected select_kth(ConstParts<T> x, Form form, std::size_t k, std::size_t n, Reduction& reduction) {
+SelectedKeys select_kth(ConstParts<T> x, Form form, std::size_t k, std::size_t n, Reduction& reduction) {
   using Bits = KeyBits<T>;
   constexpr int kDigitBits = 8, kDigits = 1 << kDigitBits;
   Bits prefix = 0, fixed = 0;
@@ -165,7 +161,7 @@ Selected select_kth(ConstParts<T> x, Form form, std::size_t k, std::size_t n, Re
     fixed |= Bits(kDigits - 1) << shift;
     ties = counts[digit];
   }
-  Selected selected{static_cast<double>(key_of_bits<T>(prefix)), -kInf, k - rank, static_cast<std::size_t>(ties)};
+  SelectedKeys selected{static_cast<double>(key_of_bits<T>(prefix)), -kInf, k - rank, static_cast<std::size_t>(ties)};
   if (selected.greater + selected.ties > k) {
     selected.s_next = selected.s_k;
   } else if (k < n) {  // the largest key below s_k
@@ -219,7 +215,7 @@ void hard_global(ConstParts<T> x, std::size_t k, Parts<T> out, Reduction* given)
       for (std::size_t i = 0; i < x[p].size(); ++i) out[p][i] = hard_value(F, x[p][i], k == layout.n);
     return;
   }
-  const Selected selected = select_kth(x, F, k, layout.n, reduction);
+  const SelectedKeys selected = select_kth(x, F, k, layout.n, reduction);
   // kept: key > s_k, or key == s_k among the first (k - greater) ties in position order
   double ties_here = 0.0;
   for (const std::span<const T> part : x)
@@ -340,236 +336,74 @@ void solve_gathered_window(std::vector<WindowEntry> entries, RowWindow window, P
 
 // Sub-intervals per round of the search for a smooth piece of the threshold equation.
 constexpr std::size_t kBins = 64;
-// Rounds at most (64^9 > 2^53: the bracket is down to a few ulps well before).
-constexpr int kMaxPieceRounds = 12;
 
-// The threshold equation of SPEC.md ("Reduction used by fast solvers") over
-// the window's entries, with the terms of the entries outside it and of the
-// entries tied at s_k (whose top-or-rest split the selection counted) added
-// once, after the reduction:
-//   mask: F(tau) = sum_i clip((x_i - tau)/l, 0, 1)^(q-1) - k, on [s_{k+1} - l, s_k];
-//   magnitude: F(g) = sum_top min(h_i(g), 0) + sum_rest pow((s_i - g)_+/l, q-1),
-//     h_i(g) = pow((s_i - g)/l, q-1) - g, on [g_k, s_k] (g_k: s_k's singleton value).
-// Both decrease; their kinks lie where an entry enters or leaves the band.
-class BandEquation {
+// The participants of band_reductions.hpp are the processes: each sums its
+// own window entries, and the Reduction adds the processes' parts (merging
+// moments and bounds in rank order).
+class ProcessCombine {
  public:
-  BandEquation(const BlockEquation& equation, Form form, const Selected& selected, std::size_t k,
-               double count_above)
-      : equation_(equation), regularizer_(equation.regularizer()), form_(form), l_(equation.l()),
-        s_k_(selected.s_k), ties_(static_cast<double>(selected.ties)),
-        ties_top_(static_cast<double>(k - selected.greater)), owed_(static_cast<double>(k) - count_above) {}
-
-  double s_k() const { return s_k_; }
-  bool ties_cross() const { return ties_ > ties_top_; }
-  double h(double key, double g) const { return regularizer_.power((key - g) / l_) - g; }
-  double mask_term(double key, double tau) const {
-    return std::clamp(regularizer_.power((key - tau) / l_), 0.0, 1.0);
+  explicit ProcessCombine(Reduction& reduction) : reduction_(reduction) {}
+  void sum(double* values, std::size_t count) { reduction_.sum(std::span<double>(values, count)); }
+  void merge_block(BlockMoments& moments, double* sums, std::size_t count) {
+    std::vector<double> fields = {moments.count, moments.mean, moments.unit, moments.m2, moments.m3};
+    fields.insert(fields.end(), sums, sums + count);
+    const std::vector<double> all = reduction_.gather(fields);
+    moments = BlockMoments{};
+    std::fill(sums, sums + count, 0.0);
+    for (std::size_t r = 0; r < reduction_.ranks(); ++r) {
+      const double* f = all.data() + fields.size() * r;
+      if (f[0] > 0.0) {
+        const BlockMoments part{f[0], 0.0, f[1], f[2], f[3], f[4]};
+        if (moments.count == 0.0) moments = part;
+        else moments.merge(part);
+      }
+      for (std::size_t j = 0; j < count; ++j) sums[j] += f[5 + j];
+    }
   }
-  double rest_term(double key, double g) const { return regularizer_.power(std::max(key - g, 0.0) / l_); }
-  // s_k's singleton value as the top entry it is (w = 1)
-  double singleton(double key) const { return equation_.solve(std::span<const double>(&key, 1), BlockMoments::single(key, 1.0)); }
-
-  // An entry's term (entries tied at s_k are added by ties_term).
-  double term(double key, double t) const {
-    if (form_ == Form::mask) return mask_term(key, t);
-    return key > s_k_ ? std::min(h(key, t), 0.0) : rest_term(key, t);
-  }
-  // The terms of the entries outside the window and tied at s_k, and the right side.
-  double global_term(double t) const {
-    if (form_ == Form::mask) return -owed_;
-    return ties_top_ * std::min(h(s_k_, t), 0.0) + (ties_ - ties_top_) * rest_term(s_k_, t);
-  }
-  // Whether the entry is one of the magnitude's ties at s_k (their terms: global_term).
-  bool tied(double key) const { return form_ == Form::magnitude && key == s_k_; }
-  // Where the entry's term has kinks: mask x_i and x_i - l; magnitude, top: g_i; rest: s_i.
-  template <class F>
-  void kinks(double key, F&& f) const {
-    if (form_ == Form::mask) f(key), f(key - l_);
-    else f(key > s_k_ ? singleton(key) : key);
+  void merge_bounds(BandBounds& bounds, double& least) {
+    const double fields[6] = {bounds.empty ? 0.0 : 1.0, bounds.first_key, bounds.first_index, bounds.last_key,
+                              bounds.last_index, least};
+    const std::vector<double> all = reduction_.gather(fields);
+    bounds = BandBounds{};
+    least = kInf;
+    for (std::size_t r = 0; r < reduction_.ranks(); ++r) {
+      const double* f = all.data() + 6 * r;
+      if (f[0] != 0.0) {
+        bounds.add(f[1], static_cast<std::size_t>(f[2]));
+        bounds.add(f[3], static_cast<std::size_t>(f[4]));
+      }
+      least = std::min(least, f[5]);
+    }
   }
 
  private:
-  const BlockEquation& equation_;
-  const Regularizer& regularizer_;
-  Form form_;
-  double l_, s_k_, ties_, ties_top_, owed_;
+  Reduction& reduction_;
 };
 
-// Narrows [lo, hi] (F(lo) >= 0 > F(hi)) round by round: F at kBins + 1 points
-// and the kinks per sub-interval, summed over every process; keeps the
-// sub-interval holding the root, until no kink lies inside it (the active set
-// is fixed there) or it is a few ulps wide. Returns false where F(lo) <= 0
-// in the first round (no entry pulled into a block: the magnitude's separated case).
-bool narrow_by_reductions(const BandEquation& equation, const std::vector<WindowEntry>& window, double& lo,
-                          double& hi, int& rounds, Reduction& reduction) {
-  std::vector<double> buffer(2 * kBins + 1);
-  for (int round = 0; round < kMaxPieceRounds; ++round) {
-    const double width = hi - lo;
-    const auto point = [&](std::size_t j) { return j == kBins ? hi : lo + width * static_cast<double>(j) / kBins; };
-    std::fill(buffer.begin(), buffer.end(), 0.0);
-    double* f = buffer.data();
-    double* kinks = buffer.data() + kBins + 1;
-    for (const WindowEntry& entry : window) {
-      if (equation.tied(entry.key)) continue;
-      for (std::size_t j = 0; j <= kBins; ++j) f[j] += equation.term(entry.key, point(j));
-      // conservatively: a kink near a sub-interval's end counts for both neighbours
-      equation.kinks(entry.key, [&](double kink) {
-        if (!(kink > lo && kink < hi)) return;
-        const double at = (kink - lo) / width * kBins;
-        const std::size_t bin = std::min<std::size_t>(kBins - 1, static_cast<std::size_t>(at));
-        kinks[bin] += 1.0;
-        if (bin > 0 && at - static_cast<double>(bin) < 1e-9) kinks[bin - 1] += 1.0;
-        if (bin + 1 < kBins && static_cast<double>(bin + 1) - at < 1e-9) kinks[bin + 1] += 1.0;
-      });
-    }
-    reduction.sum(buffer);
-    ++rounds;
-    for (std::size_t j = 0; j <= kBins; ++j) f[j] += equation.global_term(point(j));
-    if (round == 0 && !(f[0] > 0.0)) return false;
-    std::size_t j = 1;
-    while (j < kBins && !(f[j] < 0.0)) ++j;
-    const double new_lo = point(j - 1), new_hi = point(j);
-    if (f[j - 1] == 0.0) {  // the root itself
-      lo = hi = new_lo;
-      return true;
-    }
-    lo = new_lo, hi = new_hi;
-    if (kinks[j - 1] == 0.0 || !(std::nextafter(lo, kInf) < hi)) return true;
+// This process's window entries, for band_reductions.hpp.
+struct LocalEntries {
+  const std::vector<WindowEntry>& entries;
+  template <class F>
+  void for_each(F&& f) const {
+    for (std::size_t j = 0; j < entries.size(); ++j) f(j, entries[j].key, entries[j].position, entries[j].value);
   }
-  return true;
-}
+};
 
-// Whether a window entry is in the block at g (mask: 0 < u < 1; magnitude:
-// top entries with h < 0, rest entries above g, ties all in when they cross).
-bool in_block(const BandEquation& equation, Form form, double l, double key, double g) {
-  if (form == Form::mask) {
-    const double u = (key - g) / l;
-    return u > 0.0 && u < 1.0;
-  }
-  if (key > equation.s_k() || (key == equation.s_k() && !equation.ties_cross())) return equation.h(key, g) < 0.0;
-  return key > g;
-}
-
-// The band of a wide window solved by reductions (see global.hpp): the
-// outputs of this process's window entries and the state.
+// The band of a wide window solved by reductions (band_reductions.hpp, see
+// global.hpp): the outputs of this process's window entries and the state.
 template <class T>
-void solve_window_by_reductions(const LocalWindow& local, Parts<T> out, double count_above, double above, std::size_t k, const Selected& selected, const BlockEquation& equation, Form form,
-                                RowState* state, Reduction& reduction) {
-  const BandEquation band(equation, form, selected, k, count_above);
-  const Regularizer& regularizer = equation.regularizer();
-  const double l = equation.l(), s_k = selected.s_k;
-  const bool mask = form == Form::mask;
-  double lo = mask ? selected.s_next - l : band.singleton(s_k), hi = s_k;
-  int rounds = 0;
-  const bool block = (mask || s_k > 0.0) && narrow_by_reductions(band, local.entries, lo, hi, rounds, reduction);
-  double gamma = selected.s_next, weight = 0.0;
-  if (block) {
-    // the active set on the piece, read at its midpoint: its moments, and what it owes
-    const double mid = 0.5 * (lo + hi);
-    BlockMoments moments;
-    double saturated = 0.0, top_active = 0.0;
-    for (const WindowEntry& entry : local.entries) {
-      if (band.tied(entry.key)) continue;  // added below, once
-      if (in_block(band, form, l, entry.key, mid)) {
-        const BlockMoments one = BlockMoments::single(entry.key, 0.0);
-        if (moments.count == 0.0) moments = one;
-        else moments.merge(one);
-        if (entry.key > s_k) top_active += 1.0;
-      } else if (mask && entry.key - mid >= l) {
-        saturated += 1.0;
-      }
-    }
-    const double fields[7] = {moments.count, moments.mean, moments.unit, moments.m2, moments.m3, saturated, top_active};
-    const std::vector<double> all = reduction.gather(fields);
-    BlockMoments merged;
-    double active_top = 0.0, saturated_all = 0.0;
-    for (std::size_t r = 0; r < reduction.ranks(); ++r) {
-      const double* f = all.data() + 7 * r;
-      if (f[0] > 0.0) {
-        const BlockMoments part{f[0], 0.0, f[1], f[2], f[3], f[4]};
-        if (merged.count == 0.0) merged = part;
-        else merged.merge(part);
-      }
-      saturated_all += f[5];
-      active_top += f[6];
-    }
-    double tie_count = 0.0;  // the magnitude's entries tied at s_k in the block
-    if (!mask) {
-      const double ties = static_cast<double>(selected.ties), ties_top = static_cast<double>(k - selected.greater);
-      const bool top_in = band.ties_cross() || band.h(s_k, mid) < 0.0;
-      tie_count = band.ties_cross() ? ties : (top_in ? ties_top : 0.0);
-      if (tie_count > 0.0) {  // tie_count entries at s_k: no spread
-        const BlockMoments ties_moments{tie_count, 0.0, s_k, BlockMoments::unit_of(s_k), 0.0, 0.0};
-        if (merged.count == 0.0) merged = ties_moments;
-        else merged.merge(ties_moments);
-      }
-      if (top_in) active_top += ties_top;
-    }
-    weight = mask ? static_cast<double>(k) - count_above - saturated_all : active_top;
-    merged.weight = weight;
-    if (lo == hi || merged.count == 0.0) {
-      gamma = lo == hi ? lo : mid;
-    } else if (regularizer.kind() != Regularizer::Kind::general) {
-      gamma = std::clamp(closed_form_value(form, regularizer.kind(), l, merged), lo, hi);
-    } else {  // Newton, safeguarded by bisection, on sums reduced over every process
-      const auto residual = [&](double g, double* slope) {
-        double sums[2] = {0.0, 0.0};
-        for (const WindowEntry& entry : local.entries) {
-          if (band.tied(entry.key) || !in_block(band, form, l, entry.key, mid)) continue;
-          const double u = (entry.key - g) / l;
-          sums[0] += regularizer.power(u);
-          sums[1] -= regularizer.slope(u) / l;
-        }
-        reduction.sum(sums);
-        ++rounds;
-        const double u = (s_k - g) / l;
-        sums[0] += tie_count * regularizer.power(u) - (mask ? weight : g * weight);
-        sums[1] -= tie_count * regularizer.slope(u) / l + (mask ? 0.0 : weight);
-        *slope = sums[1];
-        return sums[0];
-      };
-      gamma = find_decreasing_root(residual, lo, hi, mid);
-    }
-  }
-  // the outputs, the band's first and last entries, and the least unchanged key
-  BandBounds bounds;
-  double least_unchanged = above;  // as the row operator has it: the smallest unchanged key in the window, else above
-  for (std::size_t j = 0; j < local.entries.size(); ++j) {
-    const WindowEntry& entry = local.entries[j];
-    const auto [p, i] = local.places[j];
-    const double key = entry.key;
-    bool in = block && in_block(band, form, l, key, gamma);
-    double y;
-    if (mask) {
-      y = block ? band.mask_term(key, gamma) : (key >= s_k ? 1.0 : 0.0);
-      if (y >= 1.0) least_unchanged = std::min(least_unchanged, key);
-    } else if (!in) {
-      const bool top = key > s_k || (key == s_k && !band.ties_cross());
-      y = top ? entry.value : 0.0;
-      if (top) least_unchanged = std::min(least_unchanged, key);
-    } else {
-      const double u = std::max(key - gamma, 0.0);
-      y = std::copysign(std::min(regularizer.power(u / l) + u, key), entry.value);
-    }
-    out[p][i] = static_cast<T>(y);
-    if (in && key - gamma > 0.0) bounds.add(key, static_cast<std::size_t>(entry.position));
-  }
-  if (!state) return;
-  const double fields[6] = {bounds.empty ? 0.0 : 1.0, bounds.first_key, bounds.first_index, bounds.last_key,
-                            bounds.last_index, least_unchanged};
-  const std::vector<double> all = reduction.gather(fields);
-  BandBounds merged;
-  double unchanged_from = kInf;
-  for (std::size_t r = 0; r < reduction.ranks(); ++r) {
-    const double* f = all.data() + 6 * r;
-    if (f[0] != 0.0) {
-      merged.add(f[1], static_cast<std::size_t>(f[2]));
-      merged.add(f[3], static_cast<std::size_t>(f[4]));
-    }
-    unchanged_from = std::min(unchanged_from, f[5]);
-  }
-  *state = RowState{.gamma = block ? gamma : selected.s_next, .block_weight = weight, .unchanged_from = unchanged_from};
-  merged.write(*state);
+void solve_window_by_reductions(const LocalWindow& local, Parts<T> out, double count_above, double above, std::size_t k,
+                                const SelectedKeys& selected, const BlockEquation& equation, RowState* state,
+                                Reduction& reduction) {
+  ProcessCombine combine(reduction);
+  const RowState solved = solve_band_by_reductions<kBins>(
+      equation, selected, k, count_above, above, LocalEntries{local.entries}, combine,
+      [&](std::size_t j, double y) {
+        const auto [p, i] = local.places[j];
+        out[p][i] = static_cast<T>(y);
+      },
+      state != nullptr);
+  if (state) *state = solved;
 }
 
 template <class T>
@@ -602,18 +436,18 @@ void soft_global(ConstParts<T> x, std::size_t k, Parts<T> out, const SoftTopkOpt
     if (n == 0) {
       *state = RowState{.gamma = -kInf, .block_weight = 0.0, .unchanged_from = kInf};
     } else if (k == 0) {  // gamma: the first key in sorted order
-      const Selected largest = select_kth(x, form, 1, n, reduction);
+      const SelectedKeys largest = select_kth(x, form, 1, n, reduction);
       const double key = largest.s_k == 0.0 ? edge_key_equal(x, form, 0.0, false, reduction) : largest.s_k;
       *state = RowState{.gamma = key, .block_weight = 0.0, .unchanged_from = kInf};
     } else {  // unchanged_from: the last key in sorted order
-      const Selected smallest = select_kth(x, form, n, n, reduction);
+      const SelectedKeys smallest = select_kth(x, form, n, n, reduction);
       const double key = smallest.s_k == 0.0 ? edge_key_equal(x, form, 0.0, true, reduction) : smallest.s_k;
       *state = RowState{.gamma = -kInf, .block_weight = 0.0, .unchanged_from = key};
     }
     return;
   }
   const BlockEquation equation(form, options.l, options.p);
-  const Selected selected = select_kth(x, form, k, n, reduction);
+  const SelectedKeys selected = select_kth(x, form, k, n, reduction);
   const double s_k = selected.s_k, s_next = selected.s_next;
   if (separated_keys(equation, s_k, s_next)) {  // every entry a singleton: the k largest kept
     for (std::size_t p = 0; p < x.size(); ++p)
@@ -650,8 +484,8 @@ void soft_global(ConstParts<T> x, std::size_t k, Parts<T> out, const SoftTopkOpt
   if (widest <= reduction.gather_limit())
     return solve_gathered_window(gather_entries(window.entries, widest, sizes, reduction),
                                  RowWindow{size, k - count_above, above, below}, out, layout, equation, form, state);
-  solve_window_by_reductions(window, out, static_cast<double>(count_above), above, k, selected, equation, form,
-                             state, reduction);
+  solve_window_by_reductions(window, out, static_cast<double>(count_above), above, k, selected, equation, state,
+                             reduction);
 }
 
 // ---- Derivatives ----
