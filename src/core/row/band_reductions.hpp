@@ -17,9 +17,10 @@
 // rounding of gamma are not solved again in offset form.
 //
 // A Combine provides, every participant calling each in the same order:
-//   void sum(double* values, std::size_t count);   // each value summed over the participants
-//   void merge_block(BlockMoments& moments, double* sums, std::size_t count);  // moments merged, sums summed
-//   void merge_bounds(BandBounds& bounds, double& least);  // bounds merged, least the minimum
+//   sum(double* values, std::size_t count): each value summed over the participants;
+//   merge_block(BlockMoments& moments, double* sums, std::size_t count):
+//     the moments merged, the sums summed;
+//   merge_bounds(BandBounds& bounds, double& least): the bounds merged, least the minimum.
 // Entries provide for_each(f), calling f(slot, key, position, value) for each
 // of this participant's window entries (position: the entry's place in the row).
 
