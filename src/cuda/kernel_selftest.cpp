@@ -18,7 +18,14 @@
 // own per-row code, so outputs and RowState differ only where the device's
 // pow/cbrt differ from glibc (on the CPU harness: not at all); the
 // derivatives sum over the band in another order than the core (a team
-// reduction against a loop in column order).
+// reduction against a loop in column order). Rows of more than
+// kSortedWindowLimit entries may have a window that wide, which the kernels
+// solve by reductions (the core's band_reductions.hpp) where the core sorts
+// it: their outputs agree to 1e-11 of the row's scale (in double; the
+// entries within rounding of gamma are not solved again in offset form), and
+// their RowState may say the same differently (a near-zero gamma of either
+// sign, an entry at u = 0 in or out of the band): it is checked through the
+// VJP and JVP, which read it.
 
 #include <algorithm>
 #include <chrono>
@@ -200,15 +207,21 @@ double state_ulps(const std::vector<RowState>& a, const std::vector<RowState>& b
 // Tolerances in ulps of the row's scale, per p (see the top of the file and docs/gpu.md).
 struct Tolerance {
   double forward, derivative;
+  bool state = true;  // whether RowState is compared field by field (at `forward`)
 };
 // The derivatives' sums over the band run in another order than the core's,
 // so their rounding grows with the band: the derivative tolerance is for rows of
 // up to 1024 entries and grows in proportion beyond.
-Tolerance tolerance_for(double p, long long n) {
+Tolerance tolerance_for(double p, long long n, Solver solver, double eps) {
   const double terms = std::max(1.0, static_cast<double>(n) / 1024.0);
-  if (p == 2.0) return {4.0, 64.0 * terms};
-  if (std::abs(p - 4.0 / 3.0) < 1e-12) return {64.0, 1024.0 * terms};
-  return {256.0, 4096.0 * terms};
+  Tolerance tolerance = p == 2.0                           ? Tolerance{4.0, 64.0 * terms}
+                        : std::abs(p - 4.0 / 3.0) < 1e-12 ? Tolerance{64.0, 1024.0 * terms}
+                                                          : Tolerance{256.0, 4096.0 * terms};
+  if (n > sparsetopk::cuda::kSortedWindowLimit && solver != Solver::pav) {  // windows by reductions
+    tolerance.forward = std::max(tolerance.forward, 1e-11 / eps);
+    tolerance.state = false;
+  }
+  return tolerance;
 }
 
 // ---- one case ----
@@ -291,6 +304,7 @@ std::vector<Case> smoke_cases() {
       some.push_back({3, 1500, 10, data, dbl, 3.0, 0.1, Solver::automatic});
     }
   some.push_back({2, 60, 6, Data::ties, false, 2.0, 0.1, Solver::pav});
+  some.push_back({1, 4000, 800, Data::normal, true, 3.0, 1.0, Solver::automatic});  // a window by reductions
   return some;
 }
 
@@ -313,11 +327,14 @@ std::vector<Case> cases(Cases which) {
     for (Data data : {Data::normal, Data::ties, Data::hostile})
       for (bool dbl : {false, true})
         for (double p : ps) all.push_back({s.rows, s.n, s.k, data, dbl, p, 0.1, Solver::automatic});
-  // the whole row sorted (Solver::pav), and a large l (wide windows)
+  // the whole row sorted (Solver::pav), and a large l (wide windows; in rows of
+  // 6000 wider than kSortedWindowLimit: solved by reductions)
   for (bool dbl : {false, true})
     for (double p : ps) {
       all.push_back({small ? 4LL : 100LL, 200, 20, Data::normal, dbl, p, 0.1, Solver::pav});
       all.push_back({small ? 4LL : 50LL, 300, 30, Data::normal, dbl, p, 10.0, Solver::automatic});
+      all.push_back({small ? 1LL : 4LL, 6000, 1500, small ? Data::normal : Data::ties, dbl, p, 1.0, Solver::automatic});
+      if (!small) all.push_back({4, 6000, 1500, Data::normal, dbl, p, 1.0, Solver::automatic});
     }
   if (small) return all;
   // the large ones: many rows (the grid loops), two long rows, one very long row
@@ -374,14 +391,16 @@ int main(int argc, char** argv) {
       if (!filter.empty() && name.find(filter) == std::string::npos) continue;
       try {
         const Result r = c.dbl ? run_case<double>(c, form, seed) : run_case<float>(c, form, seed);
-        const Tolerance tolerance = tolerance_for(c.p, c.n);
-        const bool ok = r.out <= tolerance.forward && r.state <= tolerance.forward && r.hard == 0.0 &&
+        const Tolerance tolerance =
+            tolerance_for(c.p, c.n, c.solver, c.dbl ? DBL_EPSILON : static_cast<double>(FLT_EPSILON));
+        const bool ok = r.out <= tolerance.forward && (r.state <= tolerance.forward || !tolerance.state) &&
+                        r.hard == 0.0 &&
                         r.vjp <= tolerance.derivative && r.jvp <= tolerance.derivative;
-        worst_forward = std::max({worst_forward, r.out, r.state});
+        worst_forward = std::max({worst_forward, r.out, tolerance.state ? r.state : 0.0});
         worst_derivative = std::max({worst_derivative, r.vjp, r.jvp});
-        std::printf("%s %s: out %.3g, state %.3g, vjp %.3g, jvp %.3g, hard %.3g ulps (tolerance %g / %g) %.3f s\n",
-                    ok ? "ok  " : "FAIL", name.c_str(), r.out, r.state, r.vjp, r.jvp, r.hard, tolerance.forward,
-                    tolerance.derivative, r.seconds);
+        std::printf("%s %s: out %.3g, state %.3g%s, vjp %.3g, jvp %.3g, hard %.3g ulps (tolerance %g / %g) %.3f s\n",
+                    ok ? "ok  " : "FAIL", name.c_str(), r.out, r.state, tolerance.state ? "" : " (not compared)",
+                    r.vjp, r.jvp, r.hard, tolerance.forward, tolerance.derivative, r.seconds);
         (ok ? passed : failed)++;
       } catch (const std::exception& error) {
         std::printf("FAIL %s: %s\n", name.c_str(), error.what());

@@ -239,8 +239,8 @@ __global__ void band_kernel(Form form, Solver solver, const T* x, long long rows
       above = detail::kInf, below = -detail::kInf;
       m = split_at_window(team, form, row, n, above, below, row_scratch, out + r * n, count_above);
     }
-    solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below}, row_scratch,
-               out + r * n, row_state);
+    solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below, plan.s_k, plan.s_next},
+               row_scratch, out + r * n, row_state);
   }
 }
 

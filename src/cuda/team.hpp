@@ -50,6 +50,9 @@ struct Min {
   __device__ V operator()(V a, V b) const { return a < b ? a : b; }
 };
 
+// The most values one sum_each call adds up (the band by reductions: 2 Bins + 1).
+constexpr unsigned kMaxSummed = 65;
+
 class WarpTeam {
  public:
   // counts: this warp's 256 radix counters in shared memory
@@ -60,6 +63,10 @@ class WarpTeam {
   __device__ unsigned* counts() const { return counts_; }
   template <class V, class Op>
   __device__ V all_reduce(V v, Op op) const { return warp_all_reduce(v, op); }
+  // Each of values[0, count) summed over the team, the same sum on every lane.
+  __device__ void sum_each(double* values, unsigned count) const {
+    for (unsigned j = 0; j < count; ++j) values[j] = warp_all_reduce(values[j], Sum{});
+  }
   __device__ bool any(bool flag) const { return __any_sync(kFullMask, flag); }
   // How many threads of lower rank hold a true flag, and (total) how many in all.
   __device__ unsigned exclusive_count(bool flag, unsigned& total) const {
@@ -93,6 +100,26 @@ class BlockTeam {
     for (unsigned w = 1; w < blockDim.x / kWarpSize; ++w) total = op(total, partial[w]);
     __syncthreads();  // (partial is reused by the next call)
     return total;
+  }
+  // Each of values[0, count <= kMaxSummed) summed over the block: per warp by
+  // shuffles, then the warps' sums in warp order, one value per thread.
+  __device__ void sum_each(double* values, unsigned count) const {
+    __shared__ double partial[kWarpSize][kMaxSummed];
+    __shared__ double total[kMaxSummed];
+    const unsigned lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    for (unsigned j = 0; j < count; ++j) {
+      const double sum = warp_all_reduce(values[j], Sum{});
+      if (lane == 0) partial[warp][j] = sum;
+    }
+    __syncthreads();
+    for (unsigned j = threadIdx.x; j < count; j += blockDim.x) {
+      double sum = partial[0][j];
+      for (unsigned w = 1; w < blockDim.x / kWarpSize; ++w) sum += partial[w][j];
+      total[j] = sum;
+    }
+    __syncthreads();
+    for (unsigned j = 0; j < count; ++j) values[j] = total[j];
+    __syncthreads();  // (partial and total are reused by the next call)
   }
   __device__ bool any(bool flag) const { return __syncthreads_or(flag) != 0; }
   __device__ unsigned exclusive_count(bool flag, unsigned& total) const {

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "band.hpp"
+#include "band_reductions.hpp"
 #include "band_solve.hpp"
 #include "block_equation.hpp"
 #include "hard_topk.hpp"
@@ -22,6 +23,7 @@
 #include "sparsetopk/row_state.hpp"
 #include "sparsetopk/topk.hpp"
 #include "team.hpp"
+#include "topk_kernels.hpp"
 
 namespace sparsetopk::cuda {
 
@@ -169,19 +171,122 @@ __device__ void sort_window(const Team& team, RowScratch scratch, long long m) {
   }
 }
 
-// A row split at its window: the window's size, the entries above it, the bounds.
+// A row split at its window: the window's size, the entries above it, the
+// bounds, and the k-th and (k+1)-th keys (NaN for Solver::pav, which sorts the whole row).
 struct WindowSplit {
   long long size, count_above;
-  double above, below;
+  double above, below, s_k, s_next;
 };
 
-// The window's entries (in scratch, in any order) sorted, then the core's band
-// solver on one thread: the window's outputs and, with state, the row's
-// RowState as topk.cpp's save_row records it.
+// Points of the threshold equation per round of the band by reductions.
+constexpr std::size_t kTeamBins = 32;
+static_assert(2 * kTeamBins + 1 <= kMaxSummed, "a round's sums fit one sum_each");
+
+// band_reductions.hpp's Combine over a team: sums by sum_each; moments and
+// band ends merged by all_reduce, in the order of the threads' ranks (the
+// moments' merge rounds differently in the other order: each part carries
+// its first rank, and the lower one goes first, so every thread gets the same).
+struct BlockPart {
+  detail::BlockMoments moments;
+  double sums[2];
+  double first_rank;
+};
+struct MergeBlockParts {
+  __device__ BlockPart operator()(const BlockPart& a, const BlockPart& b) const {
+    const BlockPart& first = a.first_rank < b.first_rank ? a : b;
+    const BlockPart& second = a.first_rank < b.first_rank ? b : a;
+    BlockPart merged = first;
+    if (merged.moments.count == 0.0) merged.moments = second.moments;
+    else if (second.moments.count > 0.0) merged.moments.merge(second.moments);
+    for (int j = 0; j < 2; ++j) merged.sums[j] = first.sums[j] + second.sums[j];
+    return merged;
+  }
+};
+struct BoundsPart {
+  detail::BandBounds bounds;
+  double least;
+};
+struct MergeBoundsParts {
+  __device__ BoundsPart operator()(const BoundsPart& a, const BoundsPart& b) const {
+    BoundsPart merged = a;
+    if (!b.bounds.empty) {
+      merged.bounds.add(b.bounds.first_key, static_cast<std::size_t>(b.bounds.first_index));
+      merged.bounds.add(b.bounds.last_key, static_cast<std::size_t>(b.bounds.last_index));
+    }
+    merged.least = a.least < b.least ? a.least : b.least;
+    return merged;
+  }
+};
+
+template <class Team>
+struct TeamCombine {
+  const Team& team;
+  __device__ void sum(double* values, std::size_t count) const { team.sum_each(values, static_cast<unsigned>(count)); }
+  __device__ void merge_block(detail::BlockMoments& moments, double* sums, std::size_t count) const {
+    BlockPart part{moments, {0.0, 0.0}, static_cast<double>(team.rank())};
+    for (std::size_t j = 0; j < count && j < 2; ++j) part.sums[j] = sums[j];
+    part = team.all_reduce(part, MergeBlockParts{});
+    moments = part.moments;
+    for (std::size_t j = 0; j < count && j < 2; ++j) sums[j] = part.sums[j];
+  }
+  __device__ void merge_bounds(detail::BandBounds& bounds, double& least) const {
+    const BoundsPart part = team.all_reduce(BoundsPart{bounds, least}, MergeBoundsParts{});
+    bounds = part.bounds;
+    least = part.least;
+  }
+};
+
+// The window's entries in scratch, this thread's share (band_reductions.hpp's Entries).
+template <class T, class Team>
+struct TeamWindowEntries {
+  const Team& team;
+  RowScratch scratch;
+  long long size;
+  const T* row;
+  template <class F>
+  __device__ void for_each(F&& f) const {
+    for (long long j = team.rank(); j < size; j += team.size()) {
+      const long long i = scratch.index[j];
+      f(static_cast<std::size_t>(j), scratch.keys[j], static_cast<double>(i), static_cast<double>(row[i]));
+    }
+  }
+};
+
+// A wide window (in scratch, in any order) solved by reductions over the team:
+// the window's outputs and, with state, the row's RowState.
+template <class T, class Team>
+__device__ void solve_band_by_reductions(const Team& team, const detail::BlockEquation& equation, const T* row,
+                                         long long k, const WindowSplit& split, RowScratch scratch, T* out,
+                                         RowState* state) {
+  team.sync();
+  long long greater = 0, ties = 0;  // window keys above s_k, and equal to it
+  for (long long j = team.rank(); j < split.size; j += team.size()) {
+    greater += scratch.keys[j] > split.s_k;
+    ties += scratch.keys[j] == split.s_k;
+  }
+  greater = team.all_reduce(greater, Sum{}) + split.count_above;
+  ties = team.all_reduce(ties, Sum{});
+  const detail::SelectedKeys selected{split.s_k, split.s_next, static_cast<std::size_t>(greater),
+                                      static_cast<std::size_t>(ties)};
+  TeamCombine<Team> combine{team};
+  const RowState solved = detail::solve_band_by_reductions<kTeamBins>(
+      equation, selected, static_cast<std::size_t>(k), static_cast<double>(split.count_above), split.above,
+      TeamWindowEntries<T, Team>{team, scratch, split.size, row}, combine,
+      [&](std::size_t j, double y) { out[scratch.index[j]] = static_cast<T>(y); }, state != nullptr);
+  if (state && team.rank() == 0) *state = solved;
+  team.sync();
+}
+
+// The window's entries (in scratch, in any order) solved: by reductions when
+// wide (and not Solver::pav), else sorted, then the core's band solver on one
+// thread: the window's outputs and, with state, the row's RowState as
+// topk.cpp's save_row records it.
 template <class T, class Team>
 __device__ void solve_band(const Team& team, Form form, Solver solver, const detail::BlockEquation& equation,
                            const T* row, long long k, const WindowSplit& split, RowScratch scratch, T* out,
                            RowState* state) {
+  if (solver != Solver::pav && split.size > kSortedWindowLimit)
+    return solve_band_by_reductions(team, equation, row, k, split, scratch, out, state);
   team.sync();
   sort_window(team, scratch, split.size);
   if (team.rank() == 0) {
@@ -279,12 +384,13 @@ __device__ void soft_row(const Team& team, Form form, Solver solver, const detai
   }
   if (k == 0 || k == n) return soft_singleton_row(team, form, row, n, k, out, state);
   double above = detail::kInf, below = -detail::kInf;
-  bool whole = solver == Solver::pav;  // the core's sorted_row: the whole row is the window
-  if (!whole) {
+  double s_k = std::numeric_limits<double>::quiet_NaN(), s_next = s_k;
+  if (solver != Solver::pav) {  // (pav: the core's sorted_row, the whole row is the window)
     const KthKeys<T> keys = select_kth_keys(team, form, row, n, k, true);
     if (detail::separated_keys(equation, keys.s_k, keys.s_next))
       return soft_separated_row(team, form, row, n, keys, out, state);
     detail::window_bounds(equation, keys.s_k, keys.s_next, above, below);
+    s_k = keys.s_k, s_next = keys.s_next;
   }
   long long count_above = 0;
   long long m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
@@ -293,7 +399,8 @@ __device__ void soft_row(const Team& team, Form form, Solver solver, const detai
     team.sync();
     m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
   }
-  solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below}, scratch, out, state);
+  solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below, s_k, s_next}, scratch,
+             out, state);
 }
 
 // hard_topk_mask / hard_topk_mag of SPEC.md on one row: the k-th entry in

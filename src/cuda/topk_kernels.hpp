@@ -12,10 +12,12 @@
 // a team of threads per row (team.hpp) — a warp for rows of up to
 // kWarpRowSize entries, a block for longer ones — runs the whole row
 // (team_rows.hpp): radix selection of the
-// k-th and (k+1)-th keys, the core's window bounds, the split, a bitonic sort
-// of the window, and the core's band solver (solve_mask_band /
-// solve_mag_band) on one thread, which records the row's RowState as the
-// core's topk.cpp does. The derivatives: the same teams, the band's c_i
+// k-th and (k+1)-th keys, the core's window bounds, the split, and the band:
+// a window of up to kSortedWindowLimit entries by a bitonic sort and the
+// core's band solver (solve_mask_band / solve_mag_band) on one thread, which
+// records the row's RowState as the core's topk.cpp does; a wider one by
+// reductions over the team (the core's band_reductions.hpp, as the global
+// operators solve a window spread over processes: to the solvers' tolerance). The derivatives: the same teams, the band's c_i
 // recomputed from x at the saved RowState (saved_band.hpp). Longer rows get a
 // block per chunk of 16384 entries and a fixed few launches (long_rows.hpp).
 //
@@ -41,6 +43,9 @@ namespace sparsetopk::cuda {
 
 // Rows of up to this many entries get a warp each; longer rows a block.
 constexpr long long kWarpRowSize = 1024;
+// Windows (the entries that can share the straddling block) wider than this
+// are solved by reductions over the team, not sorted (Solver::pav: always sorted).
+constexpr long long kSortedWindowLimit = 2048;
 
 // Bytes of device scratch a soft forward over [rows, n] needs: per entry
 // its window key and column and a PAV stack entry (used by the rows whose
