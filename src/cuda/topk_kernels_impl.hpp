@@ -25,6 +25,7 @@ namespace {
 
 constexpr unsigned kWarpsPerBlock = 4;     // warp rows: 4 rows per block of 128 threads
 constexpr unsigned kBlockThreads = 256;    // block rows
+constexpr unsigned kBandThreads = 1024;    // the band of a long row
 constexpr long long kMaxBlocks = 8192;     // grid.x; rows beyond are looped (grid-stride)
 
 // ---- the team of the calling thread and its rows ----
@@ -211,8 +212,9 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
     select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, stream);
     launch(long_rows::split_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x, rows, n,
            l, p, selections, parts, out);
-    launch(long_rows::band_kernel<T>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
-           n, k, l, p, selections, parts, out, state);
+    // (a block of 1024 per row: its window may be wide, solved by reductions over the block)
+    launch(long_rows::band_kernel<T>, shape.grid, dim3(kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
+           rows, n, k, l, p, selections, parts, out, state);
   } else if (warp_rows(n)) {
     launch(soft_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
            n, k, l, p, parts, out, state);
