@@ -5,7 +5,8 @@
 //   check(status)                     throws std::runtime_error for a CUDA error
 //   launch(kernel, grid, block, shared_bytes, stream, args...)
 //                                     kernel<<<grid, block, shared_bytes, stream>>>(args...), checked
-//                                     (host: runs the launch on the harness, synchronously; the stream is ignored)
+//                                     (host: runs the launch on the harness, synchronously; the stream is ignored);
+//                                     above 48 KiB of dynamic shared memory it opts the kernel in first
 //   SPARSETOPK_DYNAMIC_SHARED(T, name)  T* name: the block's dynamic shared memory (16-byte aligned)
 
 #pragma once
@@ -27,11 +28,16 @@ inline void check(cudaError_t status) {
   if (status != cudaSuccess) throw std::runtime_error(std::string("sparsetopk CUDA: ") + cudaGetErrorString(status));
 }
 
+// The dynamic shared memory a launch gets without opting in (cudaFuncSetAttribute).
+constexpr std::size_t kDefaultDynamicShared = 48 * 1024;
+
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
             Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch: the kernel takes another number of arguments");
 #if defined(__CUDACC__)
+  if (shared_bytes > kDefaultDynamicShared)  // above 48 KiB a kernel must opt in (up to 227 KiB on sm_90)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
   kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(args)...);
   check(cudaGetLastError());
 #else

@@ -30,6 +30,12 @@ constexpr long long kMaxBlocks = 8192;     // grid.x; rows beyond are looped (gr
 
 // ---- the team of the calling thread and its rows ----
 
+// Bytes of one team's copy of its row in shared memory (16-byte aligned pieces).
+template <class T>
+__host__ __device__ std::size_t row_bytes(long long n) {
+  return (static_cast<std::size_t>(n) * sizeof(T) + 15) / 16 * 16;
+}
+
 // Warp teams: warp w of block b takes rows b * kWarpsPerBlock + w, then every
 // gridDim.x * kWarpsPerBlock-th row after it. Block teams: block b takes rows
 // b, b + gridDim.x, ...
@@ -45,6 +51,12 @@ struct TeamRows<WarpTeam> {
     return static_cast<long long>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   }
   __device__ static long long stride() { return static_cast<long long>(gridDim.x) * kWarpsPerBlock; }
+  // The warp's room for its row, after the block's counters (staged_shape).
+  template <class T>
+  __device__ static T* row_buffer(unsigned* counts, long long n) {
+    unsigned char* base = reinterpret_cast<unsigned char*>(counts + kWarpsPerBlock * kRadixSize);
+    return reinterpret_cast<T*>(base + (threadIdx.x / kWarpSize) * row_bytes<T>(n));
+  }
 };
 
 template <>
@@ -52,38 +64,61 @@ struct TeamRows<BlockTeam> {
   __device__ static BlockTeam team(unsigned* counts) { return BlockTeam(counts); }
   __device__ static long long first() { return blockIdx.x; }
   __device__ static long long stride() { return gridDim.x; }
+  template <class T>
+  __device__ static T* row_buffer(unsigned* counts, long long) {
+    return reinterpret_cast<T*>(counts + kRadixSize);
+  }
 };
+
+// The team's row: copied once into its shared memory (`staging`, where the
+// launch made room: staged_shape) and read from there by every later pass
+// (the selection's 4 or 8, the split, the band), else x's row itself.
+template <class T, class Team>
+__device__ const T* staged_row(const Team& team, const T* row, long long n, T* staging) {
+  if (!staging) return row;
+  team.sync();  // (every thread is done with the team's previous row)
+  for (long long i = team.rank(); i < n; i += team.size()) staging[i] = row[i];
+  team.sync();
+  return staging;
+}
 
 // ---- kernels ----
 
+// (staged: the launch made room for each team's row in shared memory, staged_shape)
 template <class T, class Team>
 __global__ void soft_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
-                            double p, RowScratch scratch, T* out, RowState* state) {
+                            double p, RowScratch scratch, T* out, RowState* state, bool staged) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
+  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   const detail::BlockEquation equation(form, l, p);
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride()) {
     const RowScratch row_scratch{scratch.keys + r * n, scratch.index + r * n, scratch.blocks + r * n};
-    soft_row(team, form, solver, equation, x + r * n, n, k, row_scratch, out + r * n, state ? state + r : nullptr);
+    soft_row(team, form, solver, equation, staged_row(team, x + r * n, n, staging), n, k, row_scratch, out + r * n,
+             state ? state + r : nullptr);
   }
 }
 
 template <class T, class Team>
-__global__ void hard_kernel(Form form, const T* x, long long rows, long long n, long long k, T* out) {
+__global__ void hard_kernel(Form form, const T* x, long long rows, long long n, long long k, T* out, bool staged) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
+  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
-    hard_row(team, form, x + r * n, n, k, out + r * n);
+    hard_row(team, form, staged_row(team, x + r * n, n, staging), n, k, out + r * n);
 }
 
+// (x is staged: it is read three times; v twice)
 template <class T, class Team>
 __global__ void jacobian_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states, double l,
-                                double p, long long rows, long long n, T* out) {
+                                double p, long long rows, long long n, T* out, bool staged) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
+  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   const detail::Regularizer regularizer(p);
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
-    jacobian_row(team, form, transpose, regularizer, l, v + r * n, x + r * n, states[r], n, out + r * n);
+    jacobian_row(team, form, transpose, regularizer, l, v + r * n, staged_row(team, x + r * n, n, staging), states[r],
+                 n, out + r * n);
 }
 
 // ---- launch shapes ----
@@ -111,6 +146,17 @@ Shape shape_of(long long rows, long long n) {
             kWarpsPerBlock * kRadixSize * sizeof(unsigned)};
   }
   return {dim3(static_cast<unsigned>(std::min(rows, kMaxBlocks))), dim3(kBlockThreads), kRadixSize * sizeof(unsigned)};
+}
+
+// The shape of a warp- or block-team launch with room after the counters for
+// each team's row (T), which it stages in shared memory: at most 4 x 8 KiB
+// for warp rows (double), 128 KiB for block rows of 16,384 doubles (above 48
+// KiB, launch() opts the kernel in to the larger dynamic shared memory).
+template <class T>
+Shape staged_shape(long long rows, long long n) {
+  Shape shape = shape_of(rows, n);
+  shape.shared_bytes += (warp_rows(n) ? kWarpsPerBlock : 1) * row_bytes<T>(n);
+  return shape;
 }
 
 // Hands out consecutive 256-byte aligned pieces of one buffer (base nullptr: only counts).
@@ -216,11 +262,13 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
     launch(long_rows::band_kernel<T>, shape.grid, dim3(kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
            rows, n, k, l, p, selections, parts, out, state);
   } else if (warp_rows(n)) {
-    launch(soft_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
-           n, k, l, p, parts, out, state);
+    const Shape staged = staged_shape<T>(rows, n);
+    launch(soft_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, row_solver, x, rows,
+           n, k, l, p, parts, out, state, true);
   } else {
-    launch(soft_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, row_solver, x, rows,
-           n, k, l, p, parts, out, state);
+    const Shape staged = staged_shape<T>(rows, n);
+    launch(soft_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, row_solver, x,
+           rows, n, k, l, p, parts, out, state, true);
   }
 }
 
@@ -230,7 +278,6 @@ void hard_forward(Form form, const T* x, long long rows, long long n, long long 
   if (rows == 0 || n == 0) return;
   Carver carver(scratch);
   const HardScratch parts = carve_hard(carver, rows, n);
-  const Shape shape = shape_of(rows, n);
   if (long_row_chunks(n) && k > 0 && k < n) {
     select_long_rows(form, /*soft=*/false, /*next=*/false, x, rows, n, k, parts.selections, stream);
     const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
@@ -239,10 +286,14 @@ void hard_forward(Form form, const T* x, long long rows, long long n, long long 
     launch(long_rows::hard_write_kernel<T>, grid, block, 0, stream, form, x, rows, n,
            static_cast<const long_rows::RowSelection*>(parts.selections),
            static_cast<const long long*>(parts.tie_counts), out);
-  } else if (warp_rows(n)) {
-    launch(hard_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
   } else {
-    launch(hard_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, x, rows, n, k, out);
+    const Shape staged = staged_shape<T>(rows, n);
+    if (warp_rows(n))
+      launch(hard_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, x, rows, n, k, out,
+             true);
+    else
+      launch(hard_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, x, rows, n, k,
+             out, true);
   }
 }
 
@@ -252,7 +303,6 @@ void jacobian_product(Form form, bool transpose, const T* v, const T* x, const R
   if (rows == 0 || n == 0) return;
   Carver carver(scratch);
   const ProductScratch parts = carve_product(carver, rows, n);
-  const Shape shape = shape_of(rows, n);
   if (long_row_chunks(n)) {  // partial pivots, partial spreads, then the outputs
     const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
     launch(long_rows::pivot_kernel<T>, grid, block, 0, stream, form, x, state, l, p, rows, n, parts.pivots);
@@ -260,12 +310,14 @@ void jacobian_product(Form form, bool transpose, const T* v, const T* x, const R
            static_cast<const Pivot*>(parts.pivots), parts.spreads);
     launch(long_rows::product_kernel<T>, grid, block, 0, stream, form, transpose, v, x, state, l, p, rows, n,
            static_cast<const Pivot*>(parts.pivots), static_cast<const double*>(parts.spreads), out);
-  } else if (warp_rows(n)) {
-    launch(jacobian_kernel<T, WarpTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
-           state, l, p, rows, n, out);
   } else {
-    launch(jacobian_kernel<T, BlockTeam>, shape.grid, shape.block, shape.shared_bytes, stream, form, transpose, v, x,
-           state, l, p, rows, n, out);
+    const Shape staged = staged_shape<T>(rows, n);
+    if (warp_rows(n))
+      launch(jacobian_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, transpose, v,
+             x, state, l, p, rows, n, out, true);
+    else
+      launch(jacobian_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, transpose, v,
+             x, state, l, p, rows, n, out, true);
   }
 }
 
