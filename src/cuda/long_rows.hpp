@@ -6,9 +6,11 @@
 //     block counts its chunk's digits into the row's counts, and the last
 //     block of the row to finish (a ticket after a fence) picks the digit;
 //     then the (k+1)-th key (one launch, a max);
-//   - soft forward: the split (one launch: outputs outside the window, the
-//     window's entries gathered), then one block per row sorts the window and
-//     runs the core's band solver (solve_band, team_rows.hpp);
+//   - soft forward: the split (one launch: outputs outside the window, each
+//     chunk's window entries compacted in column order into the chunk's part
+//     of the scratch, their count per chunk), then one block per row gathers
+//     them in chunk order (so the band's sums run in the same order on every
+//     run) and solves the band (solve_band, team_rows.hpp);
 //   - hard forward: the ties of s_k counted per chunk, then the outputs, each
 //     block ranking its own ties after those of the chunks before it;
 //   - derivatives: per chunk partial pivots, then partial spreads (each block
@@ -155,12 +157,12 @@ __device__ SoftPlan<T> soft_plan(const RowSelection& selection, const detail::Bl
 }
 
 // Outputs outside the window (their top value, or 0; NaN for a non-finite
-// row), the window's entries gathered into the row's scratch in any order
-// (the band kernel sorts them), and for a separated row the first and last
-// column of a zero key.
+// row), the window's entries of each chunk compacted in column order into the
+// chunk's part of the row's scratch ([rows, chunks] counts in window_counts),
+// and for a separated row the first and last column of a zero key.
 template <class T>
 __global__ void split_kernel(Form form, const T* x, long long rows, long long n, double l, double p,
-                             RowSelection* selections, RowScratch scratch, T* out) {
+                             RowSelection* selections, RowScratch scratch, long long* window_counts, T* out) {
   const BlockTeam team(nullptr);
   const detail::BlockEquation equation(form, l, p);
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -174,9 +176,19 @@ __global__ void split_kernel(Form form, const T* x, long long rows, long long n,
       continue;
     }
     const SoftPlan<T> plan = soft_plan<T>(selection, equation);
-    long long above = 0, first_zero = LLONG_MAX, last_zero = -1;
-    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-      const double key = static_cast<double>(detail::sort_key(form, row[i]));
+    long long above = 0, first_zero = LLONG_MAX, last_zero = -1, m = 0;  // m: the chunk's window entries so far
+    for (long long base = chunk.begin; base < chunk.end; base += blockDim.x) {
+      const long long i = base + threadIdx.x;
+      const double key = i < chunk.end ? static_cast<double>(detail::sort_key(form, row[i])) : 0.0;
+      const bool inside = i < chunk.end && !plan.separated && key < plan.above && key > plan.below;
+      unsigned total = 0;
+      const unsigned slot = team.exclusive_count(inside, total);
+      if (inside) {
+        scratch.keys[r * n + chunk.begin + m + slot] = key;
+        scratch.index[r * n + chunk.begin + m + slot] = i;
+      }
+      m += total;
+      if (i >= chunk.end) continue;
       if (key == 0.0) {
         if (i < first_zero) first_zero = i;
         last_zero = i;
@@ -188,30 +200,49 @@ __global__ void split_kernel(Form form, const T* x, long long rows, long long n,
         out_row[i] = top_value(form, row[i]);
       } else {
         out_row[i] = T(0);
-        if (key > plan.below) {
-          const long long slot = static_cast<long long>(
-              atomicAdd(reinterpret_cast<unsigned long long*>(&selection.size), 1ull));
-          scratch.keys[r * n + slot] = key;
-          scratch.index[r * n + slot] = i;
-        }
       }
     }
+    if (threadIdx.x == 0) window_counts[r * gridDim.x + blockIdx.x] = m;
     above = team.all_reduce(above, Sum{});
     first_zero = team.all_reduce(first_zero, Min{});
     last_zero = team.all_reduce(last_zero, Max{});
     if (threadIdx.x == 0) {
       if (above != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&selection.count_above),
                                 static_cast<unsigned long long>(above));
+      if (m != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&selection.size), static_cast<unsigned long long>(m));
       if (first_zero != LLONG_MAX) atomicMin(&selection.zero_first, first_zero);
       if (last_zero >= 0) atomicMax(&selection.zero_last, last_zero);
     }
   }
 }
 
-// One block per row: the window sorted and the core's band solver, the state.
+// Moves each chunk's window entries (split_kernel) to the front of the row's
+// scratch, in chunk order. Entries only move towards the front, a tile of the
+// block at a time (all read, then all written), so no entry is overwritten
+// before it is read.
+__device__ inline void gather_chunks(const BlockTeam& team, RowScratch scratch, const long long* counts,
+                                     long long chunks) {
+  long long at = 0;
+  for (long long c = 0; c < chunks; ++c) {
+    const long long from = c * kChunkSize, count = counts[c];
+    for (long long base = 0; at != from && base < count; base += team.size()) {
+      const long long j = base + team.rank();
+      const double key = j < count ? scratch.keys[from + j] : 0.0;
+      const long long index = j < count ? scratch.index[from + j] : 0;
+      team.sync();
+      if (j < count) scratch.keys[at + j] = key, scratch.index[at + j] = index;
+      team.sync();
+    }
+    at += count;
+  }
+}
+
+// One block per row: the window gathered in chunk order, then solved
+// (solve_band: sorted and the core's band solver, or by reductions), the state.
 template <class T>
 __global__ void band_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
-                            double p, RowSelection* selections, RowScratch scratch, T* out, RowState* state) {
+                            double p, RowSelection* selections, RowScratch scratch, const long long* window_counts,
+                            T* out, RowState* state) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const BlockTeam team(counts);
   const detail::BlockEquation equation(form, l, p);
@@ -233,6 +264,7 @@ __global__ void band_kernel(Form form, Solver solver, const T* x, long long rows
       }
       continue;
     }
+    gather_chunks(team, row_scratch, window_counts + r * chunks_of(n), chunks_of(n));
     long long m = selection.size, count_above = selection.count_above;
     double above = plan.above, below = plan.below;
     if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)
