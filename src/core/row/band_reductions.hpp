@@ -119,68 +119,104 @@ class BandEquation {
   double s_k_, ties_, ties_top_, owed_;
 };
 
-// Narrows [lo, hi] (F(lo) >= 0 > F(hi)) round by round: F at Bins + 1 points
-// and the kinks per sub-interval, summed over every participant; keeps the
-// sub-interval holding the root, until no kink lies inside it (the active set
-// is fixed there) or it is a few ulps wide. Returns false where F(lo) <= 0
-// in the first round (no entry pulled into a block: the magnitude's separated case).
-template <std::size_t Bins, class Entries, class Combine>
-SPARSETOPK_HOST_DEVICE bool narrow_by_reductions(const BandEquation& equation, const Entries& entries, double& lo,
-                                                 double& hi, Combine& combine) {
-  for (int round = 0; round < kMaxPieceRounds; ++round) {
-    const double width = hi - lo;
-    const auto point = [&](std::size_t j) {
-      return j == Bins ? hi : lo + width * static_cast<double>(j) / static_cast<double>(Bins);
-    };
-    double sums[2 * Bins + 1] = {};
-    double* f = sums;
-    double* kinks = sums + Bins + 1;
-    entries.for_each([&](std::size_t, double key, double, double) {
-      if (equation.tied(key)) return;
-      for (std::size_t j = 0; j <= Bins; ++j) f[j] += equation.term(key, point(j));
-      // conservatively: a kink near a sub-interval's end counts for both neighbours
-      equation.kinks(key, [&](double kink) {
-        if (!(kink > lo && kink < hi)) return;
-        const double at = (kink - lo) / width * static_cast<double>(Bins);
-        const std::size_t bin = std::min<std::size_t>(Bins - 1, static_cast<std::size_t>(at));
-        kinks[bin] += 1.0;
-        if (bin > 0 && at - static_cast<double>(bin) < 1e-9) kinks[bin - 1] += 1.0;
-        if (bin + 1 < Bins && static_cast<double>(bin + 1) - at < 1e-9) kinks[bin + 1] += 1.0;
-      });
-    });
-    combine.sum(sums, 2 * Bins + 1);
-    for (std::size_t j = 0; j <= Bins; ++j) f[j] += equation.global_term(point(j));
-    if (round == 0 && !(f[0] > 0.0)) return false;
-    std::size_t j = 1;
-    while (j < Bins && !(f[j] < 0.0)) ++j;
-    const double new_lo = point(j - 1), new_hi = point(j);
-    if (f[j - 1] == 0.0) {  // the root itself
-      lo = hi = new_lo;
-      return true;
-    }
-    lo = new_lo, hi = new_hi;
-    if (kinks[j - 1] == 0.0 || !(std::nextafter(lo, kInf) < hi)) return true;
-  }
-  return true;
+// Where the search for the threshold equation's smooth piece stands: the
+// bracket [lo, hi] of its root (F(lo) >= 0 > F(hi)) and the rounds so far.
+// `block` false: F(lo) <= 0, no entry is pulled into a block (the
+// magnitude's separated case). `settled`: no kink lies inside the bracket (the
+// active set is fixed there), or it is a few ulps wide, or the root was hit.
+struct BandSearch {
+  double lo, hi;
+  int rounds;
+  bool block, settled;
+};
+
+SPARSETOPK_HOST_DEVICE inline BandSearch start_band_search(const BandEquation& band, const SelectedKeys& selected) {
+  const bool mask = band.form() == Form::mask;
+  const bool block = mask || selected.s_k > 0.0;
+  return {mask ? selected.s_next - band.l() : band.singleton(selected.s_k), selected.s_k, 0, block, !block};
 }
 
-// The band of a wide window solved by reductions: calls write(slot, y) for
-// each of this participant's window entries, and returns the row's RowState
-// (the band's ends only with `save`), the same on every participant.
-// `count_above`: the entries of the row above the window; `above`: the
-// window's upper bound.
-template <std::size_t Bins, class Entries, class Combine, class Write>
-SPARSETOPK_HOST_DEVICE RowState solve_band_by_reductions(const BlockEquation& equation, const SelectedKeys& selected,
-                                                         std::size_t k, double count_above, double above,
-                                                         const Entries& entries, Combine& combine, Write&& write,
-                                                         bool save) {
-  const BandEquation band(equation, selected, k, count_above);
-  const Regularizer& regularizer = equation.regularizer();
-  const Form form = equation.form();
-  const double l = equation.l(), s_k = selected.s_k;
-  const bool mask = form == Form::mask;
-  double lo = mask ? selected.s_next - l : band.singleton(s_k), hi = s_k;
-  const bool block = (mask || s_k > 0.0) && narrow_by_reductions<Bins>(band, entries, lo, hi, combine);
+// The j-th of the round's Bins + 1 points, from lo to hi.
+template <std::size_t Bins>
+SPARSETOPK_HOST_DEVICE double round_point(const BandSearch& search, std::size_t j) {
+  return j == Bins ? search.hi
+                   : search.lo + (search.hi - search.lo) * static_cast<double>(j) / static_cast<double>(Bins);
+}
+
+// A participant's share of a round: into sums[0, Bins] the terms of F at the
+// points, into sums[Bins + 1, 2 Bins] how many kinks lie in each sub-interval.
+template <std::size_t Bins, class Entries>
+SPARSETOPK_HOST_DEVICE void add_round_terms(const BandEquation& equation, const Entries& entries,
+                                            const BandSearch& search, double* sums) {
+  const double lo = search.lo, hi = search.hi, width = hi - lo;
+  double* f = sums;
+  double* kinks = sums + Bins + 1;
+  entries.for_each([&](std::size_t, double key, double, double) {
+    if (equation.tied(key)) return;
+    for (std::size_t j = 0; j <= Bins; ++j) f[j] += equation.term(key, round_point<Bins>(search, j));
+    // conservatively: a kink near a sub-interval's end counts for both neighbours
+    equation.kinks(key, [&](double kink) {
+      if (!(kink > lo && kink < hi)) return;
+      const double at = (kink - lo) / width * static_cast<double>(Bins);
+      const std::size_t bin = std::min<std::size_t>(Bins - 1, static_cast<std::size_t>(at));
+      kinks[bin] += 1.0;
+      if (bin > 0 && at - static_cast<double>(bin) < 1e-9) kinks[bin - 1] += 1.0;
+      if (bin + 1 < Bins && static_cast<double>(bin + 1) - at < 1e-9) kinks[bin + 1] += 1.0;
+    });
+  });
+}
+
+// The round's choice, from its sums over every participant: the
+// sub-interval holding the root.
+template <std::size_t Bins>
+SPARSETOPK_HOST_DEVICE void choose_sub_interval(const BandEquation& equation, double* sums, BandSearch& search) {
+  double* f = sums;
+  const double* kinks = sums + Bins + 1;
+  for (std::size_t j = 0; j <= Bins; ++j) f[j] += equation.global_term(round_point<Bins>(search, j));
+  if (search.rounds++ == 0 && !(f[0] > 0.0)) {
+    search.block = false, search.settled = true;
+    return;
+  }
+  std::size_t j = 1;
+  while (j < Bins && !(f[j] < 0.0)) ++j;
+  const double new_lo = round_point<Bins>(search, j - 1), new_hi = round_point<Bins>(search, j);
+  if (f[j - 1] == 0.0) {  // the root itself
+    search.lo = search.hi = new_lo;
+    search.settled = true;
+    return;
+  }
+  search.lo = new_lo, search.hi = new_hi;
+  search.settled =
+      kinks[j - 1] == 0.0 || !(std::nextafter(new_lo, kInf) < new_hi) || search.rounds >= kMaxPieceRounds;
+}
+
+// Narrows the search round by round (at most kMaxPieceRounds in all), each
+// round's sums added over every participant.
+template <std::size_t Bins, class Entries, class Combine>
+SPARSETOPK_HOST_DEVICE void narrow_by_reductions(const BandEquation& equation, const Entries& entries,
+                                                 BandSearch& search, Combine& combine) {
+  while (!search.settled) {
+    double sums[2 * Bins + 1] = {};
+    add_round_terms<Bins>(equation, entries, search, sums);
+    combine.sum(sums, 2 * Bins + 1);
+    choose_sub_interval<Bins>(equation, sums, search);
+  }
+}
+
+// The band from a settled search: gamma on the piece, then the outputs
+// (write(slot, y) for each of this participant's window entries) and the
+// row's RowState (the band's ends only with `save`), the same on every
+// participant. `count_above`: the entries of the row above the window;
+// `above`: the window's upper bound.
+template <class Entries, class Combine, class Write>
+SPARSETOPK_HOST_DEVICE RowState finish_band_by_reductions(const BandEquation& band, const SelectedKeys& selected,
+                                                          std::size_t k, double count_above, double above,
+                                                          const BandSearch& search, const Entries& entries,
+                                                          Combine& combine, Write&& write, bool save) {
+  const Regularizer& regularizer = band.regularizer();
+  const Form form = band.form();
+  const double l = band.l(), s_k = selected.s_k, lo = search.lo, hi = search.hi;
+  const bool mask = form == Form::mask, block = search.block;
   double gamma = selected.s_next, weight = 0.0;
   if (block) {
     // the active set on the piece, read at its midpoint: its moments, and what it owes
@@ -261,6 +297,19 @@ SPARSETOPK_HOST_DEVICE RowState solve_band_by_reductions(const BlockEquation& eq
   state.unchanged_from = least_unchanged;
   bounds.write(state);
   return state;
+}
+
+// The band of a wide window solved by reductions: the search, then
+// finish_band_by_reductions.
+template <std::size_t Bins, class Entries, class Combine, class Write>
+SPARSETOPK_HOST_DEVICE RowState solve_band_by_reductions(const BlockEquation& equation, const SelectedKeys& selected,
+                                                         std::size_t k, double count_above, double above,
+                                                         const Entries& entries, Combine& combine, Write&& write,
+                                                         bool save) {
+  const BandEquation band(equation, selected, k, count_above);
+  BandSearch search = start_band_search(band, selected);
+  narrow_by_reductions<Bins>(band, entries, search, combine);
+  return finish_band_by_reductions(band, selected, k, count_above, above, search, entries, combine, write, save);
 }
 
 }  // namespace sparsetopk::detail
