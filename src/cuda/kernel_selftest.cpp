@@ -21,11 +21,19 @@
 // reduction against a loop in column order). Rows of more than
 // kSortedWindowLimit entries may have a window that wide, which the kernels
 // solve by reductions (the core's band_reductions.hpp) where the core sorts
-// it: their outputs agree to 1e-11 of the row's scale (in double; the
-// entries within rounding of gamma are not solved again in offset form), and
-// their RowState may say the same differently (a near-zero gamma of either
-// sign, an entry at u = 0 in or out of the band): it is checked through the
-// VJP and JVP, which read it.
+// it: their outputs agree to 1e-11 of the row's scale for p = 2 and 4/3 (in
+// double), and their RowState may say the same differently (a near-zero
+// gamma of either sign, an entry at u = 0 in or out of the band): it is
+// checked through the VJP and JVP, which read it. For other p the core
+// solves the entries within 1e-6 |gamma| of gamma again so that the window's
+// outputs sum to k exactly, which moves such an entry's u by up to the
+// rounding of gamma times the slope of the equation over that entry's
+// (steep where pow(u, q - 1) rises from 0: p > 2); the kernels do not. On a
+// 2.2e6-entry row at p = 3 (a window of 77,000) the two differ by 3e-11 in
+// one output and 1e-8 in the derivatives, and a long-double evaluation of
+// the equation puts the kernels' threshold within 4e-16 of the root and the
+// core's near entry's 1.4e-14 off: here the core is the less exact one.
+// So for other p: outputs to 1e-9, derivatives to 1e-7 of the row's scale.
 
 #include <algorithm>
 #include <chrono>
@@ -218,7 +226,9 @@ Tolerance tolerance_for(double p, long long n, Solver solver, double eps) {
                         : std::abs(p - 4.0 / 3.0) < 1e-12 ? Tolerance{64.0, 1024.0 * terms}
                                                           : Tolerance{256.0, 4096.0 * terms};
   if (n > sparsetopk::cuda::kSortedWindowLimit && solver != Solver::pav) {  // windows by reductions
-    tolerance.forward = std::max(tolerance.forward, 1e-11 / eps);
+    const bool steep = p != 2.0 && std::abs(p - 4.0 / 3.0) >= 1e-12;
+    tolerance.forward = std::max(tolerance.forward, (steep ? 1e-9 : 1e-11) / eps);
+    if (steep) tolerance.derivative = std::max(tolerance.derivative, 1e-7 / eps);
     tolerance.state = false;
   }
   return tolerance;
@@ -358,6 +368,10 @@ std::vector<Case> cases(Cases which) {
   all.push_back({3, 20000, 20000, Data::ties, true, 4.0 / 3.0, 0.1, Solver::automatic});
   all.push_back({2, 20000, 500, Data::normal, true, 3.0, 0.1, Solver::pav});
   all.push_back({1, 1000000, 10000, Data::normal, true, 3.0, 0.1, Solver::automatic});
+  // rows of 2.2e6 (at least kRoundRowSize): the wide band searched across the chunks' blocks
+  all.push_back({1, 2200000, 220000, Data::normal, false, 4.0 / 3.0, 0.1, Solver::automatic});
+  all.push_back({1, 2200000, 220000, Data::ties, true, 2.0, 0.1, Solver::automatic});
+  all.push_back({1, 2200000, 220000, Data::normal, true, 3.0, 0.1, Solver::automatic});
   return all;
 }
 

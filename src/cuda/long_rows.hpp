@@ -10,7 +10,9 @@
 //     chunk's window entries compacted in column order into the chunk's part
 //     of the scratch, their count per chunk), then one block per row gathers
 //     them in chunk order (so the band's sums run in the same order on every
-//     run) and solves the band (solve_band, team_rows.hpp);
+//     run) and solves the band (solve_band, team_rows.hpp); rows of at least
+//     kRoundRowSize entries first search a wide band's smooth piece across
+//     the chunks' blocks (kLaunchedRounds launches of band_round_kernel);
 //   - hard forward: the ties of s_k counted per chunk, then the outputs, each
 //     block ranking its own ties after those of the chunks before it;
 //   - derivatives: per chunk partial pivots, then partial spreads (each block
@@ -29,6 +31,15 @@ namespace sparsetopk::cuda::long_rows {
 
 constexpr long long kChunkSize = 16384;  // entries per block
 constexpr unsigned kThreads = 256;
+// Rows of at least this many entries search a wide window's band across the
+// chunks' blocks, kLaunchedRounds rounds (band_reductions.hpp) before the band
+// kernel carries on alone: its one block would otherwise evaluate every
+// window entry at kTeamBins + 1 points per round (some 3.5e5 entries for 10^7
+// normal keys, k = 10^6, l = 0.1).
+constexpr long long kRoundRowSize = 1LL << 21;
+constexpr int kLaunchedRounds = 6;
+// The sums of one round (band_reductions.hpp's add_round_terms).
+constexpr unsigned kRoundSums = 2 * kTeamBins + 1;
 
 __host__ __device__ inline long long chunks_of(long long n) { return (n + kChunkSize - 1) / kChunkSize; }
 
@@ -216,6 +227,68 @@ __global__ void split_kernel(Form form, const T* x, long long rows, long long n,
   }
 }
 
+// Whether the band kernel solves the row's window by reductions (as
+// solve_band decides, from the split's counts): the rows the rounds search.
+template <class T>
+__device__ bool band_by_reductions(const RowSelection& selection, const SoftPlan<T>& plan, long long k) {
+  const long long m = selection.size, above = selection.count_above;
+  return !selection.flags && !plan.separated && above < k && k - above <= m && m > kSortedWindowLimit;
+}
+
+// One round of the search for the band's smooth piece over a long row's
+// chunks: each block adds the terms of its chunk's window entries (as
+// split_kernel left them), the last block of the row adds the blocks' sums in
+// chunk order and narrows the row's search (searches[r]; `first`: started
+// here, from the selection).
+template <class T>
+__global__ void band_round_kernel(Form form, const T* x, long long rows, long long n, long long k, double l,
+                                  double p, RowSelection* selections, RowScratch scratch,
+                                  const long long* window_counts, detail::BandSearch* searches, double* partials,
+                                  bool first) {
+  __shared__ double totals[kRoundSums];
+  const BlockTeam team(nullptr);
+  const detail::BlockEquation equation(form, l, p);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    RowSelection& selection = selections[r];
+    if (selection.flags) continue;
+    const SoftPlan<T> plan = soft_plan<T>(selection, equation);
+    if (!band_by_reductions(selection, plan, k)) continue;  // (the same on every block of the row)
+    const detail::SelectedKeys selected{plan.s_k, plan.s_next, static_cast<std::size_t>(k - selection.remaining),
+                                        static_cast<std::size_t>(selection.ties)};
+    const detail::BandEquation band(equation, selected, static_cast<std::size_t>(k),
+                                    static_cast<double>(selection.count_above));
+    detail::BandSearch search = first ? detail::start_band_search(band, selected) : searches[r];
+    if (search.settled) {
+      if (first && blockIdx.x == 0 && threadIdx.x == 0) searches[r] = search;
+      continue;
+    }
+    const Chunk chunk = chunk_of(n);
+    const RowScratch chunk_scratch{scratch.keys + r * n + chunk.begin, scratch.index + r * n + chunk.begin, nullptr};
+    const long long count = window_counts[r * gridDim.x + blockIdx.x];
+    double sums[kRoundSums] = {};
+    detail::add_round_terms<kTeamBins>(band, TeamWindowEntries<T, BlockTeam>{team, chunk_scratch, count, x + r * n},
+                                       search, sums);
+    team.sum_each(sums, kRoundSums);
+    double* mine = partials + (r * gridDim.x + blockIdx.x) * kRoundSums;
+    for (unsigned j = threadIdx.x; j < kRoundSums; j += blockDim.x) mine[j] = sums[j];
+    if (last_block_of_row(selection)) {  // (volatile: the other blocks' sums, not this SM's cached lines)
+      const volatile double* all = partials + r * gridDim.x * kRoundSums;
+      for (unsigned j = threadIdx.x; j < kRoundSums; j += blockDim.x) {
+        double total = 0.0;
+        for (unsigned c = 0; c < gridDim.x; ++c) total += all[c * kRoundSums + j];
+        totals[j] = total;
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        detail::choose_sub_interval<kTeamBins>(band, totals, search);
+        searches[r] = search;
+        selection.ticket = 0;
+      }
+    }
+    __syncthreads();
+  }
+}
+
 // Moves each chunk's window entries (split_kernel) to the front of the row's
 // scratch, in chunk order. Entries only move towards the front, a tile of the
 // block at a time (all read, then all written), so no entry is overwritten
@@ -238,11 +311,12 @@ __device__ inline void gather_chunks(const BlockTeam& team, RowScratch scratch, 
 }
 
 // One block per row: the window gathered in chunk order, then solved
-// (solve_band: sorted and the core's band solver, or by reductions), the state.
+// (solve_band: sorted and the core's band solver, or by reductions, carrying
+// on from the rounds' search where band_round_kernel ran: `searches`), the state.
 template <class T>
 __global__ void band_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
                             double p, RowSelection* selections, RowScratch scratch, const long long* window_counts,
-                            T* out, RowState* state) {
+                            const detail::BandSearch* searches, T* out, RowState* state) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const BlockTeam team(counts);
   const detail::BlockEquation equation(form, l, p);
@@ -265,6 +339,11 @@ __global__ void band_kernel(Form form, Solver solver, const T* x, long long rows
       continue;
     }
     gather_chunks(team, row_scratch, window_counts + r * chunks_of(n), chunks_of(n));
+    if (searches && band_by_reductions(selection, plan, k)) {
+      const WindowSplit split{selection.size, selection.count_above, plan.above, plan.below, plan.s_k, plan.s_next};
+      solve_band_by_reductions(team, equation, row, k, split, row_scratch, out + r * n, row_state, &searches[r]);
+      continue;
+    }
     long long m = selection.size, count_above = selection.count_above;
     double above = plan.above, below = plan.below;
     if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)

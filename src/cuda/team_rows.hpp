@@ -253,11 +253,12 @@ struct TeamWindowEntries {
 };
 
 // A wide window (in scratch, in any order) solved by reductions over the team:
-// the window's outputs and, with state, the row's RowState.
+// the window's outputs and, with state, the row's RowState. `started`: the
+// search's rounds so far (long rows: band_round_kernel), else none.
 template <class T, class Team>
 __device__ void solve_band_by_reductions(const Team& team, const detail::BlockEquation& equation, const T* row,
                                          long long k, const WindowSplit& split, RowScratch scratch, T* out,
-                                         RowState* state) {
+                                         RowState* state, const detail::BandSearch* started = nullptr) {
   team.sync();
   long long greater = 0, ties = 0;  // window keys above s_k, and equal to it
   for (long long j = team.rank(); j < split.size; j += team.size()) {
@@ -269,9 +270,13 @@ __device__ void solve_band_by_reductions(const Team& team, const detail::BlockEq
   const detail::SelectedKeys selected{split.s_k, split.s_next, static_cast<std::size_t>(greater),
                                       static_cast<std::size_t>(ties)};
   TeamCombine<Team> combine{team};
-  const RowState solved = detail::solve_band_by_reductions<kTeamBins>(
-      equation, selected, static_cast<std::size_t>(k), static_cast<double>(split.count_above), split.above,
-      TeamWindowEntries<T, Team>{team, scratch, split.size, row}, combine,
+  const TeamWindowEntries<T, Team> entries{team, scratch, split.size, row};
+  const double count_above = static_cast<double>(split.count_above);
+  const detail::BandEquation band(equation, selected, static_cast<std::size_t>(k), count_above);
+  detail::BandSearch search = started ? *started : detail::start_band_search(band, selected);
+  detail::narrow_by_reductions<kTeamBins>(band, entries, search, combine);
+  const RowState solved = detail::finish_band_by_reductions(
+      band, selected, static_cast<std::size_t>(k), count_above, split.above, search, entries, combine,
       [&](std::size_t j, double y) { out[scratch.index[j]] = static_cast<T>(y); }, state != nullptr);
   if (state && team.rank() == 0) *state = solved;
   team.sync();

@@ -192,6 +192,16 @@ long_rows::RowSelection* carve_selections(Carver& carver, long long rows, long l
 long long* carve_window_counts(Carver& carver, long long rows, long long n) {
   return long_row_chunks(n) ? carver.take<long long>(rows * long_rows::chunks_of(n)) : nullptr;
 }
+// The band's search across chunks (rows of at least kRoundRowSize entries):
+// each row's search, and its chunks' sums of a round [rows, chunks, kRoundSums].
+struct RoundScratch {
+  detail::BandSearch* searches;
+  double* partials;
+};
+RoundScratch carve_rounds(Carver& carver, long long rows, long long n) {
+  if (n < long_rows::kRoundRowSize) return {nullptr, nullptr};
+  return {carver.take<detail::BandSearch>(rows), carver.take<double>(rows * long_rows::chunks_of(n) * long_rows::kRoundSums)};
+}
 
 struct HardScratch {
   long_rows::RowSelection* selections;
@@ -234,6 +244,7 @@ std::size_t soft_scratch_bytes(long long rows, long long n) {
   carve_soft(carver, rows, n);
   carve_selections(carver, rows, n);
   carve_window_counts(carver, rows, n);
+  carve_rounds(carver, rows, n);
   return std::max<std::size_t>(carver.used(), 256);
 }
 
@@ -258,15 +269,22 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
   const RowScratch parts = carve_soft(carver, rows, n);
   long_rows::RowSelection* selections = carve_selections(carver, rows, n);
   long long* window_counts = carve_window_counts(carver, rows, n);
+  const RoundScratch rounds = carve_rounds(carver, rows, n);
   const Solver row_solver = solver == Solver::pav ? Solver::pav : Solver::threshold;  // as the core's soft_topk
   const Shape shape = shape_of(rows, n);
   if (long_row_chunks(n) && row_solver == Solver::threshold && k > 0 && k < n) {  // a block per chunk
     select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, stream);
     launch(long_rows::split_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x, rows, n,
            l, p, selections, parts, window_counts, out);
+    if (rounds.searches)  // the search for a wide band's piece across the chunks' blocks
+      for (int round = 0; round < long_rows::kLaunchedRounds; ++round)
+        launch(long_rows::band_round_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x,
+               rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts), rounds.searches,
+               rounds.partials, round == 0);
     // (a block of 1024 per row: its window may be wide, solved by reductions over the block)
     launch(long_rows::band_kernel<T>, shape.grid, dim3(kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
-           rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts), out, state);
+           rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts),
+           static_cast<const detail::BandSearch*>(rounds.searches), out, state);
   } else if (warp_rows(n)) {
     const Shape staged = staged_shape<T>(rows, n);
     launch(soft_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, row_solver, x, rows,
