@@ -42,7 +42,7 @@ STYLES = {
 
 
 def _settings(rows) -> str:
-    soft = [r for r in rows if r["method"] in ("soft2", "soft43")]
+    soft = [r for r in rows if r["method"] in ("soft2", "soft43", "global43")]
     anneal = {1: "annealed linearly to 1%", 0: "not annealed"}
     parts = [
         f"{common.joined(rows, 'steps')} fine-tuning steps "
