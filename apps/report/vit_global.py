@@ -68,7 +68,7 @@ def _same_checkpoint(a, b) -> bool:
 def _per_layer_rows(results_dir: pathlib.Path, rows) -> tuple[list, str]:
     """(per-layer rows to add, a sentence on where they come from)."""
     if any(r["method"] in vit.METHODS for r in rows):
-        return [], "All rows come from this CSV."
+        return [], "All rows, per-layer and global, come from this CSV (one program build, one checkpoint)."
     other = common.read_results(results_dir, vit.CSV_NAME, vit.COLUMNS)
     if other is None:
         return [], f"No per-layer rows: {vit.CSV_NAME} not found."
@@ -106,23 +106,6 @@ def _split_table(rows, sparsities):
     return header, table, names, sizes
 
 
-def _plot(stats, methods, sparsities, dense, split, figures_dir) -> str:
-    fig, ax = common.new_figure(7.5, 4.0)
-    common.plot_mean_std_lines(ax, stats, methods, sparsities, SHORT_LABELS, STYLES)
-    finite = [stats[k][0] for k in stats if stats[k][2] > 0]
-    low = min(finite) - 0.03 if finite else 0.0
-    high = max(finite + ([dense] if dense is not None else [])) + 0.02 if finite else 1.0
-    if dense is not None:
-        ax.axhline(dense, color="gray", linewidth=1, linestyle="-.", label=f"dense, unpruned ({dense:.3f})")
-    common.sparsity_axis(ax, sparsities, "sparsity of the prunable weights (transformer blocks)")
-    ax.set_ylabel(f"{split} accuracy, hard-pruned network")
-    ax.set_ylim(max(low, 0.0), min(high, 1.0))
-    ax.set_title(f"Per-layer and global budgets, small ViT on Fashion-MNIST ({common.seeds_in_title(stats)})",
-                 fontsize=10)
-    common.legend_right(ax)
-    return common.save_figure(fig, figures_dir, FIGURE)
-
-
 def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
     rows = common.read_results(results_dir, CSV_NAME, COLUMNS)
     if rows is None:
@@ -150,12 +133,7 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
                  [f"{oneshot_global[s]:.4f}" for s in sparsities])
     table.append(["dense checkpoint, before pruning"] + [f"{dense[0]:.4f}"] * len(sparsities))
 
-    if ns == {1}:
-        spread = "1 seed, so no spread"
-    elif len(ns) == 1:
-        spread = f"mean ± standard deviation (sample, n - 1) over {min(ns)} fine-tuning seeds"
-    else:
-        spread = "mean ± standard deviation (sample, n - 1) over the n seeds given in each cell"
+    spread = vit.spread_phrase(ns)
     nnz = {s: "/".join(common.fmt_int(v) for v in common.distinct([r for r in rows if r["sparsity"] == s], "nnz"))
            for s in sparsities}
     prunable = "/".join(common.fmt_int(v) for v in common.distinct(rows, "prunable"))
@@ -195,7 +173,9 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
                           + ".")
     paragraphs.append("Seconds per run (mean, by sparsity): " + "; ".join(seconds) + ".")
     paragraphs.append(vit._settings(rows))
-    link = _plot(stats, methods, sparsities, dense[0] if dense else None, split, figures_dir)
+    link = vit.plot(stats, methods, sparsities, dense[0] if dense else None, {}, split, figures_dir,
+                    labels=SHORT_LABELS, styles=STYLES, figure=FIGURE,
+                    title="Per-layer and global budgets, small ViT on Fashion-MNIST")
     paragraphs.append(common.image(f"{split.capitalize()} accuracy against sparsity, per-layer and global "
                                    f"budgets", link))
     return "\n\n".join(paragraphs)
