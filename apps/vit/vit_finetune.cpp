@@ -155,9 +155,9 @@ struct Options : vit::SharedOptions {
 const char* kUsage = R"(usage: vit_finetune [options]
 
 Trains a small vision transformer densely (or loads it from --checkpoint),
-then fine-tunes it under a per-layer weight budget with each method and
-evaluates the hard-pruned network; writes one CSV row per (method, sparsity,
-seed).
+then fine-tunes it under a weight budget (per layer, or one over all
+prunable layers for the *_global methods) with each method and evaluates the
+hard-pruned network; writes one CSV row per (method, sparsity, seed).
 
   --data-dir DIR        IDX gzip files {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
                         (default /usr/share/datasets/fashion-mnist)
