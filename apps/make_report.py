@@ -7,7 +7,7 @@ Usage (any working directory; relative paths are taken from it):
                                          [--figures docs/figures] [--print]
 
 For each report module (apps/report/prune_mlp.py, prune_mlp_global.py, moe.py,
-moe_expert.py, vit.py, vit_topk.py) it calls
+moe_expert.py, vit.py, vit_global.py, vit_topk.py) it calls
 render(results_dir, figures_dir), which reads DIR/<app>.csv (prune_mlp.csv,
 moe_router.csv, vit_finetune.csv), writes figures and returns Markdown. A
 module that does not exist yet, or whose CSV is absent, is skipped with a
@@ -35,6 +35,7 @@ MODULES = (
     ("moe", "moe_router.csv", "Mixture-of-experts routing (moe_router)"),
     ("moe_expert", "moe_router_expert.csv", "Expert choice against token choice (moe_router)"),
     ("vit", "vit_finetune.csv", "ViT fine-tuning (vit_finetune)"),
+    ("vit_global", "vit_finetune_global.csv", "Global-budget ViT fine-tuning (vit_finetune)"),
     ("vit_topk", "vit_topk.csv", "ViT fine-tuning for top-k accuracy (vit_topk)"),
 )
 

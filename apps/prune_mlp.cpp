@@ -13,6 +13,12 @@
 //                  after training (torch.nn.utils.prune.global_unstructured style)
 //   hard_global    hard_topk_mag_global({W1, W2, W3}, K)
 //   global43       soft_topk_mag_global({W1, W2, W3}, K, l, p = 4/3)
+//   gradual_global gradual global magnitude pruning (Zhu & Gupta 2017):
+//                  hard_topk_mag_global({W1, W2, W3}, K_t) with the budget K_t
+//                  shrinking from dense to K along the cubic schedule of
+//                  common/pruning.hpp (target reached at 75% of the steps);
+//                  gradient to the kept weights, and the pruned ones are zeroed
+//                  after every step so that they stay pruned
 // Every variant is evaluated on the test set with the HARD mask applied
 // (W -> hard_topk_mag(W, k) per layer, or hard_topk_mag_global for the global
 // variants; biases kept): the truly sparse network.
@@ -32,6 +38,7 @@
 #include "common/args.hpp"
 #include "common/csv.hpp"
 #include "common/progress.hpp"
+#include "common/pruning.hpp"
 #include "data/idx.hpp"
 
 #include <sparsetopk/torch.hpp>
@@ -49,7 +56,17 @@ namespace {
 namespace stt = sparsetopk::torch;
 namespace apps = sparsetopk::apps;
 
-enum class Variant { dense, hard, ste, soft2, soft43, dense_global, hard_global, global43 };
+enum class Variant {
+  dense,
+  hard,
+  ste,
+  soft2,
+  soft43,
+  dense_global,
+  hard_global,
+  global43,
+  gradual_global
+};
 
 const apps::NameTable<Variant> kVariants{{"dense", Variant::dense},
                                          {"hard", Variant::hard},
@@ -58,12 +75,16 @@ const apps::NameTable<Variant> kVariants{{"dense", Variant::dense},
                                          {"soft43", Variant::soft43},
                                          {"dense_global", Variant::dense_global},
                                          {"hard_global", Variant::hard_global},
-                                         {"global43", Variant::global43}};
+                                         {"global43", Variant::global43},
+                                         {"gradual_global", Variant::gradual_global}};
 
 std::string name(Variant v) { return apps::name_in(kVariants, v); }
 
 // One budget over all layers (evaluated with the global hard top-k).
-bool is_global(Variant v) { return v == Variant::dense_global || v == Variant::hard_global || v == Variant::global43; }
+bool is_global(Variant v) {
+  return v == Variant::dense_global || v == Variant::hard_global || v == Variant::global43 ||
+         v == Variant::gradual_global;
+}
 // Trained without a top-k, pruned once afterwards.
 bool is_dense(Variant v) { return v == Variant::dense || v == Variant::dense_global; }
 bool is_soft(Variant v) { return v == Variant::soft2 || v == Variant::soft43 || v == Variant::global43; }
@@ -98,8 +119,8 @@ magnitude, evaluates the hard-pruned network on the test set, writes a CSV.
   --steps N           training steps; > 0 overrides --epochs (default 0)
   --seeds LIST        comma-separated seeds (default 1)
   --variants LIST     from dense,hard,ste,soft2,soft43 (per-layer budgets) and
-                      dense_global,hard_global,global43 (one budget over the
-                      three layers) (default: the per-layer ones)
+                      dense_global,hard_global,global43,gradual_global (one
+                      budget over the three layers) (default: the per-layer ones)
   --sparsities LIST   percent of weights removed, e.g. 90,95,98,99 (default)
   --batch-size N      (default 128)
   --lr X              Adam learning rate (default 1e-3)
@@ -185,6 +206,7 @@ at::Tensor training_weight(const at::Tensor& w, Variant v, int64_t k, double ban
     case Variant::dense_global:  // the global variants: training_weights()
     case Variant::hard_global:
     case Variant::global43:
+    case Variant::gradual_global:
       return w;
     case Variant::hard:
       return stt::hard_topk_mag(flat, k).view_as(w);
@@ -215,12 +237,10 @@ std::vector<at::Tensor> training_weights(const std::vector<at::Tensor>& w, Varia
   for (size_t i = 0; i < w.size(); ++i) l[i] = 0;
   switch (v) {
     case Variant::hard_global:
+    case Variant::gradual_global:  // ks: the budget of this step
       return stt::hard_topk_mag_global(w, k);
     case Variant::global43: {
-      std::vector<at::Tensor> magnitudes;
-      for (const auto& wi : w) magnitudes.push_back(wi.detach().abs().flatten());
-      const auto all = torch::cat(magnitudes);  // detached, for tau only
-      const double tau = std::get<0>(torch::kthvalue(all, all.numel() - k + 1)).item<double>();
+      const double tau = apps::kth_magnitude_global(w, k);
       const double l_global = band * std::pow(tau, 2.0 / 3.0);
       for (size_t i = 0; i < w.size(); ++i) l[i] = l_global;
       return stt::soft_topk_mag_global(w, k, l_global, 4.0 / 3.0);
@@ -279,6 +299,14 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
     params.push_back(layer->weight);
   }
 
+  // gradual_global: the per-layer k at the scheduled sparsity of `step`, summed into one budget.
+  const auto gradual_ks = [&](int64_t step) {
+    std::vector<int64_t> k;
+    for (const auto& w : params)
+      k.push_back(kept(w, apps::gradual_sparsity(sparsity, step, steps)));
+    return k;
+  };
+
   const auto t0 = std::chrono::steady_clock::now();
   double last_loss = 0, last_acc = 0, l_used[3] = {0, 0, 0}, soft_ratio = 0;
   const std::string tag = name(v) + (is_dense(v) ? std::string("") : " s=" + std::to_string(static_cast<int>(sparsity)) + "%") +
@@ -287,12 +315,21 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
     const auto batch = batcher.next();
     const double band =
         o.anneal ? o.band * std::max(1.0 - static_cast<double>(step - 1) / static_cast<double>(steps), 0.01) : o.band;
-    const std::vector<at::Tensor> weights = training_weights(params, v, ks, band, l_used);
+    const std::vector<int64_t> ks_now = v == Variant::gradual_global ? gradual_ks(step) : ks;
+    const std::vector<at::Tensor> weights = training_weights(params, v, ks_now, band, l_used);
     const auto logits = forward(net, weights, batch.x);
     const auto loss = torch::nn::functional::cross_entropy(logits, batch.y);
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
+    if (v == Variant::gradual_global) {
+      // Zero the pruned weights, so that they stay pruned as the budget shrinks.
+      torch::NoGradGuard no_grad;
+      int64_t k_now = 0;
+      for (const int64_t ki : ks_now) k_now += ki;
+      const auto pruned = stt::hard_topk_mag_global(params, k_now);
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(pruned[i]);
+    }
 
     progress.step(loss.item<double>(), static_cast<double>(logits.argmax(1).eq(batch.y).sum().item<int64_t>()),
                   static_cast<double>(batch.y.size(0)));
@@ -306,7 +343,14 @@ std::vector<Row> run(const Options& o, Variant v, double sparsity, const std::ve
         }
         soft_ratio = static_cast<double>(nnz) / static_cast<double>(k_total);
       }
-      progress.report(tag, step, steps, soft ? "nnz/k " + std::to_string(soft_ratio).substr(0, 5) : "");
+      std::string extra = soft ? "nnz/k " + std::to_string(soft_ratio).substr(0, 5) : "";
+      if (v == Variant::gradual_global) {
+        char buffer[32];
+        std::snprintf(buffer, sizeof buffer, "sparsity %.1f%%",
+                      apps::gradual_sparsity(sparsity, step, steps));
+        extra = buffer;
+      }
+      progress.report(tag, step, steps, extra);
       last_loss = progress.last_loss();
       last_acc = progress.last_accuracy();
     }

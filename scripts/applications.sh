@@ -43,6 +43,10 @@ case "$mode" in
     mkdir -p "$out"
     "$bin/prune_mlp" --epochs 3 --batch-size 256 --seeds 1,2,3 --variants dense,hard,ste,soft2,soft43 \
       --sparsities 90,95,98,99 --log-every 100 --threads 1 --out "$out/prune_mlp.csv" | tee "$out/prune_mlp.log"
+    "$bin/prune_mlp" --epochs 3 --batch-size 256 --seeds 1,2,3 \
+      --variants dense,dense_global,hard,hard_global,soft43,global43,gradual_global \
+      --sparsities 90,95,98,99 --log-every 100 --threads 1 --out "$out/prune_mlp_global.csv" |
+      tee "$out/prune_mlp_global.log"
     moe=(--steps 400 --batch-size 128 --log-every 100 --threads 1 --soft-l 0.5 --aux-loss 0.01 --lr 1e-3)
     "$bin/moe_router" "${moe[@]}" --routers topk,topk3,soft,soft2 --seeds 1,2,3 --out "$out/moe_parts.csv" |
       tee "$out/moe_router.log"
@@ -52,6 +56,12 @@ case "$mode" in
     "$bin/vit_finetune" --val-size 5000 --pretrain-epochs 5 --checkpoint "$out/vit_dense.pt" --retrain \
       --finetune-steps 150 --seeds 1,2,3 --sparsities 90,95 --methods oneshot,gradual,ste,soft2,soft43 \
       --lr 3e-3 --band 1 --log-every 50 --threads 1 --out "$out/vit_finetune.csv" | tee "$out/vit_finetune.log"
+    # Global budgets against per-layer ones, from the same checkpoint (docs/applications.md).
+    "$bin/vit_finetune" --val-size 5000 --pretrain-epochs 5 --checkpoint "$out/vit_dense.pt" \
+      --finetune-steps 150 --seeds 1,2,3 --sparsities 90,95 \
+      --methods oneshot,gradual,ste,soft2,soft43,oneshot_global,gradual_global,hard_global,ste_global,global43 \
+      --lr 3e-3 --band 1 --log-every 50 --threads 1 --out "$out/vit_finetune_global.csv" |
+      tee "$out/vit_finetune_global.log"
     "$bin/vit_topk" --val-size 5000 --pretrain-epochs 5 --checkpoint "$out/vit_topk_pairs.pt" --retrain \
       --finetune-steps 300 --seeds 1,2,3 --noise 0,20 --lr 1e-2 --threads 1 --out "$out/vit_topk.csv" |
       tee "$out/vit_topk.log"

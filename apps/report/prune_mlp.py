@@ -20,7 +20,7 @@ COLUMNS = (
     "test_acc_hard,test_acc_as_trained,nnz,total_weights,soft_nnz_over_k,seconds,anneal"
 ).split(",")
 
-VARIANTS = ("dense", "hard", "ste", "soft2", "soft43", "dense_global", "hard_global", "global43")
+VARIANTS = ("dense", "hard", "ste", "soft2", "soft43", "dense_global", "gradual_global", "hard_global", "global43")
 LABELS = {
     "dense": "dense, then pruned once (no fine-tuning)",
     "hard": "hard top-k",
@@ -28,17 +28,20 @@ LABELS = {
     "soft2": "soft, p = 2",
     "soft43": "soft, p = 4/3",
     "dense_global": "dense, then pruned once with one global threshold (global_unstructured)",
+    "gradual_global": "gradual global magnitude pruning (cubic schedule, one budget over the layers)",
     "hard_global": "global hard top-k (one budget over the layers)",
     "global43": "global soft, p = 4/3 (one budget over the layers)",
 }
 SHORT_LABELS = {"dense": "dense, pruned after", "hard": "hard", **common.PRUNING_SHORT_LABELS,
-                "dense_global": "dense, global prune after", "hard_global": "global hard",
+                "dense_global": "dense, global prune after", "gradual_global": "gradual global",
+                "hard_global": "global hard",
                 "global43": "global soft p=4/3"}
 STYLES = {
     "dense": dict(color="gray", marker="x", linestyle=":"),
     "hard": dict(color="black", marker="s", linestyle="--"),
     **common.PRUNING_STYLES,
     "dense_global": dict(color="tab:gray", marker="+", linestyle="-."),
+    "gradual_global": dict(color="tab:purple", marker="v", linestyle="--"),
     "hard_global": dict(color="tab:brown", marker="D", linestyle="--"),
     "global43": dict(color="tab:red", marker="o", linestyle="-"),
 }

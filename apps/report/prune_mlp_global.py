@@ -1,7 +1,7 @@
 """Report for global-budget pruning (build/bin/prune_mlp with the global variants,
 CSV prune_mlp_global.csv): the same table and plot as prune_mlp.py, for the run
-that compares one budget over the three layers (dense_global, hard_global,
-global43) with per-layer budgets, written to prune_mlp_global_accuracy.png.
+that compares one budget over the three layers (dense_global, gradual_global,
+hard_global, global43) with per-layer budgets, written to prune_mlp_global_accuracy.png.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ STYLES = {
 
 
 def _settings(rows) -> str:
-    soft = [r for r in rows if r["method"] in ("soft2", "soft43")]
+    soft = [r for r in rows if r["method"] in ("soft2", "soft43", "global43")]
     anneal = {1: "annealed linearly to 1%", 0: "not annealed"}
     parts = [
         f"{common.joined(rows, 'steps')} fine-tuning steps "
@@ -64,9 +64,22 @@ def _settings(rows) -> str:
     return "Settings (from the CSV): " + ", ".join(parts) + "."
 
 
-def _plot(stats, methods, sparsities, dense, oneshot_only, split, figures_dir) -> str:
+def spread_phrase(ns: set) -> str:
+    """How the table's cells spread, for the seed counts ns of its cells."""
+    if ns == {1}:
+        return "1 seed, so no spread"
+    if len(ns) == 1:
+        return f"mean ± standard deviation (sample, n - 1) over {min(ns)} fine-tuning seeds"
+    return "mean ± standard deviation (sample, n - 1) over the n seeds given in each cell"
+
+
+def plot(stats, methods, sparsities, dense, oneshot_only, split, figures_dir, labels=None, styles=None,
+         figure=FIGURE, title="Sparse fine-tuning of a small ViT on Fashion-MNIST") -> str:
+    """Accuracy against sparsity per method (vit_global.py passes its own labels, styles, figure
+    and title); oneshot_only (one-shot without fine-tuning per sparsity) may be empty."""
+    labels, styles = labels or SHORT_LABELS, styles or STYLES
     fig, ax = common.new_figure(7.5, 4.0)
-    common.plot_mean_std_lines(ax, stats, methods, sparsities, SHORT_LABELS, STYLES)
+    common.plot_mean_std_lines(ax, stats, methods, sparsities, labels, styles)
     # The fine-tuned methods differ by a few points: zoom on them (and the dense
     # line); the one-shot accuracies without fine-tuning are far below, in the table.
     finite = [stats[k][0] for k in stats if stats[k][2] > 0]
@@ -81,13 +94,12 @@ def _plot(stats, methods, sparsities, dense, oneshot_only, split, figures_dir) -
     common.sparsity_axis(ax, sparsities, "sparsity of the prunable weights (transformer blocks)")
     ax.set_ylabel(f"{split} accuracy, hard-pruned network")
     ax.set_ylim(max(low, 0.0), min(high, 1.0))
-    ax.set_title(f"Sparse fine-tuning of a small ViT on Fashion-MNIST ({common.seeds_in_title(stats)})",
-                 fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    method_labels = [SHORT_LABELS.get(m, m) for m in methods]
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in method_labels, i))
-    common.legend_right(ax, [handles[i] for i in order], [labels[i] for i in order])
-    return common.save_figure(fig, figures_dir, FIGURE)
+    ax.set_title(f"{title} ({common.seeds_in_title(stats)})", fontsize=10)
+    handles, shown = ax.get_legend_handles_labels()
+    method_labels = [labels.get(m, m) for m in methods]
+    order = sorted(range(len(shown)), key=lambda i: (shown[i] not in method_labels, i))
+    common.legend_right(ax, [handles[i] for i in order], [shown[i] for i in order])
+    return common.save_figure(fig, figures_dir, figure)
 
 
 def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
@@ -112,12 +124,7 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
     table.append(["one-shot magnitude pruning, no fine-tuning"] + [f"{oneshot_only[s]:.4f}" for s in sparsities])
     table.append(["dense checkpoint, before pruning"] + [f"{dense[0]:.4f}"] * len(sparsities))
 
-    if ns == {1}:
-        spread = "1 seed, so no spread"
-    elif len(ns) == 1:
-        spread = f"mean ± standard deviation (sample, n - 1) over {min(ns)} fine-tuning seeds"
-    else:
-        spread = "mean ± standard deviation (sample, n - 1) over the n seeds given in each cell"
+    spread = spread_phrase(ns)
     paragraphs = [
         f"Accuracy on the {split} set of the **hard-pruned** network after fine-tuning "
         f"(exactly k = round((1 - sparsity) · numel) non-zeros in every prunable layer; {spread}; "
@@ -154,6 +161,6 @@ def render(results_dir: pathlib.Path, figures_dir: pathlib.Path) -> str | None:
         f"the soft weights' non-zeros to the budget k.")
     paragraphs.append(common.markdown_table(detail_header, detail))
     paragraphs.append(_settings(rows))
-    link = _plot(stats, methods, sparsities, dense[0] if dense else None, oneshot_only, split, figures_dir)
+    link = plot(stats, methods, sparsities, dense[0] if dense else None, oneshot_only, split, figures_dir)
     paragraphs.append(common.image(f"{split.capitalize()} accuracy against sparsity, per method", link))
     return "\n\n".join(paragraphs)

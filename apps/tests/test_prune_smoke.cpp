@@ -71,14 +71,14 @@ TEST(PruneMlpSmoke, GlobalVariantsKeepTheTotalBudget) {
   write_synthetic_split(dir, "train", 64, 1);
   write_synthetic_split(dir, "t10k", 40, 2);
   const fs::path csv = dir / "out.csv";
-  const std::string command = std::string(PRUNE_MLP_PATH) + " --data-dir " + dir.string() + " --out " +
-                              csv.string() +
-                              " --steps 4 --batch-size 16 --log-every 2 --seeds 3 --sparsities 90,98 --threads 1"
-                              " --variants dense_global,hard_global,global43 > " +
-                              (dir / "log.txt").string() + " 2>&1";
+  const std::string command =
+      std::string(PRUNE_MLP_PATH) + " --data-dir " + dir.string() + " --out " + csv.string() +
+      " --steps 4 --batch-size 16 --log-every 2 --seeds 3 --sparsities 90,98 --threads 1"
+      " --variants dense_global,hard_global,global43,gradual_global > " +
+      (dir / "log.txt").string() + " 2>&1";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
-  // Header + dense_global (2 sparsities from one run) + 2 variants x 2 sparsities.
-  EXPECT_EQ(count_lines(csv), 1 + 2 + 4);
+  // Header + dense_global (2 sparsities from one run) + 3 variants x 2 sparsities.
+  EXPECT_EQ(count_lines(csv), 1 + 2 + 6);
   std::ifstream in(csv);
   std::string header;
   std::getline(in, header);
@@ -97,7 +97,23 @@ TEST(PruneMlpSmoke, GlobalVariantsKeepTheTotalBudget) {
     }
     ++rows;
   }
-  EXPECT_EQ(rows, 6);
+  EXPECT_EQ(rows, 8);
+  // gradual_global reports its scheduled sparsity, at the target by the last step.
+  std::ifstream log(dir / "log.txt");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("[gradual_global s=98% seed=3] step 4/4"), std::string::npos) << text;
+  EXPECT_NE(text.find("sparsity 98.0%"), std::string::npos) << text;
+
+  // A bad variant names the flag and the value.
+  const std::string bad = std::string(PRUNE_MLP_PATH) + " --data-dir " + dir.string() +
+                          " --variants hard_global,gradual_globl --out " +
+                          (dir / "x.csv").string() + " > " + (dir / "bad.txt").string() + " 2>&1";
+  EXPECT_NE(std::system(bad.c_str()), 0);
+  std::ifstream bad_log(dir / "bad.txt");
+  const std::string bad_text((std::istreambuf_iterator<char>(bad_log)),
+                             std::istreambuf_iterator<char>());
+  EXPECT_NE(bad_text.find("--variants"), std::string::npos) << bad_text;
+  EXPECT_NE(bad_text.find("gradual_globl"), std::string::npos) << bad_text;
   fs::remove_all(dir);
 }
 

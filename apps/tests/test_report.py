@@ -10,7 +10,7 @@ APPS = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(APPS))
 
 import make_report  # noqa: E402
-from report import common, moe_expert, prune_mlp, prune_mlp_global, vit_topk  # noqa: E402
+from report import common, moe_expert, prune_mlp, prune_mlp_global, vit, vit_global, vit_topk  # noqa: E402
 
 REPO = APPS.parent
 
@@ -278,3 +278,48 @@ def test_vit_topk_tables_per_noise_level_and_the_plot(tmp_path):
     assert "| `ce` | 2 | **0.400 ± 0.014** | 0.550 ± 0.000 | 0.700 ± 0.014 |" in noisy
     assert (tmp_path / "figures" / "vit_topk_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert vit_topk.render(tmp_path / "absent", tmp_path / "figures") is None
+
+
+def write_vit_csv(path, columns, records, dense=0.87):
+    """records: (method, sparsity, seed, finetuned_acc[, nnz_per_layer]); other columns filled in."""
+    base = {c: 0 for c in columns}
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for method, sparsity, seed, acc, *rest in records:
+            writer.writerow({**base, "method": method, "sparsity": sparsity, "seed": seed, "eval_split": "test",
+                             "dense_acc": dense, "oneshot_acc": 0.12 if sparsity == 90 else 0.13,
+                             "finetuned_acc": acc, "as_trained_acc": acc, "nnz": 6 if sparsity == 90 else 3,
+                             "prunable": 60, "steps": 150, "epochs": 0.35, "batch_size": 128, "lr": 0.003,
+                             "band": 1, "anneal": 1, "pretrain_steps": 2150, "checkpoint_loaded": 1,
+                             **({"oneshot_global_acc": 0.30 if sparsity == 90 else 0.20, "layers": "a;b",
+                                 "prunable_per_layer": "40;20", "nnz_per_layer": rest[0] if rest else "4;2"}
+                                if "layers" in columns else {})})
+
+
+def test_vit_global_joins_the_per_layer_rows_of_the_same_checkpoint(tmp_path):
+    write_vit_csv(tmp_path / "vit_finetune_global.csv", vit_global.COLUMNS, [
+        ("global43", 90, 1, 0.84, "4;2"), ("global43", 90, 2, 0.82, "2;4"),
+        ("oneshot_global", 90, 1, 0.79), ("oneshot_global", 90, 2, 0.81)])
+    write_vit_csv(tmp_path / "vit_finetune.csv", vit.COLUMNS, [("soft43", 90, 1, 0.825), ("soft43", 90, 2, 0.825)])
+    body = vit_global.render(tmp_path, tmp_path / "figures")
+    rows = table_rows(body)
+    assert rows[vit_global.LABELS["global43"]] == ["**0.8300 ± 0.0141**"]
+    assert rows[vit_global.LABELS["soft43"]] == ["0.8250 ± 0.0000"]
+    assert rows[vit_global.LABELS["oneshot_global"]] == ["0.8000 ± 0.0141"]
+    assert rows["one-shot global magnitude pruning, no fine-tuning"] == ["0.3000"]
+    assert rows["one-shot magnitude pruning per layer, no fine-tuning"] == ["0.1200"]
+    assert rows["dense checkpoint, before pruning"] == ["0.8700"]
+    # The split of the budget: layer a keeps (4/40 + 2/40) / 2, layer b (2/20 + 4/20) / 2.
+    assert rows["global soft p = 4/3"] == ["90%", "7.5%", "15.0%"]
+    assert "the same dense and one-shot accuracies" in body
+    assert (tmp_path / "figures" / vit_global.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert vit_global.render(tmp_path / "absent", tmp_path / "figures") is None
+
+
+def test_vit_global_leaves_out_per_layer_rows_of_another_checkpoint(tmp_path):
+    write_vit_csv(tmp_path / "vit_finetune_global.csv", vit_global.COLUMNS, [("global43", 90, 1, 0.84)])
+    write_vit_csv(tmp_path / "vit_finetune.csv", vit.COLUMNS, [("soft43", 90, 1, 0.825)], dense=0.86)
+    body = vit_global.render(tmp_path, tmp_path / "figures")
+    assert vit_global.LABELS["soft43"] not in table_rows(body)
+    assert "another dense checkpoint" in body

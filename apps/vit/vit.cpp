@@ -150,6 +150,19 @@ std::vector<at::Tensor> hard_pruned_weights(const Vit& model, double sparsity_pe
   return pruned;
 }
 
+int64_t kept_total(const std::vector<at::Tensor>& weights, double sparsity_percent) {
+  int64_t k = 0;
+  for (const auto& w : weights) k += kept(w.numel(), sparsity_percent);
+  return k;
+}
+
+std::vector<at::Tensor> hard_pruned_weights_global(const Vit& model, double sparsity_percent) {
+  ::torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> weights;
+  for (const auto& w : model->prunable_weights()) weights.push_back(w.detach());
+  return sparsetopk::torch::hard_topk_mag_global(weights, kept_total(weights, sparsity_percent));
+}
+
 std::vector<double> topk_accuracies(Vit& model, const at::Tensor& images_u8, const at::Tensor& labels,
                                     const std::vector<int64_t>& ks) {
   ::torch::NoGradGuard no_grad;

@@ -2,7 +2,7 @@
 // A small vision transformer for 28x28 grey images (Fashion-MNIST), written
 // with explicit weight tensors so that a forward pass can substitute pruned
 // versions of the Linear weights inside the transformer blocks, and the
-// per-layer top-k pruning helpers used by apps/vit/vit_finetune.cpp.
+// per-layer and global top-k pruning helpers used by apps/vit/vit_finetune.cpp.
 //
 // Model: the image is cut into (28/patch)^2 non-overlapping patches (a
 // (28/patch) x (width/patch) grid for images of another width), each
@@ -128,6 +128,17 @@ double band_to_l(double band, double p, double tau);
 
 // Hard-pruned copies (detached) of every prunable weight of `model`.
 std::vector<at::Tensor> hard_pruned_weights(const Vit& model, double sparsity_percent);
+
+// ---- one budget over all prunable layers (global pruning) ----
+
+// The global budget: the sum over `weights` of kept(numel, sparsity_percent),
+// so a global method keeps as many weights as the per-layer ones.
+int64_t kept_total(const std::vector<at::Tensor>& weights, double sparsity_percent);
+
+// Hard-pruned copies (detached) of every prunable weight of `model` under one
+// budget: hard_topk_mag_global over all of them with K = kept_total (exactly K
+// non-zeros in all, however they fall between the layers).
+std::vector<at::Tensor> hard_pruned_weights_global(const Vit& model, double sparsity_percent);
 
 // For each k of `ks`, the fraction of `images` [N, features] uint8 whose
 // label (`labels` [N]) is among the k highest logits (ties broken by index),

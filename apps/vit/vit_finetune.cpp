@@ -21,13 +21,29 @@
 //            support is re-chosen at every step from dense weights
 //   soft2    soft_topk_mag(W, k, l, p = 2): exact gradient through the band
 //   soft43   soft_topk_mag(W, k, l, p = 4/3)
+// and the global-budget methods, one budget K = the sum of the layers' k over
+// all prunable layers together (sparsetopk::torch::*_global, docs/global.md),
+// so that they keep as many weights as the per-layer methods:
+//   oneshot_global  one-shot global magnitude pruning of the checkpoint
+//                   (torch.nn.utils.prune.global_unstructured style), then
+//                   fine-tuning with the mask fixed
+//   gradual_global  gradual global magnitude pruning: hard_topk_mag_global
+//                   with the budget shrinking from dense to K along gradual's
+//                   cubic schedule (common/pruning.hpp); pruned weights zeroed
+//                   after every step
+//   hard_global     hard_topk_mag_global(W, K): gradient to the kept weights
+//   ste_global      hard global top-k forward, straight-through gradient
+//   global43        soft_topk_mag_global(W, K, l, p = 4/3): one l for all
+//                   layers, from tau = the K-th largest |w| over all of them
 // Every fine-tuned network is evaluated HARD-pruned: hard_topk_mag(W, k) per
-// layer, exactly k non-zeros per prunable layer.
+// layer, exactly k non-zeros per prunable layer; the global methods with
+// hard_topk_mag_global(W, K), exactly K non-zeros over all prunable layers.
 //
 // l rule (same as apps/prune_mlp.cpp, docs/applications.md): --band b is a
 // relative band width around tau, the layer's k-th largest |w| (re-measured,
 // detached, at every step): p = 2: l = b; p = 4/3: l = b * tau^(2/3). b is
-// annealed linearly to 1% of its value over fine-tuning.
+// annealed linearly to 1% of its value over fine-tuning. global43: the same
+// with tau the K-th largest |w| over all prunable layers, one l for all.
 //
 // --val-size N holds out the last N training images: pre-training and
 // fine-tuning use the others. --eval val then measures every accuracy on the
@@ -56,10 +72,13 @@
 //     --finetune-steps 150 --seeds 1,2,3 --sparsities 90,95
 //     --methods oneshot,gradual,ste,soft2,soft43 --lr 3e-3 --band 1 --out vit_finetune.csv
 // Short run (about 50 s): vit_finetune --quick --methods oneshot,soft43 --retrain
+// Global-budget methods (docs/applications.md): the full run's flags with
+//     --methods oneshot_global,gradual_global,hard_global,ste_global,global43
 
 #include "common/args.hpp"
 #include "common/csv.hpp"
 #include "common/progress.hpp"
+#include "common/pruning.hpp"
 #include "data/idx.hpp"
 #include "vit/options.hpp"
 #include "vit/training.hpp"
@@ -81,18 +100,43 @@ namespace {
 
 namespace apps = sparsetopk::apps;
 namespace vit = sparsetopk::apps::vit;
+namespace stt = sparsetopk::torch;
 
-enum class Method { oneshot, gradual, ste, soft2, soft43 };
+enum class Method {
+  oneshot,
+  gradual,
+  ste,
+  soft2,
+  soft43,
+  oneshot_global,
+  gradual_global,
+  hard_global,
+  ste_global,
+  global43
+};
 
 const apps::NameTable<Method> kMethods{{"oneshot", Method::oneshot},
                                        {"gradual", Method::gradual},
                                        {"ste", Method::ste},
                                        {"soft2", Method::soft2},
-                                       {"soft43", Method::soft43}};
+                                       {"soft43", Method::soft43},
+                                       {"oneshot_global", Method::oneshot_global},
+                                       {"gradual_global", Method::gradual_global},
+                                       {"hard_global", Method::hard_global},
+                                       {"ste_global", Method::ste_global},
+                                       {"global43", Method::global43}};
 
 std::string name(Method m) { return apps::name_in(kMethods, m); }
 
-bool is_soft(Method m) { return m == Method::soft2 || m == Method::soft43; }
+bool is_soft(Method m) {
+  return m == Method::soft2 || m == Method::soft43 || m == Method::global43;
+}
+
+// One budget over all prunable layers (evaluated with the global hard top-k).
+bool is_global(Method m) {
+  return m == Method::oneshot_global || m == Method::gradual_global || m == Method::hard_global ||
+         m == Method::ste_global || m == Method::global43;
+}
 
 struct Options : vit::SharedOptions {
   std::string out = "vit_finetune.csv";
@@ -111,9 +155,9 @@ struct Options : vit::SharedOptions {
 const char* kUsage = R"(usage: vit_finetune [options]
 
 Trains a small vision transformer densely (or loads it from --checkpoint),
-then fine-tunes it under a per-layer weight budget with each method and
-evaluates the hard-pruned network; writes one CSV row per (method, sparsity,
-seed).
+then fine-tunes it under a weight budget (per layer, or one over all
+prunable layers for the *_global methods) with each method and evaluates the
+hard-pruned network; writes one CSV row per (method, sparsity, seed).
 
   --data-dir DIR        IDX gzip files {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
                         (default /usr/share/datasets/fashion-mnist)
@@ -128,13 +172,17 @@ seed).
   --finetune-epochs N   fine-tuning epochs per run (default 2)
   --finetune-steps N    > 0 overrides --finetune-epochs (default 0)
   --seeds LIST          fine-tuning seeds (batch order), comma-separated (default 1)
-  --methods LIST        from oneshot,gradual,ste,soft2,soft43 (default all)
+  --methods LIST        from oneshot,gradual,ste,soft2,soft43 (per-layer budgets;
+                        the default) and oneshot_global,gradual_global,
+                        hard_global,ste_global,global43 (one budget over all
+                        prunable layers)
   --sparsities LIST     percent of prunable weights removed (default 90,95)
   --batch-size N        (default 128)
   --lr X                Adam lr of fine-tuning, cosine-decayed (default 3e-3)
-  --band X              relative band width that sets l for soft2/soft43:
+  --band X              relative band width that sets l for soft2/soft43/global43:
                         p = 2: l = X; p = 4/3: l = X * tau^(2/3), tau the
-                        k-th largest |w| of the layer (default 1)
+                        k-th largest |w| of the layer (global43: of all
+                        prunable layers) (default 1)
   --band2 X             the band of soft2 only (default: --band)
   --anneal 0|1          anneal the band linearly to 1% over fine-tuning (default 1)
   --patch N             patch side, divides 28 (default 7: 16 patches)
@@ -227,6 +275,8 @@ struct Row {
   double dense_acc, oneshot_acc, finetuned_acc, as_trained_acc;
   int64_t nnz, prunable, total_params, steps;
   double epochs, l_start, soft_nnz_over_k_max, train_loss, train_acc, seconds;
+  std::string
+      nnz_per_layer;  // non-zeros of the evaluated network per prunable layer, ';'-separated
 };
 
 // One fine-tuning run from the checkpoint.
@@ -243,12 +293,16 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
     prunable += w.numel();
     k_total += ks.back();
   }
-  // oneshot: prune once, keep the mask.
+  // oneshot, oneshot_global: prune once, keep the mask.
   std::vector<at::Tensor> masks;
-  if (m == Method::oneshot) {
+  if (m == Method::oneshot || m == Method::oneshot_global) {
     torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> detached;
+    for (const auto& w : weights) detached.push_back(w.detach());
+    const auto global = m == Method::oneshot_global ? stt::hard_topk_mag_global(detached, k_total)
+                                                    : std::vector<at::Tensor>{};
     for (size_t i = 0; i < weights.size(); ++i) {
-      weights[i].copy_(vit::hard_prune(weights[i], ks[i]));
+      weights[i].copy_(m == Method::oneshot ? vit::hard_prune(weights[i], ks[i]) : global[i]);
       masks.push_back(weights[i].ne(0).to(weights[i].scalar_type()));
     }
   }
@@ -257,21 +311,56 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
   const auto band_at = [&](int64_t step) {
     return o.anneal ? band * std::max(1.0 - static_cast<double>(step - 1) / static_cast<double>(steps), 0.01) : band;
   };
-  // gradual: target reached at 75% of the steps.
-  const int64_t ramp = std::max<int64_t>(1, (3 * steps) / 4);
+  // gradual, gradual_global: target reached at 75% of the steps.
   const auto gradual_sparsity = [&](int64_t step) {
-    const double t = std::min(1.0, static_cast<double>(step) / static_cast<double>(ramp));
-    return sparsity * (1.0 - std::pow(1.0 - t, 3.0));
+    return apps::gradual_sparsity(sparsity, step, steps);
+  };
+  // The weights the forward pass uses at `step` under the global budget.
+  const auto global_weights = [&](int64_t step, double* l_mean) {
+    std::vector<at::Tensor> used;
+    double l = 0;
+    switch (m) {
+      case Method::oneshot_global:
+        for (size_t i = 0; i < weights.size(); ++i) used.push_back(weights[i] * masks[i]);
+        break;
+      case Method::gradual_global:
+        used = stt::hard_topk_mag_global(weights, vit::kept_total(weights, gradual_sparsity(step)));
+        break;
+      case Method::hard_global:
+        used = stt::hard_topk_mag_global(weights, k_total);
+        break;
+      case Method::ste_global: {
+        std::vector<at::Tensor> detached;
+        for (const auto& w : weights) detached.push_back(w.detach());
+        const auto hard = stt::hard_topk_mag_global(detached, k_total);
+        for (size_t i = 0; i < weights.size(); ++i)
+          used.push_back(weights[i] + (hard[i] - detached[i]));
+        break;
+      }
+      case Method::global43:
+        l = vit::band_to_l(band_at(step), 4.0 / 3.0, apps::kth_magnitude_global(weights, k_total));
+        used = stt::soft_topk_mag_global(weights, k_total, l, 4.0 / 3.0);
+        break;
+      default:  // per-layer methods: training_weights
+        break;
+    }
+    if (l_mean != nullptr) *l_mean = l;
+    return used;
   };
   // The weights the forward pass uses at `step` (band: the soft methods' band).
   const auto training_weights = [&](int64_t step, double* l_mean) {
+    if (is_global(m)) return global_weights(step, l_mean);
     std::vector<at::Tensor> used;
     double l_sum = 0;
     for (size_t i = 0; i < weights.size(); ++i) {
       const auto& w = weights[i];
       switch (m) {
-        case Method::oneshot: used.push_back(w * masks[i]); break;
-        case Method::gradual: used.push_back(vit::hard_prune(w, vit::kept(w.numel(), gradual_sparsity(step)))); break;
+        case Method::oneshot:
+          used.push_back(w * masks[i]);
+          break;
+        case Method::gradual:
+          used.push_back(vit::hard_prune(w, vit::kept(w.numel(), gradual_sparsity(step))));
+          break;
         case Method::ste: {
           const auto hard = vit::hard_prune(w.detach(), ks[i]);
           used.push_back(w + (hard - w.detach()));
@@ -284,6 +373,8 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
           used.push_back(vit::soft_prune(w, ks[i], l, p));
           break;
         }
+        default:  // global methods: global_weights
+          break;
       }
     }
     if (l_mean != nullptr) *l_mean = l_sum / static_cast<double>(weights.size());
@@ -311,6 +402,11 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
       // Zero the pruned weights, so that they stay pruned as the sparsity rises.
       torch::NoGradGuard no_grad;
       for (const auto& w : weights) w.copy_(vit::hard_prune(w, vit::kept(w.numel(), gradual_sparsity(step))));
+    } else if (m == Method::gradual_global) {
+      torch::NoGradGuard no_grad;
+      const auto pruned =
+          stt::hard_topk_mag_global(weights, vit::kept_total(weights, gradual_sparsity(step)));
+      for (size_t i = 0; i < weights.size(); ++i) weights[i].copy_(pruned[i]);
     }
     progress.step(loss.item<double>(), static_cast<double>(correct(logits, batch.y)),
                   static_cast<double>(batch.y.size(0)));
@@ -324,7 +420,7 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
         char buffer[64];
         std::snprintf(buffer, sizeof buffer, "nnz/k %.3f  l %.3g", ratio, l_mean);
         extra = buffer;
-      } else if (m == Method::gradual) {
+      } else if (m == Method::gradual || m == Method::gradual_global) {
         char buffer[64];
         std::snprintf(buffer, sizeof buffer, "sparsity %.1f%%", gradual_sparsity(step));
         extra = buffer;
@@ -334,9 +430,15 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  const auto hard = vit::hard_pruned_weights(net, sparsity);
+  const auto hard = is_global(m) ? vit::hard_pruned_weights_global(net, sparsity)
+                                 : vit::hard_pruned_weights(net, sparsity);
   int64_t nnz = 0;
-  for (const auto& w : hard) nnz += w.ne(0).sum().item<int64_t>();
+  std::string nnz_per_layer;
+  for (const auto& w : hard) {
+    const int64_t layer_nnz = w.ne(0).sum().item<int64_t>();
+    nnz += layer_nnz;
+    nnz_per_layer += (nnz_per_layer.empty() ? "" : ";") + std::to_string(layer_nnz);
+  }
   const double finetuned_acc = vit::accuracy(net, data.eval.images, data.eval.labels, hard);
   double as_trained_acc = finetuned_acc;
   if (is_soft(m)) {
@@ -352,10 +454,24 @@ Row finetune(const Options& o, Method m, double sparsity, uint64_t seed, const s
               tag_text.c_str(), data.eval_split.c_str(), dense_acc, oneshot_acc, finetuned_acc, as_trained_acc,
               static_cast<long long>(nnz), static_cast<long long>(prunable));
   std::fflush(stdout);
-  return Row{name(m), sparsity, seed, dense_acc, oneshot_acc, finetuned_acc, as_trained_acc, nnz, prunable,
-             total_params, steps,
-             static_cast<double>(steps) / static_cast<double>(batcher.batches_per_epoch()), l_start, nnz_ratio_max,
-             progress.last_loss(), progress.last_accuracy(), seconds};
+  return Row{name(m),
+             sparsity,
+             seed,
+             dense_acc,
+             oneshot_acc,
+             finetuned_acc,
+             as_trained_acc,
+             nnz,
+             prunable,
+             total_params,
+             steps,
+             static_cast<double>(steps) / static_cast<double>(batcher.batches_per_epoch()),
+             l_start,
+             nnz_ratio_max,
+             progress.last_loss(),
+             progress.last_accuracy(),
+             seconds,
+             nnz_per_layer};
 }
 
 Data load(const Options& o) {
@@ -415,26 +531,42 @@ int main(int argc, char** argv) {
     std::printf("dense model: %lld parameters, %lld prunable (%zu layers); %s accuracy %.4f\n",
                 static_cast<long long>(total_params), static_cast<long long>(prunable),
                 model->prunable_weights().size(), data.eval_split.c_str(), dense_acc);
-    std::map<double, double> oneshot_acc;
+    // The prunable layers, for the per-layer non-zeros of the CSV: names and sizes, ';'-separated.
+    std::string layer_names, layer_sizes;
+    for (const auto& n : model->prunable_names())
+      layer_names += (layer_names.empty() ? "" : ";") + n;
+    for (const auto& w : model->prunable_weights())
+      layer_sizes += (layer_sizes.empty() ? "" : ";") + std::to_string(w.numel());
+    std::map<double, double> oneshot_acc, oneshot_global_acc;
     for (const double s : o.sparsities) {
       oneshot_acc[s] = vit::accuracy(model, data.eval.images, data.eval.labels, vit::hard_pruned_weights(model, s));
-      std::printf("one-shot magnitude pruning at %.0f%%, no fine-tuning: %s accuracy %.4f\n", s,
-                  data.eval_split.c_str(), oneshot_acc[s]);
+      oneshot_global_acc[s] = vit::accuracy(model, data.eval.images, data.eval.labels,
+                                            vit::hard_pruned_weights_global(model, s));
+      std::printf(
+          "one-shot magnitude pruning at %.0f%%, no fine-tuning: %s accuracy %.4f (per layer), "
+          "%.4f (one "
+          "global threshold)\n",
+          s, data.eval_split.c_str(), oneshot_acc[s], oneshot_global_acc[s]);
     }
     std::fflush(stdout);
 
-    apps::CsvFile csv(o.out,
-                      "method,sparsity,seed,eval_split,dense_acc,oneshot_acc,finetuned_acc,as_trained_acc,nnz,"
-                      "prunable,total_params,steps,epochs,batch_size,lr,band,anneal,l_start,soft_nnz_over_k_max,"
-                      "train_loss,train_acc,seconds,pretrain_steps,pretrain_seconds,checkpoint_loaded");
+    apps::CsvFile csv(
+        o.out,
+        "method,sparsity,seed,eval_split,dense_acc,oneshot_acc,finetuned_acc,as_trained_acc,nnz,"
+        "prunable,total_params,steps,epochs,batch_size,lr,band,anneal,l_start,soft_nnz_over_k_max,"
+        "train_loss,train_acc,seconds,pretrain_steps,pretrain_seconds,checkpoint_loaded,oneshot_"
+        "global_acc,"
+        "layers,prunable_per_layer,nnz_per_layer");
     for (const auto seed : o.seeds) {
       for (const double s : o.sparsities) {
         for (const auto m : o.methods) {
           const Row r = finetune(o, m, s, seed, tag, data, steps, dense_acc, oneshot_acc[s], progress);
-          csv.row(r.method, r.sparsity, r.seed, data.eval_split, r.dense_acc, r.oneshot_acc, r.finetuned_acc,
-                  r.as_trained_acc, r.nnz, r.prunable, r.total_params, r.steps, r.epochs, o.batch_size, o.lr,
-                  band_of(o, m), o.anneal ? 1 : 0, r.l_start, r.soft_nnz_over_k_max, r.train_loss, r.train_acc,
-                  r.seconds, pretrain_steps, pretrain_seconds, loaded ? 1 : 0);
+          csv.row(r.method, r.sparsity, r.seed, data.eval_split, r.dense_acc, r.oneshot_acc,
+                  r.finetuned_acc, r.as_trained_acc, r.nnz, r.prunable, r.total_params, r.steps,
+                  r.epochs, o.batch_size, o.lr, band_of(o, m), o.anneal ? 1 : 0, r.l_start,
+                  r.soft_nnz_over_k_max, r.train_loss, r.train_acc, r.seconds, pretrain_steps,
+                  pretrain_seconds, loaded ? 1 : 0, oneshot_global_acc[s], layer_names, layer_sizes,
+                  r.nnz_per_layer);
         }
       }
     }

@@ -2,15 +2,18 @@
 // on a tiny synthetic IDX dataset written here.
 #include "tests/run_program.hpp"
 #include "tests/synthetic_mnist.hpp"
+#include "common/pruning.hpp"
 #include "data/idx.hpp"
 #include "vit/vit.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -197,6 +200,53 @@ TEST(Pruning, BandToL) {
   EXPECT_NEAR(vit::band_to_l(0.5, 4.0 / 3.0, 0.125), 0.5 * 0.25, 1e-15);
 }
 
+TEST(Pruning, GradualScheduleIsCubicAndReachesTheTargetAt75Percent) {
+  EXPECT_DOUBLE_EQ(sparsetopk::apps::gradual_sparsity(90, 0, 100), 0.0);
+  EXPECT_DOUBLE_EQ(sparsetopk::apps::gradual_sparsity(90, 75, 100), 90.0);
+  EXPECT_DOUBLE_EQ(sparsetopk::apps::gradual_sparsity(90, 100, 100), 90.0);
+  EXPECT_NEAR(sparsetopk::apps::gradual_sparsity(90, 25, 100), 90.0 * (1 - std::pow(2.0 / 3.0, 3)),
+              1e-12);
+  double last = 0;
+  for (int64_t step = 1; step <= 100; ++step) {
+    const double s = sparsetopk::apps::gradual_sparsity(90, step, 100);
+    EXPECT_GE(s, last) << step;
+    last = s;
+  }
+  EXPECT_DOUBLE_EQ(sparsetopk::apps::gradual_sparsity(50, 1, 1),
+                   50.0);  // a ramp of at least one step
+}
+
+TEST(Pruning, GlobalBudgetIsTheSumOfTheLayersAndKeepsTheLargestOverall) {
+  torch::manual_seed(5);
+  vit::Vit net(small_config());
+  const auto weights = net->prunable_weights();
+  const int64_t k = vit::kept_total(weights, 90);
+  int64_t expected = 0;
+  for (const auto& w : weights) expected += vit::kept(w.numel(), 90);
+  EXPECT_EQ(k, expected);
+  const auto pruned = vit::hard_pruned_weights_global(net, 90);
+  ASSERT_EQ(pruned.size(), weights.size());
+  int64_t nnz = 0;
+  double smallest_kept = 1e30, largest_pruned = 0;
+  for (size_t i = 0; i < pruned.size(); ++i) {
+    EXPECT_FALSE(pruned[i].requires_grad());
+    EXPECT_EQ(pruned[i].sizes(), weights[i].sizes());
+    const auto kept = pruned[i].ne(0);
+    nnz += kept.sum().item<int64_t>();
+    const auto magnitude = weights[i].detach().abs();
+    if (kept.any().item<bool>())
+      smallest_kept = std::min(smallest_kept, magnitude.masked_select(kept).min().item<double>());
+    if ((~kept).any().item<bool>())
+      largest_pruned =
+          std::max(largest_pruned, magnitude.masked_select(~kept).max().item<double>());
+    EXPECT_TRUE(
+        torch::equal(pruned[i].masked_select(kept), weights[i].detach().masked_select(kept)));
+  }
+  EXPECT_EQ(nnz, k);
+  EXPECT_GE(smallest_kept, largest_pruned);
+  EXPECT_DOUBLE_EQ(sparsetopk::apps::kth_magnitude_global(weights, k), smallest_kept);
+}
+
 TEST(Checkpoint, RoundTripRestoresTheOutputs) {
   const fs::path path = fs::temp_directory_path() / ("sparsetopk_vit_ckpt_" + std::to_string(::getpid()) + ".pt");
   torch::manual_seed(9);
@@ -292,6 +342,84 @@ TEST(VitFinetuneSmoke, AllMethodsRunWriteCsvAndReuseTheCheckpoint) {
   EXPECT_NE(read_text(dir / "bad2.txt").find("--lr"), std::string::npos);
   EXPECT_EQ(run("--data-dir " + (dir / "missing").string(), dir / "bad3.txt"), 2);
   EXPECT_NE(read_text(dir / "bad3.txt").find("no such file"), std::string::npos) << read_text(dir / "bad3.txt");
+  fs::remove_all(dir);
+}
+
+// The global-budget methods: one K = the sum of the per-layer k over all
+// prunable layers, evaluated with the global hard top-k, so the network keeps
+// exactly K weights in all, split between the layers by magnitude.
+TEST(VitFinetuneSmoke, GlobalMethodsKeepTheTotalBudget) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("sparsetopk_vit_global_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  write_synthetic_split(dir, "train", 64, 1);
+  write_synthetic_split(dir, "t10k", 40, 2);
+  const fs::path csv = dir / "out.csv";
+  const std::string common =
+      "--data-dir " + dir.string() + " --out " + csv.string() + " --checkpoint " +
+      (dir / "dense.pt").string() +
+      " --depth 1 --dim 16 --mlp 32 --pretrain-steps 4 --finetune-steps 8 --batch-size 16"
+      " --log-every 2 --seeds 3 --sparsities 90,95 --threads 1";
+  const std::string methods =
+      " --methods oneshot_global,gradual_global,hard_global,ste_global,global43";
+  ASSERT_EQ(run(common + methods, dir / "log.txt"), 0) << read_text(dir / "log.txt");
+  const std::string log = read_text(dir / "log.txt");
+  EXPECT_NE(log.find("(one global threshold)"), std::string::npos) << log;
+  EXPECT_NE(log.find("[gradual_global s=95% seed=3] step 8/8"), std::string::npos) << log;
+  EXPECT_NE(log.find("sparsity 95.0%"), std::string::npos) << log;
+
+  std::ifstream in(csv);
+  std::string header;
+  std::getline(in, header);
+  std::vector<std::string> columns;
+  {
+    std::stringstream stream(header);
+    for (std::string c; std::getline(stream, c, ',');) columns.push_back(c);
+  }
+  const auto column = [&](const std::string& name) {
+    const auto it = std::find(columns.begin(), columns.end(), name);
+    EXPECT_NE(it, columns.end()) << name << " not in " << header;
+    return static_cast<size_t>(it - columns.begin());
+  };
+  const size_t method = column("method"), sparsity = column("sparsity"), nnz = column("nnz"),
+               per_layer = column("nnz_per_layer"), l_start = column("l_start"),
+               global_acc = column("oneshot_global_acc"), finetuned = column("finetuned_acc");
+  std::map<std::string, int> rows;
+  for (std::string line; std::getline(in, line);) {
+    EXPECT_EQ(line.find("nan"), std::string::npos) << line;
+    std::vector<std::string> cells;
+    std::stringstream stream(line);
+    for (std::string cell; std::getline(stream, cell, ',');) cells.push_back(cell);
+    ASSERT_EQ(cells.size(), columns.size()) << line;
+    ++rows[cells[method]];
+    // K = the per-layer budgets summed (768, 256, 512, 512 weights): 77 + 26 + 51 + 51, 38 + 13 +
+    // 26 + 26.
+    const int64_t expected = cells[sparsity] == "90" ? 205 : 103;
+    EXPECT_EQ(cells[nnz], std::to_string(expected)) << line;
+    int64_t sum = 0, layers = 0;
+    std::stringstream parts(cells[per_layer]);
+    for (std::string part; std::getline(parts, part, ';'); ++layers) sum += std::stoll(part);
+    EXPECT_EQ(layers, 4) << line;
+    EXPECT_EQ(sum, expected) << line;
+    EXPECT_EQ(cells[column("layers")], "block0.qkv;block0.out;block0.fc1;block0.fc2") << line;
+    EXPECT_EQ(cells[column("prunable_per_layer")], "768;256;512;512") << line;
+    for (const size_t c : {global_acc, finetuned}) {
+      EXPECT_GE(std::stod(cells[c]), 0.0) << line;
+      EXPECT_LE(std::stod(cells[c]), 1.0) << line;
+    }
+    if (cells[method] == "global43") EXPECT_GT(std::stod(cells[l_start]), 0.0) << line;
+  }
+  EXPECT_EQ(rows, (std::map<std::string, int>{{"oneshot_global", 2},
+                                              {"gradual_global", 2},
+                                              {"hard_global", 2},
+                                              {"ste_global", 2},
+                                              {"global43", 2}}));
+
+  // A bad method names the flag and the value.
+  EXPECT_EQ(run(common + " --methods hard_global,global44", dir / "bad.txt"), 2);
+  const std::string bad = read_text(dir / "bad.txt");
+  EXPECT_NE(bad.find("--methods"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("global44"), std::string::npos) << bad;
   fs::remove_all(dir);
 }
 
