@@ -43,6 +43,42 @@ struct KthKeys {
   double s_k, s_next;
 };
 
+// choose_digit (radix_select.hpp) by each warp on its own, the same answer on
+// every lane: lane j sums the 8 digits 255 - 8j down to 248 - 8j, a scan over
+// the lanes finds the lane whose digits hold the remaining-th key, and every
+// lane walks those 8 (about 20 steps, where one thread's walk over the 256
+// counters takes up to 256 dependent reads of shared memory). Counts of a
+// row of up to 16,384 entries fit 32 bits.
+template <class U>
+__device__ void warp_choose_digit(const unsigned* counts, int shift, U& prefix, long long& remaining,
+                                  long long& ties) {
+  constexpr int kPerLane = kRadixSize / static_cast<int>(kWarpSize);
+  const int lane = static_cast<int>(threadIdx.x % kWarpSize);
+  const unsigned* mine = counts + kRadixSize - kPerLane * (lane + 1);  // digits in [8 (31 - lane), 8 (32 - lane))
+  unsigned group = 0;
+  for (int i = 0; i < kPerLane; ++i) group += mine[i];
+  unsigned inclusive = group;  // the keys in the digits of lanes 0..lane
+  for (int offset = 1; offset < static_cast<int>(kWarpSize); offset *= 2) {
+    const unsigned before = __shfl_up_sync(kFullMask, inclusive, static_cast<unsigned>(offset));
+    if (lane >= offset) inclusive += before;
+  }
+  const long long wanted = remaining;
+  const unsigned holders = __ballot_sync(kFullMask, inclusive - group < wanted && wanted <= inclusive);
+  if (holders == 0) return;  // (no digit holds it: as choose_digit, nothing changes)
+  const int holder = __ffs(static_cast<int>(holders)) - 1;
+  long long above = __shfl_sync(kFullMask, inclusive - group, holder);
+  for (int d = kRadixSize - 1 - kPerLane * holder; d > kRadixSize - 1 - kPerLane * (holder + 1); --d) {
+    const long long count = static_cast<long long>(counts[d]);
+    if (above + count >= wanted) {
+      prefix |= static_cast<U>(d) << shift;
+      remaining = wanted - above;
+      ties = count;
+      return;
+    }
+    above += count;
+  }
+}
+
 // Radix selection over the keys' order-preserving bits (radix_select.hpp):
 // one pass per 8-bit digit, the team counting the digits of the keys that
 // match the prefix so far into shared memory; then the (k+1)-th key: a tie
@@ -62,7 +98,7 @@ __device__ KthKeys<T> select_kth_keys(const Team& team, Form form, const T* row,
       if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
     }
     team.sync();
-    choose_digit(counts, shift, prefix, remaining, ties);  // every thread: the same digit
+    warp_choose_digit(counts, shift, prefix, remaining, ties);  // every warp: the same digit
     team.sync();
   }
   U next = prefix;
