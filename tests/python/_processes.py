@@ -82,16 +82,15 @@ def _worker(function, rank, world, port, connection, log_path, args):
     try:
         store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=COLLECTIVE_TIMEOUT)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-        try:
-            result = function(rank, world, *args)
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        result = function(rank, world, *args)
+        dist.barrier()
         message = pickle.dumps(("result", result))
-    except BaseException:  # noqa: B902  (the test process reports it)
+    except BaseException:  # noqa: B902  (the test process reports it, and kills the other ranks)
         message = pickle.dumps(("error", traceback.format_exc()))
     connection.send_bytes(message)
     connection.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _tail(path, limit=3000):
