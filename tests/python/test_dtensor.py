@@ -101,9 +101,9 @@ def _worker(rank, world):
     # rows sharded (Shard(0)), the top-k along the last dim: local rows
     _soft_cases(results, mesh, [Shard(0)], (2 * world + 1, 30), -1, "rows")
     _reduction_cases(results, mesh, [Shard(0)], (2 * world + 1, 30), -1, "rows")
-    # sharded along dim (uneven: 4 rows of 3 * world + 1 entries; the first dim holds the top-k)
-    _soft_cases(results, mesh, [Shard(0)], (3 * world + 1, 4), 0, "along dim")
-    _reduction_cases(results, mesh, [Shard(1)], (3, 5 * world + 2), 1, "along dim")
+    # sharded along dim (uneven: 2 rows of 3 * world + 1 entries; the first dim holds the top-k)
+    _soft_cases(results, mesh, [Shard(0)], (3 * world + 1, 2), 0, "along dim")
+    _reduction_cases(results, mesh, [Shard(1)], (2, 5 * world + 2), 1, "along dim")
     # one long row along dim: a wide window, the band solved by reductions
     _soft_cases(results, mesh, [Shard(0)], (997,), 0, "one row")
     if world == 4:  # a 2 x 2 mesh: rows over mesh dim 0, the top-k's dim over mesh dim 1 (a subgroup)
