@@ -19,8 +19,9 @@ instead of importing them again (seconds each, on every rank of every launch). E
 gets fresh processes, so no state passes from one to the next.
 
 Every wait has a deadline, and a worker that raises or dies makes the launch fail at once with its
-traceback or its exit code and its log: the other workers, which could only wait for it in a
-collective, are killed (WorkerFailure.returncodes holds every worker's exit status).
+traceback or its exit code and its log (a worker that dies is reported before the errors it causes
+in its peers' collectives); then every worker still there is killed, the one that raised too
+(WorkerFailure.returncodes holds every worker's exit status).
 """
 
 import multiprocessing
@@ -85,12 +86,15 @@ def _worker(function, rank, world, port, connection, log_path, args):
         result = function(rank, world, *args)
         dist.barrier()
         message = pickle.dumps(("result", result))
-    except BaseException:  # noqa: B902  (the test process reports it, and kills the other ranks)
-        message = pickle.dumps(("error", traceback.format_exc()))
+    except BaseException:  # noqa: B902  (the test process reports it, and kills every rank)
+        connection.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+        try:
+            connection.recv_bytes()  # nothing comes: waits to be killed (or for the test process to go)
+        finally:
+            os._exit(1)
     connection.send_bytes(message)
     connection.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    dist.destroy_process_group()
 
 
 def _tail(path, limit=3000):
@@ -115,17 +119,42 @@ class Workers:
                                    timeout=COLLECTIVE_TIMEOUT)
         self.processes, self.connections = [], []
         for rank in range(world):
-            receiver, sender = context.Pipe(duplex=False)
+            here, there = context.Pipe()
             process = context.Process(target=_worker, name=f"rank {rank}", daemon=True,
-                                      args=(function, rank, world, self.store.port, sender,
+                                      args=(function, rank, world, self.store.port, there,
                                             str(self.log_dir / f"rank{rank}.log"), args))
             process.start()
-            sender.close()
+            there.close()
             self.processes.append(process)
-            self.connections.append(receiver)
+            self.connections.append(here)
 
     def _log(self, rank):
         return _tail(self.log_dir / f"rank{rank}.log")
+
+    def _message(self, rank):
+        """("result" | "error", value) from the rank, or ("died", None) where it exited without one."""
+        connection = self.connections[rank]
+        if connection.poll():
+            try:
+                return pickle.loads(connection.recv_bytes())
+            except EOFError:  # closed without a message
+                pass
+        return "died", None
+
+    def _died_soon(self, ranks, grace=1.0):
+        """One of the ranks that exits without a message within `grace` seconds, or None."""
+        end = time.monotonic() + grace
+        ranks = set(ranks)
+        while ranks:
+            ready = multiprocessing.connection.wait([self.processes[r].sentinel for r in ranks],
+                                                    timeout=max(0.0, end - time.monotonic()))
+            if not ready:
+                return None
+            for rank in sorted(r for r in ranks if self.processes[r].sentinel in ready):
+                if self._message(rank)[0] == "died":
+                    return rank
+                ranks.discard(rank)
+        return None
 
     def wait(self):
         """Every rank's return value, in rank order; raises WorkerFailure (after killing the
@@ -144,18 +173,17 @@ class Workers:
                     failure = WorkerFailure(f"the workers did not finish within {self.timeout} s:\n{logs}")
                     raise failure
                 for rank in sorted({waiting[obj] for obj in ready}):
-                    connection = self.connections[rank]
-                    if connection.poll():
-                        try:
-                            kind, value = pickle.loads(connection.recv_bytes())
-                        except EOFError:  # closed without a message: the worker died
-                            kind, value = "died", None
-                    else:
-                        kind, value = "died", None
+                    kind, value = self._message(rank)
                     if kind == "result":
                         results[rank] = value
                         pending.discard(rank)
                         continue
+                    if kind == "error":
+                        # a rank whose peer died fails in its next collective, and may say so first:
+                        # report the dead peer, the cause
+                        dead = self._died_soon(pending - {rank})
+                        if dead is not None:
+                            rank, kind = dead, "died"
                     if kind == "error":
                         failure = WorkerFailure(f"rank {rank} raised:\n{value}\n--- its log ---\n{self._log(rank)}")
                     else:
