@@ -16,7 +16,9 @@ OS picks) and returns something picklable, which comes back to the test process.
 The workers are forked from one forkserver per test session that has imported torch, its
 distributed packages and sparsetopk once (PRELOAD): each worker starts in a fraction of a second
 instead of importing them again (seconds each, on every rank of every launch). Each launch still
-gets fresh processes, so no state passes from one to the next.
+gets fresh processes, so no state passes from one to the next; each runs torch on one thread (up to
+4 share the cores). The workers see the environment and working directory of the test process as
+they were at the first launch, when the forkserver started.
 
 Every wait has a deadline, and a worker that raises or dies makes the launch fail at once with its
 traceback or its exit code and its log (a worker that dies is reported before the errors it causes
@@ -40,8 +42,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-# What the forkserver imports once, before it forks the workers (the first torch.optim step imports
-# torch._dynamo; FSDP2, DTensor and DDP import their packages).
+# What the forkserver imports once, before it forks the workers (torch.optim brings torch._dynamo,
+# seconds of its own; FSDP2, DTensor and DDP import their packages).
 PRELOAD = ["torch", "torch.distributed", "torch.distributed.tensor", "torch.distributed.fsdp",
            "torch.distributed.device_mesh", "torch.nn.parallel", "torch._dynamo", "torch.optim",
            "pytest", "sparsetopk", "sparsetopk.prune", "_processes"]
@@ -77,7 +79,7 @@ def _worker(function, rank, world, port, connection, log_path, args):
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    torch.set_num_threads(1)  # up to 4 workers share the cores
+    torch.set_num_threads(1)
     if "GLOO_SOCKET_IFNAME" not in os.environ and _loopback():
         os.environ["GLOO_SOCKET_IFNAME"] = _loopback()
     try:
