@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import _eight_devices
 import sparsetopk  # noqa: F401  (loads the operator library)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +49,15 @@ def cli():
                             dtype=torch.float64)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def eight_device_process(request):
+    """The tests of every collected module that asks for this fixture, run once in one pytest
+    subprocess with 8 CPU devices (_eight_devices.py); `.check(__file__)` asserts on one module's."""
+    modules = sorted({str(item.path) for item in request.session.items
+                      if "eight_device_process" in getattr(item, "fixturenames", ())})
+    return _eight_devices.run(modules)
 
 
 def separated(shape, dim=-1, spacing=0.3, seed=0, dtype=torch.float64, magnitude=False):

@@ -6,28 +6,22 @@ batch. Their losses, their (all-reduced) gradients and their parameters after a 
 SGD steps must equal, in float64 and to rtol 1e-10, those of one process training
 the same model on the whole batch with a mean loss.
 
-The workers are this file run as a script (``python test_distributed.py --worker
-...``) by subprocess, so they inherit PYTHONPATH and SPARSETOPK_LIBRARY (made
-absolute here). The rendezvous store lives in the test process on a port the OS
-picks; every wait has a deadline, and a worker that dies makes the test fail at
-once (the other worker is killed) instead of leaving it blocked in a collective.
+The workers are started by tests/python/_processes.py (the harness of every
+distributed test): the rendezvous store lives in the test process on a port the
+OS picks; every wait has a deadline, and a worker that dies makes the test fail
+at once (the other worker is killed) instead of leaving it blocked in a
+collective, which test_worker_crash_fails_fast checks.
 """
 
-import argparse
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from datetime import timedelta
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import pytest
+
+import _processes
 import sparsetopk
 
 WORLD_SIZE = 2
@@ -38,8 +32,6 @@ STEPS = 4
 LR, MOMENTUM = 0.2, 0.9
 DTYPE = torch.float64
 RTOL, ATOL = 1e-10, 1e-13
-COLLECTIVE_TIMEOUT = timedelta(seconds=30)   # gloo / store waits inside the workers
-HARNESS_TIMEOUT_S = 90.0                     # hard limit on the whole worker run
 CRASH_CODE = 3
 
 
@@ -111,123 +103,23 @@ def train(model, forward, x, target, observe=None):
     return torch.stack(losses), grads, final
 
 
-# ---- the worker (this file run as a script) ----
+# ---- the workers (tests/python/_processes.py) ----
 
-def worker_main(argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--mode", choices=["train", "crash"], required=True)
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    clock = time.monotonic()
-
-    store = dist.TCPStore("127.0.0.1", args.port, is_master=False, timeout=COLLECTIVE_TIMEOUT)
-    dist.init_process_group("gloo", store=store, rank=args.rank, world_size=WORLD_SIZE,
-                            timeout=COLLECTIVE_TIMEOUT)
-    try:
-        if args.mode == "crash" and args.rank == 1:
-            os._exit(CRASH_CODE)   # dies without a word, leaving rank 0 waiting in DDP's broadcast
-        print(f"rank {args.rank}: joined the group in {time.monotonic() - clock:.2f} s", flush=True)
-        model = make_model()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        x, target = make_data()
-        part = rank_slice(args.rank)
-        losses, grads, final = train(model, ddp, x[part], target[part])
-        dist.barrier()
-        torch.save({"losses": losses, "grads": grads, "final": final},
-                   Path(args.out) / f"rank{args.rank}.pt")
-        print(f"rank {args.rank}: done in {time.monotonic() - clock:.2f} s", flush=True)
-    finally:
-        dist.destroy_process_group()
-    return 0
+def _train(rank, world):
+    """One rank: DDP over its half of the batch; its losses, gradients and final parameters."""
+    model = make_model()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, target = make_data()
+    part = rank_slice(rank)
+    losses, grads, final = train(model, ddp, x[part], target[part])
+    return {"losses": losses, "grads": grads, "final": final}
 
 
-# ---- the harness ----
-
-class WorkerFailure(AssertionError):
-    """A worker failed or the run timed out; `returncodes` holds every worker's exit
-    status once all are gone (negative: killed by that signal)."""
-
-    returncodes = None
-
-
-def _log_tail(path, limit=3000):
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "<no log>"
-    return text[-limit:]
-
-
-def run_workers(mode, out_dir, timeout=HARNESS_TIMEOUT_S, while_waiting=None):
-    """Runs the WORLD_SIZE workers to completion; raises WorkerFailure (after killing
-    the rest) as soon as one exits non-zero, or when `timeout` seconds have passed.
-    `while_waiting()` is called once the workers are started; returns its result."""
-    out_dir = Path(out_dir)
-    env = os.environ.copy()
-    package_root = str(Path(sparsetopk.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    if env.get("SPARSETOPK_LIBRARY"):
-        env["SPARSETOPK_LIBRARY"] = str(Path(env["SPARSETOPK_LIBRARY"]).resolve())
-    env["OMP_NUM_THREADS"] = "1"
-    if "GLOO_SOCKET_IFNAME" not in env:
-        loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
-        if loopback:
-            env["GLOO_SOCKET_IFNAME"] = loopback[0]
-
-    # The rendezvous server lives here, on a port the OS picks: no race for a free port.
-    store = dist.TCPStore("127.0.0.1", 0, world_size=WORLD_SIZE, is_master=True,
-                          wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)
-    procs, logs = [], []
-    result = failure = None
-    deadline = time.monotonic() + timeout
-    try:
-        for rank in range(WORLD_SIZE):
-            log = open(out_dir / f"rank{rank}.log", "wb")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode,
-                 "--rank", str(rank), "--port", str(store.port), "--out", str(out_dir)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
-        if while_waiting is not None:
-            result = while_waiting()
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
-                failure = WorkerFailure(f"rank {rank} exited with code {code}:\n"
-                                        f"{_log_tail(out_dir / f'rank{rank}.log')}")
-                raise failure
-            if all(code == 0 for code in codes):
-                return result
-            if time.monotonic() > deadline:
-                tails = "\n".join(f"--- rank {r} ---\n{_log_tail(out_dir / f'rank{r}.log')}" for r in range(WORLD_SIZE))
-                failure = WorkerFailure(f"the workers did not finish within {timeout} s:\n{tails}")
-                raise failure
-            time.sleep(0.02)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-        for log in logs:
-            log.close()
-        if failure is not None:
-            failure.returncodes = [p.returncode for p in procs]
-        del store
-
-
-def _skip_unless_gloo():
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
+def _crash(rank, world):
+    """Rank 1 dies without a word, leaving rank 0 waiting in DDP's broadcast."""
+    if rank == 1:
+        os._exit(CRASH_CODE)
+    nn.parallel.DistributedDataParallel(make_model())
 
 
 def reference_run():
@@ -261,10 +153,10 @@ def assert_close(actual, expected, what):
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
 
 
-def test_ddp_matches_single_process(tmp_path):
-    _skip_unless_gloo()
-    ref = run_workers("train", tmp_path, while_waiting=reference_run)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+def test_ddp_matches_single_process():
+    with _processes.start(_train, WORLD_SIZE) as workers:
+        ref = reference_run()   # while the workers run
+        ranks = workers.wait()
 
     # The reference is not trivial: the sparsity and the routing are in play and
     # every parameter, the router's included, gets a real gradient.
@@ -309,15 +201,9 @@ def test_ddp_matches_single_process(tmp_path):
             assert_close(result["final"][name], expected, f"rank {r}: final {name}")
 
 
-def test_worker_crash_fails_fast(tmp_path):
-    _skip_unless_gloo()
-    with pytest.raises(WorkerFailure, match=f"rank 1 exited with code {CRASH_CODE}") as failure:
-        run_workers("crash", tmp_path, timeout=60)
+def test_worker_crash_fails_fast():
+    with pytest.raises(_processes.WorkerFailure, match=f"rank 1 exited with code {CRASH_CODE}") as failure:
+        _processes.run(_crash, WORLD_SIZE, timeout=60)
     # Rank 0, which can only wait for its dead peer, was killed at once rather than
-    # left to run into its own gloo timeout (it would then exit with code 1).
+    # left to run into its own gloo timeout (it would then return an error).
     assert failure.value.returncodes == [-signal.SIGKILL, CRASH_CODE]
-    assert not (tmp_path / "rank0.pt").exists()
-
-
-if __name__ == "__main__" and "--worker" in sys.argv:
-    sys.exit(worker_main(sys.argv[1:]))

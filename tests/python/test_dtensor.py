@@ -1,10 +1,10 @@
 """The row operators on DTensor inputs (sparsetopk/_dtensor.py), on a CPU mesh of 2 and 4 gloo processes.
 
-One launch per world size (torch.multiprocessing spawn, a free port, as in
+One launch per world size (tests/python/_processes.py, as in
 test_global_distributed.py): every worker builds the same full tensors from
 seeds, distributes them on a 1-D DeviceMesh("cpu", ...), runs the operators
 forward and backward, and compares ``full_tensor()`` of the results with the
-row operator on the full tensor in that process; it saves the largest
+row operator on the full tensor in that process; it returns the largest
 differences and the output placements, which the tests check:
 - Shard(0) with dim = -1: stays Shard(0), equal bitwise (the local op on whole rows);
 - Shard along dim (rows spread over the ranks, unevenly): the global solve per
@@ -16,17 +16,10 @@ differences and the output placements, which the tests check:
 - the register_sharding rules alone (the handler taken out): Shard(0) propagates.
 """
 
-import os
-import socket
-import tempfile
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import _processes
 import sparsetopk
 
 TOL = 1e-12
@@ -99,9 +92,8 @@ def _reduction_cases(results, mesh, placements, shape, dim, label):
     _check(results, (label, "topk_loss grad"), grad, expected_grad)
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+def _worker(rank, world):
+    """Every case on one rank (in the default group, _processes.run); returns the results."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
     mesh = init_device_mesh("cpu", (world,))
@@ -109,9 +101,9 @@ def _worker(rank, world, port, out_dir):
     # rows sharded (Shard(0)), the top-k along the last dim: local rows
     _soft_cases(results, mesh, [Shard(0)], (2 * world + 1, 30), -1, "rows")
     _reduction_cases(results, mesh, [Shard(0)], (2 * world + 1, 30), -1, "rows")
-    # sharded along dim (uneven: 4 rows of 3 * world + 1 entries; the first dim holds the top-k)
-    _soft_cases(results, mesh, [Shard(0)], (3 * world + 1, 4), 0, "along dim")
-    _reduction_cases(results, mesh, [Shard(1)], (3, 5 * world + 2), 1, "along dim")
+    # sharded along dim (uneven: 2 rows of 3 * world + 1 entries; the first dim holds the top-k)
+    _soft_cases(results, mesh, [Shard(0)], (3 * world + 1, 2), 0, "along dim")
+    _reduction_cases(results, mesh, [Shard(1)], (2, 5 * world + 2), 1, "along dim")
     # one long row along dim: a wide window, the band solved by reductions
     _soft_cases(results, mesh, [Shard(0)], (997,), 0, "one row")
     if world == 4:  # a 2 x 2 mesh: rows over mesh dim 0, the top-k's dim over mesh dim 1 (a subgroup)
@@ -142,31 +134,12 @@ def _worker(rank, world, port, out_dir):
         _check(results, "rule", out, sparsetopk.hard_topk_mag(full, 3))
     finally:
         handlers[op] = handler
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_RUNS = {}
-
-
-def _run(world):
-    if world not in _RUNS:
-        with tempfile.TemporaryDirectory() as out_dir:
-            mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-            _RUNS[world] = [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    return _RUNS[world]
+    return results
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
 def world(request):
-    return request.param, _run(request.param)
+    return request.param, _processes.run(_worker, request.param)
 
 
 def _cases(results, label):

@@ -1,8 +1,8 @@
 """The global operators across processes (group=, docs/global.md), on gloo over loopback.
 
-One launch per world size (2 and 4 processes, torch.multiprocessing spawn, a
-free port): every worker runs every scenario and saves its results; the test
-process compares them with the row operators on the concatenation of every
+One launch per world size (2 and 4 processes, tests/python/_processes.py):
+every worker runs every scenario and returns its results; the test process
+compares them with the row operators on the concatenation of every
 rank's tensors in rank order, which it rebuilds from the same seeds:
 - forward (bitwise: the window's entries are gathered exactly) and backward
   (to 1e-12 relative: the band's sums are added in another order);
@@ -15,19 +15,14 @@ rank's tensors in rank order, which it rebuilds from the same seeds:
   a table with -s and bounded here.
 """
 
-import os
-import socket
-import tempfile
 import time
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+import _processes
 import sparsetopk
 import sparsetopk.prune
 
@@ -74,9 +69,8 @@ def _fsdp_batch(rank):
     return torch.randn(8, 6, generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+def _worker(rank, world):
+    """Every scenario on one rank (in the default group, _processes.run); returns the results."""
     from sparsetopk import _global
     group = dist.group.WORLD
     results = {}
@@ -159,26 +153,7 @@ def _worker(rank, world, port, out_dir):
         backward = _global.traffic(reset=True)
         traffic[n] = (forward, backward)
     results["traffic"], results["seconds"] = traffic, seconds
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_RUNS = {}
-
-
-def _run(world):
-    if world not in _RUNS:
-        with tempfile.TemporaryDirectory() as out_dir:
-            mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-            _RUNS[world] = [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    return _RUNS[world]
+    return results
 
 
 def _flat(tensors):
@@ -187,7 +162,7 @@ def _flat(tensors):
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
 def world(request):
-    return request.param, _run(request.param)
+    return request.param, _processes.run(_worker, request.param)
 
 
 def test_forward_and_backward_equal_the_row_operator_on_the_concatenation(world):

@@ -4,17 +4,16 @@ psum/pmax/all_gather of at most 256 doubles per collective; the result equals th
 operator on the concatenation (the devices' shards in mesh order), forward and grad, and the
 compiled HLO holds no collective of x's size.
 
-Needs 8 devices: the normal run has one test here, which runs this module again in a subprocess
-with --xla_force_host_platform_device_count=8 (as test_jax_sharding.py does)."""
+Needs 8 devices: the normal run has one test here, whose module runs again in a pytest subprocess
+with --xla_force_host_platform_device_count=8, shared with test_jax_sharding.py (_eight_devices.py),
+with float64 enabled for this module's tests."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _eight_devices import DEVICES, in_child, launcher
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -22,23 +21,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import sparsetopk.jax as stj  # noqa: E402
 
-CHILD = "SPARSETOPK_GLOBAL_SHARDED_CHILD"
-DEVICES = 8
-in_child = pytest.mark.skipif(os.environ.get(CHILD) != "1", reason="runs in the 8-device subprocess")
 TOLERANCE = 1e-12  # outputs and gradients, absolute, float64 (docs/global.md, "Tolerances")
 
 
-def test_sharded_in_8_device_process():
-    if os.environ.get(CHILD) == "1":
-        pytest.skip("this is the subprocess")
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = dict(os.environ, **{CHILD: "1", "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={DEVICES}",
-                              "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"})
-    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-x", __file__]
-    result = subprocess.run(command, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-3000:]
+@launcher
+def test_sharded_in_8_device_process(eight_device_process):
+    eight_device_process.check(__file__)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _x64():
+    """float64 for this module's tests (the subprocess runs test_jax_sharding.py after them, without)."""
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
 # device d holds a[d] (a row of A entries) and b[d] (a (2, B) block): its part of the global

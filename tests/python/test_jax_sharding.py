@@ -2,9 +2,9 @@
 
 Needs 8 devices, which the CPU gives only with XLA_FLAGS=--xla_force_host_platform_device_count=8
 set before jax starts its backends. So the normal test run (one device, where the other JAX
-suites run in the same process) has one test here, test_sharding_in_8_device_process, which runs
-this module again in a subprocess with that flag and SPARSETOPK_SHARDING_CHILD=1; the other tests
-run only there.
+suites run in the same process) has one test here, test_sharding_in_8_device_process, whose module
+runs again in a pytest subprocess with that flag, shared with test_jax_global_sharded.py
+(_eight_devices.py); the other tests run only there.
 
 In the subprocess, for every operator (the soft operators, with and without state through their
 derivatives' targets, Dykstra, the hard operators, topk_sum, topk_loss), on a batch sharded over a
@@ -18,12 +18,11 @@ the batch. A top-k axis sharded across devices is gathered along that axis only.
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _eight_devices import CHILD, DEVICES, in_child, launcher
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -32,26 +31,13 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 import sparsetopk.jax as stj  # noqa: E402
 from sparsetopk.jax import _ffi  # noqa: E402
 
-CHILD = "SPARSETOPK_SHARDING_CHILD"
-DEVICES = 8
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute")
-in_child = pytest.mark.skipif(os.environ.get(CHILD) != "1",
-                              reason="runs in the 8-device subprocess of test_sharding_in_8_device_process")
 
 
-def test_sharding_in_8_device_process():
+@launcher
+def test_sharding_in_8_device_process(eight_device_process):
     """This module's tests, in a process with 8 CPU devices."""
-    if os.environ.get(CHILD) == "1":
-        pytest.skip("this is the subprocess")
-    flags = os.environ.get("XLA_FLAGS", "")
-    # the CPU's 8 devices, also where a GPU is the default backend
-    env = dict(os.environ, **{CHILD: "1", "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={DEVICES}",
-                              "JAX_PLATFORMS": "cpu"})
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__]
-    result = subprocess.run(command, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-3000:]
+    eight_device_process.check(__file__)
 
 
 # ---- the operators: f(x, t) with t the labels (topk_loss only); all row-wise along the last axis ----

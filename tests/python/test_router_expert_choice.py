@@ -6,17 +6,11 @@ each rank routes its own tokens, and the gates (and the router's gradient,
 summed over ranks) equal one process routing the concatenated tokens.
 """
 
-import os
-import socket
-import tempfile
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import _processes
 import sparsetopk
 from sparsetopk.nn import expert_capacity
 
@@ -68,30 +62,17 @@ def test_choice_is_checked():
         sparsetopk.SoftTopKRouter(D, E, K, group=object())
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+def _worker(rank, world):
     router = _router(group=dist.group.WORLD)
     x = _tokens()[CUTS[rank]:CUTS[rank + 1]]
     gates = router(x).gates
     full_v = _cotangent(torch.empty(CUTS[-1], E, dtype=torch.float64))
     (gates * full_v[CUTS[rank]:CUTS[rank + 1]]).sum().backward()
-    torch.save((gates.detach(), router.gate.weight.grad), Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return gates.detach(), router.gate.weight.grad
 
 
 def test_group_routing_equals_one_process_on_the_concatenated_tokens():
-    world = 2
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-        parts = [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
+    parts = _processes.run(_worker, 2)
     router = _router()
     gates = router(_tokens()).gates
     (gates * _cotangent(gates)).sum().backward()
