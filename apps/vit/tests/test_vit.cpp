@@ -407,7 +407,9 @@ TEST(VitFinetuneSmoke, GlobalMethodsKeepTheTotalBudget) {
       EXPECT_GE(std::stod(cells[c]), 0.0) << line;
       EXPECT_LE(std::stod(cells[c]), 1.0) << line;
     }
-    if (cells[method] == "global43") EXPECT_GT(std::stod(cells[l_start]), 0.0) << line;
+    if (cells[method] == "global43") {
+      EXPECT_GT(std::stod(cells[l_start]), 0.0) << line;
+    }
   }
   EXPECT_EQ(rows, (std::map<std::string, int>{{"oneshot_global", 2},
                                               {"gradual_global", 2},
