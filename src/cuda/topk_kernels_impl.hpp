@@ -25,7 +25,9 @@ namespace {
 
 constexpr unsigned kWarpsPerBlock = 4;     // warp rows: 4 rows per block of 128 threads
 constexpr unsigned kBlockThreads = 256;    // block rows
-constexpr unsigned kBandThreads = 1024;    // the band of a long row
+// The band of a long row: its kernel uses 176 registers per thread (nvcc 13,
+// sm_90, -Xptxas -v), so a block of more than 372 threads would not launch.
+constexpr unsigned kBandThreads = 256;
 constexpr long long kMaxBlocks = 8192;     // grid.x; rows beyond are looped (grid-stride)
 
 // ---- the team of the calling thread and its rows ----
@@ -281,7 +283,7 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
         launch(long_rows::band_round_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x,
                rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts), rounds.searches,
                rounds.partials, round == 0);
-    // (a block of 1024 per row: its window may be wide, solved by reductions over the block)
+    // (a block per row: its window may be wide, solved by reductions over the block)
     launch(long_rows::band_kernel<T>, shape.grid, dim3(kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
            rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts),
            static_cast<const detail::BandSearch*>(rounds.searches), out, state);
