@@ -108,11 +108,24 @@ class SparseLinear(nn.Module):
     ``weight`` and ``bias`` are initialized as in :class:`torch.nn.Linear`. For
     deployment, :meth:`hard_pruned_weight` / :meth:`to_sparse` export the hard
     top-k weight with exactly ``kept`` non-zeros per layer or row.
+
+    With ``group`` (a ``torch.distributed`` process group; ``per="layer"``
+    only), the layer is split by output rows over the group's processes (tensor
+    parallelism: ``out_features`` is this process's share, any sizes, 0
+    included) and one budget covers the whole layer:
+    ``kept = floor(density * count + 1/2)`` with ``count`` every process's
+    weights (one all-reduce when the layer is built: every process of the
+    group builds it together), and ``W_s`` is this process's part of
+    :func:`sparsetopk.soft_topk_mag_global` over every process's weight, in
+    rank order; its gradient is exact for each part. ``hard_pruned_weight``
+    is the part of :func:`sparsetopk.hard_topk_mag_global` (``kept``
+    non-zeros between the processes); :meth:`sparsity` is this process's.
     """
 
     def __init__(self, in_features: int, out_features: int, density: float = 0.1, per: str = "layer",
                  l: float = 0.01, p: float = 4.0 / 3.0, bias: bool = True,
-                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+                 group: Optional[object] = None):
         super().__init__()
         if in_features < 0 or out_features < 0:
             raise ValueError(f"sparsetopk.SparseLinear: in_features = {in_features} and "
@@ -122,6 +135,10 @@ class SparseLinear(nn.Module):
         if per not in ("layer", "row"):
             raise ValueError(f"sparsetopk.SparseLinear: per must be 'layer' or 'row', got per = {per!r}")
         _check_l_p("SparseLinear", l, p)
+        if group is not None and per != "layer":
+            raise ValueError(f"sparsetopk.SparseLinear: group= needs per='layer' (a row's budget is "
+                             f"within one process), got per = {per!r}")
+        self.group = group
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.density = float(density)
@@ -129,6 +146,12 @@ class SparseLinear(nn.Module):
         self.l = float(l)
         self.p = float(p)
         count = self.in_features if per == "row" else self.in_features * self.out_features
+        if group is not None:  # the whole layer's weights, over the group's processes
+            import torch.distributed as dist
+
+            total = torch.tensor([count], dtype=torch.int64)
+            dist.all_reduce(total, group=group)
+            count = int(total.item())
         self.kept = int(math.floor(self.density * count + 0.5))
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
@@ -150,7 +173,19 @@ class SparseLinear(nn.Module):
         """``W_s``, the soft-pruned weight the forward pass uses (differentiable)."""
         if self.per == "row":
             return soft_topk_mag(self.weight, self.kept, self.l, self.p, 1)
+        if self.group is not None:
+            return self._weight_over_group(hard=False)
         return soft_topk_mag(self.weight.reshape(-1), self.kept, self.l, self.p).view_as(self.weight)
+
+    @torch.jit.unused
+    def _weight_over_group(self, hard: bool) -> torch.Tensor:
+        """This process's part of the soft (or hard) top-k of the layer's weight over the group
+        (not in TorchScript: a module with a group is not scriptable)."""
+        from ._global import hard_topk_mag_global, soft_topk_mag_global
+
+        if hard:
+            return hard_topk_mag_global([self.weight], self.kept, group=self.group)[0]
+        return soft_topk_mag_global([self.weight], self.kept, self.l, self.p, group=self.group)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -161,6 +196,8 @@ class SparseLinear(nn.Module):
         (fewer only where ``W`` itself is 0). Dense, detached."""
         if self.per == "row":
             return hard_topk_mag(self.weight, self.kept, 1)
+        if self.group is not None:
+            return self._weight_over_group(hard=True)
         return hard_topk_mag(self.weight.reshape(-1), self.kept).view_as(self.weight)
 
     def to_sparse(self) -> torch.Tensor:
@@ -175,7 +212,8 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, density={self.density}, "
-                f"per={self.per!r}, kept={self.kept}, l={self.l}, p={self.p}, bias={self.bias is not None}")
+                f"per={self.per!r}, kept={self.kept}, l={self.l}, p={self.p}, bias={self.bias is not None}"
+                + ("" if self.group is None else ", group=..."))
 
 
 class RouterOutput(NamedTuple):

@@ -31,6 +31,10 @@ namespace sparsetopk::cuda::long_rows {
 
 constexpr long long kChunkSize = 16384;  // entries per block
 constexpr unsigned kThreads = 256;
+// The band kernel's block (one per row): it uses 176 registers per thread
+// (nvcc 13, sm_90, -Xptxas -v), so a block of more than 372 threads would not
+// launch; __launch_bounds__ makes nvcc keep it launchable at this size.
+constexpr unsigned kBandThreads = 256;
 // Rows of at least this many entries search a wide window's band across the
 // chunks' blocks, kLaunchedRounds rounds (band_reductions.hpp) before the band
 // kernel carries on alone: its one block would otherwise evaluate every
@@ -314,7 +318,7 @@ __device__ inline void gather_chunks(const BlockTeam& team, RowScratch scratch, 
 // (solve_band: sorted and the core's band solver, or by reductions, carrying
 // on from the rounds' search where band_round_kernel ran: `searches`), the state.
 template <class T>
-__global__ void band_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
+__global__ void __launch_bounds__(kBandThreads) band_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
                             double p, RowSelection* selections, RowScratch scratch, const long long* window_counts,
                             const detail::BandSearch* searches, T* out, RowState* state) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);

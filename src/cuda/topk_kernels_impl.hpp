@@ -25,9 +25,6 @@ namespace {
 
 constexpr unsigned kWarpsPerBlock = 4;     // warp rows: 4 rows per block of 128 threads
 constexpr unsigned kBlockThreads = 256;    // block rows
-// The band of a long row: its kernel uses 176 registers per thread (nvcc 13,
-// sm_90, -Xptxas -v), so a block of more than 372 threads would not launch.
-constexpr unsigned kBandThreads = 256;
 constexpr long long kMaxBlocks = 8192;     // grid.x; rows beyond are looped (grid-stride)
 
 // ---- the team of the calling thread and its rows ----
@@ -284,7 +281,7 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
                rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts), rounds.searches,
                rounds.partials, round == 0);
     // (a block per row: its window may be wide, solved by reductions over the block)
-    launch(long_rows::band_kernel<T>, shape.grid, dim3(kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
+    launch(long_rows::band_kernel<T>, shape.grid, dim3(long_rows::kBandThreads), shape.shared_bytes, stream, form, row_solver, x,
            rows, n, k, l, p, selections, parts, static_cast<const long long*>(window_counts),
            static_cast<const detail::BandSearch*>(rounds.searches), out, state);
   } else if (warp_rows(n)) {

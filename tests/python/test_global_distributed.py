@@ -69,6 +69,33 @@ def _fsdp_batch(rank):
     return torch.randn(8, 6, generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
+def _linear_rows(world):
+    """Output rows of a SparseLinear split over the ranks: 3, 5 on 2 ranks; 3, 0, 4, 6 on 4 (rank 1 none)."""
+    return [0 if r == 1 and world > 2 else 3 + (2 * r) % 5 for r in range(world)]
+
+
+def _linear_data(world):
+    """The whole layer's weight, an input batch and the output's cotangent (every rank the same)."""
+    g = torch.Generator().manual_seed(21)
+    out_features = sum(_linear_rows(world))
+    return (torch.randn(out_features, 7, generator=g, dtype=torch.float64),
+            torch.randn(4, 7, generator=g, dtype=torch.float64),
+            torch.randn(4, out_features, generator=g, dtype=torch.float64))
+
+
+def _sparse_linear(rank, world, group):
+    """SparseLinear split by output rows over the ranks, one budget over the layer: forward, backward, hard."""
+    rows = _linear_rows(world)
+    first = sum(rows[:rank])
+    weight, x, cotangent = _linear_data(world)
+    layer = sparsetopk.SparseLinear(7, rows[rank], density=0.3, l=0.05, bias=False, dtype=torch.float64, group=group)
+    with torch.no_grad():
+        layer.weight.copy_(weight[first:first + rows[rank]])
+    y = layer(x)
+    (y * cotangent[:, first:first + rows[rank]]).sum().backward()
+    return layer.kept, y.detach(), layer.weight.grad, layer.hard_pruned_weight()
+
+
 def _worker(rank, world):
     """Every scenario on one rank (in the default group, _processes.run); returns the results."""
     from sparsetopk import _global
@@ -89,6 +116,7 @@ def _worker(rank, world):
     out = sparsetopk.soft_topk_mag_global([shard], 100, l=0.2, group=group)[0]
     (grad,) = torch.autograd.grad(out, shard, torch.ones_like(out))
     results["uneven"] = (out.detach(), grad, shard.numel())
+    results["sparse_linear"] = _sparse_linear(rank, world, group)
     # arguments that differ between ranks: every rank fails alike
     try:
         sparsetopk.soft_topk_mag_global(_rank_tensors(rank, seed=1), 5 + rank, group=group)
@@ -197,6 +225,31 @@ def test_uneven_shards_with_an_empty_rank(world):
     torch.testing.assert_close(grad, expected_grad, rtol=BACKWARD_RTOL, atol=BACKWARD_RTOL)
     print(f"\n{size} ranks, uneven shards: max |difference| forward {float((out - expected).abs().max()):.3g}, "
           f"backward {float((grad - expected_grad).abs().max()):.3g}")
+
+
+def test_sparse_linear_split_over_ranks_equals_the_whole_layer(world):
+    size, results = world
+    weight, x, cotangent = _linear_data(size)
+    layer = sparsetopk.SparseLinear(7, weight.shape[0], density=0.3, l=0.05, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    y = layer(x)
+    (y * cotangent).sum().backward()
+    parts = [results[r]["sparse_linear"] for r in range(size)]
+    assert all(kept == layer.kept for kept, _, _, _ in parts)
+    assert parts[1][1].shape == (4, 0 if size > 2 else 5)  # (on 4 ranks rank 1 held no rows)
+    # (a window of a few entries per rank: gathered and solved as one process solves it)
+    torch.testing.assert_close(torch.cat([out for _, out, _, _ in parts], dim=1), y.detach(), rtol=FORWARD_RTOL,
+                               atol=FORWARD_RTOL)
+    torch.testing.assert_close(torch.cat([grad for _, _, grad, _ in parts]), layer.weight.grad,
+                               rtol=BACKWARD_RTOL, atol=BACKWARD_RTOL)
+    hard = torch.cat([h for _, _, _, h in parts])
+    assert torch.equal(hard, layer.hard_pruned_weight()) and int((hard != 0).sum()) == layer.kept
+
+
+def test_sparse_linear_group_needs_a_layer_budget():
+    with pytest.raises(ValueError, match="group= needs per='layer'.*per = 'row'"):
+        sparsetopk.SparseLinear(4, 3, per="row", group=object())
 
 
 def test_ranks_passing_different_arguments_all_fail(world):
