@@ -5,7 +5,9 @@
 //   - selection: one launch per radix digit (4 for float, 8 for double); each
 //     block counts its chunk's digits into the row's counts, and the last
 //     block of the row to finish (a ticket after a fence) picks the digit;
-//     then the (k+1)-th key (one launch, a max);
+//     the second pass also keeps its chunk's candidates (the keys whose first
+//     digit is the chosen one), which the later passes read instead of the
+//     row; then the (k+1)-th key (one launch, a max, over the row);
 //   - soft forward: the split (one launch: outputs outside the window, each
 //     chunk's window entries compacted in column order into the chunk's part
 //     of the scratch, their count per chunk), then one block per row gathers
@@ -91,24 +93,55 @@ __global__ void start_kernel(long long rows, long long k, RowSelection* selectio
   }
 }
 
+// Where a digit pass reads its keys: the row (the first pass; and every pass
+// without room for candidates), the row keeping its chunk's candidates (the
+// second pass: the keys matching the first digit, in column order, into the
+// chunk's part of `candidates` and their count), or the candidates (the later
+// passes: every key that can still match the prefix is one of them).
+enum class DigitSource { row, row_keeping_candidates, candidates };
+
 // One radix digit (at `shift`) of the k-th key; the first pass also flags the row.
 template <class T>
 __global__ void digit_kernel(Form form, bool soft, const T* x, long long rows, long long n, int shift, bool first,
-                             RowSelection* selections) {
+                             RowSelection* selections, DigitSource source, BitsOf<T>* candidates,
+                             long long* candidate_counts) {
   using U = BitsOf<T>;
   __shared__ unsigned counts[kRadixSize];
+  const BlockTeam team(nullptr);
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     RowSelection& selection = selections[r];
     const U prefix = static_cast<U>(selection.prefix);
     for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x) counts[d] = 0;
     __syncthreads();
     const Chunk chunk = chunk_of(n);
-    bool bad = false;
-    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-      const T v = x[r * n + i];
-      bad |= soft ? !std::isfinite(v) : detail::hard_poisons_row(v);
-      const U e = encode(key_of(form, v));
+    const auto count = [&](U e) {
       if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+    };
+    bool bad = false;
+    if (source == DigitSource::candidates) {
+      const long long kept = candidate_counts[r * gridDim.x + blockIdx.x];
+      for (long long j = threadIdx.x; j < kept; j += blockDim.x) count(candidates[r * n + chunk.begin + j]);
+    } else if (source == DigitSource::row_keeping_candidates) {
+      long long kept = 0;
+      for (long long base = chunk.begin; base < chunk.end; base += blockDim.x) {
+        const long long i = base + threadIdx.x;
+        const U e = i < chunk.end ? encode(key_of(form, x[r * n + i])) : U(0);
+        const bool candidate = i < chunk.end && matches_prefix(e, prefix, shift);
+        unsigned total = 0;
+        const unsigned slot = team.exclusive_count(candidate, total);
+        if (candidate) {
+          candidates[r * n + chunk.begin + kept + slot] = e;
+          count(e);
+        }
+        kept += total;
+      }
+      if (threadIdx.x == 0) candidate_counts[r * gridDim.x + blockIdx.x] = kept;
+    } else {
+      for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+        const T v = x[r * n + i];
+        bad |= soft ? !std::isfinite(v) : detail::hard_poisons_row(v);
+        count(encode(key_of(form, v)));
+      }
     }
     if (__syncthreads_or(first && bad) && threadIdx.x == 0) atomicOr(&selection.flags, 1);
     for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x)

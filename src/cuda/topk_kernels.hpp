@@ -66,7 +66,8 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
                   double p, void* scratch, T* out, RowState* state, cudaStream_t stream);
 
 // hard_topk_mask / hard_topk_mag of SPEC.md on every row, with a scratch
-// buffer of hard_scratch_bytes(rows, n) bytes (used by long rows only).
+// buffer of hard_scratch_bytes(rows, n) bytes (used by long rows only: the
+// selection's state, and 8 bytes per entry for its candidates).
 std::size_t hard_scratch_bytes(long long rows, long long n);
 template <class T>
 void hard_forward(Form form, const T* x, long long rows, long long n, long long k, void* scratch, T* out,

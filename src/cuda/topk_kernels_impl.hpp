@@ -202,13 +202,27 @@ RoundScratch carve_rounds(Carver& carver, long long rows, long long n) {
   return {carver.take<detail::BandSearch>(rows), carver.take<double>(rows * long_rows::chunks_of(n) * long_rows::kRoundSums)};
 }
 
+// Room for the selection's candidates (long_rows::DigitSource): [rows, n]
+// keys' bits and [rows, chunks] counts; none: every pass reads the row.
+template <class T>
+struct Candidates {
+  BitsOf<T>* keys;
+  long long* counts;
+};
+
+template <class T>
 struct HardScratch {
   long_rows::RowSelection* selections;
   long long* tie_counts;  // [rows, chunks]
+  Candidates<T> candidates;
 };
-HardScratch carve_hard(Carver& carver, long long rows, long long n) {
-  if (!long_row_chunks(n)) return {nullptr, nullptr};
-  return {carver.take<long_rows::RowSelection>(rows), carver.take<long long>(rows * long_rows::chunks_of(n))};
+template <class T>
+HardScratch<T> carve_hard(Carver& carver, long long rows, long long n) {
+  if (!long_row_chunks(n)) return {nullptr, nullptr, {nullptr, nullptr}};
+  auto* selections = carver.take<long_rows::RowSelection>(rows);
+  auto* tie_counts = carver.take<long long>(rows * long_rows::chunks_of(n));
+  auto* keys = carver.take<BitsOf<T>>(rows * n);
+  return {selections, tie_counts, {keys, carver.take<long long>(rows * long_rows::chunks_of(n))}};
 }
 
 struct ProductScratch {
@@ -225,13 +239,20 @@ ProductScratch carve_product(Carver& carver, long long rows, long long n) {
 // over the chunks, then the largest key below; flags the rows as `soft` asks.
 template <class T>
 void select_long_rows(Form form, bool soft, bool next, const T* x, long long rows, long long n, long long k,
-                      long_rows::RowSelection* selections, cudaStream_t stream) {
+                      long_rows::RowSelection* selections, Candidates<T> candidates, cudaStream_t stream) {
   using U = BitsOf<T>;
+  using long_rows::DigitSource;
   launch(long_rows::start_kernel<T>, per_row_grid(rows), dim3(long_rows::kThreads), 0, stream, rows, k, selections);
   const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
-  for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits)
-    launch(long_rows::digit_kernel<T>, grid, block, 0, stream, form, soft, x, rows, n, shift,
-           shift == 8 * static_cast<int>(sizeof(U)) - kRadixBits, selections);
+  const int top = 8 * static_cast<int>(sizeof(U)) - kRadixBits;
+  for (int shift = top; shift >= 0; shift -= kRadixBits) {
+    const DigitSource source = !candidates.keys   ? DigitSource::row
+                               : shift == top     ? DigitSource::row
+                               : shift == top - kRadixBits ? DigitSource::row_keeping_candidates
+                                                           : DigitSource::candidates;
+    launch(long_rows::digit_kernel<T>, grid, block, 0, stream, form, soft, x, rows, n, shift, shift == top,
+           selections, source, candidates.keys, candidates.counts);
+  }
   if (next) launch(long_rows::next_key_kernel<T>, grid, block, 0, stream, form, x, rows, n, selections);
 }
 
@@ -249,7 +270,7 @@ std::size_t soft_scratch_bytes(long long rows, long long n) {
 
 std::size_t hard_scratch_bytes(long long rows, long long n) {
   Carver carver(nullptr);
-  carve_hard(carver, rows, n);
+  carve_hard<double>(carver, rows, n);  // (the widest keys: enough for float too)
   return std::max<std::size_t>(carver.used(), 256);
 }
 
@@ -272,7 +293,9 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
   const Solver row_solver = solver == Solver::pav ? Solver::pav : Solver::threshold;  // as the core's soft_topk
   const Shape shape = shape_of(rows, n);
   if (long_row_chunks(n) && row_solver == Solver::threshold && k > 0 && k < n) {  // a block per chunk
-    select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, stream);
+    // (the candidates in the window's scratch, which the split overwrites after the selection)
+    const Candidates<T> candidates{reinterpret_cast<BitsOf<T>*>(parts.keys), window_counts};
+    select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, candidates, stream);
     launch(long_rows::split_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x, rows, n,
            l, p, selections, parts, window_counts, out);
     if (rounds.searches)  // the search for a wide band's piece across the chunks' blocks
@@ -300,9 +323,9 @@ void hard_forward(Form form, const T* x, long long rows, long long n, long long 
                   cudaStream_t stream) {
   if (rows == 0 || n == 0) return;
   Carver carver(scratch);
-  const HardScratch parts = carve_hard(carver, rows, n);
+  const HardScratch<T> parts = carve_hard<T>(carver, rows, n);
   if (long_row_chunks(n) && k > 0 && k < n) {
-    select_long_rows(form, /*soft=*/false, /*next=*/false, x, rows, n, k, parts.selections, stream);
+    select_long_rows(form, /*soft=*/false, /*next=*/false, x, rows, n, k, parts.selections, parts.candidates, stream);
     const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
     launch(long_rows::tie_count_kernel<T>, grid, block, 0, stream, form, x, rows, n,
            static_cast<const long_rows::RowSelection*>(parts.selections), parts.tie_counts);
