@@ -149,6 +149,10 @@ class SparseLinear(nn.Module):
         if group is not None:  # the whole layer's weights, over the group's processes
             import torch.distributed as dist
 
+            from ._global import _group_name
+
+            _group_name(group)  # (a TypeError naming group= for anything but a ProcessGroup)
+
             total = torch.tensor([count], dtype=torch.int64)
             dist.all_reduce(total, group=group)
             count = int(total.item())

@@ -250,6 +250,8 @@ def test_sparse_linear_split_over_ranks_equals_the_whole_layer(world):
 def test_sparse_linear_group_needs_a_layer_budget():
     with pytest.raises(ValueError, match="group= needs per='layer'.*per = 'row'"):
         sparsetopk.SparseLinear(4, 3, per="row", group=object())
+    with pytest.raises(TypeError, match="group must be a torch.distributed ProcessGroup or None, got <object"):
+        sparsetopk.SparseLinear(4, 3, group=object())
 
 
 def test_ranks_passing_different_arguments_all_fail(world):
