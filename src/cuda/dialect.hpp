@@ -8,6 +8,7 @@
 //                                     (host: runs the launch on the harness, synchronously; the stream is ignored);
 //                                     above 48 KiB of dynamic shared memory it opts the kernel in first
 //   SPARSETOPK_DYNAMIC_SHARED(T, name)  T* name: the block's dynamic shared memory (16-byte aligned)
+//   SPARSETOPK_UNROLL                 unroll the next loop (nvcc: registers indexed by constants); host: nothing
 
 #pragma once
 
@@ -47,6 +48,12 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared
 }
 
 }  // namespace sparsetopk::cuda
+
+#if defined(__CUDACC__)
+#define SPARSETOPK_UNROLL _Pragma("unroll")
+#else
+#define SPARSETOPK_UNROLL
+#endif
 
 #if defined(__CUDACC__)
 #define SPARSETOPK_DYNAMIC_SHARED(T, name)                                  \

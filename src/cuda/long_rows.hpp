@@ -97,7 +97,9 @@ __global__ void start_kernel(long long rows, long long k, RowSelection* selectio
 // without room for candidates), the row keeping its chunk's candidates (the
 // second pass: the keys matching the first digit, in column order, into the
 // chunk's part of `candidates` and their count), or the candidates (the later
-// passes: every key that can still match the prefix is one of them).
+// passes: every key that can still match the prefix is one of them; each
+// pass keeps those that match the prefix so far, so the list shrinks with
+// every digit).
 enum class DigitSource { row, row_keeping_candidates, candidates };
 
 // One radix digit (at `shift`) of the k-th key; the first pass also flags the row.
@@ -118,9 +120,24 @@ __global__ void digit_kernel(Form form, bool soft, const T* x, long long rows, l
       if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
     };
     bool bad = false;
-    if (source == DigitSource::candidates) {
-      const long long kept = candidate_counts[r * gridDim.x + blockIdx.x];
-      for (long long j = threadIdx.x; j < kept; j += blockDim.x) count(candidates[r * n + chunk.begin + j]);
+    if (source == DigitSource::candidates) {  // compacted in place: an entry only moves towards the front
+      U* mine = candidates + r * n + chunk.begin;
+      const long long before = candidate_counts[r * gridDim.x + blockIdx.x];
+      long long kept = 0;
+      for (long long base = 0; base < before; base += blockDim.x) {
+        const long long j = base + threadIdx.x;
+        const U e = j < before ? mine[j] : U(0);
+        const bool candidate = j < before && matches_prefix(e, prefix, shift);
+        unsigned total = 0;
+        const unsigned slot = team.exclusive_count(candidate, total);  // (its barriers: the tile is read)
+        if (candidate) {
+          mine[kept + slot] = e;
+          count(e);
+        }
+        kept += total;
+      }
+      __syncthreads();  // (every thread has read the count)
+      if (threadIdx.x == 0) candidate_counts[r * gridDim.x + blockIdx.x] = kept;
     } else if (source == DigitSource::row_keeping_candidates) {
       long long kept = 0;
       for (long long base = chunk.begin; base < chunk.end; base += blockDim.x) {
@@ -385,7 +402,8 @@ __global__ void __launch_bounds__(kBandThreads) band_kernel(Form form, Solver so
     double above = plan.above, below = plan.below;
     if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)
       above = detail::kInf, below = -detail::kInf;
-      m = split_at_window(team, form, row, n, above, below, row_scratch, out + r * n, count_above);
+      m = split_at_window(team, form, MemoryRow<T, BlockTeam>(team, row, n), above, below, row_scratch, out + r * n,
+                          count_above);
     }
     solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below, plan.s_k, plan.s_next},
                row_scratch, out + r * n, row_state);

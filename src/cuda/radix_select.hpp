@@ -56,11 +56,16 @@ SPARSETOPK_HOST_DEVICE T decode(BitsOf<T> e) {
   return v;
 }
 
+// Whether e's bits from bit `from` up equal the prefix's (always, from the width up).
+template <class U>
+SPARSETOPK_HOST_DEVICE bool matches_from(U e, U prefix, int from) {
+  return from >= static_cast<int>(8 * sizeof(U)) || (e >> from) == (prefix >> from);
+}
+
 // Whether e's bits above the digit at `shift` equal the prefix's (always, on the first pass).
 template <class U>
 SPARSETOPK_HOST_DEVICE bool matches_prefix(U e, U prefix, int shift) {
-  const int high = shift + kRadixBits;
-  return high >= static_cast<int>(8 * sizeof(U)) || (e >> high) == (prefix >> high);
+  return matches_from(e, prefix, shift + kRadixBits);
 }
 
 // One pass's choice, from the counts of its digits among the keys matching

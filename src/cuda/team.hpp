@@ -53,14 +53,12 @@ struct Min {
 // The most values one sum_each call adds up (the band by reductions: 2 Bins + 1).
 constexpr unsigned kMaxSummed = 65;
 
+// (its rows are in registers, team_row.hpp: it needs no shared memory)
 class WarpTeam {
  public:
-  // counts: this warp's 256 radix counters in shared memory
-  __device__ explicit WarpTeam(unsigned* counts) : counts_(counts) {}
   __device__ unsigned rank() const { return threadIdx.x % kWarpSize; }
   __device__ unsigned size() const { return kWarpSize; }
   __device__ void sync() const { __syncwarp(kFullMask); }
-  __device__ unsigned* counts() const { return counts_; }
   template <class V, class Op>
   __device__ V all_reduce(V v, Op op) const { return warp_all_reduce(v, op); }
   // Each of values[0, count) summed over the team, the same sum on every lane.
@@ -74,14 +72,12 @@ class WarpTeam {
     total = static_cast<unsigned>(__popc(votes));
     return static_cast<unsigned>(__popc(votes & ((1u << rank()) - 1u)));
   }
-
- private:
-  unsigned* counts_;
 };
 
 // A whole block (blockDim.x a multiple of 32, at most 1024).
 class BlockTeam {
  public:
+  // counts: the block's 256 radix counters in shared memory
   __device__ explicit BlockTeam(unsigned* counts) : counts_(counts) {}
   __device__ unsigned rank() const { return threadIdx.x; }
   __device__ unsigned size() const { return blockDim.x; }

@@ -23,6 +23,7 @@
 #include "sparsetopk/row_state.hpp"
 #include "sparsetopk/topk.hpp"
 #include "team.hpp"
+#include "team_row.hpp"
 #include "topk_kernels.hpp"
 
 namespace sparsetopk::cuda {
@@ -79,13 +80,31 @@ __device__ void warp_choose_digit(const unsigned* counts, int shift, U& prefix, 
   }
 }
 
+// The selection's result from the k-th key's bits: with `with_next`, the
+// (k+1)-th key is a tie of s_k if one is left after the k-th (ties >
+// remaining), else the largest key below s_k (a max over the team).
+template <class T, class Team, class Row>
+__device__ KthKeys<T> kth_keys(const Team& team, Form form, const Row& row, BitsOf<T> kth, long long remaining,
+                               long long ties, bool with_next) {
+  using U = BitsOf<T>;
+  U next = kth;
+  if (with_next && ties <= remaining) {
+    U best = 0;
+    row.for_each([&](long long, T x) {
+      const U e = encode(key_of(form, x));
+      if (e < kth && e > best) best = e;
+    });
+    next = team.all_reduce(best, Max{});
+  }
+  return {kth, remaining, static_cast<double>(decode<T>(kth)), static_cast<double>(decode<T>(next))};
+}
+
 // Radix selection over the keys' order-preserving bits (radix_select.hpp):
 // one pass per 8-bit digit, the team counting the digits of the keys that
-// match the prefix so far into shared memory; then the (k+1)-th key: a tie
-// of s_k, or the largest key below it. Needs 0 < k < n.
-template <class T, class Team>
-__device__ KthKeys<T> select_kth_keys(const Team& team, Form form, const T* row, long long n, long long k,
-                                      bool with_next) {
+// match the prefix so far into shared memory (team.counts()); then the
+// (k+1)-th key. Needs 0 < k < n.
+template <class T, class Team, class Row>
+__device__ KthKeys<T> select_kth_keys(const Team& team, Form form, const Row& row, long long k, bool with_next) {
   using U = BitsOf<T>;
   unsigned* counts = team.counts();
   U prefix = 0;
@@ -93,35 +112,67 @@ __device__ KthKeys<T> select_kth_keys(const Team& team, Form form, const T* row,
   for (int shift = 8 * static_cast<int>(sizeof(U)) - kRadixBits; shift >= 0; shift -= kRadixBits) {
     for (unsigned d = team.rank(); d < static_cast<unsigned>(kRadixSize); d += team.size()) counts[d] = 0;
     team.sync();
-    for (long long i = team.rank(); i < n; i += team.size()) {
-      const U e = encode(key_of(form, row[i]));
+    row.for_each([&](long long, T x) {
+      const U e = encode(key_of(form, x));
       if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
-    }
+    });
     team.sync();
     warp_choose_digit(counts, shift, prefix, remaining, ties);  // every warp: the same digit
     team.sync();
   }
-  U next = prefix;
-  if (with_next && ties <= remaining) {  // no tie of s_k is left for position k + 1
-    U best = 0;
-    for (long long i = team.rank(); i < n; i += team.size()) {
-      const U e = encode(key_of(form, row[i]));
-      if (e < prefix && e > best) best = e;
+  return kth_keys<T>(team, form, row, prefix, remaining, ties, with_next);
+}
+
+// The same selection for a warp's row in registers, a bit per pass and no
+// shared memory: each slot's keys that match the prefix and have the bit set
+// are counted by one ballot (radix_select.hpp's choice, with two digits). It
+// stops as soon as one key is left that matches the prefix, and takes that
+// key's remaining bits from it: distinct keys need about log2(n) passes past
+// their common leading bits, not one per bit.
+template <class T>
+__device__ KthKeys<T> select_kth_keys(const WarpTeam& team, Form form, const RegisterRow<T>& row, long long k,
+                                      bool with_next) {
+  using U = BitsOf<T>;
+  U prefix = 0;
+  long long remaining = k, matching = row.size();  // keys whose bits from `decided` up are the prefix's
+  int decided = 8 * static_cast<int>(sizeof(U));
+  while (decided > 0 && matching > 1) {
+    const int bit = decided - 1;
+    long long ones = 0;  // of the matching keys, those with the bit set
+    row.for_each_tile([&](long long, bool inside, T x) {
+      const U e = encode(key_of(form, x));
+      ones += __popc(__ballot_sync(kFullMask, inside && matches_from(e, prefix, decided) && ((e >> bit) & 1u)));
+    });
+    if (remaining <= ones) {
+      prefix |= U(1) << bit;
+      matching = ones;
+    } else {
+      remaining -= ones;
+      matching -= ones;
     }
-    next = team.all_reduce(best, Max{});
+    decided = bit;
   }
-  return {prefix, remaining, static_cast<double>(decode<T>(prefix)), static_cast<double>(decode<T>(next))};
+  if (decided > 0) {  // one key matches the prefix: it is the k-th
+    U found = 0;
+    row.for_each([&](long long, T x) {
+      const U e = encode(key_of(form, x));
+      if (matches_from(e, prefix, decided)) found = e;
+    });
+    prefix = team.all_reduce(found, Max{});
+  }
+  return kth_keys<T>(team, form, row, prefix, remaining, matching, with_next);
 }
 
 // The first (first = true) or last entry in sorted order among the keys equal
 // to `key`, as (key with its sign of zero, column): the lowest or highest column.
-template <class T, class Team>
-__device__ double tied_key_at_end(const Team& team, Form form, const T* row, long long n, double key, bool first) {
+template <class T, class Team, class Row>
+__device__ double tied_key_at_end(const Team& team, Form form, const Row& row, double key, bool first) {
   long long found = first ? LLONG_MAX : -1;
-  for (long long i = team.rank(); i < n; i += team.size())
-    if (static_cast<double>(detail::sort_key(form, row[i])) == key) found = first ? (i < found ? i : found) : i;
+  row.for_each([&](long long i, T x) {
+    if (static_cast<double>(detail::sort_key(form, x)) == key) found = first ? (i < found ? i : found) : i;
+  });
   found = first ? team.all_reduce(found, Min{}) : team.all_reduce(found, Max{});
-  return static_cast<double>(detail::sort_key(form, static_cast<double>(row[found])));
+  return static_cast<double>(detail::sort_key(form, static_cast<double>(row.data()[found])));
 }
 
 // The entry of the row first (largest key, lowest column) or last in sorted order.
@@ -149,26 +200,25 @@ __device__ T top_value(Form form, T x) {
 // their top value, those with key <= below 0, and the others go to the
 // window buffer in column order. Returns the window's size; count_above the
 // entries above it.
-template <class T, class Team>
-__device__ long long split_at_window(const Team& team, Form form, const T* row, long long n, double above,
-                                     double below, RowScratch scratch, T* out, long long& count_above) {
+template <class T, class Team, class Row>
+__device__ long long split_at_window(const Team& team, Form form, const Row& row, double above, double below,
+                                     RowScratch scratch, T* out, long long& count_above) {
   long long m = 0, mine_above = 0;
-  for (long long base = 0; base < n; base += team.size()) {
-    const long long i = base + team.rank();
-    const double key = i < n ? static_cast<double>(detail::sort_key(form, row[i])) : 0.0;
-    const bool inside = i < n && key > below && key < above;
+  row.for_each_tile([&](long long i, bool entry, T x) {
+    const double key = static_cast<double>(detail::sort_key(form, x));
+    const bool inside = entry && key > below && key < above;
     unsigned total = 0;
     const unsigned slot = team.exclusive_count(inside, total);
     if (inside) {
       scratch.keys[m + slot] = key;
       scratch.index[m + slot] = i;
-    } else if (i < n) {
+    } else if (entry) {
       const bool top = key >= above;
       mine_above += top;
-      out[i] = top ? top_value(form, row[i]) : T(0);
+      out[i] = top ? top_value(form, x) : T(0);
     }
     m += total;
-  }
+  });
   count_above = team.all_reduce(mine_above, Sum{});
   return m;
 }
@@ -374,17 +424,17 @@ __device__ inline RowState separated_state(double last_kept, double first_droppe
 // w_i (0, or the top value), and the state is what band_state gives the
 // core's sorted row (topk.cpp): gamma the key at sorted position k (-inf for
 // k = n), unchanged_from the key at position k - 1 (+inf for k = 0).
-template <class T, class Team>
-__device__ void soft_singleton_row(const Team& team, Form form, const T* row, long long n, long long k, T* out,
+template <class T, class Team, class Row>
+__device__ void soft_singleton_row(const Team& team, Form form, const Row& row, long long k, T* out,
                                    RowState* state) {
-  const bool all = k == n;
+  const bool all = k == row.size();
   SortedEnd mine{-detail::kInf, LLONG_MAX};
   if (all) mine = {detail::kInf, -1};
-  for (long long i = team.rank(); i < n; i += team.size()) {
-    out[i] = all ? top_value(form, row[i]) : T(0);
-    const SortedEnd entry{static_cast<double>(detail::sort_key(form, row[i])), i};
+  row.for_each([&](long long i, T x) {
+    out[i] = all ? top_value(form, x) : T(0);
+    const SortedEnd entry{static_cast<double>(detail::sort_key(form, x)), i};
     mine = all ? LastInOrder{}(mine, entry) : FirstInOrder{}(mine, entry);
-  }
+  });
   const SortedEnd end = all ? team.all_reduce(mine, LastInOrder{}) : team.all_reduce(mine, FirstInOrder{});
   if (state && team.rank() == 0)
     *state = all ? RowState{.gamma = -detail::kInf, .block_weight = 0.0, .unchanged_from = end.key}
@@ -394,119 +444,126 @@ __device__ void soft_singleton_row(const Team& team, Form form, const T* row, lo
 // A row whose s_k and s_{k+1} are separated (separated_keys): the k entries
 // with key >= s_k keep their top value, and the state is the core's
 // save_separated_row (topk.cpp) with separated_window's keys.
-template <class T, class Team>
-__device__ void soft_separated_row(const Team& team, Form form, const T* row, long long n,
-                                   const KthKeys<T>& keys, T* out, RowState* state) {
-  for (long long i = team.rank(); i < n; i += team.size())
-    out[i] = static_cast<double>(detail::sort_key(form, row[i])) >= keys.s_k ? top_value(form, row[i]) : T(0);
+template <class T, class Team, class Row>
+__device__ void soft_separated_row(const Team& team, Form form, const Row& row, const KthKeys<T>& keys, T* out,
+                                   RowState* state) {
+  row.for_each([&](long long i, T x) {
+    out[i] = static_cast<double>(detail::sort_key(form, x)) >= keys.s_k ? top_value(form, x) : T(0);
+  });
   if (!state) return;
   // the keys of the last entry tied at s_k and the first tied at s_{k+1} (their sign of zero)
-  const double last_kept = keys.s_k == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, false) : keys.s_k;
-  const double first_dropped = keys.s_next == 0.0 ? tied_key_at_end(team, form, row, n, 0.0, true) : keys.s_next;
+  const double last_kept = keys.s_k == 0.0 ? tied_key_at_end<T>(team, form, row, 0.0, false) : keys.s_k;
+  const double first_dropped = keys.s_next == 0.0 ? tied_key_at_end<T>(team, form, row, 0.0, true) : keys.s_next;
   if (team.rank() == 0) *state = separated_state(last_kept, first_dropped);
 }
 
 // soft_topk_mask / soft_topk_mag of SPEC.md on one row, as the core's
 // soft_topk_*_row (topk.cpp): out and, with state, the row's RowState.
-template <class T, class Team>
+template <class T, class Team, class Row>
 __device__ void soft_row(const Team& team, Form form, Solver solver, const detail::BlockEquation& equation,
-                         const T* row, long long n, long long k, RowScratch scratch, T* out, RowState* state) {
+                         const Row& row, long long k, RowScratch scratch, T* out, RowState* state) {
+  const long long n = row.size();
   if (n == 0) {  // no block, no threshold, no band (as the torch CPU kernels write such rows)
     if (state && team.rank() == 0)
       *state = RowState{.gamma = -detail::kInf, .block_weight = 0.0, .unchanged_from = detail::kInf};
     return;
   }
   bool non_finite = false;
-  for (long long i = team.rank(); i < n; i += team.size()) non_finite |= !std::isfinite(row[i]);
+  row.for_each([&](long long, T x) { non_finite |= !std::isfinite(x); });
   if (team.any(non_finite)) {  // the core's fill_non_finite_row
-    for (long long i = team.rank(); i < n; i += team.size()) out[i] = T(std::numeric_limits<double>::quiet_NaN());
+    row.for_each([&](long long i, T) { out[i] = T(std::numeric_limits<double>::quiet_NaN()); });
     if (state && team.rank() == 0) *state = non_finite_state();
     return;
   }
-  if (k == 0 || k == n) return soft_singleton_row(team, form, row, n, k, out, state);
+  if (k == 0 || k == n) return soft_singleton_row(team, form, row, k, out, state);
   double above = detail::kInf, below = -detail::kInf;
   double s_k = std::numeric_limits<double>::quiet_NaN(), s_next = s_k;
   if (solver != Solver::pav) {  // (pav: the core's sorted_row, the whole row is the window)
-    const KthKeys<T> keys = select_kth_keys(team, form, row, n, k, true);
+    const KthKeys<T> keys = select_kth_keys<T>(team, form, row, k, true);
     if (detail::separated_keys(equation, keys.s_k, keys.s_next))
-      return soft_separated_row(team, form, row, n, keys, out, state);
+      return soft_separated_row(team, form, row, keys, out, state);
     detail::window_bounds(equation, keys.s_k, keys.s_next, above, below);
     s_k = keys.s_k, s_next = keys.s_next;
   }
   long long count_above = 0;
-  long long m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
+  long long m = split_at_window(team, form, row, above, below, scratch, out, count_above);
   if (count_above >= k || k - count_above > m) {  // (rounded bounds, as topk.cpp: the whole row)
     above = detail::kInf, below = -detail::kInf;
     team.sync();
-    m = split_at_window(team, form, row, n, above, below, scratch, out, count_above);
+    m = split_at_window(team, form, row, above, below, scratch, out, count_above);
   }
-  solve_band(team, form, solver, equation, row, k, WindowSplit{m, count_above, above, below, s_k, s_next}, scratch,
-             out, state);
+  solve_band(team, form, solver, equation, row.data(), k, WindowSplit{m, count_above, above, below, s_k, s_next},
+             scratch, out, state);
 }
 
 // hard_topk_mask / hard_topk_mag of SPEC.md on one row: the k-th entry in
 // sorted order (its key by selection, its column the remaining-th column
 // holding that key), then hard_topk.hpp's rule for every entry.
-template <class T, class Team>
-__device__ void hard_row(const Team& team, Form form, const T* row, long long n, long long k, T* out) {
+template <class T, class Team, class Row>
+__device__ void hard_row(const Team& team, Form form, const Row& row, long long k, T* out) {
+  const long long n = row.size();
   bool poisoned = false;
-  for (long long i = team.rank(); i < n; i += team.size()) poisoned |= detail::hard_poisons_row(row[i]);
+  row.for_each([&](long long, T x) { poisoned |= detail::hard_poisons_row(x); });
   if (team.any(poisoned)) {
-    for (long long i = team.rank(); i < n; i += team.size()) out[i] = detail::hard_nan<T>();
+    row.for_each([&](long long i, T) { out[i] = detail::hard_nan<T>(); });
     return;
   }
   if (k == 0 || k == n) {  // no k-th entry to compare with: none or all kept
-    for (long long i = team.rank(); i < n; i += team.size()) out[i] = detail::hard_value(form, row[i], k == n);
+    row.for_each([&](long long i, T x) { out[i] = detail::hard_value(form, x, k == n); });
     return;
   }
-  const KthKeys<T> keys = select_kth_keys(team, form, row, n, k, false);
+  const KthKeys<T> keys = select_kth_keys<T>(team, form, row, k, false);
   long long seen = 0, column = LLONG_MAX;  // ties of s_k before this tile; the k-th entry's column
-  for (long long base = 0; base < n; base += team.size()) {
-    const long long i = base + team.rank();
-    const bool tie = i < n && encode(key_of(form, row[i])) == keys.kth;
+  row.for_each_tile([&](long long i, bool entry, T x) {
+    const bool tie = entry && encode(key_of(form, x)) == keys.kth;
     unsigned total = 0;
     const unsigned rank = team.exclusive_count(tie, total);
     if (tie && seen + rank + 1 == keys.remaining) column = i;
     seen += total;
-  }
+  });
   column = team.all_reduce(column, Min{});
   const detail::SortedEntry kth{keys.s_k, static_cast<std::size_t>(column)};
-  for (long long i = team.rank(); i < n; i += team.size()) {
-    const double key = static_cast<double>(detail::sort_key(form, row[i]));
-    out[i] = detail::hard_value(form, row[i], detail::hard_kept(key, static_cast<std::size_t>(i), kth));
-  }
+  row.for_each([&](long long i, T x) {
+    const double key = static_cast<double>(detail::sort_key(form, x));
+    out[i] = detail::hard_value(form, x, detail::hard_kept(key, static_cast<std::size_t>(i), kth));
+  });
 }
 
 // J^T v (transpose) or J v of one row at its saved state (SPEC.md,
 // "Derivatives"): the band's c_i recomputed from x in each of the three
 // passes (pivot and sum(c); the spread; the output), never stored; the
 // per-entry math is saved_band.hpp's.
-template <class T, class Team>
+template <class T, class Team, class Row>
 __device__ void jacobian_row(const Team& team, Form form, bool transpose, const detail::Regularizer& regularizer,
-                             double l, const T* v, const T* x, const RowState& state, long long n, T* out) {
+                             double l, const T* v, const Row& x, const RowState& state, T* out) {
   if (std::isnan(state.gamma)) {  // the row held a non-finite value
-    for (long long i = team.rank(); i < n; i += team.size()) out[i] = T(std::numeric_limits<double>::quiet_NaN());
+    x.for_each([&](long long i, T) { out[i] = T(std::numeric_limits<double>::quiet_NaN()); });
     return;
   }
   const SavedBand band(state, regularizer, l, form);
-  const auto c_of = [&](long long i) { return band.weight(static_cast<double>(x[i]), static_cast<std::size_t>(i)); };
-  const auto t = [&](long long i) { return tangent(form, static_cast<double>(x[i]), static_cast<double>(v[i])); };
-  Pivot mine = no_pivot(n);
-  for (long long i = team.rank(); i < n; i += team.size()) {
-    const double c_i = c_of(i);
+  const auto c_of = [&](long long i, T x_i) {
+    return band.weight(static_cast<double>(x_i), static_cast<std::size_t>(i));
+  };
+  const auto t = [&](long long i, T x_i) {
+    return tangent(form, static_cast<double>(x_i), static_cast<double>(v[i]));
+  };
+  Pivot mine = no_pivot(x.size());
+  x.for_each([&](long long i, T x_i) {
+    const double c_i = c_of(i, x_i);
     if (c_i >= 0.0) mine = MergePivots{}(mine, entry_pivot(c_i, i));
-  }
+  });
   const Pivot pivot = team.all_reduce(mine, MergePivots{});
-  const double t_d = pivot.count > 0 ? t(pivot.index) : 0.0;
+  const double t_d = pivot.count > 0 ? t(pivot.index, x.data()[pivot.index]) : 0.0;
   double part = 0.0;
-  for (long long i = team.rank(); i < n; i += team.size()) {
-    const double c_i = c_of(i);
-    if (c_i >= 0.0) part += spread_term(form, transpose, c_i, t(i), t_d);
-  }
+  x.for_each([&](long long i, T x_i) {
+    const double c_i = c_of(i, x_i);
+    if (c_i >= 0.0) part += spread_term(form, transpose, c_i, t(i, x_i), t_d);
+  });
   const double spread = team.all_reduce(part, Sum{});
-  for (long long i = team.rank(); i < n; i += team.size())
-    out[i] = T(product_entry(form, transpose, state, pivot, t_d, spread, c_of(i), static_cast<double>(x[i]),
+  x.for_each([&](long long i, T x_i) {
+    out[i] = T(product_entry(form, transpose, state, pivot, t_d, spread, c_of(i, x_i), static_cast<double>(x_i),
                              static_cast<double>(v[i])));
+  });
 }
 
 }  // namespace sparsetopk::cuda

@@ -36,25 +36,24 @@ __host__ __device__ std::size_t row_bytes(long long n) {
 }
 
 // Warp teams: warp w of block b takes rows b * kWarpsPerBlock + w, then every
-// gridDim.x * kWarpsPerBlock-th row after it. Block teams: block b takes rows
-// b, b + gridDim.x, ...
+// gridDim.x * kWarpsPerBlock-th row after it, and holds each in registers
+// (RegisterRow). Block teams: block b takes rows b, b + gridDim.x, ..., each
+// copied once into the block's shared memory after its radix counters (where
+// the launch made room: staged_shape) and read from there by every later pass
+// (the selection's 4 or 8, the split, the band).
 template <class Team>
 struct TeamRows;
 
 template <>
 struct TeamRows<WarpTeam> {
-  __device__ static WarpTeam team(unsigned* counts) {
-    return WarpTeam(counts + (threadIdx.x / kWarpSize) * kRadixSize);
-  }
+  __device__ static WarpTeam team(unsigned*) { return WarpTeam(); }
   __device__ static long long first() {
     return static_cast<long long>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   }
   __device__ static long long stride() { return static_cast<long long>(gridDim.x) * kWarpsPerBlock; }
-  // The warp's room for its row, after the block's counters (staged_shape).
   template <class T>
-  __device__ static T* row_buffer(unsigned* counts, long long n) {
-    unsigned char* base = reinterpret_cast<unsigned char*>(counts + kWarpsPerBlock * kRadixSize);
-    return reinterpret_cast<T*>(base + (threadIdx.x / kWarpSize) * row_bytes<T>(n));
+  __device__ static RegisterRow<T> row(const WarpTeam& team, unsigned*, const T* x_row, long long n) {
+    return RegisterRow<T>(team, x_row, n);
   }
 };
 
@@ -64,67 +63,68 @@ struct TeamRows<BlockTeam> {
   __device__ static long long first() { return blockIdx.x; }
   __device__ static long long stride() { return gridDim.x; }
   template <class T>
-  __device__ static T* row_buffer(unsigned* counts, long long) {
-    return reinterpret_cast<T*>(counts + kRadixSize);
+  __device__ static MemoryRow<T, BlockTeam> row(const BlockTeam& team, unsigned* counts, const T* x_row,
+                                                long long n) {
+    T* staging = reinterpret_cast<T*>(counts + kRadixSize);
+    team.sync();  // (every thread is done with the block's previous row)
+    for (long long i = team.rank(); i < n; i += team.size()) staging[i] = x_row[i];
+    team.sync();
+    return MemoryRow<T, BlockTeam>(team, staging, n);
   }
 };
 
-// The team's row: copied once into its shared memory (`staging`, where the
-// launch made room: staged_shape) and read from there by every later pass
-// (the selection's 4 or 8, the split, the band), else x's row itself.
-template <class T, class Team>
-__device__ const T* staged_row(const Team& team, const T* row, long long n, T* staging) {
-  if (!staging) return row;
-  team.sync();  // (every thread is done with the team's previous row)
-  for (long long i = team.rank(); i < n; i += team.size()) staging[i] = row[i];
-  team.sync();
-  return staging;
-}
-
 // ---- kernels ----
 
-// (staged: the launch made room for each team's row in shared memory, staged_shape)
 template <class T, class Team>
 __global__ void soft_kernel(Form form, Solver solver, const T* x, long long rows, long long n, long long k, double l,
-                            double p, RowScratch scratch, T* out, RowState* state, bool staged) {
+                            double p, RowScratch scratch, T* out, RowState* state) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
-  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   const detail::BlockEquation equation(form, l, p);
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride()) {
     const RowScratch row_scratch{scratch.keys + r * n, scratch.index + r * n, scratch.blocks + r * n};
-    soft_row(team, form, solver, equation, staged_row(team, x + r * n, n, staging), n, k, row_scratch, out + r * n,
-             state ? state + r : nullptr);
+    soft_row(team, form, solver, equation, TeamRows<Team>::row(team, counts, x + r * n, n), k, row_scratch,
+             out + r * n, state ? state + r : nullptr);
   }
 }
 
 template <class T, class Team>
-__global__ void hard_kernel(Form form, const T* x, long long rows, long long n, long long k, T* out, bool staged) {
+__global__ void hard_kernel(Form form, const T* x, long long rows, long long n, long long k, T* out) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
-  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
-    hard_row(team, form, staged_row(team, x + r * n, n, staging), n, k, out + r * n);
+    hard_row(team, form, TeamRows<Team>::row(team, counts, x + r * n, n), k, out + r * n);
 }
 
-// (x is staged: it is read three times; v twice)
+// x is read three times: block teams stage it in shared memory; warp teams
+// read it from x (L1-resident: at most 8 KiB a row), not from registers, whose
+// loops nvcc unrolls: three unrolled copies of the band's c_i (a pow for
+// general p) per slot made this kernel 140,000 lines of PTX.
+template <class T>
+__device__ MemoryRow<T, WarpTeam> jacobian_x(const WarpTeam& team, unsigned*, const T* x_row, long long n) {
+  return MemoryRow<T, WarpTeam>(team, x_row, n);
+}
+template <class T>
+__device__ MemoryRow<T, BlockTeam> jacobian_x(const BlockTeam& team, unsigned* counts, const T* x_row, long long n) {
+  return TeamRows<BlockTeam>::row(team, counts, x_row, n);
+}
+
 template <class T, class Team>
 __global__ void jacobian_kernel(Form form, bool transpose, const T* v, const T* x, const RowState* states, double l,
-                                double p, long long rows, long long n, T* out, bool staged) {
+                                double p, long long rows, long long n, T* out) {
   SPARSETOPK_DYNAMIC_SHARED(unsigned, counts);
   const Team team = TeamRows<Team>::team(counts);
-  T* staging = staged ? TeamRows<Team>::template row_buffer<T>(counts, n) : nullptr;
   const detail::Regularizer regularizer(p);
   for (long long r = TeamRows<Team>::first(); r < rows; r += TeamRows<Team>::stride())
-    jacobian_row(team, form, transpose, regularizer, l, v + r * n, staged_row(team, x + r * n, n, staging), states[r],
-                 n, out + r * n);
+    jacobian_row(team, form, transpose, regularizer, l, v + r * n, jacobian_x(team, counts, x + r * n, n), states[r],
+                 out + r * n);
 }
 
 // ---- launch shapes ----
 
 struct Shape {
   dim3 grid, block;
-  std::size_t shared_bytes;  // the radix counters: 256 per team
+  std::size_t shared_bytes;  // block rows: the radix counters (256), then the row
 };
 
 bool warp_rows(long long n) { return n <= kWarpRowSize; }
@@ -138,23 +138,24 @@ dim3 per_row_grid(long long rows) {
   return dim3(static_cast<unsigned>(std::min<long long>((rows + long_rows::kThreads - 1) / long_rows::kThreads, kMaxBlocks)));
 }
 
+// The radix counters of a block team (the long rows' band kernel: a block per row).
 Shape shape_of(long long rows, long long n) {
   if (warp_rows(n)) {
     const long long blocks = std::min((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
-    return {dim3(static_cast<unsigned>(blocks)), dim3(kWarpsPerBlock * kWarpSize),
-            kWarpsPerBlock * kRadixSize * sizeof(unsigned)};
+    return {dim3(static_cast<unsigned>(blocks)), dim3(kWarpsPerBlock * kWarpSize), 0};
   }
   return {dim3(static_cast<unsigned>(std::min(rows, kMaxBlocks))), dim3(kBlockThreads), kRadixSize * sizeof(unsigned)};
 }
 
-// The shape of a warp- or block-team launch with room after the counters for
-// each team's row (T), which it stages in shared memory: at most 4 x 8 KiB
-// for warp rows (double), 128 KiB for block rows of 16,384 doubles (above 48
-// KiB, launch() opts the kernel in to the larger dynamic shared memory).
+// The shape of a warp- or block-team launch: warp rows need no shared memory
+// (their rows are in registers); block rows get room after the counters for
+// the row (T), which they stage in shared memory: up to 128 KiB for rows of
+// 16,384 doubles (above 48 KiB, launch() opts the kernel in to the larger
+// dynamic shared memory).
 template <class T>
 Shape staged_shape(long long rows, long long n) {
   Shape shape = shape_of(rows, n);
-  shape.shared_bytes += (warp_rows(n) ? kWarpsPerBlock : 1) * row_bytes<T>(n);
+  if (!warp_rows(n)) shape.shared_bytes += row_bytes<T>(n);
   return shape;
 }
 
@@ -310,11 +311,11 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
   } else if (warp_rows(n)) {
     const Shape staged = staged_shape<T>(rows, n);
     launch(soft_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, row_solver, x, rows,
-           n, k, l, p, parts, out, state, true);
+           n, k, l, p, parts, out, state);
   } else {
     const Shape staged = staged_shape<T>(rows, n);
     launch(soft_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, row_solver, x,
-           rows, n, k, l, p, parts, out, state, true);
+           rows, n, k, l, p, parts, out, state);
   }
 }
 
@@ -335,11 +336,10 @@ void hard_forward(Form form, const T* x, long long rows, long long n, long long 
   } else {
     const Shape staged = staged_shape<T>(rows, n);
     if (warp_rows(n))
-      launch(hard_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, x, rows, n, k, out,
-             true);
+      launch(hard_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, x, rows, n, k, out);
     else
       launch(hard_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, x, rows, n, k,
-             out, true);
+             out);
   }
 }
 
@@ -360,10 +360,10 @@ void jacobian_product(Form form, bool transpose, const T* v, const T* x, const R
     const Shape staged = staged_shape<T>(rows, n);
     if (warp_rows(n))
       launch(jacobian_kernel<T, WarpTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, transpose, v,
-             x, state, l, p, rows, n, out, true);
+             x, state, l, p, rows, n, out);
     else
       launch(jacobian_kernel<T, BlockTeam>, staged.grid, staged.block, staged.shared_bytes, stream, form, transpose, v,
-             x, state, l, p, rows, n, out, true);
+             x, state, l, p, rows, n, out);
   }
 }
 
