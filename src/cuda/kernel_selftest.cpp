@@ -372,6 +372,13 @@ std::vector<Case> cases(Cases which) {
   all.push_back({1, 2200000, 220000, Data::normal, false, 4.0 / 3.0, 0.1, Solver::automatic});
   all.push_back({1, 2200000, 220000, Data::ties, true, 2.0, 0.1, Solver::automatic});
   all.push_back({1, 2200000, 220000, Data::normal, true, 3.0, 0.1, Solver::automatic});
+  // warp rows shorter than a warp, one past it, and of 2 entries (the register rows' ballot
+  // selection). (Each case's seed is its place in this list: new cases go last, so that the
+  // earlier ones keep their inputs.)
+  for (const Shape& s : std::vector<Shape>{{20, 2, 1}, {20, 31, 30}, {20, 33, 17}})
+    for (Data data : {Data::normal, Data::ties, Data::hostile})
+      for (bool dbl : {false, true})
+        for (double p : ps) all.push_back({s.rows, s.n, s.k, data, dbl, p, 0.1, Solver::automatic});
   return all;
 }
 
