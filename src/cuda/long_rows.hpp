@@ -7,7 +7,8 @@
 //     block of the row to finish (a ticket after a fence) picks the digit;
 //     the second pass also keeps its chunk's candidates (the keys whose first
 //     digit is the chosen one), which the later passes read instead of the
-//     row; then the (k+1)-th key (one launch, a max, over the row);
+//     row, shrinking the list as they go; the soft forward's passes also
+//     find the (k+1)-th key (each digit's largest key: no pass of its own);
 //   - soft forward: the split (one launch: outputs outside the window, each
 //     chunk's window entries compacted in column order into the chunk's part
 //     of the scratch, their count per chunk), then one block per row gathers
@@ -52,8 +53,9 @@ __host__ __device__ inline long long chunks_of(long long n) { return (n + kChunk
 // The selection of one row, in device memory, carried from launch to launch.
 struct RowSelection {
   unsigned long long counts[kRadixSize];  // the current digit's counts over the row
+  unsigned long long maxima[kRadixSize];  // the current digit's largest key (bits) of each digit (soft)
   unsigned long long prefix;              // s_k's order-preserving bits, digit by digit
-  unsigned long long next;                // the largest key's bits below s_k (0: none)
+  unsigned long long next;                // the largest key's bits below s_k (0: none; soft)
   long long remaining;                    // the k-th entry's rank among the keys equal to s_k
   long long ties;                         // how many keys equal s_k (after the last digit)
   long long count_above, size;            // the split: entries above the window, in it
@@ -87,7 +89,7 @@ __global__ void start_kernel(long long rows, long long k, RowSelection* selectio
   for (long long r = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
        r += static_cast<long long>(gridDim.x) * blockDim.x) {
     RowSelection& s = selections[r];
-    for (int d = 0; d < kRadixSize; ++d) s.counts[d] = 0;
+    for (int d = 0; d < kRadixSize; ++d) s.counts[d] = 0, s.maxima[d] = 0;
     s.prefix = 0, s.next = 0, s.remaining = k, s.ties = 0, s.count_above = 0, s.size = 0;
     s.zero_first = LLONG_MAX, s.zero_last = -1, s.ticket = 0, s.flags = 0;
   }
@@ -102,22 +104,31 @@ __global__ void start_kernel(long long rows, long long k, RowSelection* selectio
 // every digit).
 enum class DigitSource { row, row_keeping_candidates, candidates };
 
-// One radix digit (at `shift`) of the k-th key; the first pass also flags the row.
+// One radix digit (at `shift`) of the k-th key; the first pass also flags the
+// row. The soft forward's passes also find the (k+1)-th key: each pass keeps
+// the largest key of each digit among the keys matching the prefix, and the
+// largest of those below the chosen digit is the largest key below s_k that
+// first differs from it in this digit; the largest over the passes is the
+// largest key below s_k (with no pass over the row of its own).
 template <class T>
 __global__ void digit_kernel(Form form, bool soft, const T* x, long long rows, long long n, int shift, bool first,
                              RowSelection* selections, DigitSource source, BitsOf<T>* candidates,
                              long long* candidate_counts) {
   using U = BitsOf<T>;
   __shared__ unsigned counts[kRadixSize];
+  __shared__ U maxima[kRadixSize];
   const BlockTeam team(nullptr);
   for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
     RowSelection& selection = selections[r];
     const U prefix = static_cast<U>(selection.prefix);
-    for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x) counts[d] = 0;
+    for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x) counts[d] = 0, maxima[d] = 0;
     __syncthreads();
     const Chunk chunk = chunk_of(n);
     const auto count = [&](U e) {
-      if (matches_prefix(e, prefix, shift)) atomicAdd(&counts[(e >> shift) & (kRadixSize - 1)], 1u);
+      if (!matches_prefix(e, prefix, shift)) return;
+      const unsigned d = static_cast<unsigned>((e >> shift) & (kRadixSize - 1));
+      atomicAdd(&counts[d], 1u);
+      if (soft) atomicMax(&maxima[d], e);
     };
     bool bad = false;
     if (source == DigitSource::candidates) {  // compacted in place: an entry only moves towards the front
@@ -162,40 +173,31 @@ __global__ void digit_kernel(Form form, bool soft, const T* x, long long rows, l
     }
     if (__syncthreads_or(first && bad) && threadIdx.x == 0) atomicOr(&selection.flags, 1);
     for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x)
-      if (counts[d] != 0) atomicAdd(&selection.counts[d], static_cast<unsigned long long>(counts[d]));
+      if (counts[d] != 0) {
+        atomicAdd(&selection.counts[d], static_cast<unsigned long long>(counts[d]));
+        if (soft) atomicMax(&selection.maxima[d], static_cast<unsigned long long>(maxima[d]));
+      }
     if (last_block_of_row(selection)) {  // (the same answer on every thread of the block)
-      __shared__ unsigned long long totals[kRadixSize];
-      for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x)
+      __shared__ unsigned long long totals[kRadixSize], largest[kRadixSize];
+      for (unsigned d = threadIdx.x; d < static_cast<unsigned>(kRadixSize); d += blockDim.x) {
         totals[d] = atomicExch(&selection.counts[d], 0ull);  // read, and cleared for the next digit
+        largest[d] = soft ? atomicExch(&selection.maxima[d], 0ull) : 0ull;
+      }
       __syncthreads();
       if (threadIdx.x == 0) {  // the digit holding the remaining-th key (radix_select.hpp)
         U chosen = prefix;
         choose_digit(totals, shift, chosen, selection.remaining, selection.ties);
         selection.prefix = chosen;
         selection.ticket = 0;
+        // the largest key below the chosen digit: that of the highest digit below it holding keys
+        for (int d = static_cast<int>((chosen >> shift) & (kRadixSize - 1)) - 1; soft && d >= 0; --d)
+          if (totals[d] != 0) {
+            if (largest[d] > selection.next) selection.next = largest[d];
+            break;
+          }
       }
     }
     __syncthreads();
-  }
-}
-
-// The largest key below s_k, where no tie of s_k is left for position k + 1.
-template <class T>
-__global__ void next_key_kernel(Form form, const T* x, long long rows, long long n, RowSelection* selections) {
-  using U = BitsOf<T>;
-  const BlockTeam team(nullptr);
-  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
-    RowSelection& selection = selections[r];
-    if (selection.ties > selection.remaining) continue;  // (the same for every block of the row)
-    const U prefix = static_cast<U>(selection.prefix);
-    const Chunk chunk = chunk_of(n);
-    U best = 0;
-    for (long long i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-      const U e = encode(key_of(form, x[r * n + i]));
-      if (e < prefix && e > best) best = e;
-    }
-    best = team.all_reduce(best, Max{});
-    if (threadIdx.x == 0 && best != 0) atomicMax(&selection.next, static_cast<unsigned long long>(best));
   }
 }
 

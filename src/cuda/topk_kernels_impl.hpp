@@ -236,10 +236,10 @@ ProductScratch carve_product(Carver& carver, long long rows, long long n) {
   return {carver.take<Pivot>(parts), carver.take<double>(parts)};
 }
 
-// The k-th key of every long row (and with `next` the (k+1)-th): radix digits
-// over the chunks, then the largest key below; flags the rows as `soft` asks.
+// The k-th key of every long row by radix digits over the chunks (and for
+// `soft` the (k+1)-th: digit_kernel); flags the rows as `soft` asks.
 template <class T>
-void select_long_rows(Form form, bool soft, bool next, const T* x, long long rows, long long n, long long k,
+void select_long_rows(Form form, bool soft, const T* x, long long rows, long long n, long long k,
                       long_rows::RowSelection* selections, Candidates<T> candidates, cudaStream_t stream) {
   using U = BitsOf<T>;
   using long_rows::DigitSource;
@@ -254,7 +254,6 @@ void select_long_rows(Form form, bool soft, bool next, const T* x, long long row
     launch(long_rows::digit_kernel<T>, grid, block, 0, stream, form, soft, x, rows, n, shift, shift == top,
            selections, source, candidates.keys, candidates.counts);
   }
-  if (next) launch(long_rows::next_key_kernel<T>, grid, block, 0, stream, form, x, rows, n, selections);
 }
 
 }  // namespace
@@ -296,7 +295,7 @@ void soft_forward(Form form, Solver solver, const T* x, long long rows, long lon
   if (long_row_chunks(n) && row_solver == Solver::threshold && k > 0 && k < n) {  // a block per chunk
     // (the candidates in the window's scratch, which the split overwrites after the selection)
     const Candidates<T> candidates{reinterpret_cast<BitsOf<T>*>(parts.keys), window_counts};
-    select_long_rows(form, /*soft=*/true, /*next=*/true, x, rows, n, k, selections, candidates, stream);
+    select_long_rows(form, /*soft=*/true, x, rows, n, k, selections, candidates, stream);
     launch(long_rows::split_kernel<T>, chunk_grid(rows, n), dim3(long_rows::kThreads), 0, stream, form, x, rows, n,
            l, p, selections, parts, window_counts, out);
     if (rounds.searches)  // the search for a wide band's piece across the chunks' blocks
@@ -326,7 +325,7 @@ void hard_forward(Form form, const T* x, long long rows, long long n, long long 
   Carver carver(scratch);
   const HardScratch<T> parts = carve_hard<T>(carver, rows, n);
   if (long_row_chunks(n) && k > 0 && k < n) {
-    select_long_rows(form, /*soft=*/false, /*next=*/false, x, rows, n, k, parts.selections, parts.candidates, stream);
+    select_long_rows(form, /*soft=*/false, x, rows, n, k, parts.selections, parts.candidates, stream);
     const dim3 grid = chunk_grid(rows, n), block(long_rows::kThreads);
     launch(long_rows::tie_count_kernel<T>, grid, block, 0, stream, form, x, rows, n,
            static_cast<const long_rows::RowSelection*>(parts.selections), parts.tie_counts);
