@@ -228,7 +228,7 @@ export -f build_libraries
 sanitize() {  # sanitize TOOL SANITIZER SELFTEST: fails on a non-zero error count too
   local log rc cases=--smoke
   log=$(mktemp)
-  # memcheck on the small cases (144 runs); the slower race, sync and init checks on the smoke cases (20)
+  # memcheck on the small cases (144 runs); the slower race, sync and init checks on the smoke cases (22)
   [ "$1" = memcheck ] && cases=--small
   "$2" --tool "$1" --error-exitcode 99 --print-limit 30 "$3" --check "$cases" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}

@@ -315,6 +315,8 @@ std::vector<Case> smoke_cases() {
     }
   some.push_back({2, 60, 6, Data::ties, false, 2.0, 0.1, Solver::pav});
   some.push_back({1, 4000, 800, Data::normal, true, 3.0, 1.0, Solver::automatic});  // a window by reductions
+  // a long row (two chunks' blocks: the digit passes' tickets, candidates and maxima across blocks)
+  some.push_back({1, 16385, 1000, Data::normal, true, 4.0 / 3.0, 0.1, Solver::automatic});
   return some;
 }
 
