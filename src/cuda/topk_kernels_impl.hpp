@@ -138,7 +138,8 @@ dim3 per_row_grid(long long rows) {
   return dim3(static_cast<unsigned>(std::min<long long>((rows + long_rows::kThreads - 1) / long_rows::kThreads, kMaxBlocks)));
 }
 
-// The radix counters of a block team (the long rows' band kernel: a block per row).
+// The launch of warp teams (no shared memory) or block teams (their radix
+// counters; the long rows' band kernel, a block per row, takes this shape too).
 Shape shape_of(long long rows, long long n) {
   if (warp_rows(n)) {
     const long long blocks = std::min((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
